@@ -1,0 +1,151 @@
+"""Pointwise LSTM math shared by every kernel: activations, clips, the cell update and its gradient.
+
+Dimensions (all tiles are [BLOCK_B, BLOCK_N], fp32):
+    zi, zj, zf, zo   pre-activation gates (GEMM + bias, before forget_bias and peepholes)
+    c_prev           cell state entering the step
+    wi, wf, wo       peephole weights, [BLOCK_N] broadcast over rows
+
+Activation ids are fixed here and mirrored by ``triton_lstm.activations``.
+"""
+import triton
+import triton.language as tl
+
+ACT_TANH = tl.constexpr(0)
+ACT_RELU = tl.constexpr(1)
+ACT_SIGMOID = tl.constexpr(2)
+ACT_LINEAR = tl.constexpr(3)
+ACT_SOFTSIGN = tl.constexpr(4)
+ACT_HARD_SIGMOID = tl.constexpr(5)
+ACT_ELU = tl.constexpr(6)
+
+
+@triton.jit
+def sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def tanh(x):
+    # exp(-2|x|) <= 1 never overflows, unlike exp(2x).
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0.0, -t, t)
+
+
+@triton.jit
+def activation(x, ACT: tl.constexpr):
+    """Forward of the cell activation (Keras semantics; hard_sigmoid is Keras 2's 0.2x+0.5)."""
+    if ACT == ACT_TANH:
+        y = tanh(x)
+    elif ACT == ACT_RELU:
+        y = tl.maximum(x, 0.0)
+    elif ACT == ACT_SIGMOID:
+        y = sigmoid(x)
+    elif ACT == ACT_LINEAR:
+        y = x
+    elif ACT == ACT_SOFTSIGN:
+        y = x / (1.0 + tl.abs(x))
+    elif ACT == ACT_HARD_SIGMOID:
+        y = tl.minimum(tl.maximum(0.2 * x + 0.5, 0.0), 1.0)
+    else:
+        y = tl.where(x > 0.0, x, tl.exp(x) - 1.0)
+    return y
+
+
+@triton.jit
+def activation_grad(x, ACT: tl.constexpr):
+    """d activation(x) / dx with TF's conventions at the kinks (relu: 0 at 0; clip bounds pass)."""
+    if ACT == ACT_TANH:
+        t = tanh(x)
+        d = 1.0 - t * t
+    elif ACT == ACT_RELU:
+        d = tl.where(x > 0.0, 1.0, 0.0)
+    elif ACT == ACT_SIGMOID:
+        s = sigmoid(x)
+        d = s * (1.0 - s)
+    elif ACT == ACT_LINEAR:
+        d = tl.full(x.shape, 1.0, tl.float32)
+    elif ACT == ACT_SOFTSIGN:
+        a = 1.0 + tl.abs(x)
+        d = 1.0 / (a * a)
+    elif ACT == ACT_HARD_SIGMOID:
+        lin = 0.2 * x + 0.5
+        d = tl.where((lin >= 0.0) & (lin <= 1.0), 0.2, 0.0)
+    else:
+        d = tl.where(x > 0.0, 1.0, tl.exp(x))
+    return d
+
+
+@triton.jit
+def clip(x, bound):
+    return tl.minimum(tl.maximum(x, -bound), bound)
+
+
+@triton.jit
+def clip_grad(dy, x, bound):
+    # Inclusive at both bounds, NaN gets 0: TF's min/max gradients and torch.clamp agree on this.
+    return tl.where((x >= -bound) & (x <= bound), dy, 0.0)
+
+
+@triton.jit
+def input_forget_gates(zi, zf, c_prev, wi, wf, forget_bias, USE_PEEPHOLES: tl.constexpr):
+    if USE_PEEPHOLES:
+        si = sigmoid(zi + wi[None, :] * c_prev)
+        sf = sigmoid(zf + forget_bias + wf[None, :] * c_prev)
+    else:
+        si = sigmoid(zi)
+        sf = sigmoid(zf + forget_bias)
+    return si, sf
+
+
+@triton.jit
+def output_gate(zo, c, wo, USE_PEEPHOLES: tl.constexpr):
+    if USE_PEEPHOLES:
+        so = sigmoid(zo + wo[None, :] * c)
+    else:
+        so = sigmoid(zo)
+    return so
+
+
+@triton.jit
+def cell_forward(zi, zj, zf, zo, c_prev, wi, wf, wo, forget_bias, cell_clip,
+                 ACT: tl.constexpr, USE_PEEPHOLES: tl.constexpr, HAS_CELL_CLIP: tl.constexpr):
+    """One step of TF's LSTMCell after the gate GEMM. Returns (new clipped c, pre-projection m)."""
+    si, sf = input_forget_gates(zi, zf, c_prev, wi, wf, forget_bias, USE_PEEPHOLES)
+    c = sf * c_prev + si * activation(zj, ACT)
+    if HAS_CELL_CLIP:
+        c = clip(c, cell_clip)
+    so = output_gate(zo, c, wo, USE_PEEPHOLES)
+    return c, so * activation(c, ACT)
+
+
+@triton.jit
+def cell_backward(dm, dc_next, zi, zj, zf, zo, c_prev, wi, wf, wo, forget_bias, cell_clip,
+                  ACT: tl.constexpr, USE_PEEPHOLES: tl.constexpr, HAS_CELL_CLIP: tl.constexpr):
+    """Gradient of ``cell_forward``, recomputing its pointwise values from the stored gates.
+
+    dm: grad of the pre-projection output m; dc_next: grad of the new cell state.
+    Returns (dzi, dzj, dzf, dzo, dc_prev).
+    """
+    si, sf = input_forget_gates(zi, zf, c_prev, wi, wf, forget_bias, USE_PEEPHOLES)
+    aj = activation(zj, ACT)
+    c_raw = sf * c_prev + si * aj
+    if HAS_CELL_CLIP:
+        c = clip(c_raw, cell_clip)
+    else:
+        c = c_raw
+    so = output_gate(zo, c, wo, USE_PEEPHOLES)
+    ac = activation(c, ACT)
+    dzo = dm * ac * so * (1.0 - so)
+    dc = dc_next + dm * so * activation_grad(c, ACT)
+    if USE_PEEPHOLES:
+        dc += dzo * wo[None, :]
+    if HAS_CELL_CLIP:
+        dc = clip_grad(dc, c_raw, cell_clip)
+    dzf = dc * c_prev * sf * (1.0 - sf)
+    dzi = dc * aj * si * (1.0 - si)
+    dzj = dc * si * activation_grad(zj, ACT)
+    dc_prev = dc * sf
+    if USE_PEEPHOLES:
+        dc_prev += dzf * wf[None, :] + dzi * wi[None, :]
+    return dzi, dzj, dzf, dzo, dc_prev

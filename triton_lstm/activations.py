@@ -1,0 +1,60 @@
+"""Cell activations: Keras names and torch callables mapped to the kernels' activation ids."""
+from __future__ import annotations
+
+from typing import Callable, Union
+
+import torch
+import torch.nn.functional as F
+
+
+def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """Keras 2 (TF1-era) hard sigmoid: clip(0.2 * x + 0.5, 0, 1). Not torch's hardsigmoid (x/6 + 0.5)."""
+    return torch.clamp(0.2 * x + 0.5, 0.0, 1.0)
+
+
+def linear(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+# name -> (kernel id, torch implementation); ids match kernels/cell_math.py.
+ACTIVATIONS: dict[str, tuple[int, Callable[[torch.Tensor], torch.Tensor]]] = {
+    "tanh": (0, torch.tanh),
+    "relu": (1, torch.relu),
+    "sigmoid": (2, torch.sigmoid),
+    "linear": (3, linear),
+    "softsign": (4, F.softsign),
+    "hard_sigmoid": (5, hard_sigmoid),
+    "elu": (6, F.elu),
+}
+
+# Torch callables that compute exactly one of the named activations.
+_CALLABLE_NAMES = {
+    torch.tanh: "tanh", F.tanh: "tanh", torch.relu: "relu", F.relu: "relu",
+    torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", F.softsign: "softsign", F.elu: "elu",
+    hard_sigmoid: "hard_sigmoid", linear: "linear",
+}
+
+Activation = Union[str, Callable[[torch.Tensor], torch.Tensor], None]
+
+
+def resolve_activation(activation: Activation) -> tuple[str | None, Callable[[torch.Tensor], torch.Tensor]]:
+    """Return (kernel name or None, torch function). None means tanh, as in TF.
+
+    A callable that is not one of the known functions gets name None: it runs on the reference path.
+    """
+    if activation is None:
+        activation = "tanh"
+    if isinstance(activation, str):
+        key = activation.lower()
+        if key not in ACTIVATIONS:
+            raise ValueError(f"activation: unknown name {activation!r}; known names are "
+                             f"{sorted(ACTIVATIONS)} (or pass a callable)")
+        return key, ACTIVATIONS[key][1]
+    if not callable(activation):
+        raise TypeError(f"activation: expected None, a name or a callable, got {type(activation).__name__}")
+    name = _CALLABLE_NAMES.get(activation)
+    return name, activation
+
+
+def activation_id(name: str) -> int:
+    return ACTIVATIONS[name][0]

@@ -1,0 +1,93 @@
+"""Argument validation shared by the functional ops and the modules. Errors name the argument."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def shape_of(t: torch.Tensor) -> tuple[int, ...]:
+    return tuple(t.shape)
+
+
+def check_tensor(name: str, t: object, rank: int) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != rank:
+        raise ValueError(f"{name}: expected a rank-{rank} tensor, got shape {shape_of(t)}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected a floating dtype {FLOAT_DTYPES}, got {t.dtype}")
+    return t
+
+
+def check_shape(name: str, t: torch.Tensor, expected: tuple[int, ...], meaning: str) -> None:
+    if shape_of(t) != expected:
+        raise ValueError(f"{name}: expected shape {expected} ({meaning}), got {shape_of(t)}")
+
+
+def check_clip(name: str, value: Optional[float]) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a number or None, got {type(value).__name__}")
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"{name}: expected a clip bound >= 0 (or None), got {value}")
+    return float(value)
+
+
+def check_forget_bias(value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"forget_bias: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def check_cell_args(x: torch.Tensor, c: torch.Tensor, h: torch.Tensor, kernel: torch.Tensor,
+                    bias: torch.Tensor, peepholes: tuple[Optional[torch.Tensor], ...],
+                    projection: Optional[torch.Tensor], proj_clip: Optional[float]) -> tuple[int, int, int, int]:
+    """Validate one cell step's tensors; returns (B, D, N, P)."""
+    check_tensor("x", x, 2)
+    check_tensor("kernel", kernel, 2)
+    if kernel.shape[1] % 4 != 0 or kernel.shape[1] == 0:
+        raise ValueError(f"kernel: expected shape [input_size + num_proj, 4 * num_units], "
+                         f"got {shape_of(kernel)} (columns not a positive multiple of 4)")
+    B, D = x.shape
+    N = kernel.shape[1] // 4
+    if projection is not None:
+        check_tensor("projection", projection, 2)
+        if projection.shape[0] != N:
+            raise ValueError(f"projection: expected shape [num_units={N}, num_proj], got {shape_of(projection)}")
+        P = projection.shape[1]
+        if P == 0:
+            raise ValueError("projection: num_proj must be positive, got a [N, 0] projection")
+    else:
+        P = N
+        if proj_clip is not None:
+            raise ValueError("proj_clip: only meaningful with a projection (num_proj); got no projection")
+    check_shape("kernel", kernel, (D + P, 4 * N), f"input_size {D} + output size {P}, 4 * num_units {N}")
+    check_tensor("c", c, 2)
+    check_shape("c", c, (B, N), f"batch {B} from x, num_units {N}")
+    check_tensor("h", h, 2)
+    check_shape("h", h, (B, P), f"batch {B} from x, output size {P}")
+    check_tensor("bias", bias, 1)
+    check_shape("bias", bias, (4 * N,), f"4 * num_units {N}")
+    present = [p is not None for p in peepholes]
+    if any(present) and not all(present):
+        raise ValueError("w_f_diag, w_i_diag, w_o_diag: pass all three peephole vectors or none")
+    for name, p in zip(("w_f_diag", "w_i_diag", "w_o_diag"), peepholes):
+        if p is not None:
+            check_tensor(name, p, 1)
+            check_shape(name, p, (N,), f"num_units {N}")
+    named = [("h", h), ("kernel", kernel), ("bias", bias), ("projection", projection)]
+    named += list(zip(("w_f_diag", "w_i_diag", "w_o_diag"), peepholes))
+    for name, t in named + [("c", c)]:
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{name}: on device {t.device}, but x is on {x.device}; move all tensors to one device")
+    for name, t in named:
+        if t is not None and t.dtype != x.dtype:
+            raise TypeError(f"{name}: dtype {t.dtype} differs from x's {x.dtype}; use one dtype")
+    if c.dtype not in (x.dtype, torch.float32):
+        raise TypeError(f"c: dtype {c.dtype}; expected float32 or x's dtype {x.dtype}")
+    return B, D, N, P

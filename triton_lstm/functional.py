@@ -1,0 +1,185 @@
+"""The fused LSTM step: launchers, its autograd Function, and the public ``lstm_cell`` op."""
+from __future__ import annotations
+
+import functools
+import warnings
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+
+from triton_lstm.activations import Activation, activation_id, resolve_activation
+from triton_lstm.checks import check_cell_args, check_clip, check_forget_bias
+from triton_lstm.kernels.lstm_step import lstm_step_bwd_kernel, lstm_step_fwd_kernel
+from triton_lstm.launch import dot_dtype, input_precision, kernels_run_on, step_config
+from triton_lstm.reference import lstm_cell_reference
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class CellOptions:
+    """The non-tensor options of a TF LSTMCell, as the kernels take them."""
+    act: int
+    forget_bias: float
+    cell_clip: Optional[float]
+    proj_clip: Optional[float]
+
+    def kernel_args(self) -> dict:
+        return dict(forget_bias=self.forget_bias, cell_clip=self.cell_clip or 0.0,
+                    proj_clip=self.proj_clip or 0.0, ACT=self.act,
+                    HAS_CELL_CLIP=self.cell_clip is not None, HAS_PROJ_CLIP=self.proj_clip is not None)
+
+
+def _rows_unit_stride(t: Tensor) -> Tensor:
+    return t if t.stride(1) == 1 else t.contiguous()
+
+
+def step_forward(x: Tensor, c: Tensor, h: Tensor, kernel: Tensor, bias: Tensor,
+                 peepholes: tuple[Optional[Tensor], ...], projection: Optional[Tensor], opts: CellOptions):
+    """Launch the forward kernel. Returns (h_new, c_new fp32, z fp32, m or None, y or None)."""
+    B, D = x.shape
+    N = kernel.shape[1] // 4
+    P = h.shape[1]
+    x, h = _rows_unit_stride(x), _rows_unit_stride(h)
+    c, kernel, bias = c.contiguous(), kernel.contiguous(), bias.contiguous()
+    has_proj = projection is not None
+    f32 = dict(device=x.device, dtype=torch.float32)
+    z = torch.empty(B, 4 * N, **f32)
+    c_new = torch.empty(B, N, **f32)
+    h_new = torch.empty(B, P, device=x.device, dtype=x.dtype)
+    m = torch.empty(B, N, device=x.device, dtype=x.dtype) if has_proj else None
+    y = torch.empty(B, P, **f32) if opts.proj_clip is not None else None
+    cfg = step_config(B, N, x.dtype)
+    grid = (triton.cdiv(B, cfg.block_b), 1 if has_proj else triton.cdiv(N, cfg.block_n))
+    wf, wi, wo = peepholes
+    lstm_step_fwd_kernel[grid](
+        x, x.stride(0), h, h.stride(0), c, kernel, bias, wi, wf, wo, projection,
+        z, c_new, m, y, h_new, B, D, N, P, **opts.kernel_args(),
+        USE_PEEPHOLES=wf is not None, HAS_PROJ=has_proj,
+        DOT_DTYPE=dot_dtype(x.dtype), INPUT_PRECISION=input_precision(x.dtype),
+        BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
+    )
+    return h_new, c_new, z, m, y
+
+
+def step_backward(dh_new: Tensor, dc_new: Tensor, z: Tensor, c: Tensor, kernel: Tensor,
+                  peepholes: tuple[Optional[Tensor], ...], projection: Optional[Tensor], y: Optional[Tensor],
+                  x_dtype: torch.dtype, D: int, opts: CellOptions):
+    """Launch the backward kernel. Returns (dz fp32, dc_prev fp32, dx, dh_prev, dy fp32 or None)."""
+    B, N = c.shape
+    P = dh_new.shape[1]
+    f32 = dict(device=c.device, dtype=torch.float32)
+    dz = torch.empty(B, 4 * N, **f32)
+    dc_prev = torch.empty(B, N, **f32)
+    dx = torch.empty(B, D, device=c.device, dtype=x_dtype)
+    dh_prev = torch.empty(B, P, device=c.device, dtype=x_dtype)
+    dy = torch.empty(B, P, **f32) if projection is not None else None
+    cfg = step_config(B, N, x_dtype)
+    wf, wi, wo = peepholes
+    lstm_step_bwd_kernel[(triton.cdiv(B, cfg.block_b),)](
+        dh_new, dc_new, z, c.contiguous(), kernel.contiguous(), wi, wf, wo, projection, y,
+        dy, dz, dc_prev, dx, dh_prev, B, D, N, P, **opts.kernel_args(),
+        USE_PEEPHOLES=wf is not None, HAS_PROJ=projection is not None,
+        DOT_DTYPE=dot_dtype(x_dtype), INPUT_PRECISION=input_precision(x_dtype),
+        BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
+    )
+    return dz, dc_prev, dx, dh_prev, dy
+
+
+def _grad_or_zeros(g: Optional[Tensor], like: Tensor) -> Tensor:
+    if g is None:
+        return torch.zeros(like.shape, device=like.device, dtype=torch.float32)
+    return g.float().contiguous()
+
+
+def weight_grads(needs: tuple[bool, ...], dz: Tensor, x: Tensor, h: Tensor, c_prev: Tensor, c_new: Tensor,
+                 m: Optional[Tensor], dy: Optional[Tensor], dtype: torch.dtype):
+    """Batch reductions as GEMMs (deterministic): kernel, bias, w_f/w_i/w_o_diag, projection.
+
+    x, h, c_prev, c_new, m, dz, dy may carry leading dimensions (time steps); all are reduced.
+    """
+    need_kernel, need_bias, need_wf, need_wi, need_wo, need_proj = needs
+    dz2 = dz.reshape(-1, dz.shape[-1])
+    d_kernel = d_bias = d_wf = d_wi = d_wo = d_proj = None
+    if need_kernel:
+        xh = torch.cat([x.reshape(-1, x.shape[-1]), h.reshape(-1, h.shape[-1])], dim=1).float()
+        d_kernel = (xh.t() @ dz2).to(dtype)
+    if need_bias:
+        d_bias = dz2.sum(0).to(dtype)
+    if need_wf or need_wi or need_wo:
+        dzi, _, dzf, dzo = dz2.chunk(4, dim=1)
+        cp = c_prev.reshape(-1, c_prev.shape[-1]).float()
+        d_wf = (dzf * cp).sum(0).to(dtype)
+        d_wi = (dzi * cp).sum(0).to(dtype)
+        d_wo = (dzo * c_new.reshape(-1, c_new.shape[-1])).sum(0).to(dtype)
+    if need_proj:
+        d_proj = (m.reshape(-1, m.shape[-1]).float().t() @ dy.reshape(-1, dy.shape[-1])).to(dtype)
+    return d_kernel, d_bias, d_wf, d_wi, d_wo, d_proj
+
+
+class LSTMCellFunction(torch.autograd.Function):
+    """Autograd wrapper of the fused step kernels. Inputs are validated by ``lstm_cell``."""
+
+    @staticmethod
+    def forward(ctx, x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection, opts: CellOptions):
+        peepholes = (w_f_diag, w_i_diag, w_o_diag)
+        h_new, c_new, z, m, y = step_forward(x, c, h, kernel, bias, peepholes, projection, opts)
+        # Store the gate pre-activations z (4N floats a row) and recompute every pointwise value in
+        # backward: recomputing z would cost the step's whole GEMM, the rest is a few flops.
+        ctx.save_for_backward(x, c, h, kernel, w_f_diag, w_i_diag, w_o_diag, projection, z, c_new, m, y)
+        ctx.opts = opts
+        return h_new, c_new
+
+    @staticmethod
+    def backward(ctx, dh_new, dc_new):
+        x, c, h, kernel, w_f_diag, w_i_diag, w_o_diag, projection, z, c_new, m, y = ctx.saved_tensors
+        peepholes = (w_f_diag, w_i_diag, w_o_diag)
+        dh_new = _grad_or_zeros(dh_new, h)
+        dc_new = _grad_or_zeros(dc_new, c_new)
+        dz, dc_prev, dx, dh_prev, dy = step_backward(dh_new, dc_new, z, c, kernel, peepholes, projection, y,
+                                                     x.dtype, x.shape[1], ctx.opts)
+        needs = ctx.needs_input_grad
+        d_kernel, d_bias, d_wf, d_wi, d_wo, d_proj = weight_grads(
+            (needs[3], needs[4], needs[5], needs[6], needs[7], needs[8]),
+            dz, x, h, c, c_new, m, dy, kernel.dtype)
+        return dx, dc_prev.to(c.dtype), dh_prev, d_kernel, d_bias, d_wf, d_wi, d_wo, d_proj, None
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_reference_activation(activation) -> None:
+    warnings.warn(f"activation {activation!r} has no kernel implementation; this LSTM runs on the "
+                  f"plain-PyTorch reference path (slower). Kernel activations: tanh, relu, sigmoid, "
+                  f"linear, softsign, hard_sigmoid, elu.", stacklevel=3)
+
+
+def lstm_cell(x: Tensor, c: Tensor, h: Tensor, kernel: Tensor, bias: Tensor,
+              w_f_diag: Optional[Tensor] = None, w_i_diag: Optional[Tensor] = None,
+              w_o_diag: Optional[Tensor] = None, projection: Optional[Tensor] = None, *,
+              forget_bias: float = 1.0, cell_clip: Optional[float] = None, proj_clip: Optional[float] = None,
+              activation: Activation = None) -> tuple[Tensor, Tensor]:
+    """One step of TF's LSTMCell on tensors the caller owns.
+
+    Args:
+        x: [B, D] inputs.  c: [B, N] cell state (float32 or x's dtype).  h: [B, P] previous output.
+        kernel: [D + P, 4N], gates i, j, f, o.  bias: [4N].
+        w_f_diag, w_i_diag, w_o_diag: [N] peephole weights, all or none.
+        projection: [N, P] output projection (LSTMP), or None (then P = N).
+        forget_bias, cell_clip, proj_clip, activation: as TF's LSTMCell.
+    Returns:
+        (h_new [B, P] in x's dtype, c_new [B, N] in float32; float64 for float64 inputs).
+    """
+    peepholes = (w_f_diag, w_i_diag, w_o_diag)
+    check_cell_args(x, c, h, kernel, bias, peepholes, projection, proj_clip)
+    opts_clip = check_clip("cell_clip", cell_clip), check_clip("proj_clip", proj_clip)
+    forget_bias = check_forget_bias(forget_bias)
+    name, fn = resolve_activation(activation)
+    if name is None:
+        _warn_reference_activation(activation)
+    if name is None or not kernels_run_on(x.device, x.dtype):
+        return lstm_cell_reference(x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection,
+                                   forget_bias=forget_bias, cell_clip=opts_clip[0], proj_clip=opts_clip[1],
+                                   activation=fn)
+    opts = CellOptions(activation_id(name), forget_bias, *opts_clip)
+    return LSTMCellFunction.apply(x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection, opts)

@@ -1,0 +1,57 @@
+"""Where kernels run and with which launch configuration: the one place that decides both."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from triton_lstm.kernels import lstm_step
+
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def interpreting() -> bool:
+    """True when the kernels were built by Triton's interpreter (TRITON_INTERPRET=1 at import)."""
+    from triton.runtime.interpreter import InterpretedFunction
+    return isinstance(lstm_step.lstm_step_fwd_kernel, InterpretedFunction)
+
+
+def kernels_run_on(device: torch.device, dtype: torch.dtype) -> bool:
+    """CUDA tensors run compiled kernels; CPU tensors run them only under the interpreter."""
+    if dtype not in KERNEL_DTYPES:
+        return False
+    if device.type == "cuda":
+        return not interpreting()
+    return device.type == "cpu" and interpreting()
+
+
+def dot_dtype(dtype: torch.dtype) -> tl.dtype:
+    # NOTE: the interpreter's bf16 tl.dot returns garbage; bf16 operands are upcast there.
+    if dtype == torch.bfloat16:
+        return tl.float32 if interpreting() else tl.bfloat16
+    return {torch.float32: tl.float32, torch.float16: tl.float16}[dtype]
+
+
+def input_precision(dtype: torch.dtype) -> str:
+    """fp32 products use tf32 only when the user allowed it, as torch does."""
+    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    block_b: int
+    block_n: int
+    block_k: int
+    num_warps: int
+
+
+def step_config(batch: int, num_units: int, dtype: torch.dtype) -> StepConfig:
+    """Launch configuration of the fused step kernels (tl.dot needs every block >= 16)."""
+    block_b = min(64, max(16, triton.next_power_of_2(batch)))
+    block_n = 32 if num_units > 16 else 16
+    block_k = 32 if dtype == torch.float32 else 64
+    return StepConfig(block_b=block_b, block_n=block_n, block_k=block_k, num_warps=4)
