@@ -59,7 +59,7 @@ def step_forward(x: Tensor, c: Tensor, h: Tensor, kernel: Tensor, bias: Tensor,
         z, c_new, m, y, h_new, B, D, N, P, **opts.kernel_args(),
         USE_PEEPHOLES=wf is not None, HAS_PROJ=has_proj,
         DOT_DTYPE=dot_dtype(x.dtype), INPUT_PRECISION=input_precision(x.dtype),
-        BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
+        BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, **cfg.launch_options(),
     )
     return h_new, c_new, z, m, y
 
@@ -83,7 +83,7 @@ def step_backward(dh_new: Tensor, dc_new: Tensor, z: Tensor, c: Tensor, kernel: 
         dy, dz, dc_prev, dx, dh_prev, B, D, N, P, **opts.kernel_args(),
         USE_PEEPHOLES=wf is not None, HAS_PROJ=projection is not None,
         DOT_DTYPE=dot_dtype(x_dtype), INPUT_PRECISION=input_precision(x_dtype),
-        BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
+        BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, **cfg.launch_options(),
     )
     return dz, dc_prev, dx, dh_prev, dy
 

@@ -47,11 +47,22 @@ class StepConfig:
     block_n: int
     block_k: int
     num_warps: int
+    num_stages: int
+    maxnreg: int
+
+    def launch_options(self) -> dict:
+        return dict(num_warps=self.num_warps, num_stages=self.num_stages, maxnreg=self.maxnreg)
 
 
 def step_config(batch: int, num_units: int, dtype: torch.dtype) -> StepConfig:
-    """Launch configuration of the fused step kernels (tl.dot needs every block >= 16)."""
-    block_b = min(64, max(16, triton.next_power_of_2(batch)))
+    """Launch configuration of the fused step kernels (tl.dot needs every block >= 16).
+
+    NOTE: one stage: the K loops of a step are a few iterations long, and software pipelining
+    them (num_stages=3) pushed the fp32 kernels past 255 registers into spills on sm_90.
+    NOTE: maxnreg: left alone, ptxas (CUDA 13.4, --regAllocOptLevel=2) capped the projection
+    variants at 128 registers and spilled 16 bytes; with the cap lifted they use 133-157.
+    """
+    block_b = 16 if batch <= 16 else 32
     block_n = 32 if num_units > 16 else 16
-    block_k = 32 if dtype == torch.float32 else 64
-    return StepConfig(block_b=block_b, block_n=block_n, block_k=block_k, num_warps=4)
+    return StepConfig(block_b=block_b, block_n=block_n, block_k=32, num_warps=4 if block_b == 16 else 8,
+                      num_stages=1, maxnreg=255)

@@ -1,7 +1,8 @@
 """Plain-PyTorch reference of TF's LSTMCell step: the specification the kernels are tested against.
 
 It also runs whenever the kernels cannot (CPU without TRITON_INTERPRET, float64, custom activations).
-Half-precision inputs are computed in float32; the new cell state is returned in float32.
+Half-precision inputs are computed in float32 (m is rounded to the input dtype before the projection);
+the new cell state is returned in float32.
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def lstm_cell_reference(
     else:
         m = torch.sigmoid(o) * activation(c_new)
     if projection is not None:
-        m = m @ projection
+        # The projection GEMM takes m in the input dtype (what a half-precision nn.Linear would do).
+        m = m.to(out_dtype).to(cdt) @ projection
         if proj_clip is not None:
             m = torch.clamp(m, -proj_clip, proj_clip)
     return m.to(out_dtype), c_new

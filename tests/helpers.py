@@ -1,0 +1,55 @@
+"""Random cell weights and inputs, tolerances, and comparisons shared by the tests."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from triton_lstm.activations import resolve_activation
+from triton_lstm.reference import lstm_cell_reference
+
+# (atol, rtol) for outputs and for gradients, against the float32 reference on the same inputs.
+TOLERANCES = {
+    torch.float32: dict(fwd=(1e-5, 1e-5), grad=(1e-4, 1e-4)),
+    torch.float16: dict(fwd=(4e-3, 4e-3), grad=(2e-2, 2e-2)),
+    torch.bfloat16: dict(fwd=(3e-2, 3e-2), grad=(1e-1, 5e-2)),
+}
+
+WEIGHT_NAMES = ("kernel", "bias", "w_f_diag", "w_i_diag", "w_o_diag", "projection")
+
+
+def cell_tensors(B: int, D: int, N: int, P: Optional[int], peepholes: bool, dtype: torch.dtype,
+                 device, seed: int = 0) -> dict[str, Optional[torch.Tensor]]:
+    """Inputs and TF-layout weights with magnitudes that keep every gate away from saturation."""
+    g = torch.Generator().manual_seed(seed)
+    out = N if P is None else P
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dtype)
+
+    t = dict(x=rnd(B, D), c=rnd(B, N).float(), h=rnd(B, out, scale=0.5),
+             kernel=rnd(D + out, 4 * N, scale=(D + out) ** -0.5), bias=rnd(4 * N, scale=0.1),
+             w_f_diag=None, w_i_diag=None, w_o_diag=None, projection=None)
+    if peepholes:
+        t.update(w_f_diag=rnd(N, scale=0.3), w_i_diag=rnd(N, scale=0.3), w_o_diag=rnd(N, scale=0.3))
+    if P is not None:
+        t["projection"] = rnd(N, P, scale=N ** -0.5)
+    return t
+
+
+def cell_args(t: dict) -> tuple:
+    return (t["x"], t["c"], t["h"], t["kernel"], t["bias"], t["w_f_diag"], t["w_i_diag"], t["w_o_diag"],
+            t["projection"])
+
+
+def reference_fp32(t: dict, **options):
+    """The reference on float32 copies of the same (possibly half-rounded) values."""
+    up = {k: (None if v is None else v.detach().float().requires_grad_(v.requires_grad)) for k, v in t.items()}
+    act = resolve_activation(options.pop("activation", None))[1]
+    return up, lstm_cell_reference(*cell_args(up), activation=act, **options)
+
+
+def assert_close(name: str, got: torch.Tensor, want: torch.Tensor, tol: tuple[float, float]) -> None:
+    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    assert torch.isfinite(got).all(), f"{name}: non-finite values (unwritten output?)"
+    torch.testing.assert_close(got.float(), want.float(), atol=tol[0], rtol=tol[1], msg=lambda m: f"{name}: {m}")

@@ -1,0 +1,32 @@
+"""All-pairs test matrices: every value of every axis meets every value of every other axis."""
+from __future__ import annotations
+
+import itertools
+from typing import Any, Sequence
+
+
+def pairwise(axes: dict[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """A small list of cases covering each pair of (axis, value) at least once (greedy, deterministic)."""
+    names = list(axes)
+    uncovered = {((a, va), (b, vb))
+                 for a, b in itertools.combinations(range(len(names)), 2)
+                 for va in range(len(axes[names[a]])) for vb in range(len(axes[names[b]]))}
+    rows: list[tuple[int, ...]] = []
+    while uncovered:
+        (a, va), (b, vb) = min(uncovered)
+        row = {a: va, b: vb}
+        for k in range(len(names)):
+            if k in row:
+                continue
+            row[k] = max(range(len(axes[names[k]])),
+                         key=lambda v: sum(((min(k, j), (v if k < j else row[j])),
+                                            (max(k, j), (row[j] if k < j else v))) in uncovered for j in row))
+        full = tuple(row[k] for k in range(len(names)))
+        uncovered -= {((a, full[a]), (b, full[b])) for a, b in itertools.combinations(range(len(names)), 2)}
+        rows.append(full)
+    return [{names[k]: axes[names[k]][v] for k, v in enumerate(r)} for r in rows]
+
+
+def product(axes: dict[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    names = list(axes)
+    return [dict(zip(names, vals)) for vals in itertools.product(*(axes[n] for n in names))]

@@ -1,0 +1,296 @@
+"""``LSTMCell``: TF's ``tf.compat.v1.nn.rnn_cell.LSTMCell`` as a torch module on the fused kernels."""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from triton_lstm.activations import Activation, resolve_activation
+from triton_lstm.checks import check_clip, check_forget_bias, check_tensor, shape_of
+from triton_lstm.functional import lstm_cell
+
+Tensor = torch.Tensor
+
+_DTYPE_NAMES = {"float16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16,
+                "float32": torch.float32, "float": torch.float32, "float64": torch.float64,
+                "double": torch.float64}
+
+
+class LSTMStateTuple(NamedTuple):
+    """TF's state tuple, in TF's order: cell state first, then the output h."""
+    c: Any
+    h: Any
+
+
+def _as_dtype(name: str, dtype: Union[str, torch.dtype, None]) -> Optional[torch.dtype]:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and dtype in _DTYPE_NAMES:
+        return _DTYPE_NAMES[dtype]
+    raise TypeError(f"{name}: expected a torch.dtype or one of {sorted(_DTYPE_NAMES)}, got {dtype!r}")
+
+
+def _tf_name(key: str) -> str:
+    """'rnn/lstm_cell/projection/kernel:0' -> 'projection/kernel'; '.../w_f_diag' -> 'w_f_diag'."""
+    parts = key.split(":")[0].split("/")
+    if len(parts) >= 2 and parts[-2] == "projection":
+        return "projection/" + parts[-1]
+    return parts[-1]
+
+
+class LSTMCell(nn.Module):
+    """TF's LSTMCell (peepholes, cell clip, LSTMP projection and its clip, forget bias, activation).
+
+    Parameters carry TF's names and layouts: ``kernel`` [D + P, 4N] (rows: inputs then m_prev;
+    gate columns i, j, f, o), ``bias`` [4N], ``w_f_diag``/``w_i_diag``/``w_o_diag`` [N] with
+    peepholes, ``projection_kernel`` [N, P] (TF's ``projection/kernel``) with ``num_proj``.
+
+    ``input_size`` may be omitted: the weights are then created at the first call (as TF builds
+    them); create the optimizer after that call. With fp16/bf16 weights the cell state in a state
+    tuple stays float32.
+    """
+
+    def __init__(self, num_units: int, use_peepholes: bool = False, cell_clip: Optional[float] = None,
+                 initializer: Optional[Callable[[Tensor], Any]] = None, num_proj: Optional[int] = None,
+                 proj_clip: Optional[float] = None, num_unit_shards: Optional[int] = None,
+                 num_proj_shards: Optional[int] = None, forget_bias: float = 1.0, state_is_tuple: bool = True,
+                 activation: Activation = None, reuse: Any = None, name: Optional[str] = None,
+                 dtype: Union[str, torch.dtype, None] = None, *, input_size: Optional[int] = None,
+                 device: Union[str, torch.device, None] = None, **kwargs: Any) -> None:
+        super().__init__()
+        if kwargs:
+            raise TypeError(f"LSTMCell: unexpected keyword arguments {sorted(kwargs)}")
+        if isinstance(num_units, bool) or not isinstance(num_units, int) or num_units <= 0:
+            raise ValueError(f"num_units: expected a positive int, got {num_units!r}")
+        if num_proj is not None and (isinstance(num_proj, bool) or not isinstance(num_proj, int) or num_proj <= 0):
+            raise ValueError(f"num_proj: expected a positive int or None, got {num_proj!r}")
+        if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, int)
+                                       or input_size <= 0):
+            raise ValueError(f"input_size: expected a positive int or None, got {input_size!r}")
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer: expected a callable that fills a tensor in place, got {initializer!r}")
+        for arg, value in (("num_unit_shards", num_unit_shards), ("num_proj_shards", num_proj_shards),
+                           ("reuse", reuse)):
+            if value is not None:
+                warnings.warn(f"{arg} is deprecated in TF and has no effect here (variables are never "
+                              f"sharded or reused by scope)", DeprecationWarning, stacklevel=2)
+        self.num_units = num_units
+        self.use_peepholes = bool(use_peepholes)
+        self.cell_clip = check_clip("cell_clip", cell_clip)
+        self.num_proj = num_proj
+        self.proj_clip = check_clip("proj_clip", proj_clip)
+        if self.proj_clip is not None and num_proj is None:
+            raise ValueError("proj_clip: only meaningful with num_proj; got num_proj=None")
+        self.forget_bias = check_forget_bias(forget_bias)
+        self.state_is_tuple = bool(state_is_tuple)
+        resolve_activation(activation)
+        self.activation = activation
+        self.initializer = initializer
+        self.name = name
+        self._factory = dict(device=torch.device(device) if device is not None else None,
+                             dtype=_as_dtype("dtype", dtype) or torch.get_default_dtype())
+        self.input_size: Optional[int] = None
+        if input_size is not None:
+            self.build(input_size)
+
+    # -- sizes, TF's API ---------------------------------------------------------------------
+    @property
+    def output_size(self) -> int:
+        return self.num_proj if self.num_proj is not None else self.num_units
+
+    @property
+    def state_size(self) -> Union[LSTMStateTuple, int]:
+        if self.state_is_tuple:
+            return LSTMStateTuple(self.num_units, self.output_size)
+        return self.num_units + self.output_size
+
+    def build(self, input_size: int) -> None:
+        """Create the parameters for inputs of width ``input_size`` with TF's default initialisation."""
+        if self.input_size is not None:
+            raise RuntimeError(f"LSTMCell is already built for input_size {self.input_size}")
+        N, P, D = self.num_units, self.output_size, input_size
+        fac = self._factory
+        self.kernel = nn.Parameter(torch.empty(D + P, 4 * N, **fac))
+        self.bias = nn.Parameter(torch.zeros(4 * N, **fac))
+        if self.use_peepholes:
+            self.w_f_diag = nn.Parameter(torch.empty(N, **fac))
+            self.w_i_diag = nn.Parameter(torch.empty(N, **fac))
+            self.w_o_diag = nn.Parameter(torch.empty(N, **fac))
+        if self.num_proj is not None:
+            self.projection_kernel = nn.Parameter(torch.empty(N, P, **fac))
+        self.input_size = D
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """TF defaults: glorot uniform over each whole variable (peephole fans (N, N)), zero bias."""
+        with torch.no_grad():
+            for name, p in self._initialised_weights():
+                if self.initializer is not None:
+                    self.initializer(p)
+                else:
+                    fan_in, fan_out = (p.shape[0], p.shape[0]) if p.dim() == 1 else p.shape
+                    limit = math.sqrt(6.0 / (fan_in + fan_out))
+                    p.uniform_(-limit, limit)
+            self.bias.zero_()
+
+    def _initialised_weights(self) -> list[tuple[str, nn.Parameter]]:
+        names = ["kernel"]
+        if self.use_peepholes:
+            names += ["w_f_diag", "w_i_diag", "w_o_diag"]
+        if self.num_proj is not None:
+            names.append("projection_kernel")
+        return [(n, getattr(self, n)) for n in names]
+
+    def zero_state(self, batch_size: int, dtype: Union[str, torch.dtype, None] = None,
+                   device: Union[str, torch.device, None] = None) -> Union[LSTMStateTuple, Tensor]:
+        """Zeros shaped like ``state_size``. With a half dtype the tuple's c is float32."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
+            raise ValueError(f"batch_size: expected an int >= 0, got {batch_size!r}")
+        dtype = _as_dtype("dtype", dtype) or self._param_dtype()
+        device = device if device is not None else self._param_device()
+        N, P = self.num_units, self.output_size
+        if not self.state_is_tuple:
+            return torch.zeros(batch_size, N + P, dtype=dtype, device=device)
+        c_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        return LSTMStateTuple(torch.zeros(batch_size, N, dtype=c_dtype, device=device),
+                              torch.zeros(batch_size, P, dtype=dtype, device=device))
+
+    def get_initial_state(self, inputs: Optional[Tensor] = None, batch_size: Optional[int] = None,
+                          dtype: Union[str, torch.dtype, None] = None):
+        """Zero state; batch and dtype come from ``inputs`` when given, else from the arguments."""
+        if inputs is not None:
+            if not isinstance(inputs, Tensor) or inputs.dim() < 1:
+                raise ValueError("inputs: expected a tensor whose first dimension is the batch")
+            if batch_size is not None and batch_size != inputs.shape[0]:
+                raise ValueError(f"batch_size: {batch_size} disagrees with inputs' batch {inputs.shape[0]}")
+            return self.zero_state(inputs.shape[0], dtype or inputs.dtype, inputs.device)
+        if batch_size is None or dtype is None:
+            raise ValueError("get_initial_state: pass inputs, or both batch_size and dtype")
+        return self.zero_state(batch_size, dtype)
+
+    def _param_dtype(self) -> torch.dtype:
+        return self.kernel.dtype if self.input_size is not None else self._factory["dtype"]
+
+    def _param_device(self) -> torch.device:
+        if self.input_size is not None:
+            return self.kernel.device
+        return self._factory["device"] or torch.device("cpu")
+
+    # -- the step ------------------------------------------------------------------------------
+    def split_state(self, state: Union[LSTMStateTuple, tuple, Tensor], batch: int) -> tuple[Tensor, Tensor]:
+        """(c, h) from a state in this cell's layout, with shapes checked."""
+        N, P = self.num_units, self.output_size
+        if self.state_is_tuple:
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise TypeError("state: expected an LSTMStateTuple (c, h) since state_is_tuple=True, "
+                                f"got {type(state).__name__}")
+            return state[0], state[1]
+        check_tensor("state", state, 2)
+        if shape_of(state) != (batch, N + P):
+            raise ValueError(f"state: expected shape ({batch}, {N + P}) = [batch, num_units + output size] "
+                             f"since state_is_tuple=False, got {shape_of(state)}")
+        return state[:, :N], state[:, N:]
+
+    def forward(self, inputs: Tensor, state=None):
+        """One step. inputs [B, D]; state (c [B, N], h [B, P]) or [B, N + P]; returns (output, new state)."""
+        check_tensor("inputs", inputs, 2)
+        if self.input_size is None:
+            self.build(inputs.shape[1])
+        if inputs.shape[1] != self.input_size:
+            raise ValueError(f"inputs: expected last dimension {self.input_size} (input_size), "
+                             f"got shape {shape_of(inputs)}")
+        if state is None:
+            state = self.zero_state(inputs.shape[0], inputs.dtype, inputs.device)
+        c, h = self.split_state(state, inputs.shape[0])
+        h_new, c_new = lstm_cell(inputs, c, h, self.kernel, self.bias, *self.peepholes(), self.projection(),
+                                 forget_bias=self.forget_bias, cell_clip=self.cell_clip,
+                                 proj_clip=self.proj_clip, activation=self.activation)
+        if self.state_is_tuple:
+            return h_new, LSTMStateTuple(c_new, h_new)
+        return h_new, torch.cat([c_new.to(h_new.dtype), h_new], dim=1)
+
+    def peepholes(self) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+        if not self.use_peepholes:
+            return None, None, None
+        return self.w_f_diag, self.w_i_diag, self.w_o_diag
+
+    def projection(self) -> Optional[Tensor]:
+        return self.projection_kernel if self.num_proj is not None else None
+
+    # -- TF checkpoints ---------------------------------------------------------------------------
+    def _tf_variables(self) -> dict[str, str]:
+        """TF variable name -> attribute name, for the variables this cell has."""
+        names = {"kernel": "kernel", "bias": "bias"}
+        if self.use_peepholes:
+            names.update(w_f_diag="w_f_diag", w_i_diag="w_i_diag", w_o_diag="w_o_diag")
+        if self.num_proj is not None:
+            names["projection/kernel"] = "projection_kernel"
+        return names
+
+    def tf_weights(self, scope: str = "rnn/lstm_cell") -> dict[str, np.ndarray]:
+        """The weights under TF's variable names (``scope/kernel`` ...), as float numpy arrays."""
+        self._require_built("tf_weights")
+        prefix = f"{scope}/" if scope else ""
+        return {prefix + tf: getattr(self, attr).detach().float().cpu().numpy()
+                for tf, attr in self._tf_variables().items()}
+
+    def load_tf_weights(self, weights: Mapping[str, Any], scope: Optional[str] = None) -> None:
+        """Copy TF variables (numpy arrays or tensors) into this cell, matching names by their tail.
+
+        ``rnn/lstm_cell/kernel:0`` and ``kernel`` both fill ``kernel``; optimizer slots such as
+        ``.../kernel/Adam`` are ignored. ``scope`` keeps only names that start with it (use it when a
+        checkpoint holds several cells). An unbuilt cell takes input_size from the kernel's shape.
+        """
+        if not isinstance(weights, Mapping):
+            raise TypeError(f"weights: expected a mapping of TF names to arrays, got {type(weights).__name__}")
+        wanted = self._tf_variables()
+        found: dict[str, list[str]] = {}
+        for key in weights:
+            if not isinstance(key, str):
+                raise TypeError(f"weights: keys must be TF variable names (str), got {key!r}")
+            if scope is not None and not key.startswith(scope):
+                continue
+            tf = _tf_name(key)
+            if tf in ("kernel", "bias", "w_f_diag", "w_i_diag", "w_o_diag", "projection/kernel"):
+                found.setdefault(tf, []).append(key)
+        unexpected = sorted(set(found) - set(wanted))
+        if unexpected:
+            raise ValueError(f"weights: the checkpoint has {unexpected} ({[found[u] for u in unexpected]}) which "
+                             f"this cell (use_peepholes={self.use_peepholes}, num_proj={self.num_proj}) lacks")
+        missing = sorted(set(wanted) - set(found))
+        if missing:
+            raise ValueError(f"weights: missing TF variables {missing}; got names {sorted(weights)}")
+        ambiguous = {tf: keys for tf, keys in found.items() if len(keys) > 1}
+        if ambiguous:
+            raise ValueError(f"weights: several variables match {ambiguous}; pass scope= to pick one cell")
+        arrays = {tf: torch.as_tensor(np.asarray(weights[keys[0]])) for tf, keys in found.items()}
+        if self.input_size is None:
+            kernel = arrays["kernel"]
+            if kernel.dim() != 2 or kernel.shape[0] <= self.output_size:
+                raise ValueError(f"weights['kernel']: expected shape [input_size + {self.output_size}, "
+                                 f"{4 * self.num_units}], got {shape_of(kernel)}")
+            self.build(kernel.shape[0] - self.output_size)
+        for tf, attr in wanted.items():
+            param = getattr(self, attr)
+            value = arrays[tf]
+            if shape_of(value) != shape_of(param):
+                raise ValueError(f"weights[{found[tf][0]!r}]: expected shape {shape_of(param)} for TF's "
+                                 f"{tf!r}, got {shape_of(value)}")
+            if not torch.isfinite(value).all():
+                raise ValueError(f"weights[{found[tf][0]!r}]: contains NaN or infinite values")
+            with torch.no_grad():
+                param.copy_(value.to(param.dtype))
+
+    def _require_built(self, what: str) -> None:
+        if self.input_size is None:
+            raise RuntimeError(f"{what}: the cell has no weights yet; pass input_size or call it once")
+
+    def extra_repr(self) -> str:
+        return (f"num_units={self.num_units}, input_size={self.input_size}, use_peepholes={self.use_peepholes}, "
+                f"cell_clip={self.cell_clip}, num_proj={self.num_proj}, proj_clip={self.proj_clip}, "
+                f"forget_bias={self.forget_bias}, state_is_tuple={self.state_is_tuple}, "
+                f"activation={self.activation!r}")
