@@ -44,33 +44,31 @@ def check_forget_bias(value: float) -> float:
     return float(value)
 
 
-def check_cell_args(x: torch.Tensor, c: torch.Tensor, h: torch.Tensor, kernel: torch.Tensor,
-                    bias: torch.Tensor, peepholes: tuple[Optional[torch.Tensor], ...],
-                    projection: Optional[torch.Tensor], proj_clip: Optional[float]) -> tuple[int, int, int, int]:
-    """Validate one cell step's tensors; returns (B, D, N, P)."""
-    check_tensor("x", x, 2)
-    check_tensor("kernel", kernel, 2)
-    if kernel.shape[1] % 4 != 0 or kernel.shape[1] == 0:
-        raise ValueError(f"kernel: expected shape [input_size + num_proj, 4 * num_units], "
-                         f"got {shape_of(kernel)} (columns not a positive multiple of 4)")
-    B, D = x.shape
-    N = kernel.shape[1] // 4
-    if projection is not None:
-        check_tensor("projection", projection, 2)
-        if projection.shape[0] != N:
-            raise ValueError(f"projection: expected shape [num_units={N}, num_proj], got {shape_of(projection)}")
-        P = projection.shape[1]
-        if P == 0:
-            raise ValueError("projection: num_proj must be positive, got a [N, 0] projection")
-    else:
-        P = N
+def _num_units(name: str, w: torch.Tensor) -> int:
+    if w.shape[1] % 4 != 0 or w.shape[1] == 0:
+        raise ValueError(f"{name}: expected 4 * num_units columns (gates i, j, f, o), got shape {shape_of(w)}")
+    return w.shape[1] // 4
+
+
+def _output_size(projection: Optional[torch.Tensor], N: int, proj_clip: Optional[float]) -> int:
+    if projection is None:
         if proj_clip is not None:
             raise ValueError("proj_clip: only meaningful with a projection (num_proj); got no projection")
-    check_shape("kernel", kernel, (D + P, 4 * N), f"input_size {D} + output size {P}, 4 * num_units {N}")
-    check_tensor("c", c, 2)
-    check_shape("c", c, (B, N), f"batch {B} from x, num_units {N}")
-    check_tensor("h", h, 2)
-    check_shape("h", h, (B, P), f"batch {B} from x, output size {P}")
+        return N
+    check_tensor("projection", projection, 2)
+    if projection.shape[0] != N or projection.shape[1] == 0:
+        raise ValueError(f"projection: expected shape [num_units={N}, num_proj > 0], got {shape_of(projection)}")
+    return projection.shape[1]
+
+
+def _check_state_and_weights(x: torch.Tensor, B: int, N: int, P: int, state: dict[str, torch.Tensor],
+                             bias: torch.Tensor, peepholes: tuple[Optional[torch.Tensor], ...],
+                             weights: dict[str, Optional[torch.Tensor]]) -> None:
+    (c_name, c), (h_name, h) = state.items()
+    check_tensor(c_name, c, 2)
+    check_shape(c_name, c, (B, N), f"batch {B} from x, num_units {N}")
+    check_tensor(h_name, h, 2)
+    check_shape(h_name, h, (B, P), f"batch {B} from x, output size {P}")
     check_tensor("bias", bias, 1)
     check_shape("bias", bias, (4 * N,), f"4 * num_units {N}")
     present = [p is not None for p in peepholes]
@@ -80,14 +78,44 @@ def check_cell_args(x: torch.Tensor, c: torch.Tensor, h: torch.Tensor, kernel: t
         if p is not None:
             check_tensor(name, p, 1)
             check_shape(name, p, (N,), f"num_units {N}")
-    named = [("h", h), ("kernel", kernel), ("bias", bias), ("projection", projection)]
-    named += list(zip(("w_f_diag", "w_i_diag", "w_o_diag"), peepholes))
-    for name, t in named + [("c", c)]:
+    named = {h_name: h, "bias": bias, **weights, **dict(zip(("w_f_diag", "w_i_diag", "w_o_diag"), peepholes))}
+    for name, t in {**named, c_name: c}.items():
         if t is not None and t.device != x.device:
             raise ValueError(f"{name}: on device {t.device}, but x is on {x.device}; move all tensors to one device")
-    for name, t in named:
+    for name, t in named.items():
         if t is not None and t.dtype != x.dtype:
             raise TypeError(f"{name}: dtype {t.dtype} differs from x's {x.dtype}; use one dtype")
     if c.dtype not in (x.dtype, torch.float32):
-        raise TypeError(f"c: dtype {c.dtype}; expected float32 or x's dtype {x.dtype}")
+        raise TypeError(f"{c_name}: dtype {c.dtype}; expected float32 or x's dtype {x.dtype}")
+
+
+def check_cell_args(x: torch.Tensor, c: torch.Tensor, h: torch.Tensor, kernel: torch.Tensor,
+                    bias: torch.Tensor, peepholes: tuple[Optional[torch.Tensor], ...],
+                    projection: Optional[torch.Tensor], proj_clip: Optional[float]) -> tuple[int, int, int, int]:
+    """Validate one cell step's tensors; returns (B, D, N, P)."""
+    check_tensor("x", x, 2)
+    check_tensor("kernel", kernel, 2)
+    B, D = x.shape
+    N = _num_units("kernel", kernel)
+    P = _output_size(projection, N, proj_clip)
+    check_shape("kernel", kernel, (D + P, 4 * N), f"input_size {D} + output size {P}, 4 * num_units {N}")
+    _check_state_and_weights(x, B, N, P, {"c": c, "h": h}, bias, peepholes,
+                             {"kernel": kernel, "projection": projection})
     return B, D, N, P
+
+
+def check_sequence_args(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_x: torch.Tensor,
+                        w_h: torch.Tensor, bias: torch.Tensor, peepholes: tuple[Optional[torch.Tensor], ...],
+                        projection: Optional[torch.Tensor], proj_clip: Optional[float]) -> tuple[int, int, int, int, int]:
+    """Validate a time-major sequence's tensors; returns (T, B, D, N, P)."""
+    check_tensor("x", x, 3)
+    check_tensor("w_x", w_x, 2)
+    check_tensor("w_h", w_h, 2)
+    T, B, D = x.shape
+    N = _num_units("w_h", w_h)
+    P = _output_size(projection, N, proj_clip)
+    check_shape("w_x", w_x, (D, 4 * N), f"input_size {D}, 4 * num_units {N}")
+    check_shape("w_h", w_h, (P, 4 * N), f"output size {P}, 4 * num_units {N}")
+    _check_state_and_weights(x, B, N, P, {"c0": c0, "h0": h0}, bias, peepholes,
+                             {"w_x": w_x, "w_h": w_h, "projection": projection})
+    return T, B, D, N, P

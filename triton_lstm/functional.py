@@ -96,27 +96,28 @@ def _grad_or_zeros(g: Optional[Tensor], like: Tensor) -> Tensor:
 
 def weight_grads(needs: tuple[bool, ...], dz: Tensor, x: Tensor, h: Tensor, c_prev: Tensor, c_new: Tensor,
                  m: Optional[Tensor], dy: Optional[Tensor], dtype: torch.dtype):
-    """Batch reductions as GEMMs (deterministic): kernel, bias, w_f/w_i/w_o_diag, projection.
+    """Batch reductions as GEMMs (deterministic): W_x, W_h, bias, w_f/w_i/w_o_diag, projection.
 
     x, h, c_prev, c_new, m, dz, dy may carry leading dimensions (time steps); all are reduced.
     """
-    need_kernel, need_bias, need_wf, need_wi, need_wo, need_proj = needs
-    dz2 = dz.reshape(-1, dz.shape[-1])
-    d_kernel = d_bias = d_wf = d_wi = d_wo = d_proj = None
-    if need_kernel:
-        xh = torch.cat([x.reshape(-1, x.shape[-1]), h.reshape(-1, h.shape[-1])], dim=1).float()
-        d_kernel = (xh.t() @ dz2).to(dtype)
-    if need_bias:
-        d_bias = dz2.sum(0).to(dtype)
+    need_wx, need_wh, need_bias, need_wf, need_wi, need_wo, need_proj = needs
+
+    def rows(t: Tensor) -> Tensor:
+        return t.reshape(-1, t.shape[-1]).float()
+
+    dz2 = rows(dz)
+    d_wx = (rows(x).t() @ dz2).to(dtype) if need_wx else None
+    d_wh = (rows(h).t() @ dz2).to(dtype) if need_wh else None
+    d_bias = dz2.sum(0).to(dtype) if need_bias else None
+    d_wf = d_wi = d_wo = d_proj = None
     if need_wf or need_wi or need_wo:
         dzi, _, dzf, dzo = dz2.chunk(4, dim=1)
-        cp = c_prev.reshape(-1, c_prev.shape[-1]).float()
-        d_wf = (dzf * cp).sum(0).to(dtype)
-        d_wi = (dzi * cp).sum(0).to(dtype)
-        d_wo = (dzo * c_new.reshape(-1, c_new.shape[-1])).sum(0).to(dtype)
+        d_wf = (dzf * rows(c_prev)).sum(0).to(dtype)
+        d_wi = (dzi * rows(c_prev)).sum(0).to(dtype)
+        d_wo = (dzo * rows(c_new)).sum(0).to(dtype)
     if need_proj:
-        d_proj = (m.reshape(-1, m.shape[-1]).float().t() @ dy.reshape(-1, dy.shape[-1])).to(dtype)
-    return d_kernel, d_bias, d_wf, d_wi, d_wo, d_proj
+        d_proj = (rows(m).t() @ rows(dy)).to(dtype)
+    return d_wx, d_wh, d_bias, d_wf, d_wi, d_wo, d_proj
 
 
 class LSTMCellFunction(torch.autograd.Function):
@@ -141,9 +142,10 @@ class LSTMCellFunction(torch.autograd.Function):
         dz, dc_prev, dx, dh_prev, dy = step_backward(dh_new, dc_new, z, c, kernel, peepholes, projection, y,
                                                      x.dtype, x.shape[1], ctx.opts)
         needs = ctx.needs_input_grad
-        d_kernel, d_bias, d_wf, d_wi, d_wo, d_proj = weight_grads(
-            (needs[3], needs[4], needs[5], needs[6], needs[7], needs[8]),
+        d_wx, d_wh, d_bias, d_wf, d_wi, d_wo, d_proj = weight_grads(
+            (needs[3], needs[3], needs[4], needs[5], needs[6], needs[7], needs[8]),
             dz, x, h, c, c_new, m, dy, kernel.dtype)
+        d_kernel = torch.cat([d_wx, d_wh]) if needs[3] else None
         return dx, dc_prev.to(c.dtype), dh_prev, d_kernel, d_bias, d_wf, d_wi, d_wo, d_proj, None
 
 

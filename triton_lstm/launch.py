@@ -66,3 +66,37 @@ def step_config(batch: int, num_units: int, dtype: torch.dtype) -> StepConfig:
     block_n = 32 if num_units > 16 else 16
     return StepConfig(block_b=block_b, block_n=block_n, block_k=32, num_warps=4 if block_b == 16 else 8,
                       num_stages=1, maxnreg=255)
+
+
+@dataclass(frozen=True)
+class SequenceConfig:
+    block_b: int
+    block_n: int
+    block_k: int
+    programs: int               # grid size: never more than can be resident at once
+    num_warps: int
+    num_stages: int
+    maxnreg: int
+
+    def launch_options(self) -> dict:
+        return dict(num_warps=self.num_warps, num_stages=self.num_stages, maxnreg=self.maxnreg)
+
+
+def sequence_config(batch: int, num_units: int, out_size: int, dtype: torch.dtype, device: torch.device,
+                    programs: int | None = None) -> SequenceConfig:
+    """Launch configuration of the persistent sequence kernels.
+
+    The grid is at most one program per SM: every program fits on an SM by itself, so all of
+    them are resident together and the grid barrier cannot deadlock. Under the interpreter the
+    default is one program, which runs the whole kernel, barriers included, as on a GPU.
+    """
+    step = step_config(batch, num_units, dtype)
+    block_b, block_n = step.block_b, step.block_n
+    tiles = triton.cdiv(batch, block_b) * triton.cdiv(max(num_units, out_size), block_n)
+    if programs is None:
+        if device.type == "cuda":
+            programs = min(tiles, torch.cuda.get_device_properties(device).multi_processor_count)
+        else:
+            programs = 1
+    return SequenceConfig(block_b=block_b, block_n=block_n, block_k=step.block_k, programs=max(1, programs),
+                          num_warps=step.num_warps, num_stages=1, maxnreg=step.maxnreg)

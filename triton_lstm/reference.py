@@ -48,3 +48,35 @@ def lstm_cell_reference(
         if proj_clip is not None:
             m = torch.clamp(m, -proj_clip, proj_clip)
     return m.to(out_dtype), c_new
+
+
+def lstm_sequence_reference(
+    x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bias: Tensor,
+    w_f_diag: Optional[Tensor] = None, w_i_diag: Optional[Tensor] = None, w_o_diag: Optional[Tensor] = None,
+    projection: Optional[Tensor] = None, lengths: Optional[Tensor] = None, *, forget_bias: float = 1.0,
+    cell_clip: Optional[float] = None, proj_clip: Optional[float] = None,
+    activation: Callable[[Tensor], Tensor] = torch.tanh,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """TF's dynamic_rnn over a time-major sequence, step by step.
+
+    Shapes: x [T, B, D], h0 [B, P], c0 [B, N], w_x [D, 4N], w_h [P, 4N], lengths [B] or None.
+    Rows past their length output 0 and carry the state. Returns (outputs [T, B, P], h_T, c_T).
+    """
+    kernel = torch.cat([w_x, w_h], dim=0)
+    h, c = h0, c0
+    outputs = []
+    for t in range(x.shape[0]):
+        h_new, c_new = lstm_cell_reference(x[t], c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection,
+                                           forget_bias=forget_bias, cell_clip=cell_clip, proj_clip=proj_clip,
+                                           activation=activation)
+        if lengths is None:
+            h, c = h_new, c_new
+            outputs.append(h_new)
+        else:
+            valid = (lengths.to(x.device) > t)[:, None]
+            h = torch.where(valid, h_new, h.to(h_new.dtype))
+            c = torch.where(valid, c_new, c.to(c_new.dtype))
+            outputs.append(torch.where(valid, h_new, torch.zeros_like(h_new)))
+    if not outputs:
+        return x.new_zeros(0, *h0.shape), h0, c0
+    return torch.stack(outputs), h, c

@@ -1,0 +1,194 @@
+"""A whole LSTM sequence (one layer, one direction) on the persistent kernels, with autograd."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from triton_lstm.activations import Activation, activation_id, resolve_activation
+from triton_lstm.checks import check_clip, check_forget_bias, check_sequence_args, shape_of
+from triton_lstm.functional import CellOptions, _warn_reference_activation, weight_grads
+from triton_lstm.kernels.lstm_sequence import lstm_seq_bwd_kernel, lstm_seq_fwd_kernel
+from triton_lstm.launch import dot_dtype, input_precision, interpreting, kernels_run_on, sequence_config
+from triton_lstm.reference import lstm_sequence_reference
+
+Tensor = torch.Tensor
+
+# Polls of the barrier counter before a program gives up (a few seconds on a GPU); only reached
+# if the grid was not co-resident, which sequence_config rules out.
+MAX_SPINS = 1 << 24
+
+
+def _check_sync(sync: Tensor) -> None:
+    """With TRITON_LSTM_CHECK_BARRIER=1, raise if a grid barrier timed out (synchronises the host)."""
+    if os.environ.get("TRITON_LSTM_CHECK_BARRIER") == "1" and int(sync[1]) != 0:
+        raise RuntimeError("a grid barrier of the persistent LSTM kernel timed out: the grid was not co-resident")
+
+
+def _flags(opts: CellOptions, peepholes, projection, lengths) -> dict:
+    return dict(**opts.kernel_args(), USE_PEEPHOLES=peepholes[0] is not None, HAS_PROJ=projection is not None,
+                HAS_LENGTHS=lengths is not None)
+
+
+def seq_forward(xw: Tensor, h0: Tensor, c0: Tensor, w_h: Tensor, peepholes, projection: Optional[Tensor],
+                lengths: Optional[Tensor], opts: CellOptions, programs: Optional[int] = None):
+    """Run the forward recurrence. xw [T, B, 4N] = x @ W_x + bias. Returns (out, hbuf, cbuf, z, m, y)."""
+    T, B, N4 = xw.shape
+    N, P = N4 // 4, h0.shape[1]
+    dev, dtype = xw.device, h0.dtype
+    f32 = dict(device=dev, dtype=torch.float32)
+    hbuf = torch.empty(T + 1, B, P, device=dev, dtype=dtype)
+    hbuf[0] = h0
+    cbuf = torch.empty(T + 1, B, N, **f32)
+    cbuf[0] = c0
+    z = torch.empty(T, B, 4 * N, **f32)
+    out = torch.empty(T, B, P, device=dev, dtype=dtype)
+    m = torch.empty(T, B, N, device=dev, dtype=dtype) if projection is not None else None
+    y = torch.empty(T, B, P, **f32) if opts.proj_clip is not None else None
+    cfg = sequence_config(B, N, P, dtype, dev, programs)
+    wf, wi, wo = peepholes
+    args = (xw, w_h, wi, wf, wo, projection, lengths, hbuf, cbuf, z, m, y, out)
+    consts = dict(**_flags(opts, peepholes, projection, lengths), DOT_DTYPE=dot_dtype(dtype),
+                  INPUT_PRECISION=input_precision(dtype), BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n,
+                  BLOCK_K=cfg.block_k, **cfg.launch_options())
+
+    def launch(t_first: int, n_steps: int, phases: int, use_barrier: bool) -> None:
+        sync = torch.zeros(2, device=dev, dtype=torch.int32)
+        lstm_seq_fwd_kernel[(cfg.programs,)](*args, sync, t_first, n_steps, T, B, N, P, MAX_SPINS,
+                                            PHASES=phases, USE_BARRIER=use_barrier, **consts)
+        _check_sync(sync)
+
+    if T > 0:
+        if cfg.programs == 1 or not interpreting():
+            launch(0, T, 3, True)
+        else:
+            for t in range(T):
+                launch(t, 1, 1, False)
+                if projection is not None:
+                    launch(t, 1, 2, False)
+    return out, hbuf, cbuf, z, m, y
+
+
+def seq_backward(dout: Tensor, dh_T: Tensor, dc_T: Tensor, z: Tensor, cbuf: Tensor, w_h: Tensor, peepholes,
+                 projection: Optional[Tensor], y: Optional[Tensor], lengths: Optional[Tensor], opts: CellOptions,
+                 programs: Optional[int] = None):
+    """Run the reverse recurrence. Returns (dz [T, B, 4N], dy [T, B, P], dh0, dc0), all fp32."""
+    T, B, N4 = z.shape
+    N, P = N4 // 4, dh_T.shape[1]
+    dev = z.device
+    dh = dh_T.float().clone()
+    dc = dc_T.float().clone()
+    dz = torch.empty(T, B, 4 * N, device=dev, dtype=torch.float32)
+    dy = torch.empty(T, B, P, device=dev, dtype=torch.float32)
+    cfg = sequence_config(B, N, P, w_h.dtype, dev, programs)
+    wf, wi, wo = peepholes
+    args = (dout, dh, dc, z, cbuf, w_h, wi, wf, wo, projection, y, lengths, dy, dz)
+    consts = dict(**_flags(opts, peepholes, projection, lengths), DOT_DTYPE=dot_dtype(w_h.dtype),
+                  INPUT_PRECISION=input_precision(w_h.dtype), BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n,
+                  BLOCK_K=cfg.block_k, **cfg.launch_options())
+
+    def launch(t_first: int, n_steps: int, prologue: bool, phases: int, use_barrier: bool) -> None:
+        sync = torch.zeros(2, device=dev, dtype=torch.int32)
+        lstm_seq_bwd_kernel[(cfg.programs,)](*args, sync, t_first, n_steps, T, B, N, P, MAX_SPINS,
+                                            PROLOGUE=prologue, PHASES=phases, USE_BARRIER=use_barrier, **consts)
+        _check_sync(sync)
+
+    if T > 0:
+        if cfg.programs == 1 or not interpreting():
+            launch(T - 1, T, True, 3, True)
+        else:
+            launch(T - 1, 0, True, 3, False)
+            for t in range(T - 1, -1, -1):
+                launch(t, 1, False, 1, False)
+                launch(t, 1, False, 2, False)
+    return dz, dy, dh, dc
+
+
+class LSTMSequenceFunction(torch.autograd.Function):
+    """Autograd wrapper of the persistent kernels. Inputs are validated by ``lstm_sequence``."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, lengths,
+                opts: CellOptions, programs: Optional[int]):
+        T, B, D = x.shape
+        peepholes = (w_f_diag, w_i_diag, w_o_diag)
+        # The input half of the gate GEMM for all steps at once, off the serial path.
+        xw = torch.addmm(bias, x.reshape(T * B, D), w_x).reshape(T, B, -1)
+        w_h = w_h.contiguous()
+        out, hbuf, cbuf, z, m, y = seq_forward(xw, h0, c0, w_h, peepholes, projection, lengths, opts, programs)
+        # Stored for backward: z (4N fp32 per row and step), c (N fp32), h (P), and with a
+        # projection m (N) and y (P): recomputing z would repeat the serial recurrence.
+        ctx.save_for_backward(x, w_x, w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, hbuf, cbuf, z, m, y)
+        ctx.opts, ctx.programs = opts, programs
+        return out, hbuf[T], cbuf[T]
+
+    @staticmethod
+    def backward(ctx, dout, dh_T, dc_T):
+        x, w_x, w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, hbuf, cbuf, z, m, y = ctx.saved_tensors
+        T, B, D = x.shape
+        peepholes = (w_f_diag, w_i_diag, w_o_diag)
+        zeros = dict(device=x.device, dtype=torch.float32)
+        dout = torch.zeros(hbuf[1:].shape, **zeros) if dout is None else dout.contiguous()
+        dh_T = torch.zeros(hbuf[0].shape, **zeros) if dh_T is None else dh_T
+        dc_T = torch.zeros(cbuf[0].shape, **zeros) if dc_T is None else dc_T
+        dz, dy, dh0, dc0 = seq_backward(dout, dh_T, dc_T, z, cbuf, w_h, peepholes, projection, y, lengths,
+                                        ctx.opts, ctx.programs)
+        needs = ctx.needs_input_grad
+        dx = (dz.reshape(T * B, -1) @ w_x.float().t()).reshape(T, B, D).to(x.dtype) if needs[0] else None
+        d_wx, d_wh, d_bias, d_wf, d_wi, d_wo, d_proj = weight_grads(
+            (needs[3], needs[4], needs[5], needs[6], needs[7], needs[8], needs[9]),
+            dz, x, hbuf[:T], cbuf[:T], cbuf[1:], m, dy, w_x.dtype)
+        return (dx, dh0.to(hbuf.dtype), dc0, d_wx, d_wh, d_bias, d_wf, d_wi, d_wo, d_proj, None, None, None)
+
+
+def check_lengths(lengths: Optional[Tensor], T: int, B: int, device: torch.device) -> Optional[Tensor]:
+    """sequence_length: [B] integers in [0, T] on the inputs' device; returned as int32."""
+    if lengths is None:
+        return None
+    if not isinstance(lengths, Tensor):
+        lengths = torch.as_tensor(lengths)
+    if lengths.dim() != 1 or lengths.shape[0] != B:
+        raise ValueError(f"sequence_length: expected shape ({B},) = [batch], got {shape_of(lengths)}")
+    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+        raise TypeError(f"sequence_length: expected an integer tensor, got {lengths.dtype}")
+    if lengths.device != device:
+        raise ValueError(f"sequence_length: on {lengths.device}, but the inputs are on {device}")
+    if B and (bool((lengths < 0).any()) or bool((lengths > T).any())):
+        raise ValueError(f"sequence_length: values must lie in [0, T={T}], got min {int(lengths.min())} "
+                         f"and max {int(lengths.max())}")
+    return lengths.to(torch.int32).contiguous()
+
+
+def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bias: Tensor,
+                  w_f_diag: Optional[Tensor] = None, w_i_diag: Optional[Tensor] = None,
+                  w_o_diag: Optional[Tensor] = None, projection: Optional[Tensor] = None,
+                  lengths: Optional[Tensor] = None, *, forget_bias: float = 1.0, cell_clip: Optional[float] = None,
+                  proj_clip: Optional[float] = None, activation: Activation = None,
+                  programs: Optional[int] = None) -> tuple[Tensor, Tensor, Tensor]:
+    """TF's LSTMCell over a time-major sequence in one persistent kernel launch (forward and backward).
+
+    Args:
+        x: [T, B, D].  h0: [B, P].  c0: [B, N] (float32 or x's dtype).
+        w_x: [D, 4N] and w_h: [P, 4N], the two row blocks of TF's kernel (gates i, j, f, o).
+        bias: [4N].  w_f_diag, w_i_diag, w_o_diag: [N] or None.  projection: [N, P] or None.
+        lengths: [B] integers in [0, T], or None for full length.
+        programs: grid size override (tests); None picks one program per SM at most.
+    Returns:
+        (outputs [T, B, P] in x's dtype, zero past each length; h_T [B, P]; c_T [B, N] float32).
+    """
+    T, B, D, N, P = check_sequence_args(x, h0, c0, w_x, w_h, bias, (w_f_diag, w_i_diag, w_o_diag),
+                                        projection, proj_clip)
+    clips = check_clip("cell_clip", cell_clip), check_clip("proj_clip", proj_clip)
+    forget_bias = check_forget_bias(forget_bias)
+    lengths = check_lengths(lengths, T, B, x.device)
+    name, fn = resolve_activation(activation)
+    if name is None:
+        _warn_reference_activation(activation)
+    if name is None or not kernels_run_on(x.device, x.dtype):
+        return lstm_sequence_reference(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection,
+                                       lengths, forget_bias=forget_bias, cell_clip=clips[0], proj_clip=clips[1],
+                                       activation=fn)
+    opts = CellOptions(activation_id(name), forget_bias, *clips)
+    return LSTMSequenceFunction.apply(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection,
+                                      lengths, opts, programs)
