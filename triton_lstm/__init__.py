@@ -2,8 +2,12 @@
 from triton_lstm.activations import ACTIVATIONS
 from triton_lstm.cell import LSTMCell, LSTMStateTuple
 from triton_lstm.functional import lstm_cell
-from triton_lstm.reference import lstm_cell_reference
+from triton_lstm.lstm import LSTM
+from triton_lstm.reference import lstm_cell_reference, lstm_sequence_reference
+from triton_lstm.rnn import dynamic_rnn
+from triton_lstm.sequence import lstm_sequence
 
 __version__ = "0.1.0"
 
-__all__ = ["ACTIVATIONS", "LSTMCell", "LSTMStateTuple", "lstm_cell", "lstm_cell_reference", "__version__"]
+__all__ = ["ACTIVATIONS", "LSTM", "LSTMCell", "LSTMStateTuple", "dynamic_rnn", "lstm_cell", "lstm_cell_reference",
+           "lstm_sequence", "lstm_sequence_reference", "__version__"]

@@ -36,6 +36,11 @@ def _rows_unit_stride(t: Tensor) -> Tensor:
     return t if t.stride(1) == 1 else t.contiguous()
 
 
+def contiguous_or_none(*tensors: Optional[Tensor]) -> tuple[Optional[Tensor], ...]:
+    """The kernels index weights as dense row-major arrays (views such as ``w.t()`` are copied)."""
+    return tuple(None if t is None else t.contiguous() for t in tensors)
+
+
 def step_forward(x: Tensor, c: Tensor, h: Tensor, kernel: Tensor, bias: Tensor,
                  peepholes: tuple[Optional[Tensor], ...], projection: Optional[Tensor], opts: CellOptions):
     """Launch the forward kernel. Returns (h_new, c_new fp32, z fp32, m or None, y or None)."""
@@ -43,7 +48,7 @@ def step_forward(x: Tensor, c: Tensor, h: Tensor, kernel: Tensor, bias: Tensor,
     N = kernel.shape[1] // 4
     P = h.shape[1]
     x, h = _rows_unit_stride(x), _rows_unit_stride(h)
-    c, kernel, bias = c.contiguous(), kernel.contiguous(), bias.contiguous()
+    c = c.contiguous()
     has_proj = projection is not None
     f32 = dict(device=x.device, dtype=torch.float32)
     z = torch.empty(B, 4 * N, **f32)
@@ -79,7 +84,7 @@ def step_backward(dh_new: Tensor, dc_new: Tensor, z: Tensor, c: Tensor, kernel: 
     cfg = step_config(B, N, x_dtype)
     wf, wi, wo = peepholes
     lstm_step_bwd_kernel[(triton.cdiv(B, cfg.block_b),)](
-        dh_new, dc_new, z, c.contiguous(), kernel.contiguous(), wi, wf, wo, projection, y,
+        dh_new, dc_new, z, c.contiguous(), kernel, wi, wf, wo, projection, y,
         dy, dz, dc_prev, dx, dh_prev, B, D, N, P, **opts.kernel_args(),
         USE_PEEPHOLES=wf is not None, HAS_PROJ=projection is not None,
         DOT_DTYPE=dot_dtype(x_dtype), INPUT_PRECISION=input_precision(x_dtype),
@@ -125,6 +130,8 @@ class LSTMCellFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection, opts: CellOptions):
+        kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection = contiguous_or_none(
+            kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection)
         peepholes = (w_f_diag, w_i_diag, w_o_diag)
         h_new, c_new, z, m, y = step_forward(x, c, h, kernel, bias, peepholes, projection, opts)
         # Store the gate pre-activations z (4N floats a row) and recompute every pointwise value in

@@ -8,7 +8,7 @@ import torch
 
 from triton_lstm.activations import Activation, activation_id, resolve_activation
 from triton_lstm.checks import check_clip, check_forget_bias, check_sequence_args, shape_of
-from triton_lstm.functional import CellOptions, _warn_reference_activation, weight_grads
+from triton_lstm.functional import CellOptions, _warn_reference_activation, contiguous_or_none, weight_grads
 from triton_lstm.kernels.lstm_sequence import lstm_seq_bwd_kernel, lstm_seq_fwd_kernel
 from triton_lstm.launch import dot_dtype, input_precision, interpreting, kernels_run_on, sequence_config
 from triton_lstm.reference import lstm_sequence_reference
@@ -112,15 +112,16 @@ class LSTMSequenceFunction(torch.autograd.Function):
     def forward(ctx, x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, lengths,
                 opts: CellOptions, programs: Optional[int]):
         T, B, D = x.shape
+        w_h, w_f_diag, w_i_diag, w_o_diag, projection = contiguous_or_none(
+            w_h, w_f_diag, w_i_diag, w_o_diag, projection)
         peepholes = (w_f_diag, w_i_diag, w_o_diag)
         # The input half of the gate GEMM for all steps at once, off the serial path.
         xw = torch.addmm(bias, x.reshape(T * B, D), w_x).reshape(T, B, -1)
-        w_h = w_h.contiguous()
         out, hbuf, cbuf, z, m, y = seq_forward(xw, h0, c0, w_h, peepholes, projection, lengths, opts, programs)
         # Stored for backward: z (4N fp32 per row and step), c (N fp32), h (P), and with a
         # projection m (N) and y (P): recomputing z would repeat the serial recurrence.
         ctx.save_for_backward(x, w_x, w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, hbuf, cbuf, z, m, y)
-        ctx.opts, ctx.programs = opts, programs
+        ctx.opts, ctx.programs, ctx.c0_dtype = opts, programs, c0.dtype
         return out, hbuf[T], cbuf[T]
 
     @staticmethod
@@ -139,7 +140,7 @@ class LSTMSequenceFunction(torch.autograd.Function):
         d_wx, d_wh, d_bias, d_wf, d_wi, d_wo, d_proj = weight_grads(
             (needs[3], needs[4], needs[5], needs[6], needs[7], needs[8], needs[9]),
             dz, x, hbuf[:T], cbuf[:T], cbuf[1:], m, dy, w_x.dtype)
-        return (dx, dh0.to(hbuf.dtype), dc0, d_wx, d_wh, d_bias, d_wf, d_wi, d_wo, d_proj, None, None, None)
+        return (dx, dh0.to(hbuf.dtype), dc0.to(ctx.c0_dtype), d_wx, d_wh, d_bias, d_wf, d_wi, d_wo, d_proj, None, None, None)
 
 
 def check_lengths(lengths: Optional[Tensor], T: int, B: int, device: torch.device) -> Optional[Tensor]:
