@@ -34,6 +34,13 @@ def _as_dtype(name: str, dtype: Union[str, torch.dtype, None]) -> Optional[torch
     raise TypeError(f"{name}: expected a torch.dtype or one of {sorted(_DTYPE_NAMES)}, got {dtype!r}")
 
 
+def _as_tensor(value: Any) -> Tensor:
+    """A checkpoint value as a tensor; tensors are taken as they are (bf16, CUDA or requiring grad)."""
+    if isinstance(value, Tensor):
+        return value.detach()
+    return torch.as_tensor(np.asarray(value))
+
+
 def _tf_name(key: str) -> str:
     """'rnn/lstm_cell/projection/kernel:0' -> 'projection/kernel'; '.../w_f_diag' -> 'w_f_diag'."""
     parts = key.split(":")[0].split("/")
@@ -248,11 +255,13 @@ class LSTMCell(nn.Module):
         if not isinstance(weights, Mapping):
             raise TypeError(f"weights: expected a mapping of TF names to arrays, got {type(weights).__name__}")
         wanted = self._tf_variables()
+        # A scope is a whole path prefix: "rnn/lstm_cell" must not also pick "rnn/lstm_cell_1/...".
+        prefix = scope.rstrip("/") + "/" if scope else None
         found: dict[str, list[str]] = {}
         for key in weights:
             if not isinstance(key, str):
                 raise TypeError(f"weights: keys must be TF variable names (str), got {key!r}")
-            if scope is not None and not key.startswith(scope):
+            if prefix is not None and not key.startswith(prefix):
                 continue
             tf = _tf_name(key)
             if tf in ("kernel", "bias", "w_f_diag", "w_i_diag", "w_o_diag", "projection/kernel"):
@@ -267,23 +276,34 @@ class LSTMCell(nn.Module):
         ambiguous = {tf: keys for tf, keys in found.items() if len(keys) > 1}
         if ambiguous:
             raise ValueError(f"weights: several variables match {ambiguous}; pass scope= to pick one cell")
-        arrays = {tf: torch.as_tensor(np.asarray(weights[keys[0]])) for tf, keys in found.items()}
-        if self.input_size is None:
+        arrays = {tf: _as_tensor(weights[keys[0]]) for tf, keys in found.items()}
+        D = self.input_size
+        if D is None:
             kernel = arrays["kernel"]
             if kernel.dim() != 2 or kernel.shape[0] <= self.output_size:
                 raise ValueError(f"weights['kernel']: expected shape [input_size + {self.output_size}, "
                                  f"{4 * self.num_units}], got {shape_of(kernel)}")
-            self.build(kernel.shape[0] - self.output_size)
-        for tf, attr in wanted.items():
-            param = getattr(self, attr)
+            D = kernel.shape[0] - self.output_size
+        # Check every variable before building or copying: a failed load leaves the cell as it was.
+        expected = self._tf_shapes(D)
+        for tf in wanted:
             value = arrays[tf]
-            if shape_of(value) != shape_of(param):
-                raise ValueError(f"weights[{found[tf][0]!r}]: expected shape {shape_of(param)} for TF's "
+            if shape_of(value) != expected[tf]:
+                raise ValueError(f"weights[{found[tf][0]!r}]: expected shape {expected[tf]} for TF's "
                                  f"{tf!r}, got {shape_of(value)}")
             if not torch.isfinite(value).all():
                 raise ValueError(f"weights[{found[tf][0]!r}]: contains NaN or infinite values")
-            with torch.no_grad():
-                param.copy_(value.to(param.dtype))
+        if self.input_size is None:
+            self.build(D)
+        with torch.no_grad():
+            for tf, attr in wanted.items():
+                param = getattr(self, attr)
+                param.copy_(arrays[tf].to(param.dtype))
+
+    def _tf_shapes(self, input_size: int) -> dict[str, tuple[int, ...]]:
+        N, P = self.num_units, self.output_size
+        return {"kernel": (input_size + P, 4 * N), "bias": (4 * N,), "w_f_diag": (N,), "w_i_diag": (N,),
+                "w_o_diag": (N,), "projection/kernel": (N, P)}
 
     def _require_built(self, what: str) -> None:
         if self.input_size is None:

@@ -1,0 +1,424 @@
+"""``LSTMCell`` and ``LSTMStateTuple``: TF's variables, initialisation, states, the step against the
+reference, TF checkpoint loading, and the clip gradients at exactly the bound."""
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import TOLERANCES, assert_close
+from triton_lstm import LSTMCell, LSTMStateTuple, lstm_cell, lstm_cell_reference
+from triton_lstm.launch import kernels_run_on
+
+B, D, N, P = 4, 6, 10, 5
+FWD, GRAD = TOLERANCES[torch.float32]["fwd"], TOLERANCES[torch.float32]["grad"]
+
+
+def _randn(*shape, seed, scale=1.0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g) * scale).to(device)
+
+
+# -- variables --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("peepholes", [False, True])
+@pytest.mark.parametrize("num_proj", [None, 3])
+def test_parameters_names_and_shapes(peepholes, num_proj):
+    cell = LSTMCell(N, use_peepholes=peepholes, num_proj=num_proj, input_size=D)
+    Pc = num_proj or N
+    want = {"kernel": (D + Pc, 4 * N), "bias": (4 * N,)}
+    if peepholes:
+        want.update(w_f_diag=(N,), w_i_diag=(N,), w_o_diag=(N,))
+    if num_proj:
+        want["projection_kernel"] = (N, num_proj)
+    assert {n: tuple(p.shape) for n, p in cell.named_parameters()} == want
+    assert set(cell.state_dict()) == set(want)
+    assert all(p.dtype == torch.float32 and p.requires_grad for p in cell.parameters())
+
+
+@pytest.mark.parametrize("num_proj", [None, 3])
+def test_state_and_output_sizes(num_proj):
+    Pc = num_proj or N
+    tup = LSTMCell(N, num_proj=num_proj)
+    assert tup.output_size == Pc
+    assert tup.state_size == LSTMStateTuple(N, Pc) and isinstance(tup.state_size, LSTMStateTuple)
+    assert tup.state_size.c == N and tup.state_size.h == Pc
+    cat = LSTMCell(N, num_proj=num_proj, state_is_tuple=False)
+    assert cat.state_size == N + Pc and cat.output_size == Pc
+
+
+# -- TF's default initialisation --------------------------------------------------------------------
+
+def test_default_init_glorot_uniform_and_zero_bias():
+    torch.manual_seed(0)
+    Db, Nb, Pb = 32, 128, 16
+    cell = LSTMCell(Nb, use_peepholes=True, num_proj=Pb, input_size=Db)
+    assert torch.count_nonzero(cell.bias) == 0
+    limits = {"kernel": math.sqrt(6 / (Db + Pb + 4 * Nb)), "projection_kernel": math.sqrt(6 / (Nb + Pb)),
+              "w_f_diag": math.sqrt(3 / Nb), "w_i_diag": math.sqrt(3 / Nb), "w_o_diag": math.sqrt(3 / Nb)}
+    for name, limit in limits.items():
+        w = getattr(cell, name).detach()
+        assert w.abs().max() <= limit, name
+        assert w.abs().max() > 0.9 * limit, name
+        if w.numel() > 1000:
+            # Uniform on [-l, l]: mean 0, standard deviation l / sqrt(3).
+            assert abs(w.mean().item()) < 0.05 * limit, name
+            assert abs(w.std().item() / (limit / math.sqrt(3)) - 1) < 0.05, name
+    peeps = [cell.w_f_diag, cell.w_i_diag, cell.w_o_diag]
+    assert not torch.equal(peeps[0], peeps[1]) and not torch.equal(peeps[1], peeps[2])
+
+
+def test_custom_initializer_skips_bias():
+    cell = LSTMCell(N, use_peepholes=True, num_proj=P, initializer=torch.nn.init.ones_, input_size=D)
+    for name in ("kernel", "w_f_diag", "w_i_diag", "w_o_diag", "projection_kernel"):
+        assert torch.equal(getattr(cell, name).detach(), torch.ones_like(getattr(cell, name))), name
+    assert torch.count_nonzero(cell.bias) == 0
+
+
+# -- states -----------------------------------------------------------------------------------------
+
+def test_zero_state_tuple_keeps_c_float32_for_half():
+    cell = LSTMCell(N, num_proj=P)
+    c, h = cell.zero_state(3, torch.float16)
+    assert c.shape == (3, N) and c.dtype == torch.float32
+    assert h.shape == (3, P) and h.dtype == torch.float16
+    assert not c.any() and not h.any()
+    c, h = cell.zero_state(2, torch.float64)
+    assert c.dtype == h.dtype == torch.float64
+
+
+def test_zero_state_concatenated():
+    cell = LSTMCell(N, num_proj=P, state_is_tuple=False)
+    s = cell.zero_state(3, "float16")
+    assert isinstance(s, torch.Tensor) and s.shape == (3, N + P) and s.dtype == torch.float16 and not s.any()
+
+
+def test_get_initial_state():
+    cell = LSTMCell(N, num_proj=P)
+    c, h = cell.get_initial_state(inputs=torch.ones(5, D, dtype=torch.float64))
+    assert c.shape == (5, N) and h.shape == (5, P) and c.dtype == h.dtype == torch.float64
+    c, h = cell.get_initial_state(batch_size=2, dtype=torch.float32)
+    assert c.shape == (2, N) and h.shape == (2, P) and h.dtype == torch.float32
+    with pytest.raises(ValueError, match="get_initial_state: pass inputs, or both batch_size and dtype"):
+        cell.get_initial_state()
+    with pytest.raises(ValueError, match="batch_size and dtype"):
+        cell.get_initial_state(batch_size=2)
+
+
+# -- lazy build -------------------------------------------------------------------------------------
+
+def test_lazy_build_takes_the_inputs_width(device):
+    torch.manual_seed(1)
+    cell = LSTMCell(N, num_proj=P, device=device)
+    assert cell.input_size is None and len(list(cell.parameters())) == 0
+    out, (c, h) = cell(torch.randn(2, 3, device=device))
+    assert cell.input_size == 3 and cell.kernel.shape == (3 + P, 4 * N)
+    assert out.shape == (2, P) and c.shape == (2, N) and torch.equal(out, h)
+    with pytest.raises(ValueError, match=r"inputs: expected last dimension 3 .*got shape \(2, 4\)"):
+        cell(torch.randn(2, 4, device=device))
+
+
+# -- the step ---------------------------------------------------------------------------------------
+
+OPTIONS = dict(use_peepholes=True, cell_clip=0.8, num_proj=P, proj_clip=0.3, activation="relu")
+
+
+def _cell(device, seed=2, **kw):
+    torch.manual_seed(seed)
+    return LSTMCell(N, input_size=D, device=device, **{**OPTIONS, **kw})
+
+
+def _state(device, seed=3):
+    return LSTMStateTuple(_randn(B, N, seed=seed, device=device), _randn(B, P, seed=seed + 1, scale=0.5,
+                                                                          device=device))
+
+
+def _reference_step(weights, x, c, h, cell, activation=torch.relu):
+    return lstm_cell_reference(x, c, h, weights["kernel"], weights["bias"], weights.get("w_f_diag"),
+                               weights.get("w_i_diag"), weights.get("w_o_diag"), weights.get("projection_kernel"),
+                               forget_bias=cell.forget_bias, cell_clip=cell.cell_clip, proj_clip=cell.proj_clip,
+                               activation=activation)
+
+
+def _detached_params(cell):
+    return {n: p.detach().clone().requires_grad_() for n, p in cell.named_parameters()}
+
+
+def test_forward_matches_reference_all_options(device):
+    cell = _cell(device)
+    x = _randn(B, D, seed=4, device=device)
+    c, h = _state(device)
+    out, state = cell(x, (c, h))
+    assert isinstance(state, LSTMStateTuple) and torch.equal(state.h, out)
+    with torch.no_grad():
+        w = dict(cell.named_parameters())
+        h_ref, c_ref = _reference_step(w, x, c, h, cell)
+        # Both clips must be active somewhere for this test to cover them.
+        args = (x, c, h, w["kernel"], w["bias"], w["w_f_diag"], w["w_i_diag"], w["w_o_diag"], w["projection_kernel"])
+        _, c_raw = lstm_cell_reference(*args, forget_bias=cell.forget_bias, activation=torch.relu)
+        y, _ = lstm_cell_reference(*args, forget_bias=cell.forget_bias, cell_clip=cell.cell_clip,
+                                   activation=torch.relu)
+    assert (c_raw.abs() > cell.cell_clip).any() and (c_raw.abs() < cell.cell_clip).any()
+    assert (y.abs() > cell.proj_clip).any() and (y.abs() < cell.proj_clip).any()
+    assert_close("h", out, h_ref, FWD)
+    assert_close("c", state.c, c_ref, FWD)
+
+
+def test_concatenated_state_gives_the_same_numbers(device):
+    tup = _cell(device)
+    cat = _cell(device, seed=99, state_is_tuple=False)
+    cat.load_state_dict(tup.state_dict())
+    x = _randn(B, D, seed=5, device=device)
+    c, h = _state(device)
+    out_t, (c_t, h_t) = tup(x, (c, h))
+    s = torch.cat([c, h], 1).requires_grad_()
+    out_c, s_new = cat(x, s)
+    assert s_new.shape == (B, N + P)
+    assert torch.equal(out_c, out_t)
+    assert torch.equal(s_new, torch.cat([c_t, h_t], 1))
+    # And the gradient reaching the concatenated state is the tuple's (c, h) gradients side by side.
+    c_l, h_l = c.clone().requires_grad_(), h.clone().requires_grad_()
+    out_t, (c_t, _) = tup(x, (c_l, h_l))
+    gc, gh = torch.autograd.grad(out_t.sum() + c_t.square().sum(), [c_l, h_l])
+    (gs,) = torch.autograd.grad(out_c.sum() + s_new[:, :N].square().sum(), [s])
+    assert_close("d state", gs, torch.cat([gc, gh], 1), GRAD)
+
+
+@pytest.mark.parametrize("state_is_tuple", [True, False])
+def test_chained_steps_forward_and_backward_match_reference(device, state_is_tuple):
+    cell = _cell(device, state_is_tuple=state_is_tuple)
+    T = 3
+    xs = [_randn(B, D, seed=10 + t, device=device).requires_grad_() for t in range(T)]
+    c0, h0 = _state(device, seed=20)
+    state = LSTMStateTuple(c0, h0) if state_is_tuple else torch.cat([c0, h0], 1)
+    gouts = [_randn(B, P, seed=30 + t, device=device) for t in range(T)]
+    gc = _randn(B, N, seed=40, device=device)
+
+    loss = 0
+    for t in range(T):
+        out, state = cell(xs[t], state)
+        loss = loss + (out * gouts[t]).sum()
+    c_last = state.c if state_is_tuple else state[:, :N]
+    loss = loss + (c_last * gc).sum()
+    loss.backward()
+
+    w = _detached_params(cell)
+    xs_ref = [x.detach().clone().requires_grad_() for x in xs]
+    c, h = c0, h0
+    loss_ref = 0
+    for t in range(T):
+        h, c = _reference_step(w, xs_ref[t], c, h, cell)
+        loss_ref = loss_ref + (h * gouts[t]).sum()
+    loss_ref = loss_ref + (c * gc).sum()
+    loss_ref.backward()
+
+    assert_close("h_T", out, h, FWD)
+    assert_close("c_T", c_last, c, FWD)
+    for name, p in cell.named_parameters():
+        assert p.grad is not None, name
+        assert p.grad.abs().max() > 0, name
+        assert_close(f"d{name}", p.grad, w[name].grad, GRAD)
+    for t in range(T):
+        assert_close(f"dx[{t}]", xs[t].grad, xs_ref[t].grad, GRAD)
+
+
+def test_custom_activation_warns_once_and_uses_reference(device):
+    def half_tanh(x):
+        return torch.tanh(x) * 0.5
+
+    cell = _cell(device, activation=half_tanh)
+    x = _randn(B, D, seed=6, device=device)
+    c, h = _state(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out, (c_new, _) = cell(x, (c, h))
+        cell(x, (c, h))
+    ours = [w for w in caught if issubclass(w.category, UserWarning) and "reference path" in str(w.message)]
+    assert len(ours) == 1, [str(w.message) for w in caught]
+    assert "half_tanh" in str(ours[0].message)
+    with torch.no_grad():
+        h_ref, c_ref = _reference_step(dict(cell.named_parameters()), x, c, h, cell, activation=half_tanh)
+        h_tanh, _ = _reference_step(dict(cell.named_parameters()), x, c, h, cell, activation=torch.tanh)
+    assert not torch.allclose(h_ref, h_tanh)
+    assert_close("h", out, h_ref, FWD)
+    assert_close("c", c_new, c_ref, FWD)
+
+
+# -- TF checkpoints ---------------------------------------------------------------------------------
+
+def _full_cell(seed=7, **kw):
+    torch.manual_seed(seed)
+    return LSTMCell(N, use_peepholes=True, num_proj=P, input_size=D, **kw)
+
+
+def _assert_same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert set(sa) == set(sb)
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+def test_tf_weights_names_and_values():
+    cell = _full_cell()
+    w = cell.tf_weights()
+    pre = "rnn/lstm_cell/"
+    assert set(w) == {pre + n for n in ("kernel", "bias", "w_f_diag", "w_i_diag", "w_o_diag", "projection/kernel")}
+    assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 for v in w.values())
+    assert np.array_equal(w[pre + "kernel"], cell.kernel.detach().numpy())
+    assert np.array_equal(w[pre + "projection/kernel"], cell.projection_kernel.detach().numpy())
+    assert np.array_equal(w[pre + "w_o_diag"], cell.w_o_diag.detach().numpy())
+    plain = LSTMCell(N, input_size=D).tf_weights(scope="model/lstm_cell_2")
+    assert set(plain) == {"model/lstm_cell_2/kernel", "model/lstm_cell_2/bias"}
+
+
+def test_load_tf_weights_round_trip():
+    src = _full_cell(seed=7)
+    dst = _full_cell(seed=8)
+    assert not torch.equal(src.kernel, dst.kernel)
+    dst.load_tf_weights(src.tf_weights())
+    _assert_same_weights(src, dst)
+
+
+def test_load_tf_weights_builds_an_unbuilt_cell():
+    src = _full_cell()
+    dst = LSTMCell(N, use_peepholes=True, num_proj=P)
+    dst.load_tf_weights(src.tf_weights())
+    assert dst.input_size == D
+    _assert_same_weights(src, dst)
+
+
+def test_load_tf_weights_scoped_names_slots_and_array_types():
+    src = _full_cell()
+    w = src.tf_weights(scope="model/rnn/lstm_cell_3")
+    ckpt = {}
+    for i, (k, v) in enumerate(sorted(w.items())):
+        # numpy float64, numpy float32, torch tensors (one of them a parameter requiring grad)
+        value = [v.astype(np.float64), v, torch.from_numpy(v), torch.from_numpy(v).requires_grad_()][i % 4]
+        ckpt[k + ":0"] = value
+        ckpt[k + "/Adam:0"] = np.full((1,), np.nan, np.float32)
+        ckpt[k + "/Adam_1:0"] = np.full((7, 7), np.nan, np.float32)
+    ckpt["beta1_power:0"] = np.float32(0.9)
+    dst = LSTMCell(N, use_peepholes=True, num_proj=P)
+    dst.load_tf_weights(ckpt)
+    _assert_same_weights(src, dst)
+
+
+def test_load_tf_weights_scope_picks_one_of_two_cells():
+    a, b = _full_cell(seed=7), _full_cell(seed=8)
+    ckpt = {**a.tf_weights("rnn/lstm_cell"), **b.tf_weights("rnn/lstm_cell_1")}
+    with pytest.raises(ValueError, match="weights: several variables match.*scope="):
+        _full_cell(seed=9).load_tf_weights(ckpt)
+    for scope, want in (("rnn/lstm_cell", a), ("rnn/lstm_cell_1", b), ("rnn/lstm_cell_1/", b)):
+        dst = _full_cell(seed=9)
+        dst.load_tf_weights(ckpt, scope=scope)
+        _assert_same_weights(want, dst)
+
+
+def test_load_tf_weights_errors_and_failed_load_changes_nothing():
+    src = _full_cell()
+    good = src.tf_weights()
+    dst = _full_cell(seed=8)
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+
+    missing = {k: v for k, v in good.items() if not k.endswith("/bias")}
+    with pytest.raises(ValueError, match=r"weights: missing TF variables \['bias'\]"):
+        dst.load_tf_weights(missing)
+    wrong = {**good, "rnn/lstm_cell/projection/kernel": np.zeros((N, P + 1), np.float32)}
+    with pytest.raises(ValueError, match=r"weights\['rnn/lstm_cell/projection/kernel'\]: expected shape "
+                                         rf"\({N}, {P}\).*got \({N}, {P + 1}\)"):
+        dst.load_tf_weights(wrong)
+    nonfinite = {**good, "rnn/lstm_cell/w_i_diag": np.array([np.inf] + [0.0] * (N - 1), np.float32)}
+    with pytest.raises(ValueError, match=r"weights\['rnn/lstm_cell/w_i_diag'\]: contains NaN or infinite"):
+        dst.load_tf_weights(nonfinite)
+    _assert_same_weights(dst, _state_dict_module(before))
+
+    unbuilt = LSTMCell(N, use_peepholes=True, num_proj=P)
+    with pytest.raises(ValueError, match="projection/kernel"):
+        unbuilt.load_tf_weights(wrong)
+    assert unbuilt.input_size is None
+
+
+def _state_dict_module(state):
+    m = torch.nn.Module()
+    for k, v in state.items():
+        m.register_buffer(k, v)
+    return m
+
+
+def test_load_tf_weights_peepholes_into_a_cell_without():
+    src = _full_cell()
+    dst = LSTMCell(N, num_proj=P, input_size=D)
+    with pytest.raises(ValueError, match=r"weights: the checkpoint has \['w_f_diag', 'w_i_diag', 'w_o_diag'\]"):
+        dst.load_tf_weights(src.tf_weights())
+
+
+# -- clip gradients at exactly the bound ------------------------------------------------------------
+
+def _next_up(v: float) -> float:
+    return torch.nextafter(torch.tensor(v), torch.tensor(math.inf)).item()
+
+
+def _bound_cases(bound: float, scale: float) -> torch.Tensor:
+    """c_prev values whose pre-clip value (c_prev / scale, exact in fp32) is: +bound, -bound, one ulp
+    beyond each, well inside, well beyond."""
+    b32 = torch.tensor(bound).item()
+    return torch.tensor([[b32, -b32, _next_up(b32), -_next_up(b32), 0.5 * b32, 3.0 * b32]]) * scale
+
+
+def _zero_weight_cell(n, p, device):
+    """Weights that make every gate sigmoid(0) = 0.5 exactly and the candidate act(0) = 0."""
+    x = _randn(1, 3, seed=50, device=device)
+    kernel = torch.zeros(3 + p, 4 * n, device=device)
+    bias = torch.zeros(4 * n, device=device)
+    return x, kernel, bias
+
+
+PASSES = torch.tensor([[True, True, False, False, True, False]])
+
+
+def test_cell_clip_gradient_inclusive_at_the_bound(device):
+    bound = 0.3
+    assert kernels_run_on(device, torch.float32)
+    x, kernel, bias = _zero_weight_cell(6, 6, device)
+    c_prev = _bound_cases(bound, 2.0).to(device)   # c_raw = 0.5 * c_prev: exactly the cases
+    h_prev = torch.zeros(1, 6, device=device)
+    b32 = torch.tensor(bound).item()
+    grads = {}
+    for name, fn, act in (("kernel", lstm_cell, "tanh"), ("reference", lstm_cell_reference, torch.tanh)):
+        c_in = c_prev.clone().requires_grad_()
+        h, c = fn(x, c_in, h_prev, kernel, bias, forget_bias=0.0, cell_clip=bound, activation=act)
+        assert torch.equal(c.cpu(), torch.clamp(c_prev.cpu() * 0.5, -b32, b32)), name
+        (grads[name],) = torch.autograd.grad(c.sum() + h.sum(), [c_in])
+    # Independent: dc = 1 + 0.5 * tanh'(c), dc_prev = 0.5 * dc where the clip passes, else 0.
+    c_clipped = torch.clamp(c_prev.cpu() * 0.5, -b32, b32)
+    want = torch.where(PASSES, 0.5 * (1 + 0.5 * (1 - torch.tanh(c_clipped) ** 2)), 0.0)
+    for name, got in grads.items():
+        assert torch.equal(got.cpu() != 0, PASSES), name
+        torch.testing.assert_close(got.cpu(), want, atol=1e-6, rtol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+def test_proj_clip_gradient_inclusive_at_the_bound(device):
+    bound = 0.3
+    n = 6
+    assert kernels_run_on(device, torch.float32)
+    x, kernel, bias = _zero_weight_cell(n, n, device)
+    # linear activation: c = 0.5 * c_prev, m = 0.5 * c, y = m @ I = 0.25 * c_prev, all exact.
+    c_prev = _bound_cases(bound, 4.0).to(device)
+    h_prev = torch.zeros(1, n, device=device)
+    b32 = torch.tensor(bound).item()
+    grads = {}
+    for name, fn in (("kernel", lstm_cell), ("reference", lstm_cell_reference)):
+        c_in = c_prev.clone().requires_grad_()
+        proj = torch.eye(n, device=device).requires_grad_()
+        act = "linear" if fn is lstm_cell else (lambda v: v)
+        h, _ = fn(x, c_in, h_prev, kernel, bias, projection=proj, forget_bias=0.0, proj_clip=bound, activation=act)
+        assert torch.equal(h.cpu(), torch.clamp(c_prev.cpu() * 0.25, -b32, b32)), name
+        grads[name] = torch.autograd.grad(h.sum(), [c_in, proj])
+    y = c_prev.cpu() * 0.25
+    want_c = torch.where(PASSES, 0.25, 0.0)
+    want_proj = y.t() @ PASSES.float()   # m^T dy, with m = y before the clip
+    for name, (gc, gp) in grads.items():
+        assert torch.equal(gc.cpu() != 0, PASSES), name
+        torch.testing.assert_close(gc.cpu(), want_c, atol=0, rtol=0, msg=lambda m: f"{name} dc_prev: {m}")
+        torch.testing.assert_close(gp.cpu(), want_proj, atol=0, rtol=0, msg=lambda m: f"{name} dproj: {m}")

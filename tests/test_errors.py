@@ -1,0 +1,213 @@
+"""Bad arguments: every error is a ValueError or TypeError that names the argument and, where shapes
+are involved, shows them."""
+import math
+import re
+
+import pytest
+import torch
+
+from helpers import cell_args, cell_tensors
+from triton_lstm import LSTMCell, lstm_cell
+
+B, D, N, P = 3, 7, 5, 4
+
+
+def _t(num_proj=P, peepholes=True, **replace):
+    t = cell_tensors(B, D, N, num_proj, peepholes, torch.float32, "cpu", seed=0)
+    t.update(replace)
+    return t
+
+
+def _call(t, **options):
+    return lstm_cell(*cell_args(t), **options)
+
+
+def _shape(*dims):
+    return re.escape(str(tuple(dims)))
+
+
+# -- shapes -----------------------------------------------------------------------------------------
+
+def test_x_wrong_rank():
+    with pytest.raises(ValueError, match=rf"^x: expected a rank-2 tensor, got shape {_shape(B, 2, D)}"):
+        _call(_t(x=torch.randn(B, 2, D)))
+    cell = LSTMCell(N, input_size=D)
+    with pytest.raises(ValueError, match=rf"^inputs: expected a rank-2 tensor, got shape {_shape(D)}"):
+        cell(torch.randn(D))
+
+
+@pytest.mark.parametrize("which,width", [("c", N), ("h", P)])
+def test_batch_mismatch_between_x_and_state(which, width):
+    with pytest.raises(ValueError, match=rf"^{which}: expected shape {_shape(B, width)} \(batch {B} from x.*"
+                                         rf"got {_shape(B + 1, width)}"):
+        _call(_t(**{which: torch.zeros(B + 1, width)}))
+
+
+def test_x_wrong_feature_size_functional():
+    # The kernel fixes D + P rows, so an x of the wrong width shows up as the kernel not fitting it.
+    with pytest.raises(ValueError, match=rf"^kernel: expected shape {_shape(D + 1 + P, 4 * N)} "
+                                         rf"\(input_size {D + 1} .*got {_shape(D + P, 4 * N)}"):
+        _call(_t(x=torch.randn(B, D + 1)))
+
+
+def test_x_wrong_feature_size_module():
+    cell = LSTMCell(N, num_proj=P, input_size=D)
+    with pytest.raises(ValueError, match=rf"^inputs: expected last dimension {D} \(input_size\), "
+                                         rf"got shape {_shape(B, D + 2)}"):
+        cell(torch.randn(B, D + 2))
+
+
+@pytest.mark.parametrize("which,width", [("c", N), ("h", P)])
+def test_state_wrong_width(which, width):
+    with pytest.raises(ValueError, match=rf"^{which}: expected shape {_shape(B, width)} .*got {_shape(B, width + 1)}"):
+        _call(_t(**{which: torch.zeros(B, width + 1)}))
+    cell = LSTMCell(N, num_proj=P, input_size=D)
+    state = {"c": torch.zeros(B, N), "h": torch.zeros(B, P)}
+    state[which] = torch.zeros(B, width + 1)
+    with pytest.raises(ValueError, match=rf"^{which}: expected shape {_shape(B, width)} .*got {_shape(B, width + 1)}"):
+        cell(torch.randn(B, D), (state["c"], state["h"]))
+
+
+def test_concatenated_state_wrong_width():
+    cell = LSTMCell(N, num_proj=P, input_size=D, state_is_tuple=False)
+    with pytest.raises(ValueError, match=rf"^state: expected shape {_shape(B, N + P)} .*state_is_tuple=False, "
+                                         rf"got {_shape(B, N + P - 1)}"):
+        cell(torch.randn(B, D), torch.zeros(B, N + P - 1))
+
+
+def test_tuple_cell_given_a_tensor_state():
+    cell = LSTMCell(N, input_size=D)
+    with pytest.raises(TypeError, match="^state: expected an LSTMStateTuple"):
+        cell(torch.randn(B, D), torch.zeros(B, 2 * N))
+
+
+@pytest.mark.parametrize("name,bad,shown", [
+    ("bias", torch.zeros(4 * N + 1), (4 * N,)),
+    ("w_i_diag", torch.zeros(N + 1), (N,)),
+    ("projection", torch.zeros(N + 1, P), None),
+])
+def test_weight_wrong_shape(name, bad, shown):
+    pattern = rf"^{name}: expected shape " + (_shape(*shown) if shown else r"\[num_units=5") + \
+        rf".*{_shape(*bad.shape)}"
+    with pytest.raises(ValueError, match=pattern):
+        _call(_t(**{name: bad}))
+
+
+def test_kernel_columns_not_a_multiple_of_four():
+    with pytest.raises(ValueError, match=rf"^kernel: .*4 \* num_units.*{_shape(D + N, 4 * N + 2)}"):
+        _call(_t(num_proj=None, kernel=torch.zeros(D + N, 4 * N + 2)))
+
+
+# -- dtypes and devices -----------------------------------------------------------------------------
+
+def test_mixed_dtypes():
+    t = _t()
+    with pytest.raises(TypeError, match=r"^kernel: dtype torch.float16 differs from x's torch.float32"):
+        _call({**t, "kernel": t["kernel"].half()})
+    with pytest.raises(TypeError, match=r"^c: dtype torch.float16; expected float32 or x's dtype torch.float64"):
+        _call({k: (v.double() if v is not None else None) for k, v in t.items()} | {"c": t["c"].half()})
+
+
+def test_non_float_or_non_tensor_inputs():
+    with pytest.raises(TypeError, match="^x: expected a floating dtype"):
+        _call(_t(x=torch.ones(B, D, dtype=torch.int64)))
+    with pytest.raises(TypeError, match="^h: expected a torch.Tensor, got list"):
+        _call(_t(h=[[0.0] * P] * B))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="mixed devices need a CUDA device")
+def test_mixed_devices():
+    t = {k: (v.cuda() if v is not None else None) for k, v in _t().items()}
+    with pytest.raises(ValueError, match=r"^kernel: on device cpu, but x is on cuda"):
+        _call({**t, "kernel": t["kernel"].cpu()})
+    with pytest.raises(ValueError, match=r"^c: on device cpu, but x is on cuda"):
+        _call({**t, "c": t["c"].cpu()})
+
+
+def test_bad_dtype_string():
+    with pytest.raises(TypeError, match=r"^dtype: expected a torch.dtype or one of .*got 'float8'"):
+        LSTMCell(N, dtype="float8")
+    cell = LSTMCell(N)
+    with pytest.raises(TypeError, match=r"^dtype: .*got 'fp32'"):
+        cell.zero_state(2, "fp32")
+
+
+# -- options ----------------------------------------------------------------------------------------
+
+def test_num_proj_zero():
+    with pytest.raises(ValueError, match="^num_proj: expected a positive int or None, got 0"):
+        LSTMCell(N, num_proj=0)
+
+
+def test_num_units_not_positive():
+    with pytest.raises(ValueError, match="^num_units: expected a positive int, got 0"):
+        LSTMCell(0)
+
+
+@pytest.mark.parametrize("name", ["cell_clip", "proj_clip"])
+@pytest.mark.parametrize("value", [-1.0, math.nan])
+def test_bad_clip(name, value):
+    pattern = rf"^{name}: expected a clip bound >= 0 \(or None\), got {value}"
+    with pytest.raises(ValueError, match=pattern):
+        LSTMCell(N, num_proj=P, **{name: value})
+    with pytest.raises(ValueError, match=pattern):
+        _call(_t(), **{name: value})
+
+
+def test_clip_not_a_number():
+    with pytest.raises(TypeError, match="^cell_clip: expected a number or None, got str"):
+        LSTMCell(N, cell_clip="1.0")
+
+
+def test_proj_clip_without_num_proj():
+    with pytest.raises(ValueError, match="^proj_clip: only meaningful with num_proj"):
+        LSTMCell(N, proj_clip=1.0)
+    with pytest.raises(ValueError, match="^proj_clip: only meaningful with a projection"):
+        _call(_t(num_proj=None), proj_clip=1.0)
+
+
+def test_bad_forget_bias():
+    with pytest.raises(ValueError, match="^forget_bias: expected a finite number, got nan"):
+        LSTMCell(N, forget_bias=math.nan)
+    with pytest.raises(ValueError, match="^forget_bias: expected a finite number, got inf"):
+        _call(_t(), forget_bias=math.inf)
+
+
+def test_unknown_activation_name():
+    with pytest.raises(ValueError, match="^activation: unknown name 'swishy'; known names are"):
+        LSTMCell(N, activation="swishy")
+    with pytest.raises(ValueError, match="^activation: unknown name 'swishy'"):
+        _call(_t(), activation="swishy")
+
+
+def test_non_callable_activation():
+    with pytest.raises(TypeError, match="^activation: expected None, a name or a callable, got int"):
+        LSTMCell(N, activation=3)
+    with pytest.raises(TypeError, match="^activation: expected None, a name or a callable, got int"):
+        _call(_t(), activation=3)
+
+
+def test_only_some_peepholes():
+    t = _t()
+    with pytest.raises(ValueError, match="^w_f_diag, w_i_diag, w_o_diag: pass all three peephole vectors or none"):
+        _call({**t, "w_i_diag": None})
+
+
+def test_unknown_keyword_argument():
+    with pytest.raises(TypeError, match=r"^LSTMCell: unexpected keyword arguments \['bogus', 'unitz'\]"):
+        LSTMCell(N, bogus=1, unitz=2)
+
+
+def test_non_callable_initializer():
+    with pytest.raises(TypeError, match="^initializer: expected a callable"):
+        LSTMCell(N, initializer="glorot_uniform")
+
+
+def test_weights_before_build():
+    with pytest.raises(RuntimeError, match="^tf_weights: the cell has no weights yet"):
+        LSTMCell(N).tf_weights()
+
+
+def test_load_tf_weights_not_a_mapping():
+    with pytest.raises(TypeError, match="^weights: expected a mapping"):
+        LSTMCell(N, input_size=D).load_tf_weights([("kernel", torch.zeros(D + N, 4 * N))])
