@@ -12,7 +12,8 @@ import triton
 from triton_lstm.activations import Activation, activation_id, resolve_activation
 from triton_lstm.checks import check_cell_args, check_clip, check_forget_bias
 from triton_lstm.kernels.lstm_step import lstm_step_bwd_kernel, lstm_step_fwd_kernel
-from triton_lstm.launch import dot_dtype, input_precision, kernels_run_on, step_config
+from triton_lstm.launch import (dot_dtype, input_precision, kernels_run_on, launch_tuned, step_candidates,
+                                tuning_key)
 from triton_lstm.reference import lstm_cell_reference
 
 Tensor = torch.Tensor
@@ -56,16 +57,13 @@ def step_forward(x: Tensor, c: Tensor, h: Tensor, kernel: Tensor, bias: Tensor,
     h_new = torch.empty(B, P, device=x.device, dtype=x.dtype)
     m = torch.empty(B, N, device=x.device, dtype=x.dtype) if has_proj else None
     y = torch.empty(B, P, **f32) if opts.proj_clip is not None else None
-    cfg = step_config(B, N, x.dtype)
-    grid = (triton.cdiv(B, cfg.block_b), 1 if has_proj else triton.cdiv(N, cfg.block_n))
     wf, wi, wo = peepholes
-    lstm_step_fwd_kernel[grid](
-        x, x.stride(0), h, h.stride(0), c, kernel, bias, wi, wf, wo, projection,
-        z, c_new, m, y, h_new, B, D, N, P, **opts.kernel_args(),
-        USE_PEEPHOLES=wf is not None, HAS_PROJ=has_proj,
-        DOT_DTYPE=dot_dtype(x.dtype), INPUT_PRECISION=input_precision(x.dtype),
-        BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, **cfg.launch_options(),
-    )
+    args = (x, x.stride(0), h, h.stride(0), c, kernel, bias, wi, wf, wo, projection, z, c_new, m, y, h_new, B, D, N, P)
+    consts = dict(**opts.kernel_args(), USE_PEEPHOLES=wf is not None, HAS_PROJ=has_proj,
+                  DOT_DTYPE=dot_dtype(x.dtype), INPUT_PRECISION=input_precision(x.dtype))
+    launch_tuned(lstm_step_fwd_kernel, "step_fwd", args, consts,
+                 lambda cfg: (triton.cdiv(B, cfg.block_b), 1 if has_proj else triton.cdiv(N, cfg.block_n)),
+                 step_candidates(B, N, x.dtype), x.device, tuning_key(x.dtype, dict(B=B, D=D, N=N, P=P), consts))
     return h_new, c_new, z, m, y
 
 
@@ -81,15 +79,13 @@ def step_backward(dh_new: Tensor, dc_new: Tensor, z: Tensor, c: Tensor, kernel: 
     dx = torch.empty(B, D, device=c.device, dtype=x_dtype)
     dh_prev = torch.empty(B, P, device=c.device, dtype=x_dtype)
     dy = torch.empty(B, P, **f32) if projection is not None else None
-    cfg = step_config(B, N, x_dtype)
     wf, wi, wo = peepholes
-    lstm_step_bwd_kernel[(triton.cdiv(B, cfg.block_b),)](
-        dh_new, dc_new, z, c.contiguous(), kernel, wi, wf, wo, projection, y,
-        dy, dz, dc_prev, dx, dh_prev, B, D, N, P, **opts.kernel_args(),
-        USE_PEEPHOLES=wf is not None, HAS_PROJ=projection is not None,
-        DOT_DTYPE=dot_dtype(x_dtype), INPUT_PRECISION=input_precision(x_dtype),
-        BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, **cfg.launch_options(),
-    )
+    args = (dh_new, dc_new, z, c.contiguous(), kernel, wi, wf, wo, projection, y, dy, dz, dc_prev, dx, dh_prev,
+            B, D, N, P)
+    consts = dict(**opts.kernel_args(), USE_PEEPHOLES=wf is not None, HAS_PROJ=projection is not None,
+                  DOT_DTYPE=dot_dtype(x_dtype), INPUT_PRECISION=input_precision(x_dtype))
+    launch_tuned(lstm_step_bwd_kernel, "step_bwd", args, consts, lambda cfg: (triton.cdiv(B, cfg.block_b),),
+                 step_candidates(B, N, x_dtype), c.device, tuning_key(x_dtype, dict(B=B, D=D, N=N, P=P), consts))
     return dz, dc_prev, dx, dh_prev, dy
 
 

@@ -54,6 +54,18 @@ class StepConfig:
         return dict(num_warps=self.num_warps, num_stages=self.num_stages, maxnreg=self.maxnreg)
 
 
+def step_candidates(batch: int, num_units: int, dtype: torch.dtype) -> list[StepConfig]:
+    """The default configuration first, then the space the tuner searches (blocks no wider than needed)."""
+    default = step_config(batch, num_units, dtype)
+    b_max = max(16, triton.next_power_of_2(batch))
+    n_max = max(16, triton.next_power_of_2(num_units))
+    space = [StepConfig(block_b=bb, block_n=bn, block_k=bk, num_warps=w, num_stages=1, maxnreg=255)
+             for bb in (16, 32, 64) if bb <= b_max
+             for bn in (16, 32, 64) if bn <= n_max
+             for bk in (32, 64) for w in (4, 8)]
+    return [default] + [c for c in space if c != default]
+
+
 def step_config(batch: int, num_units: int, dtype: torch.dtype) -> StepConfig:
     """Launch configuration of the fused step kernels (tl.dot needs every block >= 16).
 
@@ -66,6 +78,22 @@ def step_config(batch: int, num_units: int, dtype: torch.dtype) -> StepConfig:
     block_n = 32 if num_units > 16 else 16
     return StepConfig(block_b=block_b, block_n=block_n, block_k=32, num_warps=4 if block_b == 16 else 8,
                       num_stages=1, maxnreg=255)
+
+
+def sequence_candidates(batch: int, num_units: int, out_size: int, dtype: torch.dtype, device: torch.device,
+                        programs: int | None = None) -> list[SequenceConfig]:
+    """Default first; then block shapes x grid sizes, never more programs than SMs (co-residency)."""
+    default = sequence_config(batch, num_units, out_size, dtype, device, programs)
+    if device.type != "cuda" or programs is not None:
+        return [default]
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    space = []
+    for step in step_candidates(batch, num_units, dtype):
+        tiles = triton.cdiv(batch, step.block_b) * triton.cdiv(max(num_units, out_size), step.block_n)
+        for grid in sorted({min(tiles, sms), min(tiles, max(1, sms // 2))}):
+            space.append(SequenceConfig(block_b=step.block_b, block_n=step.block_n, block_k=step.block_k,
+                                        programs=grid, num_warps=step.num_warps, num_stages=1, maxnreg=255))
+    return [default] + [c for c in space if c != default]
 
 
 @dataclass(frozen=True)
@@ -100,3 +128,35 @@ def sequence_config(batch: int, num_units: int, out_size: int, dtype: torch.dtyp
             programs = 1
     return SequenceConfig(block_b=block_b, block_n=block_n, block_k=step.block_k, programs=max(1, programs),
                           num_warps=step.num_warps, num_stages=1, maxnreg=step.maxnreg)
+
+
+def config_kwargs(cfg) -> dict:
+    """A configuration as kernel keyword arguments: block constexprs and launch options."""
+    return dict(BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, **cfg.launch_options())
+
+
+def launch_tuned(kernel, name: str, args: tuple, consts: dict, grid, candidates: list, device: torch.device,
+                 key: str, before_run=None):
+    """Launch ``kernel`` with the configuration ``tune.pick`` chooses among ``candidates``.
+
+    grid(cfg) gives the grid; consts are the constexpr and scalar keyword arguments besides the
+    configuration's own; before_run() (optional) restores in/out buffers so that every timed run
+    computes the same thing. Returns the compiled kernel of the final run.
+    """
+    from triton_lstm import tune
+
+    def launch(cfg, warmup: bool):
+        kw = dict(consts, **config_kwargs(cfg))
+        if warmup:
+            return kernel.warmup(*args, grid=grid(cfg), **kw)
+        if before_run is not None:
+            before_run()
+        return kernel[grid(cfg)](*args, **kw)
+
+    return launch(tune.pick(name, key, candidates, launch, device), False)
+
+
+def tuning_key(dtype: torch.dtype, dims: dict, consts: dict) -> str:
+    """Shape and option key of a launch: dims and the constexpr flags, not the data."""
+    flags = ",".join(f"{k}={v}" for k, v in sorted(consts.items()) if k.isupper())
+    return f"{str(dtype).replace('torch.', '')}|" + ",".join(f"{k}={v}" for k, v in dims.items()) + f"|{flags}"

@@ -10,7 +10,8 @@ from triton_lstm.activations import Activation, activation_id, resolve_activatio
 from triton_lstm.checks import check_clip, check_forget_bias, check_sequence_args, shape_of
 from triton_lstm.functional import CellOptions, _warn_reference_activation, contiguous_or_none, weight_grads
 from triton_lstm.kernels.lstm_sequence import lstm_seq_bwd_kernel, lstm_seq_fwd_kernel
-from triton_lstm.launch import dot_dtype, input_precision, interpreting, kernels_run_on, sequence_config
+from triton_lstm.launch import (config_kwargs, dot_dtype, input_precision, interpreting, kernels_run_on, launch_tuned,
+                                sequence_candidates, sequence_config, tuning_key)
 from triton_lstm.reference import lstm_sequence_reference
 
 Tensor = torch.Tensor
@@ -46,27 +47,25 @@ def seq_forward(xw: Tensor, h0: Tensor, c0: Tensor, w_h: Tensor, peepholes, proj
     out = torch.empty(T, B, P, device=dev, dtype=dtype)
     m = torch.empty(T, B, N, device=dev, dtype=dtype) if projection is not None else None
     y = torch.empty(T, B, P, **f32) if opts.proj_clip is not None else None
-    cfg = sequence_config(B, N, P, dtype, dev, programs)
     wf, wi, wo = peepholes
-    args = (xw, w_h, wi, wf, wo, projection, lengths, hbuf, cbuf, z, m, y, out)
+    sync = torch.zeros(2, device=dev, dtype=torch.int32)
+    args = (xw, w_h, wi, wf, wo, projection, lengths, hbuf, cbuf, z, m, y, out, sync)
     consts = dict(**_flags(opts, peepholes, projection, lengths), DOT_DTYPE=dot_dtype(dtype),
-                  INPUT_PRECISION=input_precision(dtype), BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n,
-                  BLOCK_K=cfg.block_k, **cfg.launch_options())
-
-    def launch(t_first: int, n_steps: int, phases: int, use_barrier: bool) -> None:
-        sync = torch.zeros(2, device=dev, dtype=torch.int32)
-        lstm_seq_fwd_kernel[(cfg.programs,)](*args, sync, t_first, n_steps, T, B, N, P, MAX_SPINS,
-                                            PHASES=phases, USE_BARRIER=use_barrier, **consts)
+                  INPUT_PRECISION=input_precision(dtype))
+    if T == 0:
+        return out, hbuf, cbuf, z, m, y
+    if interpreting() and programs is not None and programs > 1:
+        cfg = sequence_config(B, N, P, dtype, dev, programs)
+        for t in range(T):
+            for phases in ((1, 2) if projection is not None else (1,)):
+                lstm_seq_fwd_kernel[(cfg.programs,)](*args, t, 1, T, B, N, P, MAX_SPINS, PHASES=phases,
+                                                    USE_BARRIER=False, **consts, **config_kwargs(cfg))
+    else:
+        consts.update(PHASES=3, USE_BARRIER=True)
+        launch_tuned(lstm_seq_fwd_kernel, "seq_fwd", args + (0, T, T, B, N, P, MAX_SPINS), consts,
+                     lambda cfg: (cfg.programs,), sequence_candidates(B, N, P, dtype, dev, programs), dev,
+                     tuning_key(dtype, dict(B=B, N=N, P=P), consts), before_run=sync.zero_)
         _check_sync(sync)
-
-    if T > 0:
-        if cfg.programs == 1 or not interpreting():
-            launch(0, T, 3, True)
-        else:
-            for t in range(T):
-                launch(t, 1, 1, False)
-                if projection is not None:
-                    launch(t, 1, 2, False)
     return out, hbuf, cbuf, z, m, y
 
 
@@ -81,27 +80,30 @@ def seq_backward(dout: Tensor, dh_T: Tensor, dc_T: Tensor, z: Tensor, cbuf: Tens
     dc = dc_T.float().clone()
     dz = torch.empty(T, B, 4 * N, device=dev, dtype=torch.float32)
     dy = torch.empty(T, B, P, device=dev, dtype=torch.float32)
-    cfg = sequence_config(B, N, P, w_h.dtype, dev, programs)
     wf, wi, wo = peepholes
-    args = (dout, dh, dc, z, cbuf, w_h, wi, wf, wo, projection, y, lengths, dy, dz)
+    sync = torch.zeros(2, device=dev, dtype=torch.int32)
+    args = (dout, dh, dc, z, cbuf, w_h, wi, wf, wo, projection, y, lengths, dy, dz, sync)
     consts = dict(**_flags(opts, peepholes, projection, lengths), DOT_DTYPE=dot_dtype(w_h.dtype),
-                  INPUT_PRECISION=input_precision(w_h.dtype), BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n,
-                  BLOCK_K=cfg.block_k, **cfg.launch_options())
+                  INPUT_PRECISION=input_precision(w_h.dtype))
+    if T == 0:
+        return dz, dy, dh, dc
+    if interpreting() and programs is not None and programs > 1:
+        cfg = sequence_config(B, N, P, w_h.dtype, dev, programs)
+        launches = [(T - 1, 0, True, 3)] + [(t, 1, False, ph) for t in range(T - 1, -1, -1) for ph in (1, 2)]
+        for t_first, n_steps, prologue, phases in launches:
+            lstm_seq_bwd_kernel[(cfg.programs,)](*args, t_first, n_steps, T, B, N, P, MAX_SPINS, PROLOGUE=prologue,
+                                                PHASES=phases, USE_BARRIER=False, **consts, **config_kwargs(cfg))
+    else:
+        def restore():
+            dh.copy_(dh_T)
+            dc.copy_(dc_T)
+            sync.zero_()
 
-    def launch(t_first: int, n_steps: int, prologue: bool, phases: int, use_barrier: bool) -> None:
-        sync = torch.zeros(2, device=dev, dtype=torch.int32)
-        lstm_seq_bwd_kernel[(cfg.programs,)](*args, sync, t_first, n_steps, T, B, N, P, MAX_SPINS,
-                                            PROLOGUE=prologue, PHASES=phases, USE_BARRIER=use_barrier, **consts)
+        consts.update(PROLOGUE=True, PHASES=3, USE_BARRIER=True)
+        launch_tuned(lstm_seq_bwd_kernel, "seq_bwd", args + (T - 1, T, T, B, N, P, MAX_SPINS), consts,
+                     lambda cfg: (cfg.programs,), sequence_candidates(B, N, P, w_h.dtype, dev, programs), dev,
+                     tuning_key(w_h.dtype, dict(B=B, N=N, P=P), consts), before_run=restore)
         _check_sync(sync)
-
-    if T > 0:
-        if cfg.programs == 1 or not interpreting():
-            launch(T - 1, T, True, 3, True)
-        else:
-            launch(T - 1, 0, True, 3, False)
-            for t in range(T - 1, -1, -1):
-                launch(t, 1, False, 1, False)
-                launch(t, 1, False, 2, False)
     return dz, dy, dh, dc
 
 
@@ -116,7 +118,7 @@ class LSTMSequenceFunction(torch.autograd.Function):
             w_h, w_f_diag, w_i_diag, w_o_diag, projection)
         peepholes = (w_f_diag, w_i_diag, w_o_diag)
         # The input half of the gate GEMM for all steps at once, off the serial path.
-        xw = torch.addmm(bias, x.reshape(T * B, D), w_x).reshape(T, B, -1)
+        xw = torch.addmm(bias, x.reshape(T * B, D), w_x).reshape(T, B, w_x.shape[1])
         out, hbuf, cbuf, z, m, y = seq_forward(xw, h0, c0, w_h, peepholes, projection, lengths, opts, programs)
         # Stored for backward: z (4N fp32 per row and step), c (N fp32), h (P), and with a
         # projection m (N) and y (P): recomputing z would repeat the serial recurrence.
@@ -136,7 +138,9 @@ class LSTMSequenceFunction(torch.autograd.Function):
         dz, dy, dh0, dc0 = seq_backward(dout, dh_T, dc_T, z, cbuf, w_h, peepholes, projection, y, lengths,
                                         ctx.opts, ctx.programs)
         needs = ctx.needs_input_grad
-        dx = (dz.reshape(T * B, -1) @ w_x.float().t()).reshape(T, B, D).to(x.dtype) if needs[0] else None
+        dx = None
+        if needs[0]:
+            dx = (dz.reshape(T * B, dz.shape[2]) @ w_x.float().t()).reshape(T, B, D).to(x.dtype)
         d_wx, d_wh, d_bias, d_wf, d_wi, d_wo, d_proj = weight_grads(
             (needs[3], needs[4], needs[5], needs[6], needs[7], needs[8], needs[9]),
             dz, x, hbuf[:T], cbuf[:T], cbuf[1:], m, dy, w_x.dtype)
