@@ -1,0 +1,277 @@
+"""``LSTM`` (the nn.LSTM drop-in) against torch.nn.LSTM with the same state dict, and its TF extras
+(peepholes, clips, forget_bias, activation) against dynamic_rnn and the plain-PyTorch reference."""
+import pytest
+import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+from helpers import assert_close
+from triton_lstm import LSTM, LSTMCell, dynamic_rnn, lstm_sequence_reference
+from triton_lstm.activations import resolve_activation
+
+# Our kernels fold the two biases into one and sum the gate GEMM in another order than torch: the
+# results agree to a few float32 roundings, well inside these bounds.
+TOL = (2e-5, 1e-4)
+T, B, D, H = 5, 3, 7, 10
+
+# torch's CPU LSTM says once that oneDNN lacks projections and falls back; nothing to act on.
+pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+
+
+def make_pair(device, seed=0, **kwargs):
+    """(ours on device, torch's nn.LSTM on CPU) holding the same parameters."""
+    torch.manual_seed(seed)
+    ref = torch.nn.LSTM(D, H, **kwargs)
+    ours = LSTM(D, H, **kwargs)
+    assert set(ours.state_dict()) == set(ref.state_dict())
+    ours.load_state_dict(ref.state_dict())
+    return ours.to(device), ref
+
+
+def randn(*shape, seed, scale=1.0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+def state_shapes(module, batch):
+    L = module.num_layers * (2 if module.bidirectional else 1)
+    P = module.proj_size or module.hidden_size
+    return (L, batch, P), (L, batch, module.hidden_size)
+
+
+def as_leaves(tensors, device):
+    return [t.to(device).requires_grad_() for t in tensors]
+
+
+def loss_of(output, h_n, c_n, seed):
+    """A random linear function of every result, so each gradient path is weighted differently."""
+    data = output.data if isinstance(output, PackedSequence) else output
+    g = torch.Generator().manual_seed(seed)
+    weights = [torch.randn(t.shape, generator=g).to(t.device) for t in (data, h_n, c_n)]
+    return sum((t * w).sum() for t, w in zip((data, h_n, c_n), weights))
+
+
+def compare_grads(ours, ref, leaves, ref_leaves, names, loss, ref_loss):
+    params, ref_params = dict(ours.named_parameters()), dict(ref.named_parameters())
+    assert set(params) == set(ref_params)
+    keys = sorted(params)
+    grads = torch.autograd.grad(loss, leaves + [params[k] for k in keys])
+    grads_ref = torch.autograd.grad(ref_loss, ref_leaves + [ref_params[k] for k in keys])
+    for name, got, want in zip(names + keys, grads, grads_ref):
+        assert want.abs().sum() > 0, f"d{name} is zero: the test would not see a missing gradient"
+        assert_close(f"d{name}", got.cpu(), want, TOL)
+
+
+CONFIGS = [
+    dict(),
+    dict(proj_size=4),
+    dict(num_layers=2, bidirectional=True),
+    dict(num_layers=2, bidirectional=True, proj_size=4),
+    dict(batch_first=True),
+    dict(bias=False),
+]
+
+
+@pytest.mark.parametrize("given_hx", [False, True], ids=["no-hx", "hx"])
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_matches_torch_lstm(config, given_hx, device):
+    ours, ref = make_pair(device, **config)
+    shape = (B, T, D) if config.get("batch_first") else (T, B, D)
+    inputs = [randn(*shape, seed=1)]
+    names = ["input"]
+    if given_hx:
+        h_shape, c_shape = state_shapes(ref, B)
+        inputs += [randn(*h_shape, seed=2, scale=0.5), randn(*c_shape, seed=3)]
+        names += ["h_0", "c_0"]
+    ref_leaves = [t.clone().requires_grad_() for t in inputs]
+    leaves = as_leaves(inputs, device)
+
+    def call(module, args):
+        return module(args[0], tuple(args[1:]) if given_hx else None)
+
+    out, (h_n, c_n) = call(ours, leaves)
+    out_ref, (h_ref, c_ref) = call(ref, ref_leaves)
+    for name, got, want in (("output", out, out_ref), ("h_n", h_n, h_ref), ("c_n", c_n, c_ref)):
+        assert_close(name, got.cpu(), want, TOL)
+    compare_grads(ours, ref, leaves, ref_leaves, names, loss_of(out, h_n, c_n, seed=4),
+                  loss_of(out_ref, h_ref, c_ref, seed=4))
+
+
+@pytest.mark.parametrize("given_hx", [False, True], ids=["no-hx", "hx"])
+def test_unbatched_input(given_hx, device):
+    ours, ref = make_pair(device, proj_size=4)
+    inputs = [randn(T, D, seed=1)]
+    names = ["input"]
+    if given_hx:
+        (L, _, P), (_, _, Hc) = state_shapes(ref, 1)
+        inputs += [randn(L, P, seed=2, scale=0.5), randn(L, Hc, seed=3)]
+        names += ["h_0", "c_0"]
+    ref_leaves = [t.clone().requires_grad_() for t in inputs]
+    leaves = as_leaves(inputs, device)
+    out, (h_n, c_n) = ours(leaves[0], tuple(leaves[1:]) if given_hx else None)
+    out_ref, (h_ref, c_ref) = ref(ref_leaves[0], tuple(ref_leaves[1:]) if given_hx else None)
+    assert out.shape == (T, 4) and h_n.shape == (1, 4) and c_n.shape == (1, H)
+    for name, got, want in (("output", out, out_ref), ("h_n", h_n, h_ref), ("c_n", c_n, c_ref)):
+        assert_close(name, got.cpu(), want, TOL)
+    compare_grads(ours, ref, leaves, ref_leaves, names, loss_of(out, h_n, c_n, seed=4),
+                  loss_of(out_ref, h_ref, c_ref, seed=4))
+
+
+@pytest.mark.parametrize("enforce_sorted,lengths", [(False, [3, 5, 2]), (True, [5, 3, 2])], ids=["unsorted", "sorted"])
+def test_packed_sequence(enforce_sorted, lengths, device):
+    """Bidirectional over two layers: the reverse direction must reverse each row within its length."""
+    ours, ref = make_pair(device, num_layers=2, bidirectional=True, proj_size=4)
+    padded = randn(T, B, D, seed=1)
+    ref_x = padded.clone().requires_grad_()
+    x = padded.to(device).requires_grad_()
+    out, (h_n, c_n) = ours(pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=enforce_sorted))
+    out_ref, (h_ref, c_ref) = ref(pack_padded_sequence(ref_x, torch.tensor(lengths), enforce_sorted=enforce_sorted))
+    assert isinstance(out, PackedSequence)
+    assert torch.equal(out.batch_sizes, out_ref.batch_sizes)
+    for name in ("sorted_indices", "unsorted_indices"):
+        got, want = getattr(out, name), getattr(out_ref, name)
+        assert (got is None and want is None) or torch.equal(got.cpu(), want), name
+    for name, got, want in (("output.data", out.data, out_ref.data), ("h_n", h_n, h_ref), ("c_n", c_n, c_ref)):
+        assert_close(name, got.cpu(), want, TOL)
+    compare_grads(ours, ref, [x], [ref_x], ["input"], loss_of(out, h_n, c_n, seed=4),
+                  loss_of(out_ref, h_ref, c_ref, seed=4))
+
+
+def test_dropout_is_inactive_in_eval_mode(device):
+    ours, ref = make_pair(device, num_layers=2, dropout=0.5)
+    plain = LSTM(D, H, num_layers=2).to(device)
+    plain.load_state_dict(ours.state_dict())
+    x = randn(T, B, D, seed=1)
+    ours.eval()
+    ref.eval()
+    out, (h_n, c_n) = ours(x.to(device))
+    out_plain, (h_plain, c_plain) = plain(x.to(device))
+    assert torch.equal(out, out_plain) and torch.equal(h_n, h_plain) and torch.equal(c_n, c_plain)
+    assert_close("output", out.cpu(), ref(x)[0].detach(), TOL)
+    # In training mode the dropout between the layers does act (so eval mode is what made them equal).
+    ours.train()
+    torch.manual_seed(0)
+    out_train, _ = ours(x.to(device))
+    assert not torch.allclose(out_train, out_plain)
+
+
+# -- TF extras, checked against our own TF-semantics paths ---------------------------------------------
+
+EXTRAS = dict(use_peepholes=True, cell_clip=0.8, proj_clip=0.25, forget_bias=1.0)
+
+
+@pytest.mark.parametrize("activation,proj_size", [("softsign", 4), ("tanh", 12)], ids=["softsign-P4", "tanh-P12"])
+def test_extras_match_dynamic_rnn(activation, proj_size, device):
+    """One layer with every extra (and proj_size > hidden_size, which torch forbids) equals
+    dynamic_rnn on an LSTMCell holding the converted weights."""
+    torch.manual_seed(0)
+    lstm = LSTM(D, H, proj_size=proj_size, activation=activation, **EXTRAS).to(device)
+    cell = LSTMCell(H, use_peepholes=True, cell_clip=EXTRAS["cell_clip"], num_proj=proj_size,
+                    proj_clip=EXTRAS["proj_clip"], forget_bias=EXTRAS["forget_bias"], activation=activation,
+                    input_size=D, device=device)
+    w_x, w_h, bias, (w_f, w_i, w_o), proj = lstm._layer_weights("_l0")
+    assert w_x.shape == (D, 4 * H) and w_h.shape == (proj_size, 4 * H) and proj.shape == (H, proj_size)
+    with torch.no_grad():
+        cell.kernel.copy_(torch.cat([w_x, w_h]))
+        cell.bias.copy_(bias)
+        cell.w_f_diag.copy_(w_f)
+        cell.w_i_diag.copy_(w_i)
+        cell.w_o_diag.copy_(w_o)
+        cell.projection_kernel.copy_(proj)
+    inputs = [randn(T, B, D, seed=1), randn(1, B, proj_size, seed=2, scale=0.5), randn(1, B, H, seed=3)]
+    leaves = as_leaves(inputs, device)
+    cell_leaves = as_leaves(inputs, device)
+    out, (h_n, c_n) = lstm(leaves[0], (leaves[1], leaves[2]))
+    out_ref, state = dynamic_rnn(cell, cell_leaves[0], initial_state=(cell_leaves[2][0], cell_leaves[1][0]),
+                                 time_major=True)
+    h_ref, c_ref = state.h[None], state.c[None]
+    for name, got, want in (("output", out, out_ref), ("h_n", h_n, h_ref), ("c_n", c_n, c_ref)):
+        assert_close(name, got, want, TOL)
+    grads = torch.autograd.grad(loss_of(out, h_n, c_n, seed=4), leaves)
+    grads_ref = torch.autograd.grad(loss_of(out_ref, h_ref, c_ref, seed=4), cell_leaves)
+    for name, got, want in zip(("input", "h_0", "c_0"), grads, grads_ref):
+        assert_close(f"d{name}", got, want, TOL)
+
+
+def test_extras_bidirectional_packed_match_reference_row_by_row(device):
+    """Two bidirectional layers with every extra over a packed batch, against the reference run on
+    each row alone over its own length (no masking at all; the reverse direction is a plain flip).
+    Gradients reach every parameter through _layer_weights' conversion."""
+    torch.manual_seed(0)
+    lstm = LSTM(D, H, num_layers=2, bidirectional=True, proj_size=4, activation="elu", **EXTRAS).to(device)
+    lengths = [3, 5, 1]
+    padded = randn(T, B, D, seed=1)
+    x = padded.to(device).requires_grad_()
+    out, (h_n, c_n) = lstm(pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=False))
+
+    act = resolve_activation("elu")[1]
+    options = dict(forget_bias=EXTRAS["forget_bias"], cell_clip=EXTRAS["cell_clip"],
+                   proj_clip=EXTRAS["proj_clip"], activation=act)
+    x_ref = padded.to(device).requires_grad_()
+    rows, h_rows, c_rows = [], [], []
+    for b, length in enumerate(lengths):
+        layer_in = x_ref[:length, b:b + 1]
+        hs, cs = [], []
+        for layer in range(2):
+            outs = []
+            for suffix, flip in ((f"_l{layer}", False), (f"_l{layer}_reverse", True)):
+                w_x, w_h, bias, peepholes, proj = lstm._layer_weights(suffix)
+                seq = layer_in.flip(0) if flip else layer_in
+                h0 = torch.zeros(1, 4, device=device)
+                c0 = torch.zeros(1, H, device=device)
+                o, h, c = lstm_sequence_reference(seq, h0, c0, w_x, w_h, bias, *peepholes, proj, **options)
+                outs.append(o.flip(0) if flip else o)
+                hs.append(h)
+                cs.append(c)
+            layer_in = torch.cat(outs, dim=2)
+        rows.append(layer_in)
+        h_rows.append(torch.stack(hs))
+        c_rows.append(torch.stack(cs))
+    # The packed data lists time steps in turn, each with the rows still running, longest first.
+    order = sorted(range(B), key=lambda b: -lengths[b])
+    data_ref = torch.cat([torch.cat([rows[b][t] for b in order if t < lengths[b]]) for t in range(max(lengths))])
+    h_ref, c_ref = torch.cat(h_rows, dim=1), torch.cat(c_rows, dim=1)
+    assert h_n.shape == (4, B, 4) and c_n.shape == (4, B, H)
+    for name, got, want in (("output.data", out.data, data_ref), ("h_n", h_n, h_ref), ("c_n", c_n, c_ref)):
+        assert_close(name, got, want, TOL)
+    params = dict(lstm.named_parameters())
+    assert {"w_f_diag_l1_reverse", "weight_hr_l1_reverse"} <= set(params)
+    keys = sorted(params)
+    grads = torch.autograd.grad(loss_of(out.data, h_n, c_n, seed=4), [x] + [params[k] for k in keys])
+    grads_ref = torch.autograd.grad(loss_of(data_ref, h_ref, c_ref, seed=4), [x_ref] + [params[k] for k in keys])
+    for name, got, want in zip(["input"] + keys, grads, grads_ref):
+        assert want.abs().sum() > 0, f"d{name} is zero: the test would not see a missing gradient"
+        assert_close(f"d{name}", got, want, TOL)
+
+
+# -- bad arguments ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_input_wrong_feature_size_mentions_layout(batch_first):
+    lstm = LSTM(D, H, batch_first=batch_first)
+    with pytest.raises(ValueError, match=rf"^input: expected last dimension input_size={D} .*"
+                                         rf"\(batch_first={batch_first}\), got shape \({T}, {B}, {D + 1}\)"):
+        lstm(torch.randn(T, B, D + 1))
+
+
+@pytest.mark.parametrize("which", ["h_0", "c_0"])
+def test_hx_wrong_shape_names_the_tensor(which):
+    lstm = LSTM(D, H, proj_size=4)
+    hx = {"h_0": torch.zeros(1, B, 4), "c_0": torch.zeros(1, B, H)}
+    wrong = hx[which].shape[2] + 1
+    hx[which] = torch.zeros(1, B, wrong)
+    with pytest.raises(ValueError, match=rf"^hx: {which} expected shape \(1, {B}, {wrong - 1}\) .*"
+                                         rf"got \(1, {B}, {wrong}\)"):
+        lstm(torch.randn(T, B, D), (hx["h_0"], hx["c_0"]))
+
+
+def test_input_wrong_rank():
+    lstm = LSTM(D, H)
+    rank = r"^input: expected rank 2 \(unbatched\) or 3, got shape "
+    with pytest.raises(ValueError, match=rf"{rank}\(2, {T}, {B}, {D}\)"):
+        lstm(torch.randn(2, T, B, D))
+    with pytest.raises(ValueError, match=rf"{rank}\({D},\)"):
+        lstm(torch.randn(D))
+
+
+def test_proj_clip_needs_proj_size():
+    with pytest.raises(ValueError, match=r"^proj_clip: only meaningful with proj_size > 0"):
+        LSTM(D, H, proj_clip=1.0)

@@ -1,0 +1,428 @@
+"""The persistent sequence kernels (``lstm_sequence``) and ``dynamic_rnn``: against the reference,
+against stepping the fused cell kernel, around the tiles, TF's length masking, and bad arguments.
+
+Under the interpreter ``programs=None`` launches one program, which runs the whole kernel with its
+grid barriers; ``programs=3`` launches one phase of one step at a time over three programs, which
+exercises the tile ownership of a multi-program grid. On a GPU both are real persistent grids.
+"""
+import re
+
+import pytest
+import torch
+
+from helpers import TOLERANCES, assert_close
+from pairwise import pairwise
+from triton_lstm import (ACTIVATIONS, LSTMCell, LSTMStateTuple, dynamic_rnn, lstm_cell, lstm_sequence,
+                         lstm_sequence_reference)
+from triton_lstm.activations import resolve_activation
+from triton_lstm.launch import interpreting, kernels_run_on
+
+WEIGHTS = ("w_x", "w_h", "bias", "w_f_diag", "w_i_diag", "w_o_diag", "projection")
+FP32 = TOLERANCES[torch.float32]
+
+
+def seq_tensors(T, B, D, N, P, peepholes, dtype, device, seed=0):
+    """Time-major x, initial state and TF-layout weights, scaled as helpers.cell_tensors so that no
+    gate saturates. c0 is float32 (the state dtype the kernels keep)."""
+    g = torch.Generator().manual_seed(seed)
+    out = N if P is None else P
+
+    def rnd(*shape, scale=1.0, dt=dtype):
+        return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dt)
+
+    k = (D + out) ** -0.5
+    t = dict(x=rnd(T, B, D), h0=rnd(B, out, scale=0.5), c0=rnd(B, N, dt=torch.float32),
+             w_x=rnd(D, 4 * N, scale=k), w_h=rnd(out, 4 * N, scale=k), bias=rnd(4 * N, scale=0.1),
+             w_f_diag=None, w_i_diag=None, w_o_diag=None, projection=None)
+    if peepholes:
+        t.update(w_f_diag=rnd(N, scale=0.3), w_i_diag=rnd(N, scale=0.3), w_o_diag=rnd(N, scale=0.3))
+    if P is not None:
+        t["projection"] = rnd(N, P, scale=N ** -0.5)
+    return t
+
+
+def seq_args(t):
+    return tuple(t[k] for k in ("x", "h0", "c0") + WEIGHTS)
+
+
+def variable_lengths(T, B, device):
+    """[B] lengths with a 0 first (when B > 1), a full-length row last, and others in between."""
+    lengths = (torch.arange(B) * 2) % (T + 1)
+    lengths[-1] = T
+    return lengths.to(device)
+
+
+def check_masking(out, h_T, c_T, t, lengths):
+    """TF's masking, exactly: outputs past a row's length are 0 and a length-0 row keeps its state."""
+    steps = torch.arange(out.shape[0], device=out.device)[:, None]
+    past = steps >= lengths[None, :]
+    assert (out[past] == 0).all(), "outputs past the length must be exactly 0"
+    empty = lengths == 0
+    assert torch.equal(h_T[empty], t["h0"][empty]), "a length-0 row must keep h0"
+    assert torch.equal(c_T[empty], t["c0"][empty].float()), "a length-0 row must keep c0"
+
+
+def run_sequence_case(case, T, B, D, N, P, device, lengths=None, seed=0):
+    """lstm_sequence against the float32 reference on the same values: outputs, final state, all grads."""
+    dtype = case["dtype"]
+    has_proj = case["projection"] != "none"
+    t = seq_tensors(T, B, D, N, P if has_proj else None, case["peepholes"], dtype, device, seed)
+    for v in t.values():
+        if v is not None:
+            v.requires_grad_()
+    options = dict(forget_bias=case["forget_bias"], cell_clip=case["cell_clip"],
+                   proj_clip=0.25 if case["projection"] == "proj+clip" else None)
+    activation = case["activation"]
+    assert kernels_run_on(t["x"].device, dtype)
+    out, h_T, c_T = lstm_sequence(*seq_args(t), lengths, activation=activation, programs=case["programs"],
+                                  **options)
+    up = {k: (None if v is None else v.detach().float().requires_grad_()) for k, v in t.items()}
+    ref = lstm_sequence_reference(*seq_args(up), lengths, activation=resolve_activation(activation)[1], **options)
+    width = P if has_proj else N
+    assert out.shape == (T, B, width) and h_T.shape == (B, width) and c_T.shape == (B, N)
+    assert out.dtype == dtype and h_T.dtype == dtype and c_T.dtype == torch.float32
+    tol = TOLERANCES[dtype]
+    for name, got, want in zip(("out", "h_T", "c_T"), (out, h_T, c_T), ref):
+        assert_close(name, got, want, tol["fwd"])
+    if lengths is not None:
+        check_masking(out, h_T, c_T, t, lengths)
+    if interpreting() and dtype == torch.bfloat16 and options["proj_clip"] is not None:
+        # As in test_step_kernels: the interpreter rounds fp32 -> bf16 by truncation (GPUs round to
+        # nearest), so m, rounded to bf16 before the projection, lands on the other side of
+        # proj_clip here and there and the clip's gradient masks differ from the reference's.
+        # The forward above is continuous in the clip and still checked; on a GPU this runs.
+        return
+    g = torch.Generator().manual_seed(seed + 1)
+    g_out = torch.randn(out.shape, generator=g).to(device)
+    g_h = torch.randn(h_T.shape, generator=g).to(device)
+    g_c = torch.randn(c_T.shape, generator=g).to(device)
+    names = [k for k, v in t.items() if v is not None]
+    grads = torch.autograd.grad((out.float() * g_out).sum() + (h_T.float() * g_h).sum() + (c_T * g_c).sum(),
+                                [t[k] for k in names])
+    grads_ref = torch.autograd.grad((ref[0] * g_out).sum() + (ref[1] * g_h).sum() + (ref[2] * g_c).sum(),
+                                    [up[k] for k in names])
+    got = dict(zip(names, grads))
+    for name, want in zip(names, grads_ref):
+        assert got[name].dtype == t[name].dtype, name
+        assert_close(f"d{name}", got[name], want, tol["grad"])
+    if lengths is not None:
+        steps = torch.arange(T, device=device)[:, None]
+        assert (got["x"][steps >= lengths[None, :]] == 0).all(), "dx past the length must be exactly 0"
+        empty = lengths == 0
+        # A length-0 row passes its final-state gradients straight through to the initial state.
+        assert torch.equal(got["h0"][empty], g_h[empty].to(dtype))
+        assert torch.equal(got["c0"][empty], g_c[empty])
+
+
+AXES = dict(
+    activation=list(ACTIVATIONS),
+    peepholes=[False, True],
+    cell_clip=[None, 0.8],
+    projection=["none", "proj", "proj+clip"],
+    forget_bias=[1.0, 0.0],
+    dtype=[torch.float32, torch.float16, torch.bfloat16],
+    lengths=["none", "variable"],
+    programs=[None, 3],
+)
+CASES = pairwise(AXES)
+
+
+def case_id(case):
+    return "-".join(str(v).replace("torch.", "") for v in case.values())
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_sequence_matches_reference_odd_shapes(case, device):
+    T, B = 5, 3
+    lengths = variable_lengths(T, B, device) if case["lengths"] == "variable" else None
+    run_sequence_case(case, T, B, D=7, N=10, P=5, device=device, lengths=lengths)
+
+
+FULL_OPTIONS = dict(activation="tanh", peepholes=True, cell_clip=0.8, projection="proj+clip", forget_bias=1.0,
+                    dtype=torch.float32)
+
+
+@pytest.mark.parametrize("programs", [None, 3])
+@pytest.mark.parametrize("projection", ["none", "proj+clip"])
+@pytest.mark.parametrize("T,B,D,N,P", [(3, 17, 33, 40, 24), (4, 1, 1, 1, 1), (3, 2, 16, 16, 33)],
+                         ids=["B17-D33-N40-P24", "B1-D1-N1-P1", "P33-wider-than-N16"])
+def test_sequence_shapes_around_tiles(T, B, D, N, P, projection, programs, device):
+    """Batch, input and units around the block sizes (16/32), a single unit, and P > N."""
+    lengths = variable_lengths(T, B, device) if B > 1 else torch.tensor([T - 1], device=device)
+    case = dict(FULL_OPTIONS, projection=projection, programs=programs)
+    run_sequence_case(case, T, B, D, N, P, device, lengths=lengths, seed=3)
+
+
+@pytest.mark.parametrize("programs", [None, 3])
+def test_sequence_one_step(programs, device):
+    T, B = 1, 3
+    case = dict(FULL_OPTIONS, programs=programs)
+    run_sequence_case(case, T, B, D=7, N=10, P=5, device=device, lengths=torch.tensor([1, 0, 1], device=device))
+
+
+@pytest.mark.parametrize("projection", [None, 5])
+@pytest.mark.parametrize("programs", [None, 3])
+def test_sequence_zero_steps_returns_initial_state(projection, programs, device):
+    B, D, N = 3, 7, 10
+    t = seq_tensors(0, B, D, N, projection, True, torch.float32, device)
+    for v in t.values():
+        if v is not None:
+            v.requires_grad_()
+    out, h_T, c_T = lstm_sequence(*seq_args(t), torch.zeros(B, dtype=torch.long, device=device), cell_clip=0.8,
+                                  programs=programs)
+    width = projection or N
+    assert out.shape == (0, B, width) and out.dtype == torch.float32
+    assert torch.equal(h_T, t["h0"]) and torch.equal(c_T, t["c0"])
+    g = torch.Generator().manual_seed(1)
+    g_h, g_c = torch.randn(B, width, generator=g).to(device), torch.randn(B, N, generator=g).to(device)
+    names = [k for k, v in t.items() if v is not None]
+    grads = dict(zip(names, torch.autograd.grad((h_T * g_h).sum() + (c_T * g_c).sum(), [t[k] for k in names])))
+    assert torch.equal(grads["h0"], g_h) and torch.equal(grads["c0"], g_c)
+    assert grads["x"].shape == (0, B, D)
+    for name in names:
+        if name not in ("x", "h0", "c0"):
+            assert grads[name].shape == t[name].shape and (grads[name] == 0).all(), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("programs", [None, 3])
+def test_sequence_matches_stepping_the_cell_kernel(dtype, programs, device):
+    """An independent path: the fused step kernel (lstm_cell) T times, with TF's masking by hand."""
+    T, B, D, N, P = 5, 3, 7, 10, 5
+    t = seq_tensors(T, B, D, N, P, True, dtype, device, seed=5)
+    for v in t.values():
+        if v is not None:
+            v.requires_grad_()
+    lengths = torch.tensor([3, 0, 5], device=device)
+    options = dict(forget_bias=1.0, cell_clip=0.8, proj_clip=0.25, activation="softsign")
+    out, h_T, c_T = lstm_sequence(*seq_args(t), lengths, programs=programs, **options)
+
+    kernel = torch.cat([t["w_x"], t["w_h"]], dim=0)
+    h, c = t["h0"], t["c0"]
+    outs = []
+    for step in range(T):
+        h_new, c_new = lstm_cell(t["x"][step], c, h, kernel, t["bias"], t["w_f_diag"], t["w_i_diag"],
+                                 t["w_o_diag"], t["projection"], **options)
+        valid = (lengths > step)[:, None]
+        outs.append(torch.where(valid, h_new, torch.zeros_like(h_new)))
+        h, c = torch.where(valid, h_new, h), torch.where(valid, c_new, c)
+    ref = (torch.stack(outs), h, c)
+
+    tol = TOLERANCES[dtype]
+    for name, got, want in zip(("out", "h_T", "c_T"), (out, h_T, c_T), ref):
+        assert_close(name, got, want, tol["fwd"])
+    g = torch.Generator().manual_seed(6)
+    g_out, g_h, g_c = (torch.randn(r.shape, generator=g).to(device) for r in ref)
+    names = [k for k, v in t.items() if v is not None]
+    leaves = [t[k] for k in names]
+    grads = torch.autograd.grad((out.float() * g_out).sum() + (h_T.float() * g_h).sum() + (c_T * g_c).sum(), leaves)
+    grads_ref = torch.autograd.grad((ref[0].float() * g_out).sum() + (ref[1].float() * g_h).sum()
+                                    + (ref[2] * g_c).sum(), leaves)
+    for name, got, want in zip(names, grads, grads_ref):
+        assert_close(f"d{name}", got, want, tol["grad"])
+
+
+def test_sequence_non_contiguous_weights(device):
+    """Weights as strided views (a transposed tensor's .t(), every other element) give the same result."""
+    T, B, D, N, P = 4, 3, 7, 10, 5
+    t = seq_tensors(T, B, D, N, P, True, torch.float32, device, seed=8)
+    strided = dict(t)
+    for name in ("w_x", "w_h", "projection"):
+        strided[name] = t[name].t().contiguous().t()
+    for name in ("bias", "w_f_diag", "w_i_diag", "w_o_diag"):
+        spread = torch.zeros(2 * t[name].shape[0], device=device)
+        spread[::2] = t[name]
+        strided[name] = spread[::2]
+    assert not any(strided[name].is_contiguous() for name in WEIGHTS)
+    lengths = torch.tensor([4, 1, 0], device=device)
+    options = dict(cell_clip=0.8, proj_clip=0.25)
+    results = []
+    for tensors in (t, strided):
+        leaves = {k: v.detach().clone().requires_grad_() if v.is_contiguous() else v.detach().requires_grad_()
+                  for k, v in tensors.items() if v is not None}
+        out, h_T, c_T = lstm_sequence(*seq_args({**tensors, **leaves}), lengths, **options)
+        loss = out.square().sum() + h_T.sum() + c_T.square().sum()
+        results.append(((out, h_T, c_T), dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))))
+    (fwd, grads), (fwd_s, grads_s) = results
+    for name, got, want in zip(("out", "h_T", "c_T"), fwd_s, fwd):
+        assert_close(name, got, want, FP32["fwd"])
+    for name, want in grads.items():
+        assert_close(f"d{name}", grads_s[name], want, FP32["grad"])
+
+
+# -- dynamic_rnn --------------------------------------------------------------------------------------
+
+T, B, D, N, P = 5, 3, 7, 10, 5
+LENGTHS = [3, 0, 5]
+
+
+def make_cell(device, state_is_tuple=True, seed=0):
+    """A cell with every TF option on, none at its default (so dynamic_rnn must pass each one on), and
+    a non-zero bias so its gradient is tested."""
+    torch.manual_seed(seed)
+    cell = LSTMCell(N, use_peepholes=True, cell_clip=0.8, num_proj=P, proj_clip=0.25, forget_bias=0.5,
+                    state_is_tuple=state_is_tuple, activation="softsign", input_size=D, device=device)
+    with torch.no_grad():
+        cell.bias.normal_(0.0, 0.1)
+    return cell
+
+
+def sequence_inputs(device, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(B, T, D, generator=g).to(device)
+    state = LSTMStateTuple(torch.randn(B, N, generator=g).to(device), (0.5 * torch.randn(B, P, generator=g)).to(device))
+    return inputs, state
+
+
+def test_dynamic_rnn_matches_stepping_the_cell_with_tf_masking(device):
+    cell = make_cell(device)
+    inputs, state = sequence_inputs(device)
+    lengths = torch.tensor(LENGTHS, device=device)
+
+    leaves = [inputs.clone().requires_grad_(), state.c.clone().requires_grad_(), state.h.clone().requires_grad_()]
+    outputs, final = dynamic_rnn(cell, leaves[0], lengths, LSTMStateTuple(leaves[1], leaves[2]))
+    assert isinstance(final, LSTMStateTuple)
+    assert outputs.shape == (B, T, P) and final.c.shape == (B, N) and final.h.shape == (B, P)
+
+    # The expectation by TF's definition: run every row all T steps, then a row's outputs past its
+    # length are 0 and its final state is the one after step length-1 (the initial state for 0).
+    ref_leaves = [v.detach().clone().requires_grad_() for v in leaves]
+    s = LSTMStateTuple(ref_leaves[1], ref_leaves[2])
+    hs, cs = [s.h], [s.c]
+    for step in range(T):
+        _, s = cell(ref_leaves[0][:, step], s)
+        hs.append(s.h)
+        cs.append(s.c)
+    steps = torch.arange(T, device=device)
+    ref_out = torch.where((steps[None, :] < lengths[:, None])[:, :, None], torch.stack(hs[1:], dim=1), 0.0)
+    rows = torch.arange(B, device=device)
+    ref_h, ref_c = torch.stack(hs)[lengths, rows], torch.stack(cs)[lengths, rows]
+
+    assert_close("outputs", outputs, ref_out, FP32["fwd"])
+    assert_close("h", final.h, ref_h, FP32["fwd"])
+    assert_close("c", final.c, ref_c, FP32["fwd"])
+    assert (outputs[steps[None, :] >= lengths[:, None]] == 0).all(), "outputs past the length must be exactly 0"
+    assert torch.equal(final.h[1], state.h[1]) and torch.equal(final.c[1], state.c[1]), "length 0 keeps the state"
+
+    params = dict(cell.named_parameters())
+    assert set(params) == {"kernel", "bias", "w_f_diag", "w_i_diag", "w_o_diag", "projection_kernel"}
+    g = torch.Generator().manual_seed(2)
+    g_out, g_h, g_c = (torch.randn(r.shape, generator=g).to(device) for r in (ref_out, ref_h, ref_c))
+
+    def loss(out, h, c):
+        return (out * g_out).sum() + (h * g_h).sum() + (c * g_c).sum()
+
+    targets = list(params.values())
+    grads = torch.autograd.grad(loss(outputs, final.h, final.c), leaves + targets)
+    grads_ref = torch.autograd.grad(loss(ref_out, ref_h, ref_c), ref_leaves + targets)
+    for name, got, want in zip(["inputs", "c0", "h0"] + list(params), grads, grads_ref):
+        assert want.abs().sum() > 0, f"d{name} is zero: the test would not see a missing gradient"
+        assert_close(f"d{name}", got, want, FP32["grad"])
+
+
+def test_dynamic_rnn_time_major_is_the_transpose(device):
+    cell = make_cell(device)
+    inputs, state = sequence_inputs(device)
+    lengths = torch.tensor(LENGTHS, device=device)
+    out_b, final_b = dynamic_rnn(cell, inputs, lengths, state)
+    out_t, final_t = dynamic_rnn(cell, inputs.transpose(0, 1).contiguous(), lengths, state, time_major=True)
+    assert out_t.shape == (T, B, P)
+    assert torch.equal(out_t.transpose(0, 1), out_b)
+    assert torch.equal(final_t.h, final_b.h) and torch.equal(final_t.c, final_b.c)
+
+
+def test_dynamic_rnn_default_state_is_zeros_and_builds_the_cell(device):
+    cell = make_cell(device)
+    inputs, _ = sequence_inputs(device)
+    out, final = dynamic_rnn(cell, inputs)
+    zeros = LSTMStateTuple(torch.zeros(B, N, device=device), torch.zeros(B, P, device=device))
+    out_z, final_z = dynamic_rnn(cell, inputs, initial_state=zeros)
+    assert torch.equal(out, out_z) and torch.equal(final.h, final_z.h) and torch.equal(final.c, final_z.c)
+    lazy = LSTMCell(N, num_proj=P)
+    out_lazy, _ = dynamic_rnn(lazy, inputs)
+    assert lazy.input_size == D and lazy.kernel.shape == (D + P, 4 * N) and out_lazy.shape == (B, T, P)
+
+
+def test_dynamic_rnn_concatenated_state(device):
+    cell = make_cell(device)
+    cat_cell = make_cell(device, state_is_tuple=False)
+    cat_cell.load_state_dict(cell.state_dict())
+    inputs, state = sequence_inputs(device)
+    lengths = torch.tensor(LENGTHS, device=device)
+    out, final = dynamic_rnn(cell, inputs, lengths, state)
+
+    s0 = torch.cat([state.c, state.h], dim=1).requires_grad_()
+    out_cat, final_cat = dynamic_rnn(cat_cell, inputs, lengths, s0)
+    assert final_cat.shape == (B, N + P)
+    assert torch.equal(out_cat, out)
+    assert torch.equal(final_cat, torch.cat([final.c, final.h], dim=1))
+    # The gradient reaches both halves of the concatenated initial state.
+    (d_s0,) = torch.autograd.grad(final_cat.sum() + out_cat.sum(), s0)
+    leaves = [state.c.clone().requires_grad_(), state.h.clone().requires_grad_()]
+    out_t, final_t = dynamic_rnn(cell, inputs, lengths, LSTMStateTuple(*leaves))
+    d_c, d_h = torch.autograd.grad(final_t.c.sum() + final_t.h.sum() + out_t.sum(), leaves)
+    assert_close("d_state", d_s0, torch.cat([d_c, d_h], dim=1), FP32["grad"])
+
+
+# -- bad arguments ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("lengths,error,pattern", [
+    ([T + 1, 0, 1], ValueError, rf"^sequence_length: values must lie in \[0, T={T}\], got min 0 and max {T + 1}"),
+    ([-1, 2, 3], ValueError, rf"^sequence_length: values must lie in \[0, T={T}\], got min -1"),
+    ([1.0, 2.0, 3.0], TypeError, r"^sequence_length: expected an integer tensor, got torch.float32"),
+    ([1, 2], ValueError, rf"^sequence_length: expected shape \({B},\) = \[batch\], got \(2,\)"),
+    ([[1, 2, 3]], ValueError, rf"^sequence_length: expected shape \({B},\) = \[batch\], got \(1, 3\)"),
+], ids=["above-T", "negative", "float", "short", "rank-2"])
+def test_bad_sequence_length(lengths, error, pattern):
+    cell = make_cell("cpu")
+    inputs, _ = sequence_inputs("cpu")
+    with pytest.raises(error, match=pattern):
+        dynamic_rnn(cell, inputs, torch.tensor(lengths))
+    t = seq_tensors(T, B, D, N, None, False, torch.float32, "cpu")
+    with pytest.raises(error, match=pattern):
+        lstm_sequence(*seq_args(t), torch.tensor(lengths))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device for a second device")
+def test_sequence_length_on_another_device():
+    cell = make_cell("cuda")
+    inputs, _ = sequence_inputs("cuda")
+    with pytest.raises(ValueError, match=r"^sequence_length: on cpu, but the inputs are on cuda"):
+        dynamic_rnn(cell, inputs, torch.tensor(LENGTHS))
+
+
+def _shape(*dims):
+    return re.escape(str(tuple(dims)))
+
+
+@pytest.mark.parametrize("which", ["c", "h"])
+def test_initial_state_wrong_shape(which):
+    cell = make_cell("cpu")
+    inputs, state = sequence_inputs("cpu")
+    width = N if which == "c" else P
+    bad = state._replace(**{which: torch.zeros(B, width + 1)})
+    with pytest.raises(ValueError, match=rf"^{which}0: expected shape {_shape(B, width)} .*got {_shape(B, width + 1)}"):
+        dynamic_rnn(cell, inputs, initial_state=bad)
+    bad = state._replace(**{which: torch.zeros(B + 1, width)})
+    with pytest.raises(ValueError, match=rf"^{which}0: expected shape {_shape(B, width)} .*got {_shape(B + 1, width)}"):
+        dynamic_rnn(cell, inputs, initial_state=bad)
+
+
+def test_initial_state_wrong_layout():
+    inputs, state = sequence_inputs("cpu")
+    cat_cell = make_cell("cpu", state_is_tuple=False)
+    with pytest.raises(ValueError, match=rf"^state: expected shape {_shape(B, N + P)} .*got {_shape(B, N + P - 1)}"):
+        dynamic_rnn(cat_cell, inputs, initial_state=torch.zeros(B, N + P - 1))
+    with pytest.raises(TypeError, match="^state: expected an LSTMStateTuple"):
+        dynamic_rnn(make_cell("cpu"), inputs, initial_state=torch.zeros(B, N + P))
+
+
+def test_inputs_wrong_rank_or_width():
+    cell = make_cell("cpu")
+    with pytest.raises(ValueError, match=rf"^inputs: expected a rank-3 tensor, got shape {_shape(B, D)}"):
+        dynamic_rnn(cell, torch.randn(B, D))
+    with pytest.raises(ValueError, match=rf"^inputs: expected last dimension {D} \(the cell's input_size\), "
+                                         rf"got shape {_shape(B, T, D + 1)}"):
+        dynamic_rnn(cell, torch.randn(B, T, D + 1))
+    with pytest.raises(TypeError, match=r"^cell: expected a triton_lstm.LSTMCell, got LSTM"):
+        dynamic_rnn(torch.nn.LSTM(D, N), torch.randn(B, T, D))
