@@ -19,6 +19,12 @@ test: $(VENV)/.ready
 bench: $(VENV)/.ready
 	$(PY) -m benchmarks.run
 
+# On a GPU machine, with its own torch and Triton (no venv): tests, AOT check, benchmark, plots.
+# SESSION=full runs the standard suite instead (resumable; see benchmarks/gpu_session.sh).
+SESSION ?= quick
+gpu-check:
+	bash benchmarks/gpu_session.sh $(SESSION)
+
 aot: $(VENV)/.ready
 	$(PY) -m triton_lstm.aot
 

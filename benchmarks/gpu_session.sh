@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# One GPU session in one call: install, versions, GPU tests, AOT check, benchmarks, plots; summary last.
+#
+#   bash benchmarks/gpu_session.sh [quick|full]        (make gpu-check; default quick)
+#
+# quick  (default, under ~9 minutes): editable install without dependencies (the machine's torch and
+#        Triton stay), nvidia-smi and versions, the whole test suite on the GPU (pytest -n 8), the AOT
+#        compile check, `python -m benchmarks.run --quick`, the plots from benchmarks/results/*.jsonl
+#        (the committed rows that travelled with the tree plus this run's).
+# full   the standard suite with --resume under a time budget, then the plots; no tests. The suite is
+#        longer than one call: copy the returned results.jsonl onto benchmarks/results/<gpu>.jsonl
+#        (append) and call again until it reports no jobs left.
+#
+# Writes at most 7 files into $OUT (the device tool returns 8, two folder levels):
+#   session_log.txt  everything printed;      results.jsonl  this run's benchmark rows;
+#   bench_log.txt    the benchmark's log;     summary.txt    the benchmark's table;
+#   aot.jsonl        the AOT resource report; plots.tar      the PNGs and headline.md;
+#   phases.txt       the phase table printed last.
+# Time limits per phase (seconds) can be overridden: TESTS_TIMEOUT, AOT_TIMEOUT, BENCH_BUDGET, BENCH_TIMEOUT.
+set -u -o pipefail
+
+SESSION=${1:-quick}
+case "$SESSION" in
+    quick|full) ;;
+    *) echo "usage: bash benchmarks/gpu_session.sh [quick|full]" >&2; exit 2 ;;
+esac
+cd "$(dirname "$0")/.." || exit 2
+REPO=$(pwd)
+OUT=${OUT:-/tmp/triton_lstm_gpu_session}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+TESTS_TIMEOUT=${TESTS_TIMEOUT:-180}
+AOT_TIMEOUT=${AOT_TIMEOUT:-70}
+# Worst cases, every phase at its limit: quick 20 + 180 + 70 + 220 + 60 s, full 20 + 480 + 60 s, both
+# under the device call's 600 s. The benchmark starts no job after its budget, then finishes the case
+# in hand and writes its table well before its limit.
+if [ "$SESSION" = quick ]; then
+    BENCH_BUDGET=${BENCH_BUDGET:-140}
+    BENCH_TIMEOUT=${BENCH_TIMEOUT:-220}
+else
+    BENCH_BUDGET=${BENCH_BUDGET:-380}
+    BENCH_TIMEOUT=${BENCH_TIMEOUT:-480}
+fi
+PLOTS=$(mktemp -d)/plots
+PHASES=$OUT/phases.txt
+# This run's files only (the benchmark appends to results.jsonl and bench_log.txt).
+rm -f "$OUT/results.jsonl" "$OUT/bench_log.txt" "$OUT/summary.txt" "$OUT/aot.jsonl" "$OUT/plots.tar"
+: > "$PHASES"
+
+# record NAME RC T0 LIMIT: one line of the phase table.
+record() {
+    local verdict=ok
+    if [ -n "$4" ] && { [ "$2" -eq 124 ] || [ "$2" -eq 137 ]; }; then verdict="TIMED OUT after $4 s"
+    elif [ "$2" -ne 0 ]; then verdict="FAILED (exit $2)"; fi
+    printf '%-10s %-28s %4d s\n' "$1" "$verdict" $((SECONDS - $3)) >> "$PHASES"
+    return "$2"
+}
+
+# phase NAME LIMIT CMD...: run an external command under a time limit (timeout signals its whole
+# process group, pytest-xdist workers included).
+phase() {
+    local name=$1 limit=$2 t0=$SECONDS
+    shift 2
+    echo
+    echo "=== $name (limit $limit s): $* ==="
+    timeout --kill-after=15 "$limit" "$@"
+    record "$name" $? "$t0" "$limit"
+}
+
+# step NAME FUNCTION: run a function of this script in this shell (its exports stay).
+step() {
+    local t0=$SECONDS
+    echo
+    echo "=== $1 ==="
+    "$2"
+    record "$1" $? "$t0" ""
+}
+
+install() {
+    # Dependencies are the machine's own (no registry there): install the package alone.
+    if timeout 120 $PY -m pip install -q --no-deps --no-build-isolation -e "$REPO"; then
+        echo "installed triton_lstm editable (pip --no-deps)"
+    else
+        # Without pip's editable install: a package folder of links, triton_lstm/kernels -> kernels/,
+        # first on the path, and no current directory on it (its triton_lstm/ has no kernels/).
+        echo "pip install -e failed; using a linked package folder on PYTHONPATH instead"
+        local site
+        site=$(mktemp -d)
+        mkdir "$site/triton_lstm"
+        ln -s "$REPO"/triton_lstm/*.py "$site/triton_lstm/"
+        ln -s "$REPO/kernels" "$site/triton_lstm/kernels"
+        ln -s "$REPO/tests" "$site/tests"   # triton_lstm.aot reads tests/pairwise.py beside the package
+        export PYTHONPATH="$site:$REPO${PYTHONPATH:+:$PYTHONPATH}" PYTHONSAFEPATH=1
+    fi
+    $PY -c "import triton_lstm, triton_lstm.kernels; print('triton_lstm', triton_lstm.__version__, 'from', triton_lstm.__file__)"
+}
+
+versions() {
+    nvidia-smi || return 1
+    $PY - <<'EOF'
+import torch, triton
+print(f"torch {torch.__version__} (CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}), triton {triton.__version__}")
+if not torch.cuda.is_available():
+    raise SystemExit("torch sees no CUDA GPU")
+p = torch.cuda.get_device_properties(0)
+print(f"{p.name}: {p.multi_processor_count} SMs, compute capability {p.major}.{p.minor}, {p.total_memory / 2**30:.0f} GiB")
+EOF
+}
+
+plots_tar() {
+    if [ -d "$PLOTS" ]; then
+        tar -cf "$OUT/plots.tar" -C "$(dirname "$PLOTS")" plots && echo "plots: $OUT/plots.tar ($(ls "$PLOTS" | wc -l) files)"
+    else
+        echo "no plots were rendered"
+    fi
+}
+
+main() {
+    local failed=0
+    echo "gpu_session $SESSION: $(date -u +%FT%TZ) in $REPO, output in $OUT"
+    step install install || failed=1
+    step versions versions || { failed=1; echo "no usable GPU: stopping"; }
+    if [ $failed -eq 0 ]; then
+        local bench_args=(--out "$OUT" --no-plots --budget-s "$BENCH_BUDGET")
+        if [ "$SESSION" = quick ]; then
+            local xdist=(-n 8)
+            if ! $PY -c "import xdist" 2>/dev/null; then
+                xdist=()
+                echo "pytest-xdist is not installed: the tests run in one process"
+            fi
+            phase tests "$TESTS_TIMEOUT" $PY -m pytest -q "${xdist[@]}" --timeout 150 --durations=5 tests/ || failed=1
+            phase aot "$AOT_TIMEOUT" $PY -m triton_lstm.aot --json "$OUT/aot.jsonl" || failed=1
+            phase bench "$BENCH_TIMEOUT" $PY -m benchmarks.run --quick "${bench_args[@]}" || failed=1
+        else
+            echo "full session: tests and the AOT check are skipped (run the quick session for them)"
+            phase bench "$BENCH_TIMEOUT" $PY -m benchmarks.run --resume "${bench_args[@]}" || failed=1
+        fi
+        # From every results file here: the committed rows that travelled with the tree and this run's.
+        phase plots 60 $PY -m benchmarks.plot --plots-dir "$PLOTS" || failed=1
+        plots_tar
+    fi
+    echo
+    echo "=== summary: $SESSION session, $SECONDS s, files in $OUT ==="
+    if [ -f "$OUT/summary.txt" ]; then
+        cat "$OUT/summary.txt"
+    elif [ -f "$OUT/results.jsonl" ]; then
+        echo "(the benchmark did not finish: table of the rows it wrote)"
+        $PY -m benchmarks.plot --table "$OUT/results.jsonl"
+    fi
+    if [ -f "$OUT/bench_log.txt" ]; then grep -E "jobs not run|rows in" "$OUT/bench_log.txt" | tail -2; fi
+    if [ -s "$OUT/results.jsonl" ]; then
+        local gpu_slug
+        gpu_slug=$(head -1 "$OUT/results.jsonl" | $PY -c 'import json, sys; print(json.load(sys.stdin)["gpu_slug"])')
+        echo "to keep the rows: append the returned results.jsonl to benchmarks/results/$gpu_slug.jsonl and commit;"
+        echo "the next 'bash benchmarks/gpu_session.sh full' call then resumes after them"
+    fi
+    echo "phase      status                       time"
+    cat "$PHASES"
+    return $failed
+}
+
+main 2>&1 | tee "$OUT/session_log.txt"
