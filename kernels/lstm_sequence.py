@@ -52,6 +52,16 @@ def grid_barrier(sync_ptr, n_passed, max_spins, USE_BARRIER: tl.constexpr):
 
 
 @triton.jit
+def tile_offsets(tile, n_btiles, B, n_cols, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Rows and columns of tile number ``tile`` (batch tiles vary fastest) and their masks."""
+    o_b = (tile % n_btiles) * BLOCK_B + tl.arange(0, BLOCK_B)
+    o_n = (tile // n_btiles) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_b = o_b < B
+    mask_n = o_n < n_cols
+    return o_b, o_n, mask_b, mask_n, mask_b[:, None] & mask_n[None, :]
+
+
+@triton.jit
 def row_valid(t, o_b, mask_b, len_ptr, T, HAS_LENGTHS: tl.constexpr):
     """[BLOCK_B] bool: row b takes part in step t (t < T and t < length[b])."""
     # t as a [BLOCK_B] vector: the interpreter types (bool vector & bool scalar) as int32.
@@ -108,11 +118,7 @@ def lstm_seq_fwd_kernel(
         t64 = t.to(tl.int64)
         if PHASES & 1:
             for tile in range(pid, n_gate_tiles, n_programs):
-                o_b = (tile % n_btiles) * BLOCK_B + tl.arange(0, BLOCK_B)
-                o_n = (tile // n_btiles) * BLOCK_N + tl.arange(0, BLOCK_N)
-                mask_b = o_b < B
-                mask_n = o_n < N
-                mask = mask_b[:, None] & mask_n[None, :]
+                o_b, o_n, mask_b, mask_n, mask = tile_offsets(tile, n_btiles, B, N, BLOCK_B, BLOCK_N)
                 valid = row_valid(t, o_b, mask_b, len_ptr, T, HAS_LENGTHS)[:, None]
                 xw_t = xw_ptr + t64 * B * 4 * N
                 h_t = hbuf_ptr + t64 * B * P
@@ -145,11 +151,7 @@ def lstm_seq_fwd_kernel(
             n_passed = grid_barrier(sync_ptr, n_passed, max_spins, USE_BARRIER)
         if HAS_PROJ and (PHASES & 2):
             for tile in range(pid, n_proj_tiles, n_programs):
-                o_b = (tile % n_btiles) * BLOCK_B + tl.arange(0, BLOCK_B)
-                o_p = (tile // n_btiles) * BLOCK_N + tl.arange(0, BLOCK_N)
-                mask_b = o_b < B
-                mask_p = o_p < P
-                mask = mask_b[:, None] & mask_p[None, :]
+                o_b, o_p, mask_b, mask_p, mask = tile_offsets(tile, n_btiles, B, P, BLOCK_B, BLOCK_N)
                 valid = row_valid(t, o_b, mask_b, len_ptr, T, HAS_LENGTHS)[:, None]
                 y = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
                 y = matmul_tile(y, m_ptr + t64 * B * N, N, 1, o_b, mask_b, proj_ptr, P, 1, o_p, mask_p, N,
@@ -181,11 +183,7 @@ def bwd_state_phase(t, dout_ptr, dh_ptr, dz_ptr, w_ptr, y_ptr, dy_ptr, len_ptr, 
     n_tiles = n_btiles * tl.cdiv(P, BLOCK_N)
     t64 = t.to(tl.int64)
     for tile in range(pid, n_tiles, n_programs):
-        o_b = (tile % n_btiles) * BLOCK_B + tl.arange(0, BLOCK_B)
-        o_p = (tile // n_btiles) * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask_b = o_b < B
-        mask_p = o_p < P
-        mask = mask_b[:, None] & mask_p[None, :]
+        o_b, o_p, mask_b, mask_p, mask = tile_offsets(tile, n_btiles, B, P, BLOCK_B, BLOCK_N)
         p_h = o_b[:, None] * P + o_p[None, :]
         dh = tl.load(dh_ptr + p_h, mask=mask, other=0.0)
         ran_next = row_valid(t + 1, o_b, mask_b, len_ptr, T, HAS_LENGTHS)
@@ -246,11 +244,7 @@ def lstm_seq_bwd_kernel(
         t64 = t.to(tl.int64)
         if PHASES & 1:
             for tile in range(pid, n_gate_tiles, n_programs):
-                o_b = (tile % n_btiles) * BLOCK_B + tl.arange(0, BLOCK_B)
-                o_n = (tile // n_btiles) * BLOCK_N + tl.arange(0, BLOCK_N)
-                mask_b = o_b < B
-                mask_n = o_n < N
-                mask = mask_b[:, None] & mask_n[None, :]
+                o_b, o_n, mask_b, mask_n, mask = tile_offsets(tile, n_btiles, B, N, BLOCK_B, BLOCK_N)
                 valid = row_valid(t, o_b, mask_b, len_ptr, T, HAS_LENGTHS)[:, None]
                 p_c = o_b[:, None] * N + o_n[None, :]
                 if HAS_PROJ:

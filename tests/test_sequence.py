@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 
-from helpers import TOLERANCES, assert_close
+from helpers import TOLERANCES, assert_close, cell_tensors
 from pairwise import pairwise
 from triton_lstm import (ACTIVATIONS, LSTMCell, LSTMStateTuple, dynamic_rnn, lstm_cell, lstm_sequence,
                          lstm_sequence_reference)
@@ -22,22 +22,13 @@ FP32 = TOLERANCES[torch.float32]
 
 
 def seq_tensors(T, B, D, N, P, peepholes, dtype, device, seed=0):
-    """Time-major x, initial state and TF-layout weights, scaled as helpers.cell_tensors so that no
-    gate saturates. c0 is float32 (the state dtype the kernels keep)."""
-    g = torch.Generator().manual_seed(seed)
-    out = N if P is None else P
-
-    def rnd(*shape, scale=1.0, dt=dtype):
-        return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dt)
-
-    k = (D + out) ** -0.5
-    t = dict(x=rnd(T, B, D), h0=rnd(B, out, scale=0.5), c0=rnd(B, N, dt=torch.float32),
-             w_x=rnd(D, 4 * N, scale=k), w_h=rnd(out, 4 * N, scale=k), bias=rnd(4 * N, scale=0.1),
-             w_f_diag=None, w_i_diag=None, w_o_diag=None, projection=None)
-    if peepholes:
-        t.update(w_f_diag=rnd(N, scale=0.3), w_i_diag=rnd(N, scale=0.3), w_o_diag=rnd(N, scale=0.3))
-    if P is not None:
-        t["projection"] = rnd(N, P, scale=N ** -0.5)
+    """Time-major x, initial state and TF-layout weights from helpers.cell_tensors (no gate
+    saturates), the kernel split into its input and recurrent row blocks. c0 is float32."""
+    t = cell_tensors(B, D, N, P, peepholes, dtype, device, seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    kernel = t.pop("kernel")
+    t.update(x=torch.randn(T, B, D, generator=g).to(device=device, dtype=dtype), h0=t.pop("h"), c0=t.pop("c"),
+             w_x=kernel[:D].clone(), w_h=kernel[D:].clone())
     return t
 
 
