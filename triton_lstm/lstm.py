@@ -11,15 +11,10 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from triton_lstm.activations import Activation, resolve_activation
 from triton_lstm.checks import check_clip, check_forget_bias, shape_of
+from triton_lstm.convert import gate_permutation
 from triton_lstm.sequence import lstm_sequence
 
 Tensor = torch.Tensor
-
-
-def torch_to_tf_gate_order(n: int, device=None) -> Tensor:
-    """Row indices taking torch's gate blocks (i, f, g, o) to TF's (i, j=g, f, o)."""
-    blocks = [torch.arange(g * n, (g + 1) * n, device=device) for g in (0, 2, 1, 3)]
-    return torch.cat(blocks)
 
 
 def reverse_within_lengths(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
@@ -98,7 +93,7 @@ class LSTM(nn.Module):
     def _layer_weights(self, suffix: str):
         """TF-layout weights of one layer and direction: (w_x [D, 4H], w_h [P, 4H], bias, peepholes, proj)."""
         w_ih, w_hh = getattr(self, f"weight_ih{suffix}"), getattr(self, f"weight_hh{suffix}")
-        order = torch_to_tf_gate_order(self.hidden_size, w_ih.device)
+        order = gate_permutation(self.hidden_size, w_ih.device)
         if self.bias:
             bias = (getattr(self, f"bias_ih{suffix}") + getattr(self, f"bias_hh{suffix}"))[order]
         else:
