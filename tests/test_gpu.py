@@ -2,8 +2,6 @@
 
 Skipped without a CUDA device. Run on a GPU machine with ``make test`` (or ``make gpu-check``).
 """
-import os
-
 import pytest
 import torch
 
@@ -15,7 +13,11 @@ from triton_lstm.activations import resolve_activation
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-os.environ["TRITON_LSTM_CHECK_BARRIER"] = "1"  # raise if a grid barrier ever timed out
+
+@pytest.fixture(autouse=True)
+def check_barriers(monkeypatch):
+    monkeypatch.setenv("TRITON_LSTM_CHECK_BARRIER", "1")  # raise if a grid barrier ever timed out
+
 
 FULL = product(AXES)
 
@@ -105,3 +107,39 @@ def test_sequence_gradients_large(dtype):
     tol = (1e-3, 1e-3) if dtype == torch.float32 else (5e-2, 5e-2)
     for name, a, b in zip(["x", "h0", "c0", "kernel", "bias", "w_f", "w_i", "w_o", "proj"], grads, grads_ref):
         assert_close(f"d{name}", a, b, tol)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_cuda_graph_capture_forward_and_backward(dtype):
+    """Forward and backward of the persistent kernels captured in a CUDA graph and replayed on new data."""
+    T, B, D, N, P = 32, 16, 24, 64, 32
+    t = cell_tensors(B, D, N, P, True, dtype, "cuda", 11)
+    weights = [t["kernel"], t["bias"], t["w_f_diag"], t["w_i_diag"], t["w_o_diag"], t["projection"]]
+    for w in weights:
+        w.requires_grad_()
+    x = torch.randn(T, B, D, device="cuda", dtype=dtype)
+    lengths = torch.randint(0, T + 1, (B,), device="cuda")
+
+    def step():
+        k, b, wf, wi, wo, pr = weights
+        out, h, c = lstm_sequence(x, t["h"], t["c"], k[:D], k[D:], b, wf, wi, wo, pr, lengths, cell_clip=2.0,
+                                  proj_clip=1.0)
+        return out, torch.autograd.grad(out.float().square().sum() + c.sum(), weights)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):  # tunes and compiles outside the capture
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        g_out, g_grads = step()
+    x.copy_(torch.randn_like(x))
+    lengths.copy_(torch.randint(0, T + 1, (B,), device="cuda"))
+    graph.replay()
+    out, grads = step()
+    torch.testing.assert_close(g_out, out)
+    for a, b in zip(g_grads, grads):
+        torch.testing.assert_close(a, b)

@@ -3,6 +3,7 @@ from triton_lstm.activations import ACTIVATIONS
 from triton_lstm.cell import LSTMCell, LSTMStateTuple
 from triton_lstm.functional import lstm_cell
 from triton_lstm.lstm import LSTM
+from triton_lstm import ops  # noqa: F401  (registers the torch.library ops)
 from triton_lstm.reference import lstm_cell_reference, lstm_sequence_reference
 from triton_lstm.rnn import dynamic_rnn
 from triton_lstm.sequence import lstm_sequence

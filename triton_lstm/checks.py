@@ -33,13 +33,14 @@ def check_clip(name: str, value: Optional[float]) -> Optional[float]:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name}: expected a number or None, got {type(value).__name__}")
-    if math.isnan(value) or value < 0:
+    # One comparison rejects negatives and NaN, and stays traceable by torch.compile (no math.isnan).
+    if not value >= 0:
         raise ValueError(f"{name}: expected a clip bound >= 0 (or None), got {value}")
     return float(value)
 
 
 def check_forget_bias(value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not -math.inf < value < math.inf:
         raise ValueError(f"forget_bias: expected a finite number, got {value!r}")
     return float(value)
 

@@ -1,4 +1,4 @@
-"""The fused LSTM step: launchers, its autograd Function, and the public ``lstm_cell`` op."""
+"""The fused LSTM step: launchers, weight gradients, and the public ``lstm_cell`` (ops in ``triton_lstm.ops``)."""
 from __future__ import annotations
 
 import functools
@@ -89,12 +89,6 @@ def step_backward(dh_new: Tensor, dc_new: Tensor, z: Tensor, c: Tensor, kernel: 
     return dz, dc_prev, dx, dh_prev, dy
 
 
-def _grad_or_zeros(g: Optional[Tensor], like: Tensor) -> Tensor:
-    if g is None:
-        return torch.zeros(like.shape, device=like.device, dtype=torch.float32)
-    return g.float().contiguous()
-
-
 def weight_grads(needs: tuple[bool, ...], dz: Tensor, x: Tensor, h: Tensor, c_prev: Tensor, c_new: Tensor,
                  m: Optional[Tensor], dy: Optional[Tensor], dtype: torch.dtype):
     """Batch reductions as GEMMs (deterministic): W_x, W_h, bias, w_f/w_i/w_o_diag, projection.
@@ -121,35 +115,14 @@ def weight_grads(needs: tuple[bool, ...], dz: Tensor, x: Tensor, h: Tensor, c_pr
     return d_wx, d_wh, d_bias, d_wf, d_wi, d_wo, d_proj
 
 
-class LSTMCellFunction(torch.autograd.Function):
-    """Autograd wrapper of the fused step kernels. Inputs are validated by ``lstm_cell``."""
-
-    @staticmethod
-    def forward(ctx, x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection, opts: CellOptions):
-        kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection = contiguous_or_none(
-            kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection)
-        peepholes = (w_f_diag, w_i_diag, w_o_diag)
-        h_new, c_new, z, m, y = step_forward(x, c, h, kernel, bias, peepholes, projection, opts)
-        # Store the gate pre-activations z (4N floats a row) and recompute every pointwise value in
-        # backward: recomputing z would cost the step's whole GEMM, the rest is a few flops.
-        ctx.save_for_backward(x, c, h, kernel, w_f_diag, w_i_diag, w_o_diag, projection, z, c_new, m, y)
-        ctx.opts = opts
-        return h_new, c_new
-
-    @staticmethod
-    def backward(ctx, dh_new, dc_new):
-        x, c, h, kernel, w_f_diag, w_i_diag, w_o_diag, projection, z, c_new, m, y = ctx.saved_tensors
-        peepholes = (w_f_diag, w_i_diag, w_o_diag)
-        dh_new = _grad_or_zeros(dh_new, h)
-        dc_new = _grad_or_zeros(dc_new, c_new)
-        dz, dc_prev, dx, dh_prev, dy = step_backward(dh_new, dc_new, z, c, kernel, peepholes, projection, y,
-                                                     x.dtype, x.shape[1], ctx.opts)
-        needs = ctx.needs_input_grad
-        d_wx, d_wh, d_bias, d_wf, d_wi, d_wo, d_proj = weight_grads(
-            (needs[3], needs[3], needs[4], needs[5], needs[6], needs[7], needs[8]),
-            dz, x, h, c, c_new, m, dy, kernel.dtype)
-        d_kernel = torch.cat([d_wx, d_wh]) if needs[3] else None
-        return dx, dc_prev.to(c.dtype), dh_prev, d_kernel, d_bias, d_wf, d_wi, d_wo, d_proj, None
+def autocast(*tensors: Optional[Tensor]) -> tuple[Optional[Tensor], ...]:
+    """Under torch.autocast, the floating inputs in the autocast dtype (as nn.LSTM's inputs are);
+    otherwise unchanged. Callers leave the cell state out: it stays float32."""
+    device_type = next(t.device.type for t in tensors if t is not None)
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(None if t is None or not t.is_floating_point() else t.to(dtype) for t in tensors)
 
 
 @functools.lru_cache(maxsize=None)
@@ -174,7 +147,10 @@ def lstm_cell(x: Tensor, c: Tensor, h: Tensor, kernel: Tensor, bias: Tensor,
         forget_bias, cell_clip, proj_clip, activation: as TF's LSTMCell.
     Returns:
         (h_new [B, P] in x's dtype, c_new [B, N] in float32; float64 for float64 inputs).
+        Under torch.autocast, x, h and the weights are cast to the autocast dtype first.
     """
+    x, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection = autocast(
+        x, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection)
     peepholes = (w_f_diag, w_i_diag, w_o_diag)
     check_cell_args(x, c, h, kernel, bias, peepholes, projection, proj_clip)
     opts_clip = check_clip("cell_clip", cell_clip), check_clip("proj_clip", proj_clip)
@@ -186,5 +162,6 @@ def lstm_cell(x: Tensor, c: Tensor, h: Tensor, kernel: Tensor, bias: Tensor,
         return lstm_cell_reference(x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection,
                                    forget_bias=forget_bias, cell_clip=opts_clip[0], proj_clip=opts_clip[1],
                                    activation=fn)
-    opts = CellOptions(activation_id(name), forget_bias, *opts_clip)
-    return LSTMCellFunction.apply(x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection, opts)
+    h_new, c_new, *_ = torch.ops.triton_lstm.step_fwd(x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag,
+                                                      projection, activation_id(name), forget_bias, *opts_clip)
+    return h_new, c_new

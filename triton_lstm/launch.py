@@ -7,15 +7,17 @@ import torch
 import triton
 import triton.language as tl
 
+from triton.runtime.interpreter import InterpretedFunction
+
 from triton_lstm.kernels import lstm_step
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_INTERPRETING = isinstance(lstm_step.lstm_step_fwd_kernel, InterpretedFunction)
 
 
 def interpreting() -> bool:
     """True when the kernels were built by Triton's interpreter (TRITON_INTERPRET=1 at import)."""
-    from triton.runtime.interpreter import InterpretedFunction
-    return isinstance(lstm_step.lstm_step_fwd_kernel, InterpretedFunction)
+    return _INTERPRETING
 
 
 def kernels_run_on(device: torch.device, dtype: torch.dtype) -> bool:

@@ -125,7 +125,6 @@ class LSTM(nn.Module):
             raise ValueError(f"input: expected last dimension input_size={self.input_size} in layout {layout} "
                              f"(batch_first={self.batch_first}), got shape {shape_of(input if not packed else x)}")
         directions = 2 if self.bidirectional else 1
-        H, P = self.hidden_size, self.proj_size or self.hidden_size
         h0, c0 = self._initial_state(hx, B, unbatched, x)
         if lengths is not None:
             lengths = lengths.to(x.device)

@@ -1,4 +1,4 @@
-"""A whole LSTM sequence (one layer, one direction) on the persistent kernels, with autograd."""
+"""A whole LSTM sequence (one layer, one direction) on the persistent kernels: launchers and ``lstm_sequence``."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ import torch
 
 from triton_lstm.activations import Activation, activation_id, resolve_activation
 from triton_lstm.checks import check_clip, check_forget_bias, check_sequence_args, shape_of
-from triton_lstm.functional import CellOptions, _warn_reference_activation, contiguous_or_none, weight_grads
+from triton_lstm.functional import CellOptions, _warn_reference_activation, autocast
 from triton_lstm.kernels.lstm_sequence import lstm_seq_bwd_kernel, lstm_seq_fwd_kernel
 from triton_lstm.launch import (config_kwargs, dot_dtype, input_precision, interpreting, kernels_run_on, launch_tuned,
                                 sequence_candidates, sequence_config, tuning_key)
@@ -23,7 +23,9 @@ MAX_SPINS = 1 << 24
 
 def _check_sync(sync: Tensor) -> None:
     """With TRITON_LSTM_CHECK_BARRIER=1, raise if a grid barrier timed out (synchronises the host)."""
-    if os.environ.get("TRITON_LSTM_CHECK_BARRIER") == "1" and int(sync[1]) != 0:
+    if (os.environ.get("TRITON_LSTM_CHECK_BARRIER") == "1" and sync.is_cuda
+            and not torch.cuda.is_current_stream_capturing()
+            and int(sync[1]) != 0):
         raise RuntimeError("a grid barrier of the persistent LSTM kernel timed out: the grid was not co-resident")
 
 
@@ -107,46 +109,6 @@ def seq_backward(dout: Tensor, dh_T: Tensor, dc_T: Tensor, z: Tensor, cbuf: Tens
     return dz, dy, dh, dc
 
 
-class LSTMSequenceFunction(torch.autograd.Function):
-    """Autograd wrapper of the persistent kernels. Inputs are validated by ``lstm_sequence``."""
-
-    @staticmethod
-    def forward(ctx, x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, lengths,
-                opts: CellOptions, programs: Optional[int]):
-        T, B, D = x.shape
-        w_h, w_f_diag, w_i_diag, w_o_diag, projection = contiguous_or_none(
-            w_h, w_f_diag, w_i_diag, w_o_diag, projection)
-        peepholes = (w_f_diag, w_i_diag, w_o_diag)
-        # The input half of the gate GEMM for all steps at once, off the serial path.
-        xw = torch.addmm(bias, x.reshape(T * B, D), w_x).reshape(T, B, w_x.shape[1])
-        out, hbuf, cbuf, z, m, y = seq_forward(xw, h0, c0, w_h, peepholes, projection, lengths, opts, programs)
-        # Stored for backward: z (4N fp32 per row and step), c (N fp32), h (P), and with a
-        # projection m (N) and y (P): recomputing z would repeat the serial recurrence.
-        ctx.save_for_backward(x, w_x, w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, hbuf, cbuf, z, m, y)
-        ctx.opts, ctx.programs, ctx.c0_dtype = opts, programs, c0.dtype
-        return out, hbuf[T], cbuf[T]
-
-    @staticmethod
-    def backward(ctx, dout, dh_T, dc_T):
-        x, w_x, w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, hbuf, cbuf, z, m, y = ctx.saved_tensors
-        T, B, D = x.shape
-        peepholes = (w_f_diag, w_i_diag, w_o_diag)
-        zeros = dict(device=x.device, dtype=torch.float32)
-        dout = torch.zeros(hbuf[1:].shape, **zeros) if dout is None else dout.contiguous()
-        dh_T = torch.zeros(hbuf[0].shape, **zeros) if dh_T is None else dh_T
-        dc_T = torch.zeros(cbuf[0].shape, **zeros) if dc_T is None else dc_T
-        dz, dy, dh0, dc0 = seq_backward(dout, dh_T, dc_T, z, cbuf, w_h, peepholes, projection, y, lengths,
-                                        ctx.opts, ctx.programs)
-        needs = ctx.needs_input_grad
-        dx = None
-        if needs[0]:
-            dx = (dz.reshape(T * B, dz.shape[2]) @ w_x.float().t()).reshape(T, B, D).to(x.dtype)
-        d_wx, d_wh, d_bias, d_wf, d_wi, d_wo, d_proj = weight_grads(
-            (needs[3], needs[4], needs[5], needs[6], needs[7], needs[8], needs[9]),
-            dz, x, hbuf[:T], cbuf[:T], cbuf[1:], m, dy, w_x.dtype)
-        return (dx, dh0.to(hbuf.dtype), dc0.to(ctx.c0_dtype), d_wx, d_wh, d_bias, d_wf, d_wi, d_wo, d_proj, None, None, None)
-
-
 def check_lengths(lengths: Optional[Tensor], T: int, B: int, device: torch.device) -> Optional[Tensor]:
     """sequence_length: [B] integers in [0, T] on the inputs' device; returned as int32."""
     if lengths is None:
@@ -159,7 +121,9 @@ def check_lengths(lengths: Optional[Tensor], T: int, B: int, device: torch.devic
         raise TypeError(f"sequence_length: expected an integer tensor, got {lengths.dtype}")
     if lengths.device != device:
         raise ValueError(f"sequence_length: on {lengths.device}, but the inputs are on {device}")
-    if B and (bool((lengths < 0).any()) or bool((lengths > T).any())):
+    # Checking values reads them on the host: not possible while tracing or capturing a CUDA graph.
+    tracing = torch.compiler.is_compiling() or (lengths.is_cuda and torch.cuda.is_current_stream_capturing())
+    if B and not tracing and (bool((lengths < 0).any()) or bool((lengths > T).any())):
         raise ValueError(f"sequence_length: values must lie in [0, T={T}], got min {int(lengths.min())} "
                          f"and max {int(lengths.max())}")
     return lengths.to(torch.int32).contiguous()
@@ -181,7 +145,10 @@ def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, b
         programs: grid size override (tests); None picks one program per SM at most.
     Returns:
         (outputs [T, B, P] in x's dtype, zero past each length; h_T [B, P]; c_T [B, N] float32).
+        Under torch.autocast, x, h0 and the weights are cast to the autocast dtype first.
     """
+    x, h0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection = autocast(
+        x, h0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection)
     T, B, D, N, P = check_sequence_args(x, h0, c0, w_x, w_h, bias, (w_f_diag, w_i_diag, w_o_diag),
                                         projection, proj_clip)
     clips = check_clip("cell_clip", cell_clip), check_clip("proj_clip", proj_clip)
@@ -194,6 +161,8 @@ def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, b
         return lstm_sequence_reference(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection,
                                        lengths, forget_bias=forget_bias, cell_clip=clips[0], proj_clip=clips[1],
                                        activation=fn)
-    opts = CellOptions(activation_id(name), forget_bias, *clips)
-    return LSTMSequenceFunction.apply(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection,
-                                      lengths, opts, programs)
+    # The input half of the gate GEMM for all steps at once, off the serial path.
+    xw = torch.addmm(bias, x.reshape(T * B, D), w_x).reshape(T, B, 4 * N)
+    out, hbuf, cbuf, *_ = torch.ops.triton_lstm.seq_fwd(xw, h0, c0, w_h, w_f_diag, w_i_diag, w_o_diag, projection,
+                                                        lengths, activation_id(name), forget_bias, *clips, programs)
+    return out, hbuf[-1], cbuf[-1]

@@ -1,0 +1,89 @@
+"""torch.compile(fullgraph=True) over LSTMCell, dynamic_rnn and LSTM; autocast; gradients against eager.
+
+The kernels are torch.library custom ops, so Dynamo traces through them without graph breaks on
+any backend; "aot_eager" also traces the registered autograd and fake implementations.
+"""
+import pytest
+import torch
+from torch._dynamo.testing import CompileCounterWithBackend
+
+import triton_lstm
+from helpers import assert_close
+
+BACKENDS = ["aot_eager"] + (["inductor"] if torch.cuda.is_available() else [])
+TOL = (1e-5, 1e-5)
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def grads_of(fn, params, *inputs):
+    outs = fn(*inputs)
+    flat = [o for o in torch.utils._pytree.tree_leaves(outs) if isinstance(o, torch.Tensor)]
+    loss = sum((o.float() * (i + 1)).sum() for i, o in enumerate(flat))
+    leaves = params + [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    return flat, torch.autograd.grad(loss, leaves)
+
+
+def compare(eager, compiled, params, *inputs):
+    out_e, g_e = grads_of(eager, params, *inputs)
+    out_c, g_c = grads_of(compiled, params, *inputs)
+    for i, (a, b) in enumerate(zip(out_c, out_e)):
+        assert_close(f"output {i}", a, b, TOL)
+    for i, (a, b) in enumerate(zip(g_c, g_e)):
+        assert_close(f"grad {i}", a, b, TOL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cell_fullgraph(backend, device):
+    cell = triton_lstm.LSTMCell(10, use_peepholes=True, cell_clip=1.0, num_proj=5, proj_clip=0.5,
+                                input_size=7, device=device)
+    x = torch.randn(3, 7, device=device, requires_grad=True)
+    state = cell.zero_state(3)
+    compiled = torch.compile(cell, backend=backend, fullgraph=True)
+    compare(cell, compiled, list(cell.parameters()), x, state)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dynamic_rnn_fullgraph_without_recompiling_per_length(backend, device):
+    cell = triton_lstm.LSTMCell(8, use_peepholes=True, cell_clip=2.0, num_proj=4, input_size=5, device=device)
+
+    def run(x, lengths):
+        return triton_lstm.dynamic_rnn(cell, x, sequence_length=lengths)
+
+    counter = CompileCounterWithBackend(backend)
+    compiled = torch.compile(run, backend=counter, fullgraph=True, dynamic=True)
+    frames = None
+    for T in (3, 5, 6):
+        x = torch.randn(2, T, 5, device=device, requires_grad=True)
+        lengths = torch.tensor([T, 1], device=device)
+        compare(run, compiled, list(cell.parameters()), x, lengths)
+        if frames is None:
+            frames = counter.frame_count
+    assert counter.frame_count == frames, "a new sequence length recompiled"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lstm_module_fullgraph(backend, device):
+    lstm = triton_lstm.LSTM(6, 8, num_layers=2, bidirectional=True, proj_size=3, batch_first=True,
+                            use_peepholes=True, cell_clip=3.0, device=device)
+    x = torch.randn(2, 4, 6, device=device, requires_grad=True)
+    compiled = torch.compile(lstm, backend=backend, fullgraph=True)
+    compare(lstm, compiled, list(lstm.parameters()), x)
+
+
+def test_autocast_computes_in_the_lower_dtype(device):
+    """As nn.LSTM under autocast: outputs in the autocast dtype; our cell state stays float32."""
+    lstm = triton_lstm.LSTM(6, 8, proj_size=4, device=device)
+    x = torch.randn(5, 2, 6, device=device)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        out, (h, c) = lstm(x)
+    assert out.dtype == h.dtype == torch.bfloat16 and c.dtype == torch.float32
+    ref, _ = lstm(x.bfloat16().float())
+    torch.testing.assert_close(out.float(), ref, atol=5e-2, rtol=5e-2)
+    out.float().sum().backward()
+    assert lstm.weight_hh_l0.grad.dtype == torch.float32

@@ -1,0 +1,185 @@
+"""The kernels as ``torch.library`` custom ops, with fake (shape) implementations and autograd.
+
+Registering them lets ``torch.compile(fullgraph=True)`` trace models that use LSTMCell,
+dynamic_rnn or LSTM without graph breaks (the sequence length stays symbolic), and keeps all
+allocations on torch's caching allocator, so the ops can be captured in CUDA graphs.
+
+Ops (inputs are validated by the public functions in ``functional`` and ``sequence``):
+    triton_lstm::step_fwd / step_bwd   one fused cell step and its backward
+    triton_lstm::seq_fwd  / seq_bwd    the persistent sequence kernels; the input GEMM
+                                       x @ W_x + bias stays outside, as an ordinary torch op
+Absent optional outputs (m without a projection, y without proj_clip, dy) are empty tensors.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from triton_lstm.functional import CellOptions, contiguous_or_none, step_backward, step_forward, weight_grads
+from triton_lstm.sequence import seq_backward, seq_forward
+
+Tensor = torch.Tensor
+F32 = torch.float32
+
+
+def _or_empty(t: Optional[Tensor], like: Tensor, dtype: torch.dtype) -> Tensor:
+    return like.new_empty(0, dtype=dtype) if t is None else t
+
+
+def _present(t: Tensor) -> Optional[Tensor]:
+    """Real outputs are 2-D or 3-D (possibly with zero rows); the absent placeholder is 1-D."""
+    return t if t.dim() > 1 else None
+
+
+def _zeros_if_none(g: Optional[Tensor], shape, like: Tensor) -> Tensor:
+    return like.new_zeros(shape, dtype=F32) if g is None else g.float().contiguous()
+
+
+# -- one step ---------------------------------------------------------------------------------------
+@torch.library.custom_op("triton_lstm::step_fwd", mutates_args=())
+def step_fwd(x: Tensor, c: Tensor, h: Tensor, kernel: Tensor, bias: Tensor, w_f_diag: Optional[Tensor],
+             w_i_diag: Optional[Tensor], w_o_diag: Optional[Tensor], projection: Optional[Tensor], act: int,
+             forget_bias: float, cell_clip: Optional[float],
+             proj_clip: Optional[float]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Returns (h_new, c_new fp32, z fp32, m or empty, y or empty)."""
+    kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection = contiguous_or_none(
+        kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection)
+    h_new, c_new, z, m, y = step_forward(x, c, h, kernel, bias, (w_f_diag, w_i_diag, w_o_diag), projection,
+                                         CellOptions(act, forget_bias, cell_clip, proj_clip))
+    return h_new, c_new, z, _or_empty(m, x, x.dtype), _or_empty(y, x, F32)
+
+
+@step_fwd.register_fake
+def _(x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection, act, forget_bias, cell_clip, proj_clip):
+    B, N, P = x.shape[0], kernel.shape[1] // 4, h.shape[1]
+    m = x.new_empty(B, N) if projection is not None else x.new_empty(0)
+    y = x.new_empty(B, P, dtype=F32) if projection is not None and proj_clip is not None else x.new_empty(0, dtype=F32)
+    return x.new_empty(B, P), x.new_empty(B, N, dtype=F32), x.new_empty(B, 4 * N, dtype=F32), m, y
+
+
+@torch.library.custom_op("triton_lstm::step_bwd", mutates_args=())
+def step_bwd(dh_new: Tensor, dc_new: Tensor, z: Tensor, c: Tensor, kernel: Tensor, w_f_diag: Optional[Tensor],
+             w_i_diag: Optional[Tensor], w_o_diag: Optional[Tensor], projection: Optional[Tensor], y: Tensor,
+             act: int, forget_bias: float, cell_clip: Optional[float], proj_clip: Optional[float],
+             input_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Returns (dz fp32, dc_prev fp32, dx, dh_prev, dy fp32 or empty)."""
+    kernel, w_f_diag, w_i_diag, w_o_diag, projection = contiguous_or_none(
+        kernel, w_f_diag, w_i_diag, w_o_diag, projection)
+    dz, dc_prev, dx, dh_prev, dy = step_backward(dh_new, dc_new, z, c, kernel, (w_f_diag, w_i_diag, w_o_diag),
+                                                 projection, _present(y), kernel.dtype, input_size,
+                                                 CellOptions(act, forget_bias, cell_clip, proj_clip))
+    return dz, dc_prev, dx, dh_prev, _or_empty(dy, z, F32)
+
+
+@step_bwd.register_fake
+def _(dh_new, dc_new, z, c, kernel, w_f_diag, w_i_diag, w_o_diag, projection, y, act, forget_bias, cell_clip,
+      proj_clip, input_size):
+    B, N, P = c.shape[0], c.shape[1], dh_new.shape[1]
+    dy = z.new_empty(B, P) if projection is not None else z.new_empty(0)
+    return (z.new_empty(B, 4 * N), z.new_empty(B, N), kernel.new_empty(B, input_size), kernel.new_empty(B, P), dy)
+
+
+def _step_setup(ctx, inputs, output):
+    x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection, *options = inputs
+    _, c_new, z, m, y = output
+    # Store the gate pre-activations z (4N floats a row) and recompute every pointwise value in
+    # backward: recomputing z would cost the step's whole GEMM, the rest is a few flops.
+    ctx.save_for_backward(x, c, h, kernel, w_f_diag, w_i_diag, w_o_diag, projection, z, c_new, m, y)
+    ctx.options = options
+
+
+def _step_backward(ctx, dh_new, dc_new, _dz, _dm, _dy):
+    x, c, h, kernel, w_f_diag, w_i_diag, w_o_diag, projection, z, c_new, m, y = ctx.saved_tensors
+    dh_new = _zeros_if_none(dh_new, h.shape, z)
+    dc_new = _zeros_if_none(dc_new, c_new.shape, z)
+    dz, dc_prev, dx, dh_prev, dy = step_bwd(dh_new, dc_new, z, c, kernel, w_f_diag, w_i_diag, w_o_diag,
+                                            projection, y, *ctx.options, x.shape[1])
+    needs = ctx.needs_input_grad
+    d_wx, d_wh, d_bias, d_wf, d_wi, d_wo, d_proj = weight_grads(
+        (needs[3], needs[3], needs[4], needs[5], needs[6], needs[7], needs[8]),
+        dz, x, h, c, c_new, _present(m), dy, kernel.dtype)
+    d_kernel = torch.cat([d_wx, d_wh]) if needs[3] else None
+    return (dx, dc_prev.to(c.dtype), dh_prev, d_kernel, d_bias, d_wf, d_wi, d_wo, d_proj) + (None,) * 4
+
+
+step_fwd.register_autograd(_step_backward, setup_context=_step_setup)
+
+
+# -- a whole sequence -------------------------------------------------------------------------------
+@torch.library.custom_op("triton_lstm::seq_fwd", mutates_args=())
+def seq_fwd(xw: Tensor, h0: Tensor, c0: Tensor, w_h: Tensor, w_f_diag: Optional[Tensor],
+            w_i_diag: Optional[Tensor], w_o_diag: Optional[Tensor], projection: Optional[Tensor],
+            lengths: Optional[Tensor], act: int, forget_bias: float, cell_clip: Optional[float],
+            proj_clip: Optional[float], programs: Optional[int]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """xw [T, B, 4N] = x @ W_x + bias. Returns (out, hbuf [T+1, B, P], cbuf [T+1, B, N] fp32, z, m, y)."""
+    w_h, w_f_diag, w_i_diag, w_o_diag, projection = contiguous_or_none(
+        w_h, w_f_diag, w_i_diag, w_o_diag, projection)
+    out, hbuf, cbuf, z, m, y = seq_forward(xw.contiguous(), h0, c0, w_h, (w_f_diag, w_i_diag, w_o_diag),
+                                           projection, lengths, CellOptions(act, forget_bias, cell_clip, proj_clip),
+                                           programs)
+    return out, hbuf, cbuf, z, _or_empty(m, xw, h0.dtype), _or_empty(y, xw, F32)
+
+
+@seq_fwd.register_fake
+def _(xw, h0, c0, w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, act, forget_bias, cell_clip, proj_clip,
+      programs):
+    T, B, N4 = xw.shape
+    N, P = N4 // 4, h0.shape[1]
+    m = h0.new_empty(T, B, N) if projection is not None else h0.new_empty(0)
+    y = (h0.new_empty(T, B, P, dtype=F32) if projection is not None and proj_clip is not None
+         else h0.new_empty(0, dtype=F32))
+    return (h0.new_empty(T, B, P), h0.new_empty(T + 1, B, P), h0.new_empty(T + 1, B, N, dtype=F32),
+            h0.new_empty(T, B, N4, dtype=F32), m, y)
+
+
+@torch.library.custom_op("triton_lstm::seq_bwd", mutates_args=())
+def seq_bwd(dout: Tensor, dh_T: Tensor, dc_T: Tensor, z: Tensor, cbuf: Tensor, w_h: Tensor,
+            w_f_diag: Optional[Tensor], w_i_diag: Optional[Tensor], w_o_diag: Optional[Tensor],
+            projection: Optional[Tensor], y: Tensor, lengths: Optional[Tensor], act: int, forget_bias: float,
+            cell_clip: Optional[float], proj_clip: Optional[float],
+            programs: Optional[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Returns (dz [T, B, 4N], dy [T, B, P], dh0, dc0), all fp32."""
+    w_h, w_f_diag, w_i_diag, w_o_diag, projection = contiguous_or_none(
+        w_h, w_f_diag, w_i_diag, w_o_diag, projection)
+    return seq_backward(dout.contiguous(), dh_T, dc_T, z, cbuf, w_h, (w_f_diag, w_i_diag, w_o_diag), projection,
+                        _present(y), lengths, CellOptions(act, forget_bias, cell_clip, proj_clip), programs)
+
+
+@seq_bwd.register_fake
+def _(dout, dh_T, dc_T, z, cbuf, w_h, w_f_diag, w_i_diag, w_o_diag, projection, y, lengths, act, forget_bias,
+      cell_clip, proj_clip, programs):
+    T, B, N4 = z.shape
+    P = dh_T.shape[1]
+    return z.new_empty(T, B, N4), z.new_empty(T, B, P), z.new_empty(B, P), z.new_empty(B, N4 // 4)
+
+
+def _seq_setup(ctx, inputs, output):
+    xw, h0, c0, w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, *options = inputs
+    _, hbuf, cbuf, z, m, y = output
+    # Stored for backward: z (4N fp32 per row and step), c (N fp32), h (P), and with a
+    # projection m (N) and y (P): recomputing z would repeat the serial recurrence.
+    ctx.save_for_backward(w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, hbuf, cbuf, z, m, y)
+    ctx.options = options
+    ctx.dtypes = xw.dtype, h0.dtype, c0.dtype
+
+
+def _seq_backward(ctx, dout, d_hbuf, d_cbuf, _dz, _dm, _dy):
+    w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, hbuf, cbuf, z, m, y = ctx.saved_tensors
+    T = z.shape[0]
+    # Callers see the last rows of hbuf and cbuf as the final state; only those carry gradients.
+    # (Indexing with -1 rather than T keeps T symbolic under torch.compile.)
+    dh_T = _zeros_if_none(None if d_hbuf is None else d_hbuf[-1], hbuf.shape[1:], z)
+    dc_T = _zeros_if_none(None if d_cbuf is None else d_cbuf[-1], cbuf.shape[1:], z)
+    dout = _zeros_if_none(dout, hbuf[1:].shape, z)
+    dz, dy, dh0, dc0 = seq_bwd(dout, dh_T, dc_T, z, cbuf, w_h, w_f_diag, w_i_diag, w_o_diag, projection, y,
+                               lengths, *ctx.options)
+    needs = ctx.needs_input_grad
+    _, d_wh, _, d_wf, d_wi, d_wo, d_proj = weight_grads(
+        (False, needs[3], False, needs[4], needs[5], needs[6], needs[7]),
+        dz, None, hbuf[:T], cbuf[:T], cbuf[1:], _present(m), dy, w_h.dtype)
+    xw_dtype, h0_dtype, c0_dtype = ctx.dtypes
+    return (dz.to(xw_dtype), dh0.to(h0_dtype), dc0.to(c0_dtype), d_wh, d_wf, d_wi, d_wo, d_proj) + (None,) * 6
+
+
+seq_fwd.register_autograd(_seq_backward, setup_context=_seq_setup)
