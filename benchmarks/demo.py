@@ -33,12 +33,12 @@ def _tensors(seed: int) -> dict[str, torch.Tensor]:
                 w_o_diag=rnd(N, scale=0.3), projection=rnd(N, P, scale=N ** -0.5))
 
 
-def _max_errors(outs, refs, leaves, ref_leaves, g_out, function: str) -> tuple[float, float]:
+def _max_errors(outs, refs, leaves, ref_leaves, g_out, op: str) -> tuple[float, float]:
     """(max |out - ref| over the outputs, max |grad - ref grad| over the leaves)."""
     ran = type(outs[0].grad_fn).__name__
-    if function not in ran:
-        raise RuntimeError(f"expected the kernels' autograd Function {function}, got {ran}: the op fell back "
-                           f"to the reference, so this demo would check nothing")
+    if f"triton_lstm_{op}" not in ran:
+        raise RuntimeError(f"expected the kernels' op triton_lstm::{op} in the graph, got {ran}: the op fell "
+                           f"back to the reference, so this demo would check nothing")
     fwd = max(float((o.detach().double() - r.detach()).abs().max()) for o, r in zip(outs, refs))
     loss = sum((o.double() * w).sum() for o, w in zip(outs, g_out))
     loss_ref = sum((r * w).sum() for r, w in zip(refs, g_out))
@@ -61,7 +61,7 @@ def check_sequence(programs: int) -> tuple[float, float]:
     refs = lstm_sequence_reference(*ref_leaves, lengths, **OPTIONS)
     g = torch.Generator().manual_seed(99)
     g_out = [torch.randn(r.shape, generator=g, dtype=torch.float64) for r in refs]
-    return _max_errors(outs, refs, leaves, ref_leaves, g_out, "LSTMSequenceFunction")
+    return _max_errors(outs, refs, leaves, ref_leaves, g_out, "seq_fwd")
 
 
 def check_cell() -> tuple[float, float]:
@@ -77,7 +77,7 @@ def check_cell() -> tuple[float, float]:
     refs = lstm_cell_reference(*ref_leaves, **OPTIONS)
     g = torch.Generator().manual_seed(98)
     g_out = [torch.randn(r.shape, generator=g, dtype=torch.float64) for r in refs]
-    return _max_errors(outs, refs, leaves, ref_leaves, g_out, "LSTMCellFunction")
+    return _max_errors(outs, refs, leaves, ref_leaves, g_out, "step_fwd")
 
 
 def main() -> int:
