@@ -99,17 +99,8 @@ def sequence_candidates(batch: int, num_units: int, out_size: int, dtype: torch.
 
 
 @dataclass(frozen=True)
-class SequenceConfig:
-    block_b: int
-    block_n: int
-    block_k: int
+class SequenceConfig(StepConfig):
     programs: int               # grid size: never more than can be resident at once
-    num_warps: int
-    num_stages: int
-    maxnreg: int
-
-    def launch_options(self) -> dict:
-        return dict(num_warps=self.num_warps, num_stages=self.num_stages, maxnreg=self.maxnreg)
 
 
 def sequence_config(batch: int, num_units: int, out_size: int, dtype: torch.dtype, device: torch.device,
