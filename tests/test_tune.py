@@ -22,6 +22,10 @@ def cache(tmp_path, monkeypatch):
     return path
 
 
+def pick(key, candidates, launch, device):
+    return tune.pick("step_fwd", key, candidates[0], lambda: candidates, launch, device)
+
+
 def fake_gpu(monkeypatch, runs):
     """Candidates with block_b 64 'spill'; time = block_n (smaller is faster)."""
     monkeypatch.setattr(tune, "fits", lambda compiled, cfg, device: cfg.block_b != 64)
@@ -43,7 +47,7 @@ def test_pick_times_fitting_candidates_and_persists(cache, monkeypatch):
     runs = []
     launch = fake_gpu(monkeypatch, runs)
     candidates = step_candidates(128, 256, torch.float16)
-    best = tune.pick("step_fwd", "k1", candidates, launch, CUDA)
+    best = pick("k1", candidates, launch, CUDA)
     assert best.block_n == 16 and best.block_k == 32
     assert runs and all(c.block_b != 64 for c in runs), "a pruned configuration was run"
     stored = json.loads(cache.read_text())
@@ -51,8 +55,25 @@ def test_pick_times_fitting_candidates_and_persists(cache, monkeypatch):
     # A new process: nothing in memory, the file answers without running anything.
     monkeypatch.setattr(tune, "_memory", {})
     runs.clear()
-    assert tune.pick("step_fwd", "k1", candidates, launch, CUDA) == best
+    assert pick("k1", candidates, launch, CUDA) == best
     assert runs == []
+
+
+def test_cached_choice_reads_the_file_once_and_builds_no_candidates(cache, monkeypatch):
+    runs = []
+    launch = fake_gpu(monkeypatch, runs)
+    candidates = step_candidates(64, 64, torch.float32)
+    best = pick("k3", candidates, launch, CUDA)
+    reads = []
+    monkeypatch.setattr(tune, "_memory", {})
+    monkeypatch.setattr(tune, "_read", lambda path: reads.append(path) or json.loads(path.read_text()))
+
+    def no_candidates():
+        raise AssertionError("candidates built for a cached shape")
+
+    for _ in range(3):
+        assert tune.pick("step_fwd", "k3", candidates[0], no_candidates, launch, CUDA) == best
+    assert reads == [cache]
 
 
 def test_corrupt_cache_is_ignored_and_rewritten(cache, monkeypatch):
@@ -60,14 +81,14 @@ def test_corrupt_cache_is_ignored_and_rewritten(cache, monkeypatch):
     runs = []
     launch = fake_gpu(monkeypatch, runs)
     with pytest.warns(UserWarning, match="unreadable tuning cache"):
-        best = tune.pick("step_fwd", "k1", step_candidates(32, 64, torch.float32), launch, CUDA)
+        best = pick("k1", step_candidates(32, 64, torch.float32), launch, CUDA)
     assert json.loads(cache.read_text())["step_fwd|k1"]["config"]["block_n"] == best.block_n
 
 
 def test_nothing_fits_is_an_error(cache, monkeypatch):
     monkeypatch.setattr(tune, "fits", lambda compiled, cfg, device: False)
     with pytest.raises(RuntimeError, match="no launch configuration fits"):
-        tune.pick("step_fwd", "k2", step_candidates(32, 64, torch.float32), lambda cfg, warmup: None, CUDA)
+        pick("k2", step_candidates(32, 64, torch.float32), lambda cfg, warmup: None, CUDA)
 
 
 def test_switches_and_cpu_use_the_default(cache, monkeypatch):
@@ -76,11 +97,11 @@ def test_switches_and_cpu_use_the_default(cache, monkeypatch):
     def never(cfg, warmup):
         raise AssertionError("no tuning expected")
 
-    assert tune.pick("step_fwd", "k", candidates, never, torch.device("cpu")) == candidates[0]
+    assert pick("k", candidates, never, torch.device("cpu")) == candidates[0]
     monkeypatch.setenv("TRITON_LSTM_AUTOTUNE", "0")
-    assert tune.pick("step_fwd", "k", candidates, never, CUDA) == candidates[0]
+    assert pick("k", candidates, never, CUDA) == candidates[0]
     monkeypatch.setenv("TRITON_LSTM_CONFIG", "block_b=64, num_warps=8")
-    pinned = tune.pick("step_fwd", "k", candidates, never, CUDA)
+    pinned = pick("k", candidates, never, CUDA)
     assert (pinned.block_b, pinned.num_warps, pinned.block_n) == (64, 8, candidates[0].block_n)
 
 

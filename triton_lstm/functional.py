@@ -12,7 +12,7 @@ import triton
 from triton_lstm.activations import Activation, activation_id, resolve_activation
 from triton_lstm.checks import check_cell_args, check_clip, check_forget_bias
 from triton_lstm.kernels.lstm_step import lstm_step_bwd_kernel, lstm_step_fwd_kernel
-from triton_lstm.launch import (dot_dtype, input_precision, kernels_run_on, launch_tuned, step_candidates,
+from triton_lstm.launch import (kernel_constants, kernels_run_on, launch_tuned, step_candidates, step_config,
                                 tuning_key)
 from triton_lstm.reference import lstm_cell_reference
 
@@ -59,11 +59,11 @@ def step_forward(x: Tensor, c: Tensor, h: Tensor, kernel: Tensor, bias: Tensor,
     y = torch.empty(B, P, **f32) if opts.proj_clip is not None else None
     wf, wi, wo = peepholes
     args = (x, x.stride(0), h, h.stride(0), c, kernel, bias, wi, wf, wo, projection, z, c_new, m, y, h_new, B, D, N, P)
-    consts = dict(**opts.kernel_args(), USE_PEEPHOLES=wf is not None, HAS_PROJ=has_proj,
-                  DOT_DTYPE=dot_dtype(x.dtype), INPUT_PRECISION=input_precision(x.dtype))
+    consts = kernel_constants(opts, x.dtype, peepholes, projection)
     launch_tuned(lstm_step_fwd_kernel, "step_fwd", args, consts,
                  lambda cfg: (triton.cdiv(B, cfg.block_b), 1 if has_proj else triton.cdiv(N, cfg.block_n)),
-                 step_candidates(B, N, x.dtype), x.device, tuning_key(x.dtype, dict(B=B, D=D, N=N, P=P), consts))
+                 step_config(B, N, x.dtype), lambda: step_candidates(B, N, x.dtype), x.device,
+                 tuning_key(x.dtype, dict(B=B, D=D, N=N, P=P), consts))
     return h_new, c_new, z, m, y
 
 
@@ -82,10 +82,10 @@ def step_backward(dh_new: Tensor, dc_new: Tensor, z: Tensor, c: Tensor, kernel: 
     wf, wi, wo = peepholes
     args = (dh_new, dc_new, z, c.contiguous(), kernel, wi, wf, wo, projection, y, dy, dz, dc_prev, dx, dh_prev,
             B, D, N, P)
-    consts = dict(**opts.kernel_args(), USE_PEEPHOLES=wf is not None, HAS_PROJ=projection is not None,
-                  DOT_DTYPE=dot_dtype(x_dtype), INPUT_PRECISION=input_precision(x_dtype))
+    consts = kernel_constants(opts, x_dtype, peepholes, projection)
     launch_tuned(lstm_step_bwd_kernel, "step_bwd", args, consts, lambda cfg: (triton.cdiv(B, cfg.block_b),),
-                 step_candidates(B, N, x_dtype), c.device, tuning_key(x_dtype, dict(B=B, D=D, N=N, P=P), consts))
+                 step_config(B, N, x_dtype), lambda: step_candidates(B, N, x_dtype), c.device,
+                 tuning_key(x_dtype, dict(B=B, D=D, N=N, P=P), consts))
     return dz, dc_prev, dx, dh_prev, dy
 
 

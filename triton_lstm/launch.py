@@ -128,9 +128,17 @@ def config_kwargs(cfg) -> dict:
     return dict(BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, **cfg.launch_options())
 
 
-def launch_tuned(kernel, name: str, args: tuple, consts: dict, grid, candidates: list, device: torch.device,
+def kernel_constants(opts, dtype: torch.dtype, peepholes, projection, **extra) -> dict:
+    """Scalar and constexpr keyword arguments every kernel takes: the cell's options and flags,
+    the dot operand dtype and precision, plus ``extra``."""
+    return dict(**opts.kernel_args(), USE_PEEPHOLES=peepholes[0] is not None, HAS_PROJ=projection is not None,
+                DOT_DTYPE=dot_dtype(dtype), INPUT_PRECISION=input_precision(dtype), **extra)
+
+
+def launch_tuned(kernel, name: str, args: tuple, consts: dict, grid, default, candidates, device: torch.device,
                  key: str, before_run=None):
-    """Launch ``kernel`` with the configuration ``tune.pick`` chooses among ``candidates``.
+    """Launch ``kernel`` with the configuration ``tune.pick`` chooses (``default`` without tuning,
+    else among ``candidates()``).
 
     grid(cfg) gives the grid; consts are the constexpr and scalar keyword arguments besides the
     configuration's own; before_run() (optional) restores in/out buffers so that every timed run
@@ -146,7 +154,7 @@ def launch_tuned(kernel, name: str, args: tuple, consts: dict, grid, candidates:
             before_run()
         return kernel[grid(cfg)](*args, **kw)
 
-    return launch(tune.pick(name, key, candidates, launch, device), False)
+    return launch(tune.pick(name, key, default, candidates, launch, device), False)
 
 
 def tuning_key(dtype: torch.dtype, dims: dict, consts: dict) -> str:

@@ -10,7 +10,7 @@ from triton_lstm.activations import Activation, activation_id, resolve_activatio
 from triton_lstm.checks import check_clip, check_forget_bias, check_sequence_args, shape_of
 from triton_lstm.functional import CellOptions, _warn_reference_activation, autocast
 from triton_lstm.kernels.lstm_sequence import lstm_seq_bwd_kernel, lstm_seq_fwd_kernel
-from triton_lstm.launch import (config_kwargs, dot_dtype, input_precision, interpreting, kernels_run_on, launch_tuned,
+from triton_lstm.launch import (config_kwargs, interpreting, kernel_constants, kernels_run_on, launch_tuned,
                                 sequence_candidates, sequence_config, tuning_key)
 from triton_lstm.reference import lstm_sequence_reference
 
@@ -27,11 +27,6 @@ def _check_sync(sync: Tensor) -> None:
             and not torch.cuda.is_current_stream_capturing()
             and int(sync[1]) != 0):
         raise RuntimeError("a grid barrier of the persistent LSTM kernel timed out: the grid was not co-resident")
-
-
-def _flags(opts: CellOptions, peepholes, projection, lengths) -> dict:
-    return dict(**opts.kernel_args(), USE_PEEPHOLES=peepholes[0] is not None, HAS_PROJ=projection is not None,
-                HAS_LENGTHS=lengths is not None)
 
 
 def seq_forward(xw: Tensor, h0: Tensor, c0: Tensor, w_h: Tensor, peepholes, projection: Optional[Tensor],
@@ -52,8 +47,7 @@ def seq_forward(xw: Tensor, h0: Tensor, c0: Tensor, w_h: Tensor, peepholes, proj
     wf, wi, wo = peepholes
     sync = torch.zeros(2, device=dev, dtype=torch.int32)
     args = (xw, w_h, wi, wf, wo, projection, lengths, hbuf, cbuf, z, m, y, out, sync)
-    consts = dict(**_flags(opts, peepholes, projection, lengths), DOT_DTYPE=dot_dtype(dtype),
-                  INPUT_PRECISION=input_precision(dtype))
+    consts = kernel_constants(opts, dtype, peepholes, projection, HAS_LENGTHS=lengths is not None)
     if T == 0:
         return out, hbuf, cbuf, z, m, y
     if interpreting() and programs is not None and programs > 1:
@@ -65,7 +59,8 @@ def seq_forward(xw: Tensor, h0: Tensor, c0: Tensor, w_h: Tensor, peepholes, proj
     else:
         consts.update(PHASES=3, USE_BARRIER=True)
         launch_tuned(lstm_seq_fwd_kernel, "seq_fwd", args + (0, T, T, B, N, P, MAX_SPINS), consts,
-                     lambda cfg: (cfg.programs,), sequence_candidates(B, N, P, dtype, dev, programs), dev,
+                     lambda cfg: (cfg.programs,), sequence_config(B, N, P, dtype, dev, programs),
+                     lambda: sequence_candidates(B, N, P, dtype, dev, programs), dev,
                      tuning_key(dtype, dict(B=B, N=N, P=P), consts), before_run=sync.zero_)
         _check_sync(sync)
     return out, hbuf, cbuf, z, m, y
@@ -85,8 +80,7 @@ def seq_backward(dout: Tensor, dh_T: Tensor, dc_T: Tensor, z: Tensor, cbuf: Tens
     wf, wi, wo = peepholes
     sync = torch.zeros(2, device=dev, dtype=torch.int32)
     args = (dout, dh, dc, z, cbuf, w_h, wi, wf, wo, projection, y, lengths, dy, dz, sync)
-    consts = dict(**_flags(opts, peepholes, projection, lengths), DOT_DTYPE=dot_dtype(w_h.dtype),
-                  INPUT_PRECISION=input_precision(w_h.dtype))
+    consts = kernel_constants(opts, w_h.dtype, peepholes, projection, HAS_LENGTHS=lengths is not None)
     if T == 0:
         return dz, dy, dh, dc
     if interpreting() and programs is not None and programs > 1:
@@ -103,7 +97,8 @@ def seq_backward(dout: Tensor, dh_T: Tensor, dc_T: Tensor, z: Tensor, cbuf: Tens
 
         consts.update(PROLOGUE=True, PHASES=3, USE_BARRIER=True)
         launch_tuned(lstm_seq_bwd_kernel, "seq_bwd", args + (T - 1, T, T, B, N, P, MAX_SPINS), consts,
-                     lambda cfg: (cfg.programs,), sequence_candidates(B, N, P, w_h.dtype, dev, programs), dev,
+                     lambda cfg: (cfg.programs,), sequence_config(B, N, P, w_h.dtype, dev, programs),
+                     lambda: sequence_candidates(B, N, P, w_h.dtype, dev, programs), dev,
                      tuning_key(w_h.dtype, dict(B=B, N=N, P=P), consts), before_run=restore)
         _check_sync(sync)
     return dz, dy, dh, dc

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -41,9 +42,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TRITON_LSTM_CACHE_DIR") or Path.home() / ".cache" / "triton_lstm")
 
 
+@functools.lru_cache(maxsize=None)
+def _gpu_slug(index: int) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", torch.cuda.get_device_name(index)).strip("-").lower()
+
+
 def cache_file(device: torch.device) -> Path:
-    name = re.sub(r"[^A-Za-z0-9]+", "-", torch.cuda.get_device_name(device)).strip("-").lower()
-    return cache_dir() / f"{name}-triton-{triton.__version__}.json"
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return cache_dir() / f"{_gpu_slug(index)}-triton-{triton.__version__}.json"
 
 
 def _read(path: Path) -> dict:
@@ -95,15 +101,14 @@ def fits(compiled: Any, cfg: Any, device: torch.device) -> bool:
             and compiled.metadata.shared <= max_shared)
 
 
-def pick(kernel: str, key: str, candidates: Sequence[C], launch: Callable[[C, bool], Any],
-         device: torch.device) -> C:
+def pick(kernel: str, key: str, default: C, candidates: Callable[[], Sequence[C]],
+         launch: Callable[[C, bool], Any], device: torch.device) -> C:
     """The configuration to launch ``kernel`` with for this shape ``key``.
 
-    candidates[0] is the default. launch(cfg, warmup) compiles without running when warmup is
-    True (returning the compiled kernel) and runs the kernel otherwise; running it repeatedly
-    must be harmless.
+    candidates() lists the search space (built only when tuning). launch(cfg, warmup) compiles
+    without running when warmup is True (returning the compiled kernel) and runs the kernel
+    otherwise; running it repeatedly must be harmless.
     """
-    default = candidates[0]
     pin = pinned(default)
     if pin is not None:
         return pin
@@ -112,9 +117,12 @@ def pick(kernel: str, key: str, candidates: Sequence[C], launch: Callable[[C, bo
         return default
     full_key = f"{kernel}|{key}"
     path = cache_file(device)
-    memo = _memory.setdefault(str(path), _read(path))
+    memo = _memory.get(str(path))
+    if memo is None:  # the file is read once per process, not on every launch
+        memo = _memory[str(path)] = _read(path)
     if full_key in memo:
         return dataclasses.replace(default, **memo[full_key]["config"])
+    candidates = candidates()
     timings = []
     for cfg in candidates:
         if not fits(launch(cfg, True), cfg, device):
