@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from triton_lstm.activations import resolve_activation
+from triton_lstm.activations import ACTIVATIONS, resolve_activation
 from triton_lstm.reference import lstm_cell_reference
 
 # (atol, rtol) for outputs and for gradients, against the float32 reference on the same inputs.
@@ -14,6 +14,16 @@ TOLERANCES = {
     torch.float16: dict(fwd=(4e-3, 4e-3), grad=(2e-2, 2e-2)),
     torch.bfloat16: dict(fwd=(3e-2, 3e-2), grad=(1e-1, 5e-2)),
 }
+
+# The options of one cell as test axes (matrices take all pairs of them, the GPU tests all products).
+CELL_AXES = dict(
+    activation=list(ACTIVATIONS),
+    peepholes=[False, True],
+    cell_clip=[None, 0.7],
+    projection=["none", "proj", "proj+clip"],
+    forget_bias=[1.0, 0.0],
+    dtype=[torch.float32, torch.float16, torch.bfloat16],
+)
 
 WEIGHT_NAMES = ("kernel", "bias", "w_f_diag", "w_i_diag", "w_o_diag", "projection")
 

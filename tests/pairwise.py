@@ -30,3 +30,8 @@ def pairwise(axes: dict[str, Sequence[Any]]) -> list[dict[str, Any]]:
 def product(axes: dict[str, Sequence[Any]]) -> list[dict[str, Any]]:
     names = list(axes)
     return [dict(zip(names, vals)) for vals in itertools.product(*(axes[n] for n in names))]
+
+
+def case_id(case: dict[str, Any]) -> str:
+    """A readable pytest id for one case: its values joined by dashes."""
+    return "-".join(str(v).replace("torch.", "") for v in case.values())

@@ -5,9 +5,9 @@ Skipped without a CUDA device. Run on a GPU machine with ``make test`` (or ``mak
 import pytest
 import torch
 
-from helpers import TOLERANCES, assert_close, cell_tensors
-from pairwise import product
-from test_step_kernels import AXES, run_case
+from helpers import CELL_AXES, TOLERANCES, assert_close, cell_tensors
+from pairwise import case_id, product
+from test_step_kernels import run_case
 from triton_lstm import lstm_cell, lstm_sequence, lstm_sequence_reference
 from triton_lstm.activations import resolve_activation
 
@@ -19,10 +19,10 @@ def check_barriers(monkeypatch):
     monkeypatch.setenv("TRITON_LSTM_CHECK_BARRIER", "1")  # raise if a grid barrier ever timed out
 
 
-FULL = product(AXES)
+FULL = product(CELL_AXES)
 
 
-@pytest.mark.parametrize("case", FULL, ids=lambda c: "-".join(str(v).replace("torch.", "") for v in c.values()))
+@pytest.mark.parametrize("case", FULL, ids=case_id)
 def test_step_full_product(case):
     run_case(case, B=37, D=80, N=96, P=48, device="cuda")
 

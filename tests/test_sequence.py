@@ -10,9 +10,9 @@ import re
 import pytest
 import torch
 
-from helpers import TOLERANCES, assert_close, cell_tensors
-from pairwise import pairwise
-from triton_lstm import (ACTIVATIONS, LSTMCell, LSTMStateTuple, dynamic_rnn, lstm_cell, lstm_sequence,
+from helpers import CELL_AXES, TOLERANCES, assert_close, cell_tensors
+from pairwise import case_id, pairwise
+from triton_lstm import (LSTMCell, LSTMStateTuple, dynamic_rnn, lstm_cell, lstm_sequence,
                          lstm_sequence_reference)
 from triton_lstm.activations import resolve_activation
 from triton_lstm.launch import interpreting, kernels_run_on
@@ -105,21 +105,9 @@ def run_sequence_case(case, T, B, D, N, P, device, lengths=None, seed=0):
         assert torch.equal(got["c0"][empty], g_c[empty])
 
 
-AXES = dict(
-    activation=list(ACTIVATIONS),
-    peepholes=[False, True],
-    cell_clip=[None, 0.8],
-    projection=["none", "proj", "proj+clip"],
-    forget_bias=[1.0, 0.0],
-    dtype=[torch.float32, torch.float16, torch.bfloat16],
-    lengths=["none", "variable"],
-    programs=[None, 3],
-)
+# A cell's option axes, plus what only sequences have.
+AXES = dict(CELL_AXES, lengths=["none", "variable"], programs=[None, 3])
 CASES = pairwise(AXES)
-
-
-def case_id(case):
-    return "-".join(str(v).replace("torch.", "") for v in case.values())
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)

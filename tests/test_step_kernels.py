@@ -2,21 +2,12 @@
 import pytest
 import torch
 
-from helpers import TOLERANCES, assert_close, cell_args, cell_tensors, reference_fp32
-from pairwise import pairwise
+from helpers import CELL_AXES, TOLERANCES, assert_close, cell_args, cell_tensors, reference_fp32
+from pairwise import case_id, pairwise
 from triton_lstm import lstm_cell
-from triton_lstm.activations import ACTIVATIONS
 from triton_lstm.launch import interpreting, kernels_run_on
 
-AXES = dict(
-    activation=list(ACTIVATIONS),
-    peepholes=[False, True],
-    cell_clip=[None, 0.7],
-    projection=["none", "proj", "proj+clip"],
-    forget_bias=[1.0, 0.0],
-    dtype=[torch.float32, torch.float16, torch.bfloat16],
-)
-CASES = pairwise(AXES)
+CASES = pairwise(CELL_AXES)
 
 
 def run_case(case, B, D, N, P, device, seed=0):
@@ -51,7 +42,7 @@ def run_case(case, B, D, N, P, device, seed=0):
         assert_close(f"d{name}", got, want, tol["grad"])
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v).replace("torch.", "") for v in c.values()))
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_step_matches_reference_odd_shapes(case, device):
     run_case(case, B=3, D=7, N=10, P=5, device=device)
 
