@@ -11,6 +11,7 @@ from torch import nn
 
 from triton_lstm.activations import Activation, resolve_activation
 from triton_lstm.checks import check_clip, check_forget_bias, check_tensor, shape_of
+from triton_lstm.convert import as_tensor
 from triton_lstm.functional import lstm_cell
 
 Tensor = torch.Tensor
@@ -32,13 +33,6 @@ def _as_dtype(name: str, dtype: Union[str, torch.dtype, None]) -> Optional[torch
     if isinstance(dtype, str) and dtype in _DTYPE_NAMES:
         return _DTYPE_NAMES[dtype]
     raise TypeError(f"{name}: expected a torch.dtype or one of {sorted(_DTYPE_NAMES)}, got {dtype!r}")
-
-
-def _as_tensor(value: Any) -> Tensor:
-    """A checkpoint value as a tensor; tensors are taken as they are (bf16, CUDA or requiring grad)."""
-    if isinstance(value, Tensor):
-        return value.detach()
-    return torch.as_tensor(np.asarray(value))
 
 
 def _tf_name(key: str) -> str:
@@ -276,7 +270,7 @@ class LSTMCell(nn.Module):
         ambiguous = {tf: keys for tf, keys in found.items() if len(keys) > 1}
         if ambiguous:
             raise ValueError(f"weights: several variables match {ambiguous}; pass scope= to pick one cell")
-        arrays = {tf: _as_tensor(weights[keys[0]]) for tf, keys in found.items()}
+        arrays = {tf: as_tensor(weights[keys[0]]).detach() for tf, keys in found.items()}
         D = self.input_size
         if D is None:
             kernel = arrays["kernel"]

@@ -20,7 +20,8 @@ def gate_permutation(n: int, device=None) -> Tensor:
     return torch.cat([torch.arange(g * n, (g + 1) * n, device=device) for g in (0, 2, 1, 3)])
 
 
-def _tensor(value: Any) -> Tensor:
+def as_tensor(value: Any) -> Tensor:
+    """A checkpoint value (numpy array, list or tensor) as a tensor; tensors are taken as they are."""
     return value if isinstance(value, Tensor) else torch.as_tensor(np.asarray(value))
 
 
@@ -30,7 +31,7 @@ def tf_to_torch_lstm(kernel: Any, bias: Any, projection: Optional[Any] = None,
 
     forget_bias is folded into bias_ih's f block; this agrees with TF to rounding only.
     """
-    kernel, bias = _tensor(kernel), _tensor(bias)
+    kernel, bias = as_tensor(kernel), as_tensor(bias)
     n = kernel.shape[1] // 4
     p = projection.shape[1] if projection is not None else n
     d = kernel.shape[0] - p
@@ -41,7 +42,7 @@ def tf_to_torch_lstm(kernel: Any, bias: Any, projection: Optional[Any] = None,
            f"weight_hh{suffix}": kernel[d:, perm].t().contiguous(),
            f"bias_ih{suffix}": b, f"bias_hh{suffix}": torch.zeros_like(b)}
     if projection is not None:
-        out[f"weight_hr{suffix}"] = _tensor(projection).t().contiguous()
+        out[f"weight_hr{suffix}"] = as_tensor(projection).t().contiguous()
     return out
 
 
@@ -54,7 +55,7 @@ def torch_lstm_to_tf(state_dict: Mapping[str, Any], suffix: str = "_l0", forget_
     if name not in state_dict:
         layers = sorted(k[len("weight_ih"):] for k in state_dict if k.startswith("weight_ih"))
         raise ValueError(f"state_dict: no {name!r}; layers/directions present: {layers}")
-    sd = {k: _tensor(v).detach().float().cpu() for k, v in state_dict.items() if k.endswith(suffix)}
+    sd = {k: as_tensor(v).detach().float().cpu() for k, v in state_dict.items() if k.endswith(suffix)}
     w_ih, w_hh = sd[name], sd[f"weight_hh{suffix}"]
     n = w_ih.shape[0] // 4
     perm = gate_permutation(n)
