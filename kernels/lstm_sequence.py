@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from .cell_math import cell_backward, cell_forward, clip, clip_grad
-from .lstm_step import load_peepholes, matmul_tile
+from .lstm_step import load_gates, load_peepholes, matmul_tile, store_gates
 
 
 @triton.jit
@@ -130,11 +130,8 @@ def lstm_seq_fwd_kernel(
                                     BLOCK_B, BLOCK_N, BLOCK_K, DOT_DTYPE, INPUT_PRECISION)
                 zo = recurrent_gate(3, xw_t, h_t, w_ptr, o_b, mask_b, o_n, mask_n, N, P,
                                     BLOCK_B, BLOCK_N, BLOCK_K, DOT_DTYPE, INPUT_PRECISION)
-                p_z = z_ptr + t64 * B * 4 * N + o_b[:, None] * (4 * N) + o_n[None, :]
-                tl.store(p_z, zi, mask=mask)
-                tl.store(p_z + N, zj, mask=mask)
-                tl.store(p_z + 2 * N, zf, mask=mask)
-                tl.store(p_z + 3 * N, zo, mask=mask)
+                store_gates(z_ptr + t64 * B * 4 * N + o_b[:, None] * (4 * N) + o_n[None, :], zi, zj, zf, zo, N,
+                            mask)
                 p_c = o_b[:, None] * N + o_n[None, :]
                 c_prev = tl.load(cbuf_ptr + t64 * B * N + p_c, mask=mask, other=0.0)
                 wi, wf, wo = load_peepholes(wi_ptr, wf_ptr, wo_ptr, o_n, mask_n, USE_PEEPHOLES)
@@ -254,20 +251,15 @@ def lstm_seq_bwd_kernel(
                 else:
                     dm = tl.load(dy_ptr + t64 * B * P + p_c, mask=mask, other=0.0)
                 p_z = t64 * B * 4 * N + o_b[:, None] * (4 * N) + o_n[None, :]
-                zi = tl.load(z_ptr + p_z, mask=mask, other=0.0)
-                zj = tl.load(z_ptr + p_z + N, mask=mask, other=0.0)
-                zf = tl.load(z_ptr + p_z + 2 * N, mask=mask, other=0.0)
-                zo = tl.load(z_ptr + p_z + 3 * N, mask=mask, other=0.0)
+                zi, zj, zf, zo = load_gates(z_ptr + p_z, N, mask)
                 c_prev = tl.load(cbuf_ptr + t64 * B * N + p_c, mask=mask, other=0.0)
                 dc_next = tl.load(dc_ptr + p_c, mask=mask, other=0.0)
                 wi, wf, wo = load_peepholes(wi_ptr, wf_ptr, wo_ptr, o_n, mask_n, USE_PEEPHOLES)
                 dzi, dzj, dzf, dzo, dc_prev = cell_backward(dm, dc_next, zi, zj, zf, zo, c_prev, wi, wf, wo,
                                                             forget_bias, cell_clip,
                                                             ACT, USE_PEEPHOLES, HAS_CELL_CLIP)
-                tl.store(dz_ptr + p_z, tl.where(valid, dzi, 0.0), mask=mask)
-                tl.store(dz_ptr + p_z + N, tl.where(valid, dzj, 0.0), mask=mask)
-                tl.store(dz_ptr + p_z + 2 * N, tl.where(valid, dzf, 0.0), mask=mask)
-                tl.store(dz_ptr + p_z + 3 * N, tl.where(valid, dzo, 0.0), mask=mask)
+                store_gates(dz_ptr + p_z, tl.where(valid, dzi, 0.0), tl.where(valid, dzj, 0.0),
+                            tl.where(valid, dzf, 0.0), tl.where(valid, dzo, 0.0), N, mask)
                 tl.store(dc_ptr + p_c, tl.where(valid, dc_prev, dc_next), mask=mask)
             n_passed = grid_barrier(sync_ptr, n_passed, max_spins, USE_BARRIER)
         if PHASES & 2:

@@ -33,6 +33,25 @@ def matmul_tile(acc, a_ptr, stride_am, stride_ak, o_m, mask_m,
 
 
 @triton.jit
+def store_gates(p_z, zi, zj, zf, zo, N, mask):
+    """Store four [BLOCK_B, BLOCK_N] gate tiles at p_z (column offsets of gate i) + g * N."""
+    tl.store(p_z, zi, mask=mask)
+    tl.store(p_z + N, zj, mask=mask)
+    tl.store(p_z + 2 * N, zf, mask=mask)
+    tl.store(p_z + 3 * N, zo, mask=mask)
+
+
+@triton.jit
+def load_gates(p_z, N, mask):
+    """The four gate tiles stored by ``store_gates``."""
+    zi = tl.load(p_z, mask=mask, other=0.0)
+    zj = tl.load(p_z + N, mask=mask, other=0.0)
+    zf = tl.load(p_z + 2 * N, mask=mask, other=0.0)
+    zo = tl.load(p_z + 3 * N, mask=mask, other=0.0)
+    return zi, zj, zf, zo
+
+
+@triton.jit
 def load_peepholes(wi_ptr, wf_ptr, wo_ptr, o_n, mask_n, USE_PEEPHOLES: tl.constexpr):
     if USE_PEEPHOLES:
         wi = tl.load(wi_ptr + o_n, mask=mask_n, other=0.0).to(tl.float32)
@@ -101,11 +120,7 @@ def lstm_step_fwd_kernel(
                                 D, N, P, BLOCK_B, BLOCK_N, BLOCK_K, DOT_DTYPE, INPUT_PRECISION)
         zo = gate_preactivation(3, x_ptr, stride_xb, h_ptr, stride_hb, w_ptr, b_ptr, o_b, mask_b, o_n, mask_n,
                                 D, N, P, BLOCK_B, BLOCK_N, BLOCK_K, DOT_DTYPE, INPUT_PRECISION)
-        p_z = z_ptr + o_b[:, None] * (4 * N) + o_n[None, :]
-        tl.store(p_z, zi, mask=mask)
-        tl.store(p_z + N, zj, mask=mask)
-        tl.store(p_z + 2 * N, zf, mask=mask)
-        tl.store(p_z + 3 * N, zo, mask=mask)
+        store_gates(z_ptr + o_b[:, None] * (4 * N) + o_n[None, :], zi, zj, zf, zo, N, mask)
         p_c = o_b[:, None] * N + o_n[None, :]
         c_prev = tl.load(c_ptr + p_c, mask=mask, other=0.0).to(tl.float32)
         wi, wf, wo = load_peepholes(wi_ptr, wf_ptr, wo_ptr, o_n, mask_n, USE_PEEPHOLES)
@@ -183,21 +198,13 @@ def lstm_step_bwd_kernel(
                              BLOCK_K, DOT_DTYPE, INPUT_PRECISION)
         else:
             dm = tl.load(dh_ptr + p_c, mask=mask, other=0.0)
-        p_z = z_ptr + o_b[:, None] * (4 * N) + o_n[None, :]
-        zi = tl.load(p_z, mask=mask, other=0.0)
-        zj = tl.load(p_z + N, mask=mask, other=0.0)
-        zf = tl.load(p_z + 2 * N, mask=mask, other=0.0)
-        zo = tl.load(p_z + 3 * N, mask=mask, other=0.0)
+        zi, zj, zf, zo = load_gates(z_ptr + o_b[:, None] * (4 * N) + o_n[None, :], N, mask)
         c_prev = tl.load(c_ptr + p_c, mask=mask, other=0.0).to(tl.float32)
         dc_next = tl.load(dc_ptr + p_c, mask=mask, other=0.0)
         wi, wf, wo = load_peepholes(wi_ptr, wf_ptr, wo_ptr, o_n, mask_n, USE_PEEPHOLES)
         dzi, dzj, dzf, dzo, dc_prev = cell_backward(dm, dc_next, zi, zj, zf, zo, c_prev, wi, wf, wo,
                                                     forget_bias, cell_clip, ACT, USE_PEEPHOLES, HAS_CELL_CLIP)
-        p_dz = dz_ptr + o_b[:, None] * (4 * N) + o_n[None, :]
-        tl.store(p_dz, dzi, mask=mask)
-        tl.store(p_dz + N, dzj, mask=mask)
-        tl.store(p_dz + 2 * N, dzf, mask=mask)
-        tl.store(p_dz + 3 * N, dzo, mask=mask)
+        store_gates(dz_ptr + o_b[:, None] * (4 * N) + o_n[None, :], dzi, dzj, dzf, dzo, N, mask)
         tl.store(dc_prev_ptr + p_c, dc_prev, mask=mask)
     # dz of this program's rows is complete; every thread reads all of it below.
     tl.debug_barrier()
