@@ -210,9 +210,13 @@ class LSTMCell(nn.Module):
         h_new, c_new = lstm_cell(inputs, c, h, self.kernel, self.bias, *self.peepholes(), self.projection(),
                                  forget_bias=self.forget_bias, cell_clip=self.cell_clip,
                                  proj_clip=self.proj_clip, activation=self.activation)
+        return h_new, self.join_state(c_new, h_new)
+
+    def join_state(self, c: Tensor, h: Tensor) -> Union[LSTMStateTuple, Tensor]:
+        """(c, h) in this cell's state layout: the inverse of ``split_state``."""
         if self.state_is_tuple:
-            return h_new, LSTMStateTuple(c_new, h_new)
-        return h_new, torch.cat([c_new.to(h_new.dtype), h_new], dim=1)
+            return LSTMStateTuple(c, h)
+        return torch.cat([c.to(h.dtype), h], dim=1)
 
     def peepholes(self) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
         if not self.use_peepholes:

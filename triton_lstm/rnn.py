@@ -43,6 +43,4 @@ def dynamic_rnn(cell: LSTMCell, inputs: Tensor, sequence_length: Optional[Tensor
                                   cell.projection(), sequence_length, forget_bias=cell.forget_bias,
                                   cell_clip=cell.cell_clip, proj_clip=cell.proj_clip, activation=cell.activation)
     outputs = out if time_major else out.transpose(0, 1)
-    if cell.state_is_tuple:
-        return outputs, LSTMStateTuple(c_T, h_T)
-    return outputs, torch.cat([c_T.to(h_T.dtype), h_T], dim=1)
+    return outputs, cell.join_state(c_T, h_T)
