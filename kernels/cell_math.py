@@ -5,7 +5,9 @@ Dimensions (all tiles are [BLOCK_B, BLOCK_N], fp32):
     c_prev           cell state entering the step
     wi, wf, wo       peephole weights, [BLOCK_N] broadcast over rows
 
-Activation ids are fixed here and mirrored by ``triton_lstm.activations``.
+ACT is the cell activation (candidate j and output), GATE_ACT the gates' (TF: sigmoid; Keras'
+``recurrent_activation``). Activation ids are fixed here and mirrored by ``triton_lstm.activations``.
+Every min/max propagates NaN, as torch does: a NaN never becomes a clip bound.
 """
 import triton
 import triton.language as tl
@@ -17,6 +19,8 @@ ACT_LINEAR = tl.constexpr(3)
 ACT_SOFTSIGN = tl.constexpr(4)
 ACT_HARD_SIGMOID = tl.constexpr(5)
 ACT_ELU = tl.constexpr(6)
+ACT_HARDSIGMOID = tl.constexpr(7)
+NAN = tl.constexpr(tl.PropagateNan.ALL)
 
 
 @triton.jit
@@ -34,11 +38,11 @@ def tanh(x):
 
 @triton.jit
 def activation(x, ACT: tl.constexpr):
-    """Forward of the cell activation (Keras semantics; hard_sigmoid is Keras 2's 0.2x+0.5)."""
+    """Forward of an activation (Keras semantics; hard_sigmoid is Keras 2's 0.2x+0.5, hardsigmoid torch's x/6+0.5)."""
     if ACT == ACT_TANH:
         y = tanh(x)
     elif ACT == ACT_RELU:
-        y = tl.maximum(x, 0.0)
+        y = tl.maximum(x, 0.0, propagate_nan=NAN)
     elif ACT == ACT_SIGMOID:
         y = sigmoid(x)
     elif ACT == ACT_LINEAR:
@@ -46,7 +50,9 @@ def activation(x, ACT: tl.constexpr):
     elif ACT == ACT_SOFTSIGN:
         y = x / (1.0 + tl.abs(x))
     elif ACT == ACT_HARD_SIGMOID:
-        y = tl.minimum(tl.maximum(0.2 * x + 0.5, 0.0), 1.0)
+        y = clip01(0.2 * x + 0.5)
+    elif ACT == ACT_HARDSIGMOID:
+        y = clip01(x / 6.0 + 0.5)
     else:
         y = tl.where(x > 0.0, x, tl.exp(x) - 1.0)
     return y
@@ -71,6 +77,9 @@ def activation_grad(x, ACT: tl.constexpr):
     elif ACT == ACT_HARD_SIGMOID:
         lin = 0.2 * x + 0.5
         d = tl.where((lin >= 0.0) & (lin <= 1.0), 0.2, 0.0)
+    elif ACT == ACT_HARDSIGMOID:
+        # torch's hardsigmoid_backward: open interval.
+        d = tl.where((x > -3.0) & (x < 3.0), 1.0 / 6.0, 0.0)
     else:
         d = tl.where(x > 0.0, 1.0, tl.exp(x))
     return d
@@ -78,7 +87,12 @@ def activation_grad(x, ACT: tl.constexpr):
 
 @triton.jit
 def clip(x, bound):
-    return tl.minimum(tl.maximum(x, -bound), bound)
+    return tl.minimum(tl.maximum(x, -bound, propagate_nan=NAN), bound, propagate_nan=NAN)
+
+
+@triton.jit
+def clip01(x):
+    return tl.minimum(tl.maximum(x, 0.0, propagate_nan=NAN), 1.0, propagate_nan=NAN)
 
 
 @triton.jit
@@ -88,62 +102,77 @@ def clip_grad(dy, x, bound):
 
 
 @triton.jit
-def input_forget_gates(zi, zf, c_prev, wi, wf, forget_bias, USE_PEEPHOLES: tl.constexpr):
-    if USE_PEEPHOLES:
-        si = sigmoid(zi + wi[None, :] * c_prev)
-        sf = sigmoid(zf + forget_bias + wf[None, :] * c_prev)
+def gate_grad(a, s, GATE_ACT: tl.constexpr):
+    """d gate / d pre-activation a, given the gate value s = GATE_ACT(a)."""
+    if GATE_ACT == ACT_SIGMOID:
+        d = s * (1.0 - s)
     else:
-        si = sigmoid(zi)
-        sf = sigmoid(zf + forget_bias)
-    return si, sf
+        d = activation_grad(a, GATE_ACT)
+    return d
 
 
 @triton.jit
-def output_gate(zo, c, wo, USE_PEEPHOLES: tl.constexpr):
+def input_forget_preactivations(zi, zf, c_prev, wi, wf, forget_bias, USE_PEEPHOLES: tl.constexpr):
     if USE_PEEPHOLES:
-        so = sigmoid(zo + wo[None, :] * c)
+        ai = zi + wi[None, :] * c_prev
+        af = zf + forget_bias + wf[None, :] * c_prev
     else:
-        so = sigmoid(zo)
-    return so
+        ai = zi
+        af = zf + forget_bias
+    return ai, af
+
+
+@triton.jit
+def output_preactivation(zo, c, wo, USE_PEEPHOLES: tl.constexpr):
+    if USE_PEEPHOLES:
+        ao = zo + wo[None, :] * c
+    else:
+        ao = zo
+    return ao
 
 
 @triton.jit
 def cell_forward(zi, zj, zf, zo, c_prev, wi, wf, wo, forget_bias, cell_clip,
-                 ACT: tl.constexpr, USE_PEEPHOLES: tl.constexpr, HAS_CELL_CLIP: tl.constexpr):
+                 ACT: tl.constexpr, GATE_ACT: tl.constexpr, USE_PEEPHOLES: tl.constexpr,
+                 HAS_CELL_CLIP: tl.constexpr):
     """One step of TF's LSTMCell after the gate GEMM. Returns (new clipped c, pre-projection m)."""
-    si, sf = input_forget_gates(zi, zf, c_prev, wi, wf, forget_bias, USE_PEEPHOLES)
-    c = sf * c_prev + si * activation(zj, ACT)
+    ai, af = input_forget_preactivations(zi, zf, c_prev, wi, wf, forget_bias, USE_PEEPHOLES)
+    c = activation(af, GATE_ACT) * c_prev + activation(ai, GATE_ACT) * activation(zj, ACT)
     if HAS_CELL_CLIP:
         c = clip(c, cell_clip)
-    so = output_gate(zo, c, wo, USE_PEEPHOLES)
+    so = activation(output_preactivation(zo, c, wo, USE_PEEPHOLES), GATE_ACT)
     return c, so * activation(c, ACT)
 
 
 @triton.jit
 def cell_backward(dm, dc_next, zi, zj, zf, zo, c_prev, wi, wf, wo, forget_bias, cell_clip,
-                  ACT: tl.constexpr, USE_PEEPHOLES: tl.constexpr, HAS_CELL_CLIP: tl.constexpr):
+                  ACT: tl.constexpr, GATE_ACT: tl.constexpr, USE_PEEPHOLES: tl.constexpr,
+                  HAS_CELL_CLIP: tl.constexpr):
     """Gradient of ``cell_forward``, recomputing its pointwise values from the stored gates.
 
     dm: grad of the pre-projection output m; dc_next: grad of the new cell state.
     Returns (dzi, dzj, dzf, dzo, dc_prev).
     """
-    si, sf = input_forget_gates(zi, zf, c_prev, wi, wf, forget_bias, USE_PEEPHOLES)
+    ai, af = input_forget_preactivations(zi, zf, c_prev, wi, wf, forget_bias, USE_PEEPHOLES)
+    si = activation(ai, GATE_ACT)
+    sf = activation(af, GATE_ACT)
     aj = activation(zj, ACT)
     c_raw = sf * c_prev + si * aj
     if HAS_CELL_CLIP:
         c = clip(c_raw, cell_clip)
     else:
         c = c_raw
-    so = output_gate(zo, c, wo, USE_PEEPHOLES)
+    ao = output_preactivation(zo, c, wo, USE_PEEPHOLES)
+    so = activation(ao, GATE_ACT)
     ac = activation(c, ACT)
-    dzo = dm * ac * so * (1.0 - so)
+    dzo = dm * ac * gate_grad(ao, so, GATE_ACT)
     dc = dc_next + dm * so * activation_grad(c, ACT)
     if USE_PEEPHOLES:
         dc += dzo * wo[None, :]
     if HAS_CELL_CLIP:
         dc = clip_grad(dc, c_raw, cell_clip)
-    dzf = dc * c_prev * sf * (1.0 - sf)
-    dzi = dc * aj * si * (1.0 - si)
+    dzf = dc * c_prev * gate_grad(af, sf, GATE_ACT)
+    dzi = dc * aj * gate_grad(ai, si, GATE_ACT)
     dzj = dc * si * activation_grad(zj, ACT)
     dc_prev = dc * sf
     if USE_PEEPHOLES:

@@ -100,7 +100,7 @@ def lstm_seq_fwd_kernel(
     sync_ptr,                    # [2] int32 barrier counter and timeout flag, zeroed
     t_first, n_steps, T, B, N, P, max_spins,
     forget_bias, cell_clip, proj_clip,
-    ACT: tl.constexpr, USE_PEEPHOLES: tl.constexpr, HAS_CELL_CLIP: tl.constexpr,
+    ACT: tl.constexpr, GATE_ACT: tl.constexpr, USE_PEEPHOLES: tl.constexpr, HAS_CELL_CLIP: tl.constexpr,
     HAS_PROJ: tl.constexpr, HAS_PROJ_CLIP: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     PHASES: tl.constexpr, USE_BARRIER: tl.constexpr,
     DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
@@ -136,7 +136,7 @@ def lstm_seq_fwd_kernel(
                 c_prev = tl.load(cbuf_ptr + t64 * B * N + p_c, mask=mask, other=0.0)
                 wi, wf, wo = load_peepholes(wi_ptr, wf_ptr, wo_ptr, o_n, mask_n, USE_PEEPHOLES)
                 c, m = cell_forward(zi, zj, zf, zo, c_prev, wi, wf, wo, forget_bias, cell_clip,
-                                    ACT, USE_PEEPHOLES, HAS_CELL_CLIP)
+                                    ACT, GATE_ACT, USE_PEEPHOLES, HAS_CELL_CLIP)
                 tl.store(cbuf_ptr + (t64 + 1) * B * N + p_c, tl.where(valid, c, c_prev), mask=mask)
                 if HAS_PROJ:
                     tl.store(m_ptr + t64 * B * N + p_c, m.to(m_ptr.dtype.element_ty), mask=mask)
@@ -215,7 +215,7 @@ def lstm_seq_bwd_kernel(
     sync_ptr,                    # [2] int32 barrier counter and timeout flag, zeroed
     t_first, n_steps, T, B, N, P, max_spins,
     forget_bias, cell_clip, proj_clip,
-    ACT: tl.constexpr, USE_PEEPHOLES: tl.constexpr, HAS_CELL_CLIP: tl.constexpr,
+    ACT: tl.constexpr, GATE_ACT: tl.constexpr, USE_PEEPHOLES: tl.constexpr, HAS_CELL_CLIP: tl.constexpr,
     HAS_PROJ: tl.constexpr, HAS_PROJ_CLIP: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     PROLOGUE: tl.constexpr, PHASES: tl.constexpr, USE_BARRIER: tl.constexpr,
     DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
@@ -257,7 +257,7 @@ def lstm_seq_bwd_kernel(
                 wi, wf, wo = load_peepholes(wi_ptr, wf_ptr, wo_ptr, o_n, mask_n, USE_PEEPHOLES)
                 dzi, dzj, dzf, dzo, dc_prev = cell_backward(dm, dc_next, zi, zj, zf, zo, c_prev, wi, wf, wo,
                                                             forget_bias, cell_clip,
-                                                            ACT, USE_PEEPHOLES, HAS_CELL_CLIP)
+                                                            ACT, GATE_ACT, USE_PEEPHOLES, HAS_CELL_CLIP)
                 store_gates(dz_ptr + p_z, tl.where(valid, dzi, 0.0), tl.where(valid, dzj, 0.0),
                             tl.where(valid, dzf, 0.0), tl.where(valid, dzo, 0.0), N, mask)
                 tl.store(dc_ptr + p_c, tl.where(valid, dc_prev, dc_next), mask=mask)

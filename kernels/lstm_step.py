@@ -94,7 +94,7 @@ def lstm_step_fwd_kernel(
     h_out_ptr,                   # out [B, P] new output m (compute dtype)
     B, D, N, P,
     forget_bias, cell_clip, proj_clip,
-    ACT: tl.constexpr, USE_PEEPHOLES: tl.constexpr, HAS_CELL_CLIP: tl.constexpr,
+    ACT: tl.constexpr, GATE_ACT: tl.constexpr, USE_PEEPHOLES: tl.constexpr, HAS_CELL_CLIP: tl.constexpr,
     HAS_PROJ: tl.constexpr, HAS_PROJ_CLIP: tl.constexpr,
     DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -125,7 +125,7 @@ def lstm_step_fwd_kernel(
         c_prev = tl.load(c_ptr + p_c, mask=mask, other=0.0).to(tl.float32)
         wi, wf, wo = load_peepholes(wi_ptr, wf_ptr, wo_ptr, o_n, mask_n, USE_PEEPHOLES)
         c, m = cell_forward(zi, zj, zf, zo, c_prev, wi, wf, wo, forget_bias, cell_clip,
-                            ACT, USE_PEEPHOLES, HAS_CELL_CLIP)
+                            ACT, GATE_ACT, USE_PEEPHOLES, HAS_CELL_CLIP)
         tl.store(c_out_ptr + p_c, c, mask=mask)
         if HAS_PROJ:
             tl.store(m_ptr + p_c, m.to(m_ptr.dtype.element_ty), mask=mask)
@@ -165,7 +165,7 @@ def lstm_step_bwd_kernel(
     dh_prev_ptr,                 # out [B, P] gradient of the previous m
     B, D, N, P,
     forget_bias, cell_clip, proj_clip,
-    ACT: tl.constexpr, USE_PEEPHOLES: tl.constexpr, HAS_CELL_CLIP: tl.constexpr,
+    ACT: tl.constexpr, GATE_ACT: tl.constexpr, USE_PEEPHOLES: tl.constexpr, HAS_CELL_CLIP: tl.constexpr,
     HAS_PROJ: tl.constexpr, HAS_PROJ_CLIP: tl.constexpr,
     DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -203,7 +203,7 @@ def lstm_step_bwd_kernel(
         dc_next = tl.load(dc_ptr + p_c, mask=mask, other=0.0)
         wi, wf, wo = load_peepholes(wi_ptr, wf_ptr, wo_ptr, o_n, mask_n, USE_PEEPHOLES)
         dzi, dzj, dzf, dzo, dc_prev = cell_backward(dm, dc_next, zi, zj, zf, zo, c_prev, wi, wf, wo,
-                                                    forget_bias, cell_clip, ACT, USE_PEEPHOLES, HAS_CELL_CLIP)
+                                                    forget_bias, cell_clip, ACT, GATE_ACT, USE_PEEPHOLES, HAS_CELL_CLIP)
         store_gates(dz_ptr + o_b[:, None] * (4 * N) + o_n[None, :], dzi, dzj, dzf, dzo, N, mask)
         tl.store(dc_prev_ptr + p_c, dc_prev, mask=mask)
     # dz of this program's rows is complete; every thread reads all of it below.

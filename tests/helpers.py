@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from triton_lstm.activations import ACTIVATIONS, resolve_activation
+from triton_lstm.activations import ACTIVATIONS, resolve_activation, resolve_recurrent_activation
 from triton_lstm.reference import lstm_cell_reference
 
 # (atol, rtol) for outputs and for gradients, against the float32 reference on the same inputs.
@@ -18,6 +18,7 @@ TOLERANCES = {
 # The options of one cell as test axes (matrices take all pairs of them, the GPU tests all products).
 CELL_AXES = dict(
     activation=list(ACTIVATIONS),
+    recurrent_activation=["sigmoid", "hard_sigmoid", "hardsigmoid"],
     peepholes=[False, True],
     cell_clip=[None, 0.7],
     projection=["none", "proj", "proj+clip"],
@@ -56,7 +57,8 @@ def reference_fp32(t: dict, **options):
     """The reference on float32 copies of the same (possibly half-rounded) values."""
     up = {k: (None if v is None else v.detach().float().requires_grad_(v.requires_grad)) for k, v in t.items()}
     act = resolve_activation(options.pop("activation", None))[1]
-    return up, lstm_cell_reference(*cell_args(up), activation=act, **options)
+    gate = resolve_recurrent_activation(options.pop("recurrent_activation", None))[1]
+    return up, lstm_cell_reference(*cell_args(up), activation=act, recurrent_activation=gate, **options)
 
 
 def assert_close(name: str, got: torch.Tensor, want: torch.Tensor, tol: tuple[float, float]) -> None:

@@ -14,7 +14,7 @@ from helpers import CELL_AXES, TOLERANCES, assert_close, cell_tensors
 from pairwise import case_id, pairwise
 from triton_lstm import (LSTMCell, LSTMStateTuple, dynamic_rnn, lstm_cell, lstm_sequence,
                          lstm_sequence_reference)
-from triton_lstm.activations import resolve_activation
+from triton_lstm.activations import resolve_activation, resolve_recurrent_activation
 from triton_lstm.launch import interpreting, kernels_run_on
 
 WEIGHTS = ("w_x", "w_h", "bias", "w_f_diag", "w_i_diag", "w_o_diag", "projection")
@@ -63,12 +63,13 @@ def run_sequence_case(case, T, B, D, N, P, device, lengths=None, seed=0):
             v.requires_grad_()
     options = dict(forget_bias=case["forget_bias"], cell_clip=case["cell_clip"],
                    proj_clip=0.25 if case["projection"] == "proj+clip" else None)
-    activation = case["activation"]
+    activation, gate = case["activation"], case.get("recurrent_activation")
     assert kernels_run_on(t["x"].device, dtype)
-    out, h_T, c_T = lstm_sequence(*seq_args(t), lengths, activation=activation, programs=case["programs"],
-                                  **options)
+    out, h_T, c_T = lstm_sequence(*seq_args(t), lengths, activation=activation, recurrent_activation=gate,
+                                  programs=case["programs"], **options)
     up = {k: (None if v is None else v.detach().float().requires_grad_()) for k, v in t.items()}
-    ref = lstm_sequence_reference(*seq_args(up), lengths, activation=resolve_activation(activation)[1], **options)
+    ref = lstm_sequence_reference(*seq_args(up), lengths, activation=resolve_activation(activation)[1],
+                                  recurrent_activation=resolve_recurrent_activation(gate)[1], **options)
     width = P if has_proj else N
     assert out.shape == (T, B, width) and h_T.shape == (B, width) and c_T.shape == (B, N)
     assert out.dtype == dtype and h_T.dtype == dtype and c_T.dtype == torch.float32

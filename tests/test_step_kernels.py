@@ -18,7 +18,8 @@ def run_case(case, B, D, N, P, device, seed=0):
         if v is not None:
             v.requires_grad_()
     options = dict(forget_bias=case["forget_bias"], cell_clip=case["cell_clip"],
-                   proj_clip=0.25 if case["projection"] == "proj+clip" else None, activation=case["activation"])
+                   proj_clip=0.25 if case["projection"] == "proj+clip" else None, activation=case["activation"],
+                   recurrent_activation=case.get("recurrent_activation"))
     assert kernels_run_on(t["x"].device, dtype)
     h, c = lstm_cell(*cell_args(t), **options)
     up, (h_ref, c_ref) = reference_fp32(t, **options)

@@ -25,35 +25,43 @@ ACTIVATIONS: dict[str, tuple[int, Callable[[torch.Tensor], torch.Tensor]]] = {
     "softsign": (4, F.softsign),
     "hard_sigmoid": (5, hard_sigmoid),
     "elu": (6, F.elu),
+    "hardsigmoid": (7, F.hardsigmoid),
 }
 
 # Torch callables that compute exactly one of the named activations.
 _CALLABLE_NAMES = {
     torch.tanh: "tanh", F.tanh: "tanh", torch.relu: "relu", F.relu: "relu",
     torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", F.softsign: "softsign", F.elu: "elu",
-    hard_sigmoid: "hard_sigmoid", linear: "linear",
+    hard_sigmoid: "hard_sigmoid", linear: "linear", F.hardsigmoid: "hardsigmoid",
 }
 
 Activation = Union[str, Callable[[torch.Tensor], torch.Tensor], None]
 
 
-def resolve_activation(activation: Activation) -> tuple[str | None, Callable[[torch.Tensor], torch.Tensor]]:
-    """Return (kernel name or None, torch function). None means tanh, as in TF.
+def resolve_activation(activation: Activation, arg: str = "activation",
+                       default: str = "tanh") -> tuple[str | None, Callable[[torch.Tensor], torch.Tensor]]:
+    """Return (kernel name or None, torch function) of the argument named ``arg``; None means
+    ``default`` (TF: tanh for the cell activation, sigmoid for the gates).
 
     A callable that is not one of the known functions gets name None: it runs on the reference path.
     """
     if activation is None:
-        activation = "tanh"
+        activation = default
     if isinstance(activation, str):
         key = activation.lower()
         if key not in ACTIVATIONS:
-            raise ValueError(f"activation: unknown name {activation!r}; known names are "
+            raise ValueError(f"{arg}: unknown name {activation!r}; known names are "
                              f"{sorted(ACTIVATIONS)} (or pass a callable)")
         return key, ACTIVATIONS[key][1]
     if not callable(activation):
-        raise TypeError(f"activation: expected None, a name or a callable, got {type(activation).__name__}")
+        raise TypeError(f"{arg}: expected None, a name or a callable, got {type(activation).__name__}")
     name = _CALLABLE_NAMES.get(activation)
     return name, activation
+
+
+def resolve_recurrent_activation(activation: Activation) -> tuple[str | None, Callable[[torch.Tensor], torch.Tensor]]:
+    """``resolve_activation`` for the gates' activation (Keras' ``recurrent_activation``; TF1: sigmoid)."""
+    return resolve_activation(activation, "recurrent_activation", "sigmoid")
 
 
 def activation_id(name: str) -> int:

@@ -22,6 +22,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from triton_lstm.activations import ACTIVATIONS
 from triton_lstm.kernels import lstm_sequence, lstm_step
 from triton_lstm.launch import dot_dtype, step_config
 
@@ -41,6 +42,7 @@ _FLOATS = {"forget_bias", "cell_clip", "proj_clip"}
 class StepVariant:
     kernel: str                 # a key of KERNELS
     act: int
+    gate_act: int
     peepholes: bool
     cell_clip: bool
     projection: str             # "none", "proj", "proj+clip"
@@ -50,7 +52,7 @@ class StepVariant:
     arch: int
 
 
-AXES = dict(kernel=list(KERNELS), act=list(range(7)), peepholes=[False, True], cell_clip=[False, True],
+AXES = dict(kernel=list(KERNELS), act=list(range(len(ACTIVATIONS))), gate_act=[2, 5], peepholes=[False, True], cell_clip=[False, True],
             projection=["none", "proj", "proj+clip"], dtype=["float32", "float16", "bfloat16"],
             batch=[3, 32, 128], lengths=[False, True], arch=list(ARCHS))
 
@@ -70,7 +72,7 @@ def _signature(fn, v: StepVariant, cfg):
     if not v.lengths:
         absent.add("len_ptr")
     # The sequence kernels as the GPU launches them: all phases, barriers on, one launch.
-    constexprs = dict(ACT=v.act, USE_PEEPHOLES=v.peepholes, HAS_CELL_CLIP=v.cell_clip, HAS_PROJ=has_proj,
+    constexprs = dict(ACT=v.act, GATE_ACT=v.gate_act, USE_PEEPHOLES=v.peepholes, HAS_CELL_CLIP=v.cell_clip, HAS_PROJ=has_proj,
                       HAS_PROJ_CLIP=v.projection == "proj+clip", HAS_LENGTHS=v.lengths, PHASES=3,
                       USE_BARRIER=True, PROLOGUE=True, DOT_DTYPE=dot_dtype(dtype),
                       INPUT_PRECISION="ieee", BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
@@ -149,7 +151,7 @@ def main(argv=None) -> int:
         problems = check(usage, v.arch)
         failures += bool(problems)
         rows.append(dict(asdict(v), **usage, problems=problems))
-        print(f"{v.kernel:7s} sm_{v.arch} {v.dtype:8s} act={v.act} peep={v.peepholes:d} clip={v.cell_clip:d} "
+        print(f"{v.kernel:7s} sm_{v.arch} {v.dtype:8s} act={v.act}/{v.gate_act} peep={v.peepholes:d} clip={v.cell_clip:d} "
               f"{v.projection:9s} B={v.batch:<3d} len={v.lengths:d} regs={usage['reg']:3d} shared={usage['shared']:6d} "
               f"local={usage.get('local', 0)} stack={usage.get('stack', 0)} {'; '.join(problems)}", flush=True)
     if args.json:

@@ -9,7 +9,8 @@ from typing import Optional
 import torch
 import triton
 
-from triton_lstm.activations import Activation, activation_id, resolve_activation
+from triton_lstm.activations import (ACTIVATIONS, Activation, activation_id, resolve_activation,
+                                     resolve_recurrent_activation)
 from triton_lstm.checks import check_cell_args, check_clip, check_forget_bias
 from triton_lstm.kernels.lstm_step import lstm_step_bwd_kernel, lstm_step_fwd_kernel
 from triton_lstm.launch import (kernel_constants, kernels_run_on, launch_tuned, step_candidates, step_config,
@@ -23,13 +24,14 @@ Tensor = torch.Tensor
 class CellOptions:
     """The non-tensor options of a TF LSTMCell, as the kernels take them."""
     act: int
+    gate_act: int
     forget_bias: float
     cell_clip: Optional[float]
     proj_clip: Optional[float]
 
     def kernel_args(self) -> dict:
         return dict(forget_bias=self.forget_bias, cell_clip=self.cell_clip or 0.0,
-                    proj_clip=self.proj_clip or 0.0, ACT=self.act,
+                    proj_clip=self.proj_clip or 0.0, ACT=self.act, GATE_ACT=self.gate_act,
                     HAS_CELL_CLIP=self.cell_clip is not None, HAS_PROJ_CLIP=self.proj_clip is not None)
 
 
@@ -126,17 +128,29 @@ def autocast(*tensors: Optional[Tensor]) -> tuple[Optional[Tensor], ...]:
 
 
 @functools.lru_cache(maxsize=None)
-def _warn_reference_activation(activation) -> None:
-    warnings.warn(f"activation {activation!r} has no kernel implementation; this LSTM runs on the "
-                  f"plain-PyTorch reference path (slower). Kernel activations: tanh, relu, sigmoid, "
-                  f"linear, softsign, hard_sigmoid, elu.", stacklevel=3)
+def _warn_reference_activation(arg: str, activation) -> None:
+    warnings.warn(f"{arg} {activation!r} has no kernel implementation; this LSTM runs on the "
+                  f"plain-PyTorch reference path (slower). Kernel activations: {', '.join(ACTIVATIONS)}.",
+                  stacklevel=4)
+
+
+def resolve_activations(activation: Activation, recurrent_activation: Activation):
+    """(kernel ids or None, torch functions) of the cell and gate activations; None ids (with a
+    one-time warning) when either has no kernel implementation and the reference path must run."""
+    (name, fn), (gate_name, gate_fn) = resolve_activation(activation), resolve_recurrent_activation(recurrent_activation)
+    if name is None:
+        _warn_reference_activation("activation", activation)
+    if gate_name is None:
+        _warn_reference_activation("recurrent_activation", recurrent_activation)
+    ids = None if name is None or gate_name is None else (activation_id(name), activation_id(gate_name))
+    return ids, (fn, gate_fn)
 
 
 def lstm_cell(x: Tensor, c: Tensor, h: Tensor, kernel: Tensor, bias: Tensor,
               w_f_diag: Optional[Tensor] = None, w_i_diag: Optional[Tensor] = None,
               w_o_diag: Optional[Tensor] = None, projection: Optional[Tensor] = None, *,
               forget_bias: float = 1.0, cell_clip: Optional[float] = None, proj_clip: Optional[float] = None,
-              activation: Activation = None) -> tuple[Tensor, Tensor]:
+              activation: Activation = None, recurrent_activation: Activation = None) -> tuple[Tensor, Tensor]:
     """One step of TF's LSTMCell on tensors the caller owns.
 
     Args:
@@ -145,6 +159,7 @@ def lstm_cell(x: Tensor, c: Tensor, h: Tensor, kernel: Tensor, bias: Tensor,
         w_f_diag, w_i_diag, w_o_diag: [N] peephole weights, all or none.
         projection: [N, P] output projection (LSTMP), or None (then P = N).
         forget_bias, cell_clip, proj_clip, activation: as TF's LSTMCell.
+        recurrent_activation: the gates' activation (None: sigmoid, as TF; Keras layers may set it).
     Returns:
         (h_new [B, P] in x's dtype, c_new [B, N] in float32; float64 for float64 inputs).
         Under torch.autocast, x, h and the weights are cast to the autocast dtype first.
@@ -155,13 +170,11 @@ def lstm_cell(x: Tensor, c: Tensor, h: Tensor, kernel: Tensor, bias: Tensor,
     check_cell_args(x, c, h, kernel, bias, peepholes, projection, proj_clip)
     opts_clip = check_clip("cell_clip", cell_clip), check_clip("proj_clip", proj_clip)
     forget_bias = check_forget_bias(forget_bias)
-    name, fn = resolve_activation(activation)
-    if name is None:
-        _warn_reference_activation(activation)
-    if name is None or not kernels_run_on(x.device, x.dtype):
+    ids, (fn, gate_fn) = resolve_activations(activation, recurrent_activation)
+    if ids is None or not kernels_run_on(x.device, x.dtype):
         return lstm_cell_reference(x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection,
                                    forget_bias=forget_bias, cell_clip=opts_clip[0], proj_clip=opts_clip[1],
-                                   activation=fn)
+                                   activation=fn, recurrent_activation=gate_fn)
     h_new, c_new, *_ = torch.ops.triton_lstm.step_fwd(x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag,
-                                                      projection, activation_id(name), forget_bias, *opts_clip)
+                                                      projection, *ids, forget_bias, *opts_clip)
     return h_new, c_new

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from triton_lstm.activations import Activation, resolve_activation
+from triton_lstm.activations import Activation, resolve_activation, resolve_recurrent_activation
 from triton_lstm.checks import check_clip, check_forget_bias, shape_of
 from triton_lstm.convert import gate_permutation
 from triton_lstm.sequence import lstm_sequence
@@ -31,7 +31,8 @@ def reverse_within_lengths(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
 class LSTM(nn.Module):
     """torch.nn.LSTM's interface and parameters (``load_state_dict`` of an nn.LSTM works as is), plus
     TF LSTMCell extras: ``use_peepholes``, ``cell_clip``, ``proj_clip``, ``forget_bias`` (default 0,
-    as torch) and ``activation``. ``proj_size`` may also be >= ``hidden_size`` here.
+    as torch), ``activation`` and Keras' ``recurrent_activation`` (the gates'; default sigmoid).
+    ``proj_size`` may also be >= ``hidden_size`` here.
 
     Peephole weights are extra parameters ``w_f_diag_l{k}``, ``w_i_diag_l{k}``, ``w_o_diag_l{k}``
     (``_reverse`` for the backward direction).
@@ -41,7 +42,7 @@ class LSTM(nn.Module):
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, device=None, dtype=None, *, use_peepholes: bool = False,
                  cell_clip: Optional[float] = None, proj_clip: Optional[float] = None, forget_bias: float = 0.0,
-                 activation: Activation = "tanh") -> None:
+                 activation: Activation = "tanh", recurrent_activation: Activation = "sigmoid") -> None:
         super().__init__()
         for name, value, low in (("input_size", input_size, 1), ("hidden_size", hidden_size, 1),
                                  ("num_layers", num_layers, 1), ("proj_size", proj_size, 0)):
@@ -52,13 +53,14 @@ class LSTM(nn.Module):
         if proj_clip is not None and proj_size == 0:
             raise ValueError("proj_clip: only meaningful with proj_size > 0")
         resolve_activation(activation)
+        resolve_recurrent_activation(recurrent_activation)
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional, self.proj_size = bidirectional, proj_size
         self.use_peepholes = use_peepholes
         self.cell_clip, self.proj_clip = check_clip("cell_clip", cell_clip), check_clip("proj_clip", proj_clip)
         self.forget_bias = check_forget_bias(forget_bias)
-        self.activation = activation
+        self.activation, self.recurrent_activation = activation, recurrent_activation
         fac = dict(device=device, dtype=dtype)
         H, P = hidden_size, proj_size or hidden_size
         directions = 2 if bidirectional else 1
@@ -138,7 +140,8 @@ class LSTM(nn.Module):
                 seq = layer_in if d == 0 else reverse_within_lengths(layer_in, lengths)
                 out, h_T, c_T = lstm_sequence(seq, h0[k], c0[k], w_x, w_h, bias, *peepholes, proj, lengths,
                                               forget_bias=self.forget_bias, cell_clip=self.cell_clip,
-                                              proj_clip=self.proj_clip, activation=self.activation)
+                                              proj_clip=self.proj_clip, activation=self.activation,
+                                              recurrent_activation=self.recurrent_activation)
                 outs.append(out if d == 0 else reverse_within_lengths(out, lengths))
                 h_n.append(h_T)
                 c_n.append(c_T.to(c0.dtype))

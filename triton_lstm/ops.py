@@ -40,18 +40,19 @@ def _zeros_if_none(g: Optional[Tensor], shape, like: Tensor) -> Tensor:
 @torch.library.custom_op("triton_lstm::step_fwd", mutates_args=())
 def step_fwd(x: Tensor, c: Tensor, h: Tensor, kernel: Tensor, bias: Tensor, w_f_diag: Optional[Tensor],
              w_i_diag: Optional[Tensor], w_o_diag: Optional[Tensor], projection: Optional[Tensor], act: int,
-             forget_bias: float, cell_clip: Optional[float],
+             gate_act: int, forget_bias: float, cell_clip: Optional[float],
              proj_clip: Optional[float]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Returns (h_new, c_new fp32, z fp32, m or empty, y or empty)."""
     kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection = contiguous_or_none(
         kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection)
     h_new, c_new, z, m, y = step_forward(x, c, h, kernel, bias, (w_f_diag, w_i_diag, w_o_diag), projection,
-                                         CellOptions(act, forget_bias, cell_clip, proj_clip))
+                                         CellOptions(act, gate_act, forget_bias, cell_clip, proj_clip))
     return h_new, c_new, z, _or_empty(m, x, x.dtype), _or_empty(y, x, F32)
 
 
 @step_fwd.register_fake
-def _(x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection, act, forget_bias, cell_clip, proj_clip):
+def _(x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection, act, gate_act, forget_bias, cell_clip,
+      proj_clip):
     B, N, P = x.shape[0], kernel.shape[1] // 4, h.shape[1]
     m = x.new_empty(B, N) if projection is not None else x.new_empty(0)
     y = x.new_empty(B, P, dtype=F32) if projection is not None and proj_clip is not None else x.new_empty(0, dtype=F32)
@@ -61,20 +62,20 @@ def _(x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection, act, forg
 @torch.library.custom_op("triton_lstm::step_bwd", mutates_args=())
 def step_bwd(dh_new: Tensor, dc_new: Tensor, z: Tensor, c: Tensor, kernel: Tensor, w_f_diag: Optional[Tensor],
              w_i_diag: Optional[Tensor], w_o_diag: Optional[Tensor], projection: Optional[Tensor], y: Tensor,
-             act: int, forget_bias: float, cell_clip: Optional[float], proj_clip: Optional[float],
+             act: int, gate_act: int, forget_bias: float, cell_clip: Optional[float], proj_clip: Optional[float],
              input_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Returns (dz fp32, dc_prev fp32, dx, dh_prev, dy fp32 or empty)."""
     kernel, w_f_diag, w_i_diag, w_o_diag, projection = contiguous_or_none(
         kernel, w_f_diag, w_i_diag, w_o_diag, projection)
     dz, dc_prev, dx, dh_prev, dy = step_backward(dh_new, dc_new, z, c, kernel, (w_f_diag, w_i_diag, w_o_diag),
                                                  projection, _present(y), kernel.dtype, input_size,
-                                                 CellOptions(act, forget_bias, cell_clip, proj_clip))
+                                                 CellOptions(act, gate_act, forget_bias, cell_clip, proj_clip))
     return dz, dc_prev, dx, dh_prev, _or_empty(dy, z, F32)
 
 
 @step_bwd.register_fake
-def _(dh_new, dc_new, z, c, kernel, w_f_diag, w_i_diag, w_o_diag, projection, y, act, forget_bias, cell_clip,
-      proj_clip, input_size):
+def _(dh_new, dc_new, z, c, kernel, w_f_diag, w_i_diag, w_o_diag, projection, y, act, gate_act, forget_bias,
+      cell_clip, proj_clip, input_size):
     B, N, P = c.shape[0], c.shape[1], dh_new.shape[1]
     dy = z.new_empty(B, P) if projection is not None else z.new_empty(0)
     return (z.new_empty(B, 4 * N), z.new_empty(B, N), kernel.new_empty(B, input_size), kernel.new_empty(B, P), dy)
@@ -100,7 +101,7 @@ def _step_backward(ctx, dh_new, dc_new, _dz, _dm, _dy):
         (needs[3], needs[3], needs[4], needs[5], needs[6], needs[7], needs[8]),
         dz, x, h, c, c_new, _present(m), dy, kernel.dtype)
     d_kernel = torch.cat([d_wx, d_wh]) if needs[3] else None
-    return (dx, dc_prev.to(c.dtype), dh_prev, d_kernel, d_bias, d_wf, d_wi, d_wo, d_proj) + (None,) * 4
+    return (dx, dc_prev.to(c.dtype), dh_prev, d_kernel, d_bias, d_wf, d_wi, d_wo, d_proj) + (None,) * 5
 
 
 step_fwd.register_autograd(_step_backward, setup_context=_step_setup)
@@ -110,20 +111,20 @@ step_fwd.register_autograd(_step_backward, setup_context=_step_setup)
 @torch.library.custom_op("triton_lstm::seq_fwd", mutates_args=())
 def seq_fwd(xw: Tensor, h0: Tensor, c0: Tensor, w_h: Tensor, w_f_diag: Optional[Tensor],
             w_i_diag: Optional[Tensor], w_o_diag: Optional[Tensor], projection: Optional[Tensor],
-            lengths: Optional[Tensor], act: int, forget_bias: float, cell_clip: Optional[float],
+            lengths: Optional[Tensor], act: int, gate_act: int, forget_bias: float, cell_clip: Optional[float],
             proj_clip: Optional[float], programs: Optional[int]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """xw [T, B, 4N] = x @ W_x + bias. Returns (out, hbuf [T+1, B, P], cbuf [T+1, B, N] fp32, z, m, y)."""
     w_h, w_f_diag, w_i_diag, w_o_diag, projection = contiguous_or_none(
         w_h, w_f_diag, w_i_diag, w_o_diag, projection)
     out, hbuf, cbuf, z, m, y = seq_forward(xw.contiguous(), h0, c0, w_h, (w_f_diag, w_i_diag, w_o_diag),
-                                           projection, lengths, CellOptions(act, forget_bias, cell_clip, proj_clip),
+                                           projection, lengths, CellOptions(act, gate_act, forget_bias, cell_clip, proj_clip),
                                            programs)
     return out, hbuf, cbuf, z, _or_empty(m, xw, h0.dtype), _or_empty(y, xw, F32)
 
 
 @seq_fwd.register_fake
-def _(xw, h0, c0, w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, act, forget_bias, cell_clip, proj_clip,
-      programs):
+def _(xw, h0, c0, w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, act, gate_act, forget_bias, cell_clip,
+      proj_clip, programs):
     T, B, N4 = xw.shape
     N, P = N4 // 4, h0.shape[1]
     m = h0.new_empty(T, B, N) if projection is not None else h0.new_empty(0)
@@ -136,19 +137,20 @@ def _(xw, h0, c0, w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, act, f
 @torch.library.custom_op("triton_lstm::seq_bwd", mutates_args=())
 def seq_bwd(dout: Tensor, dh_T: Tensor, dc_T: Tensor, z: Tensor, cbuf: Tensor, w_h: Tensor,
             w_f_diag: Optional[Tensor], w_i_diag: Optional[Tensor], w_o_diag: Optional[Tensor],
-            projection: Optional[Tensor], y: Tensor, lengths: Optional[Tensor], act: int, forget_bias: float,
+            projection: Optional[Tensor], y: Tensor, lengths: Optional[Tensor], act: int, gate_act: int,
+            forget_bias: float,
             cell_clip: Optional[float], proj_clip: Optional[float],
             programs: Optional[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Returns (dz [T, B, 4N], dy [T, B, P], dh0, dc0), all fp32."""
     w_h, w_f_diag, w_i_diag, w_o_diag, projection = contiguous_or_none(
         w_h, w_f_diag, w_i_diag, w_o_diag, projection)
     return seq_backward(dout.contiguous(), dh_T, dc_T, z, cbuf, w_h, (w_f_diag, w_i_diag, w_o_diag), projection,
-                        _present(y), lengths, CellOptions(act, forget_bias, cell_clip, proj_clip), programs)
+                        _present(y), lengths, CellOptions(act, gate_act, forget_bias, cell_clip, proj_clip), programs)
 
 
 @seq_bwd.register_fake
-def _(dout, dh_T, dc_T, z, cbuf, w_h, w_f_diag, w_i_diag, w_o_diag, projection, y, lengths, act, forget_bias,
-      cell_clip, proj_clip, programs):
+def _(dout, dh_T, dc_T, z, cbuf, w_h, w_f_diag, w_i_diag, w_o_diag, projection, y, lengths, act, gate_act,
+      forget_bias, cell_clip, proj_clip, programs):
     T, B, N4 = z.shape
     P = dh_T.shape[1]
     return z.new_empty(T, B, N4), z.new_empty(T, B, P), z.new_empty(B, P), z.new_empty(B, N4 // 4)
@@ -179,7 +181,7 @@ def _seq_backward(ctx, dout, d_hbuf, d_cbuf, _dz, _dm, _dy):
         (False, needs[3], False, needs[4], needs[5], needs[6], needs[7]),
         dz, None, hbuf[:T], cbuf[:T], cbuf[1:], _present(m), dy, w_h.dtype)
     xw_dtype, h0_dtype, c0_dtype = ctx.dtypes
-    return (dz.to(xw_dtype), dh0.to(h0_dtype), dc0.to(c0_dtype), d_wh, d_wf, d_wi, d_wo, d_proj) + (None,) * 6
+    return (dz.to(xw_dtype), dh0.to(h0_dtype), dc0.to(c0_dtype), d_wh, d_wf, d_wi, d_wo, d_proj) + (None,) * 7
 
 
 seq_fwd.register_autograd(_seq_backward, setup_context=_seq_setup)

@@ -18,9 +18,12 @@ def lstm_cell_reference(
     w_f_diag: Optional[Tensor] = None, w_i_diag: Optional[Tensor] = None, w_o_diag: Optional[Tensor] = None,
     projection: Optional[Tensor] = None, *, forget_bias: float = 1.0, cell_clip: Optional[float] = None,
     proj_clip: Optional[float] = None, activation: Callable[[Tensor], Tensor] = torch.tanh,
+    recurrent_activation: Callable[[Tensor], Tensor] = torch.sigmoid,
 ) -> tuple[Tensor, Tensor]:
     """One step, in TF's order. Shapes: x [B, D], c [B, N], h [B, P], kernel [D+P, 4N], bias [4N],
-    peepholes [N], projection [N, P]. Returns (new h [B, P] in x's dtype, new c [B, N])."""
+    peepholes [N], projection [N, P]. ``recurrent_activation`` is the gates' (sigmoid in TF's
+    LSTMCell; Keras layers may choose another). Returns (new h [B, P] in x's dtype, new c [B, N])."""
+    gate = recurrent_activation
     out_dtype = x.dtype
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
 
@@ -32,16 +35,15 @@ def lstm_cell_reference(
     z = torch.cat([x, h], dim=1) @ kernel + bias
     i, j, f, o = torch.chunk(z, 4, dim=1)
     if w_f_diag is not None:
-        c_new = (torch.sigmoid(f + forget_bias + w_f_diag * c) * c
-                 + torch.sigmoid(i + w_i_diag * c) * activation(j))
+        c_new = gate(f + forget_bias + w_f_diag * c) * c + gate(i + w_i_diag * c) * activation(j)
     else:
-        c_new = torch.sigmoid(f + forget_bias) * c + torch.sigmoid(i) * activation(j)
+        c_new = gate(f + forget_bias) * c + gate(i) * activation(j)
     if cell_clip is not None:
         c_new = torch.clamp(c_new, -cell_clip, cell_clip)
     if w_o_diag is not None:
-        m = torch.sigmoid(o + w_o_diag * c_new) * activation(c_new)
+        m = gate(o + w_o_diag * c_new) * activation(c_new)
     else:
-        m = torch.sigmoid(o) * activation(c_new)
+        m = gate(o) * activation(c_new)
     if projection is not None:
         # The projection GEMM takes m in the input dtype (what a half-precision nn.Linear would do).
         m = m.to(out_dtype).to(cdt) @ projection
@@ -55,7 +57,7 @@ def lstm_sequence_reference(
     w_f_diag: Optional[Tensor] = None, w_i_diag: Optional[Tensor] = None, w_o_diag: Optional[Tensor] = None,
     projection: Optional[Tensor] = None, lengths: Optional[Tensor] = None, *, forget_bias: float = 1.0,
     cell_clip: Optional[float] = None, proj_clip: Optional[float] = None,
-    activation: Callable[[Tensor], Tensor] = torch.tanh,
+    activation: Callable[[Tensor], Tensor] = torch.tanh, recurrent_activation: Callable[[Tensor], Tensor] = torch.sigmoid,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """TF's dynamic_rnn over a time-major sequence, step by step.
 
@@ -68,7 +70,7 @@ def lstm_sequence_reference(
     for t in range(x.shape[0]):
         h_new, c_new = lstm_cell_reference(x[t], c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection,
                                            forget_bias=forget_bias, cell_clip=cell_clip, proj_clip=proj_clip,
-                                           activation=activation)
+                                           activation=activation, recurrent_activation=recurrent_activation)
         if lengths is None:
             h, c = h_new, c_new
             outputs.append(h_new)

@@ -6,9 +6,9 @@ from typing import Optional
 
 import torch
 
-from triton_lstm.activations import Activation, activation_id, resolve_activation
+from triton_lstm.activations import Activation
 from triton_lstm.checks import check_clip, check_forget_bias, check_sequence_args, shape_of
-from triton_lstm.functional import CellOptions, _warn_reference_activation, autocast
+from triton_lstm.functional import CellOptions, autocast, resolve_activations
 from triton_lstm.kernels.lstm_sequence import lstm_seq_bwd_kernel, lstm_seq_fwd_kernel
 from triton_lstm.launch import (config_kwargs, interpreting, kernel_constants, kernels_run_on, launch_tuned,
                                 sequence_candidates, sequence_config, tuning_key)
@@ -129,6 +129,7 @@ def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, b
                   w_o_diag: Optional[Tensor] = None, projection: Optional[Tensor] = None,
                   lengths: Optional[Tensor] = None, *, forget_bias: float = 1.0, cell_clip: Optional[float] = None,
                   proj_clip: Optional[float] = None, activation: Activation = None,
+                  recurrent_activation: Activation = None,
                   programs: Optional[int] = None) -> tuple[Tensor, Tensor, Tensor]:
     """TF's LSTMCell over a time-major sequence in one persistent kernel launch (forward and backward).
 
@@ -137,6 +138,7 @@ def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, b
         w_x: [D, 4N] and w_h: [P, 4N], the two row blocks of TF's kernel (gates i, j, f, o).
         bias: [4N].  w_f_diag, w_i_diag, w_o_diag: [N] or None.  projection: [N, P] or None.
         lengths: [B] integers in [0, T], or None for full length.
+        activation, recurrent_activation: the cell's and the gates' (None: tanh and sigmoid, as TF).
         programs: grid size override (tests); None picks one program per SM at most.
     Returns:
         (outputs [T, B, P] in x's dtype, zero past each length; h_T [B, P]; c_T [B, N] float32).
@@ -149,15 +151,13 @@ def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, b
     clips = check_clip("cell_clip", cell_clip), check_clip("proj_clip", proj_clip)
     forget_bias = check_forget_bias(forget_bias)
     lengths = check_lengths(lengths, T, B, x.device)
-    name, fn = resolve_activation(activation)
-    if name is None:
-        _warn_reference_activation(activation)
-    if name is None or not kernels_run_on(x.device, x.dtype):
+    ids, (fn, gate_fn) = resolve_activations(activation, recurrent_activation)
+    if ids is None or not kernels_run_on(x.device, x.dtype):
         return lstm_sequence_reference(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection,
                                        lengths, forget_bias=forget_bias, cell_clip=clips[0], proj_clip=clips[1],
-                                       activation=fn)
+                                       activation=fn, recurrent_activation=gate_fn)
     # The input half of the gate GEMM for all steps at once, off the serial path.
     xw = torch.addmm(bias, x.reshape(T * B, D), w_x).reshape(T, B, 4 * N)
     out, hbuf, cbuf, *_ = torch.ops.triton_lstm.seq_fwd(xw, h0, c0, w_h, w_f_diag, w_i_diag, w_o_diag, projection,
-                                                        lengths, activation_id(name), forget_bias, *clips, programs)
+                                                        lengths, *ids, forget_bias, *clips, programs)
     return out, hbuf[-1], cbuf[-1]

@@ -1,0 +1,64 @@
+"""NaN and inf propagate the same way on the kernel path as on the reference: no clip, relu or hard
+sigmoid inside the kernels may turn a NaN into a finite number."""
+import pytest
+import torch
+
+from helpers import TOLERANCES, cell_args, cell_tensors, reference_fp32
+from triton_lstm import lstm_cell, lstm_sequence, lstm_sequence_reference
+from triton_lstm.activations import resolve_activation, resolve_recurrent_activation
+
+# Every kernel min/max: both clips, relu, Keras' and torch's hard sigmoids (cell and gates).
+CASES = [dict(activation="tanh", recurrent_activation="sigmoid"),
+         dict(activation="relu", recurrent_activation="hard_sigmoid"),
+         dict(activation="hard_sigmoid", recurrent_activation="hardsigmoid")]
+
+
+def poison(x: torch.Tensor) -> torch.Tensor:
+    """Row 0 all NaN, row 1 one +inf and one -inf, the other rows finite."""
+    x = x.detach().clone()
+    x[0] = float("nan")
+    x[1, 0] = float("inf")
+    x[1, -1] = float("-inf")
+    return x
+
+
+def assert_same_nonfinite(name: str, got: torch.Tensor, want: torch.Tensor, tol) -> None:
+    got, want = got.float(), want.float()
+    assert torch.equal(torch.isnan(got), torch.isnan(want)), f"{name}: NaN positions differ"
+    assert torch.equal(torch.isinf(got), torch.isinf(want)), f"{name}: inf positions differ"
+    assert torch.isnan(got).any(), f"{name}: the NaN input did not reach the output"
+    finite = torch.isfinite(want)
+    torch.testing.assert_close(got[finite], want[finite], atol=tol[0], rtol=tol[1])
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c['activation']}-{c['recurrent_activation']}")
+def test_step_propagates_nan_and_inf(case, device):
+    t = cell_tensors(4, 6, 12, 5, True, torch.float32, device)
+    t["x"] = poison(t["x"])
+    options = dict(forget_bias=1.0, cell_clip=0.5, proj_clip=0.1, **case)
+    h, c = lstm_cell(*cell_args(t), **options)
+    _, (h_ref, c_ref) = reference_fp32(t, **options)
+    tol = TOLERANCES[torch.float32]["fwd"]
+    assert_same_nonfinite("h", h, h_ref, tol)
+    assert_same_nonfinite("c", c, c_ref, tol)
+
+
+@pytest.mark.parametrize("programs", [None, 3])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c['activation']}-{c['recurrent_activation']}")
+def test_sequence_propagates_nan_and_inf(case, programs, device):
+    T, B, D, N, P = 3, 4, 6, 12, 5
+    t = cell_tensors(B, D, N, P, True, torch.float32, device)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(T, B, D, generator=g).to(device)
+    x[1] = poison(x[1])
+    kernel = t["kernel"]
+    args = [x, t["h"], t["c"], kernel[:D], kernel[D:], t["bias"], t["w_f_diag"], t["w_i_diag"], t["w_o_diag"],
+            t["projection"]]
+    options = dict(forget_bias=1.0, cell_clip=0.5, proj_clip=0.1)
+    out = lstm_sequence(*args, programs=programs, **options, **case)
+    ref = lstm_sequence_reference(*args, activation=resolve_activation(case["activation"])[1],
+                                  recurrent_activation=resolve_recurrent_activation(case["recurrent_activation"])[1],
+                                  **options)
+    tol = TOLERANCES[torch.float32]["fwd"]
+    for name, got, want in zip(("out", "h_T", "c_T"), out, ref):
+        assert_same_nonfinite(name, got, want, tol)
