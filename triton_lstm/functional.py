@@ -1,20 +1,20 @@
 """The fused LSTM step: launchers, weight gradients, and the public ``lstm_cell`` (ops in ``triton_lstm.ops``)."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import triton
 
 from triton_lstm.activations import (ACTIVATIONS, Activation, activation_id, resolve_activation,
                                      resolve_recurrent_activation)
 from triton_lstm.checks import check_cell_args, check_clip, check_forget_bias
-from triton_lstm.kernels.lstm_step import lstm_step_bwd_kernel, lstm_step_fwd_kernel
-from triton_lstm.launch import (kernel_constants, kernels_run_on, launch_tuned, step_candidates, step_config,
-                                tuning_key)
+from triton_lstm.kernels.lstm_step import lstm_step_bwd_kernel, lstm_step_fwd_kernel, lstm_step_proj_kernel
+from triton_lstm import launch
+from triton_lstm.launch import Problem, kernel_constants, kernels_run_on
 from triton_lstm.reference import lstm_cell_reference
 
 Tensor = torch.Tensor
@@ -46,49 +46,58 @@ def contiguous_or_none(*tensors: Optional[Tensor]) -> tuple[Optional[Tensor], ..
 
 def step_forward(x: Tensor, c: Tensor, h: Tensor, kernel: Tensor, bias: Tensor,
                  peepholes: tuple[Optional[Tensor], ...], projection: Optional[Tensor], opts: CellOptions):
-    """Launch the forward kernel. Returns (h_new, c_new fp32, z fp32, m or None, y or None)."""
+    """Launch the forward kernels (gates, then the projection). Returns (h_new, c_new fp32, z fp32,
+    m or None, y or None)."""
     B, D = x.shape
     N = kernel.shape[1] // 4
     P = h.shape[1]
     x, h = _rows_unit_stride(x), _rows_unit_stride(h)
     c = c.contiguous()
-    has_proj = projection is not None
-    f32 = dict(device=x.device, dtype=torch.float32)
+    dev, dtype = x.device, x.dtype
+    f32 = dict(device=dev, dtype=torch.float32)
     z = torch.empty(B, 4 * N, **f32)
     c_new = torch.empty(B, N, **f32)
-    h_new = torch.empty(B, P, device=x.device, dtype=x.dtype)
-    m = torch.empty(B, N, device=x.device, dtype=x.dtype) if has_proj else None
-    y = torch.empty(B, P, **f32) if opts.proj_clip is not None else None
+    m = torch.empty(B, N, device=dev, dtype=dtype)
     wf, wi, wo = peepholes
-    args = (x, x.stride(0), h, h.stride(0), c, kernel, bias, wi, wf, wo, projection, z, c_new, m, y, h_new, B, D, N, P)
-    consts = kernel_constants(opts, x.dtype, peepholes, projection)
-    launch_tuned(lstm_step_fwd_kernel, "step_fwd", args, consts,
-                 lambda cfg: (triton.cdiv(B, cfg.block_b), 1 if has_proj else triton.cdiv(N, cfg.block_n)),
-                 step_config(B, N, x.dtype), lambda: step_candidates(B, N, x.dtype), x.device,
-                 tuning_key(x.dtype, dict(B=B, D=D, N=N, P=P), consts))
+    pb = Problem("step_fwd", B, D, N, P, projection is not None, dtype)
+    launch.launch_kernel(lstm_step_fwd_kernel, pb, (x, x.stride(0), h, h.stride(0), c, kernel, bias, wi, wf, wo, z, c_new, m, B, D,
+                                      N, P),
+           kernel_constants(opts, dtype, lstm_step_fwd_kernel, USE_PEEPHOLES=wf is not None), dev)
+    if projection is None:
+        return m, c_new, z, None, None
+    h_new = torch.empty(B, P, device=dev, dtype=dtype)
+    y = torch.empty(B, P, **f32) if opts.proj_clip is not None else None
+    launch.launch_kernel(lstm_step_proj_kernel, dataclasses.replace(pb, kernel="step_proj"),
+           (m, projection, y, h_new, B, N, P), kernel_constants(opts, dtype, lstm_step_proj_kernel), dev)
     return h_new, c_new, z, m, y
 
 
 def step_backward(dh_new: Tensor, dc_new: Tensor, z: Tensor, c: Tensor, kernel: Tensor,
                   peepholes: tuple[Optional[Tensor], ...], projection: Optional[Tensor], y: Optional[Tensor],
                   x_dtype: torch.dtype, D: int, opts: CellOptions):
-    """Launch the backward kernel. Returns (dz fp32, dc_prev fp32, dx, dh_prev, dy fp32 or None)."""
+    """Launch the backward kernel (dz, dc_prev); dx and dh_prev are GEMMs of dz. Returns
+    (dz fp32, dc_prev fp32, dx, dh_prev, dy fp32 or None)."""
     B, N = c.shape
     P = dh_new.shape[1]
-    f32 = dict(device=c.device, dtype=torch.float32)
-    dz = torch.empty(B, 4 * N, **f32)
-    dc_prev = torch.empty(B, N, **f32)
-    dx = torch.empty(B, D, device=c.device, dtype=x_dtype)
-    dh_prev = torch.empty(B, P, device=c.device, dtype=x_dtype)
-    dy = torch.empty(B, P, **f32) if projection is not None else None
+    dev = c.device
+    dy = dh_new
+    if y is not None:
+        # Inclusive at both bounds, NaN gets 0: as the kernels' clip_grad and torch.clamp.
+        dy = torch.where((y >= -opts.proj_clip) & (y <= opts.proj_clip), dh_new, 0.0)
+    dz = torch.empty(B, 4 * N, device=dev, dtype=torch.float32)
+    dc_prev = torch.empty(B, N, device=dev, dtype=torch.float32)
     wf, wi, wo = peepholes
-    args = (dh_new, dc_new, z, c.contiguous(), kernel, wi, wf, wo, projection, y, dy, dz, dc_prev, dx, dh_prev,
-            B, D, N, P)
-    consts = kernel_constants(opts, x_dtype, peepholes, projection)
-    launch_tuned(lstm_step_bwd_kernel, "step_bwd", args, consts, lambda cfg: (triton.cdiv(B, cfg.block_b),),
-                 step_config(B, N, x_dtype), lambda: step_candidates(B, N, x_dtype), c.device,
-                 tuning_key(x_dtype, dict(B=B, D=D, N=N, P=P), consts))
-    return dz, dc_prev, dx, dh_prev, dy
+    pb = Problem("step_bwd", B, D, N, P, projection is not None, x_dtype)
+    launch.launch_kernel(lstm_step_bwd_kernel, pb, (dy, dc_new, z, c.contiguous(), wi, wf, wo, projection, dz, dc_prev, B, N, P),
+           kernel_constants(opts, x_dtype, lstm_step_bwd_kernel, USE_PEEPHOLES=wf is not None,
+                            HAS_PROJ=projection is not None), dev)
+    dz_w = dz.to(kernel.dtype)
+    dx = (dz_w @ kernel[:D].t()).to(x_dtype)
+    dh_prev = (dz_w @ kernel[D:].t()).to(x_dtype)
+    if projection is None:
+        return dz, dc_prev, dx, dh_prev, None
+    # An op's outputs may not alias its inputs: without proj_clip, dy would be dh_new itself.
+    return dz, dc_prev, dx, dh_prev, (dy if y is not None else dy.clone())
 
 
 def weight_grads(needs: tuple[bool, ...], dz: Tensor, x: Tensor, h: Tensor, c_prev: Tensor, c_new: Tensor,

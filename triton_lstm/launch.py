@@ -1,16 +1,25 @@
-"""Where kernels run and with which launch configuration: the one place that decides both."""
+"""Where kernels run, with which launch configuration, and how they are launched: the one place that decides.
+
+Device queries (``gpu_device``, ``device_limits``, ``capturing``) and the launch itself go through
+this module only, so that the CUDA host path can be tested without a GPU by replacing them.
+"""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
-
 from triton.runtime.interpreter import InterpretedFunction
 
+from triton_lstm import tune
 from triton_lstm.kernels import lstm_step
 
+Tensor = torch.Tensor
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _INTERPRETING = isinstance(lstm_step.lstm_step_fwd_kernel, InterpretedFunction)
 
@@ -20,15 +29,61 @@ def interpreting() -> bool:
     return _INTERPRETING
 
 
+# -- device queries ---------------------------------------------------------------------------------
+def gpu_device(device: torch.device) -> bool:
+    return device.type == "cuda"
+
+
 def kernels_run_on(device: torch.device, dtype: torch.dtype) -> bool:
     """CUDA tensors run compiled kernels; CPU tensors run them only under the interpreter."""
     if dtype not in KERNEL_DTYPES:
         return False
-    if device.type == "cuda":
+    if gpu_device(device):
         return not interpreting()
     return device.type == "cpu" and interpreting()
 
 
+class DeviceLimits(NamedTuple):
+    """What bounds a launch configuration on one device."""
+    sms: int                    # streaming multiprocessors: at most one persistent program each
+    regs_per_sm: int
+    shared_per_block: int       # opt-in shared memory per block, bytes
+    arch: int                   # compute capability as 10 * major + minor (0: the interpreter)
+
+
+# The interpreter has no resources to speak of; one "SM" makes its default a single program.
+INTERPRETER_LIMITS = DeviceLimits(sms=1, regs_per_sm=1 << 30, shared_per_block=1 << 30, arch=0)
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_limits(index: int) -> DeviceLimits:
+    p = torch.cuda.get_device_properties(index)
+    shared = getattr(p, "shared_memory_per_block_optin", 48 * 1024)
+    return DeviceLimits(p.multi_processor_count, p.regs_per_multiprocessor, shared, 10 * p.major + p.minor)
+
+
+def device_limits(device: torch.device) -> DeviceLimits:
+    if not gpu_device(device) or interpreting():
+        return INTERPRETER_LIMITS
+    return _cuda_limits(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def capturing(device: torch.device) -> bool:
+    """True while the current stream is being captured into a CUDA graph (no host reads then)."""
+    return gpu_device(device) and torch.cuda.is_current_stream_capturing()
+
+
+def device_guard(device: torch.device):
+    """Launches go to the tensors' GPU, also when another GPU is current."""
+    return torch.cuda.device(device) if gpu_device(device) else contextlib.nullcontext()
+
+
+def host_buffer(t: Tensor) -> Tensor:
+    """A page-locked host tensor like ``t``, for copies from the GPU that do not block the host."""
+    return torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+
+
+# -- precision ------------------------------------------------------------------------------------
 def dot_dtype(dtype: torch.dtype) -> tl.dtype:
     # NOTE: the interpreter's bf16 tl.dot returns garbage; bf16 operands are upcast there.
     if dtype == torch.bfloat16:
@@ -37,127 +92,321 @@ def dot_dtype(dtype: torch.dtype) -> tl.dtype:
 
 
 def input_precision(dtype: torch.dtype) -> str:
-    """fp32 products use tf32 only when the user allowed it, as torch does."""
+    """fp32 products use tf32 only when the user allowed it for matmuls, as torch does."""
     if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
         return "tf32"
     return "ieee"
 
 
+# -- launch configurations --------------------------------------------------------------------------
 @dataclass(frozen=True)
-class StepConfig:
+class Config:
+    """Tiles and compiler options of one kernel launch.
+
+    A program owns block_b batch rows and block_n hidden units (with their four gates) or block_p
+    projection columns; products run over K in block_k chunks. resident (persistent kernels): the
+    weight slices are loaded once and stay on chip, else they are streamed every step.
+    """
     block_b: int
     block_n: int
+    block_p: int
     block_k: int
+    resident: bool
     num_warps: int
-    num_stages: int
-    maxnreg: int
+    num_stages: int = 1
+    maxnreg: int = 255
 
     def launch_options(self) -> dict:
-        return dict(num_warps=self.num_warps, num_stages=self.num_stages, maxnreg=self.maxnreg)
-
-
-def step_candidates(batch: int, num_units: int, dtype: torch.dtype) -> list[StepConfig]:
-    """The default configuration first, then the space the tuner searches (blocks no wider than needed)."""
-    default = step_config(batch, num_units, dtype)
-    b_max = max(16, triton.next_power_of_2(batch))
-    n_max = max(16, triton.next_power_of_2(num_units))
-    space = [StepConfig(block_b=bb, block_n=bn, block_k=bk, num_warps=w, num_stages=1, maxnreg=255)
-             for bb in (16, 32, 64) if bb <= b_max
-             for bn in (16, 32, 64) if bn <= n_max
-             for bk in (32, 64) for w in (4, 8)]
-    return [default] + [c for c in space if c != default]
-
-
-def step_config(batch: int, num_units: int, dtype: torch.dtype) -> StepConfig:
-    """Launch configuration of the fused step kernels (tl.dot needs every block >= 16).
-
-    NOTE: one stage: the K loops of a step are a few iterations long, and software pipelining
-    them (num_stages=3) pushed the fp32 kernels past 255 registers into spills on sm_90.
-    NOTE: maxnreg: left alone, ptxas (CUDA 13.4, --regAllocOptLevel=2) capped the projection
-    variants at 128 registers and spilled 16 bytes; with the cap lifted they use 133-157.
-    """
-    block_b = 16 if batch <= 16 else 32
-    block_n = 32 if num_units > 16 else 16
-    return StepConfig(block_b=block_b, block_n=block_n, block_k=32, num_warps=4 if block_b == 16 else 8,
-                      num_stages=1, maxnreg=255)
-
-
-def sequence_candidates(batch: int, num_units: int, out_size: int, dtype: torch.dtype, device: torch.device,
-                        programs: int | None = None) -> list[SequenceConfig]:
-    """Default first; then block shapes x grid sizes, never more programs than SMs (co-residency)."""
-    default = sequence_config(batch, num_units, out_size, dtype, device, programs)
-    if device.type != "cuda" or programs is not None:
-        return [default]
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    space = []
-    for step in step_candidates(batch, num_units, dtype):
-        tiles = triton.cdiv(batch, step.block_b) * triton.cdiv(max(num_units, out_size), step.block_n)
-        for grid in sorted({min(tiles, sms), min(tiles, max(1, sms // 2))}):
-            space.append(SequenceConfig(block_b=step.block_b, block_n=step.block_n, block_k=step.block_k,
-                                        programs=grid, num_warps=step.num_warps, num_stages=1, maxnreg=255))
-    return [default] + [c for c in space if c != default]
+        # fp fusion (FMA contraction) stated, not left to the Triton version's default.
+        return dict(num_warps=self.num_warps, num_stages=self.num_stages, maxnreg=self.maxnreg, enable_fp_fusion=True)
 
 
 @dataclass(frozen=True)
-class SequenceConfig(StepConfig):
-    programs: int               # grid size: never more than can be resident at once
+class Problem:
+    """One launch's sizes: batch, input depth, units, output width, and whether there is a projection."""
+    kernel: str                 # a key of KERNELS
+    B: int
+    D: int
+    N: int
+    P: int
+    proj: bool
+    dtype: torch.dtype
 
 
-def sequence_config(batch: int, num_units: int, out_size: int, dtype: torch.dtype, device: torch.device,
-                    programs: int | None = None) -> SequenceConfig:
-    """Launch configuration of the persistent sequence kernels.
+class KernelSpec(NamedTuple):
+    persistent: bool
+    min_block_n: int            # tl.dot needs 16 columns: 4 * block_n gate columns, or block_n
+    uses_block_p: bool
 
-    The grid is at most one program per SM: every program fits on an SM by itself, so all of
-    them are resident together and the grid barrier cannot deadlock. Under the interpreter the
-    default is one program, which runs the whole kernel, barriers included, as on a GPU.
+
+KERNELS = {
+    "step_fwd": KernelSpec(False, 4, False),
+    "step_proj": KernelSpec(False, 4, True),
+    "step_bwd": KernelSpec(False, 16, False),
+    "seq_fwd": KernelSpec(True, 4, True),
+    "seq_bwd": KernelSpec(True, 16, True),
+}
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def programs(cfg: Config, pb: Problem) -> int:
+    """Grid size: batch tiles x column slices (the larger of the two phases' for the persistent kernels)."""
+    btiles = _cdiv(pb.B, cfg.block_b)
+    if pb.kernel == "step_proj":
+        return btiles * _cdiv(pb.P, cfg.block_p)
+    slices = _cdiv(pb.N, cfg.block_n)
+    if pb.kernel.startswith("seq") and pb.proj:
+        slices = max(slices, _cdiv(pb.P, cfg.block_p))
+    return btiles * slices
+
+
+def num_k_tiles(cfg: Config, pb: Problem) -> dict:
+    """The static K-tile counts of a persistent kernel's resident slices (and the backward's chunk of
+    partial sums reduced per load, which bounds its registers)."""
+    if pb.kernel == "seq_fwd":
+        return dict(NUM_K_H=_cdiv(pb.P, cfg.block_k), NUM_K_M=_cdiv(pb.N, cfg.block_k))
+    slices = _cdiv(pb.N, cfg.block_n)
+    block_s = min(16, triton.next_power_of_2(slices), max(1, 4096 // (cfg.block_b * cfg.block_p)))
+    return dict(NUM_K=_cdiv(pb.P, cfg.block_k), BLOCK_S=block_s)
+
+
+class Product(NamedTuple):
+    """One product a program of a persistent kernel runs per step: a weight slice [K, cols] times
+    ``rows`` rows of an operand read from memory in ``read_size``-byte elements (0: computed in
+    registers), plus ``other_bytes`` of other memory traffic."""
+    K: int
+    cols: int
+    rows: int
+    read_size: int
+    other_bytes: int
+
+
+def _phases(cfg: Config, pb: Problem) -> list[list[Product]]:
+    """The phases of one step of a persistent kernel (a grid barrier after each) and their products."""
+    esize = torch.finfo(pb.dtype).bits // 8
+    bb, bn, bp = cfg.block_b, cfg.block_n, cfg.block_p
+    if pb.kernel == "seq_fwd":
+        phases = [[Product(pb.P, 4 * bn, bb, esize, 0)]]
+        if pb.proj:
+            phases.append([Product(pb.N, bp, bb, esize, 0)])
+        return phases
+    # Backward: sum the shares of dh (slices x rows x columns, fp32), then this slice's share, its
+    # W_h slice [P, 4 BLOCK_N] times dz^T (computed in registers), written as rows x P fp32.
+    shares = _cdiv(pb.N, bn) * bb * bp * 4
+    share = Product(pb.P, 4 * bn, bb, 0, bb * pb.P * 4)
+    if not pb.proj:
+        return [[share._replace(other_bytes=share.other_bytes + shares)]]
+    return [[Product(0, 0, 0, 0, shares)], [Product(pb.P, bn, bb, 4, 0), share]]
+
+
+def shared_estimate(cfg: Config, pb: Problem) -> int:
+    """Shared memory a resident configuration needs: its weight slices plus one staged
+    [rows, block_k] tile of each product's row operand."""
+    esize = torch.finfo(pb.dtype).bits // 8
+    return sum((_cdiv(pr.K, cfg.block_k) * cfg.block_k * pr.cols + pr.rows * cfg.block_k) * esize
+               for phase in _phases(cfg, pb) for pr in phase if pr.K)
+
+
+# A static model of one step (microseconds per program, all programs in parallel) to rank the
+# candidates before anything is compiled: L2 traffic at a per-SM share of the L2 bandwidth, matrix
+# products at a per-SM share of the dense rate, resident weights re-read from shared memory, and one
+# grid barrier per phase. Rough by design; the tuner measures.
+_L2_BYTES_PER_US_PER_SM = 75e3
+_SMEM_BYTES_PER_US = 200e3
+_FLOPS_PER_US_PER_SM = {torch.float16: 7.5e6, torch.bfloat16: 7.5e6, torch.float32: 0.5e6}
+_BARRIER_US = 1.0
+
+
+def step_time_estimate(cfg: Config, pb: Problem) -> float:
+    esize = torch.finfo(pb.dtype).bits // 8
+    total = 0.0
+    for phase in _phases(cfg, pb):
+        l2 = smem = flops = 0.0
+        for pr in phase:
+            weights = pr.K * pr.cols * esize
+            l2 += pr.rows * pr.K * pr.read_size + pr.other_bytes + (0 if cfg.resident else weights)
+            smem += weights if cfg.resident else 0
+            flops += 2 * max(pr.rows, 16) * pr.K * pr.cols
+        total += max(l2 / _L2_BYTES_PER_US_PER_SM, smem / _SMEM_BYTES_PER_US,
+                     flops / _FLOPS_PER_US_PER_SM[pb.dtype]) + _BARRIER_US
+    return total
+
+
+def _block_sizes(low: int, high: int, size: int) -> list[int]:
+    """Powers of two from low up to the smallest that covers size, at most high."""
+    top = max(low, min(high, triton.next_power_of_2(max(size, 1))))
+    return [b for b in (4, 8, 16, 32, 64, 128) if low <= b <= top]
+
+
+# Largest (num_units, num_proj or 0) per dtype whose weights the README says stay on chip (checked by
+# the ahead-of-time compile at these sizes).
+RESIDENT_LIMITS = {"float16": [(1024, 0)], "bfloat16": [(1024, 0)], "float32": [(512, 0)]}
+
+
+def block_k(pb: Problem, resident: bool) -> int:
+    """K chunk: 32 (fp32) or 64 elements; twice that for the persistent kernels' streamed products,
+    and for resident slices wide enough that a slice is at most 8 tiles (each tile is a separate,
+    unrolled product: that bounds compile time)."""
+    base = 32 if pb.dtype == torch.float32 else 64
+    if not KERNELS[pb.kernel].persistent:
+        return base
+    if not resident:
+        return 2 * base
+    longest = max(pr.K for phase in _phases(Config(16, 16, 16, base, True, 4), pb) for pr in phase)
+    return max(base, min(512, triton.next_power_of_2(_cdiv(longest, 8))))
+
+
+def candidates(pb: Problem, limits: DeviceLimits) -> list[Config]:
+    """The configurations worth trying for a problem, best first by the static model.
+
+    Persistent kernels: never more programs than SMs (co-residency); resident slices only where
+    the estimated shared memory fits (the build decides in the end); under the interpreter, one
+    program covering everything where tiles of at most 128 allow. Step kernels: the grid covers
+    the problem with tiles no wider than it.
     """
-    step = step_config(batch, num_units, dtype)
-    block_b, block_n = step.block_b, step.block_n
-    tiles = triton.cdiv(batch, block_b) * triton.cdiv(max(num_units, out_size), block_n)
-    if programs is None:
-        if device.type == "cuda":
-            programs = min(tiles, torch.cuda.get_device_properties(device).multi_processor_count)
-        else:
-            programs = 1
-    return SequenceConfig(block_b=block_b, block_n=block_n, block_k=step.block_k, programs=max(1, programs),
-                          num_warps=step.num_warps, num_stages=1, maxnreg=step.maxnreg)
+    spec = KERNELS[pb.kernel]
+    out = []
+    for bb in _block_sizes(16, 128, pb.B):
+        for bn in _block_sizes(spec.min_block_n, 64, pb.N):
+            if pb.kernel == "seq_bwd" and not pb.proj:
+                bps = [bn]  # a program owns the same columns of dh and of the gates
+            else:
+                bps = _block_sizes(16, 64, pb.P) if spec.uses_block_p and pb.proj else [16]
+            for bp in bps:
+                for resident in ((True, False) if spec.persistent else (False,)):
+                    # NOTE: resident slices end up in registers (the compiler hoists their
+                    # shared-memory reads out of the time loop): 8 warps give them the whole
+                    # register file; at 4 warps they spill from N = 512 (fp16) on.
+                    cfg = Config(bb, bn, bp, block_k(pb, resident), resident, num_warps=8 if resident else 4)
+                    if spec.persistent:
+                        # (The interpreter runs several programs phase by phase: no co-residency.)
+                        if programs(cfg, pb) > limits.sms and limits is not INTERPRETER_LIMITS:
+                            continue
+                        if resident and shared_estimate(cfg, pb) > limits.shared_per_block:
+                            continue
+                    out.append(cfg)
+    if not out:
+        raise RuntimeError(f"{pb.kernel}: no launch configuration for B={pb.B}, N={pb.N}, P={pb.P} fits "
+                           f"{limits.sms} programs")
+    if limits is INTERPRETER_LIMITS:
+        # Fewest programs, then the smallest tiles that reach it.
+        return sorted(out, key=lambda c: (programs(c, pb), c.block_b * c.block_n * c.block_p, not c.resident))[:1]
+    if spec.persistent:
+        # Within 0.1 us of each other by the model, more programs (smaller tiles, fewer registers)
+        # first. The best three resident configurations, then the best streaming one, which is what
+        # runs where no resident slice builds without spilling.
+        ranked = sorted(out, key=lambda c: (round(step_time_estimate(c, pb), 1), -programs(c, pb)))
+        return [c for c in ranked if c.resident][:3] + [c for c in ranked if not c.resident][:1]
+    else:
+        # Step kernels: fill the GPU first, then the fewest re-reads of the weights (largest rows).
+        ranked = sorted(out, key=lambda c: (programs(c, pb) < limits.sms and -programs(c, pb),
+                                            -c.block_b, c.block_n))
+    # A handful: compiling is what a first call of a shape waits for (seconds per persistent kernel).
+    more_warps = [dataclasses.replace(c, num_warps=8) for c in ranked[:6]
+                  if c.block_b * max(4 * c.block_n, c.block_p) >= 64 * 64]
+    return ranked[:5] + more_warps[:1]
 
 
-def config_kwargs(cfg) -> dict:
+# -- launching ------------------------------------------------------------------------------------
+def config_kwargs(cfg: Config, pb: Problem) -> dict:
     """A configuration as kernel keyword arguments: block constexprs and launch options."""
-    return dict(BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, **cfg.launch_options())
+    kw = dict(BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, **cfg.launch_options())
+    if KERNELS[pb.kernel].uses_block_p:
+        kw["BLOCK_P"] = cfg.block_p
+    if KERNELS[pb.kernel].persistent:
+        kw.update(RESIDENT=cfg.resident, **num_k_tiles(cfg, pb))
+    return kw
 
 
-def kernel_constants(opts, dtype: torch.dtype, peepholes, projection, **extra) -> dict:
-    """Scalar and constexpr keyword arguments every kernel takes: the cell's options and flags,
-    the dot operand dtype and precision, plus ``extra``."""
-    return dict(**opts.kernel_args(), USE_PEEPHOLES=peepholes[0] is not None, HAS_PROJ=projection is not None,
-                DOT_DTYPE=dot_dtype(dtype), INPUT_PRECISION=input_precision(dtype), **extra)
+def kernel_constants(opts, dtype: torch.dtype, kernel, **flags) -> dict:
+    """The scalar and constexpr keyword arguments ``kernel`` takes of: the cell's options, the dot
+    operand dtype and precision, and ``flags``."""
+    consts = dict(**opts.kernel_args(), DOT_DTYPE=dot_dtype(dtype), INPUT_PRECISION=input_precision(dtype), **flags)
+    return {k: v for k, v in consts.items() if k in kernel.arg_names}
 
 
-def launch_tuned(kernel, name: str, args: tuple, consts: dict, grid, default, candidates, device: torch.device,
-                 key: str, before_run=None):
-    """Launch ``kernel`` with the configuration ``tune.pick`` chooses (``default`` without tuning,
-    else among ``candidates()``).
+def tuning_key(pb: Problem, consts: dict) -> str:
+    """Shape and option key of a launch: sizes and the constexpr flags, not the data."""
+    flags = ",".join(f"{k}={v}" for k, v in sorted(consts.items()) if k.isupper())
+    dims = f"B={pb.B},D={pb.D},N={pb.N},P={pb.P}"
+    return f"{str(pb.dtype).replace('torch.', '')}|{dims}|{flags}"
 
-    grid(cfg) gives the grid; consts are the constexpr and scalar keyword arguments besides the
-    configuration's own; before_run() (optional) restores in/out buffers so that every timed run
-    computes the same thing. Returns the compiled kernel of the final run.
-    """
-    from triton_lstm import tune
 
-    def launch(cfg, warmup: bool):
-        kw = dict(consts, **config_kwargs(cfg))
-        if warmup:
-            return kernel.warmup(*args, grid=grid(cfg), **kw)
+def _cooperative_error(e: Exception) -> bool:
+    return "COOPERATIVE_LAUNCH_TOO_LARGE" in str(e) or "cooperative launch" in str(e).lower()
+
+
+def run_config(kernel, cfg: Config, pb: Problem, args, consts: dict, warmup: bool = False):
+    """Compile (warmup) or launch ``kernel`` with one configuration; ``args`` are its positional
+    arguments, or a function of the configuration giving them (buffers sized by the tiles).
+    Persistent kernels launch cooperatively on a GPU: the driver runs every program at once or
+    refuses the launch."""
+    if callable(args):
+        args = args(cfg)
+    persistent = KERNELS[pb.kernel].persistent and not interpreting()
+    kw = dict(consts, **{k: v for k, v in config_kwargs(cfg, pb).items()
+                         if k in kernel.arg_names or k in cfg.launch_options()})
+    if persistent:
+        kw["launch_cooperative_grid"] = True
+    grid = (programs(cfg, pb),)
+    if warmup:
+        return kernel.warmup(*args, grid=grid, **kw)
+    try:
+        return kernel[grid](*args, **kw)
+    except RuntimeError as e:
+        if persistent and _cooperative_error(e):
+            raise RuntimeError(
+                f"the persistent LSTM kernel needs its {grid[0]} programs resident at once, and the GPU refused "
+                f"(other work holds SMs: another stream, NCCL or MPS): {e}. Pin fewer programs with "
+                f"TRITON_LSTM_CONFIG (e.g. block_b=64) or run it when the GPU is free") from e
+        raise
+
+
+def pick_config(kernel, pb: Problem, args, consts: dict, device: torch.device, before_run=None) -> Config:
+    """The configuration ``tune.pick`` chooses for this launch (compiling and timing candidates
+    on a GPU when the shape is new). before_run() restores in/out buffers before each timed run."""
+    limits = device_limits(device)
+    persistent = KERNELS[pb.kernel].persistent
+
+    def run(cfg: Config, warmup: bool):
+        if not warmup and before_run is not None:
+            before_run()
+        return run_config(kernel, cfg, pb, args, consts, warmup)
+
+    def fits(compiled, cfg: Config) -> bool:
+        return tune.fits(compiled, cfg, limits, programs(cfg, pb) if persistent else None)
+
+    cfg = tune.pick(pb.kernel, tuning_key(pb, consts), lambda: candidates(pb, limits), run, fits,
+                    compiled=gpu_device(device) and not interpreting(), capturing=capturing(device))
+    if pb.kernel == "seq_bwd" and not pb.proj:
+        # Without a projection a program owns the same columns of dh and of the gates.
+        cfg = dataclasses.replace(cfg, block_p=cfg.block_n)
+    check_config(cfg, pb, limits)
+    return cfg
+
+
+def check_config(cfg: Config, pb: Problem, limits: DeviceLimits) -> None:
+    """A pinned configuration the kernel cannot run is an error naming the field."""
+    spec = KERNELS[pb.kernel]
+    problems = [f"{name}={value} < 16 (tl.dot's minimum)" for name, value in
+                (("block_b", cfg.block_b), ("block_k", cfg.block_k), ("block_p", cfg.block_p)) if value < 16]
+    if cfg.block_n < spec.min_block_n:
+        problems.append(f"block_n={cfg.block_n} < {spec.min_block_n}, the least {pb.kernel} can use")
+    if spec.persistent and limits is not INTERPRETER_LIMITS and programs(cfg, pb) > limits.sms:
+        problems.append(f"{programs(cfg, pb)} programs > {limits.sms} SMs (all must be resident at once)")
+    if problems:
+        raise ValueError(f"TRITON_LSTM_CONFIG: {pb.kernel} cannot run {cfg} for B={pb.B}, N={pb.N}, P={pb.P}: "
+                         + "; ".join(problems))
+
+
+def launch_kernel(kernel, pb: Problem, args, consts: dict, device: torch.device, before_run=None) -> Config:
+    """Pick a configuration (``pick_config``) and launch once with it, on the tensors' device."""
+    with device_guard(device):
+        cfg = pick_config(kernel, pb, args, consts, device, before_run)
         if before_run is not None:
             before_run()
-        return kernel[grid(cfg)](*args, **kw)
-
-    return launch(tune.pick(name, key, default, candidates, launch, device), False)
-
-
-def tuning_key(dtype: torch.dtype, dims: dict, consts: dict) -> str:
-    """Shape and option key of a launch: dims and the constexpr flags, not the data."""
-    flags = ",".join(f"{k}={v}" for k, v in sorted(consts.items()) if k.isupper())
-    return f"{str(dtype).replace('torch.', '')}|" + ",".join(f"{k}={v}" for k, v in dims.items()) + f"|{flags}"
+        run_config(kernel, cfg, pb, args, consts)
+    return cfg

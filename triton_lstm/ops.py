@@ -112,19 +112,18 @@ step_fwd.register_autograd(_step_backward, setup_context=_step_setup)
 def seq_fwd(xw: Tensor, h0: Tensor, c0: Tensor, w_h: Tensor, w_f_diag: Optional[Tensor],
             w_i_diag: Optional[Tensor], w_o_diag: Optional[Tensor], projection: Optional[Tensor],
             lengths: Optional[Tensor], act: int, gate_act: int, forget_bias: float, cell_clip: Optional[float],
-            proj_clip: Optional[float], programs: Optional[int]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+            proj_clip: Optional[float]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """xw [T, B, 4N] = x @ W_x + bias. Returns (out, hbuf [T+1, B, P], cbuf [T+1, B, N] fp32, z, m, y)."""
     w_h, w_f_diag, w_i_diag, w_o_diag, projection = contiguous_or_none(
         w_h, w_f_diag, w_i_diag, w_o_diag, projection)
     out, hbuf, cbuf, z, m, y = seq_forward(xw.contiguous(), h0, c0, w_h, (w_f_diag, w_i_diag, w_o_diag),
-                                           projection, lengths, CellOptions(act, gate_act, forget_bias, cell_clip, proj_clip),
-                                           programs)
+                                           projection, lengths, CellOptions(act, gate_act, forget_bias, cell_clip, proj_clip))
     return out, hbuf, cbuf, z, _or_empty(m, xw, h0.dtype), _or_empty(y, xw, F32)
 
 
 @seq_fwd.register_fake
 def _(xw, h0, c0, w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, act, gate_act, forget_bias, cell_clip,
-      proj_clip, programs):
+      proj_clip):
     T, B, N4 = xw.shape
     N, P = N4 // 4, h0.shape[1]
     m = h0.new_empty(T, B, N) if projection is not None else h0.new_empty(0)
@@ -138,22 +137,24 @@ def _(xw, h0, c0, w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, act, g
 def seq_bwd(dout: Tensor, dh_T: Tensor, dc_T: Tensor, z: Tensor, cbuf: Tensor, w_h: Tensor,
             w_f_diag: Optional[Tensor], w_i_diag: Optional[Tensor], w_o_diag: Optional[Tensor],
             projection: Optional[Tensor], y: Tensor, lengths: Optional[Tensor], act: int, gate_act: int,
-            forget_bias: float,
-            cell_clip: Optional[float], proj_clip: Optional[float],
-            programs: Optional[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Returns (dz [T, B, 4N], dy [T, B, P], dh0, dc0), all fp32."""
+            forget_bias: float, cell_clip: Optional[float],
+            proj_clip: Optional[float]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Returns (dz [T, B, 4N], dy [T, B, P] or empty without a projection, dh0, dc0), all fp32."""
     w_h, w_f_diag, w_i_diag, w_o_diag, projection = contiguous_or_none(
         w_h, w_f_diag, w_i_diag, w_o_diag, projection)
-    return seq_backward(dout.contiguous(), dh_T, dc_T, z, cbuf, w_h, (w_f_diag, w_i_diag, w_o_diag), projection,
-                        _present(y), lengths, CellOptions(act, gate_act, forget_bias, cell_clip, proj_clip), programs)
+    dz, dy, dh0, dc0 = seq_backward(dout.contiguous(), dh_T, dc_T, z, cbuf, w_h, (w_f_diag, w_i_diag, w_o_diag),
+                                    projection, _present(y), lengths,
+                                    CellOptions(act, gate_act, forget_bias, cell_clip, proj_clip))
+    return dz, _or_empty(dy, z, F32), dh0, dc0
 
 
 @seq_bwd.register_fake
 def _(dout, dh_T, dc_T, z, cbuf, w_h, w_f_diag, w_i_diag, w_o_diag, projection, y, lengths, act, gate_act,
-      forget_bias, cell_clip, proj_clip, programs):
+      forget_bias, cell_clip, proj_clip):
     T, B, N4 = z.shape
     P = dh_T.shape[1]
-    return z.new_empty(T, B, N4), z.new_empty(T, B, P), z.new_empty(B, P), z.new_empty(B, N4 // 4)
+    dy = z.new_empty(T, B, P) if projection is not None else z.new_empty(0)
+    return z.new_empty(T, B, N4), dy, z.new_empty(B, P), z.new_empty(B, N4 // 4)
 
 
 def _seq_setup(ctx, inputs, output):
@@ -179,9 +180,9 @@ def _seq_backward(ctx, dout, d_hbuf, d_cbuf, _dz, _dm, _dy):
     needs = ctx.needs_input_grad
     _, d_wh, _, d_wf, d_wi, d_wo, d_proj = weight_grads(
         (False, needs[3], False, needs[4], needs[5], needs[6], needs[7]),
-        dz, None, hbuf[:T], cbuf[:T], cbuf[1:], _present(m), dy, w_h.dtype)
+        dz, None, hbuf[:T], cbuf[:T], cbuf[1:], _present(m), _present(dy), w_h.dtype)
     xw_dtype, h0_dtype, c0_dtype = ctx.dtypes
-    return (dz.to(xw_dtype), dh0.to(h0_dtype), dc0.to(c0_dtype), d_wh, d_wf, d_wi, d_wo, d_proj) + (None,) * 7
+    return (dz.to(xw_dtype), dh0.to(h0_dtype), dc0.to(c0_dtype), d_wh, d_wf, d_wi, d_wo, d_proj) + (None,) * 6
 
 
 seq_fwd.register_autograd(_seq_backward, setup_context=_seq_setup)

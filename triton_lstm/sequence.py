@@ -1,6 +1,7 @@
 """A whole LSTM sequence (one layer, one direction) on the persistent kernels: launchers and ``lstm_sequence``."""
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional
 
@@ -9,28 +10,89 @@ import torch
 from triton_lstm.activations import Activation
 from triton_lstm.checks import check_clip, check_forget_bias, check_sequence_args, shape_of
 from triton_lstm.functional import CellOptions, autocast, resolve_activations
-from triton_lstm.kernels.lstm_sequence import lstm_seq_bwd_kernel, lstm_seq_fwd_kernel
-from triton_lstm.launch import (config_kwargs, interpreting, kernel_constants, kernels_run_on, launch_tuned,
-                                sequence_candidates, sequence_config, tuning_key)
+from triton_lstm.kernels.lstm_sequence import BARRIER_FAILED, lstm_seq_bwd_kernel, lstm_seq_fwd_kernel
+from triton_lstm import launch
+from triton_lstm.launch import Problem, interpreting, kernel_constants, kernels_run_on, programs
 from triton_lstm.reference import lstm_sequence_reference
 
 Tensor = torch.Tensor
 
-# Polls of the barrier counter before a program gives up (a few seconds on a GPU); only reached
-# if the grid was not co-resident, which sequence_config rules out.
-MAX_SPINS = 1 << 24
+# Polls of the barrier counter before a program gives up (about a second on a GPU). Cooperative
+# launch makes every program resident, so a wait only ends this way if that guarantee failed.
+MAX_SPINS = 1 << 21
+
+# Barrier counters of launches not yet known to have finished: (event, host copy of the counter).
+_pending: list = []
 
 
-def _check_sync(sync: Tensor) -> None:
-    """With TRITON_LSTM_CHECK_BARRIER=1, raise if a grid barrier timed out (synchronises the host)."""
-    if (os.environ.get("TRITON_LSTM_CHECK_BARRIER") == "1" and sync.is_cuda
-            and not torch.cuda.is_current_stream_capturing()
-            and int(sync[1]) != 0):
-        raise RuntimeError("a grid barrier of the persistent LSTM kernel timed out: the grid was not co-resident")
+def _raise_on_flags(flags: Tensor, deferred: bool) -> None:
+    """Raise if a persistent launch's sync flags (a host copy) report a failure."""
+    which = "an earlier call" if deferred else "this call"
+    if int(flags[0]) >= BARRIER_FAILED.value:
+        _pending.clear()
+        raise RuntimeError(f"a grid barrier of the persistent LSTM kernel timed out: its programs were not all "
+                           f"resident at once, and the results of {which} are wrong. Set "
+                           f"TRITON_LSTM_CHECK_BARRIER=1 to check every call as it ends")
+    if int(flags[1]):
+        _pending.clear()
+        raise ValueError(f"sequence_length: values must lie in [0, T]; {which} had some outside (its rows "
+                         f"were set to NaN)")
+
+
+def check_earlier_launches() -> None:
+    """Raise if a finished earlier launch reported a failure. Never waits for the GPU."""
+    while _pending and _pending[0][0].query():
+        _, flags = _pending.pop(0)
+        _raise_on_flags(flags, deferred=True)
+
+
+def watch(sync: Tensor) -> None:
+    """Have this launch's sync flags (barrier timeout, lengths outside [0, T]) checked once the GPU
+    is done with them, without a host sync: they are copied to host memory asynchronously and read
+    at a later call. With TRITON_LSTM_CHECK_BARRIER=1 they are checked now (synchronising).
+    Nothing is read during capture."""
+    if not launch.gpu_device(sync.device) or interpreting() or launch.capturing(sync.device):
+        return
+    if os.environ.get("TRITON_LSTM_CHECK_BARRIER") == "1":
+        _raise_on_flags(sync.cpu(), deferred=False)
+        return
+    flags = launch.host_buffer(sync)
+    flags.copy_(sync, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    _pending.append((done, flags))
+
+
+def _persistent_launch(kernel, pb: Problem, args, consts: dict, T: int, t_first: int, schedule, sync: Tensor,
+                       restore=None) -> None:
+    """Launch a persistent kernel over all T steps; ``args(cfg)`` gives its arguments up to ``sync_ptr``.
+    Under the interpreter with several programs, ``schedule`` lists the (t_first, n_steps, phase
+    constants) of one-phase launches instead. restore() puts in/out buffers back before each run
+    while the tuner times candidates."""
+    dev = sync.device
+
+    def reset():
+        sync.zero_()
+        if restore is not None:
+            restore()
+
+    def steps(first, n_steps):
+        return lambda cfg: args(cfg) + (first, n_steps, T, pb.B, pb.N, pb.P, MAX_SPINS)
+
+    check_earlier_launches()
+    one_launch = dict(consts, PHASES=3, USE_BARRIER=True)
+    with launch.device_guard(dev):
+        cfg = launch.pick_config(kernel, pb, steps(t_first, T), one_launch, dev, before_run=reset)
+        if interpreting() and programs(cfg, pb) > 1:
+            for first, n_steps, phase in schedule:
+                launch.run_config(kernel, cfg, pb, steps(first, n_steps), dict(consts, USE_BARRIER=False, **phase))
+        else:
+            launch.run_config(kernel, cfg, pb, steps(t_first, T), one_launch)
+    watch(sync)
 
 
 def seq_forward(xw: Tensor, h0: Tensor, c0: Tensor, w_h: Tensor, peepholes, projection: Optional[Tensor],
-                lengths: Optional[Tensor], opts: CellOptions, programs: Optional[int] = None):
+                lengths: Optional[Tensor], opts: CellOptions):
     """Run the forward recurrence. xw [T, B, 4N] = x @ W_x + bias. Returns (out, hbuf, cbuf, z, m, y)."""
     T, B, N4 = xw.shape
     N, P = N4 // 4, h0.shape[1]
@@ -44,68 +106,66 @@ def seq_forward(xw: Tensor, h0: Tensor, c0: Tensor, w_h: Tensor, peepholes, proj
     out = torch.empty(T, B, P, device=dev, dtype=dtype)
     m = torch.empty(T, B, N, device=dev, dtype=dtype) if projection is not None else None
     y = torch.empty(T, B, P, **f32) if opts.proj_clip is not None else None
+    if T == 0 or B == 0:
+        return out, hbuf, cbuf, z, m, y
     wf, wi, wo = peepholes
     sync = torch.zeros(2, device=dev, dtype=torch.int32)
+    pb = Problem("seq_fwd", B, 0, N, P, projection is not None, dtype)
+    consts = kernel_constants(opts, dtype, lstm_seq_fwd_kernel, USE_PEEPHOLES=wf is not None, HAS_PROJ=pb.proj,
+                              HAS_LENGTHS=lengths is not None)
+    phases = (1, 2) if pb.proj else (1,)
+    schedule = [(t, 1, dict(PHASES=ph)) for t in range(T) for ph in phases]
     args = (xw, w_h, wi, wf, wo, projection, lengths, hbuf, cbuf, z, m, y, out, sync)
-    consts = kernel_constants(opts, dtype, peepholes, projection, HAS_LENGTHS=lengths is not None)
-    if T == 0:
-        return out, hbuf, cbuf, z, m, y
-    if interpreting() and programs is not None and programs > 1:
-        cfg = sequence_config(B, N, P, dtype, dev, programs)
-        for t in range(T):
-            for phases in ((1, 2) if projection is not None else (1,)):
-                lstm_seq_fwd_kernel[(cfg.programs,)](*args, t, 1, T, B, N, P, MAX_SPINS, PHASES=phases,
-                                                    USE_BARRIER=False, **consts, **config_kwargs(cfg))
-    else:
-        consts.update(PHASES=3, USE_BARRIER=True)
-        launch_tuned(lstm_seq_fwd_kernel, "seq_fwd", args + (0, T, T, B, N, P, MAX_SPINS), consts,
-                     lambda cfg: (cfg.programs,), sequence_config(B, N, P, dtype, dev, programs),
-                     lambda: sequence_candidates(B, N, P, dtype, dev, programs), dev,
-                     tuning_key(dtype, dict(B=B, N=N, P=P), consts), before_run=sync.zero_)
-        _check_sync(sync)
+    _persistent_launch(lstm_seq_fwd_kernel, pb, lambda cfg: args, consts, T, 0, schedule, sync)
     return out, hbuf, cbuf, z, m, y
 
 
 def seq_backward(dout: Tensor, dh_T: Tensor, dc_T: Tensor, z: Tensor, cbuf: Tensor, w_h: Tensor, peepholes,
-                 projection: Optional[Tensor], y: Optional[Tensor], lengths: Optional[Tensor], opts: CellOptions,
-                 programs: Optional[int] = None):
-    """Run the reverse recurrence. Returns (dz [T, B, 4N], dy [T, B, P], dh0, dc0), all fp32."""
+                 projection: Optional[Tensor], y: Optional[Tensor], lengths: Optional[Tensor], opts: CellOptions):
+    """Run the reverse recurrence. Returns (dz [T, B, 4N], dy [T, B, P] or None without a projection,
+    dh0, dc0), all fp32."""
     T, B, N4 = z.shape
     N, P = N4 // 4, dh_T.shape[1]
     dev = z.device
     dh = dh_T.float().clone()
     dc = dc_T.float().clone()
     dz = torch.empty(T, B, 4 * N, device=dev, dtype=torch.float32)
-    dy = torch.empty(T, B, P, device=dev, dtype=torch.float32)
+    dy = torch.empty(T, B, P, device=dev, dtype=torch.float32) if projection is not None else None
+    if T == 0 or B == 0:
+        return dz, dy, dh, dc
     wf, wi, wo = peepholes
     sync = torch.zeros(2, device=dev, dtype=torch.int32)
-    args = (dout, dh, dc, z, cbuf, w_h, wi, wf, wo, projection, y, lengths, dy, dz, sync)
-    consts = kernel_constants(opts, w_h.dtype, peepholes, projection, HAS_LENGTHS=lengths is not None)
-    if T == 0:
-        return dz, dy, dh, dc
-    if interpreting() and programs is not None and programs > 1:
-        cfg = sequence_config(B, N, P, w_h.dtype, dev, programs)
-        launches = [(T - 1, 0, True, 3)] + [(t, 1, False, ph) for t in range(T - 1, -1, -1) for ph in (1, 2)]
-        for t_first, n_steps, prologue, phases in launches:
-            lstm_seq_bwd_kernel[(cfg.programs,)](*args, t_first, n_steps, T, B, N, P, MAX_SPINS, PROLOGUE=prologue,
-                                                PHASES=phases, USE_BARRIER=False, **consts, **config_kwargs(cfg))
-    else:
-        def restore():
-            dh.copy_(dh_T)
-            dc.copy_(dc_T)
-            sync.zero_()
+    pb = Problem("seq_bwd", B, 0, N, P, projection is not None, w_h.dtype)
+    consts = kernel_constants(opts, w_h.dtype, lstm_seq_bwd_kernel, USE_PEEPHOLES=wf is not None, HAS_PROJ=pb.proj,
+                              HAS_LENGTHS=lengths is not None, FINAL=True)
+    # One program's launches run phase by phase: dh of step t (2), then its gate gradients (1); last dh0.
+    step_phases = [dict(PHASES=2, FINAL=False), dict(PHASES=1, FINAL=False)] if pb.proj else \
+        [dict(PHASES=3, FINAL=False)]
+    schedule = [(t, 1, ph) for t in range(T - 1, -1, -1) for ph in step_phases] + [(-1, 0, dict(PHASES=2))]
 
-        consts.update(PROLOGUE=True, PHASES=3, USE_BARRIER=True)
-        launch_tuned(lstm_seq_bwd_kernel, "seq_bwd", args + (T - 1, T, T, B, N, P, MAX_SPINS), consts,
-                     lambda cfg: (cfg.programs,), sequence_config(B, N, P, w_h.dtype, dev, programs),
-                     lambda: sequence_candidates(B, N, P, w_h.dtype, dev, programs), dev,
-                     tuning_key(w_h.dtype, dict(B=B, N=N, P=P), consts), before_run=restore)
-        _check_sync(sync)
+    def restore():
+        dh.copy_(dh_T)
+        dc.copy_(dc_T)
+
+    @functools.lru_cache(maxsize=None)
+    def args(cfg):
+        # Each slice's share of dh, for two steps (by parity): one buffer for all launches of a configuration.
+        shares = torch.empty(2, -(-N // cfg.block_n), B, P, device=dev, dtype=torch.float32)
+        return (dout, dh, dc, z, cbuf, w_h, wi, wf, wo, projection, y, lengths, dy, dz, shares, sync)
+
+    _persistent_launch(lstm_seq_bwd_kernel, pb, args, consts, T, T - 1, schedule, sync, restore)
     return dz, dy, dh, dc
 
 
-def check_lengths(lengths: Optional[Tensor], T: int, B: int, device: torch.device) -> Optional[Tensor]:
-    """sequence_length: [B] integers in [0, T] on the inputs' device; returned as int32."""
+def check_lengths(lengths: Optional[Tensor], T: int, B: int, device: torch.device,
+                  on_device_check: bool) -> Optional[Tensor]:
+    """sequence_length: [B] integers in [0, T], on the CPU or the inputs' device; returned as int32
+    on the inputs' device.
+
+    Values on the CPU are checked here. Values already on a GPU are checked by the kernels when
+    ``on_device_check`` (reading them here would stall the host until the GPU catches up): a row
+    outside [0, T] then gets NaN outputs and state, and a later call raises.
+    """
     if lengths is None:
         return None
     if not isinstance(lengths, Tensor):
@@ -114,14 +174,15 @@ def check_lengths(lengths: Optional[Tensor], T: int, B: int, device: torch.devic
         raise ValueError(f"sequence_length: expected shape ({B},) = [batch], got {shape_of(lengths)}")
     if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
         raise TypeError(f"sequence_length: expected an integer tensor, got {lengths.dtype}")
-    if lengths.device != device:
+    if lengths.device != device and lengths.device.type != "cpu":
         raise ValueError(f"sequence_length: on {lengths.device}, but the inputs are on {device}")
-    # Checking values reads them on the host: not possible while tracing or capturing a CUDA graph.
-    tracing = torch.compiler.is_compiling() or (lengths.is_cuda and torch.cuda.is_current_stream_capturing())
-    if B and not tracing and (bool((lengths < 0).any()) or bool((lengths > T).any())):
+    # Values cannot be read while tracing or capturing a CUDA graph.
+    readable = not torch.compiler.is_compiling() and not (lengths.device == device and launch.capturing(device))
+    host_check = not launch.gpu_device(lengths.device) or not on_device_check
+    if B and readable and host_check and (bool((lengths < 0).any()) or bool((lengths > T).any())):
         raise ValueError(f"sequence_length: values must lie in [0, T={T}], got min {int(lengths.min())} "
                          f"and max {int(lengths.max())}")
-    return lengths.to(torch.int32).contiguous()
+    return lengths.to(device=device, dtype=torch.int32, non_blocking=True).contiguous()
 
 
 def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bias: Tensor,
@@ -129,17 +190,15 @@ def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, b
                   w_o_diag: Optional[Tensor] = None, projection: Optional[Tensor] = None,
                   lengths: Optional[Tensor] = None, *, forget_bias: float = 1.0, cell_clip: Optional[float] = None,
                   proj_clip: Optional[float] = None, activation: Activation = None,
-                  recurrent_activation: Activation = None,
-                  programs: Optional[int] = None) -> tuple[Tensor, Tensor, Tensor]:
+                  recurrent_activation: Activation = None) -> tuple[Tensor, Tensor, Tensor]:
     """TF's LSTMCell over a time-major sequence in one persistent kernel launch (forward and backward).
 
     Args:
         x: [T, B, D].  h0: [B, P].  c0: [B, N] (float32 or x's dtype).
         w_x: [D, 4N] and w_h: [P, 4N], the two row blocks of TF's kernel (gates i, j, f, o).
         bias: [4N].  w_f_diag, w_i_diag, w_o_diag: [N] or None.  projection: [N, P] or None.
-        lengths: [B] integers in [0, T], or None for full length.
+        lengths: [B] integers in [0, T] (on the CPU or x's device), or None for full length.
         activation, recurrent_activation: the cell's and the gates' (None: tanh and sigmoid, as TF).
-        programs: grid size override (tests); None picks one program per SM at most.
     Returns:
         (outputs [T, B, P] in x's dtype, zero past each length; h_T [B, P]; c_T [B, N] float32).
         Under torch.autocast, x, h0 and the weights are cast to the autocast dtype first.
@@ -150,14 +209,15 @@ def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, b
                                         projection, proj_clip)
     clips = check_clip("cell_clip", cell_clip), check_clip("proj_clip", proj_clip)
     forget_bias = check_forget_bias(forget_bias)
-    lengths = check_lengths(lengths, T, B, x.device)
     ids, (fn, gate_fn) = resolve_activations(activation, recurrent_activation)
-    if ids is None or not kernels_run_on(x.device, x.dtype):
+    on_kernels = ids is not None and kernels_run_on(x.device, x.dtype)
+    lengths = check_lengths(lengths, T, B, x.device, on_kernels)
+    if not on_kernels:
         return lstm_sequence_reference(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection,
                                        lengths, forget_bias=forget_bias, cell_clip=clips[0], proj_clip=clips[1],
                                        activation=fn, recurrent_activation=gate_fn)
     # The input half of the gate GEMM for all steps at once, off the serial path.
     xw = torch.addmm(bias, x.reshape(T * B, D), w_x).reshape(T, B, 4 * N)
     out, hbuf, cbuf, *_ = torch.ops.triton_lstm.seq_fwd(xw, h0, c0, w_h, w_f_diag, w_i_diag, w_o_diag, projection,
-                                                        lengths, *ids, forget_bias, *clips, programs)
+                                                        lengths, *ids, forget_bias, *clips)
     return out, hbuf[-1], cbuf[-1]

@@ -1,41 +1,48 @@
-"""Launch-configuration tuning: pruned candidates, timed on the GPU, remembered across processes.
+"""Launch-configuration choice: pruned by what the build says, timed on the GPU, remembered across processes.
 
-Every kernel launch asks ``pick`` for its configuration. On a GPU the first launch of a shape
-compiles each candidate, drops those that spill, exceed the register file or shared memory (or,
-for the persistent kernels, would not all be resident at once: candidates never have more
-programs than SMs), times the rest and keeps the fastest. Winners are cached in memory and in
+Every kernel launch asks ``pick`` for its configuration; the caller says what to run. On a GPU the
+first launch of a shape compiles a handful of candidates (``launch.candidates`` ranks them with a
+static model), drops those that spill, exceed the register file or shared memory, or would not
+all be resident at once, times the rest and keeps the fastest. Winners are cached in memory and in
 ``$TRITON_LSTM_CACHE_DIR`` (default ``~/.cache/triton_lstm``), one JSON file per GPU name and
-Triton version, keyed by kernel, dtype, shape and options. A corrupt or half-written file is
-ignored and rewritten.
+Triton version, keyed by kernel, dtype, shape and options, with the time the tuning took. A
+corrupt or half-written file is ignored and rewritten. Cached choices are used during CUDA-graph
+capture too; nothing is timed then.
 
 Environment:
-    TRITON_LSTM_AUTOTUNE=0         no tuning: the first (default) candidate is used
+    TRITON_LSTM_AUTOTUNE=0         no timing and no cache: the first candidate that fits is used
     TRITON_LSTM_CONFIG="k=v,..."   pin fields of the configuration, e.g. "block_b=32,num_warps=8"
     TRITON_LSTM_CACHE_DIR=path     where tuned results are kept
 
-``python -m triton_lstm.tune --hidden 512 --batch 64 [--proj 128] [--dtype float16 ...]`` tunes
-ahead of time and prints the winners.
+``python -m triton_lstm.pretune`` tunes shapes ahead of time.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
 import os
 import re
-import sys
+import subprocess
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
 import torch
 import triton
+from triton.runtime.errors import OutOfResources
 
 C = TypeVar("C")
 
-_memory: dict[str, dict] = {}
+_memory: dict[str, dict] = {}   # cache file contents, per file
+_chosen: dict[tuple, Any] = {}   # this process's choice per kernel, key and environment
+
+# Values TRITON_LSTM_CONFIG may give each field (what the kernels can compile).
+PIN_CHOICES = dict(block_b=(16, 32, 64, 128), block_n=(4, 8, 16, 32, 64), block_p=(16, 32, 64, 128),
+                   block_k=(16, 32, 64, 128), resident=(0, 1), num_warps=(1, 2, 4, 8, 16), num_stages=(1, 2, 3, 4),
+                   maxnreg=tuple(range(24, 256)))
 
 
 def cache_dir() -> Path:
@@ -47,9 +54,8 @@ def _gpu_slug(index: int) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", torch.cuda.get_device_name(index)).strip("-").lower()
 
 
-def cache_file(device: torch.device) -> Path:
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return cache_dir() / f"{_gpu_slug(index)}-triton-{triton.__version__}.json"
+def cache_file() -> Path:
+    return cache_dir() / f"{_gpu_slug(torch.cuda.current_device())}-triton-{triton.__version__}.json"
 
 
 def _read(path: Path) -> dict:
@@ -75,112 +81,119 @@ def _write(path: Path, key: str, value: dict) -> None:
     os.replace(tmp, path)
 
 
-def pinned(default: C) -> Optional[C]:
-    """The default with the fields named in TRITON_LSTM_CONFIG replaced, or None when unset."""
+def pinned(default: C, kernel: str) -> Optional[C]:
+    """The default with the fields TRITON_LSTM_CONFIG names replaced, or None when it names none.
+
+    Items are ``field=value`` (every kernel) or ``kernel.field=value`` (one kernel, e.g.
+    ``seq_bwd.block_n=16``). Each value must be one the kernels compile (``PIN_CHOICES``): a bad
+    name or value is an error naming the field, not a launch that hangs or fails deep in Triton.
+    """
     spec = os.environ.get("TRITON_LSTM_CONFIG")
     if not spec:
         return None
-    fields = {f.name for f in dataclasses.fields(default)}
+    fields = {f.name: f.type for f in dataclasses.fields(default)}
     values = {}
     for item in spec.split(","):
-        name, _, value = item.partition("=")
-        name = name.strip()
-        if name not in fields or not value.strip().isdigit():
-            raise ValueError(f"TRITON_LSTM_CONFIG: expected comma-separated name=int with names in {sorted(fields)}, "
-                             f"got {item!r}")
-        values[name] = int(value)
-    return dataclasses.replace(default, **values)
+        name, _, value = (part.strip() for part in item.partition("="))
+        target, _, name = name.rpartition(".")
+        if name not in fields:
+            raise ValueError(f"TRITON_LSTM_CONFIG: unknown field {name!r} in {item!r}; fields are {sorted(fields)}")
+        if not value.isdigit() or int(value) not in PIN_CHOICES[name]:
+            choices = PIN_CHOICES[name]
+            shown = f"{choices[0]}..{choices[-1]}" if len(choices) > 8 else ", ".join(map(str, choices))
+            raise ValueError(f"TRITON_LSTM_CONFIG: {name} must be one of {shown}, got {value!r}")
+        if target in ("", kernel):
+            values[name] = bool(int(value)) if fields[name] in (bool, "bool") else int(value)
+    return dataclasses.replace(default, **values) if values else None
 
 
-def fits(compiled: Any, cfg: Any, device: torch.device) -> bool:
-    """No spills, registers within the SM's file for one block, shared memory within the opt-in limit."""
-    props = torch.cuda.get_device_properties(device)
-    threads = cfg.num_warps * 32
-    max_shared = getattr(props, "shared_memory_per_block_optin", 48 * 1024)
-    return (compiled.n_spills == 0 and compiled.n_regs * threads <= props.regs_per_multiprocessor
-            and compiled.metadata.shared <= max_shared)
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
 
-def pick(kernel: str, key: str, default: C, candidates: Callable[[], Sequence[C]],
-         launch: Callable[[C, bool], Any], device: torch.device) -> C:
+def resource_usage(cubin: bytes) -> dict:
+    """REG, STACK, SHARED, LOCAL of a cubin, from the cuobjdump shipped in Triton's wheel."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([CUOBJDUMP, "--dump-resource-usage", f.name], check=True, capture_output=True,
+                             text=True).stdout
+    usage = {k.lower(): int(v) for k, v in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", out)}
+    if "reg" not in usage:
+        raise RuntimeError(f"cuobjdump printed no resource usage:\n{out}")
+    return usage
+
+
+def fits(compiled: Any, cfg: Any, limits: Any, grid: Optional[int]) -> bool:
+    """The compiled kernel runs well on the device: nothing in local memory (spills, or a stack
+    frame ptxas made for them), one block's registers and shared memory within an SM's (so every
+    program of a persistent grid of ``grid`` <= SMs programs is resident)."""
+    # Loading the binary (what a first launch does) refuses a kernel that needs more shared memory
+    # than the device has, and gives the registers and spills the driver reports.
+    try:
+        compiled._init_handles()
+    except OutOfResources:
+        return False
+    regs, spilled = compiled.n_regs, compiled.n_spills > 0
+    if os.path.exists(CUOBJDUMP):  # the driver's count leaves out a stack frame that spills go to
+        usage = resource_usage(compiled.asm["cubin"])
+        spilled = spilled or usage.get("stack", 0) > 0 or usage.get("local", 0) > 0
+    ok = not spilled and regs * cfg.num_warps * 32 <= limits.regs_per_sm and compiled.metadata.shared <= limits.shared_per_block
+    return ok and (grid is None or grid <= limits.sms)
+
+
+def pick(kernel: str, key: str, candidates: Callable[[], Sequence[C]], run: Callable[[C, bool], Any],
+         fits: Callable[[Any, C], bool], compiled: bool, capturing: bool) -> C:
     """The configuration to launch ``kernel`` with for this shape ``key``.
 
-    candidates() lists the search space (built only when tuning). launch(cfg, warmup) compiles
-    without running when warmup is True (returning the compiled kernel) and runs the kernel
-    otherwise; running it repeatedly must be harmless.
+    candidates() lists the search space, the default first. run(cfg, warmup) compiles without
+    running when warmup is True (returning the compiled kernel) and runs the kernel otherwise;
+    running it repeatedly must be harmless. fits(compiled_kernel, cfg) is the resource check.
+    compiled: kernels are compiled for a GPU (else the interpreter runs the default). A choice is
+    made once per process and key; later launches, captured or not, get the same one.
     """
-    pin = pinned(default)
-    if pin is not None:
-        return pin
-    if (device.type != "cuda" or os.environ.get("TRITON_LSTM_AUTOTUNE") == "0"
-            or torch.cuda.is_current_stream_capturing()):
-        return default
-    full_key = f"{kernel}|{key}"
-    path = cache_file(device)
-    memo = _memory.get(str(path))
-    if memo is None:  # the file is read once per process, not on every launch
-        memo = _memory[str(path)] = _read(path)
-    if full_key in memo:
-        return dataclasses.replace(default, **memo[full_key]["config"])
-    candidates = candidates()
+    memo_key = (kernel, key, compiled, os.environ.get("TRITON_LSTM_CONFIG"), os.environ.get("TRITON_LSTM_AUTOTUNE"))
+    choice = _chosen.get(memo_key)
+    if choice is None:
+        choice = _chosen[memo_key] = _choose(kernel, key, candidates, run, fits, compiled, capturing)
+    return choice
+
+
+def _choose(kernel, key, candidates, run, fits, compiled, capturing):
+    space = candidates()
+    pin = pinned(space[0], kernel)
+    if pin is not None or not compiled:
+        return pin or space[0]
+    autotune = os.environ.get("TRITON_LSTM_AUTOTUNE") != "0"
+    if autotune:
+        full_key = f"{kernel}|{key}"
+        path = cache_file()
+        memo = _memory.get(str(path))
+        if memo is None:  # the file is read once per process
+            memo = _memory[str(path)] = _read(path)
+        if full_key in memo:
+            return dataclasses.replace(space[0], **memo[full_key]["config"])
+    if not autotune or capturing:
+        for cfg in space:
+            if fits(run(cfg, True), cfg):
+                return cfg
+        raise RuntimeError(f"{kernel}: no launch configuration fits this GPU for {key}")
+    start = time.perf_counter()
     timings = []
-    for cfg in candidates:
-        if not fits(launch(cfg, True), cfg, device):
+    for cfg in space:
+        if not fits(run(cfg, True), cfg):
             continue
-        ms = triton.testing.do_bench(lambda: launch(cfg, False), warmup=5, rep=20, return_mode="median")
+        ms = triton.testing.do_bench(lambda: run(cfg, False), warmup=5, rep=20, return_mode="median")
         timings.append((ms, cfg))
     if not timings:
         raise RuntimeError(f"{kernel}: no launch configuration fits this GPU for {key}")
     ms, best = min(timings, key=lambda item: item[0])
-    entry = {"config": dataclasses.asdict(best), "ms": ms, "candidates": len(candidates), "timed": len(timings)}
+    entry = {"config": dataclasses.asdict(best), "ms": ms, "candidates": len(space), "timed": len(timings),
+             "tune_s": round(time.perf_counter() - start, 3)}
     memo[full_key] = entry
     _write(path, full_key, entry)
     return best
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description="Tune triton_lstm's kernels ahead of time for this GPU.")
-    parser.add_argument("--hidden", type=int, nargs="+", required=True, help="num_units values")
-    parser.add_argument("--batch", type=int, nargs="+", required=True, help="batch sizes")
-    parser.add_argument("--input", type=int, default=None, help="input size (default: hidden)")
-    parser.add_argument("--proj", type=int, nargs="*", default=[0], help="num_proj values (0: none)")
-    parser.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--steps", type=int, default=64, help="sequence length used while tuning")
-    parser.add_argument("--peepholes", action="store_true")
-    args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("no CUDA GPU found: nothing to tune (CPU runs use fixed configurations)")
-        return 0
-    from triton_lstm.functional import lstm_cell
-    from triton_lstm.sequence import lstm_sequence
-    shapes = [(h, b, p, d) for h in args.hidden for b in args.batch for p in args.proj for d in args.dtype]
-    before = set(_read(cache_file(torch.device("cuda"))))
-    for i, (N, B, P, dtype_name) in enumerate(shapes, 1):
-        print(f"[{i}/{len(shapes)}] hidden={N} batch={B} proj={P or '-'} {dtype_name}", file=sys.stderr, flush=True)
-        dtype, D, out = getattr(torch, dtype_name), args.input or N, P or N
-        x = torch.randn(args.steps, B, D, device="cuda", dtype=dtype, requires_grad=True)
-        w_x = (torch.randn(D, 4 * N, device="cuda", dtype=dtype) / D ** 0.5).requires_grad_()
-        w_h = (torch.randn(out, 4 * N, device="cuda", dtype=dtype) / out ** 0.5).requires_grad_()
-        bias = torch.zeros(4 * N, device="cuda", dtype=dtype, requires_grad=True)
-        peep = [torch.zeros(N, device="cuda", dtype=dtype, requires_grad=True) if args.peepholes else None
-                for _ in range(3)]
-        proj = (torch.randn(N, P, device="cuda", dtype=dtype) / N ** 0.5).requires_grad_() if P else None
-        h0 = torch.zeros(B, out, device="cuda", dtype=dtype)
-        c0 = torch.zeros(B, N, device="cuda")
-        y, h, c = lstm_sequence(x, h0, c0, w_x, w_h, bias, *peep, proj)
-        (y.float().sum() + c.sum()).backward()
-        h1, c1 = lstm_cell(x[0], c0, h0, torch.cat([w_x, w_h]), bias, *peep, proj)
-        (h1.float().sum() + c1.sum()).backward()
-    torch.cuda.synchronize()
-    table = _read(cache_file(torch.device("cuda")))
-    print(f"{'kernel | key':70s} {'ms':>8s}  config")
-    for key in sorted(table):
-        if key not in before:
-            entry = table[key]
-            print(f"{key[:70]:70s} {entry['ms']:8.4f}  {entry['config']}")
-    print(f"cache: {cache_file(torch.device('cuda'))}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def tuning_seconds() -> dict[str, float]:
+    """Seconds each key tuned in this process took (for the benchmark's report)."""
+    return {k: v["tune_s"] for memo in _memory.values() for k, v in memo.items() if "tune_s" in v}
