@@ -1,4 +1,4 @@
-"""Test set-up: kernels run under Triton's interpreter on CPU unless a CUDA GPU is present.
+"""Test set-up: kernels run under Triton's interpreter on CPU unless a CUDA GPU is present (or the host-path tests run).
 
 Must run before triton_lstm is imported: Triton picks interpreter or compiler when the kernels
 are decorated.
@@ -9,8 +9,14 @@ import pytest
 import torch
 
 HAS_CUDA = torch.cuda.is_available()
-if not HAS_CUDA:
+# tests/host drive the compiled (CUDA) host path with a stand-in driver; test_host_path.py runs them
+# in a process of their own with TRITON_LSTM_HOST_TESTS=1, since this one interprets the kernels.
+HOST_TESTS = os.environ.get("TRITON_LSTM_HOST_TESTS") == "1"
+if HOST_TESTS:
+    os.environ.pop("TRITON_INTERPRET", None)
+elif not HAS_CUDA:
     os.environ["TRITON_INTERPRET"] = "1"
+collect_ignore = [] if HOST_TESTS else ["host"]
 
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
 
@@ -33,3 +39,51 @@ def poison_empty(monkeypatch):
 @pytest.fixture
 def device():
     return DEVICE
+
+
+# TRITON_LSTM_CONFIG pins that split the persistent kernels' work over several programs (rows of 16,
+# forward slices of 4 units, backward slices of 16): under the interpreter they then run one phase
+# of one step at a time, which exercises the tile ownership of a multi-program grid.
+GRIDS = {"one": None, "several": "block_b=16,seq_fwd.block_n=4,seq_bwd.block_n=16"}
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Records (kernel name, grid size) of every kernel launch, and launches it as before."""
+    from triton_lstm import launch
+    seen = []
+    run_config = launch.run_config
+
+    def spy(kernel, cfg, pb, args, consts, warmup=False):
+        if not warmup:
+            seen.append((pb.kernel, launch.programs(cfg, pb)))
+        return run_config(kernel, cfg, pb, args, consts, warmup)
+
+    monkeypatch.setattr(launch, "run_config", spy)
+    return seen
+
+
+@pytest.fixture
+def grid(monkeypatch, launches):
+    """use(name) pins the grid of GRIDS[name]; check() asserts a persistent kernel ran on that many programs."""
+
+    class Grid:
+        name = "one"
+
+        def use(self, name):
+            self.name = name
+            if GRIDS[name] is None:
+                monkeypatch.delenv("TRITON_LSTM_CONFIG", raising=False)
+            else:
+                monkeypatch.setenv("TRITON_LSTM_CONFIG", GRIDS[name])
+
+        def check(self):
+            from triton_lstm.launch import interpreting
+            grids = {g for kernel, g in launches if kernel.startswith("seq")}
+            assert grids, "no persistent kernel was launched"
+            if self.name == "several":
+                assert max(grids) > 1, f"grid sizes {grids}: the pin did not give several programs"
+            elif interpreting():
+                assert grids == {1}, f"grid sizes {grids}: the interpreter's default is one program"
+
+    return Grid()

@@ -1,14 +1,20 @@
-"""GPU-only checks: the full option product at larger sizes, long sequences and the grid barrier under load.
+"""GPU-only checks: the option matrix at larger sizes, long sequences, the grid barrier under load,
+CUDA graphs and the tuner on hardware.
 
-Skipped without a CUDA device. Run on a GPU machine with ``make test`` (or ``make gpu-check``).
+Skipped without a CUDA device. Tuning is off (the first configuration that fits runs) except in the
+tuner's own test. The step kernels run all pairs of the option axes, or their full product with
+TRITON_LSTM_GPU_FULL=1 (the full GPU session).
 """
+import os
+import threading
+
 import pytest
 import torch
 
 from helpers import CELL_AXES, TOLERANCES, assert_close, cell_tensors
-from pairwise import case_id, product
+from pairwise import case_id, pairwise, product
 from test_step_kernels import run_case
-from triton_lstm import lstm_cell, lstm_sequence, lstm_sequence_reference
+from triton_lstm import lstm_cell, lstm_sequence, lstm_sequence_reference, tune
 from triton_lstm.activations import resolve_activation
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -17,13 +23,14 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.fixture(autouse=True)
 def check_barriers(monkeypatch):
     monkeypatch.setenv("TRITON_LSTM_CHECK_BARRIER", "1")  # raise if a grid barrier ever timed out
+    monkeypatch.setenv("TRITON_LSTM_AUTOTUNE", "0")
 
 
-FULL = product(CELL_AXES)
+STEP_CASES = product(CELL_AXES) if os.environ.get("TRITON_LSTM_GPU_FULL") == "1" else pairwise(CELL_AXES)
 
 
-@pytest.mark.parametrize("case", FULL, ids=case_id)
-def test_step_full_product(case):
+@pytest.mark.parametrize("case", STEP_CASES, ids=case_id)
+def test_step_option_matrix(case):
     run_case(case, B=37, D=80, N=96, P=48, device="cuda")
 
 
@@ -46,7 +53,7 @@ def sequence_case(T, B, D, N, P, dtype, peepholes=True, cell_clip=3.0, proj_clip
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("proj", [None, 128])
 def test_long_sequence_many_programs(dtype, proj):
-    """T=1000 at a width that fills every SM: a hang or a lost barrier fails here."""
+    """T=1000 at a width that fills the SMs with resident slices: a hang or a lost barrier fails here."""
     T, B, D, N = 1000, 64, 64, 512
     lengths = torch.randint(0, T + 1, (B,), device="cuda")
     lengths[0] = T
@@ -143,3 +150,66 @@ def test_cuda_graph_capture_forward_and_backward(dtype):
     torch.testing.assert_close(g_out, out)
     for a, b in zip(g_grads, grads):
         torch.testing.assert_close(a, b)
+
+
+def busy_gpu(seconds: float, stream: torch.cuda.Stream) -> threading.Event:
+    """Keep ``stream`` busy with large matrix products for about ``seconds``; returns a stop flag."""
+    stop = threading.Event()
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.float16)
+
+    def work():
+        with torch.cuda.stream(stream):
+            for _ in range(int(seconds * 20)):
+                if stop.is_set():
+                    break
+                a @ a
+    threading.Thread(target=work, daemon=True).start()
+    return stop
+
+
+@pytest.mark.timeout(120)
+def test_persistent_kernel_while_another_stream_holds_the_gpu():
+    """Under load the persistent kernel either runs correctly (cooperative launch waits for its
+    programs to be resident together) or fails with a clear error; it never hangs."""
+    side = torch.cuda.Stream()
+    stop = busy_gpu(5.0, side)
+    try:
+        T, B, D, N = 300, 64, 64, 512
+        try:
+            (out, h, c), (r_out, r_h, r_c) = sequence_case(T, B, D, N, None, torch.float16)
+        except RuntimeError as e:
+            assert "resident at once" in str(e) or "grid barrier" in str(e), e
+            return
+        torch.cuda.synchronize()
+        for name, got, want in (("out", out, r_out), ("h_T", h, r_h), ("c_T", c, r_c)):
+            assert_close(name, got, want, (3e-2, 3e-2))
+    finally:
+        stop.set()
+        torch.cuda.synchronize()
+
+
+def test_lengths_on_the_gpu_outside_the_range_give_nan_and_an_error(monkeypatch):
+    """GPU lengths are checked by the kernel, not read on the host: the bad row is NaN, the
+    next call raises."""
+    monkeypatch.delenv("TRITON_LSTM_CHECK_BARRIER")
+    T, B, D, N = 6, 4, 8, 32
+    lengths = torch.tensor([6, 9, 2, 0], device="cuda")
+    (out, h, c), _ = sequence_case(T, B, D, N, None, torch.float32, lengths=lengths)
+    torch.cuda.synchronize()
+    assert torch.isnan(out[:, 1]).all() and torch.isnan(c[1]).all()
+    assert torch.isfinite(out[:, [0, 2, 3]]).all()
+    with pytest.raises(ValueError, match=r"sequence_length: values must lie in \[0, T\]"):
+        sequence_case(T, B, D, N, None, torch.float32)
+
+
+def test_the_tuner_on_hardware(tmp_path, monkeypatch):
+    """Tuning on: candidates compiled, pruned and timed on this GPU; the winner is cached and used again."""
+    monkeypatch.setenv("TRITON_LSTM_AUTOTUNE", "1")
+    monkeypatch.setenv("TRITON_LSTM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(tune, "_memory", {})
+    monkeypatch.setattr(tune, "_chosen", {})
+    (out, h, c), (r_out, r_h, r_c) = sequence_case(16, 32, 32, 256, None, torch.float16)
+    assert_close("out", out, r_out, (1e-2, 1e-2))
+    entries = tune._read(tune.cache_file())
+    fwd = [e for k, e in entries.items() if k.startswith("seq_fwd|")]
+    assert fwd and fwd[0]["timed"] >= 1, entries

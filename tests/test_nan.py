@@ -43,10 +43,11 @@ def test_step_propagates_nan_and_inf(case, device):
     assert_same_nonfinite("c", c, c_ref, tol)
 
 
-@pytest.mark.parametrize("programs", [None, 3])
+@pytest.mark.parametrize("grid_name", ["one", "several"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c['activation']}-{c['recurrent_activation']}")
-def test_sequence_propagates_nan_and_inf(case, programs, device):
-    T, B, D, N, P = 3, 4, 6, 12, 5
+def test_sequence_propagates_nan_and_inf(case, grid_name, device, grid):
+    grid.use(grid_name)
+    T, B, D, N, P = 3, 4, 6, 20, 5
     t = cell_tensors(B, D, N, P, True, torch.float32, device)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(T, B, D, generator=g).to(device)
@@ -55,7 +56,8 @@ def test_sequence_propagates_nan_and_inf(case, programs, device):
     args = [x, t["h"], t["c"], kernel[:D], kernel[D:], t["bias"], t["w_f_diag"], t["w_i_diag"], t["w_o_diag"],
             t["projection"]]
     options = dict(forget_bias=1.0, cell_clip=0.5, proj_clip=0.1)
-    out = lstm_sequence(*args, programs=programs, **options, **case)
+    out = lstm_sequence(*args, **options, **case)
+    grid.check()
     ref = lstm_sequence_reference(*args, activation=resolve_activation(case["activation"])[1],
                                   recurrent_activation=resolve_recurrent_activation(case["recurrent_activation"])[1],
                                   **options)

@@ -1,9 +1,10 @@
 """The persistent sequence kernels (``lstm_sequence``) and ``dynamic_rnn``: against the reference,
 against stepping the fused cell kernel, around the tiles, TF's length masking, and bad arguments.
 
-Under the interpreter ``programs=None`` launches one program, which runs the whole kernel with its
-grid barriers; ``programs=3`` launches one phase of one step at a time over three programs, which
-exercises the tile ownership of a multi-program grid. On a GPU both are real persistent grids.
+Under the interpreter grid "one" launches one program, which runs the whole kernel with its grid
+barriers; grid "several" (pinned tiles, conftest.GRIDS) launches one phase of one step at a time
+over several programs, which exercises the tile ownership of a multi-program grid. On a GPU both
+are real persistent grids.
 """
 import re
 
@@ -53,8 +54,9 @@ def check_masking(out, h_T, c_T, t, lengths):
     assert torch.equal(c_T[empty], t["c0"][empty].float()), "a length-0 row must keep c0"
 
 
-def run_sequence_case(case, T, B, D, N, P, device, lengths=None, seed=0):
+def run_sequence_case(case, T, B, D, N, P, device, grid, lengths=None, seed=0):
     """lstm_sequence against the float32 reference on the same values: outputs, final state, all grads."""
+    grid.use(case["grid"])
     dtype = case["dtype"]
     has_proj = case["projection"] != "none"
     t = seq_tensors(T, B, D, N, P if has_proj else None, case["peepholes"], dtype, device, seed)
@@ -66,7 +68,7 @@ def run_sequence_case(case, T, B, D, N, P, device, lengths=None, seed=0):
     activation, gate = case["activation"], case.get("recurrent_activation")
     assert kernels_run_on(t["x"].device, dtype)
     out, h_T, c_T = lstm_sequence(*seq_args(t), lengths, activation=activation, recurrent_activation=gate,
-                                  programs=case["programs"], **options)
+                                  **options)
     up = {k: (None if v is None else v.detach().float().requires_grad_()) for k, v in t.items()}
     ref = lstm_sequence_reference(*seq_args(up), lengths, activation=resolve_activation(activation)[1],
                                   recurrent_activation=resolve_recurrent_activation(gate)[1], **options)
@@ -83,6 +85,7 @@ def run_sequence_case(case, T, B, D, N, P, device, lengths=None, seed=0):
         # nearest), so m, rounded to bf16 before the projection, lands on the other side of
         # proj_clip here and there and the clip's gradient masks differ from the reference's.
         # The forward above is continuous in the clip and still checked; on a GPU this runs.
+        grid.check()
         return
     g = torch.Generator().manual_seed(seed + 1)
     g_out = torch.randn(out.shape, generator=g).to(device)
@@ -104,52 +107,58 @@ def run_sequence_case(case, T, B, D, N, P, device, lengths=None, seed=0):
         # A length-0 row passes its final-state gradients straight through to the initial state.
         assert torch.equal(got["h0"][empty], g_h[empty].to(dtype))
         assert torch.equal(got["c0"][empty], g_c[empty])
+    grid.check()
 
 
 # A cell's option axes, plus what only sequences have.
-AXES = dict(CELL_AXES, lengths=["none", "variable"], programs=[None, 3])
+AXES = dict(CELL_AXES, lengths=["none", "variable"], grid=["one", "several"])
 CASES = pairwise(AXES)
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_sequence_matches_reference_odd_shapes(case, device):
+def test_sequence_matches_reference_odd_shapes(case, device, grid):
     T, B = 5, 3
     lengths = variable_lengths(T, B, device) if case["lengths"] == "variable" else None
-    run_sequence_case(case, T, B, D=7, N=10, P=5, device=device, lengths=lengths)
+    run_sequence_case(case, T, B, D=7, N=20, P=5, device=device, grid=grid, lengths=lengths)
 
 
 FULL_OPTIONS = dict(activation="tanh", peepholes=True, cell_clip=0.8, projection="proj+clip", forget_bias=1.0,
                     dtype=torch.float32)
 
 
-@pytest.mark.parametrize("programs", [None, 3])
+@pytest.mark.parametrize("grid_name", ["one", "several"])
 @pytest.mark.parametrize("projection", ["none", "proj+clip"])
-@pytest.mark.parametrize("T,B,D,N,P", [(3, 17, 33, 40, 24), (4, 1, 1, 1, 1), (3, 2, 16, 16, 33)],
-                         ids=["B17-D33-N40-P24", "B1-D1-N1-P1", "P33-wider-than-N16"])
-def test_sequence_shapes_around_tiles(T, B, D, N, P, projection, programs, device):
-    """Batch, input and units around the block sizes (16/32), a single unit, and P > N."""
+@pytest.mark.parametrize("T,B,D,N,P", [(3, 17, 33, 40, 24), (4, 1, 1, 17, 1), (3, 2, 16, 16, 33)],
+                         ids=["B17-D33-N40-P24", "B1-D1-N17-P1", "P33-wider-than-N16"])
+def test_sequence_shapes_around_tiles(T, B, D, N, P, projection, grid_name, device, grid):
+    """Batch, input and units around the block sizes (16/32), a single row, input and output, and P > N."""
     lengths = variable_lengths(T, B, device) if B > 1 else torch.tensor([T - 1], device=device)
-    case = dict(FULL_OPTIONS, projection=projection, programs=programs)
-    run_sequence_case(case, T, B, D, N, P, device, lengths=lengths, seed=3)
+    case = dict(FULL_OPTIONS, projection=projection, grid=grid_name)
+    run_sequence_case(case, T, B, D, N, P, device, grid, lengths=lengths, seed=3)
 
 
-@pytest.mark.parametrize("programs", [None, 3])
-def test_sequence_one_step(programs, device):
+def test_sequence_single_unit(device, grid):
+    run_sequence_case(dict(FULL_OPTIONS, grid="one"), 4, 2, 1, 1, 1, device, grid, seed=4)
+
+
+@pytest.mark.parametrize("grid_name", ["one", "several"])
+def test_sequence_one_step(grid_name, device, grid):
     T, B = 1, 3
-    case = dict(FULL_OPTIONS, programs=programs)
-    run_sequence_case(case, T, B, D=7, N=10, P=5, device=device, lengths=torch.tensor([1, 0, 1], device=device))
+    case = dict(FULL_OPTIONS, grid=grid_name)
+    run_sequence_case(case, T, B, D=7, N=20, P=5, device=device, grid=grid,
+                      lengths=torch.tensor([1, 0, 1], device=device))
 
 
 @pytest.mark.parametrize("projection", [None, 5])
-@pytest.mark.parametrize("programs", [None, 3])
-def test_sequence_zero_steps_returns_initial_state(projection, programs, device):
+@pytest.mark.parametrize("grid_name", ["one", "several"])
+def test_sequence_zero_steps_returns_initial_state(projection, grid_name, device, grid):
     B, D, N = 3, 7, 10
     t = seq_tensors(0, B, D, N, projection, True, torch.float32, device)
     for v in t.values():
         if v is not None:
             v.requires_grad_()
-    out, h_T, c_T = lstm_sequence(*seq_args(t), torch.zeros(B, dtype=torch.long, device=device), cell_clip=0.8,
-                                  programs=programs)
+    grid.use(grid_name)
+    out, h_T, c_T = lstm_sequence(*seq_args(t), torch.zeros(B, dtype=torch.long, device=device), cell_clip=0.8)
     width = projection or N
     assert out.shape == (0, B, width) and out.dtype == torch.float32
     assert torch.equal(h_T, t["h0"]) and torch.equal(c_T, t["c0"])
@@ -165,17 +174,19 @@ def test_sequence_zero_steps_returns_initial_state(projection, programs, device)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-@pytest.mark.parametrize("programs", [None, 3])
-def test_sequence_matches_stepping_the_cell_kernel(dtype, programs, device):
+@pytest.mark.parametrize("grid_name", ["one", "several"])
+def test_sequence_matches_stepping_the_cell_kernel(dtype, grid_name, device, grid):
     """An independent path: the fused step kernel (lstm_cell) T times, with TF's masking by hand."""
-    T, B, D, N, P = 5, 3, 7, 10, 5
+    grid.use(grid_name)
+    T, B, D, N, P = 5, 3, 7, 20, 5
     t = seq_tensors(T, B, D, N, P, True, dtype, device, seed=5)
     for v in t.values():
         if v is not None:
             v.requires_grad_()
     lengths = torch.tensor([3, 0, 5], device=device)
     options = dict(forget_bias=1.0, cell_clip=0.8, proj_clip=0.25, activation="softsign")
-    out, h_T, c_T = lstm_sequence(*seq_args(t), lengths, programs=programs, **options)
+    out, h_T, c_T = lstm_sequence(*seq_args(t), lengths, **options)
+    grid.check()
 
     kernel = torch.cat([t["w_x"], t["w_h"]], dim=0)
     h, c = t["h0"], t["c0"]
@@ -363,12 +374,16 @@ def test_bad_sequence_length(lengths, error, pattern):
         lstm_sequence(*seq_args(t), torch.tensor(lengths))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device for a second device")
-def test_sequence_length_on_another_device():
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_sequence_length_on_the_cpu_for_gpu_inputs():
+    """Lengths on the CPU (as PackedSequence keeps them) are checked there, for free, and moved over."""
     cell = make_cell("cuda")
     inputs, _ = sequence_inputs("cuda")
-    with pytest.raises(ValueError, match=r"^sequence_length: on cpu, but the inputs are on cuda"):
-        dynamic_rnn(cell, inputs, torch.tensor(LENGTHS))
+    out_cpu, final_cpu = dynamic_rnn(cell, inputs, torch.tensor(LENGTHS))
+    out_gpu, final_gpu = dynamic_rnn(cell, inputs, torch.tensor(LENGTHS, device="cuda"))
+    assert torch.equal(out_cpu, out_gpu) and torch.equal(final_cpu.c, final_gpu.c)
+    with pytest.raises(ValueError, match=r"^sequence_length: values must lie in \[0, T=5\]"):
+        dynamic_rnn(cell, inputs, torch.tensor([6, 0, 1]))
 
 
 def _shape(*dims):

@@ -1,4 +1,9 @@
-"""The tuner's choice, pruning, persistence and environment switches (GPU timing replaced by stubs)."""
+"""The tuner's choice, pruning, persistence and switches, and the candidate lists it chooses from.
+
+Here ``run`` and ``fits`` are plain functions standing in for compiling, checking and launching a
+kernel, and ``triton.testing.do_bench`` is replaced by a function of the configuration (nothing is
+timed without a GPU). The real resource check on real sm_90 builds is in test_host_path.py.
+"""
 import json
 
 import pytest
@@ -6,121 +11,162 @@ import torch
 import triton
 
 from triton_lstm import tune
-from triton_lstm.launch import StepConfig, step_candidates
+from triton_lstm.launch import INTERPRETER_LIMITS, KERNELS, Config, DeviceLimits, Problem, candidates, programs
 
-CUDA = torch.device("cuda")
+H100 = DeviceLimits(sms=132, regs_per_sm=65536, shared_per_block=227 * 1024, arch=90)
 
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     path = tmp_path / "gpu-triton.json"
-    monkeypatch.setattr(tune, "cache_file", lambda device: path)
+    monkeypatch.setattr(tune, "cache_file", lambda: path)
     monkeypatch.setattr(tune, "_memory", {})
-    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setattr(tune, "_chosen", {})
     monkeypatch.delenv("TRITON_LSTM_CONFIG", raising=False)
     monkeypatch.delenv("TRITON_LSTM_AUTOTUNE", raising=False)
     return path
 
 
-def pick(key, candidates, launch, device):
-    return tune.pick("step_fwd", key, candidates[0], lambda: candidates, launch, device)
+SPACE = [Config(16, 16, 16, 64, True, 4), Config(64, 8, 16, 64, True, 4), Config(32, 16, 16, 64, True, 4),
+         Config(32, 16, 16, 128, False, 8)]
 
 
-def fake_gpu(monkeypatch, runs):
-    """Candidates with block_b 64 'spill'; time = block_n (smaller is faster)."""
-    monkeypatch.setattr(tune, "fits", lambda compiled, cfg, device: cfg.block_b != 64)
+class FakeGpu:
+    """Compiling returns the configuration; block_b 64 "spills"; a run takes block_k + block_b ms."""
 
-    def bench(fn, **kwargs):
-        fn()
-        return runs[-1].block_n + runs[-1].block_k / 1e3
+    def __init__(self, monkeypatch):
+        self.compiled, self.ran = [], []
+        monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kw: fn() or self.ran[-1].block_k + self.ran[-1].block_b)
 
-    monkeypatch.setattr(triton.testing, "do_bench", bench)
+    def run(self, cfg, warmup):
+        (self.compiled if warmup else self.ran).append(cfg)
+        return cfg if warmup else None
 
-    def launch(cfg, warmup):
-        if not warmup:
-            runs.append(cfg)
-        return None
-    return launch
+    @staticmethod
+    def fits(compiled, cfg):
+        return compiled.block_b != 64
+
+    def pick(self, key="k", capturing=False, space=SPACE):
+        return tune.pick("seq_fwd", key, lambda: space, self.run, self.fits, compiled=True, capturing=capturing)
 
 
-def test_pick_times_fitting_candidates_and_persists(cache, monkeypatch):
-    runs = []
-    launch = fake_gpu(monkeypatch, runs)
-    candidates = step_candidates(128, 256, torch.float16)
-    best = pick("k1", candidates, launch, CUDA)
-    assert best.block_n == 16 and best.block_k == 32
-    assert runs and all(c.block_b != 64 for c in runs), "a pruned configuration was run"
-    stored = json.loads(cache.read_text())
-    assert stored["step_fwd|k1"]["config"] == {f: getattr(best, f) for f in stored["step_fwd|k1"]["config"]}
-    # A new process: nothing in memory, the file answers without running anything.
+def test_pick_prunes_before_timing_times_the_rest_and_persists(cache, monkeypatch):
+    gpu = FakeGpu(monkeypatch)
+    best = gpu.pick()
+    assert best == SPACE[0]  # 64 + 16 ms beats 64 + 32 and 128 + 32; block_b 64 was pruned
+    assert gpu.compiled == SPACE
+    assert Config(64, 8, 16, 64, True, 4) not in gpu.ran, "a pruned configuration was run"
+    stored = json.loads(cache.read_text())["seq_fwd|k"]
+    assert stored["config"] == {f: getattr(best, f) for f in stored["config"]}
+    assert stored["candidates"] == 4 and stored["timed"] == 3 and stored["tune_s"] >= 0
+    # A new process: nothing in memory; the file answers without compiling or running anything.
     monkeypatch.setattr(tune, "_memory", {})
-    runs.clear()
-    assert pick("k1", candidates, launch, CUDA) == best
-    assert runs == []
+    monkeypatch.setattr(tune, "_chosen", {})
+    gpu.compiled.clear(), gpu.ran.clear()
+    assert gpu.pick() == best
+    assert gpu.compiled == [] and gpu.ran == []
 
 
-def test_cached_choice_reads_the_file_once_and_builds_no_candidates(cache, monkeypatch):
-    runs = []
-    launch = fake_gpu(monkeypatch, runs)
-    candidates = step_candidates(64, 64, torch.float32)
-    best = pick("k3", candidates, launch, CUDA)
+def test_a_choice_is_made_once_per_process(cache, monkeypatch):
+    gpu = FakeGpu(monkeypatch)
+    best = gpu.pick("k3")
     reads = []
-    monkeypatch.setattr(tune, "_memory", {})
-    monkeypatch.setattr(tune, "_read", lambda path: reads.append(path) or json.loads(path.read_text()))
+    monkeypatch.setattr(tune, "_read", lambda path: reads.append(path) or {})
 
     def no_candidates():
-        raise AssertionError("candidates built for a cached shape")
+        raise AssertionError("candidates built for a key already chosen")
 
     for _ in range(3):
-        assert tune.pick("step_fwd", "k3", candidates[0], no_candidates, launch, CUDA) == best
-    assert reads == [cache]
+        assert tune.pick("seq_fwd", "k3", no_candidates, gpu.run, gpu.fits, compiled=True, capturing=False) == best
+    assert reads == []
+
+
+def test_capture_uses_the_cached_choice_and_never_times(cache, monkeypatch):
+    gpu = FakeGpu(monkeypatch)
+    tuned = gpu.pick("k4")
+    monkeypatch.setattr(tune, "_chosen", {})
+    monkeypatch.setattr(tune, "_memory", {})
+    gpu.ran.clear()
+    assert gpu.pick("k4", capturing=True) == tuned
+    # A shape first seen while capturing: the first candidate that fits, untimed; later eager
+    # launches get the same one, so captured and eager runs agree.
+    space = list(reversed(SPACE))
+    first_fit = gpu.pick("k5", capturing=True, space=space)
+    assert first_fit == space[0] and gpu.ran == []
+    assert gpu.pick("k5", capturing=False, space=space) == first_fit
+
+
+def test_tuning_off_takes_the_first_fitting_candidate_untimed(cache, monkeypatch):
+    monkeypatch.setenv("TRITON_LSTM_AUTOTUNE", "0")
+    gpu = FakeGpu(monkeypatch)
+    space = [SPACE[1], SPACE[2], SPACE[0]]
+    assert gpu.pick(space=space) == SPACE[2]
+    assert gpu.ran == [] and not cache.exists()
 
 
 def test_corrupt_cache_is_ignored_and_rewritten(cache, monkeypatch):
-    cache.write_text('{"step_fwd|k1": {"config": ')
-    runs = []
-    launch = fake_gpu(monkeypatch, runs)
+    cache.write_text('{"seq_fwd|k": {"config": ')
+    gpu = FakeGpu(monkeypatch)
     with pytest.warns(UserWarning, match="unreadable tuning cache"):
-        best = pick("k1", step_candidates(32, 64, torch.float32), launch, CUDA)
-    assert json.loads(cache.read_text())["step_fwd|k1"]["config"]["block_n"] == best.block_n
+        best = gpu.pick()
+    assert json.loads(cache.read_text())["seq_fwd|k"]["config"]["block_b"] == best.block_b
 
 
 def test_nothing_fits_is_an_error(cache, monkeypatch):
-    monkeypatch.setattr(tune, "fits", lambda compiled, cfg, device: False)
+    gpu = FakeGpu(monkeypatch)
     with pytest.raises(RuntimeError, match="no launch configuration fits"):
-        pick("k2", step_candidates(32, 64, torch.float32), lambda cfg, warmup: None, CUDA)
+        tune.pick("seq_fwd", "k", lambda: SPACE, gpu.run, lambda compiled, cfg: False, compiled=True,
+                  capturing=False)
 
 
-def test_switches_and_cpu_use_the_default(cache, monkeypatch):
-    candidates = step_candidates(32, 64, torch.float32)
-
+def test_interpreter_takes_the_default_and_pins_apply(cache, monkeypatch):
     def never(cfg, warmup):
-        raise AssertionError("no tuning expected")
+        raise AssertionError("nothing is compiled or timed under the interpreter")
 
-    assert pick("k", candidates, never, torch.device("cpu")) == candidates[0]
-    monkeypatch.setenv("TRITON_LSTM_AUTOTUNE", "0")
-    assert pick("k", candidates, never, CUDA) == candidates[0]
-    monkeypatch.setenv("TRITON_LSTM_CONFIG", "block_b=64, num_warps=8")
-    pinned = pick("k", candidates, never, CUDA)
-    assert (pinned.block_b, pinned.num_warps, pinned.block_n) == (64, 8, candidates[0].block_n)
+    assert tune.pick("seq_fwd", "k", lambda: SPACE, never, never, compiled=False, capturing=False) == SPACE[0]
+    monkeypatch.setenv("TRITON_LSTM_CONFIG", "block_b=64, num_warps=8,seq_bwd.block_n=32")
+    pinned = tune.pick("seq_fwd", "k", lambda: SPACE, never, never, compiled=True, capturing=False)
+    assert pinned == Config(64, 16, 16, 64, True, 8)
+    assert tune.pinned(SPACE[0], "seq_bwd") == Config(64, 32, 16, 64, True, 8)
 
 
-@pytest.mark.parametrize("spec", ["block_q=3", "block_b=x", "block_b"])
-def test_bad_pin_names_the_variable(cache, monkeypatch, spec):
+@pytest.mark.parametrize("spec,message", [
+    ("block_q=3", r"unknown field 'block_q'"), ("block_b=x", r"block_b must be one of 16, 32, 64, 128, got 'x'"),
+    ("block_b", r"block_b must be one of"), ("block_b=7", r"block_b must be one of 16, 32, 64, 128, got '7'"),
+    ("num_warps=0", r"num_warps must be one of"), ("resident=2", r"resident must be one of 0, 1"),
+    ("seq_fwd.programs=2", r"unknown field 'programs'")])
+def test_bad_pin_names_the_field(cache, monkeypatch, spec, message):
     monkeypatch.setenv("TRITON_LSTM_CONFIG", spec)
-    with pytest.raises(ValueError, match="TRITON_LSTM_CONFIG"):
-        tune.pinned(StepConfig(16, 32, 32, 4, 1, 255))
+    with pytest.raises(ValueError, match=r"^TRITON_LSTM_CONFIG: " + message):
+        tune.pinned(SPACE[0], "seq_fwd")
 
 
-def test_candidates_start_with_the_default_and_respect_tl_dot_minimum():
-    cands = step_candidates(3, 10, torch.float16)
-    assert len(set(cands)) == len(cands)
-    assert all(min(c.block_b, c.block_n, c.block_k) >= 16 for c in cands)
-    assert all(c.block_b == 16 and c.block_n == 16 for c in cands), "blocks wider than the problem are not searched"
+def problems():
+    for kernel in KERNELS:
+        for B, N, P, proj, dtype in [(3, 10, 10, False, torch.float16), (64, 512, 512, False, torch.float16),
+                                     (64, 1024, 256, True, torch.float32), (256, 2048, 640, True, torch.bfloat16),
+                                     (1, 128, 128, False, torch.float32)]:
+            yield Problem(kernel, B, 80, N, P, proj, dtype)
 
 
-def test_tune_cli_without_gpu(capsys):
-    if torch.cuda.is_available():
-        pytest.skip("the CPU message is only printed without a GPU")
-    assert tune.main(["--hidden", "64", "--batch", "8"]) == 0
-    assert "no CUDA GPU" in capsys.readouterr().out
+@pytest.mark.parametrize("pb", list(problems()), ids=lambda pb: f"{pb.kernel}-B{pb.B}-N{pb.N}-P{pb.P}-{pb.dtype}")
+def test_candidates_are_few_valid_and_persistent_grids_fit_the_sms(pb):
+    cands = candidates(pb, H100)
+    spec = KERNELS[pb.kernel]
+    assert 1 <= len(cands) <= (4 if spec.persistent else 6) and len(set(cands)) == len(cands)
+    for c in cands:
+        assert min(c.block_b, c.block_k, c.block_p) >= 16 and c.block_n >= spec.min_block_n
+        assert c.block_b <= max(16, triton.next_power_of_2(pb.B)), "tiles wider than the batch are not searched"
+        if spec.persistent:
+            assert programs(c, pb) <= H100.sms
+        else:
+            assert not c.resident
+        if pb.kernel == "seq_bwd" and not pb.proj:
+            assert c.block_p == c.block_n
+
+
+def test_interpreter_default_is_one_program_where_tiles_allow():
+    assert programs(candidates(Problem("seq_fwd", 3, 7, 20, 5, True, torch.float32), INTERPRETER_LIMITS)[0],
+                    Problem("seq_fwd", 3, 7, 20, 5, True, torch.float32)) == 1
+    big = Problem("seq_bwd", 300, 7, 20, 20, False, torch.float32)
+    assert programs(candidates(big, INTERPRETER_LIMITS)[0], big) == 3  # 300 rows in tiles of at most 128

@@ -1,163 +1,389 @@
-"""Ahead-of-time compilation of every kernel variant for real GPU targets, without a GPU.
+"""Compile what runs, for real GPU targets, without a GPU: every kernel launch the library makes,
+with each of its tuner candidates, as the JIT specialises it.
 
-``python -m triton_lstm.aot [--full]`` compiles the step and sequence kernels for sm_80 and sm_90 over the
-option matrix (all pairs by default, the full product with --full), reads registers, stack, local
-and shared memory of each cubin with the cuobjdump shipped in Triton's wheel, and fails on spills
-or on shared memory over the target's limit. Run it without TRITON_INTERPRET.
+``python -m triton_lstm.aot [--full] [--arch 80 90] [--json FILE]`` runs the public functions
+(``lstm_cell`` and ``lstm_sequence``, forward and backward) on small CPU tensors standing in for
+GPU ones, over the option matrix (all pairs by default, the full product with --full) and the
+resident-size table, with a ``TargetDriver`` in place of the CUDA driver: the launchers build their
+real arguments, and every launch is recorded instead of run. Each recorded launch is then compiled
+for the target with every configuration the tuner may choose, and each cubin's registers, spills
+and shared memory are read with the ``cuobjdump`` shipped in Triton's wheel. It fails on a
+candidate that spills or does not fit while the tuner would not prune it. Run it without
+TRITON_INTERPRET.
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import contextlib
+import dataclasses
+import inspect
 import itertools
 import json
+import multiprocessing
 import os
 import re
-import subprocess
 import sys
-import tempfile
-from dataclasses import asdict, dataclass
+from types import SimpleNamespace
+from typing import Callable, Optional
 
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+from triton.runtime.driver import driver
 
-from triton_lstm.activations import ACTIVATIONS
-from triton_lstm.kernels import lstm_sequence, lstm_step
-from triton_lstm.launch import dot_dtype, step_config
+from triton_lstm import launch, tune
 
-# Opt-in shared memory per block (bytes): A100 (sm_80) and H100 (sm_90).
-SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
-ARCHS = (80, 90)
-_TL_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-_FP32_POINTERS = {"c_ptr", "z_ptr", "c_out_ptr", "y_ptr", "dh_ptr", "dc_ptr", "dy_ptr", "dz_ptr", "dc_prev_ptr",
-                  "cbuf_ptr"}
-_I32_POINTERS = {"len_ptr", "sync_ptr"}
-KERNELS = {"fwd": lstm_step.lstm_step_fwd_kernel, "bwd": lstm_step.lstm_step_bwd_kernel,
-           "seq_fwd": lstm_sequence.lstm_seq_fwd_kernel, "seq_bwd": lstm_sequence.lstm_seq_bwd_kernel}
-_FLOATS = {"forget_bias", "cell_clip", "proj_clip"}
+# Per target: SMs, registers per SM and opt-in shared memory per block of the reference GPUs
+# (A100 for sm_80, H100/H200 for sm_90).
+TARGETS = {80: launch.DeviceLimits(108, 65536, 163 * 1024, 80), 90: launch.DeviceLimits(132, 65536, 227 * 1024, 90)}
+CUOBJDUMP = tune.CUOBJDUMP
+resource_usage = tune.resource_usage
 
 
-@dataclass(frozen=True)
-class StepVariant:
-    kernel: str                 # a key of KERNELS
-    act: int
-    gate_act: int
+class TargetDriver:
+    """A Triton driver for a GPU target that is not there: the JIT compiles real cubins for it, a
+    "load" reads registers and spills from the cubin (as the CUDA driver reports them), and a
+    launch calls ``on_launch(kernel_name, grid, metadata, {argument name: value})`` instead of
+    running anything."""
+
+    def __init__(self, arch: int, on_launch: Optional[Callable] = None):
+        self.arch = arch
+        self.limits = TARGETS[arch]
+        self.on_launch = on_launch
+        self.launcher_cls = self._launcher
+        self.utils = SimpleNamespace(load_binary=self._load_binary, unload_module=lambda module: None,
+                                     get_device_properties=self._properties)
+
+    def _properties(self, device):
+        return dict(max_shared_mem=self.limits.shared_per_block, multiprocessor_count=self.limits.sms,
+                    max_num_regs=self.limits.regs_per_sm, warpSize=32, sm_clock_rate=1_755_000,
+                    mem_clock_rate=2_619_000, mem_bus_width=5120)
+
+    def _load_binary(self, name, cubin, shared, device):
+        usage = resource_usage(cubin)
+        # As cuFuncGetAttribute: NUM_REGS, LOCAL_SIZE_BYTES / 4, MAX_THREADS_PER_BLOCK.
+        max_threads = min(1024, self.limits.regs_per_sm // max(usage["reg"], 1) // 32 * 32)
+        return (name, name, usage["reg"], usage.get("local", 0) // 4, max_threads)
+
+    def _launcher(self, src, metadata):
+        def run(grid_x, grid_y, grid_z, stream, function, *rest):
+            # rest: packed metadata, launch metadata, enter and exit hooks, then the kernel's arguments.
+            if self.on_launch is not None:
+                self.on_launch(src.fn.__name__, (grid_x, grid_y, grid_z), metadata, dict(zip(src.fn.arg_names, rest[4:])))
+        return run
+
+    def get_current_target(self):
+        return GPUTarget("cuda", self.arch, 32)
+
+    def get_current_device(self):
+        return 0
+
+    def set_current_device(self, device):
+        pass
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_device_capability(self, device=None):
+        return divmod(self.arch, 10)
+
+    def get_active_torch_device(self):
+        return torch.device("cpu")
+
+    @staticmethod
+    def is_active():
+        return True
+
+
+@contextlib.contextmanager
+def stand_in_gpu(arch: int, on_launch: Optional[Callable] = None, kernels=None):
+    """CPU tensors stand in for tensors on one GPU of ``arch``: Triton's driver is a TargetDriver,
+    and the device queries of ``triton_lstm.launch`` answer for that GPU (CUDA events and pinned
+    host memory, which need a GPU, are replaced by events that are always complete and plain host
+    memory)."""
+    kernels = kernels if kernels is not None else all_kernels()
+    target = TargetDriver(arch, on_launch)
+    stand_ins = dict(gpu_device=lambda device: True, device_limits=lambda device: target.limits,
+                     capturing=lambda device: False, device_guard=lambda device: contextlib.nullcontext(),
+                     host_buffer=lambda t: torch.empty_like(t))
+    saved = {name: getattr(launch, name) for name in stand_ins}
+    event = torch.cuda.Event
+    previous = driver._active
+    try:
+        driver.set_active(target)
+        for k in kernels:
+            k.device_caches.clear()  # binders hold the target they were made for
+        for name, value in stand_ins.items():
+            setattr(launch, name, value)
+        torch.cuda.Event = _CompleteEvent
+        yield target
+    finally:
+        for name, value in saved.items():
+            setattr(launch, name, value)
+        torch.cuda.Event = event
+        driver._active = previous
+        for k in kernels:
+            for kernel_cache, *_ in k.device_caches.values():
+                for compiled in kernel_cache.values():
+                    compiled.module = None  # loaded by the TargetDriver: nothing for the real one to unload
+            k.device_caches.clear()
+
+
+class _CompleteEvent:
+    def record(self, stream=None):
+        pass
+
+    def query(self):
+        return True
+
+
+def all_kernels():
+    from triton_lstm.kernels import lstm_sequence, lstm_step
+    return [lstm_step.lstm_step_fwd_kernel, lstm_step.lstm_step_proj_kernel, lstm_step.lstm_step_bwd_kernel,
+            lstm_sequence.lstm_seq_fwd_kernel, lstm_sequence.lstm_seq_bwd_kernel]
+
+
+# -- what the compiled time loop does ---------------------------------------------------------------
+def _source_line(fn, needle: str) -> tuple[str, int]:
+    """(file, line) of the first line of a jit function's source containing ``needle``."""
+    lines, first = inspect.getsourcelines(fn.fn)
+    for i, line in enumerate(lines):
+        if needle in line:
+            return inspect.getsourcefile(fn.fn), first + i
+    raise ValueError(f"{needle!r} not in {fn.fn.__name__}")
+
+
+def _loc_frames(ttgir: str):
+    """Resolve the TTGIR's location table: #locN -> source frames (file, line), innermost first."""
+    table = dict(re.findall(r"^#(loc\d*) = loc\((.*)\)\s*$", ttgir, re.M))
+    memo = {}
+
+    def frames(ref):
+        if ref not in memo:
+            body = table.get(ref, "unknown")
+            memo[ref] = ()
+            if m := re.match(r'"([^"]+)":(\d+):\d+$', body):
+                out = ((m.group(1), int(m.group(2))),)
+            elif m := re.match(r"callsite\(#(loc\d*) at #(loc\d*)\)$", body):
+                out = frames(m.group(1)) + frames(m.group(2))
+            elif m := re.match(r'"[^"]*"\(#(loc\d*)\)$', body):
+                out = frames(m.group(1))
+            else:
+                out = ()
+            memo[ref] = out
+        return memo[ref]
+    return frames
+
+
+def time_loop_shape(compiled) -> dict:
+    """What one step of a persistent kernel's compiled time loop does, read from its TTGIR.
+
+    weight_loads: global loads of weight slices inside the loop (0 when they stay on chip);
+    weight_staging: shared-memory allocations of weights inside the loop; row_staging: the other
+    shared-memory allocations (row operands staged per step); barriers: grid barriers (spin loops);
+    dots and mma: the products and their kind (wgmma, mma.sync or fma).
+    """
+    from triton_lstm.kernels import lstm_sequence, lstm_tiles
+    ttgir = compiled.asm["ttgir"]
+    frames = _loc_frames(ttgir)
+    loop_sites = {_source_line(k, "for i in range(0, n_steps)")
+                  for k in (lstm_sequence.lstm_seq_fwd_kernel, lstm_sequence.lstm_seq_bwd_kernel)}
+    weight_sites = {_source_line(lstm_tiles.load_tile, "tl.load(w_ptr")}
+    lines = ttgir.splitlines()
+
+    def op_frames(line):
+        m = re.search(r"loc\(#(loc\d*)\)\s*$", line)
+        return frames(m.group(1)) if m else ()
+
+    def region_end(start):
+        depth = 0
+        for end in range(start, len(lines)):
+            depth += lines[end].count("{") - lines[end].count("}")
+            if depth == 0:
+                return end
+        raise ValueError("unbalanced TTGIR")
+
+    # An scf.for carries its location on the line that closes its region.
+    loops = [(i, region_end(i)) for i, line in enumerate(lines) if " scf.for " in line]
+    start, end = next(((i, j) for i, j in loops if op_frames(lines[j])[:1]
+                       and op_frames(lines[j])[0] in loop_sites), (None, None))
+    if start is None:
+        raise ValueError("no time loop in this kernel's TTGIR")
+    body = lines[start + 1:end]
+
+    def count(op, weights=None):
+        return sum(1 for line in body if f" {op} " in line
+                   and (weights is None or bool(set(op_frames(line)) & weight_sites) == weights))
+
+    mma_major = re.search(r"nvidia_mma<\{versionMajor = (\d)", ttgir)
+    wgmma = count("ttng.warp_group_dot")
+    dots = count("tt.dot") + wgmma
+    kind = "wgmma" if wgmma else ("mma.sync" if mma_major and any("#mma" in line for line in body
+                                                                    if " tt.dot " in line) else "fma")
+    return dict(weight_loads=count("tt.load", True), weight_staging=count("ttg.local_alloc", True),
+                row_staging=count("ttg.local_alloc", False), barriers=count("scf.while"), dots=dots,
+                mma=kind if dots else None)
+
+
+# -- what to compile --------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One use of the library: a cell's options, a dtype and a shape, on one target."""
+    act: str
+    gate_act: str
     peepholes: bool
     cell_clip: bool
     projection: str             # "none", "proj", "proj+clip"
     dtype: str                  # "float32", "float16", "bfloat16"
-    batch: int                  # picks the block configuration through step_config
-    lengths: bool               # sequence kernels: variable lengths
+    shape: tuple                # (B, D, N, P): P used with a projection
+    lengths: bool
     arch: int
 
 
-AXES = dict(kernel=list(KERNELS), act=list(range(len(ACTIVATIONS))), gate_act=[2, 5], peepholes=[False, True], cell_clip=[False, True],
-            projection=["none", "proj", "proj+clip"], dtype=["float32", "float16", "bfloat16"],
-            batch=[3, 32, 128], lengths=[False, True], arch=list(ARCHS))
+# Every option, against every other (pairwise), at a small shape: each launch's default configuration.
+OPTION_AXES = dict(act=["tanh", "relu", "sigmoid", "linear", "softsign", "hard_sigmoid", "elu", "hardsigmoid"],
+                   gate_act=["sigmoid", "hard_sigmoid"], peepholes=[False, True], cell_clip=[False, True],
+                   projection=["none", "proj", "proj+clip"], dtype=["float32", "float16", "bfloat16"],
+                   shape=[(5, 7, 20, 12)], lengths=[False, True], arch=list(TARGETS))
+# Every tuner candidate at the shapes users run (pairwise over shape, dtype, projection, target), with
+# the options that cost most registers.
+CANDIDATE_AXES = dict(act=["tanh"], gate_act=["sigmoid"], peepholes=[True], cell_clip=[True],
+                      projection=["none", "proj+clip"], dtype=["float32", "float16", "bfloat16"],
+                      shape=[(64, 80, 256, 64), (16, 80, 768, 128), (128, 80, 512, 256)], lengths=[True],
+                      arch=list(TARGETS))
 
 
-def _signature(fn, v: StepVariant, cfg):
-    dtype = getattr(torch, v.dtype)
-    has_proj = v.projection != "none"
-    absent = set()
-    if not v.peepholes:
-        absent |= {"wi_ptr", "wf_ptr", "wo_ptr"}
-    if not has_proj:
-        absent |= {"proj_ptr", "m_ptr"}
-        if v.kernel == "bwd":
-            absent.add("dy_ptr")  # the sequence backward always writes dy
-    if v.projection != "proj+clip":
-        absent.add("y_ptr")
-    if not v.lengths:
-        absent.add("len_ptr")
-    # The sequence kernels as the GPU launches them: all phases, barriers on, one launch.
-    constexprs = dict(ACT=v.act, GATE_ACT=v.gate_act, USE_PEEPHOLES=v.peepholes, HAS_CELL_CLIP=v.cell_clip, HAS_PROJ=has_proj,
-                      HAS_PROJ_CLIP=v.projection == "proj+clip", HAS_LENGTHS=v.lengths, PHASES=3,
-                      USE_BARRIER=True, PROLOGUE=True, DOT_DTYPE=dot_dtype(dtype),
-                      INPUT_PRECISION="ieee", BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
-    constexprs = {k: val for k, val in constexprs.items() if k in fn.arg_names}
-    constexprs.update({name: None for name in absent if name in fn.arg_names})
-    signature = {}
-    for name in fn.arg_names:
-        if name in constexprs:
-            signature[name] = "constexpr"
-        elif name.endswith("_ptr"):
-            if name in _I32_POINTERS:
-                signature[name] = "*i32"
-            else:
-                signature[name] = "*fp32" if name in _FP32_POINTERS else "*" + _TL_NAMES[dtype]
-        elif name in _FLOATS:
-            signature[name] = "fp32"
-        else:
-            signature[name] = "i32"
-    return signature, constexprs
+def resident_sizes() -> list[Variant]:
+    """The sizes the README says run with resident weights, with the options that cost most."""
+    return [Variant("tanh", "sigmoid", True, True, "proj+clip" if P else "none", dtype, (64, 80, N, P or N), True,
+                    arch)
+            for dtype, sizes in launch.RESIDENT_LIMITS.items() for N, P in sizes for arch in TARGETS]
 
 
-def resource_usage(cubin: bytes) -> dict:
-    """REG, STACK, SHARED, LOCAL from cuobjdump --dump-resource-usage."""
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        out = subprocess.run([tool, "--dump-resource-usage", f.name], check=True, capture_output=True,
-                             text=True).stdout
-    usage = {k.lower(): int(v) for k, v in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", out)}
-    if "reg" not in usage:
-        raise RuntimeError(f"cuobjdump printed no resource usage:\n{out}")
-    return usage
-
-
-def compile_step_variant(v: StepVariant) -> dict:
-    dtype = getattr(torch, v.dtype)
-    cfg = step_config(v.batch, 64, dtype)
-    fn = KERNELS[v.kernel]
-    signature, constexprs = _signature(fn, v, cfg)
-    compiled = triton.compile(ASTSource(fn, signature, constexprs),
-                              target=GPUTarget("cuda", v.arch, 32), options=cfg.launch_options())
-    usage = resource_usage(compiled.asm["cubin"])
-    usage["shared"] = max(usage.get("shared", 0), compiled.metadata.shared)
-    return usage
-
-
-def variants(full: bool) -> list[StepVariant]:
+def variants(full: bool) -> list[tuple[Variant, bool]]:
+    """(variant, every candidate?) pairs: the option matrix (defaults), then the candidate matrix and
+    the resident sizes (every candidate). --full: the product of each matrix instead of its pairs."""
     if full:
-        combos = [dict(zip(AXES, vals)) for vals in itertools.product(*AXES.values())]
+        def cover(axes):
+            return [dict(zip(axes, vals)) for vals in itertools.product(*axes.values())]
     else:
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tests"))
-        from pairwise import pairwise
-        combos = pairwise(AXES)
-    return [StepVariant(**c) for c in combos]
+        from pairwise import pairwise as cover
+    return ([(Variant(**c), False) for c in cover(OPTION_AXES)] + [(Variant(**c), True) for c in cover(CANDIDATE_AXES)]
+            + [(v, True) for v in resident_sizes()])
 
 
-def check(usage: dict, arch: int) -> list[str]:
-    problems = []
-    if usage.get("local", 0) or usage.get("stack", 0):
-        problems.append(f"local memory / stack in use (spills): {usage}")
-    if usage["shared"] > SHARED_LIMIT[arch]:
-        problems.append(f"shared memory {usage['shared']} B over sm_{arch}'s {SHARED_LIMIT[arch]} B")
-    return problems
+def record_launches(v: Variant) -> list:
+    """(kernel, Problem, args, consts) of every launch a forward and backward of the variant makes,
+    with the launchers' real arguments (nothing runs: outputs stay uninitialised)."""
+    from triton_lstm import lstm_cell, lstm_sequence
+    calls = []
+    run_config = launch.run_config
+
+    def record(kernel, cfg, pb, args, consts, warmup=False):
+        if warmup:  # the tuner's resource check compiles
+            return run_config(kernel, cfg, pb, args, consts, warmup)
+        calls.append((kernel, pb, args, consts))
+
+    dtype = getattr(torch, v.dtype)
+    B, D, N, P = v.shape
+    P = P if v.projection != "none" else N
+    T = 3
+    g = torch.Generator().manual_seed(0)
+
+    def w(*shape):
+        return (torch.randn(*shape, generator=g) * 0.1).to(dtype).requires_grad_()
+
+    x, h0, c0 = w(T, B, D), w(B, P), torch.zeros(B, N)
+    kernel, bias = w(D + P, 4 * N), w(4 * N)
+    peep = [w(N) for _ in range(3)] if v.peepholes else [None] * 3
+    proj = w(N, P) if v.projection != "none" else None
+    opts = dict(activation=v.act, recurrent_activation=v.gate_act, cell_clip=1.0 if v.cell_clip else None,
+                proj_clip=1.0 if v.projection == "proj+clip" else None)
+    lengths = torch.full((B,), T) if v.lengths else None
+    launch.run_config = record
+    try:
+        out, h, c = lstm_sequence(x, h0, c0, kernel[:D], kernel[D:], bias, *peep, proj, lengths, **opts)
+        (out.float().sum() + c.sum()).backward()
+        h1, c1 = lstm_cell(x[0], c0, h0, kernel, bias, *peep, proj, **opts)
+        (h1.float().sum() + c1.sum()).backward()
+    finally:
+        launch.run_config = run_config
+    return calls
+
+
+def compile_all(v: Variant, every_candidate: bool) -> list[dict]:
+    """The configurations of every launch of the variant (the default that runs with tuning off, or
+    every tuner candidate), compiled for its target: one row each with the resources, whether the
+    tuner would keep it, and what is wrong with it."""
+    rows = []
+    with stand_in_gpu(v.arch) as target:
+        for kernel, pb, args, consts in record_launches(v):
+            space = launch.candidates(pb, target.limits)
+            chosen = launch.pick_config(kernel, pb, args, consts, torch.device("cpu"))
+            for cfg in (space if every_candidate else [chosen]):
+                compiled = launch.run_config(kernel, cfg, pb, args, consts, warmup=True)
+                usage = resource_usage(compiled.asm["cubin"])
+                persistent = launch.KERNELS[pb.kernel].persistent
+                kept = tune.fits(compiled, cfg, target.limits, launch.programs(cfg, pb) if persistent else None)
+                rows.append(dict(kernel=pb.kernel, **dataclasses.asdict(v), config=dataclasses.asdict(cfg),
+                                 programs=launch.programs(cfg, pb), shared=compiled.metadata.shared,
+                                 regs=usage["reg"], local=usage.get("local", 0), stack=usage.get("stack", 0),
+                                 kept=kept))
+    return rows
+
+
+def problems(row: dict) -> list[str]:
+    """A candidate the tuner keeps must not spill nor exceed the target (it may choose it)."""
+    if not row["kept"]:
+        return []
+    limits = TARGETS[row["arch"]]
+    out = []
+    if row["local"] or row["stack"]:
+        out.append(f"spills (local {row['local']} B, stack {row['stack']} B)")
+    if row["shared"] > limits.shared_per_block:
+        out.append(f"shared memory {row['shared']} B over sm_{row['arch']}'s {limits.shared_per_block} B")
+    return out
+
+
+def _compile_variant(item) -> list[dict]:
+    v, every = item
+    rows = compile_all(v, every)
+    for row in rows:
+        row["problems"] = problems(row)
+    return rows
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--full", action="store_true", help="the full option product instead of all pairs")
-    parser.add_argument("--json", help="write one JSON line per variant to this file")
+    parser = argparse.ArgumentParser(prog="python -m triton_lstm.aot", description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="the full products instead of all pairs")
+    parser.add_argument("--arch", type=int, nargs="+", choices=sorted(TARGETS), default=sorted(TARGETS),
+                        help="compute capabilities to compile for (default: all)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiling processes (default: CPUs)")
+    parser.add_argument("--json", help="write one JSON line per compiled kernel and configuration to this file")
     args = parser.parse_args(argv)
-    failures = 0
-    rows = []
-    for v in variants(args.full):
-        usage = compile_step_variant(v)
-        problems = check(usage, v.arch)
-        failures += bool(problems)
-        rows.append(dict(asdict(v), **usage, problems=problems))
-        print(f"{v.kernel:7s} sm_{v.arch} {v.dtype:8s} act={v.act}/{v.gate_act} peep={v.peepholes:d} clip={v.cell_clip:d} "
-              f"{v.projection:9s} B={v.batch:<3d} len={v.lengths:d} regs={usage['reg']:3d} shared={usage['shared']:6d} "
-              f"local={usage.get('local', 0)} stack={usage.get('stack', 0)} {'; '.join(problems)}", flush=True)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        parser.error("run without TRITON_INTERPRET=1: the interpreter compiles nothing")
+    os.environ["TRITON_LSTM_AUTOTUNE"] = "0"
+    todo = [(v, every) for v, every in variants(args.full) if v.arch in args.arch]
+    rows, failures = [], 0
+    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for i, variant_rows in enumerate(pool.map(_compile_variant, todo), 1):
+            for row in variant_rows:
+                failures += bool(row["problems"])
+                rows.append(row)
+                cfg, v = row["config"], todo[i - 1][0]
+                print(f"[{i}/{len(todo)}] {row['kernel']:9s} sm_{v.arch} {v.dtype:8s} {v.act}/{v.gate_act} "
+                      f"peep={v.peepholes:d} clip={v.cell_clip:d} {v.projection:9s} shape={v.shape} "
+                      f"len={v.lengths:d} b={cfg['block_b']}/{cfg['block_n']}/{cfg['block_p']}/{cfg['block_k']} "
+                      f"res={cfg['resident']:d} w={cfg['num_warps']} G={row['programs']} regs={row['regs']} "
+                      f"shared={row['shared']} stack={row['stack']} local={row['local']} "
+                      f"{'kept' if row['kept'] else 'pruned'} {'; '.join(row['problems'])}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
-    print(f"{len(rows)} variants compiled, {failures} with problems")
+    print(f"{len(rows)} kernels compiled for {len(todo)} variants, {failures} with problems")
     return 1 if failures else 0
 
 

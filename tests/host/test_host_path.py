@@ -1,0 +1,227 @@
+"""Every CUDA launch path, driven with real sm_90 builds and a stand-in driver (see conftest.py)."""
+import dataclasses
+
+import pytest
+import torch
+import triton
+
+from conftest import rand
+from triton_lstm import LSTM, LSTMCell, aot, dynamic_rnn, launch, lstm_cell, lstm_sequence, sequence, tune
+from triton_lstm.kernels.lstm_sequence import BARRIER_FAILED, lstm_seq_bwd_kernel, lstm_seq_fwd_kernel
+
+H100_SMS = 132
+
+
+def sequence_args(T=4, B=3, D=5, N=24, P=None, dtype=torch.float16, peepholes=True):
+    out = P or N
+    return [rand(T, B, D, dtype=dtype), rand(B, out, dtype=dtype), torch.zeros(B, N), rand(D, 4 * N, dtype=dtype),
+            rand(out, 4 * N, dtype=dtype), rand(4 * N, dtype=dtype)] + \
+        [rand(N, dtype=dtype) if peepholes else None for _ in range(3)] + [rand(N, out, dtype=dtype) if P else None]
+
+
+def check_launches(gpu, expected):
+    assert gpu.names() == expected
+    for r in gpu.launches:
+        persistent = r["name"].startswith("lstm_seq")
+        assert r["cooperative"] == persistent, r["name"]
+        assert 1 <= r["grid"] <= (H100_SMS if persistent else 10 ** 6)
+        assert r["shared"] <= gpu.target.limits.shared_per_block
+
+
+def test_fits_reads_the_resources_of_the_loaded_kernel(gpu):
+    """The tuner's resource check on a freshly compiled kernel: its registers and spills exist only
+    once the binary is loaded, and a build over the shared-memory limit is pruned, not raised."""
+    v = aot.Variant("tanh", "sigmoid", True, True, "none", "float32", (64, 64, 512, 512), False, 90)
+    kernel, pb, args, consts = next(c for c in aot.record_launches(v) if c[1].kernel == "seq_fwd")
+    small = launch.Config(32, 8, 16, 64, True, 4)
+    compiled = launch.run_config(kernel, small, pb, args, consts, warmup=True)
+    assert tune.fits(compiled, small, gpu.target.limits, launch.programs(small, pb))
+    assert 0 < compiled.n_regs <= 255 and compiled.n_spills == 0
+    # A [512, 4 x 64] fp32 slice is 512 KB: far over 227 KB of shared memory.
+    huge = launch.Config(16, 64, 16, 128, True, 4)
+    compiled = launch.run_config(kernel, huge, pb, args, consts, warmup=True)
+    assert compiled.metadata.shared > gpu.target.limits.shared_per_block
+    assert not tune.fits(compiled, huge, gpu.target.limits, launch.programs(huge, pb))
+
+
+@pytest.mark.parametrize("proj", [None, 8])
+def test_cell_forward_and_backward(gpu, proj):
+    B, D, N = 64, 20, 96
+    P = proj or N
+    x, h, c = rand(B, D), rand(B, P), torch.zeros(B, N)
+    kernel, bias = rand(D + P, 4 * N), rand(4 * N)
+    h1, c1 = lstm_cell(x, c, h, kernel, bias, projection=rand(N, P) if proj else None, proj_clip=1.0 if proj else None)
+    (h1.float().sum() + c1.sum()).backward()
+    expected = ["lstm_step_fwd_kernel"] + (["lstm_step_proj_kernel"] if proj else []) + ["lstm_step_bwd_kernel"]
+    check_launches(gpu, expected)
+    fwd = gpu.launches[0]
+    assert fwd["grid"] >= 8, "the step forward splits N across programs at B=64"
+
+
+@pytest.mark.parametrize("proj,lengths", [(None, False), (8, True)])
+def test_sequence_forward_and_backward(gpu, proj, lengths):
+    args = sequence_args(P=proj)
+    lens = torch.tensor([4, 0, 2]) if lengths else None
+    out, h, c = lstm_sequence(*args, lens, cell_clip=1.0, proj_clip=0.5 if proj else None)
+    (out.float().sum() + c.sum()).backward()
+    check_launches(gpu, ["lstm_seq_fwd_kernel", "lstm_seq_bwd_kernel"])
+    fwd, bwd = gpu.launches
+    assert fwd["args"]["HAS_LENGTHS"] == lengths and fwd["args"]["USE_BARRIER"] and fwd["args"]["PHASES"] == 3
+    assert bwd["args"]["FINAL"] and bwd["args"]["n_steps"] == 4 and bwd["args"]["t_first"] == 3
+
+
+def test_dynamic_rnn_and_lstm_modules(gpu):
+    cell = LSTMCell(24, use_peepholes=True, num_proj=8, cell_clip=1.0, input_size=5, dtype=torch.float16)
+    outputs, _ = dynamic_rnn(cell, rand(3, 4, 5), torch.tensor([4, 1, 0]))
+    outputs.float().sum().backward()
+    check_launches(gpu, ["lstm_seq_fwd_kernel", "lstm_seq_bwd_kernel"])
+    gpu.launches.clear()
+    lstm = LSTM(5, 24, num_layers=2, bidirectional=True, proj_size=8, use_peepholes=True, dtype=torch.float16)
+    out, (h, c) = lstm(rand(4, 3, 5))
+    out.float().sum().backward()
+    check_launches(gpu, ["lstm_seq_fwd_kernel"] * 4 + ["lstm_seq_bwd_kernel"] * 4)
+
+
+def test_new_lengths_do_not_recompile(gpu):
+    for T in (3, 7, 11):
+        args = sequence_args(T=T)
+        out, h, c = lstm_sequence(*args)
+        out.float().sum().backward()
+    for kernel in (lstm_seq_fwd_kernel, lstm_seq_bwd_kernel):
+        (kernel_cache, *_), = kernel.device_caches.values()
+        assert len(kernel_cache) == 1, f"{kernel.fn.__name__}: {len(kernel_cache)} builds for three lengths"
+
+
+def test_the_tuner_times_candidates_once_and_capture_uses_its_choice(gpu, monkeypatch):
+    """Tuning on: every candidate compiled and checked, the fitting ones timed (do_bench replaced: a
+    time per configuration, since nothing runs), the winner cached; then a capture of the same shape
+    launches the cached winner and times nothing."""
+    monkeypatch.setenv("TRITON_LSTM_AUTOTUNE", "1")
+    timed = []
+
+    def bench(fn, **kwargs):
+        fn()
+        ran = gpu.launches[-1]
+        timed.append(ran["args"]["BLOCK_B"])
+        return 1.0 + ran["args"]["BLOCK_B"] / 1000 - ran["grid"] / 1e6
+
+    monkeypatch.setattr(triton.testing, "do_bench", bench)
+    args = sequence_args(T=5, B=64, N=256, dtype=torch.float16)
+    lstm_sequence(*args)
+    fwd_key = next(k for k in tune._memory[str(tune.cache_file())] if k.startswith("seq_fwd|"))
+    entry = tune._memory[str(tune.cache_file())][fwd_key]
+    assert entry["timed"] == len(timed) >= 2 and entry["tune_s"] > 0
+    best = launch.Config(**entry["config"])
+    # A new process captures a graph of the same shape: the cached choice, nothing timed.
+    monkeypatch.setattr(tune, "_memory", {})
+    monkeypatch.setattr(tune, "_chosen", {})
+    monkeypatch.setattr(launch, "capturing", lambda device: True)
+    timed.clear()
+    gpu.launches.clear()
+    lstm_sequence(*args)
+    assert timed == [] and gpu.launches[-1]["args"]["BLOCK_B"] == best.block_b
+    assert gpu.launches[-1]["grid"] == launch.programs(best, launch.Problem("seq_fwd", 64, 0, 256, 256, False,
+                                                                            torch.float16))
+    assert sequence._pending == [], "nothing is read back during capture"
+
+
+def test_cooperative_launch_refused_is_a_clear_error(gpu):
+    def refuse(name, args):
+        if name.startswith("lstm_seq"):
+            raise RuntimeError("Triton Error [CUDA]: too many blocks in cooperative launch")
+
+    gpu.on_launch = refuse
+    with pytest.raises(RuntimeError, match=r"needs its \d+ programs resident at once, and the GPU refused"):
+        lstm_sequence(*sequence_args())
+
+
+def time_out_barrier(name, args):
+    """What a launch whose grid was not co-resident leaves in its sync flags."""
+    if name.startswith("lstm_seq"):
+        args["sync_ptr"][0] += BARRIER_FAILED.value
+
+
+def test_barrier_timeout_is_reported_at_the_next_call(gpu):
+    gpu.on_launch = time_out_barrier
+    out, h, c = lstm_sequence(*sequence_args())   # does not wait for the GPU to finish
+    gpu.on_launch = None
+    with pytest.raises(RuntimeError, match="grid barrier .* timed out.*results of an earlier call are wrong"):
+        lstm_sequence(*sequence_args())
+    lstm_sequence(*sequence_args())  # reported once
+
+
+def test_barrier_timeout_with_the_synchronous_check(gpu, monkeypatch):
+    monkeypatch.setenv("TRITON_LSTM_CHECK_BARRIER", "1")
+    gpu.on_launch = time_out_barrier
+    with pytest.raises(RuntimeError, match="grid barrier .* timed out.*results of this call are wrong"):
+        lstm_sequence(*sequence_args())
+
+
+def test_lengths_on_the_gpu_are_checked_without_a_host_read(gpu, monkeypatch):
+    """Steady state: no tensor value is read on the host during a call (each read would wait for
+    the GPU); a length outside [0, T] is flagged by the kernel and raised at the next call."""
+    host_copies = []
+
+    def host_buffer(t):
+        host_copies.append(torch.empty_like(t))
+        return host_copies[-1]
+
+    monkeypatch.setattr(launch, "host_buffer", host_buffer)
+    reads = []
+
+    def no_host_read(name):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *a, **k):
+            if not any(self.data_ptr() == c.data_ptr() for c in host_copies):
+                reads.append(name)
+            return original(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, read)
+
+    for name in ("item", "__bool__", "__int__", "__float__", "tolist"):
+        no_host_read(name)
+
+    def kernel_flags_bad_lengths(name, args):
+        if name == "lstm_seq_fwd_kernel":
+            args["sync_ptr"][1] += 1
+
+    gpu.on_launch = kernel_flags_bad_lengths
+    lstm_sequence(*sequence_args(), torch.tensor([4, 9, 1]))
+    assert reads == [], f"host reads of device tensors: {reads}"
+    gpu.on_launch = None
+    with pytest.raises(ValueError, match=r"^sequence_length: values must lie in \[0, T\]; an earlier call"):
+        lstm_sequence(*sequence_args(), torch.tensor([4, 3, 1]))
+
+
+def test_a_pinned_grid_larger_than_the_gpu_is_an_error(gpu, monkeypatch):
+    monkeypatch.setenv("TRITON_LSTM_CONFIG", "seq_fwd.block_n=4,seq_fwd.block_b=16")
+    with pytest.raises(ValueError, match=r"TRITON_LSTM_CONFIG: seq_fwd cannot run .*256 programs > 132 SMs"):
+        lstm_sequence(*sequence_args(B=3, N=1024))
+
+
+RESIDENT_SHAPES = [("float16", (64, 64, 512, 512), "none"), ("float16", (16, 64, 256, 128), "proj+clip"),
+                   ("float32", (64, 64, 256, 256), "none"), ("bfloat16", (64, 64, 256, 64), "proj")]
+
+
+@pytest.mark.parametrize("dtype,shape,projection", RESIDENT_SHAPES, ids=lambda v: str(v))
+def test_time_loop_keeps_weights_on_chip(gpu, dtype, shape, projection):
+    """The performance shape of the compiled time loop: with resident slices no global load or
+    shared-memory staging of a weight happens per step (the streaming control has both), and the
+    loop has the barriers the design states per step."""
+    v = aot.Variant("tanh", "sigmoid", True, True, projection, dtype, shape, True, 90)
+    for kernel, pb, args, consts in aot.record_launches(v):
+        if not pb.kernel.startswith("seq"):
+            continue
+        resident = next(c for c in launch.candidates(pb, gpu.target.limits) if c.resident)
+        streaming = dataclasses.replace(resident, resident=False, block_k=launch.block_k(pb, False))
+        on_chip = aot.time_loop_shape(launch.run_config(kernel, resident, pb, args, consts, warmup=True))
+        streamed = aot.time_loop_shape(launch.run_config(kernel, streaming, pb, args, consts, warmup=True))
+        barriers = 2 if pb.proj else 1
+        assert on_chip["weight_loads"] == 0 and on_chip["weight_staging"] == 0, (pb.kernel, on_chip)
+        assert streamed["weight_loads"] >= 1 and streamed["weight_staging"] >= 1, (pb.kernel, streamed)
+        assert on_chip["barriers"] == streamed["barriers"] == barriers, (pb.kernel, on_chip)
+        # IEEE fp32 runs on FMA units; half precision on tensor cores, wgmma where the left operand
+        # has 64 rows: the forward's h rows, the backward's weight slice.
+        rows = resident.block_b if pb.kernel == "seq_fwd" else resident.block_k
+        assert on_chip["mma"] == ("fma" if dtype == "float32" else ("wgmma" if rows >= 64 else "mma.sync")), \
+            (pb.kernel, resident, on_chip)
