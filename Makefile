@@ -1,26 +1,34 @@
-# Two entry points: `make bench` (the main job) and `make test`. Each creates .venv when missing.
+# Two entry points: `make bench` (the main job) and `make test`. Each creates $(VENV) when missing.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU/CUDA torch wheel to install; override e.g. TORCH_SPEC="torch==2.11.0".
 TORCH_SPEC ?= torch==2.13.0
+# Triton and numpy for the kernels; CI also runs the tests against the GPU machines' Triton 3.6
+# (`make test-triton36`; its interpreter needs numpy < 2.4).
+TRITON_SPEC ?= triton==3.9.0
+NUMPY_SPEC ?= numpy
 
-.PHONY: test bench gpu-check aot clean
+.PHONY: test test-triton36 bench gpu-check aot clean
 
 $(VENV)/.ready: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q "$(TORCH_SPEC)" "$(TRITON_SPEC)" "$(NUMPY_SPEC)"
 	$(PY) -m pip install -q -e ".[test,bench]"
 	touch $@
 
 test: $(VENV)/.ready
 	$(PY) -m pytest -q
 
+test-triton36:
+	$(MAKE) test VENV=.venv-triton36 TRITON_SPEC="triton==3.6.0" NUMPY_SPEC="numpy<2.4"
+
 bench: $(VENV)/.ready
 	$(PY) -m benchmarks.run
 
 # On a GPU machine, with its own torch and Triton (no venv): tests, AOT check, benchmark, plots.
-# SESSION=full runs the standard suite instead (resumable; see benchmarks/gpu_session.sh).
+# SESSION=full runs the full option product and the standard suite instead (resumable; see
+# benchmarks/gpu_session.sh).
 SESSION ?= quick
 gpu-check:
 	bash benchmarks/gpu_session.sh $(SESSION)
@@ -29,4 +37,4 @@ aot: $(VENV)/.ready
 	$(PY) -m triton_lstm.aot
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .venv-triton36 .pytest_cache

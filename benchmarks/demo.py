@@ -48,16 +48,18 @@ def _max_errors(outs, refs, leaves, ref_leaves, g_out, op: str) -> tuple[float, 
     return fwd, bwd
 
 
-def check_sequence(programs: int) -> tuple[float, float]:
-    """lstm_sequence with every option and lengths [T, 2, 0] against lstm_sequence_reference."""
+def check_sequence(pin: str) -> tuple[float, float]:
+    """lstm_sequence with every option and lengths [T, 2, 0] against lstm_sequence_reference, with
+    the launch configuration pinned by ``pin`` (TRITON_LSTM_CONFIG; "" for the default)."""
     from triton_lstm import lstm_sequence, lstm_sequence_reference
 
-    t = _tensors(seed=programs)
+    os.environ["TRITON_LSTM_CONFIG"] = pin
+    t = _tensors(seed=len(pin))
     lengths = torch.tensor([T, 2, 0])
     names = ("x", "h0", "c0", "w_x", "w_h", "bias", "w_f_diag", "w_i_diag", "w_o_diag", "projection")
     leaves = [t[k] for k in names]
     ref_leaves = [v.detach().double().requires_grad_() for v in leaves]
-    outs = lstm_sequence(*leaves, lengths, programs=programs, **OPTIONS)
+    outs = lstm_sequence(*leaves, lengths, **OPTIONS)
     refs = lstm_sequence_reference(*ref_leaves, lengths, **OPTIONS)
     g = torch.Generator().manual_seed(99)
     g_out = [torch.randn(r.shape, generator=g, dtype=torch.float64) for r in refs]
@@ -92,8 +94,9 @@ def main() -> int:
     print(f"interpreter demo: T={T} B={B} D={D} N={N} P={P}, peepholes, {OPTIONS}, lengths [{T}, 2, 0]; "
           f"max |error| against the float64 reference, tolerance {TOLERANCE:g}")
     failed = False
-    checks = [("lstm_sequence, 1 program (whole kernel, barriers on)", lambda: check_sequence(1)),
-              ("lstm_sequence, 2 programs (one phase per launch)", lambda: check_sequence(2)),
+    checks = [("lstm_sequence, 1 program (whole kernel, barriers on)", lambda: check_sequence("")),
+              ("lstm_sequence, several programs (one phase per launch)",
+               lambda: check_sequence("seq_fwd.block_n=4,seq_bwd.block_n=16")),
               ("lstm_cell (fused step)", check_cell)]
     for name, fn in checks:
         start = time.perf_counter()

@@ -296,8 +296,9 @@ def measure_barrier_us(device: torch.device, quick: bool) -> tuple[Optional[floa
     """
     if device.type != "cuda":
         return None, "no GPU: no grid barrier to measure"
-    s = BARRIER_SHAPE
     programs = torch.cuda.get_device_properties(device).multi_processor_count
+    # One program per SM: slices of 4 units, rows in one tile of 16.
+    s = dict(BARRIER_SHAPE, N=4 * programs)
     g = torch.Generator(device=device).manual_seed(2)
 
     def rnd(*shape):
@@ -306,11 +307,18 @@ def measure_barrier_us(device: torch.device, quick: bool) -> tuple[Optional[floa
     args = (rnd(s["T"], s["B"], s["D"]), rnd(s["B"], s["N"]), rnd(s["B"], s["N"]), rnd(s["D"], 4 * s["N"]),
             rnd(s["N"], 4 * s["N"]), rnd(4 * s["N"]))
     what = f"lstm_sequence fwd T={s['T']} B={s['B']} D=N={s['N']} programs={programs}, per step"
+    pin = os.environ.get("TRITON_LSTM_CONFIG")
+    os.environ["TRITON_LSTM_CONFIG"] = "seq_fwd.block_b=16,seq_fwd.block_n=4,seq_fwd.resident=1"
     try:
         with torch.no_grad():
-            ms = bench(lambda: lstm_sequence(*args, programs=programs), device, quick)[0]
+            ms = bench(lambda: lstm_sequence(*args), device, quick)[0]
     except Exception as e:  # the floor then lacks its barrier part; every row says why
         return None, f"{what}: measurement failed ({error_text(e)})"
+    finally:
+        if pin is None:
+            del os.environ["TRITON_LSTM_CONFIG"]
+        else:
+            os.environ["TRITON_LSTM_CONFIG"] = pin
     return ms * 1e3 / s["T"], what
 
 
