@@ -13,8 +13,8 @@ import triton_lstm
 from triton_lstm import LSTM, LSTMCell, dynamic_rnn
 from triton_lstm import sequence as sequence_module
 from triton_lstm.convert import read_keras_config, read_keras_weights, read_tf_checkpoint
-from triton_lstm.porting import (Bidirectional, KerasRNN, LSTMStack, keras_to_module, lengths_from_mask,
-                                 module_to_keras, module_to_tf, tf_to_module)
+from triton_lstm.porting import (Bidirectional, KerasRNN, LSTMStack, keras_activation, keras_to_module,
+                                 lengths_from_mask, module_to_keras, module_to_tf, tf_to_module)
 from triton_lstm.tf_checkpoint import crc32c, mask_crc
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -401,6 +401,12 @@ def test_keras_semantics_errors():
         backwards_first(x, lengths=torch.tensor([5, 3]))
     with pytest.raises(ValueError, match=r"layers: no layer named \['nope'\]"):
         triton_lstm.load_keras(fixture("keras_stacked.keras"), layers=["nope"])
+    with pytest.raises(ValueError, match=r"layers: 'pad' is a Masking, not an LSTM"):
+        triton_lstm.load_keras(fixture("keras_stacked.keras"), layers=["pad"])
+    with pytest.raises(ValueError, match=r"lstm_a: recurrent_activation: Keras activation 'gelu' has no kernel"):
+        keras_activation("gelu", "3.15.1", "lstm_a: recurrent_activation")
+    assert keras_activation("hard_sigmoid", "3.15.1", "a") == "hardsigmoid"
+    assert keras_activation("hard_sigmoid", "2.20.1", "a") == "hard_sigmoid"
 
 
 def test_keras_merge_modes_and_go_backwards_by_definition():
