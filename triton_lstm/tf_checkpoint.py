@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import struct
-from typing import Optional
 
 import numpy as np
 
