@@ -1,12 +1,15 @@
-"""Weight migration: TF variables -> LSTMCell -> torch.nn.LSTM -> TF variables -> LSTMCell."""
-import importlib.util
+"""Weight migration: TF variables -> LSTMCell -> torch.nn.LSTM -> TF variables -> LSTMCell; Keras
+layouts; every converter's shape checks."""
+import os
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 from triton_lstm import LSTM, LSTMCell, dynamic_rnn
-from triton_lstm.convert import cell_to_torch_lstm, read_tf_checkpoint, torch_lstm_to_tf
+from triton_lstm.convert import (cell_to_torch_lstm, keras_to_torch_lstm, read_tf_checkpoint, tf_to_torch_lstm,
+                                 torch_lstm_to_keras, torch_lstm_to_tf)
 
 TOL = dict(atol=2e-5, rtol=1e-4)
 
@@ -65,7 +68,101 @@ def test_missing_layer_is_named():
         torch_lstm_to_tf(torch.nn.LSTM(3, 4).state_dict(), suffix="_l3")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is not None, reason="TensorFlow is installed")
-def test_read_checkpoint_without_tensorflow():
-    with pytest.raises(ImportError, match="needs TensorFlow"):
-        read_tf_checkpoint("model.ckpt")
+def test_read_checkpoint_does_not_import_tensorflow(monkeypatch):
+    """TensorFlow, even when installed, is neither needed nor used."""
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # any `import tensorflow` now raises ImportError
+    variables = read_tf_checkpoint(os.path.join(os.path.dirname(__file__), "fixtures", "tf1_bidi"))
+    assert variables["bidirectional_rnn/fw/lstm_cell/kernel"].shape == (4 + 5, 20)
+
+
+@pytest.mark.parametrize("kernel, bias, projection, match", [
+    ((8, 21), (21,), None, r"kernel: dimension 1 must be 4 \* num_units .* got shape \(8, 21\)"),
+    ((9, 20), (20,), (4, 3), r"projection: expected shape \[5, \?\] \(num_units 5, num_proj\), got \(4, 3\)"),
+    ((5, 20), (20,), None, r"kernel: expected 5 rows = input_size \+ output size 5 with input_size >= 1"),
+    ((9, 20), (16,), None, r"bias: expected shape \(20,\) \(4 \* num_units 5\), got \(16,\)"),
+    ((20,), (20,), None, r"kernel: expected shape \[\?, \?\] .* got \(20,\)"),
+])
+def test_tf_to_torch_checks_every_shape(kernel, bias, projection, match):
+    args = [np.zeros(kernel, np.float32), np.zeros(bias, np.float32)]
+    args.append(None if projection is None else np.zeros(projection, np.float32))
+    with pytest.raises(ValueError, match=match):
+        tf_to_torch_lstm(*args)
+
+
+@pytest.mark.parametrize("state, match", [
+    ({"weight_ih_l0": torch.zeros(16, 3)}, r"has 'weight_ih_l0' but no 'weight_hh_l0'"),
+    ({"weight_ih_l0": torch.zeros(16, 3), "weight_hh_l0": torch.zeros(16, 1)},
+     r"weight_hh_l0'\]: expected shape \[16, 4\]"),
+    ({"weight_ih_l0": torch.zeros(15, 3), "weight_hh_l0": torch.zeros(15, 4)}, r"dimension 0 must be 4 \* num_units"),
+    ({"weight_ih_l0": torch.zeros(16, 3), "weight_hh_l0": torch.zeros(16, 2), "weight_hr_l0": torch.zeros(2, 5)},
+     r"weight_hr_l0'\]: expected shape \[\?, 4\]"),
+    ({"weight_ih_l0": torch.zeros(16, 3), "weight_hh_l0": torch.zeros(16, 4), "bias_ih_l0": torch.zeros(16)},
+     r"bias_ih_l0 and bias_hh_l0 come together"),
+    ({"weight_ih_l0": torch.zeros(16, 3), "weight_hh_l0": torch.zeros(16, 4), "w_f_diag_l0": torch.zeros(3)},
+     r"w_f_diag_l0'\]: expected shape \(4,\)"),
+    ({"weight_ih_l0": np.array(["a"]), "weight_hh_l0": torch.zeros(16, 4)}, r"expected a numeric array"),
+])
+def test_torch_to_tf_checks_every_shape(state, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        torch_lstm_to_tf(state)
+
+
+def test_bad_containers_are_named():
+    with pytest.raises(TypeError, match="state_dict: expected a mapping"):
+        torch_lstm_to_tf([1, 2])
+    with pytest.raises(TypeError, match="cell: expected a triton_lstm.LSTMCell"):
+        cell_to_torch_lstm(torch.nn.LSTM(3, 4))
+    with pytest.raises(ValueError, match=r"weights\['rnn/lstm_cell/kernel'\]: expected shape \(11, 32\)"):
+        LSTMCell(8, input_size=3).load_tf_weights({"rnn/lstm_cell/kernel": np.zeros((11, 28), np.float32),
+                                                   "rnn/lstm_cell/bias": np.zeros(32, np.float32)})
+
+
+def keras_weights(D, N, seed=0, bias=True):
+    rng = np.random.default_rng(seed)
+    w = {"kernel": rng.normal(0, 0.4, (D, 4 * N)).astype(np.float32),
+         "recurrent_kernel": rng.normal(0, 0.4, (N, 4 * N)).astype(np.float32)}
+    if bias:
+        w["bias"] = rng.normal(0, 0.3, 4 * N).astype(np.float32)
+    return w
+
+
+def keras_lstm_by_definition(w, x):
+    """Keras' LSTM step by step, from its documented equations (gates i, f, c, o; no forget bias)."""
+    kernel, recurrent = torch.as_tensor(w["kernel"]), torch.as_tensor(w["recurrent_kernel"])
+    bias = torch.as_tensor(w.get("bias", np.zeros(kernel.shape[1], np.float32)))
+    n = recurrent.shape[0]
+    h, c, outs = torch.zeros(x.shape[0], n), torch.zeros(x.shape[0], n), []
+    for t in range(x.shape[1]):
+        z = x[:, t] @ kernel + h @ recurrent + bias
+        i, f, g, o = z[:, :n].sigmoid(), z[:, n:2 * n].sigmoid(), z[:, 2 * n:3 * n].tanh(), z[:, 3 * n:].sigmoid()
+        c = f * c + i * g
+        h = o * c.tanh()
+        outs.append(h)
+    return torch.stack(outs, 1)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_keras_weights_into_lstm_and_cell_and_back(bias):
+    D, N = 3, 5
+    w = keras_weights(D, N, bias=bias)
+    x = torch.randn(2, 4, D)
+    want = keras_lstm_by_definition(w, x)
+    lstm = LSTM(D, N, bias=bias, batch_first=True)
+    lstm.load_state_dict(keras_to_torch_lstm(w["kernel"], w["recurrent_kernel"], w.get("bias")))
+    torch.testing.assert_close(lstm(x)[0], want, **TOL)
+    cell = LSTMCell(N, forget_bias=1.0)
+    cell.load_tf_weights({f"lstm/{k}": v for k, v in w.items()})
+    torch.testing.assert_close(dynamic_rnn(cell, x)[0], want, **TOL)
+    back = torch_lstm_to_keras(lstm.state_dict())
+    for key in w:
+        np.testing.assert_array_equal(back[key], w[key])
+
+
+def test_keras_layout_errors_are_named():
+    w = keras_weights(3, 5)
+    with pytest.raises(ValueError, match=r"recurrent_kernel: expected shape \[5, 20\]"):
+        keras_to_torch_lstm(w["kernel"], w["recurrent_kernel"][:4])
+    with pytest.raises(ValueError, match=r"Keras layout \('lstm/recurrent_kernel'\) without its 'lstm/kernel'"):
+        LSTMCell(5).load_tf_weights({"lstm/recurrent_kernel": w["recurrent_kernel"], "lstm/bias": w["bias"]})
+    with pytest.raises(ValueError, match=r"Keras' LSTM cannot express \['w_f_diag', 'w_i_diag', 'w_o_diag'\]"):
+        torch_lstm_to_keras(LSTM(3, 4, use_peepholes=True).state_dict())

@@ -3,6 +3,7 @@ from triton_lstm.activations import ACTIVATIONS
 from triton_lstm.cell import LSTMCell, LSTMStateTuple
 from triton_lstm.functional import lstm_cell
 from triton_lstm.lstm import LSTM
+from triton_lstm.porting import load_keras, load_tf_checkpoint
 from triton_lstm import ops  # noqa: F401  (registers the torch.library ops)
 from triton_lstm.reference import lstm_cell_reference, lstm_sequence_reference
 from triton_lstm.rnn import dynamic_rnn
@@ -10,5 +11,6 @@ from triton_lstm.sequence import lstm_sequence
 
 __version__ = "0.1.0"
 
-__all__ = ["ACTIVATIONS", "LSTM", "LSTMCell", "LSTMStateTuple", "dynamic_rnn", "lstm_cell", "lstm_cell_reference",
+__all__ = ["ACTIVATIONS", "LSTM", "LSTMCell", "LSTMStateTuple", "dynamic_rnn", "load_keras",
+           "load_tf_checkpoint", "lstm_cell", "lstm_cell_reference",
            "lstm_sequence", "lstm_sequence_reference", "__version__"]

@@ -11,7 +11,7 @@ from torch import nn
 
 from triton_lstm.activations import Activation, resolve_activation
 from triton_lstm.checks import check_clip, check_forget_bias, check_tensor, shape_of
-from triton_lstm.convert import as_tensor
+from triton_lstm.convert import as_tensor, keras_as_tf_variables
 from triton_lstm.functional import lstm_cell
 
 Tensor = torch.Tensor
@@ -249,9 +249,11 @@ class LSTMCell(nn.Module):
         ``rnn/lstm_cell/kernel:0`` and ``kernel`` both fill ``kernel``; optimizer slots such as
         ``.../kernel/Adam`` are ignored. ``scope`` keeps only names that start with it (use it when a
         checkpoint holds several cells). An unbuilt cell takes input_size from the kernel's shape.
+        A Keras LSTM's weights (``kernel``, ``recurrent_kernel``, ``bias``) are recognised and converted.
         """
         if not isinstance(weights, Mapping):
             raise TypeError(f"weights: expected a mapping of TF names to arrays, got {type(weights).__name__}")
+        weights = keras_as_tf_variables(weights, scope, self.forget_bias)
         wanted = self._tf_variables()
         # A scope is a whole path prefix: "rnn/lstm_cell" must not also pick "rnn/lstm_cell_1/...".
         prefix = scope.rstrip("/") + "/" if scope else None

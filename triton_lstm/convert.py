@@ -1,9 +1,11 @@
-"""Weight conversion between TF's LSTMCell variables, torch.nn.LSTM state dicts and our modules.
+"""Weight conversion between TF's LSTMCell variables, Keras LSTM weights, torch.nn.LSTM state dicts
+and our modules, one layer and direction at a time (``triton_lstm.porting`` converts whole stacks).
 
 TF: kernel [D + P, 4N] with gate columns i, j, f, o, one bias, forget_bias added at run time.
+Keras: kernel [D, 4N] and recurrent_kernel [N, 4N] with gate columns i, f, c, o, one bias, no forget bias.
 torch: weight_ih [4N, D], weight_hh [4N, P] with gate rows i, f, g(=j), o, bias_ih + bias_hh,
 weight_hr [P, N] with proj_size. torch has no peepholes, no clips and only tanh: converting a cell
-that uses them into nn.LSTM is an error, never a silent drop.
+that uses them into nn.LSTM is an error, never a silent drop. Every shape is checked.
 """
 from __future__ import annotations
 
@@ -12,28 +14,66 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 
+from triton_lstm.checks import shape_of
+from triton_lstm.keras_files import read_keras_config, read_keras_weights  # noqa: F401  (re-exported)
+from triton_lstm.tf_checkpoint import read_tf_checkpoint  # noqa: F401  (re-exported)
+
 Tensor = torch.Tensor
 
 
 def gate_permutation(n: int, device=None) -> Tensor:
-    """Swaps the 2nd and 3rd gate blocks: TF's (i, j, f, o) <-> torch's (i, f, g, o), both ways."""
+    """Swaps the 2nd and 3rd gate blocks: TF's (i, j, f, o) <-> torch's and Keras' (i, f, g/c, o), both ways."""
     return torch.cat([torch.arange(g * n, (g + 1) * n, device=device) for g in (0, 2, 1, 3)])
 
 
-def as_tensor(value: Any) -> Tensor:
+def as_tensor(value: Any, name: str = "value") -> Tensor:
     """A checkpoint value (numpy array, list or tensor) as a tensor; tensors are taken as they are."""
-    return value if isinstance(value, Tensor) else torch.as_tensor(np.asarray(value))
+    if isinstance(value, Tensor):
+        return value
+    array = np.asarray(value)
+    if array.dtype.kind not in "fiub":
+        raise TypeError(f"{name}: expected a numeric array, got dtype {array.dtype}")
+    return torch.as_tensor(array)
+
+
+def _matrix(name: str, value: Any, rows: Optional[int], cols: Optional[int], meaning: str) -> Tensor:
+    """``value`` as a floating rank-2 tensor of shape [rows, cols] (None: any size >= 1)."""
+    t = as_tensor(value, name)
+    ok = (t.dim() == 2 and all(s >= 1 for s in t.shape)
+          and (rows is None or t.shape[0] == rows) and (cols is None or t.shape[1] == cols))
+    if not ok:
+        raise ValueError(f"{name}: expected shape [{rows or '?'}, {cols or '?'}] ({meaning}), got {shape_of(t)}")
+    return t.float() if not t.is_floating_point() else t
+
+
+def _vector(name: str, value: Any, size: int, meaning: str) -> Tensor:
+    t = as_tensor(value, name)
+    if shape_of(t) != (size,):
+        raise ValueError(f"{name}: expected shape ({size},) ({meaning}), got {shape_of(t)}")
+    return t.float() if not t.is_floating_point() else t
+
+
+def _num_units(name: str, t: Tensor, axis: int) -> int:
+    if t.shape[axis] % 4:
+        raise ValueError(f"{name}: dimension {axis} must be 4 * num_units (four gates), got shape {shape_of(t)}")
+    return t.shape[axis] // 4
 
 
 def tf_to_torch_lstm(kernel: Any, bias: Any, projection: Optional[Any] = None,
                      forget_bias: float = 1.0, suffix: str = "_l0") -> dict[str, Tensor]:
     """nn.LSTM parameters (one layer/direction, named with ``suffix``) computing TF's cell.
 
-    forget_bias is folded into bias_ih's f block; this agrees with TF to rounding only.
+    kernel [D + P, 4N], bias [4N], projection [N, P] or None. forget_bias is folded into bias_ih's f
+    block; this agrees with TF to rounding only (pass 0 to a module that adds it at run time).
     """
-    kernel, bias = as_tensor(kernel), as_tensor(bias)
-    n = kernel.shape[1] // 4
-    p = projection.shape[1] if projection is not None else n
+    kernel = _matrix("kernel", kernel, None, None, "input_size + output size, 4 * num_units")
+    n = _num_units("kernel", kernel, 1)
+    proj = None if projection is None else _matrix("projection", projection, n, None, f"num_units {n}, num_proj")
+    p = n if proj is None else proj.shape[1]
+    if kernel.shape[0] <= p:
+        raise ValueError(f"kernel: expected {kernel.shape[0]} rows = input_size + output size {p} with "
+                         f"input_size >= 1, got shape {shape_of(kernel)}")
+    bias = _vector("bias", bias, 4 * n, f"4 * num_units {n}")
     d = kernel.shape[0] - p
     perm = gate_permutation(n)
     b = bias[perm].clone()
@@ -41,42 +81,141 @@ def tf_to_torch_lstm(kernel: Any, bias: Any, projection: Optional[Any] = None,
     out = {f"weight_ih{suffix}": kernel[:d, perm].t().contiguous(),
            f"weight_hh{suffix}": kernel[d:, perm].t().contiguous(),
            f"bias_ih{suffix}": b, f"bias_hh{suffix}": torch.zeros_like(b)}
-    if projection is not None:
-        out[f"weight_hr{suffix}"] = as_tensor(projection).t().contiguous()
+    if proj is not None:
+        out[f"weight_hr{suffix}"] = proj.t().contiguous()
+    return out
+
+
+def _torch_layer(state_dict: Mapping[str, Any], suffix: str) -> dict[str, Tensor]:
+    """One layer/direction of an nn.LSTM-style state dict, every shape checked: weight_ih [4N, D],
+    weight_hh [4N, P], optional bias_ih/bias_hh [4N], weight_hr [P, N], peepholes w_*_diag [N]."""
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict: expected a mapping of parameter names to tensors, got "
+                        f"{type(state_dict).__name__}")
+    name = f"weight_ih{suffix}"
+    if name not in state_dict:
+        layers = sorted(k[len("weight_ih"):] for k in state_dict if isinstance(k, str) and k.startswith("weight_ih"))
+        raise ValueError(f"state_dict: no {name!r}; layers/directions present: {layers}")
+    sd = {k: as_tensor(v, f"state_dict[{k!r}]").detach().float().cpu()
+          for k, v in state_dict.items() if isinstance(k, str) and k.endswith(suffix)}
+    w_ih = _matrix(f"state_dict[{name!r}]", sd[name], None, None, "4 * hidden_size, input_size")
+    n = _num_units(f"state_dict[{name!r}]", w_ih, 0)
+    proj = sd.get(f"weight_hr{suffix}")
+    if proj is not None:
+        proj = _matrix(f"state_dict['weight_hr{suffix}']", proj, None, n, f"proj_size, hidden_size {n}")
+    p = n if proj is None else proj.shape[0]
+    hh = f"weight_hh{suffix}"
+    if hh not in sd:
+        raise ValueError(f"state_dict: has {name!r} but no {hh!r}")
+    out = {"weight_ih": w_ih, "weight_hh": _matrix(f"state_dict[{hh!r}]", sd[hh], 4 * n, p,
+                                                    f"4 * hidden_size {n}, output size {p}")}
+    has_bias = [f"bias_{k}{suffix}" in sd for k in ("ih", "hh")]
+    if any(has_bias) and not all(has_bias):
+        raise ValueError(f"state_dict: bias_ih{suffix} and bias_hh{suffix} come together; got only one")
+    if all(has_bias):
+        out["bias"] = sum(_vector(f"state_dict['bias_{k}{suffix}']", sd[f"bias_{k}{suffix}"], 4 * n,
+                                  f"4 * hidden_size {n}") for k in ("ih", "hh"))
+    if proj is not None:
+        out["weight_hr"] = proj
+    for gate in ("f", "i", "o"):
+        key = f"w_{gate}_diag{suffix}"
+        if key in sd:
+            out[f"w_{gate}_diag"] = _vector(f"state_dict[{key!r}]", sd[key], n, f"hidden_size {n}")
     return out
 
 
 def torch_lstm_to_tf(state_dict: Mapping[str, Any], suffix: str = "_l0", forget_bias: float = 1.0,
                      scope: str = "rnn/lstm_cell") -> dict[str, np.ndarray]:
     """TF LSTMCell variables (``scope/kernel``, ``scope/bias``, ``scope/projection/kernel``, and the
-    peepholes of a triton_lstm.LSTM) from one layer/direction of an nn.LSTM state dict; forget_bias is subtracted from the f block so that a
-    TF cell built with the same forget_bias computes the same function."""
-    name = f"weight_ih{suffix}"
-    if name not in state_dict:
-        layers = sorted(k[len("weight_ih"):] for k in state_dict if k.startswith("weight_ih"))
-        raise ValueError(f"state_dict: no {name!r}; layers/directions present: {layers}")
-    sd = {k: as_tensor(v).detach().float().cpu() for k, v in state_dict.items() if k.endswith(suffix)}
-    w_ih, w_hh = sd[name], sd[f"weight_hh{suffix}"]
-    n = w_ih.shape[0] // 4
+    peepholes of a triton_lstm.LSTM) from one layer/direction of an nn.LSTM state dict; forget_bias is
+    subtracted from the f block so that a TF cell built with the same forget_bias computes the same function."""
+    layer = _torch_layer(state_dict, suffix)
+    n = layer["weight_ih"].shape[0] // 4
     perm = gate_permutation(n)
-    if f"bias_ih{suffix}" in sd:
-        bias = (sd[f"bias_ih{suffix}"] + sd[f"bias_hh{suffix}"])[perm]
-    else:
-        bias = torch.zeros(4 * n)
+    bias = layer["bias"][perm].clone() if "bias" in layer else torch.zeros(4 * n)
     bias[2 * n:3 * n] -= forget_bias
     prefix = f"{scope}/" if scope else ""
-    out = {prefix + "kernel": torch.cat([w_ih[perm].t(), w_hh[perm].t()]).numpy(), prefix + "bias": bias.numpy()}
-    if f"weight_hr{suffix}" in sd:
-        out[prefix + "projection/kernel"] = sd[f"weight_hr{suffix}"].t().numpy()
-    for gate in ("f", "i", "o"):  # triton_lstm.LSTM's peepholes
-        if f"w_{gate}_diag{suffix}" in sd:
-            out[prefix + f"w_{gate}_diag"] = sd[f"w_{gate}_diag{suffix}"].numpy()
+    out = {prefix + "kernel": torch.cat([layer["weight_ih"][perm].t(), layer["weight_hh"][perm].t()]).numpy(),
+           prefix + "bias": bias.numpy()}
+    if "weight_hr" in layer:
+        out[prefix + "projection/kernel"] = layer["weight_hr"].t().numpy()
+    for gate in ("f", "i", "o"):
+        if f"w_{gate}_diag" in layer:
+            out[prefix + f"w_{gate}_diag"] = layer[f"w_{gate}_diag"].numpy()
     return out
+
+
+def keras_to_torch_lstm(kernel: Any, recurrent_kernel: Any, bias: Optional[Any] = None,
+                        suffix: str = "_l0") -> dict[str, Tensor]:
+    """nn.LSTM parameters (one layer/direction) from a Keras LSTM's weights: kernel [D, 4N],
+    recurrent_kernel [N, 4N], bias [4N] or None (``use_bias=False``: no bias entries). Keras and torch
+    share the gate order, so this is a transpose; Keras adds no forget bias at run time."""
+    kernel = _matrix("kernel", kernel, None, None, "input_size, 4 * units")
+    n = _num_units("kernel", kernel, 1)
+    recurrent = _matrix("recurrent_kernel", recurrent_kernel, n, 4 * n, f"units {n}, 4 * units")
+    out = {f"weight_ih{suffix}": kernel.t().contiguous(), f"weight_hh{suffix}": recurrent.t().contiguous()}
+    if bias is not None:
+        b = _vector("bias", bias, 4 * n, f"4 * units {n}")
+        out.update({f"bias_ih{suffix}": b.clone(), f"bias_hh{suffix}": torch.zeros_like(b)})
+    return out
+
+
+def torch_lstm_to_keras(state_dict: Mapping[str, Any], suffix: str = "_l0",
+                        forget_bias: float = 0.0) -> dict[str, np.ndarray]:
+    """A Keras LSTM's weights ``{"kernel", "recurrent_kernel", "bias"}`` from one layer/direction of an
+    nn.LSTM-style state dict. ``forget_bias`` (a module's run-time one) is folded into the f block, since
+    Keras has none. Peepholes and projections have no Keras equivalent and are refused."""
+    layer = _torch_layer(state_dict, suffix)
+    extra = sorted(k for k in layer if k.startswith("w_") or k == "weight_hr")
+    if extra:
+        raise ValueError(f"state_dict: Keras' LSTM cannot express {extra} (layer{suffix}); it has no peepholes "
+                         f"and no projection")
+    n = layer["weight_ih"].shape[0] // 4
+    bias = layer["bias"].clone() if "bias" in layer else torch.zeros(4 * n)
+    bias[n:2 * n] += forget_bias
+    return {"kernel": layer["weight_ih"].t().numpy(), "recurrent_kernel": layer["weight_hh"].t().numpy(),
+            "bias": bias.numpy()}
+
+
+def keras_to_tf_lstm(kernel: Any, recurrent_kernel: Any, bias: Optional[Any] = None,
+                     forget_bias: float = 1.0) -> dict[str, Tensor]:
+    """TF LSTMCell variables ``{"kernel" [D + N, 4N], "bias" [4N]}`` computing a Keras LSTM (sigmoid
+    gates) in a TF cell with ``forget_bias`` (subtracted from the f block, since Keras adds none)."""
+    torch_sd = keras_to_torch_lstm(kernel, recurrent_kernel, bias)
+    tf = torch_lstm_to_tf(torch_sd, forget_bias=forget_bias, scope="")
+    return {k: torch.from_numpy(v) for k, v in tf.items()}
+
+
+def _tail(key: str) -> str:
+    return key.split(":")[0].rsplit("/", 1)[-1]
+
+
+def keras_as_tf_variables(weights: Mapping[str, Any], scope: Optional[str], forget_bias: float) -> Mapping[str, Any]:
+    """``weights`` unchanged when it holds TF LSTMCell variables; a Keras LSTM's weights (names ending in
+    ``kernel``, ``recurrent_kernel``, ``bias``, as ``read_keras_weights`` or Keras 2 files name them)
+    as the TF variables of a cell with ``forget_bias``. ``scope`` keeps only names under it."""
+    prefix = scope.rstrip("/") + "/" if scope else ""
+    recurrent = [k for k in weights if isinstance(k, str) and k.startswith(prefix) and _tail(k) == "recurrent_kernel"]
+    if not recurrent:
+        return weights
+    if len(recurrent) > 1:
+        raise ValueError(f"weights: Keras LSTM weights of several layers {sorted(recurrent)}; pass scope= (the "
+                         f"layer's name) to pick one")
+    base = recurrent[0].split(":")[0][:-len("recurrent_kernel")]
+    found = {_tail(k): k for k in weights if isinstance(k, str) and k.split(":")[0] in (base + "kernel", base + "bias")}
+    if "kernel" not in found:
+        raise ValueError(f"weights: Keras layout ({recurrent[0]!r}) without its {base + 'kernel'!r}")
+    bias = weights[found["bias"]] if "bias" in found else None
+    tf = keras_to_tf_lstm(weights[found["kernel"]], weights[recurrent[0]], bias, forget_bias)
+    return {base + name: value for name, value in tf.items()}
 
 
 def cell_to_torch_lstm(cell) -> torch.nn.LSTM:
     """A one-layer torch.nn.LSTM computing ``cell`` (an LSTMCell without TF-only features)."""
     from triton_lstm.activations import resolve_activation
+    from triton_lstm.cell import LSTMCell
+    if not isinstance(cell, LSTMCell):
+        raise TypeError(f"cell: expected a triton_lstm.LSTMCell, got {type(cell).__name__}")
     cell._require_built("cell_to_torch_lstm")
     unsupported = [what for what, bad in (
         ("use_peepholes", cell.use_peepholes), ("cell_clip", cell.cell_clip is not None),
@@ -90,14 +229,3 @@ def cell_to_torch_lstm(cell) -> torch.nn.LSTM:
                          device=cell.kernel.device, dtype=cell.kernel.dtype)
     lstm.load_state_dict(tf_to_torch_lstm(cell.kernel, cell.bias, cell.projection(), cell.forget_bias))
     return lstm
-
-
-def read_tf_checkpoint(path: str) -> dict[str, np.ndarray]:
-    """Every variable of a TF checkpoint as name -> array (needs TensorFlow installed)."""
-    try:
-        import tensorflow as tf
-    except ImportError as e:
-        raise ImportError("read_tf_checkpoint needs TensorFlow; without it, pass a name -> array mapping "
-                          "(e.g. from np.load) to LSTMCell.load_tf_weights") from e
-    reader = tf.train.load_checkpoint(path)
-    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}

@@ -1,0 +1,427 @@
+"""Porting from files: TF1 checkpoints and Keras files written by real TensorFlow/Keras
+(tests/fixtures/make_tf_fixtures.py), read without TensorFlow, against the arrays and outputs TF computed."""
+import os
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import triton_lstm
+from triton_lstm import LSTM, LSTMCell, dynamic_rnn
+from triton_lstm import sequence as sequence_module
+from triton_lstm.convert import read_keras_config, read_keras_weights, read_tf_checkpoint
+from triton_lstm.porting import (Bidirectional, KerasRNN, LSTMStack, keras_activation, keras_to_module,
+                                 lengths_from_mask, module_to_keras, module_to_tf, tf_to_module)
+from triton_lstm.tf_checkpoint import crc32c, mask_crc
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+def fixture(name):
+    return os.path.join(FIXTURES, name)
+
+
+def expected(name):
+    return np.load(fixture(name + ".npz"), allow_pickle=True)
+
+
+@pytest.fixture(params=["reference", "kernels"])
+def path(request, monkeypatch):
+    """Runs a test on the plain-PyTorch reference (the dispatch decision replaced) or on the kernels
+    (under Triton's interpreter on CPU)."""
+    if request.param == "reference":
+        monkeypatch.setattr(sequence_module, "kernels_run_on", lambda device, dtype: False)
+    return request.param
+
+
+def close(got, want, what):
+    torch.testing.assert_close(torch.as_tensor(got).float(), torch.as_tensor(np.asarray(want)).float(), **TOL,
+                               msg=lambda m: f"{what}: {m}")
+
+
+def packed_run(module, x, lengths):
+    packed = pack_padded_sequence(torch.as_tensor(x), torch.as_tensor(lengths), batch_first=True, enforce_sorted=False)
+    out, (h, c) = module(packed)
+    return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0], h, c
+
+
+# ----------------------------------------------------------------------------- the readers
+def test_crc32c_against_bitwise_definition():
+    def bitwise(data, crc=0):
+        crc ^= 0xFFFFFFFF
+        for b in data:
+            crc ^= b
+            for _ in range(8):
+                crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+        return crc ^ 0xFFFFFFFF
+
+    assert crc32c(b"123456789") == 0xE3069283  # the published check value
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 7, 255, 256, 1000, 4099):
+        data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        assert crc32c(data) == bitwise(data), n
+        assert crc32c(data[n // 3:], crc32c(data[:n // 3])) == bitwise(data), n
+    assert mask_crc(0) == 0xA282EAD8
+
+
+@pytest.mark.parametrize("name", ["tf1_multi", "tf1_bidi", "tf1_adam"])
+def test_read_tf_checkpoint_returns_what_tf_reads(name):
+    want = {k[len("variables/"):]: v for k, v in expected(name).items() if k.startswith("variables/")}
+    got = read_tf_checkpoint(fixture(name))
+    assert sorted(got) == sorted(want)
+    for key, value in want.items():
+        assert got[key].dtype == value.dtype and got[key].shape == value.shape, key
+        assert (got[key] == value).all(), key
+
+
+def test_checkpoint_path_forms_and_latest():
+    latest = read_tf_checkpoint(fixture("tf1_multi"))
+    assert latest["global_step"] == 7 and latest["global_step"].dtype == np.int64
+    for form in ("tf1_multi/model.ckpt-7", "tf1_multi/model.ckpt-7.index",
+                 "tf1_multi/model.ckpt-7.data-00000-of-00001"):
+        got = read_tf_checkpoint(fixture(form))
+        assert all((got[k] == latest[k]).all() for k in latest), form
+    older = read_tf_checkpoint(fixture("tf1_multi/model.ckpt-5"))
+    assert not np.array_equal(older["rnn/multi_rnn_cell/cell_1/lstm_cell/kernel"],
+                              latest["rnn/multi_rnn_cell/cell_1/lstm_cell/kernel"])
+
+
+def test_moved_checkpoint_folder_with_absolute_paths(tmp_path):
+    shutil.copytree(fixture("tf1_bidi"), tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "checkpoint").write_text('model_checkpoint_path: "/elsewhere/run1/model.ckpt"\n')
+    assert sorted(read_tf_checkpoint(tmp_path / "ckpt")) == sorted(read_tf_checkpoint(fixture("tf1_bidi")))
+
+
+def copy_checkpoint(tmp_path, name="tf1_adam"):
+    folder = tmp_path / name
+    shutil.copytree(fixture(name), folder)
+    index = next(folder.glob("*.index"))
+    return folder, index, next(folder.glob("*.data-*"))
+
+
+def flip(path, offset):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_data_byte_names_file_and_tensor(tmp_path):
+    folder, _, data = copy_checkpoint(tmp_path)
+    flip(data, 0)
+    with pytest.raises(ValueError, match=r"data-00000-of-00001: tensor '.+': checksum mismatch"):
+        read_tf_checkpoint(folder)
+
+
+def test_flipped_index_byte_is_a_checksum_error(tmp_path):
+    folder, index, _ = copy_checkpoint(tmp_path)
+    flip(index, 20)
+    with pytest.raises(ValueError, match=r"\.index: checksum mismatch in a data block"):
+        read_tf_checkpoint(folder)
+
+
+def test_truncated_files(tmp_path):
+    folder, index, data = copy_checkpoint(tmp_path)
+    data.write_bytes(data.read_bytes()[:-100])
+    with pytest.raises(ValueError, match=r"data-00000-of-00001: tensor '.+': .* past the end .* truncated shard"):
+        read_tf_checkpoint(folder)
+    index.write_bytes(index.read_bytes()[:-10])
+    with pytest.raises(ValueError, match=r"\.index: not a TensorFlow checkpoint index .*truncated"):
+        read_tf_checkpoint(folder)
+
+
+def test_missing_files(tmp_path):
+    folder, _, data = copy_checkpoint(tmp_path)
+    data.unlink()
+    with pytest.raises(FileNotFoundError, match=r"data-00000-of-00001: missing data shard"):
+        read_tf_checkpoint(folder)
+    with pytest.raises(FileNotFoundError, match=r"path: no TensorFlow checkpoint at .*nothing"):
+        read_tf_checkpoint(str(tmp_path / "nothing"))
+    with pytest.raises(FileNotFoundError, match=r"has no 'checkpoint' file"):
+        read_tf_checkpoint(tmp_path)
+
+
+def keras_weight_files(tmp_path):
+    """The .keras archive and the .weights.h5 inside it (what model.save_weights writes)."""
+    weights = tmp_path / "model.weights.h5"
+    weights.write_bytes(zipfile.ZipFile(fixture("keras_stacked.keras")).read("model.weights.h5"))
+    return fixture("keras_stacked.keras"), str(weights)
+
+
+@pytest.mark.parametrize("name, layers", [("keras_stacked", ["lstm_a", "lstm_b", "lstm_c"]),
+                                          ("keras_bidi", ["bi_a", "bi_b"]), ("keras2", ["bi", "top"])])
+def test_read_keras_weights_under_layer_names(name, layers, tmp_path):
+    ref = expected(name)
+    files = [fixture(name + (".h5" if name == "keras2" else ".keras"))]
+    if name == "keras_stacked":
+        files = keras_weight_files(tmp_path)
+    for f in files:
+        got = read_keras_weights(f)
+        want = {}
+        for layer in layers:
+            values = [ref[k] for k in sorted((k for k in ref.files if k.startswith(f"weights/{layer}/")),
+                                             key=lambda k: int(k.rsplit("/", 1)[1]))]
+            names = [f"{layer}/{d}{w}" for d in (("forward/", "backward/") if "bi" in layer else ("",))
+                     for w in ("kernel", "recurrent_kernel", "bias")]
+            if len(values) == 2:  # use_bias=False
+                names = [n for n in names if not n.endswith("bias")]
+            want.update(zip(names, values))
+        assert sorted(got) == sorted(want), f
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def test_read_keras_config():
+    config = read_keras_config(fixture("keras_bidi.keras"))
+    bi_b = next(layer for layer in config["layers"] if layer["name"] == "bi_b")
+    assert config["keras_version"].startswith("3") and bi_b["config"]["merge_mode"] == "ave"
+    assert bi_b["config"]["layer"]["config"]["units"] == 3
+    assert read_keras_config(fixture("keras2.h5"))["keras_version"].startswith("2")
+
+
+# ------------------------------------------------------------------------ TF1 files to modules
+def test_multi_rnn_cell_with_extras_on_one_layer(path):
+    ref = expected("tf1_multi")
+    module = triton_lstm.load_tf_checkpoint(fixture("tf1_multi"), forget_bias=[1.0, 0.5],
+                                            cell_clip=[0.8, None], proj_clip=[0.3, None])
+    assert isinstance(module, LSTMStack) and module.layers[0].use_peepholes and module.layers[0].proj_size == 4
+    packed = pack_padded_sequence(torch.as_tensor(ref["x"]), torch.as_tensor(ref["lengths"]), batch_first=True,
+                                  enforce_sorted=False)
+    out, (h, c) = module(packed)
+    close(pad_packed_sequence(out, batch_first=True, total_length=ref["x"].shape[1])[0], ref["output"], "output")
+    for k in range(2):
+        close(h[k], ref[f"h{k}"], f"h layer {k}")
+        close(c[k], ref[f"c{k}"], f"c layer {k}")
+    out2, _ = module(torch.as_tensor(ref["x"]), lengths=torch.as_tensor(ref["lengths"]))
+    close(out2, ref["output"], "output with lengths=")
+
+
+def test_forgetting_what_tf_does_not_store_changes_the_result():
+    """The clips and forget bias are not in the checkpoint: TF's defaults alone must not match."""
+    ref = expected("tf1_multi")
+    module = triton_lstm.load_tf_checkpoint(fixture("tf1_multi"))
+    out, _ = module(torch.as_tensor(ref["x"]), lengths=torch.as_tensor(ref["lengths"]))
+    assert not torch.allclose(out, torch.as_tensor(ref["output"]), atol=1e-3)
+
+
+def test_bidirectional_dynamic_rnn_with_lengths(path):
+    ref = expected("tf1_bidi")
+    module = triton_lstm.load_tf_checkpoint(fixture("tf1_bidi"))
+    assert isinstance(module, LSTM) and module.bidirectional and module.batch_first and module.use_peepholes
+    out, h, c = packed_run(module, ref["x"], ref["lengths"])
+    close(out, ref["output"], "output")
+    close(h, ref["h"], "h_n")
+    close(c, ref["c"], "c_n")
+
+
+def test_adam_checkpoint_scopes(path):
+    ref = expected("tf1_adam")
+    with pytest.raises(ValueError, match=r"several LSTM stacks, under the scopes \['decoder/rnn', 'encoder/rnn'\]"):
+        triton_lstm.load_tf_checkpoint(fixture("tf1_adam"))
+    with pytest.raises(ValueError, match=r"no LSTM cell .* under scope 'encoder/rnn_9'"):
+        triton_lstm.load_tf_checkpoint(fixture("tf1_adam"), scope="encoder/rnn_9")
+    for scope in ("encoder", "decoder"):
+        module = triton_lstm.load_tf_checkpoint(fixture("tf1_adam"), scope=scope)
+        out, (h, c) = module(torch.as_tensor(ref["x"]))
+        close(out, ref[f"{scope}_output"], scope)
+        close(h[0], ref[f"{scope}_h"], f"{scope} h")
+        close(c[0], ref[f"{scope}_c"], f"{scope} c")
+
+
+def test_cell_loads_a_checkpoint_cell_and_ignores_slots():
+    ref = expected("tf1_adam")
+    cell = LSTMCell(3, num_proj=2)
+    cell.load_tf_weights(read_tf_checkpoint(fixture("tf1_adam")), scope="decoder")
+    out, state = dynamic_rnn(cell, torch.as_tensor(ref["x"]))
+    close(out, ref["decoder_output"], "decoder via LSTMCell")
+
+
+@pytest.mark.parametrize("name", ["tf1_multi", "tf1_bidi"])
+def test_module_back_to_tf_names(name):
+    variables = {k: v for k, v in read_tf_checkpoint(fixture(name)).items() if k != "global_step"}
+    module = tf_to_module(variables, forget_bias=0.25)
+    back = module_to_tf(module, forget_bias=0.25)
+    assert sorted(back) == sorted(variables)
+    for key in variables:
+        np.testing.assert_allclose(back[key], variables[key], atol=1e-7, err_msg=key)
+
+
+def random_tf_variables(scopes, seed=0):
+    """TF variables {scope: (D, N, P)} with random values, for layouts no fixture covers."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for scope, (d, n, p) in scopes.items():
+        out[f"{scope}/kernel"] = rng.normal(0, 0.4, (d + (p or n), 4 * n)).astype(np.float32)
+        out[f"{scope}/bias"] = rng.normal(0, 0.1, 4 * n).astype(np.float32)
+        if p:
+            out[f"{scope}/projection/kernel"] = rng.normal(0, 0.4, (n, p)).astype(np.float32)
+    return out
+
+
+def test_stack_bidirectional_is_one_lstm_and_round_trips():
+    cells = {f"stack_bidirectional_rnn/cell_{k}/bidirectional_rnn/{d}/lstm_cell": (3 if k == 0 else 8, 5, 4)
+             for k in range(2) for d in ("fw", "bw")}
+    variables = random_tf_variables(cells)
+    module = tf_to_module(variables)
+    assert isinstance(module, LSTM) and module.num_layers == 2 and module.bidirectional and module.proj_size == 4
+    back = module_to_tf(module)
+    assert sorted(back) == sorted(variables)
+    x = torch.randn(2, 4, 3)
+    manual = x.transpose(0, 1)
+    for k in range(2):  # each direction as an LSTMCell on the same variables
+        outs = []
+        for d in ("fw", "bw"):
+            cell = LSTMCell(5, num_proj=4)
+            cell.load_tf_weights(variables, scope=f"stack_bidirectional_rnn/cell_{k}/bidirectional_rnn/{d}")
+            seq = manual if d == "fw" else manual.flip(0)
+            o, _ = dynamic_rnn(cell, seq, time_major=True)
+            outs.append(o if d == "fw" else o.flip(0))
+        manual = torch.cat(outs, 2)
+    torch.testing.assert_close(module(x)[0], manual.transpose(0, 1), **TOL)
+
+
+def test_bidirectional_of_multi_rnn_cells_runs_each_stack_alone():
+    cells = {f"bidirectional_rnn/{d}/multi_rnn_cell/cell_{k}/lstm_cell": (3 if k == 0 else 5, 5, None)
+             for k in range(2) for d in ("fw", "bw")}
+    variables = random_tf_variables(cells)
+    module = tf_to_module(variables)
+    assert isinstance(module, Bidirectional)
+    x, lengths = torch.randn(3, 5, 3), torch.tensor([5, 2, 0])
+    out, (h, c) = module(x, lengths=lengths)
+    fw = tf_to_module(variables, scope="bidirectional_rnn/fw")
+    bw = tf_to_module(variables, scope="bidirectional_rnn/bw")
+    want_f, (h_f, _) = LSTMStack([fw])(x, lengths=lengths)
+    rev = torch.stack([torch.cat([x[b, :n].flip(0), x[b, n:]]) for b, n in enumerate(lengths.tolist())])
+    want_b, (h_b, _) = LSTMStack([bw])(rev, lengths=lengths)
+    want_b = torch.stack([torch.cat([want_b[b, :n].flip(0), want_b[b, n:]]) for b, n in enumerate(lengths.tolist())])
+    torch.testing.assert_close(out, torch.cat([want_f, want_b], 2), **TOL)
+    torch.testing.assert_close(h, torch.cat([h_f, h_b]), **TOL)
+    assert sorted(module_to_tf(module)) == sorted(variables)
+
+
+# ------------------------------------------------------------------------- Keras files to modules
+def test_keras_stack_full_and_masked(path, tmp_path):
+    ref = expected("keras_stacked")
+    module = triton_lstm.load_keras(fixture("keras_stacked.keras"))
+    assert [layer.name for layer in module.layers] == ["lstm_a", "lstm_b", "lstm_c"] and module.mask_value == 0.0
+    assert module.layers[1].lstm.recurrent_activation == "hardsigmoid" and not module.layers[1].lstm.bias
+    for tag in ("full", "masked"):
+        x = torch.as_tensor(ref[f"{tag}/x"])
+        outputs = {}
+        out = x
+        for k, layer in enumerate(module.layers, 1):  # each layer's output, as the fixture recorded them
+            lengths = lengths_from_mask((x != 0).any(-1))
+            outputs[k], (h, c) = layer(out, lengths=lengths)
+            out = outputs[k]
+            close(h[0], ref[f"{tag}/h{k}"], f"{tag} h{k}")
+            close(c[0], ref[f"{tag}/c{k}"], f"{tag} c{k}")
+        for k in (1, 2, 3):  # masked steps: lstm_a and lstm_b repeat their last output, lstm_c gives zeros
+            close(outputs[k], ref[f"{tag}/y{k}"], f"{tag} y{k}")
+        y, (h, c) = module(x)
+        close(y, ref[f"{tag}/y3"], f"{tag} stack output")
+        close(h[2], ref[f"{tag}/h3"], f"{tag} stack h")
+    _, weights = keras_weight_files(tmp_path)
+    with pytest.raises(ValueError, match=r"no model config, so the order .* is unknown"):
+        triton_lstm.load_keras(weights)
+    from_weights = triton_lstm.load_keras(weights, layers=["lstm_a"])
+    close(from_weights(torch.as_tensor(ref["full/x"]))[0], ref["full/y1"], "lstm_a from .weights.h5")
+
+
+def test_keras_masked_bidirectional(path):
+    ref = expected("keras_bidi")
+    module = triton_lstm.load_keras(fixture("keras_bidi.keras"))
+    assert [layer.merge_mode for layer in module.layers] == ["concat", "ave"]
+    x = torch.as_tensor(ref["x"])
+    y1, (h1, c1) = module.layers[0](x, lengths=torch.as_tensor(ref["lengths"]))
+    close(y1, ref["y1"], "bi_a output")
+    y2, (h, c) = module(x)
+    close(y2, ref["y2"], "bi_b output")
+    for k, (layer, d) in enumerate([(1, "fw"), (1, "bw"), (2, "fw"), (2, "bw")]):
+        close(h[k], ref[f"h{layer}_{d}"], f"h{layer} {d}")
+        close(c[k], ref[f"c{layer}_{d}"], f"c{layer} {d}")
+    y_mask, _ = module(x, mask=torch.arange(x.shape[1])[None, :] < torch.as_tensor(ref["lengths"])[:, None])
+    close(y_mask, ref["y2"], "explicit mask")
+
+
+def test_keras2_h5_hard_sigmoid_and_sum(path):
+    ref = expected("keras2")
+    module = triton_lstm.load_keras(fixture("keras2.h5"))
+    assert module.layers[0].lstm.recurrent_activation == "hard_sigmoid" and module.layers[0].merge_mode == "sum"
+    assert module.layers[1].lstm.activation == "relu"
+    x = torch.as_tensor(ref["x"])
+    close(module.layers[0](x)[0], ref["y1"], "bi output")
+    y, (h, c) = module(x)
+    close(y, ref["y2"], "top output")
+    for k, name in enumerate(["1_fw", "1_bw", "2"]):
+        close(h[k], ref[f"h{name}"], f"h{name}")
+        close(c[k], ref[f"c{name}"], f"c{name}")
+
+
+def test_keras_module_back_to_keras_weights():
+    for name in ("keras_stacked.keras", "keras_bidi.keras", "keras2.h5"):
+        weights = read_keras_weights(fixture(name))
+        back = module_to_keras(triton_lstm.load_keras(fixture(name)))
+        assert sorted(back) == sorted(weights), name
+        for key in weights:
+            np.testing.assert_array_equal(back[key], weights[key], err_msg=key)
+
+
+def test_lstm_to_keras_folds_forget_bias_and_loads_back():
+    lstm = LSTM(3, 4, num_layers=2, batch_first=True, forget_bias=1.0)
+    weights = module_to_keras(lstm)
+    assert sorted(weights) == sorted(f"{n}/{w}" for n in ("lstm", "lstm_1") for w in ("kernel", "recurrent_kernel", "bias"))
+    module = keras_to_module(weights, layers=["lstm", "lstm_1"])
+    x = torch.randn(2, 5, 3)
+    torch.testing.assert_close(module(x)[0], lstm(x)[0], **TOL)
+
+
+def test_keras_dict_into_lstm_cell():
+    ref = expected("keras2")
+    weights = read_keras_weights(fixture("keras2.h5"))
+    cell = LSTMCell(3, activation="relu", forget_bias=1.0)
+    cell.load_tf_weights(weights, scope="top")
+    y1 = torch.as_tensor(ref["y1"])
+    close(dynamic_rnn(cell, y1)[0], ref["y2"], "top layer in an LSTMCell")
+    with pytest.raises(ValueError, match=r"Keras LSTM weights of several layers"):
+        LSTMCell(3).load_tf_weights(weights)
+
+
+def test_keras_semantics_errors():
+    module = triton_lstm.load_keras(fixture("keras_stacked.keras"))
+    x = torch.randn(2, 5, 3)
+    holes = torch.tensor([[1, 0, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"mask: rows \[0\] have masked steps before valid ones"):
+        module(x, mask=holes)
+    backwards_first = LSTMStack([KerasRNN(LSTM(3, 4, batch_first=True), "rev", go_backwards=True),
+                                 KerasRNN(LSTM(4, 2, batch_first=True), "top")])
+    with pytest.raises(ValueError, match=r"layer \['rev'\] runs backwards .* mask unreversed"):
+        backwards_first(x, lengths=torch.tensor([5, 3]))
+    with pytest.raises(ValueError, match=r"layers: no layer named \['nope'\]"):
+        triton_lstm.load_keras(fixture("keras_stacked.keras"), layers=["nope"])
+    with pytest.raises(ValueError, match=r"layers: 'pad' is a Masking, not an LSTM"):
+        triton_lstm.load_keras(fixture("keras_stacked.keras"), layers=["pad"])
+    with pytest.raises(ValueError, match=r"lstm_a: recurrent_activation: Keras activation 'gelu' has no kernel"):
+        keras_activation("gelu", "3.15.1", "lstm_a: recurrent_activation")
+    assert keras_activation("hard_sigmoid", "3.15.1", "a") == "hardsigmoid"
+    assert keras_activation("hard_sigmoid", "2.20.1", "a") == "hard_sigmoid"
+
+
+def test_keras_merge_modes_and_go_backwards_by_definition():
+    """merge modes and go_backwards against their definitions on a bidirectional LSTM's two halves."""
+    lstm = LSTM(3, 4, batch_first=True, bidirectional=True)
+    x, lengths = torch.randn(2, 5, 3), torch.tensor([5, 3])
+    both, (h, _) = KerasRNN(lstm, "bi", merge_mode="concat")(x, lengths=lengths)
+    f, b = both[..., :4], both[..., 4:]
+    for mode, want in (("sum", f + b), ("mul", f * b), ("ave", (f + b) / 2)):
+        torch.testing.assert_close(KerasRNN(lstm, "bi", merge_mode=mode)(x, lengths=lengths)[0], want)
+    pair, _ = KerasRNN(lstm, "bi", merge_mode=None)(x, lengths=lengths)
+    torch.testing.assert_close(pair[1], b)
+    last, _ = KerasRNN(lstm, "bi", merge_mode="sum", return_sequences=False)(x, lengths=lengths)
+    torch.testing.assert_close(last, h[0] + h[1])
+    uni = LSTM(3, 4, batch_first=True)
+    uni.load_state_dict({k.replace("_reverse", ""): v for k, v in lstm.state_dict().items() if "reverse" in k})
+    back, _ = KerasRNN(uni, "rev", go_backwards=True)(x, lengths=lengths)
+    torch.testing.assert_close(back, b.flip(1))  # Keras keeps the reversed order, padding first

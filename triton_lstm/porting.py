@@ -1,0 +1,605 @@
+"""Porting a trained LSTM from its files: a TF1 checkpoint or a Keras file to a module in one call,
+and the module's weights back to TF1 variable names or Keras layouts.
+
+A uniform TF1 stack becomes one ``triton_lstm.LSTM`` (torch.nn.LSTM's parameters and call, with
+``batch_first=True`` as in TF). What one ``LSTM`` cannot hold becomes a module with the same call:
+``LSTMStack`` (layers that differ in size, peepholes, projection or options; Keras layers),
+``Bidirectional`` (two stacks over the sequence and over it reversed within lengths, TF's
+``bidirectional_dynamic_rnn`` of ``MultiRNNCell``s and Keras' merge modes) and ``KerasRNN`` (one
+Keras layer with its ``return_sequences``, ``go_backwards`` and masked outputs).
+
+Final states are (h_n, c_n) as in nn.LSTM, [layers * directions, B, width], layer by layer and
+forward before backward; when the widths differ they are lists of [B, width] tensors instead.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from triton_lstm.activations import ACTIVATIONS
+from triton_lstm.checks import shape_of
+from triton_lstm.convert import (as_tensor, keras_to_torch_lstm, tf_to_torch_lstm, torch_lstm_to_keras,
+                                 torch_lstm_to_tf)
+from triton_lstm.keras_files import read_keras_config, read_keras_weights
+from triton_lstm.lstm import LSTM, reverse_within_lengths
+from triton_lstm.tf_checkpoint import read_tf_checkpoint
+
+Tensor = torch.Tensor
+States = Union[Tensor, list]
+MERGE_MODES = ("concat", "sum", "mul", "ave", None)
+
+
+# ------------------------------------------------------------------------------------ running
+def _reverse(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
+    """Batch-first x [B, T, F] with each row's first lengths[b] steps reversed."""
+    return reverse_within_lengths(x.transpose(0, 1), lengths).transpose(0, 1)
+
+
+def _as_list(states: Optional[States]) -> Optional[list]:
+    return None if states is None else list(states)
+
+
+def _stacked(states: list) -> States:
+    """States as one [K, B, W] tensor when their shapes agree, else as the list itself."""
+    return torch.stack(states) if len({shape_of(s) for s in states}) == 1 else states
+
+
+def _state_count(module: nn.Module) -> int:
+    if isinstance(module, LSTM):
+        return module.num_layers * (2 if module.bidirectional else 1)
+    return module.state_count
+
+
+def _split(hx: Optional[tuple], counts: Sequence[int]) -> list:
+    """hx = (h_0, c_0), each [K, B, W] or K tensors [B, W], as one (h list, c list) or None per part."""
+    if hx is None:
+        return [None] * len(counts)
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+        raise TypeError("hx: expected a tuple (h_0, c_0)")
+    h, c = _as_list(hx[0]), _as_list(hx[1])
+    if len(h) != sum(counts) or len(c) != sum(counts):
+        raise ValueError(f"hx: expected {sum(counts)} states (layers * directions) in h_0 and c_0, got "
+                         f"{len(h)} and {len(c)}")
+    bounds = [sum(counts[:k]) for k in range(len(counts) + 1)]
+    return [(h[a:b], c[a:b]) for a, b in zip(bounds, bounds[1:])]
+
+
+def _run(module: nn.Module, x: Tensor, lengths: Optional[Tensor], hx: Optional[tuple]):
+    """(outputs [B, T, F] with zeros past each length, h list, c list) of a batch-first module."""
+    if not isinstance(module, LSTM):
+        out, (h, c) = module(x, hx, lengths=lengths)
+        return out, _as_list(h), _as_list(c)
+    state = None if hx is None else (torch.stack(hx[0]), torch.stack(hx[1]))
+    if lengths is None:
+        out, (h, c) = module(x, state)
+        return out, list(h), list(c)
+    # PackedSequence has no empty rows: run them one step and put back zeros and the initial state.
+    empty = lengths == 0
+    packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+    out, (h, c) = module(packed, state)
+    out = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
+    if bool(empty.any()):
+        out = out.masked_fill(empty[:, None, None], 0.0)
+        h0, c0 = state if state is not None else (torch.zeros_like(h), torch.zeros_like(c))
+        h, c = torch.where(empty[None, :, None], h0, h), torch.where(empty[None, :, None], c0, c)
+    return out, list(h), list(c)
+
+
+def _merge(mode: Optional[str], a: Tensor, b: Tensor):
+    if mode == "concat":
+        return torch.cat([a, b], dim=-1)
+    if mode == "sum":
+        return a + b
+    if mode == "mul":
+        return a * b
+    if mode == "ave":
+        return (a + b) / 2
+    return a, b
+
+
+def lengths_from_mask(mask: Tensor) -> Tensor:
+    """Sequence lengths [B] of a Keras mask [B, T] whose valid steps come first in every row."""
+    if not isinstance(mask, Tensor) or mask.dim() != 2:
+        raise ValueError(f"mask: expected a [batch, time] tensor, got {shape_of(mask) if isinstance(mask, Tensor) else mask!r}")
+    mask = mask.bool()
+    lengths = mask.sum(1)
+    prefix = torch.arange(mask.shape[1], device=mask.device)[None, :] < lengths[:, None]
+    if not torch.equal(prefix, mask):
+        rows = (prefix != mask).any(1).nonzero().flatten().tolist()
+        raise ValueError(f"mask: rows {rows} have masked steps before valid ones (holes or left padding); "
+                         f"only masks whose valid steps come first map to sequence lengths")
+    return lengths
+
+
+def _inputs(module: nn.Module, input, lengths, mask):
+    """(x [B, T, D], lengths or None, packed?) from a call's input, lengths, mask and Masking value."""
+    packed = isinstance(input, PackedSequence)
+    if packed:
+        if lengths is not None or mask is not None:
+            raise ValueError("lengths, mask: a PackedSequence carries its own lengths; pass neither")
+        x, lengths = pad_packed_sequence(input, batch_first=True)
+        return x, lengths.to(x.device), True
+    if not isinstance(input, Tensor) or input.dim() != 3:
+        raise ValueError(f"input: expected [batch, time, features] (batch_first) or a PackedSequence, got "
+                         f"{shape_of(input) if isinstance(input, Tensor) else type(input).__name__}")
+    if lengths is not None and mask is not None:
+        raise ValueError("lengths, mask: pass one of them")
+    if mask is None and lengths is None and getattr(module, "mask_value", None) is not None:
+        mask = (input != module.mask_value).any(-1)
+    if mask is not None:
+        if shape_of(mask) != tuple(input.shape[:2]):
+            raise ValueError(f"mask: expected shape {tuple(input.shape[:2])} (batch, time of input), got "
+                             f"{shape_of(mask)}")
+        lengths = lengths_from_mask(mask)
+    if lengths is not None:
+        lengths = torch.as_tensor(lengths, device=input.device)
+        if shape_of(lengths) != (input.shape[0],) or bool(((lengths < 0) | (lengths > input.shape[1])).any()):
+            raise ValueError(f"lengths: expected {input.shape[0]} values in [0, {input.shape[1]}], got {lengths.tolist()}")
+    return input, lengths, False
+
+
+def _output(out, packed: bool, input):
+    if packed and isinstance(out, Tensor) and out.dim() == 3:
+        lengths = pad_packed_sequence(input, batch_first=True)[1]
+        return pack_padded_sequence(out, lengths, batch_first=True, enforce_sorted=False)
+    return out
+
+
+class LSTMStack(nn.Module):
+    """Layers run one after the other, each on the previous one's outputs: for stacks whose layers
+    differ (sizes, peepholes, projection, clips, forget bias, activations) or Keras layers.
+
+    ``forward(input [B, T, D] or PackedSequence, hx=None, *, lengths=None, mask=None)`` returns
+    ``(output, (h_n, c_n))``; ``mask`` [B, T] (a Keras mask, valid steps first) or ``lengths`` [B] give
+    sequence lengths; with ``mask_value`` (a Keras Masking layer) the mask comes from the input.
+    """
+
+    def __init__(self, layers: Sequence[nn.Module], mask_value: Optional[float] = None) -> None:
+        super().__init__()
+        if not layers:
+            raise ValueError("layers: expected at least one layer")
+        self.layers = nn.ModuleList(layers)
+        self.mask_value = mask_value
+
+    @property
+    def state_count(self) -> int:
+        return sum(_state_count(layer) for layer in self.layers)
+
+    def forward(self, input, hx=None, *, lengths=None, mask=None):
+        x, lengths, packed = _inputs(self, input, lengths, mask)
+        if lengths is not None:
+            early = [layer.name for layer in self.layers[:-1] if getattr(layer, "go_backwards", False)]
+            if early:
+                raise ValueError(f"lengths: layer {early} runs backwards and returns its outputs reversed, "
+                                 f"but Keras hands the next layer the mask unreversed; sequence lengths "
+                                 f"cannot express that")
+        hs, cs = [], []
+        out = x
+        for layer, state in zip(self.layers, _split(hx, [_state_count(layer) for layer in self.layers])):
+            out, h, c = _run(layer, out, lengths, state)
+            hs += h
+            cs += c
+        return _output(out, packed, input), (_stacked(hs), _stacked(cs))
+
+
+class Bidirectional(nn.Module):
+    """``forward_module`` over the sequence and ``backward_module`` over it reversed within each row's
+    length (its outputs put back in time order), merged by ``merge_mode`` (Keras' names: "concat",
+    "sum", "mul", "ave", or None for the pair). TF's ``bidirectional_dynamic_rnn`` is "concat"."""
+
+    def __init__(self, forward_module: nn.Module, backward_module: nn.Module, merge_mode: Optional[str] = "concat"):
+        super().__init__()
+        if merge_mode not in MERGE_MODES:
+            raise ValueError(f"merge_mode: expected one of {MERGE_MODES}, got {merge_mode!r}")
+        self.forward_module, self.backward_module, self.merge_mode = forward_module, backward_module, merge_mode
+
+    @property
+    def state_count(self) -> int:
+        return _state_count(self.forward_module) + _state_count(self.backward_module)
+
+    def forward(self, input, hx=None, *, lengths=None):
+        x, lengths, packed = _inputs(self, input, lengths, None)
+        fw_state, bw_state = _split(hx, [_state_count(self.forward_module), _state_count(self.backward_module)])
+        out_f, h_f, c_f = _run(self.forward_module, x, lengths, fw_state)
+        out_b, h_b, c_b = _run(self.backward_module, _reverse(x, lengths), lengths, bw_state)
+        out = _merge(self.merge_mode, out_f, _reverse(out_b, lengths))
+        return _output(out, packed, input), (_stacked(h_f + h_b), _stacked(c_f + c_b))
+
+
+class KerasRNN(nn.Module):
+    """One Keras ``LSTM`` layer, or ``Bidirectional(LSTM)`` (``lstm`` bidirectional, ``merge_mode``), as
+    Keras computes it: ``go_backwards`` returns outputs in the reversed order; masked steps output
+    zeros (``zero_output_for_mask``, as in Bidirectional with sequences) or repeat the last valid
+    output; ``return_sequences=False`` gives the last output [B, F]."""
+
+    def __init__(self, lstm: LSTM, name: str, merge_mode: Optional[str] = "concat", go_backwards: bool = False,
+                 return_sequences: bool = True, zero_output_for_mask: bool = False) -> None:
+        super().__init__()
+        if not isinstance(lstm, LSTM) or lstm.num_layers != 1 or not lstm.batch_first:
+            raise ValueError("lstm: expected a one-layer triton_lstm.LSTM with batch_first=True")
+        if merge_mode not in MERGE_MODES:
+            raise ValueError(f"merge_mode: expected one of {MERGE_MODES}, got {merge_mode!r}")
+        if lstm.bidirectional and go_backwards:
+            raise ValueError("go_backwards: a Bidirectional layer's forward LSTM must run forwards")
+        self.lstm, self.name, self.merge_mode = lstm, name, merge_mode
+        self.go_backwards, self.return_sequences = go_backwards, return_sequences
+        self.zero_output_for_mask = zero_output_for_mask
+
+    @property
+    def state_count(self) -> int:
+        return _state_count(self.lstm)
+
+    def forward(self, input, hx=None, *, lengths=None):
+        x, lengths, _ = _inputs(self, input, lengths, None)
+        state = _split(hx, [self.state_count])[0]
+        if self.lstm.bidirectional:
+            out, h, c = _run(self.lstm, x, lengths, state)
+            last = _merge(self.merge_mode, h[0], h[1])
+            halves = out.split(self.lstm.proj_size or self.lstm.hidden_size, dim=-1)
+            out = _merge(self.merge_mode, *halves)
+        else:
+            seq = _reverse(x, lengths) if self.go_backwards else x
+            out, h, c = _run(self.lstm, seq, lengths, state)
+            last = h[0]
+            if self.go_backwards:
+                # Keras runs the padded row reversed: masked steps first (zero outputs), then the valid ones.
+                out = _reverse(out, lengths).flip(1)
+            elif lengths is not None and not self.zero_output_for_mask:
+                valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
+                held = torch.where(lengths[:, None] > 0, last, torch.zeros_like(last))
+                out = torch.where(valid[:, :, None], out, held[:, None, :])
+        return (out if self.return_sequences else last), (_stacked(h), _stacked(c))
+
+
+# ----------------------------------------------------------------------------------- TF1 files
+_STRUCTURAL = re.compile(r"^(fw|bw|multi_rnn_cell|cell_\d+)$")
+
+
+def _per_layer(name: str, value: Any, layers: int) -> list:
+    if isinstance(value, (list, tuple)):
+        if len(value) != layers:
+            raise ValueError(f"{name}: expected one value or {layers} (one per layer), got {len(value)}")
+        return list(value)
+    return [value] * layers
+
+
+def find_lstm_cells(variables: Mapping[str, Any], scope: Optional[str] = None) -> dict[str, dict[str, Any]]:
+    """TF LSTM cells in a checkpoint's variables: ``{cell scope: {"kernel", "bias", "w_f_diag", ...}}``.
+
+    A cell is a scope with ``kernel`` and ``bias`` whose name contains "lstm" (TF's ``lstm_cell``,
+    ``basic_lstm_cell``, ``lstm_fused_cell`` ...) or that has peepholes or a projection; with
+    ``scope``, every such pair under it counts. Optimizer slots (``kernel/Adam``) are not variables of it.
+    """
+    names = {k.split(":")[0]: k for k in variables}
+    prefix = scope.rstrip("/") + "/" if scope else None
+    cells = {}
+    for name in names:
+        if not name.endswith("/kernel") and name != "kernel":
+            continue
+        cell = name[:-len("kernel")].rstrip("/")
+        if cell.endswith("projection") or (cell + "/bias" if cell else "bias") not in names:
+            continue
+        if prefix is not None and not (cell + "/").startswith(prefix):
+            continue
+        found = {v: variables[names[f"{cell}/{v}" if cell else v]] for v in
+                 ("kernel", "bias", "w_f_diag", "w_i_diag", "w_o_diag", "projection/kernel")
+                 if (f"{cell}/{v}" if cell else v) in names}
+        has_extras = len(found) > 2
+        if prefix is not None or has_extras or "lstm" in cell.rsplit("/", 1)[-1].lower():
+            cells[cell] = found
+    return cells
+
+
+def _place(cell: str) -> tuple[str, Optional[str], Optional[int], bool]:
+    """(stack root, direction fw/bw/None, layer or None, whether direction comes before layer)."""
+    parts = cell.split("/")[:-1]
+    first = next((i for i, p in enumerate(parts) if _STRUCTURAL.match(p)), len(parts))
+    direction = next((p for p in parts[first:] if p in ("fw", "bw")), None)
+    layer = next((int(p[5:]) for p in parts[first:] if p.startswith("cell_")), None)
+    dir_first = direction is not None and layer is not None and parts.index(direction) < parts.index(f"cell_{layer}")
+    return "/".join(parts[:first]), direction, layer, dir_first
+
+
+def _cell_shapes(cell: str, v: dict[str, Any]) -> dict:
+    kernel, bias = as_tensor(v["kernel"], f"{cell}/kernel"), as_tensor(v["bias"], f"{cell}/bias")
+    if kernel.dim() != 2 or kernel.shape[1] % 4 or kernel.shape[1] == 0 or shape_of(bias) != (kernel.shape[1],):
+        raise ValueError(f"{cell}: kernel {shape_of(kernel)} and bias {shape_of(bias)} are not an LSTM's "
+                         f"[input_size + output size, 4 * num_units] and [4 * num_units]")
+    n = kernel.shape[1] // 4
+    peep = [g in v for g in ("w_f_diag", "w_i_diag", "w_o_diag")]
+    if any(peep) and not all(peep):
+        raise ValueError(f"{cell}: has only some of w_f_diag, w_i_diag, w_o_diag")
+    proj = v.get("projection/kernel")
+    p = as_tensor(proj, f"{cell}/projection/kernel").shape[-1] if proj is not None else n
+    return dict(scope=cell, n=n, p=p, d=kernel.shape[0] - p, peepholes=all(peep), projection=proj is not None)
+
+
+def _lstm_from_cells(layers: list[list[dict]], cells: Mapping[str, dict], options: dict) -> LSTM:
+    """One triton_lstm.LSTM holding ``layers`` (each a list of 1 or 2 directions' cell shapes)."""
+    first = layers[0][0]
+    module = LSTM(first["d"], first["n"], num_layers=len(layers), batch_first=True,
+                  bidirectional=len(layers[0]) == 2, proj_size=first["p"] if first["projection"] else 0,
+                  use_peepholes=first["peepholes"], **options)
+    state = {}
+    for k, layer in enumerate(layers):
+        for d, shape in enumerate(layer):
+            v = cells[shape["scope"]]
+            suffix = f"_l{k}" + ("_reverse" if d else "")
+            state.update(tf_to_torch_lstm(v["kernel"], v["bias"], v.get("projection/kernel"), 0.0, suffix))
+            for gate in ("f", "i", "o"):
+                if f"w_{gate}_diag" in v:
+                    state[f"w_{gate}_diag{suffix}"] = as_tensor(v[f"w_{gate}_diag"]).float()
+    module.load_state_dict(state)
+    return module
+
+
+def _build_stack(layers: list[list[dict]], cells: Mapping[str, dict], options: list[dict]) -> nn.Module:
+    """A uniform stack as one LSTM; else an LSTMStack of one-layer LSTMs. Checks how layers chain."""
+    for k in range(1, len(layers)):
+        want = layers[k - 1][0]["p"] * len(layers[k - 1])
+        for shape in layers[k]:
+            if shape["d"] != want:
+                raise ValueError(f"{shape['scope']}/kernel: layer {k} takes input width {shape['d']}, but layer "
+                                 f"{k - 1} outputs {want}")
+    for shape in (s for layer in layers for s in layer[1:]):
+        if any(shape[f] != layers[0][0][f] for f in ("n", "p", "peepholes", "projection")):
+            raise ValueError(f"{shape['scope']}: the directions of a layer differ in size, peepholes or projection")
+    signature = {(s["n"], s["p"], s["peepholes"], s["projection"]) for layer in layers for s in layer}
+    if len(signature) == 1 and all(o == options[0] for o in options):
+        return _lstm_from_cells(layers, cells, options[0])
+    return LSTMStack([_lstm_from_cells([layer], cells, opts) for layer, opts in zip(layers, options)])
+
+
+def tf_to_module(variables: Mapping[str, Any], scope: Optional[str] = None, *, forget_bias=1.0,
+                 cell_clip=None, proj_clip=None, activation="tanh") -> nn.Module:
+    """A batch-first module computing the TF1 LSTM stack in ``variables`` (``{name: array}``).
+
+    Layers (``multi_rnn_cell/cell_k``), directions (``fw``/``bw`` of ``bidirectional_dynamic_rnn``,
+    ``stack_bidirectional_rnn``), sizes, peepholes and projections come from the variables. What TF
+    does not save is given here, with TF's defaults: ``forget_bias``, ``cell_clip``, ``proj_clip``,
+    ``activation``, each one value or a list with one per layer. ``scope`` picks one stack when the
+    variables hold several. Returns a ``triton_lstm.LSTM`` when one can hold the stack, else an
+    ``LSTMStack`` or a ``Bidirectional`` (fw and bw ``MultiRNNCell`` stacks) with the same call.
+    """
+    if not isinstance(variables, Mapping):
+        raise TypeError(f"variables: expected a mapping of TF names to arrays, got {type(variables).__name__}")
+    cells = find_lstm_cells(variables, scope)
+    if not cells:
+        where = f" under scope {scope!r}" if scope else ""
+        raise ValueError(f"variables: no LSTM cell (a '.../kernel' with its '.../bias'){where}; names seen: "
+                         f"{sorted(variables)[:20]}")
+    places = {cell: _place(cell) for cell in cells}
+    roots = sorted({p[0] for p in places.values()})
+    if len(roots) > 1:
+        raise ValueError(f"variables: several LSTM stacks, under the scopes {roots}; pass scope= one of them")
+    directions = sorted({p[1] for p in places.values()}, key=str)
+    if len(directions) == 1:  # a scope that picks one direction: its stack, run forwards
+        places = {cell: (root, None, layer, False) for cell, (root, _, layer, _) in places.items()}
+        directions = [None]
+    if directions not in ([None], ["bw", "fw"]):
+        raise ValueError(f"variables: stack {roots[0]!r} has cells for directions {directions}; expected both "
+                         f"fw and bw or neither ({sorted(cells)})")
+    shapes = {cell: _cell_shapes(cell, v) for cell, v in cells.items()}
+
+    def layer_list(direction):
+        chosen = {places[c][2] or 0: shapes[c] for c in cells if places[c][1] == direction}
+        order = sorted(chosen)
+        if order != list(range(order[0], order[0] + len(order))):
+            raise ValueError(f"variables: stack {roots[0]!r} has layers {order}; expected consecutive layers")
+        return [chosen[k] for k in order]
+
+    dir_first = any(p[3] for p in places.values())
+    count = len(layer_list(directions[0]))
+    option_lists = [_per_layer(n, v, count) for n, v in (("forget_bias", forget_bias), ("cell_clip", cell_clip),
+                                                         ("proj_clip", proj_clip), ("activation", activation))]
+    options = [dict(forget_bias=f, cell_clip=c, proj_clip=p, activation=a) for f, c, p, a in zip(*option_lists)]
+    if directions == [None]:
+        return _build_stack([[s] for s in layer_list(None)], cells, options)
+    fw, bw = layer_list("fw"), layer_list("bw")
+    if len(fw) != len(bw):
+        raise ValueError(f"variables: stack {roots[0]!r} has {len(fw)} fw and {len(bw)} bw layers")
+    if dir_first and count > 1:
+        return Bidirectional(_build_stack([[s] for s in fw], cells, options),
+                             _build_stack([[s] for s in bw], cells, options))
+    return _build_stack([[f, b] for f, b in zip(fw, bw)], cells, options)
+
+
+def load_tf_checkpoint(path: str, scope: Optional[str] = None, *, forget_bias=1.0, cell_clip=None,
+                       proj_clip=None, activation="tanh") -> nn.Module:
+    """The LSTM stack of a TF1 checkpoint as a ready module, in one call and without TensorFlow.
+
+    ``path``: a checkpoint prefix, its ``.index`` file, or a folder with a ``checkpoint`` file (the
+    latest). The rest as ``tf_to_module``. Call the module as torch.nn.LSTM with ``batch_first=True``;
+    TF's ``sequence_length`` is a PackedSequence (or ``lengths=`` for an ``LSTMStack``).
+    """
+    return tf_to_module(read_tf_checkpoint(path), scope, forget_bias=forget_bias, cell_clip=cell_clip,
+                        proj_clip=proj_clip, activation=activation)
+
+
+def _directions(lstm: LSTM) -> list[tuple[Optional[str], str]]:
+    return [("fw", ""), ("bw", "_reverse")] if lstm.bidirectional else [(None, "")]
+
+
+def _tf_cells(module: nn.Module) -> list[tuple[str, LSTM, str]]:
+    """(cell scope under the stack's scope, LSTM, parameter suffix) for every TF cell of a module."""
+    def stacked(k: int, direction: Optional[str]) -> str:
+        return f"multi_rnn_cell/cell_{k}/lstm_cell" if direction is None else \
+            f"cell_{k}/bidirectional_rnn/{direction}/lstm_cell"
+
+    if isinstance(module, LSTM) and module.num_layers == 1:
+        return [("lstm_cell" if d is None else f"{d}/lstm_cell", module, "_l0" + s) for d, s in _directions(module)]
+    if isinstance(module, LSTM):
+        return [(stacked(k, d), module, f"_l{k}" + s) for k in range(module.num_layers) for d, s in _directions(module)]
+    if isinstance(module, LSTMStack) and all(isinstance(m, LSTM) and m.num_layers == 1 for m in module.layers):
+        return [(stacked(k, d), m, "_l0" + s) for k, m in enumerate(module.layers) for d, s in _directions(m)]
+    if isinstance(module, Bidirectional) and module.merge_mode == "concat":
+        out = []
+        for direction, sub in (("fw", module.forward_module), ("bw", module.backward_module)):
+            cells = _tf_cells(sub)
+            if any("fw/" in c or "bw/" in c for c, _, _ in cells):
+                raise ValueError("module: a Bidirectional of bidirectional stacks has no TF1 layout")
+            out += [(f"{direction}/{c}", m, s) for c, m, s in cells]
+        return out
+    raise ValueError(f"module: expected a triton_lstm.LSTM, an LSTMStack of one-layer LSTMs or a concat "
+                     f"Bidirectional of them, got {type(module).__name__}; TF1 has no layout for the rest")
+
+
+def module_to_tf(module: nn.Module, scope: Optional[str] = None, forget_bias: float = 1.0) -> dict:
+    """The TF1 variables (``{name: numpy array}``) of a module from ``tf_to_module``, a triton_lstm.LSTM
+    or an nn.LSTM-like stack, under the names TF1 gives them: ``<scope>/lstm_cell/...``,
+    ``<scope>/multi_rnn_cell/cell_k/lstm_cell/...``, ``<scope>/fw|bw/...`` and
+    ``<scope>/cell_k/bidirectional_rnn/fw|bw/...``. ``scope`` defaults to TF's ("rnn",
+    "bidirectional_rnn", "stack_bidirectional_rnn"). The biases are for TF cells built with
+    ``forget_bias`` (the module's own run-time forget bias is folded in)."""
+    cells = _tf_cells(module)
+    if scope is None:
+        bidirectional = any(c.startswith(("fw/", "bw/")) for c, _, _ in cells)
+        stacked = any("/bidirectional_rnn/" in c for c, _, _ in cells)
+        scope = "stack_bidirectional_rnn" if stacked else "bidirectional_rnn" if bidirectional else "rnn"
+    out = {}
+    for cell, lstm, suffix in cells:
+        out.update(torch_lstm_to_tf(lstm.state_dict(), suffix, forget_bias - lstm.forget_bias,
+                                    f"{scope}/{cell}" if scope else cell))
+    return out
+
+
+# ---------------------------------------------------------------------------------- Keras files
+# Layers that compute nothing at inference, so LSTM layers around them still form a chain.
+_PASS_THROUGH = {"InputLayer", "Masking", "Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout",
+                 "ActivityRegularization", "NotEqual", "Any"}
+
+
+def keras_activation(name: Any, keras_version: str, arg: str) -> str:
+    """Our activation name for a Keras one: Keras 3's hard_sigmoid is relu6(x + 3) / 6 (torch's
+    hardsigmoid), Keras 2's is clip(0.2x + 0.5, 0, 1) (our "hard_sigmoid")."""
+    if not isinstance(name, str):
+        raise ValueError(f"{arg}: a custom activation {name!r} from the file has no equivalent here")
+    if name == "hard_sigmoid":
+        return "hard_sigmoid" if keras_version.startswith(("1", "2")) else "hardsigmoid"
+    if name not in ACTIVATIONS or name == "hardsigmoid":
+        raise ValueError(f"{arg}: Keras activation {name!r} has no kernel here; supported: tanh, sigmoid, relu, "
+                         f"linear, softsign, elu, hard_sigmoid")
+    return name
+
+
+def _keras_layer(name: str, weights: Mapping[str, Any], entry: Optional[dict], keras_version: str,
+                 last: bool) -> KerasRNN:
+    config = entry["config"] if entry else {}
+    bidirectional = entry["class_name"] == "Bidirectional" if entry else f"{name}/forward/kernel" in weights
+    inner = config["layer"]["config"] if bidirectional and "layer" in config else config
+    if entry and (entry["class_name"] if not bidirectional else config["layer"]["class_name"]) != "LSTM":
+        raise ValueError(f"layers: {name!r} is a {entry['class_name']}, not an LSTM or Bidirectional(LSTM)")
+    if inner.get("time_major"):
+        raise ValueError(f"layers: {name!r} has time_major=True; not supported")
+    if bidirectional and (inner.get("go_backwards") or "backward_layer" in config and any(
+            config["backward_layer"]["config"].get(k) != inner.get(k)
+            for k in ("units", "activation", "recurrent_activation", "use_bias"))):
+        raise ValueError(f"layers: {name!r} is a Bidirectional whose backward layer is not the forward one "
+                         f"run backwards; not supported")
+    directions = ("forward/", "backward/") if bidirectional else ("",)
+    found = [{w: weights.get(f"{name}/{d}{w}") for w in ("kernel", "recurrent_kernel", "bias")} for d in directions]
+    for d, f in zip(directions, found):
+        if f["kernel"] is None or f["recurrent_kernel"] is None:
+            raise ValueError(f"weights: no {name}/{d}kernel and {name}/{d}recurrent_kernel; layers with LSTM weights: "
+                             f"{sorted({k.split('/')[0] for k in weights if k.endswith('recurrent_kernel')})}")
+    use_bias = inner.get("use_bias", found[0]["bias"] is not None)
+    if use_bias != (found[0]["bias"] is not None):
+        raise ValueError(f"weights: {name!r} has use_bias={use_bias} but the file {'lacks' if use_bias else 'has'} a bias")
+    state = {}
+    for d, f in enumerate(found):
+        state.update(keras_to_torch_lstm(f["kernel"], f["recurrent_kernel"], f["bias"], "_l0_reverse" if d else "_l0"))
+    units = state["weight_hh_l0"].shape[1]
+    if inner.get("units", units) != units:
+        raise ValueError(f"weights: {name!r} is configured with units={inner['units']} but its weights have {units}")
+    return_sequences = inner.get("return_sequences", True)
+    if not last and not return_sequences:
+        raise ValueError(f"layers: {name!r} has return_sequences=False but another LSTM layer follows it")
+    lstm = LSTM(state["weight_ih_l0"].shape[1], units, bias=use_bias, batch_first=True, bidirectional=bidirectional,
+                activation=keras_activation(inner.get("activation", "tanh"), keras_version, f"{name}: activation"),
+                recurrent_activation=keras_activation(inner.get("recurrent_activation", "sigmoid"), keras_version,
+                                                      f"{name}: recurrent_activation"))
+    lstm.load_state_dict(state)
+    return KerasRNN(lstm, name, merge_mode=config.get("merge_mode", "concat") if bidirectional else "concat",
+                    go_backwards=bool(inner.get("go_backwards", False)), return_sequences=return_sequences,
+                    zero_output_for_mask=bool(inner.get("zero_output_for_mask", False)))
+
+
+def keras_to_module(weights: Mapping[str, Any], config: Optional[dict] = None,
+                    layers: Union[str, Sequence[str], None] = None) -> LSTMStack:
+    """An ``LSTMStack`` of ``KerasRNN`` layers from ``read_keras_weights``/``read_keras_config`` output.
+
+    ``layers``: the LSTM / Bidirectional(LSTM) layers to chain, by name, in the order they run; by
+    default every such layer of the model, which must then follow one another (only layers that
+    compute nothing at inference, such as Dropout or Masking, between them). A Masking layer before
+    them becomes the stack's ``mask_value``. Without a config (weights-only files) Keras' defaults
+    are assumed (tanh, sigmoid gates, return_sequences, merge "concat").
+    """
+    entries = config["layers"] if config else []
+    version = config["keras_version"] if config else "3"
+    by_name = {e["name"]: e for e in entries}
+    recurrent = [e["name"] for e in entries if e["class_name"] in ("LSTM", "Bidirectional")]
+    if layers is None:
+        if config is None:
+            recurrent = list(dict.fromkeys(k.split("/")[0] for k in weights if k.endswith("/recurrent_kernel")))
+            if len(recurrent) > 1:
+                raise ValueError(f"layers: the file has no model config, so the order of {recurrent} is unknown; "
+                                 f"pass layers=[...] in the order they run")
+        layers = recurrent
+        positions = [entries.index(by_name[n]) for n in layers] if config else []
+        between = [e for a, b in zip(positions, positions[1:]) for e in entries[a + 1:b]
+                   if e["class_name"] not in _PASS_THROUGH]
+        if between:
+            raise ValueError(f"layers: {[e['name'] for e in between]} ({between[0]['class_name']}) sit between the "
+                             f"LSTM layers {layers}; pass layers=[...] to pick a chain")
+    elif isinstance(layers, str):
+        layers = [layers]
+    if not layers:
+        raise ValueError(f"layers: the file has no LSTM layer; its layers: {[e['name'] for e in entries]}")
+    missing = [n for n in layers if config and n not in by_name]
+    if missing:
+        raise ValueError(f"layers: no layer named {missing}; the model's layers: {list(by_name)}")
+    first = entries.index(by_name[layers[0]]) if config else 0
+    masking = [e for e in entries[:first] if e["class_name"] == "Masking"]
+    modules = [_keras_layer(n, weights, by_name.get(n), version, k == len(layers) - 1) for k, n in enumerate(layers)]
+    return LSTMStack(modules, mask_value=masking[-1]["config"].get("mask_value", 0.0) if masking else None)
+
+
+def load_keras(path: str, layers: Union[str, Sequence[str], None] = None) -> LSTMStack:
+    """The LSTM layers of a Keras file (``.keras``, ``.weights.h5`` or Keras 2 ``.h5``) as a ready
+    module, in one call (needs h5py). Call it as ``module(x [B, T, D], mask=None | lengths=None)``;
+    it returns ``(output, (h_n, c_n))`` with the last layer's output as Keras gives it."""
+    return keras_to_module(read_keras_weights(path), read_keras_config(path), layers)
+
+
+def module_to_keras(module: nn.Module) -> dict:
+    """Keras weights ``{"<layer>/kernel", "<layer>/recurrent_kernel", "<layer>/bias"}`` (Bidirectional:
+    ``<layer>/forward/...``, ``<layer>/backward/...``; pass them to ``set_weights`` in that order) of a
+    module from ``keras_to_module``, or a triton_lstm.LSTM (layers named lstm, lstm_1, ... or
+    bidirectional, bidirectional_1, ...). Run-time forget bias is folded into the bias."""
+    if isinstance(module, LSTMStack):
+        out = {}
+        for layer in module.layers:
+            out.update(module_to_keras(layer))
+        return out
+    if isinstance(module, KerasRNN):
+        layers = [(module.name, module.lstm, 0)]
+    elif isinstance(module, LSTM):
+        base = "bidirectional" if module.bidirectional else "lstm"
+        layers = [(base + (f"_{k}" if k else ""), module, k) for k in range(module.num_layers)]
+    else:
+        raise ValueError(f"module: expected an LSTMStack, KerasRNN or triton_lstm.LSTM, got {type(module).__name__}")
+    out = {}
+    for name, lstm, k in layers:
+        if lstm.cell_clip is not None or lstm.proj_clip is not None:
+            raise ValueError(f"module: Keras' LSTM has no cell_clip or proj_clip (layer {name!r})")
+        for direction, suffix in ((("forward/", f"_l{k}"), ("backward/", f"_l{k}_reverse")) if lstm.bidirectional
+                                  else (("", f"_l{k}"),)):
+            weights = torch_lstm_to_keras(lstm.state_dict(), suffix, lstm.forget_bias)
+            if not lstm.bias and lstm.forget_bias == 0:
+                del weights["bias"]  # a use_bias=False layer
+            out.update({f"{name}/{direction}{w}": v for w, v in weights.items()})
+    return out
