@@ -43,8 +43,10 @@ def device():
 
 # TRITON_LSTM_CONFIG pins that split the persistent kernels' work over several programs (rows of 16,
 # forward slices of 4 units, backward slices of 16): under the interpreter they then run one phase
-# of one step at a time, which exercises the tile ownership of a multi-program grid.
-GRIDS = {"one": None, "several": "block_b=16,seq_fwd.block_n=4,seq_bwd.block_n=16"}
+# of one step at a time, which exercises the tile ownership of a multi-program grid. "stepped" runs
+# one launch per phase of each step on any device (the fallback where no persistent grid builds).
+GRIDS = {"one": None, "several": "block_b=16,seq_fwd.block_n=4,seq_bwd.block_n=16",
+         "stepped": "seq_fwd.stepped=1,seq_bwd.stepped=1"}
 
 
 @pytest.fixture
@@ -83,6 +85,9 @@ def grid(monkeypatch, launches):
             assert grids, "no persistent kernel was launched"
             if self.name == "several":
                 assert max(grids) > 1, f"grid sizes {grids}: the pin did not give several programs"
+            elif self.name == "stepped":
+                fwd = sum(kernel == "seq_fwd" for kernel, _ in launches)
+                assert fwd > 1, f"{fwd} forward launch(es): the pin did not step the kernel"
             elif interpreting():
                 assert grids == {1}, f"grid sizes {grids}: the interpreter's default is one program"
 

@@ -25,9 +25,9 @@ def test_what_runs_compiles_for_sm80_sm90(tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert {r["arch"] for r in rows} == {80, 90}
     assert {r["kernel"] for r in rows} == {"step_fwd", "step_proj", "step_bwd", "seq_fwd", "seq_bwd"}
-    for dtype, sizes in RESIDENT_LIMITS.items():
-        for N, P in sizes:
-            for arch in (80, 90):
+    for arch, by_dtype in RESIDENT_LIMITS.items():
+        for dtype, sizes in by_dtype.items():
+            for N, P in sizes:
                 for kernel in ("seq_fwd", "seq_bwd"):
                     kept = [r for r in rows if r["kernel"] == kernel and r["dtype"] == dtype and r["arch"] == arch
                             and r["shape"][2] == N and r["shape"][3] == (P or N) and r["kept"]

@@ -421,3 +421,12 @@ def test_inputs_wrong_rank_or_width():
         dynamic_rnn(cell, torch.randn(B, T, D + 1))
     with pytest.raises(TypeError, match=r"^cell: expected a triton_lstm.LSTMCell, got LSTM"):
         dynamic_rnn(torch.nn.LSTM(D, N), torch.randn(B, T, D))
+
+
+
+def test_stepped_configuration_matches(device, grid, launches):
+    """The fallback where no persistent grid builds: one launch per phase of each step."""
+    case = dict(FULL_OPTIONS, grid="stepped")
+    run_sequence_case(case, 4, 3, 7, 20, 5, device, grid, lengths=variable_lengths(4, 3, device), seed=9)
+    # Forward: gates and projection of each of 4 steps; backward: dh and gates of each step, then dh0.
+    assert [k for k, _ in launches if k.startswith("seq")] == ["seq_fwd"] * 8 + ["seq_bwd"] * 9

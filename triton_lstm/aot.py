@@ -258,20 +258,22 @@ def resident_sizes() -> list[Variant]:
     """The sizes the README says run with resident weights, with the options that cost most."""
     return [Variant("tanh", "sigmoid", True, True, "proj+clip" if P else "none", dtype, (64, 80, N, P or N), True,
                     arch)
-            for dtype, sizes in launch.RESIDENT_LIMITS.items() for N, P in sizes for arch in TARGETS]
+            for arch, by_dtype in launch.RESIDENT_LIMITS.items() for dtype, sizes in by_dtype.items()
+            for N, P in sizes]
 
 
-def variants(full: bool) -> list[tuple[Variant, bool]]:
-    """(variant, every candidate?) pairs: the option matrix (defaults), then the candidate matrix and
-    the resident sizes (every candidate). --full: the product of each matrix instead of its pairs."""
+def variants(full: bool) -> list[tuple[Variant, str]]:
+    """(variant, what to compile) pairs: the option matrix ("default": each launch's default), the
+    candidate matrix ("all": every candidate of every launch) and the resident sizes ("persistent":
+    every candidate of the persistent kernels). --full: the product of each matrix, not its pairs."""
     if full:
         def cover(axes):
             return [dict(zip(axes, vals)) for vals in itertools.product(*axes.values())]
     else:
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tests"))
         from pairwise import pairwise as cover
-    return ([(Variant(**c), False) for c in cover(OPTION_AXES)] + [(Variant(**c), True) for c in cover(CANDIDATE_AXES)]
-            + [(v, True) for v in resident_sizes()])
+    return ([(Variant(**c), "default") for c in cover(OPTION_AXES)]
+            + [(Variant(**c), "all") for c in cover(CANDIDATE_AXES)] + [(v, "persistent") for v in resident_sizes()])
 
 
 def record_launches(v: Variant) -> list:
@@ -284,7 +286,8 @@ def record_launches(v: Variant) -> list:
     def record(kernel, cfg, pb, args, consts, warmup=False):
         if warmup:  # the tuner's resource check compiles
             return run_config(kernel, cfg, pb, args, consts, warmup)
-        calls.append((kernel, pb, args, consts))
+        if all(launch.tuning_key(pb, consts) != launch.tuning_key(p, c) for _, p, _, c in calls):
+            calls.append((kernel, pb, args, consts))
 
     dtype = getattr(torch, v.dtype)
     B, D, N, P = v.shape
@@ -313,16 +316,20 @@ def record_launches(v: Variant) -> list:
     return calls
 
 
-def compile_all(v: Variant, every_candidate: bool) -> list[dict]:
-    """The configurations of every launch of the variant (the default that runs with tuning off, or
-    every tuner candidate), compiled for its target: one row each with the resources, whether the
-    tuner would keep it, and what is wrong with it."""
+def compile_all(v: Variant, what: str) -> list[dict]:
+    """The configurations of the variant's launches (``variants``: each default, every candidate, or
+    every candidate of the persistent kernels), compiled for its target: one row each with the
+    resources, whether the tuner would keep it, and what is wrong with it."""
     rows = []
     with stand_in_gpu(v.arch) as target:
         for kernel, pb, args, consts in record_launches(v):
-            space = launch.candidates(pb, target.limits)
-            chosen = launch.pick_config(kernel, pb, args, consts, torch.device("cpu"))
-            for cfg in (space if every_candidate else [chosen]):
+            if what == "persistent" and not launch.KERNELS[pb.kernel].persistent:
+                continue
+            if what == "default":
+                space = [launch.pick_config(kernel, pb, lambda cfg: [(args, consts)], consts, torch.device("cpu"))]
+            else:
+                space = launch.candidates(pb, target.limits)
+            for cfg in space:
                 compiled = launch.run_config(kernel, cfg, pb, args, consts, warmup=True)
                 usage = resource_usage(compiled.asm["cubin"])
                 persistent = launch.KERNELS[pb.kernel].persistent
@@ -348,8 +355,7 @@ def problems(row: dict) -> list[str]:
 
 
 def _compile_variant(item) -> list[dict]:
-    v, every = item
-    rows = compile_all(v, every)
+    rows = compile_all(*item)
     for row in rows:
         row["problems"] = problems(row)
     return rows
@@ -366,7 +372,7 @@ def main(argv=None) -> int:
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("run without TRITON_INTERPRET=1: the interpreter compiles nothing")
     os.environ["TRITON_LSTM_AUTOTUNE"] = "0"
-    todo = [(v, every) for v, every in variants(args.full) if v.arch in args.arch]
+    todo = [(v, what) for v, what in variants(args.full) if v.arch in args.arch]
     rows, failures = [], 0
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         for i, variant_rows in enumerate(pool.map(_compile_variant, todo), 1):

@@ -104,8 +104,10 @@ class Config:
     """Tiles and compiler options of one kernel launch.
 
     A program owns block_b batch rows and block_n hidden units (with their four gates) or block_p
-    projection columns; products run over K in block_k chunks. resident (persistent kernels): the
-    weight slices are loaded once and stay on chip, else they are streamed every step.
+    projection columns; products run over K in block_k chunks. Persistent kernels: with resident,
+    the weight slices are loaded once and stay on chip, else they are streamed every step; with
+    stepped, the kernel runs one launch per phase of each step (no grid barrier, any number of
+    programs), the fallback where no persistent grid builds without spilling.
     """
     block_b: int
     block_n: int
@@ -113,6 +115,7 @@ class Config:
     block_k: int
     resident: bool
     num_warps: int
+    stepped: bool = False
     num_stages: int = 1
     maxnreg: int = 255
 
@@ -241,22 +244,26 @@ def _block_sizes(low: int, high: int, size: int) -> list[int]:
     return [b for b in (4, 8, 16, 32, 64, 128) if low <= b <= top]
 
 
-# Largest (num_units, num_proj or 0) per dtype whose weights the README says stay on chip (checked by
-# the ahead-of-time compile at these sizes).
-RESIDENT_LIMITS = {"float16": [(1024, 0)], "bfloat16": [(1024, 0)], "float32": [(512, 0)]}
+# Sizes (num_units, num_proj or 0) at which the README says the weights stay on chip, per target and
+# dtype, at batch 64 (the ahead-of-time compile checks that a resident configuration builds there).
+RESIDENT_LIMITS = {
+    90: {"float16": [(1024, 0), (768, 192)], "bfloat16": [(1024, 0), (768, 192)], "float32": [(512, 0), (512, 128)]},
+    80: {"float16": [(768, 0), (768, 192)], "bfloat16": [(768, 0), (768, 192)], "float32": [(512, 0), (512, 128)]},
+}
 
 
 def block_k(pb: Problem, resident: bool) -> int:
-    """K chunk: 32 (fp32) or 64 elements; twice that for the persistent kernels' streamed products,
-    and for resident slices wide enough that a slice is at most 8 tiles (each tile is a separate,
-    unrolled product: that bounds compile time)."""
+    """K chunk. Step kernels: 32 (fp32) or 64 elements. Persistent kernels: twice that for streamed
+    products; for resident slices at least 64 and wide enough that a slice is at most 8 tiles (each
+    tile is a separate, unrolled product: fewer, wider tiles build faster and, in fp32, need fewer
+    registers)."""
     base = 32 if pb.dtype == torch.float32 else 64
     if not KERNELS[pb.kernel].persistent:
         return base
     if not resident:
         return 2 * base
     longest = max(pr.K for phase in _phases(Config(16, 16, 16, base, True, 4), pb) for pr in phase)
-    return max(base, min(512, triton.next_power_of_2(_cdiv(longest, 8))))
+    return max(64, min(512, triton.next_power_of_2(_cdiv(longest, 8))))
 
 
 def candidates(pb: Problem, limits: DeviceLimits) -> list[Config]:
@@ -277,10 +284,11 @@ def candidates(pb: Problem, limits: DeviceLimits) -> list[Config]:
                 bps = _block_sizes(16, 64, pb.P) if spec.uses_block_p and pb.proj else [16]
             for bp in bps:
                 for resident in ((True, False) if spec.persistent else (False,)):
-                    # NOTE: resident slices end up in registers (the compiler hoists their
-                    # shared-memory reads out of the time loop): 8 warps give them the whole
-                    # register file; at 4 warps they spill from N = 512 (fp16) on.
-                    cfg = Config(bb, bn, bp, block_k(pb, resident), resident, num_warps=8 if resident else 4)
+                    # NOTE: the compiler keeps resident slices in registers where the product's
+                    # weight operand comes from registers (it hoists their shared-memory reads out
+                    # of the time loop); 8 warps give the persistent kernels the whole register file
+                    # (at 4 warps they spill from N = 512, fp16, on).
+                    cfg = Config(bb, bn, bp, block_k(pb, resident), resident, num_warps=8 if spec.persistent else 4)
                     if spec.persistent:
                         # (The interpreter runs several programs phase by phase: no co-residency.)
                         if programs(cfg, pb) > limits.sms and limits is not INTERPRETER_LIMITS:
@@ -288,23 +296,21 @@ def candidates(pb: Problem, limits: DeviceLimits) -> list[Config]:
                         if resident and shared_estimate(cfg, pb) > limits.shared_per_block:
                             continue
                     out.append(cfg)
-    if not out:
-        raise RuntimeError(f"{pb.kernel}: no launch configuration for B={pb.B}, N={pb.N}, P={pb.P} fits "
-                           f"{limits.sms} programs")
     if limits is INTERPRETER_LIMITS:
         # Fewest programs, then the smallest tiles that reach it.
         return sorted(out, key=lambda c: (programs(c, pb), c.block_b * c.block_n * c.block_p, not c.resident))[:1]
     if spec.persistent:
         # Within 0.1 us of each other by the model, more programs (smaller tiles, fewer registers)
-        # first. The best three resident configurations, then the best streaming one, which is what
-        # runs where no resident slice builds without spilling.
+        # first. The best three resident configurations, then the best streaming one (what runs
+        # where no resident slice builds without spilling), then the stepped fallback, small tiles
+        # in as many programs as they take.
         ranked = sorted(out, key=lambda c: (round(step_time_estimate(c, pb), 1), -programs(c, pb)))
-        return [c for c in ranked if c.resident][:3] + [c for c in ranked if not c.resident][:1]
-    else:
-        # Step kernels: fill the GPU first, then the fewest re-reads of the weights (largest rows).
-        ranked = sorted(out, key=lambda c: (programs(c, pb) < limits.sms and -programs(c, pb),
-                                            -c.block_b, c.block_n))
-    # A handful: compiling is what a first call of a shape waits for (seconds per persistent kernel).
+        stepped = Config(min(64, max(16, triton.next_power_of_2(pb.B))), 16, 16, block_k(pb, False), False,
+                         num_warps=4, stepped=True)
+        return [c for c in ranked if c.resident][:3] + [c for c in ranked if not c.resident][:1] + [stepped]
+    # Step kernels: fill the GPU first, then the fewest re-reads of the weights (largest rows). A
+    # handful: compiling is what a first call of a shape waits for.
+    ranked = sorted(out, key=lambda c: (programs(c, pb) < limits.sms and -programs(c, pb), -c.block_b, c.block_n))
     more_warps = [dataclasses.replace(c, num_warps=8) for c in ranked[:6]
                   if c.block_b * max(4 * c.block_n, c.block_p) >= 64 * 64]
     return ranked[:5] + more_warps[:1]
@@ -346,7 +352,7 @@ def run_config(kernel, cfg: Config, pb: Problem, args, consts: dict, warmup: boo
     refuses the launch."""
     if callable(args):
         args = args(cfg)
-    persistent = KERNELS[pb.kernel].persistent and not interpreting()
+    persistent = KERNELS[pb.kernel].persistent and not cfg.stepped and not interpreting()
     kw = dict(consts, **{k: v for k, v in config_kwargs(cfg, pb).items()
                          if k in kernel.arg_names or k in cfg.launch_options()})
     if persistent:
@@ -365,21 +371,27 @@ def run_config(kernel, cfg: Config, pb: Problem, args, consts: dict, warmup: boo
         raise
 
 
-def pick_config(kernel, pb: Problem, args, consts: dict, device: torch.device, before_run=None) -> Config:
-    """The configuration ``tune.pick`` chooses for this launch (compiling and timing candidates
-    on a GPU when the shape is new). before_run() restores in/out buffers before each timed run."""
+def pick_config(kernel, pb: Problem, launches, key_consts: dict, device: torch.device, before_run=None) -> Config:
+    """The configuration ``tune.pick`` chooses (compiling and timing candidates on a GPU when the
+    shape is new). launches(cfg) lists the (args, consts) of the launches one run makes with a
+    configuration (several for a stepped one); key_consts are the constants that key the choice.
+    before_run() restores in/out buffers before each timed run."""
     limits = device_limits(device)
-    persistent = KERNELS[pb.kernel].persistent
 
     def run(cfg: Config, warmup: bool):
-        if not warmup and before_run is not None:
+        if warmup:
+            args, consts = launches(cfg)[0]
+            return run_config(kernel, cfg, pb, args, consts, warmup=True)
+        if before_run is not None:
             before_run()
-        return run_config(kernel, cfg, pb, args, consts, warmup)
+        for args, consts in launches(cfg):
+            run_config(kernel, cfg, pb, args, consts)
 
     def fits(compiled, cfg: Config) -> bool:
-        return tune.fits(compiled, cfg, limits, programs(cfg, pb) if persistent else None)
+        co_resident = KERNELS[pb.kernel].persistent and not cfg.stepped
+        return tune.fits(compiled, cfg, limits, programs(cfg, pb) if co_resident else None)
 
-    cfg = tune.pick(pb.kernel, tuning_key(pb, consts), lambda: candidates(pb, limits), run, fits,
+    cfg = tune.pick(pb.kernel, tuning_key(pb, key_consts), lambda: candidates(pb, limits), run, fits,
                     compiled=gpu_device(device) and not interpreting(), capturing=capturing(device))
     if pb.kernel == "seq_bwd" and not pb.proj:
         # Without a projection a program owns the same columns of dh and of the gates.
@@ -395,18 +407,16 @@ def check_config(cfg: Config, pb: Problem, limits: DeviceLimits) -> None:
                 (("block_b", cfg.block_b), ("block_k", cfg.block_k), ("block_p", cfg.block_p)) if value < 16]
     if cfg.block_n < spec.min_block_n:
         problems.append(f"block_n={cfg.block_n} < {spec.min_block_n}, the least {pb.kernel} can use")
-    if spec.persistent and limits is not INTERPRETER_LIMITS and programs(cfg, pb) > limits.sms:
+    if spec.persistent and not cfg.stepped and limits is not INTERPRETER_LIMITS and programs(cfg, pb) > limits.sms:
         problems.append(f"{programs(cfg, pb)} programs > {limits.sms} SMs (all must be resident at once)")
     if problems:
         raise ValueError(f"TRITON_LSTM_CONFIG: {pb.kernel} cannot run {cfg} for B={pb.B}, N={pb.N}, P={pb.P}: "
                          + "; ".join(problems))
 
 
-def launch_kernel(kernel, pb: Problem, args, consts: dict, device: torch.device, before_run=None) -> Config:
+def launch_kernel(kernel, pb: Problem, args, consts: dict, device: torch.device) -> Config:
     """Pick a configuration (``pick_config``) and launch once with it, on the tensors' device."""
     with device_guard(device):
-        cfg = pick_config(kernel, pb, args, consts, device, before_run)
-        if before_run is not None:
-            before_run()
+        cfg = pick_config(kernel, pb, lambda cfg: [(args, consts)], consts, device)
         run_config(kernel, cfg, pb, args, consts)
     return cfg

@@ -66,9 +66,9 @@ def watch(sync: Tensor) -> None:
 def _persistent_launch(kernel, pb: Problem, args, consts: dict, T: int, t_first: int, schedule, sync: Tensor,
                        restore=None) -> None:
     """Launch a persistent kernel over all T steps; ``args(cfg)`` gives its arguments up to ``sync_ptr``.
-    Under the interpreter with several programs, ``schedule`` lists the (t_first, n_steps, phase
-    constants) of one-phase launches instead. restore() puts in/out buffers back before each run
-    while the tuner times candidates."""
+    ``schedule`` lists the (t_first, n_steps, phase constants) of one-phase launches that replace it
+    for a stepped configuration. restore() puts in/out buffers back before each run while the tuner
+    times candidates."""
     dev = sync.device
 
     def reset():
@@ -79,15 +79,21 @@ def _persistent_launch(kernel, pb: Problem, args, consts: dict, T: int, t_first:
     def steps(first, n_steps):
         return lambda cfg: args(cfg) + (first, n_steps, T, pb.B, pb.N, pb.P, MAX_SPINS)
 
-    check_earlier_launches()
     one_launch = dict(consts, PHASES=3, USE_BARRIER=True)
+
+    def launches(cfg):
+        # Stepped, and under the interpreter (whose programs run one after another), several
+        # programs cannot meet at a grid barrier: one launch per phase of each step instead.
+        if cfg.stepped or (interpreting() and programs(cfg, pb) > 1):
+            return [(steps(first, n_steps), dict(consts, USE_BARRIER=False, **phase))
+                    for first, n_steps, phase in schedule]
+        return [(steps(t_first, T), one_launch)]
+
+    check_earlier_launches()
     with launch.device_guard(dev):
-        cfg = launch.pick_config(kernel, pb, steps(t_first, T), one_launch, dev, before_run=reset)
-        if interpreting() and programs(cfg, pb) > 1:
-            for first, n_steps, phase in schedule:
-                launch.run_config(kernel, cfg, pb, steps(first, n_steps), dict(consts, USE_BARRIER=False, **phase))
-        else:
-            launch.run_config(kernel, cfg, pb, steps(t_first, T), one_launch)
+        cfg = launch.pick_config(kernel, pb, launches, one_launch, dev, before_run=reset)
+        for run_args, run_consts in launches(cfg):
+            launch.run_config(kernel, cfg, pb, run_args, run_consts)
     watch(sync)
 
 

@@ -41,7 +41,8 @@ _chosen: dict[tuple, Any] = {}   # this process's choice per kernel, key and env
 
 # Values TRITON_LSTM_CONFIG may give each field (what the kernels can compile).
 PIN_CHOICES = dict(block_b=(16, 32, 64, 128), block_n=(4, 8, 16, 32, 64), block_p=(16, 32, 64, 128),
-                   block_k=(16, 32, 64, 128), resident=(0, 1), num_warps=(1, 2, 4, 8, 16), num_stages=(1, 2, 3, 4),
+                   block_k=(16, 32, 64, 128, 256, 512), resident=(0, 1), stepped=(0, 1), num_warps=(1, 2, 4, 8, 16),
+                   num_stages=(1, 2, 3, 4),
                    maxnreg=tuple(range(24, 256)))
 
 
