@@ -9,6 +9,12 @@ Ops (inputs are validated by the public functions in ``functional`` and ``sequen
     triton_lstm::seq_fwd  / seq_bwd    the persistent sequence kernels; the input GEMM
                                        x @ W_x + bias stays outside, as an ordinary torch op
 Absent optional outputs (m without a projection, y without proj_clip, dy) are empty tensors.
+
+Gradients of any order: the first backward runs the backward kernels; a backward that must itself
+be differentiable (``create_graph=True``, double backward, ``torch.func.grad``) recomputes the op with
+the plain-PyTorch reference and differentiates that. ``step`` and ``sequence`` also carry the ops
+through ``torch.func`` transforms (grad, vjp, jacrev, vmap): there they run as an autograd.Function
+with the same forward and backward, and vmap runs the ops once per slice of the mapped dimension.
 """
 from __future__ import annotations
 
@@ -16,7 +22,9 @@ from typing import Optional
 
 import torch
 
+from triton_lstm.activations import ACTIVATIONS
 from triton_lstm.functional import CellOptions, contiguous_or_none, step_backward, step_forward, weight_grads
+from triton_lstm.reference import lstm_cell_reference, lstm_sequence_reference
 from triton_lstm.sequence import seq_backward, seq_forward
 
 Tensor = torch.Tensor
@@ -34,6 +42,43 @@ def _present(t: Tensor) -> Optional[Tensor]:
 
 def _zeros_if_none(g: Optional[Tensor], shape, like: Tensor) -> Tensor:
     return like.new_zeros(shape, dtype=F32) if g is None else g.float().contiguous()
+
+
+def _laid_out_like(grads: tuple[Optional[Tensor], ...], inputs: tuple) -> tuple[Optional[Tensor], ...]:
+    """Each gradient with its input's strides, as torch's own ops return them: a weight passed as a
+    view such as ``w.t()`` then gets a contiguous gradient once autograd undoes the view."""
+    return tuple(g if g is None or g.stride() == t.stride() else torch.empty_like(t, dtype=g.dtype).copy_(g)
+                 for g, t in zip(grads, inputs))
+
+
+_ACTIVATION_FNS = {act_id: fn for act_id, fn in ACTIVATIONS.values()}
+
+
+def _reference_options(act: int, gate_act: int, forget_bias: float, cell_clip: Optional[float],
+                       proj_clip: Optional[float]) -> dict:
+    """The ops' scalar options as keyword arguments of the reference functions."""
+    return dict(activation=_ACTIVATION_FNS[act], recurrent_activation=_ACTIVATION_FNS[gate_act],
+                forget_bias=forget_bias, cell_clip=cell_clip, proj_clip=proj_clip)
+
+
+def _differentiable_vjp(ctx, recompute, inputs: tuple, grads: tuple[Optional[Tensor], ...]):
+    """Gradients of ``recompute(*inputs)`` (the op in plain PyTorch) with respect to the inputs that
+    need them, as a graph that can itself be differentiated (double backward) or transformed
+    (torch.func): ``torch.func.vjp`` composes with both."""
+    wanted = [i for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[i]]
+
+    def of_wanted(*tensors):
+        args = list(inputs)
+        for i, t in zip(wanted, tensors):
+            args[i] = t
+        return recompute(*args)
+
+    outputs, vjp = torch.func.vjp(of_wanted, *(inputs[i] for i in wanted))
+    found = vjp(tuple(torch.zeros_like(o) if g is None else g for o, g in zip(outputs, grads)))
+    result: list[Optional[Tensor]] = [None] * len(inputs)
+    for i, g in zip(wanted, found):
+        result[i] = g
+    return tuple(result)
 
 
 # -- one step ---------------------------------------------------------------------------------------
@@ -86,12 +131,18 @@ def _step_setup(ctx, inputs, output):
     _, c_new, z, m, y = output
     # Store the gate pre-activations z (4N floats a row) and recompute every pointwise value in
     # backward: recomputing z would cost the step's whole GEMM, the rest is a few flops.
-    ctx.save_for_backward(x, c, h, kernel, w_f_diag, w_i_diag, w_o_diag, projection, z, c_new, m, y)
+    ctx.save_for_backward(x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection, z, c_new, m, y)
     ctx.options = options
 
 
 def _step_backward(ctx, dh_new, dc_new, _dz, _dm, _dy):
-    x, c, h, kernel, w_f_diag, w_i_diag, w_o_diag, projection, z, c_new, m, y = ctx.saved_tensors
+    x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection, z, c_new, m, y = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        def recompute(*inputs):
+            return lstm_cell_reference(*inputs, **_reference_options(*ctx.options))
+
+        inputs = (x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection)
+        return _differentiable_vjp(ctx, recompute, inputs, (dh_new, dc_new)) + (None,) * 5
     dh_new = _zeros_if_none(dh_new, h.shape, z)
     dc_new = _zeros_if_none(dc_new, c_new.shape, z)
     dz, dc_prev, dx, dh_prev, dy = step_bwd(dh_new, dc_new, z, c, kernel, w_f_diag, w_i_diag, w_o_diag,
@@ -101,7 +152,8 @@ def _step_backward(ctx, dh_new, dc_new, _dz, _dm, _dy):
         (needs[3], needs[3], needs[4], needs[5], needs[6], needs[7], needs[8]),
         dz, x, h, c, c_new, _present(m), dy, kernel.dtype)
     d_kernel = torch.cat([d_wx, d_wh]) if needs[3] else None
-    return (dx, dc_prev.to(c.dtype), dh_prev, d_kernel, d_bias, d_wf, d_wi, d_wo, d_proj) + (None,) * 5
+    grads = (dx, dc_prev.to(c.dtype), dh_prev, d_kernel, d_bias, d_wf, d_wi, d_wo, d_proj)
+    return _laid_out_like(grads, (x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection)) + (None,) * 5
 
 
 step_fwd.register_autograd(_step_backward, setup_context=_step_setup)
@@ -160,15 +212,23 @@ def _seq_setup(ctx, inputs, output):
     xw, h0, c0, w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, *options = inputs
     _, hbuf, cbuf, z, m, y = output
     # Stored for backward: z (4N fp32 per row and step), c (N fp32), h (P), and with a
-    # projection m (N) and y (P): recomputing z would repeat the serial recurrence.
-    ctx.save_for_backward(w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, hbuf, cbuf, z, m, y)
+    # projection m (N) and y (P): recomputing z would repeat the serial recurrence. xw is kept
+    # too: a differentiable backward (double backward) recomputes the sequence from the inputs.
+    ctx.save_for_backward(xw, h0, c0, w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, hbuf, cbuf, z, m, y)
     ctx.options = options
-    ctx.dtypes = xw.dtype, h0.dtype, c0.dtype
 
 
 def _seq_backward(ctx, dout, d_hbuf, d_cbuf, _dz, _dm, _dy):
-    w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, hbuf, cbuf, z, m, y = ctx.saved_tensors
+    xw, h0, c0, w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, hbuf, cbuf, z, m, y = ctx.saved_tensors
+    inputs = (xw, h0, c0, w_h, w_f_diag, w_i_diag, w_o_diag, projection)
     T = z.shape[0]
+    if torch.is_grad_enabled():
+        def recompute(xw, h0, c0, w_h, w_f_diag, w_i_diag, w_o_diag, projection):
+            return lstm_sequence_reference(xw, h0, c0, None, w_h, None, w_f_diag, w_i_diag, w_o_diag, projection,
+                                           lengths, **_reference_options(*ctx.options[:5]))
+
+        grads = (dout, None if d_hbuf is None else d_hbuf[-1], None if d_cbuf is None else d_cbuf[-1])
+        return _differentiable_vjp(ctx, recompute, inputs, grads) + (None,) * 7
     # Callers see the last rows of hbuf and cbuf as the final state; only those carry gradients.
     # (Indexing with -1 rather than T keeps T symbolic under torch.compile.)
     dh_T = _zeros_if_none(None if d_hbuf is None else d_hbuf[-1], hbuf.shape[1:], z)
@@ -180,8 +240,63 @@ def _seq_backward(ctx, dout, d_hbuf, d_cbuf, _dz, _dm, _dy):
     _, d_wh, _, d_wf, d_wi, d_wo, d_proj = weight_grads(
         (False, needs[3], False, needs[4], needs[5], needs[6], needs[7]),
         dz, None, hbuf[:T], cbuf[:T], cbuf[1:], _present(m), dy, w_h.dtype)
-    xw_dtype, h0_dtype, c0_dtype = ctx.dtypes
-    return (dz.to(xw_dtype), dh0.to(h0_dtype), dc0.to(c0_dtype), d_wh, d_wf, d_wi, d_wo, d_proj) + (None,) * 7
+    grads = (dz.to(xw.dtype), dh0.to(h0.dtype), dc0.to(c0.dtype), d_wh, d_wf, d_wi, d_wo, d_proj)
+    return _laid_out_like(grads, inputs) + (None,) * 7
 
 
 seq_fwd.register_autograd(_seq_backward, setup_context=_seq_setup)
+
+
+# -- torch.func ---------------------------------------------------------------------------------------
+def _vmap_by_slices(op):
+    """A vmap rule that runs ``op`` once per slice of the mapped dimension and stacks the results:
+    correct for any in_dims (inputs, weights or cotangents mapped), at one launch per slice."""
+    def rule(info, in_dims, *args):
+        def nth(i):
+            return [a.select(d, i) if d is not None else a for a, d in zip(args, in_dims)]
+
+        results = [op(*nth(i)) for i in range(info.batch_size)]
+        return tuple(torch.stack(outs) for outs in zip(*results)), (0,) * len(results[0])
+    return rule
+
+
+for _op in (step_fwd, step_bwd, seq_fwd, seq_bwd):
+    torch.library.register_vmap(_op, _vmap_by_slices(_op))
+
+
+class _Step(torch.autograd.Function):
+    """step_fwd with the same autograd, in the form torch.func transforms accept."""
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(*args):
+        return step_fwd(*args)
+
+    setup_context = staticmethod(_step_setup)
+    backward = staticmethod(_step_backward)
+
+
+class _Sequence(torch.autograd.Function):
+    """seq_fwd with the same autograd, in the form torch.func transforms accept."""
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(*args):
+        return seq_fwd(*args)
+
+    setup_context = staticmethod(_seq_setup)
+    backward = staticmethod(_seq_backward)
+
+
+def step(*args) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``triton_lstm::step_fwd`` (same arguments), also under torch.func transforms."""
+    if torch._C._are_functorch_transforms_active():
+        return _Step.apply(*args)
+    return step_fwd(*args)
+
+
+def sequence(*args) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``triton_lstm::seq_fwd`` (same arguments), also under torch.func transforms."""
+    if torch._C._are_functorch_transforms_active():
+        return _Sequence.apply(*args)
+    return seq_fwd(*args)

@@ -53,7 +53,7 @@ def lstm_cell_reference(
 
 
 def lstm_sequence_reference(
-    x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bias: Tensor,
+    x: Tensor, h0: Tensor, c0: Tensor, w_x: Optional[Tensor], w_h: Tensor, bias: Optional[Tensor],
     w_f_diag: Optional[Tensor] = None, w_i_diag: Optional[Tensor] = None, w_o_diag: Optional[Tensor] = None,
     projection: Optional[Tensor] = None, lengths: Optional[Tensor] = None, *, forget_bias: float = 1.0,
     cell_clip: Optional[float] = None, proj_clip: Optional[float] = None,
@@ -62,13 +62,16 @@ def lstm_sequence_reference(
     """TF's dynamic_rnn over a time-major sequence, step by step.
 
     Shapes: x [T, B, D], h0 [B, P], c0 [B, N], w_x [D, 4N], w_h [P, 4N], lengths [B] or None.
+    With w_x and bias None, x already holds x @ w_x + bias ([T, B, 4N]).
     Rows past their length output 0 and carry the state. Returns (outputs [T, B, P], h_T, c_T).
     """
-    kernel = torch.cat([w_x, w_h], dim=0)
+    projected = w_x is None
+    kernel = w_h if projected else torch.cat([w_x, w_h], dim=0)
     h, c = h0, c0
     outputs = []
     for t in range(x.shape[0]):
-        h_new, c_new = lstm_cell_reference(x[t], c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection,
+        x_t, bias_t = (x[t, :, :0], x[t]) if projected else (x[t], bias)
+        h_new, c_new = lstm_cell_reference(x_t, c, h, kernel, bias_t, w_f_diag, w_i_diag, w_o_diag, projection,
                                            forget_bias=forget_bias, cell_clip=cell_clip, proj_clip=proj_clip,
                                            activation=activation, recurrent_activation=recurrent_activation)
         if lengths is None:
