@@ -264,39 +264,20 @@ for _op in (step_fwd, step_bwd, seq_fwd, seq_bwd):
     torch.library.register_vmap(_op, _vmap_by_slices(_op))
 
 
-class _Step(torch.autograd.Function):
-    """step_fwd with the same autograd, in the form torch.func transforms accept."""
-    generate_vmap_rule = True
+def _transformable(name: str, op, setup_context, backward):
+    """``op`` with the given autograd as an autograd.Function: the form torch.func transforms accept,
+    called instead of ``op`` while one is active."""
+    function = type(name, (torch.autograd.Function,), dict(
+        generate_vmap_rule=True, forward=staticmethod(lambda *args: op(*args)),
+        setup_context=staticmethod(setup_context), backward=staticmethod(backward)))
 
-    @staticmethod
-    def forward(*args):
-        return step_fwd(*args)
-
-    setup_context = staticmethod(_step_setup)
-    backward = staticmethod(_step_backward)
-
-
-class _Sequence(torch.autograd.Function):
-    """seq_fwd with the same autograd, in the form torch.func transforms accept."""
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(*args):
-        return seq_fwd(*args)
-
-    setup_context = staticmethod(_seq_setup)
-    backward = staticmethod(_seq_backward)
+    def call(*args):
+        if torch._C._are_functorch_transforms_active():
+            return function.apply(*args)
+        return op(*args)
+    return call
 
 
-def step(*args) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``triton_lstm::step_fwd`` (same arguments), also under torch.func transforms."""
-    if torch._C._are_functorch_transforms_active():
-        return _Step.apply(*args)
-    return step_fwd(*args)
-
-
-def sequence(*args) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``triton_lstm::seq_fwd`` (same arguments), also under torch.func transforms."""
-    if torch._C._are_functorch_transforms_active():
-        return _Sequence.apply(*args)
-    return seq_fwd(*args)
+# ``triton_lstm::step_fwd`` and ``seq_fwd`` (same arguments and results), also under torch.func.
+step = _transformable("StepFunction", step_fwd, _step_setup, _step_backward)
+sequence = _transformable("SequenceFunction", seq_fwd, _seq_setup, _seq_backward)
