@@ -4,7 +4,7 @@
 ``REPEATS`` after one warm-up) twice, each in a fresh process: once under the interpreter
 (TRITON_INTERPRET=1, the kernels) and once without (the reference), and appends one JSON line with
 both times, their ratio, the machine, the versions and the date to
-``benchmarks/results/interpreter_cost.jsonl``.
+``benchmarks/results/interpreter/cost.jsonl``.
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results" / "interpreter_cost.jsonl"
+# A folder of its own: benchmarks/results/*.jsonl holds the GPU suite's rows, which the plots read.
+RESULTS = Path(__file__).resolve().parent / "results" / "interpreter" / "cost.jsonl"
 T, B, D, N = 16, 8, 32, 32
 REPEATS = 5
 
