@@ -1,4 +1,6 @@
-"""Test set-up: kernels run under Triton's interpreter on CPU unless a CUDA GPU is present (or the host-path tests run).
+"""Test set-up: kernels run under Triton's interpreter on CPU unless a CUDA GPU is present, or
+TRITON_LSTM_TEST_REFERENCE=1 asks for the plain-PyTorch path (a session of its own), or the
+host-path tests run (compiled kernels, a stand-in driver).
 
 Must run before triton_lstm is imported: Triton picks interpreter or compiler when the kernels
 are decorated.
@@ -7,6 +9,7 @@ import os
 
 import pytest
 import torch
+import torch.utils._device
 
 HAS_CUDA = torch.cuda.is_available()
 # tests/host drive the compiled (CUDA) host path with a stand-in driver; test_host_path.py runs them
@@ -14,13 +17,16 @@ HAS_CUDA = torch.cuda.is_available()
 HOST_TESTS = os.environ.get("TRITON_LSTM_HOST_TESTS") == "1"
 if HOST_TESTS:
     os.environ.pop("TRITON_INTERPRET", None)
-elif not HAS_CUDA:
+elif not HAS_CUDA and os.environ.get("TRITON_LSTM_TEST_REFERENCE") != "1":
     os.environ["TRITON_INTERPRET"] = "1"
 collect_ignore = [] if HOST_TESTS else ["host"]
 
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
 
 _torch_empty = torch.empty
+# `with torch.device(...)` collects the factory functions it redirects on first use: collect them
+# before torch.empty is replaced below, or the context would miss torch.empty.
+torch.utils._device._device_constructors()
 
 
 def _nan_empty(*args, **kwargs):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from helpers import TOLERANCES, assert_close
-from triton_lstm import LSTMCell, LSTMStateTuple, lstm_cell, lstm_cell_reference
+from triton_lstm import LSTMCell, LSTMStateTuple, dynamic_rnn, lstm_cell, lstm_cell_reference
 from triton_lstm.launch import kernels_run_on
 
 B, D, N, P = 4, 6, 10, 5
@@ -422,3 +422,102 @@ def test_proj_clip_gradient_inclusive_at_the_bound(device):
         assert torch.equal(gc.cpu() != 0, PASSES), name
         torch.testing.assert_close(gc.cpu(), want_c, atol=0, rtol=0, msg=lambda m: f"{name} dc_prev: {m}")
         torch.testing.assert_close(gp.cpu(), want_proj, atol=0, rtol=0, msg=lambda m: f"{name} dproj: {m}")
+
+
+# -- Python numbers in other clothes: numpy scalars and 0-d tensors ---------------------------------
+
+# Values exact in float32, so that a float32 scalar holds the same number.
+NUMPY = dict(num_units=np.int64(N), num_proj=np.int32(P), cell_clip=np.float32(0.75), proj_clip=np.float64(0.25),
+             forget_bias=np.float32(0.5), input_size=np.int64(D))
+TENSORS = dict(num_units=torch.tensor(N), num_proj=torch.tensor(P), cell_clip=torch.tensor(0.75),
+               proj_clip=torch.tensor(0.25, dtype=torch.float64), forget_bias=torch.tensor(0.5),
+               input_size=torch.tensor(D))
+PLAIN = dict(num_units=N, num_proj=P, cell_clip=0.75, proj_clip=0.25, forget_bias=0.5, input_size=D)
+
+
+@pytest.mark.parametrize("given", [NUMPY, TENSORS], ids=["numpy", "0-d tensors"])
+def test_numpy_scalars_and_0d_tensors_are_numbers(given, device):
+    """The cell, dynamic_rnn over it and lstm_cell take them as the numbers they hold: the same
+    weights and the same results as with Python numbers."""
+    cells = []
+    for kwargs in (given, PLAIN):
+        torch.manual_seed(11)
+        cells.append(LSTMCell(use_peepholes=True, device=device, **kwargs))
+    cell, plain = cells
+    assert (cell.num_units, cell.num_proj, cell.input_size) == (N, P, D)
+    assert (cell.cell_clip, cell.proj_clip, cell.forget_bias) == (plain.cell_clip, plain.proj_clip, plain.forget_bias)
+    assert all(type(v) in (int, float) for v in (cell.num_units, cell.cell_clip, cell.forget_bias))
+    _assert_same_weights(cell, plain)
+    x = _randn(B, 5, D, seed=12, device=device)
+    out, state = dynamic_rnn(cell, x)
+    out_plain, state_plain = dynamic_rnn(plain, x)
+    assert torch.equal(out, out_plain) and torch.equal(state.c, state_plain.c)
+    w = dict(cell.named_parameters())
+    args = (x[:, 0], state.c, state.h, w["kernel"], w["bias"], w["w_f_diag"], w["w_i_diag"], w["w_o_diag"],
+            w["projection_kernel"])
+    numbers = {k: given[k] for k in ("cell_clip", "proj_clip", "forget_bias")}
+    h, c = lstm_cell(*args, **numbers)
+    h_plain, c_plain = lstm_cell(*args, **{k: PLAIN[k] for k in numbers})
+    assert torch.equal(h, h_plain) and torch.equal(c, c_plain)
+    assert cell.zero_state(np.int64(3))[0].shape == (3, N)
+
+
+# -- the lazily built cell ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("convert,dtype", [(lambda m: m.double(), torch.float64),
+                                           (lambda m: m.to(torch.float16), torch.float16),
+                                           (lambda m: m.to(dtype=torch.bfloat16), torch.bfloat16)],
+                         ids=["double", "to-half", "to-bf16"])
+def test_lazy_cell_honours_to_before_the_first_call(convert, dtype, device):
+    cell = LSTMCell(N, use_peepholes=True, num_proj=P, device=device)
+    assert convert(cell) is cell
+    assert cell.zero_state(2)[1].dtype == dtype
+    out, (c, h) = cell(torch.randn(2, D, device=device, dtype=dtype))
+    assert {p.dtype for p in cell.parameters()} == {dtype} and out.dtype == dtype
+    assert cell.kernel.device.type == torch.device(device).type
+
+
+def test_lazy_cell_loads_a_state_dict_before_the_first_call(device):
+    src = _full_cell(seed=13).to(device)
+    dst = LSTMCell(N, use_peepholes=True, num_proj=P, device=device)
+    dst.load_state_dict(src.state_dict())
+    assert dst.input_size == D
+    _assert_same_weights(src, dst)
+    x = _randn(B, D, seed=14, device=device)
+    assert torch.equal(dst(x)[0], src(x)[0])
+    with pytest.raises(ValueError, match=r"^state_dict\['kernel'\]: expected shape \[input_size \+ 5, 40\], "
+                                         r"got \(5, 40\)"):
+        LSTMCell(N, num_proj=P).load_state_dict({"kernel": torch.zeros(P, 4 * N), "bias": torch.zeros(4 * N),
+                                                 "projection_kernel": torch.zeros(N, P)})
+
+
+@pytest.mark.parametrize("initializer,bound", [
+    (torch.nn.init.xavier_uniform_, lambda fan_in, fan_out: math.sqrt(6 / (fan_in + fan_out))),
+    (torch.nn.init.kaiming_uniform_, lambda fan_in, fan_out: math.sqrt(6 / fan_in))], ids=["xavier", "kaiming"])
+def test_matrix_initializer_on_peepholes_uses_tf_vector_fans(initializer, bound):
+    """TF gives a vector [N] the fans (N, N); a matrix initializer works on the peepholes that way."""
+    torch.manual_seed(15)
+    Nb = 512
+    cell = LSTMCell(Nb, use_peepholes=True, num_proj=16, initializer=initializer, input_size=32)
+    for name in ("w_f_diag", "w_i_diag", "w_o_diag"):
+        w = getattr(cell, name).detach()
+        limit = bound(Nb, Nb)
+        assert w.abs().max() <= limit and w.abs().max() > 0.9 * limit, name
+        assert abs(w.std().item() / (limit / math.sqrt(3)) - 1) < 0.1, name
+    kernel = cell.kernel.detach()
+    assert kernel.abs().max() <= bound(4 * Nb, 32 + 16)
+
+
+def test_infinite_clip_is_no_clip(device):
+    """inf clips nothing, on the kernels and the reference alike: the same as no clip."""
+    torch.manual_seed(16)
+    x, c, h = _randn(B, D, seed=17, device=device), _randn(B, N, seed=18, device=device) * 50, \
+        _randn(B, P, seed=19, device=device)
+    cell = LSTMCell(N, num_proj=P, input_size=D, device=device)
+    args = (x, c, h, cell.kernel, cell.bias, None, None, None, cell.projection_kernel)
+    for dtype in (torch.float32, torch.float64):
+        typed = [None if a is None else a.detach().to(dtype) for a in args]
+        unclipped = lstm_cell(*typed)
+        clipped = lstm_cell(*typed, cell_clip=math.inf, proj_clip=math.inf)
+        assert all(torch.equal(a, b) for a, b in zip(clipped, unclipped)), dtype
+    assert LSTMCell(N, num_proj=P, cell_clip=np.inf, proj_clip=math.inf).cell_clip is None

@@ -3,6 +3,8 @@ are involved, shows them."""
 import math
 import re
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -135,13 +137,27 @@ def test_bad_dtype_string():
 # -- options ----------------------------------------------------------------------------------------
 
 def test_num_proj_zero():
-    with pytest.raises(ValueError, match="^num_proj: expected a positive int or None, got 0"):
+    with pytest.raises(ValueError, match="^num_proj: expected an int >= 1 or None, got 0"):
         LSTMCell(N, num_proj=0)
 
 
 def test_num_units_not_positive():
-    with pytest.raises(ValueError, match="^num_units: expected a positive int, got 0"):
+    with pytest.raises(ValueError, match="^num_units: expected an int >= 1, got 0"):
         LSTMCell(0)
+
+
+@pytest.mark.parametrize("value", [5.0, np.float64(5.0), "5", torch.tensor(5.0), True])
+def test_num_units_not_an_int(value):
+    with pytest.raises(TypeError, match=r"^num_units: expected an int >= 1, got "):
+        LSTMCell(value)
+
+
+def test_clip_beyond_float32():
+    """The kernels take clip bounds as float32: a finite bound beyond its range is refused."""
+    for make in (lambda: LSTMCell(N, cell_clip=1e39), lambda: _call(_t(), cell_clip=1e39)):
+        with pytest.raises(ValueError, match=r"^cell_clip: expected a clip bound <= 3.40282.*e\+38 "
+                                             r"\(float32's largest\) or inf, got 1e\+39"):
+            make()
 
 
 @pytest.mark.parametrize("name", ["cell_clip", "proj_clip"])

@@ -1,5 +1,6 @@
 """``LSTM`` (the nn.LSTM drop-in) against torch.nn.LSTM with the same state dict, and its TF extras
 (peepholes, clips, forget_bias, activation) against dynamic_rnn and the plain-PyTorch reference."""
+import numpy as np
 import pytest
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
@@ -242,36 +243,146 @@ def test_extras_bidirectional_packed_match_reference_row_by_row(device):
         assert_close(f"d{name}", got, want, TOL)
 
 
-# -- bad arguments ------------------------------------------------------------------------------------
+# -- bad arguments: nn.LSTM's errors (a shape error is both a RuntimeError, as nn.LSTM raises, and a
+# ValueError, as the rest of the library raises), with the shapes and the layout added ---------------
 
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_input_wrong_feature_size_mentions_layout(batch_first):
-    lstm = LSTM(D, H, batch_first=batch_first)
-    with pytest.raises(ValueError, match=rf"^input: expected last dimension input_size={D} .*"
-                                         rf"\(batch_first={batch_first}\), got shape \({T}, {B}, {D + 1}\)"):
-        lstm(torch.randn(T, B, D + 1))
+    lstm = LSTM(D, H, batch_first=batch_first, forget_bias=1.0)
+    for error in (RuntimeError, ValueError):
+        with pytest.raises(error, match=rf"^input.size\(-1\) must be equal to input_size. Expected {D}, got {D + 1} "
+                                        rf"\(input: shape \({T}, {B}, {D + 1}\), batch_first={batch_first}\)"):
+            lstm(torch.randn(T, B, D + 1))
 
 
-@pytest.mark.parametrize("which", ["h_0", "c_0"])
-def test_hx_wrong_shape_names_the_tensor(which):
-    lstm = LSTM(D, H, proj_size=4)
-    hx = {"h_0": torch.zeros(1, B, 4), "c_0": torch.zeros(1, B, H)}
-    wrong = hx[which].shape[2] + 1
-    hx[which] = torch.zeros(1, B, wrong)
-    with pytest.raises(ValueError, match=rf"^hx: {which} expected shape \(1, {B}, {wrong - 1}\) .*"
-                                         rf"got \(1, {B}, {wrong}\)"):
-        lstm(torch.randn(T, B, D), (hx["h_0"], hx["c_0"]))
+@pytest.mark.parametrize("index", [0, 1])
+def test_hx_wrong_shape_names_the_tensor(index):
+    lstm = LSTM(D, H, proj_size=4, forget_bias=1.0)
+    hx = [torch.zeros(1, B, 4), torch.zeros(1, B, H)]
+    wrong = hx[index].shape[2] + 1
+    hx[index] = torch.zeros(1, B, wrong)
+    for error in (RuntimeError, ValueError):
+        with pytest.raises(error, match=rf"^Expected hidden\[{index}\] size \(1, {B}, {wrong - 1}\), "
+                                        rf"got \[1, {B}, {wrong}\] \(hx = \(h_0 \[num_layers \* num_directions, batch, "
+                                        r"proj_size or hidden_size\], c_0 \[num_layers \* num_directions, batch, "
+                                        r"hidden_size\]\)"):
+            lstm(torch.randn(T, B, D), tuple(hx))
 
 
 def test_input_wrong_rank():
-    lstm = LSTM(D, H)
-    rank = r"^input: expected rank 2 \(unbatched\) or 3, got shape "
-    with pytest.raises(ValueError, match=rf"{rank}\(2, {T}, {B}, {D}\)"):
+    lstm = LSTM(D, H, forget_bias=1.0)
+    with pytest.raises(ValueError, match=r"^LSTM: Expected input to be 2D or 3D, got 4D instead"):
         lstm(torch.randn(2, T, B, D))
-    with pytest.raises(ValueError, match=rf"{rank}\({D},\)"):
+    with pytest.raises(ValueError, match=r"^LSTM: Expected input to be 2D or 3D, got 1D instead"):
         lstm(torch.randn(D))
 
 
 def test_proj_clip_needs_proj_size():
     with pytest.raises(ValueError, match=r"^proj_clip: only meaningful with proj_size > 0"):
         LSTM(D, H, proj_clip=1.0)
+
+
+# -- torch.nn.LSTM itself, with the TF options on top -------------------------------------------------
+
+def test_is_an_nn_lstm_with_torch_machinery():
+    lstm = LSTM(D, H, num_layers=2, bidirectional=True, proj_size=4, use_peepholes=True)
+    ref = torch.nn.LSTM(D, H, num_layers=2, bidirectional=True, proj_size=4)
+    assert isinstance(lstm, torch.nn.LSTM) and lstm.mode == "LSTM"
+    assert lstm._flat_weights_names == ref._flat_weights_names
+    assert [[tuple(w.shape) for w in layer] for layer in lstm.all_weights] == \
+        [[tuple(w.shape) for w in layer] for layer in ref.all_weights]
+    assert all(w is getattr(lstm, n) for w, n in zip(lstm._flat_weights, lstm._flat_weights_names))
+    peepholes = {f"w_{g}_diag_l{k}{s}" for g in "fio" for k in (0, 1) for s in ("", "_reverse")}
+    assert set(dict(lstm.named_parameters())) == set(dict(ref.named_parameters())) | peepholes
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(bias=False, dropout=0.25, num_layers=2),
+                                    dict(proj_size=2, batch_first=True, bidirectional=True)],
+                         ids=["default", "bias-dropout", "proj-bidir"])
+def test_repr_is_torch_repr(kwargs):
+    assert repr(LSTM(3, 4, **kwargs)) == repr(torch.nn.LSTM(3, 4, **kwargs))
+    assert repr(LSTM(3, 4)) == "LSTM(3, 4)"
+
+
+def test_repr_appends_tf_options_when_set():
+    lstm = LSTM(3, 4, proj_size=6, use_peepholes=True, cell_clip=1.0, proj_clip=0.5, forget_bias=1.0,
+                activation="relu", recurrent_activation="hard_sigmoid")
+    assert repr(lstm) == ("LSTM(3, 4, proj_size=6, use_peepholes=True, cell_clip=1.0, proj_clip=0.5, "
+                          "forget_bias=1.0, activation='relu', recurrent_activation='hard_sigmoid')")
+
+
+def test_wide_projection_has_nn_lstm_names_and_shapes():
+    """proj_size >= hidden_size (which nn.LSTM refuses) builds weight_hr as nn.LSTM would."""
+    lstm = LSTM(D, H, num_layers=2, bidirectional=True, proj_size=12)
+    shapes = {n: tuple(p.shape) for n, p in lstm.named_parameters()}
+    assert shapes["weight_hr_l1_reverse"] == (12, H) and shapes["weight_hh_l0"] == (4 * H, 12)
+    assert shapes["weight_ih_l1"] == (4 * H, 24) and shapes["weight_ih_l0"] == (4 * H, D)
+    assert "weight_hr_l0" in lstm._flat_weights_names and len(lstm.all_weights[0]) == 5
+    out, (h_n, c_n) = lstm(torch.randn(T, B, D))
+    assert out.shape == (T, B, 24) and h_n.shape == (4, B, 12) and c_n.shape == (4, B, H)
+
+
+def test_own_state_dict_round_trip(device):
+    torch.manual_seed(1)
+    src = LSTM(D, H, num_layers=2, proj_size=12, use_peepholes=True, forget_bias=1.0).to(device)
+    dst = LSTM(D, H, num_layers=2, proj_size=12, use_peepholes=True, forget_bias=1.0).to(device)
+    dst.load_state_dict(src.state_dict())
+    x = randn(T, B, D, seed=2).to(device)
+    assert all(torch.equal(a, b) for a, b in zip(torch.utils._pytree.tree_leaves(src(x)),
+                                                 torch.utils._pytree.tree_leaves(dst(x))))
+
+
+def test_where_kernels_do_not_run_nn_lstm_computes_it():
+    """float64 runs no kernel: a configuration nn.LSTM computes is nn.LSTM's own forward, bit for bit;
+    with a TF option set it is the reference path (not nn.LSTM's numbers)."""
+    torch.manual_seed(3)
+    ref = torch.nn.LSTM(D, H, num_layers=2, proj_size=4, dtype=torch.float64)
+    ours = LSTM(D, H, num_layers=2, proj_size=4, dtype=torch.float64)
+    ours.load_state_dict(ref.state_dict())
+    assert ours.computes_torch_lstm()
+    x = randn(T, B, D, seed=4).double()
+    for a, b in zip(torch.utils._pytree.tree_leaves(ours(x)), torch.utils._pytree.tree_leaves(ref(x))):
+        assert torch.equal(a, b)
+    ours.forget_bias = 1.0
+    assert not ours.computes_torch_lstm()
+    assert not torch.allclose(ours(x)[0], ref(x)[0])
+
+
+def test_c_n_in_the_input_dtype(device):
+    lstm = LSTM(D, H, proj_size=4, use_peepholes=True).to(device, torch.bfloat16)
+    out, (h_n, c_n) = lstm(torch.randn(T, B, D, device=device, dtype=torch.bfloat16))
+    assert out.dtype == h_n.dtype == c_n.dtype == torch.bfloat16
+
+
+def test_dropout_with_one_layer_warns_as_nn_lstm():
+    with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1"):
+        LSTM(D, H, dropout=0.5)
+
+
+@pytest.mark.parametrize("name,value", [("bias", 1), ("batch_first", "True"), ("use_peepholes", 1)])
+def test_flags_must_be_bool(name, value):
+    with pytest.raises(TypeError, match=rf"{name} should be of type bool, got: {type(value).__name__}"):
+        LSTM(D, H, **{name: value})
+
+
+def test_numpy_scalars_and_0d_tensors_are_numbers():
+    torch.manual_seed(5)
+    lstm = LSTM(np.int64(D), np.int32(H), num_layers=torch.tensor(2), dropout=np.float32(0.25),
+                proj_size=np.int64(4), cell_clip=np.float32(1.5), proj_clip=torch.tensor(0.5),
+                forget_bias=np.float64(1.0))
+    torch.manual_seed(5)
+    plain = LSTM(D, H, num_layers=2, dropout=0.25, proj_size=4, cell_clip=1.5, proj_clip=0.5, forget_bias=1.0)
+    assert repr(lstm) == repr(plain)
+    assert all(torch.equal(a, b) for a, b in zip(lstm.parameters(), plain.parameters()))
+    with pytest.raises(TypeError, match="hidden_size should be of type int, got: float"):
+        LSTM(D, np.float64(4.0))
+
+
+def test_projection_gradient_is_contiguous(device):
+    lstm = LSTM(D, H, proj_size=4, use_peepholes=True).to(device)
+    out, _ = lstm(randn(T, B, D, seed=6).to(device))
+    (d_hr,) = torch.autograd.grad(out.sum(), lstm.weight_hr_l0)
+    assert d_hr.is_contiguous()
+    out, _ = lstm(randn(T, B, D, seed=6).to(device))
+    out.sum().backward()
+    assert all(p.grad.is_contiguous() for p in lstm.parameters())

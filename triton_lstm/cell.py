@@ -1,7 +1,6 @@
 """``LSTMCell``: TF's ``tf.compat.v1.nn.rnn_cell.LSTMCell`` as a torch module on the fused kernels."""
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
 
@@ -10,7 +9,7 @@ import torch
 from torch import nn
 
 from triton_lstm.activations import Activation, resolve_activation
-from triton_lstm.checks import check_clip, check_forget_bias, check_tensor, shape_of
+from triton_lstm.checks import check_clip, check_forget_bias, check_int, check_tensor, shape_of
 from triton_lstm.convert import as_tensor, keras_as_tf_variables
 from triton_lstm.functional import lstm_cell
 
@@ -65,13 +64,9 @@ class LSTMCell(nn.Module):
         super().__init__()
         if kwargs:
             raise TypeError(f"LSTMCell: unexpected keyword arguments {sorted(kwargs)}")
-        if isinstance(num_units, bool) or not isinstance(num_units, int) or num_units <= 0:
-            raise ValueError(f"num_units: expected a positive int, got {num_units!r}")
-        if num_proj is not None and (isinstance(num_proj, bool) or not isinstance(num_proj, int) or num_proj <= 0):
-            raise ValueError(f"num_proj: expected a positive int or None, got {num_proj!r}")
-        if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, int)
-                                       or input_size <= 0):
-            raise ValueError(f"input_size: expected a positive int or None, got {input_size!r}")
+        num_units = check_int("num_units", num_units, 1)
+        num_proj = check_int("num_proj", num_proj, 1, none_ok=True)
+        input_size = check_int("input_size", input_size, 1, none_ok=True)
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer: expected a callable that fills a tensor in place, got {initializer!r}")
         for arg, value in (("num_unit_shards", num_unit_shards), ("num_proj_shards", num_proj_shards),
@@ -92,8 +87,12 @@ class LSTMCell(nn.Module):
         self.activation = activation
         self.initializer = initializer
         self.name = name
-        self._factory = dict(device=torch.device(device) if device is not None else None,
-                             dtype=_as_dtype("dtype", dtype) or torch.get_default_dtype())
+        # Where and in which dtype the weights will be built: a tensor, so that .to(), .double() or
+        # .cuda() on a cell not built yet move it as they would move the weights.
+        self.register_buffer("weights_like", torch.zeros(0, device=device,
+                                                         dtype=_as_dtype("dtype", dtype) or torch.get_default_dtype()),
+                             persistent=False)
+        self._register_load_state_dict_pre_hook(self._build_from_state_dict)
         self.input_size: Optional[int] = None
         if input_size is not None:
             self.build(input_size)
@@ -113,8 +112,8 @@ class LSTMCell(nn.Module):
         """Create the parameters for inputs of width ``input_size`` with TF's default initialisation."""
         if self.input_size is not None:
             raise RuntimeError(f"LSTMCell is already built for input_size {self.input_size}")
-        N, P, D = self.num_units, self.output_size, input_size
-        fac = self._factory
+        N, P, D = self.num_units, self.output_size, check_int("input_size", input_size, 1)
+        fac = dict(device=self.weights_like.device, dtype=self.weights_like.dtype)
         self.kernel = nn.Parameter(torch.empty(D + P, 4 * N, **fac))
         self.bias = nn.Parameter(torch.zeros(4 * N, **fac))
         if self.use_peepholes:
@@ -127,16 +126,28 @@ class LSTMCell(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """TF defaults: glorot uniform over each whole variable (peephole fans (N, N)), zero bias."""
+        """TF defaults: glorot uniform over each whole variable, zero bias; ``initializer`` replaces
+        glorot. TF gives a vector [N] the fans (N, N): the peepholes take the diagonal of an [N, N]
+        matrix so initialised, so that matrix initializers (xavier, kaiming) work on them as in TF."""
+        initializer = self.initializer or nn.init.xavier_uniform_
         with torch.no_grad():
             for name, p in self._initialised_weights():
-                if self.initializer is not None:
-                    self.initializer(p)
+                if p.dim() == 1:
+                    matrix = p.new_zeros(p.shape[0], p.shape[0])
+                    initializer(matrix)
+                    p.copy_(matrix.diagonal())
                 else:
-                    fan_in, fan_out = (p.shape[0], p.shape[0]) if p.dim() == 1 else p.shape
-                    limit = math.sqrt(6.0 / (fan_in + fan_out))
-                    p.uniform_(-limit, limit)
+                    initializer(p)
             self.bias.zero_()
+
+    def _build_from_state_dict(self, state_dict, prefix, *args) -> None:
+        """load_state_dict on a cell not built yet builds it for the kernel's input size first."""
+        kernel = state_dict.get(prefix + "kernel")
+        if self.input_size is None and isinstance(kernel, Tensor):
+            if kernel.dim() != 2 or kernel.shape[0] <= self.output_size:
+                raise ValueError(f"state_dict[{prefix + 'kernel'!r}]: expected shape [input_size + "
+                                 f"{self.output_size}, {4 * self.num_units}], got {shape_of(kernel)}")
+            self.build(kernel.shape[0] - self.output_size)
 
     def _initialised_weights(self) -> list[tuple[str, nn.Parameter]]:
         names = ["kernel"]
@@ -149,8 +160,7 @@ class LSTMCell(nn.Module):
     def zero_state(self, batch_size: int, dtype: Union[str, torch.dtype, None] = None,
                    device: Union[str, torch.device, None] = None) -> Union[LSTMStateTuple, Tensor]:
         """Zeros shaped like ``state_size``. With a half dtype the tuple's c is float32."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
-            raise ValueError(f"batch_size: expected an int >= 0, got {batch_size!r}")
+        batch_size = check_int("batch_size", batch_size, 0)
         dtype = _as_dtype("dtype", dtype) or self._param_dtype()
         device = device if device is not None else self._param_device()
         N, P = self.num_units, self.output_size
@@ -174,12 +184,10 @@ class LSTMCell(nn.Module):
         return self.zero_state(batch_size, dtype)
 
     def _param_dtype(self) -> torch.dtype:
-        return self.kernel.dtype if self.input_size is not None else self._factory["dtype"]
+        return self.kernel.dtype if self.input_size is not None else self.weights_like.dtype
 
     def _param_device(self) -> torch.device:
-        if self.input_size is not None:
-            return self.kernel.device
-        return self._factory["device"] or torch.device("cpu")
+        return self.kernel.device if self.input_size is not None else self.weights_like.device
 
     # -- the step ------------------------------------------------------------------------------
     def split_state(self, state: Union[LSTMStateTuple, tuple, Tensor], batch: int) -> tuple[Tensor, Tensor]:

@@ -2,11 +2,41 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
+import numpy as np
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class ShapeError(RuntimeError, ValueError):
+    """A shape that does not fit: a RuntimeError, as torch.nn.LSTM raises for it, and a ValueError, as
+    the rest of triton_lstm raises for bad arguments."""
+
+
+def as_number(value: Any) -> Any:
+    """A numpy scalar or 0-d tensor as the Python number it holds (bools stay as they are); anything
+    else unchanged, for the caller's own check to judge."""
+    if isinstance(value, np.generic) and value.dtype.kind in "iuf":
+        return value.item()
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and value.dtype != torch.bool \
+            and not value.dtype.is_complex:
+        return value.item()
+    return value
+
+
+def check_int(name: str, value: Any, low: int, none_ok: bool = False) -> Optional[int]:
+    """An int >= low (numpy and 0-d tensor integers accepted); None when ``none_ok``."""
+    value = as_number(value)
+    if value is None and none_ok:
+        return None
+    expected = f"an int >= {low}" + (" or None" if none_ok else "")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected {expected}, got {value!r} ({type(value).__name__})")
+    if value < low:
+        raise ValueError(f"{name}: expected {expected}, got {value}")
+    return value
 
 
 def shape_of(t: torch.Tensor) -> tuple[int, ...]:
@@ -29,6 +59,9 @@ def check_shape(name: str, t: torch.Tensor, expected: tuple[int, ...], meaning: 
 
 
 def check_clip(name: str, value: Optional[float]) -> Optional[float]:
+    """A clip bound >= 0 as a float (numpy and 0-d tensor numbers accepted), or None. The kernels
+    take the bound as float32: inf is no clip (None), a finite bound beyond float32 is refused."""
+    value = as_number(value)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -36,10 +69,19 @@ def check_clip(name: str, value: Optional[float]) -> Optional[float]:
     # One comparison rejects negatives and NaN, and stays traceable by torch.compile (no math.isnan).
     if not value >= 0:
         raise ValueError(f"{name}: expected a clip bound >= 0 (or None), got {value}")
+    if value == math.inf:
+        return None
+    if value > FLOAT32_MAX:
+        raise ValueError(f"{name}: expected a clip bound <= {FLOAT32_MAX} (float32's largest) or inf, got {value}")
     return float(value)
 
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
 def check_forget_bias(value: float) -> float:
+    """A finite forget bias as a float (numpy and 0-d tensor numbers accepted)."""
+    value = as_number(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not -math.inf < value < math.inf:
         raise ValueError(f"forget_bias: expected a finite number, got {value!r}")
     return float(value)

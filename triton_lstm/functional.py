@@ -184,6 +184,7 @@ def lstm_cell(x: Tensor, c: Tensor, h: Tensor, kernel: Tensor, bias: Tensor,
         return lstm_cell_reference(x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection,
                                    forget_bias=forget_bias, cell_clip=opts_clip[0], proj_clip=opts_clip[1],
                                    activation=fn, recurrent_activation=gate_fn)
-    h_new, c_new, *_ = torch.ops.triton_lstm.step_fwd(x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag,
-                                                      projection, *ids, forget_bias, *opts_clip)
+    from triton_lstm.ops import step  # ops builds on this module's launchers
+    h_new, c_new, *_ = step(x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection, *ids, forget_bias,
+                            *opts_clip)
     return h_new, c_new

@@ -9,6 +9,12 @@ Ops (inputs are validated by the public functions in ``functional`` and ``sequen
     triton_lstm::seq_fwd  / seq_bwd    the persistent sequence kernels; the input GEMM
                                        x @ W_x + bias stays outside, as an ordinary torch op
 Absent optional outputs (m without a projection, y without proj_clip, dy) are empty tensors.
+
+Gradients of any order: the first backward runs the backward kernels; a backward that must itself
+be differentiable (``create_graph=True``, double backward, ``torch.func.grad``) recomputes the op with
+the plain-PyTorch reference and differentiates that. ``step`` and ``sequence`` also carry the ops
+through ``torch.func`` transforms (grad, vjp, jacrev, vmap): there they run as an autograd.Function
+with the same forward and backward, and vmap runs the ops once per slice of the mapped dimension.
 """
 from __future__ import annotations
 
@@ -16,7 +22,9 @@ from typing import Optional
 
 import torch
 
+from triton_lstm.activations import ACTIVATIONS
 from triton_lstm.functional import CellOptions, contiguous_or_none, step_backward, step_forward, weight_grads
+from triton_lstm.reference import lstm_cell_reference, lstm_sequence_reference
 from triton_lstm.sequence import seq_backward, seq_forward
 
 Tensor = torch.Tensor
@@ -34,6 +42,43 @@ def _present(t: Tensor) -> Optional[Tensor]:
 
 def _zeros_if_none(g: Optional[Tensor], shape, like: Tensor) -> Tensor:
     return like.new_zeros(shape, dtype=F32) if g is None else g.float().contiguous()
+
+
+def _laid_out_like(grads: tuple[Optional[Tensor], ...], inputs: tuple) -> tuple[Optional[Tensor], ...]:
+    """Each gradient with its input's strides, as torch's own ops return them: a weight passed as a
+    view such as ``w.t()`` then gets a contiguous gradient once autograd undoes the view."""
+    return tuple(g if g is None or g.stride() == t.stride() else torch.empty_like(t, dtype=g.dtype).copy_(g)
+                 for g, t in zip(grads, inputs))
+
+
+_ACTIVATION_FNS = {act_id: fn for act_id, fn in ACTIVATIONS.values()}
+
+
+def _reference_options(act: int, gate_act: int, forget_bias: float, cell_clip: Optional[float],
+                       proj_clip: Optional[float]) -> dict:
+    """The ops' scalar options as keyword arguments of the reference functions."""
+    return dict(activation=_ACTIVATION_FNS[act], recurrent_activation=_ACTIVATION_FNS[gate_act],
+                forget_bias=forget_bias, cell_clip=cell_clip, proj_clip=proj_clip)
+
+
+def _differentiable_vjp(ctx, recompute, inputs: tuple, grads: tuple[Optional[Tensor], ...]):
+    """Gradients of ``recompute(*inputs)`` (the op in plain PyTorch) with respect to the inputs that
+    need them, as a graph that can itself be differentiated (double backward) or transformed
+    (torch.func): ``torch.func.vjp`` composes with both."""
+    wanted = [i for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[i]]
+
+    def of_wanted(*tensors):
+        args = list(inputs)
+        for i, t in zip(wanted, tensors):
+            args[i] = t
+        return recompute(*args)
+
+    outputs, vjp = torch.func.vjp(of_wanted, *(inputs[i] for i in wanted))
+    found = vjp(tuple(torch.zeros_like(o) if g is None else g for o, g in zip(outputs, grads)))
+    result: list[Optional[Tensor]] = [None] * len(inputs)
+    for i, g in zip(wanted, found):
+        result[i] = g
+    return tuple(result)
 
 
 # -- one step ---------------------------------------------------------------------------------------
@@ -86,12 +131,18 @@ def _step_setup(ctx, inputs, output):
     _, c_new, z, m, y = output
     # Store the gate pre-activations z (4N floats a row) and recompute every pointwise value in
     # backward: recomputing z would cost the step's whole GEMM, the rest is a few flops.
-    ctx.save_for_backward(x, c, h, kernel, w_f_diag, w_i_diag, w_o_diag, projection, z, c_new, m, y)
+    ctx.save_for_backward(x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection, z, c_new, m, y)
     ctx.options = options
 
 
 def _step_backward(ctx, dh_new, dc_new, _dz, _dm, _dy):
-    x, c, h, kernel, w_f_diag, w_i_diag, w_o_diag, projection, z, c_new, m, y = ctx.saved_tensors
+    x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection, z, c_new, m, y = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        def recompute(*inputs):
+            return lstm_cell_reference(*inputs, **_reference_options(*ctx.options))
+
+        inputs = (x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection)
+        return _differentiable_vjp(ctx, recompute, inputs, (dh_new, dc_new)) + (None,) * 5
     dh_new = _zeros_if_none(dh_new, h.shape, z)
     dc_new = _zeros_if_none(dc_new, c_new.shape, z)
     dz, dc_prev, dx, dh_prev, dy = step_bwd(dh_new, dc_new, z, c, kernel, w_f_diag, w_i_diag, w_o_diag,
@@ -101,7 +152,8 @@ def _step_backward(ctx, dh_new, dc_new, _dz, _dm, _dy):
         (needs[3], needs[3], needs[4], needs[5], needs[6], needs[7], needs[8]),
         dz, x, h, c, c_new, _present(m), dy, kernel.dtype)
     d_kernel = torch.cat([d_wx, d_wh]) if needs[3] else None
-    return (dx, dc_prev.to(c.dtype), dh_prev, d_kernel, d_bias, d_wf, d_wi, d_wo, d_proj) + (None,) * 5
+    grads = (dx, dc_prev.to(c.dtype), dh_prev, d_kernel, d_bias, d_wf, d_wi, d_wo, d_proj)
+    return _laid_out_like(grads, (x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection)) + (None,) * 5
 
 
 step_fwd.register_autograd(_step_backward, setup_context=_step_setup)
@@ -109,22 +161,27 @@ step_fwd.register_autograd(_step_backward, setup_context=_step_setup)
 
 # -- a whole sequence -------------------------------------------------------------------------------
 @torch.library.custom_op("triton_lstm::seq_fwd", mutates_args=())
-def seq_fwd(xw: Tensor, h0: Tensor, c0: Tensor, w_h: Tensor, w_f_diag: Optional[Tensor],
+def seq_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bias: Tensor, w_f_diag: Optional[Tensor],
             w_i_diag: Optional[Tensor], w_o_diag: Optional[Tensor], projection: Optional[Tensor],
             lengths: Optional[Tensor], act: int, gate_act: int, forget_bias: float, cell_clip: Optional[float],
             proj_clip: Optional[float]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """xw [T, B, 4N] = x @ W_x + bias. Returns (out, hbuf [T+1, B, P], cbuf [T+1, B, N] fp32, z, m, y)."""
+    """x [T, B, D]. Returns (out, hbuf [T+1, B, P], cbuf [T+1, B, N] fp32, z, m, y)."""
+    T, B, D = x.shape
+    N4 = w_h.shape[1]
     w_h, w_f_diag, w_i_diag, w_o_diag, projection = contiguous_or_none(
         w_h, w_f_diag, w_i_diag, w_o_diag, projection)
-    out, hbuf, cbuf, z, m, y = seq_forward(xw.contiguous(), h0, c0, w_h, (w_f_diag, w_i_diag, w_o_diag),
-                                           projection, lengths, CellOptions(act, gate_act, forget_bias, cell_clip, proj_clip))
-    return out, hbuf, cbuf, z, _or_empty(m, xw, h0.dtype), _or_empty(y, xw, F32)
+    # The input half of the gate GEMM for all steps at once, off the serial path.
+    xw = torch.addmm(bias, x.reshape(T * B, D), w_x).reshape(T, B, N4)
+    out, hbuf, cbuf, z, m, y = seq_forward(xw, h0, c0, w_h, (w_f_diag, w_i_diag, w_o_diag), projection, lengths,
+                                           CellOptions(act, gate_act, forget_bias, cell_clip, proj_clip))
+    return out, hbuf, cbuf, z, _or_empty(m, x, h0.dtype), _or_empty(y, x, F32)
 
 
 @seq_fwd.register_fake
-def _(xw, h0, c0, w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, act, gate_act, forget_bias, cell_clip,
-      proj_clip):
-    T, B, N4 = xw.shape
+def _(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, lengths, act, gate_act, forget_bias,
+      cell_clip, proj_clip):
+    T, B = x.shape[:2]
+    N4 = w_h.shape[1]
     N, P = N4 // 4, h0.shape[1]
     m = h0.new_empty(T, B, N) if projection is not None else h0.new_empty(0)
     y = (h0.new_empty(T, B, P, dtype=F32) if projection is not None and proj_clip is not None
@@ -158,18 +215,28 @@ def _(dout, dh_T, dc_T, z, cbuf, w_h, w_f_diag, w_i_diag, w_o_diag, projection, 
 
 
 def _seq_setup(ctx, inputs, output):
-    xw, h0, c0, w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, *options = inputs
+    x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, lengths, *options = inputs
     _, hbuf, cbuf, z, m, y = output
-    # Stored for backward: z (4N fp32 per row and step), c (N fp32), h (P), and with a
-    # projection m (N) and y (P): recomputing z would repeat the serial recurrence.
-    ctx.save_for_backward(w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, hbuf, cbuf, z, m, y)
+    # Stored for backward: z (4N fp32 per row and step), c (N fp32), h (P), and with a projection
+    # m (N) and y (P): recomputing z would repeat the serial recurrence. The inputs are kept (x is
+    # D per row and step, usually alive anyway): a differentiable backward (double backward)
+    # recomputes the sequence from them.
+    ctx.save_for_backward(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, lengths, hbuf, cbuf,
+                          z, m, y)
     ctx.options = options
-    ctx.dtypes = xw.dtype, h0.dtype, c0.dtype
 
 
 def _seq_backward(ctx, dout, d_hbuf, d_cbuf, _dz, _dm, _dy):
-    w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, hbuf, cbuf, z, m, y = ctx.saved_tensors
+    x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, lengths, hbuf, cbuf, z, m, y = \
+        ctx.saved_tensors
+    inputs = (x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection)
     T = z.shape[0]
+    if torch.is_grad_enabled():
+        def recompute(*tensors):
+            return lstm_sequence_reference(*tensors, lengths, **_reference_options(*ctx.options))
+
+        grads = (dout, None if d_hbuf is None else d_hbuf[-1], None if d_cbuf is None else d_cbuf[-1])
+        return _differentiable_vjp(ctx, recompute, inputs, grads) + (None,) * 6
     # Callers see the last rows of hbuf and cbuf as the final state; only those carry gradients.
     # (Indexing with -1 rather than T keeps T symbolic under torch.compile.)
     dh_T = _zeros_if_none(None if d_hbuf is None else d_hbuf[-1], hbuf.shape[1:], z)
@@ -178,11 +245,48 @@ def _seq_backward(ctx, dout, d_hbuf, d_cbuf, _dz, _dm, _dy):
     dz, dy, dh0, dc0 = seq_bwd(dout, dh_T, dc_T, z, cbuf, w_h, w_f_diag, w_i_diag, w_o_diag, projection, y,
                                lengths, *ctx.options)
     needs = ctx.needs_input_grad
-    _, d_wh, _, d_wf, d_wi, d_wo, d_proj = weight_grads(
-        (False, needs[3], False, needs[4], needs[5], needs[6], needs[7]),
-        dz, None, hbuf[:T], cbuf[:T], cbuf[1:], _present(m), _present(dy), w_h.dtype)
-    xw_dtype, h0_dtype, c0_dtype = ctx.dtypes
-    return (dz.to(xw_dtype), dh0.to(h0_dtype), dc0.to(c0_dtype), d_wh, d_wf, d_wi, d_wo, d_proj) + (None,) * 6
+    d_wx, d_wh, d_bias, d_wf, d_wi, d_wo, d_proj = weight_grads(
+        (needs[3], needs[4], needs[5], needs[6], needs[7], needs[8], needs[9]),
+        dz, x, hbuf[:T], cbuf[:T], cbuf[1:], _present(m), _present(dy), w_h.dtype)
+    dx = (dz.reshape(-1, dz.shape[-1]).to(w_x.dtype) @ w_x.t()).reshape(x.shape).to(x.dtype) if needs[0] else None
+    grads = (dx, dh0.to(h0.dtype), dc0.to(c0.dtype), d_wx, d_wh, d_bias, d_wf, d_wi, d_wo, d_proj)
+    return _laid_out_like(grads, inputs) + (None,) * 6
 
 
 seq_fwd.register_autograd(_seq_backward, setup_context=_seq_setup)
+
+
+# -- torch.func ---------------------------------------------------------------------------------------
+def _vmap_by_slices(op):
+    """A vmap rule that runs ``op`` once per slice of the mapped dimension and stacks the results:
+    correct for any in_dims (inputs, weights or cotangents mapped), at one launch per slice."""
+    def rule(info, in_dims, *args):
+        def nth(i):
+            return [a.select(d, i) if d is not None else a for a, d in zip(args, in_dims)]
+
+        results = [op(*nth(i)) for i in range(info.batch_size)]
+        return tuple(torch.stack(outs) for outs in zip(*results)), (0,) * len(results[0])
+    return rule
+
+
+for _op in (step_fwd, step_bwd, seq_fwd, seq_bwd):
+    torch.library.register_vmap(_op, _vmap_by_slices(_op))
+
+
+def _transformable(name: str, op, setup_context, backward):
+    """``op`` with the given autograd as an autograd.Function: the form torch.func transforms accept,
+    called instead of ``op`` while one is active."""
+    function = type(name, (torch.autograd.Function,), dict(
+        generate_vmap_rule=True, forward=staticmethod(lambda *args: op(*args)),
+        setup_context=staticmethod(setup_context), backward=staticmethod(backward)))
+
+    def call(*args):
+        if torch._C._are_functorch_transforms_active():
+            return function.apply(*args)
+        return op(*args)
+    return call
+
+
+# ``triton_lstm::step_fwd`` and ``seq_fwd`` (same arguments and results), also under torch.func.
+step = _transformable("StepFunction", step_fwd, _step_setup, _step_backward)
+sequence = _transformable("SequenceFunction", seq_fwd, _seq_setup, _seq_backward)

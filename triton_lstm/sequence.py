@@ -222,8 +222,7 @@ def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, b
         return lstm_sequence_reference(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection,
                                        lengths, forget_bias=forget_bias, cell_clip=clips[0], proj_clip=clips[1],
                                        activation=fn, recurrent_activation=gate_fn)
-    # The input half of the gate GEMM for all steps at once, off the serial path.
-    xw = torch.addmm(bias, x.reshape(T * B, D), w_x).reshape(T, B, 4 * N)
-    out, hbuf, cbuf, *_ = torch.ops.triton_lstm.seq_fwd(xw, h0, c0, w_h, w_f_diag, w_i_diag, w_o_diag, projection,
-                                                        lengths, *ids, forget_bias, *clips)
+    from triton_lstm.ops import sequence  # ops builds on this module's launchers
+    out, hbuf, cbuf, *_ = sequence(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, lengths,
+                                   *ids, forget_bias, *clips)
     return out, hbuf[-1], cbuf[-1]
