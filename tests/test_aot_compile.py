@@ -23,9 +23,10 @@ def test_what_runs_compiles_for_sm80_sm90(tmp_path):
     print(proc.stdout[-20000:])  # registers and shared memory per kernel and configuration, with pytest -s
     assert proc.returncode == 0, proc.stdout[-20000:] + proc.stderr[-5000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert {r["arch"] for r in rows} == {80, 90}
+    archs = {int(a) for a in os.environ.get("TRITON_LSTM_AOT_ARCH", "80 90").split()}
+    assert {r["arch"] for r in rows} == archs
     assert {r["kernel"] for r in rows} == {"step_fwd", "step_proj", "step_bwd", "seq_fwd", "seq_bwd"}
-    for arch, by_dtype in RESIDENT_LIMITS.items():
+    for arch, by_dtype in ((a, RESIDENT_LIMITS[a]) for a in archs):
         for dtype, sizes in by_dtype.items():
             for N, P in sizes:
                 for kernel in ("seq_fwd", "seq_bwd"):

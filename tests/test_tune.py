@@ -5,6 +5,7 @@ kernel, and ``triton.testing.do_bench`` is replaced by a function of the configu
 timed without a GPU). The real resource check on real sm_90 builds is in test_host_path.py.
 """
 import json
+import re
 
 import pytest
 import torch
@@ -153,7 +154,7 @@ def problems():
 def test_candidates_are_few_valid_and_persistent_grids_fit_the_sms(pb):
     cands = candidates(pb, H100)
     spec = KERNELS[pb.kernel]
-    assert 1 <= len(cands) <= (5 if spec.persistent else 6) and len(set(cands)) == len(cands)
+    assert 1 <= len(cands) <= (5 if spec.persistent else 4) and len(set(cands)) == len(cands)
     for c in cands:
         assert min(c.block_b, c.block_k, c.block_p) >= 16 and c.block_n >= spec.min_block_n
         assert c.block_b <= max(16, triton.next_power_of_2(pb.B)), "tiles wider than the batch are not searched"
@@ -173,3 +174,28 @@ def test_interpreter_default_is_one_program_where_tiles_allow():
                     Problem("seq_fwd", 3, 7, 20, 5, True, torch.float32)) == 1
     big = Problem("seq_bwd", 300, 7, 20, 20, False, torch.float32)
     assert programs(candidates(big, INTERPRETER_LIMITS)[0], big) == 3  # 300 rows in tiles of at most 128
+
+
+def test_pretune_cli_without_gpu(capsys):
+    from triton_lstm import pretune
+    if torch.cuda.is_available():
+        pytest.skip("the CPU message is only printed without a GPU")
+    assert pretune.main(["--hidden", "64", "--batch", "8", "--peepholes", "--cell-clip", "3", "--lengths"]) == 0
+    assert "no CUDA GPU" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--hidden", "0", "--batch", "8"], "--hidden: .*expected a positive integer, got 0"),
+    (["--hidden", "64"], "the following arguments are required: --batch"),
+    (["--hidden", "64", "--batch", "8", "--cell-clip", "-1"], "--cell-clip: .*expected a clip bound >= 0"),
+    (["--hidden", "64", "--batch", "8", "--proj-clip", "1"], "--proj-clip needs a projection"),
+    (["--hidden", "64", "--batch", "8", "--activation", "swish"], "--activation: invalid choice: 'swish'"),
+    (["--hidden", "64", "--batch", "8", "--dtype", "float64"], "--dtype: invalid choice: 'float64'")])
+def test_pretune_cli_rejects_bad_arguments(argv, message, capsys):
+    from triton_lstm import pretune
+    with pytest.raises(SystemExit) as exit_info:
+        pretune.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: python -m triton_lstm.pretune" in err
+    assert re.search(message, err), err

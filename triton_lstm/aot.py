@@ -250,8 +250,7 @@ OPTION_AXES = dict(act=["tanh", "relu", "sigmoid", "linear", "softsign", "hard_s
 # the options that cost most registers.
 CANDIDATE_AXES = dict(act=["tanh"], gate_act=["sigmoid"], peepholes=[True], cell_clip=[True],
                       projection=["none", "proj+clip"], dtype=["float32", "float16", "bfloat16"],
-                      shape=[(64, 80, 256, 64), (16, 80, 768, 128), (128, 80, 512, 256)], lengths=[True],
-                      arch=list(TARGETS))
+                      shape=[(16, 80, 768, 128), (128, 80, 512, 256)], lengths=[True], arch=list(TARGETS))
 
 
 def resident_sizes() -> list[Variant]:
@@ -276,9 +275,10 @@ def variants(full: bool) -> list[tuple[Variant, str]]:
             + [(Variant(**c), "all") for c in cover(CANDIDATE_AXES)] + [(v, "persistent") for v in resident_sizes()])
 
 
-def record_launches(v: Variant) -> list:
-    """(kernel, Problem, args, consts) of every launch a forward and backward of the variant makes,
-    with the launchers' real arguments (nothing runs: outputs stay uninitialised)."""
+def record_launches(v: Variant, cell: bool = True) -> list:
+    """(kernel, Problem, args, consts) of every launch a forward and backward of the variant's
+    sequence (and, with ``cell``, of one cell step) makes, with the launchers' real arguments
+    (nothing runs: outputs stay uninitialised)."""
     from triton_lstm import lstm_cell, lstm_sequence
     calls = []
     run_config = launch.run_config
@@ -309,8 +309,9 @@ def record_launches(v: Variant) -> list:
     try:
         out, h, c = lstm_sequence(x, h0, c0, kernel[:D], kernel[D:], bias, *peep, proj, lengths, **opts)
         (out.float().sum() + c.sum()).backward()
-        h1, c1 = lstm_cell(x[0], c0, h0, kernel, bias, *peep, proj, **opts)
-        (h1.float().sum() + c1.sum()).backward()
+        if cell:
+            h1, c1 = lstm_cell(x[0], c0, h0, kernel, bias, *peep, proj, **opts)
+            (h1.float().sum() + c1.sum()).backward()
     finally:
         launch.run_config = run_config
     return calls
@@ -322,9 +323,7 @@ def compile_all(v: Variant, what: str) -> list[dict]:
     resources, whether the tuner would keep it, and what is wrong with it."""
     rows = []
     with stand_in_gpu(v.arch) as target:
-        for kernel, pb, args, consts in record_launches(v):
-            if what == "persistent" and not launch.KERNELS[pb.kernel].persistent:
-                continue
+        for kernel, pb, args, consts in record_launches(v, cell=what != "persistent"):
             if what == "default":
                 space = [launch.pick_config(kernel, pb, lambda cfg: [(args, consts)], consts, torch.device("cpu"))]
             else:
@@ -364,8 +363,9 @@ def _compile_variant(item) -> list[dict]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m triton_lstm.aot", description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="the full products instead of all pairs")
-    parser.add_argument("--arch", type=int, nargs="+", choices=sorted(TARGETS), default=sorted(TARGETS),
-                        help="compute capabilities to compile for (default: all)")
+    parser.add_argument("--arch", type=int, nargs="+", choices=sorted(TARGETS),
+                        default=[int(a) for a in os.environ.get("TRITON_LSTM_AOT_ARCH", "80 90").split()],
+                        help="compute capabilities to compile for (default: $TRITON_LSTM_AOT_ARCH, else 80 90)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiling processes (default: CPUs)")
     parser.add_argument("--json", help="write one JSON line per compiled kernel and configuration to this file")
     args = parser.parse_args(argv)

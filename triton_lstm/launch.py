@@ -248,7 +248,7 @@ def _block_sizes(low: int, high: int, size: int) -> list[int]:
 # dtype, at batch 64 (the ahead-of-time compile checks that a resident configuration builds there).
 RESIDENT_LIMITS = {
     90: {"float16": [(1024, 0), (768, 192)], "bfloat16": [(1024, 0), (768, 192)], "float32": [(512, 0), (512, 128)]},
-    80: {"float16": [(768, 0), (768, 192)], "bfloat16": [(768, 0), (768, 192)], "float32": [(512, 0), (512, 128)]},
+    80: {"float16": [(768, 0), (768, 192)], "bfloat16": [(768, 0), (768, 192)], "float32": [(384, 0)]},
 }
 
 
@@ -302,18 +302,17 @@ def candidates(pb: Problem, limits: DeviceLimits) -> list[Config]:
     if spec.persistent:
         # Within 0.1 us of each other by the model, more programs (smaller tiles, fewer registers)
         # first. The best three resident configurations, then the best streaming one (what runs
-        # where no resident slice builds without spilling), then the stepped fallback, small tiles
-        # in as many programs as they take.
+        # where no resident slice builds without spilling), then the stepped fallback: the smallest
+        # tiles (fewest registers) in as many programs as they take.
         ranked = sorted(out, key=lambda c: (round(step_time_estimate(c, pb), 1), -programs(c, pb)))
-        stepped = Config(min(64, max(16, triton.next_power_of_2(pb.B))), 16, 16, block_k(pb, False), False,
-                         num_warps=4, stepped=True)
+        stepped = Config(16, 16, 16, block_k(pb, False), False, num_warps=8, stepped=True)
         return [c for c in ranked if c.resident][:3] + [c for c in ranked if not c.resident][:1] + [stepped]
     # Step kernels: fill the GPU first, then the fewest re-reads of the weights (largest rows). A
     # handful: compiling is what a first call of a shape waits for.
     ranked = sorted(out, key=lambda c: (programs(c, pb) < limits.sms and -programs(c, pb), -c.block_b, c.block_n))
-    more_warps = [dataclasses.replace(c, num_warps=8) for c in ranked[:6]
+    more_warps = [dataclasses.replace(c, num_warps=8) for c in ranked[:4]
                   if c.block_b * max(4 * c.block_n, c.block_p) >= 64 * 64]
-    return ranked[:5] + more_warps[:1]
+    return ranked[:3] + more_warps[:1]
 
 
 # -- launching ------------------------------------------------------------------------------------
