@@ -33,7 +33,7 @@ def test_fits_reads_the_resources_of_the_loaded_kernel(gpu):
     once the binary is loaded, and a build over the shared-memory limit is pruned, not raised."""
     v = aot.Variant("tanh", "sigmoid", True, True, "none", "float32", (64, 64, 512, 512), False, 90)
     kernel, pb, args, consts = next(c for c in aot.record_launches(v) if c[1].kernel == "seq_fwd")
-    small = launch.Config(32, 8, 16, 64, True, 4)
+    small = launch.Config(32, 8, 16, 64, True, 8)
     compiled = launch.run_config(kernel, small, pb, args, consts, warmup=True)
     assert tune.fits(compiled, small, gpu.target.limits, launch.programs(small, pb))
     assert 0 < compiled.n_regs <= 255 and compiled.n_spills == 0
