@@ -6,8 +6,9 @@ from typing import Optional
 
 import torch
 
-from triton_lstm.activations import Activation
+from triton_lstm.activations import Activation, activation_name
 from triton_lstm.checks import check_clip, check_forget_bias, check_sequence_args, shape_of
+from triton_lstm.cpu import lstm_sequence_cpu
 from triton_lstm.functional import CellOptions, autocast, resolve_activations
 from triton_lstm.kernels.lstm_sequence import lstm_seq_bwd_kernel, lstm_seq_fwd_kernel
 from triton_lstm.launch import (config_kwargs, interpreting, kernel_constants, kernels_run_on, launch_tuned,
@@ -152,6 +153,10 @@ def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, b
     forget_bias = check_forget_bias(forget_bias)
     lengths = check_lengths(lengths, T, B, x.device)
     ids, (fn, gate_fn) = resolve_activations(activation, recurrent_activation)
+    if ids is not None and x.device.type == "cpu" and not kernels_run_on(x.device, x.dtype):
+        return lstm_sequence_cpu(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, lengths,
+                                 forget_bias=forget_bias, cell_clip=clips[0], proj_clip=clips[1],
+                                 activation=activation_name(ids[0]), recurrent_activation=activation_name(ids[1]))
     if ids is None or not kernels_run_on(x.device, x.dtype):
         return lstm_sequence_reference(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection,
                                        lengths, forget_bias=forget_bias, cell_clip=clips[0], proj_clip=clips[1],
