@@ -209,7 +209,8 @@ with warnings.catch_warnings():
     print(json.dumps(dict(
         interpreting=interpreting(),
         plain=ops(lambda: triton_lstm.lstm_sequence(x, h0, c0, w_x, w_h, bias)),
-        plain_lengths=ops(lambda: triton_lstm.lstm_sequence(x, h0, c0, w_x, w_h, bias, lengths=torch.tensor([4, 0, 2]))),
+        plain_lengths=ops(lambda: triton_lstm.lstm_sequence(x, h0, c0, w_x, w_h, bias,
+                                                            lengths=torch.tensor([4, 0, 2]))),
         extras=ops(lambda: triton_lstm.lstm_sequence(x, h0, c0, w_x, w_h, bias, *peep, cell_clip=1.0)),
         float64=ops(lambda: triton_lstm.lstm_sequence(x.double(), h0.double(), c0.double(), w_x.double(),
                                                       w_h.double(), bias.double(), *[p.double() for p in peep])),
