@@ -1047,7 +1047,7 @@ def main(argv=None) -> int:
     dtypes = sorted({j.dtype for j in jobs}, key=list(DTYPES).index)
     floor = Floor({d: measure_matmul_tflops(DTYPES[d], device, args.quick) for d in dtypes},
                   *measure_barrier_us(device, args.quick))
-    log("matmul TFLOP/s: " + ", ".join(f"{d} {r:.1f}" for d, r in floor.matmul_tflops.items())
+    log("matmul TFLOP/s: " + ", ".join(f"{d} {r:.3g}" for d, r in floor.matmul_tflops.items())
         + f"; grid barrier: {floor.barrier_us if floor.barrier_us is None else round(floor.barrier_us, 3)} us "
         f"({floor.barrier_note})")
     runner = Runner(device, env, floor, results, args.out, args.quick, log, rounds=2 if args.smoke else CPU_ROUNDS)

@@ -45,9 +45,10 @@ def test_cpu_suite_smoke_writes_rows_plot_and_table(tmp_path):
         assert r["ms"] > 0 and r["ms_median"] >= r["ms"] and r["torch"] == torch.__version__ and r["date"]
         if r["provider"] != "nn_lstm" or not r["peepholes"]:
             assert r["check_rel_err"] < 1e-4, r
-    paths = {(r["provider"], r["peepholes"]): r["code_path"] for r in rows}
-    assert paths[("lstm_sequence", True)] == "CPU loop" and paths[("lstm_module", True)] == "CPU loop"
-    assert paths[("lstm_sequence", False)] in ("oneDNN LSTM", "aten LSTM")
+    paths = {(r["provider"], r["peepholes"], r["lengths"]): r["code_path"] for r in rows}
+    assert paths[("lstm_sequence", True, False)] == "CPU loop" and paths[("lstm_module", True, False)] == "CPU loop"
+    assert paths[("lstm_sequence", False, False)] == "oneDNN LSTM" and paths[("nn_lstm", False, False)] == "oneDNN LSTM"
+    assert paths[("lstm_sequence", False, True)] == "CPU loop" and paths[("nn_lstm", False, True)] == "aten LSTM"
     assert "[0/24 jobs]" in out and "ETA ~" in out and "GPU numbers come from a machine with a CUDA GPU" in out
     slug = rows[0]["machine_slug"]
     assert (plots / f"{slug}-vs_nn_lstm.png").stat().st_size > 10_000

@@ -99,24 +99,25 @@ PLAIN = dict(activation="tanh", recurrent_activation="sigmoid", peepholes=False,
 EXTRAS = dict(PLAIN, peepholes=True, cell_clip=0.7)
 
 
-@pytest.mark.parametrize("lengths", [None, [5, 0, 2, 5], [0, 0, 0, 0]], ids=["full", "variable", "all-empty"])
 @pytest.mark.parametrize("projection", ["none", "proj"])
-def test_torch_lstm_tier_runs_torch_lstm(projection, lengths):
-    """A plain cell runs aten's lstm (packed for lengths), and agrees with the reference."""
+def test_torch_lstm_tier_runs_torch_lstm(projection):
+    """A plain cell over full-length sequences runs aten's lstm, and agrees with the reference."""
     case = dict(PLAIN, projection=projection)
     assert torch_computes(case)
+    ran = ops_run(lambda: check_against_reference(lstm_sequence_cpu, case))
+    assert "aten::lstm" in ran and "triton_lstm::cpu_seq_fwd" not in ran
+
+
+@pytest.mark.parametrize("case,lengths", [
+    (dict(EXTRAS, projection="proj+clip"), [5, 0, 2, 5]), (dict(PLAIN, projection="square"), None),
+    (dict(PLAIN, projection="none", activation="relu"), [5, 0, 2, 5]), (dict(PLAIN, projection="proj"), [5, 0, 2, 5]),
+    (dict(PLAIN, projection="none"), [0, 0, 0, 0])],
+    ids=["extras", "square-projection", "relu", "plain-lengths", "plain-all-empty"])
+def test_other_cells_run_the_loop(case, lengths):
+    """TF's extras, a projection as wide as the cell, other activations, and lengths (torch would run
+    them packed, without oneDNN) run the loop."""
     lengths = None if lengths is None else torch.tensor(lengths)
     ran = ops_run(lambda: check_against_reference(lstm_sequence_cpu, case, lengths))
-    if lengths is None or lengths.any():
-        assert "aten::lstm" in ran and "triton_lstm::cpu_seq_fwd" not in ran
-
-
-@pytest.mark.parametrize("case", [dict(EXTRAS, projection="proj+clip"), dict(PLAIN, projection="square"),
-                                  dict(PLAIN, projection="none", activation="relu")],
-                         ids=["extras", "square-projection", "relu"])
-def test_other_cells_run_the_loop(case):
-    assert not torch_computes(case)
-    ran = ops_run(lambda: check_against_reference(lstm_sequence_cpu, case, torch.tensor([5, 0, 2, 5])))
     assert "triton_lstm::cpu_seq_fwd" in ran and "triton_lstm::cpu_seq_bwd" in ran and "aten::lstm" not in ran
 
 
@@ -225,12 +226,12 @@ with warnings.catch_warnings():
 
 def test_cpu_tensors_take_the_cpu_path_without_the_interpreter():
     """In a fresh process without TRITON_INTERPRET, as users run: plain cells run torch's LSTM, the
-    TF extras the loop, custom activations the reference."""
+    TF extras and lengths the loop, custom activations the reference."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", DISPATCH_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     ran = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert ran == dict(interpreting=False, plain="torch.lstm", plain_lengths="torch.lstm", extras="loop",
+    assert ran == dict(interpreting=False, plain="torch.lstm", plain_lengths="loop", extras="loop",
                        float64="loop", callable_activation="reference", dynamic_rnn_plain="torch.lstm",
                        dynamic_rnn_extras="loop", module_extras="loop")

@@ -5,9 +5,10 @@ loop for everything else.
 
 * **torch's LSTM** (``torch.lstm``, what ``nn.LSTM`` runs: oneDNN's fused LSTM for float32 without a
   projection, aten's own loop otherwise). A cell without peepholes or clips, with tanh and sigmoid,
-  is torch's LSTM with the forget bias folded into the bias (equal to rounding). Variable lengths
-  run as a packed sequence. A projection as wide as the cell is left to the loop: torch tells a
-  projection from the state widths.
+  over full-length sequences is torch's LSTM with the forget bias folded into the bias (equal to
+  rounding). A projection as wide as the cell is left to the loop: torch tells a projection from
+  the state widths. So are variable lengths: torch runs them as a packed sequence on its slower
+  loop, without oneDNN.
 * **The loop** (the ``triton_lstm::cpu_seq_fwd`` / ``cpu_seq_bwd`` ops): x @ W_x + bias for all
   steps is one GEMM before the loop; each step is one product with the recurrent weights (packed
   once for oneDNN in float32) and the pointwise math in place on buffers allocated once per call.
@@ -27,10 +28,8 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from triton_lstm.activations import hard_sigmoid
-from triton_lstm.convert import gate_permutation
 
 Tensor = torch.Tensor
 aten = torch.ops.aten
@@ -41,7 +40,10 @@ _ZERO = torch.tensor(0.0)
 
 def _tanh_into(x: Tensor, out: Tensor) -> None:
     # NOTE: tanh as 2 sigmoid(2x) - 1 (within 2.5e-7 of torch.tanh in float32): aten's tanh ran about
-    # 4x slower per element than its sigmoid on CPU, and this is three cheap ops.
+    # 4x slower per element than its sigmoid on CPU, so from about 2K elements these three ops win.
+    if out.numel() < 2048:
+        torch.tanh(x, out=out)
+        return
     torch.add(x, x, out=out)
     out.sigmoid_()
     torch.add(_MINUS_ONE, out, alpha=2, out=out)
@@ -104,6 +106,9 @@ def sigmoid_form(activation: str, recurrent_activation: str) -> bool:
     return activation == "tanh" and recurrent_activation == "sigmoid"
 
 
+ONEDNN_MIN_MACS = 1 << 20
+
+
 def _onednn_linear() -> bool:
     """Whether oneDNN's linear with a prepacked weight (the op Inductor's CPU backend uses) is here."""
     return (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
@@ -115,9 +120,10 @@ def right_product(w: Tensor, rows: int, bias: Optional[Tensor] = None) -> Callab
     operands (bias [M] or None; add [rows, M] or None).
 
     NOTE: in float32, oneDNN's linear with the weight packed once ran these products 10-40% faster
-    than addmm (MKL) at B=16-64, H=256-512 on a 2-core AVX-512 machine; other dtypes use addmm.
+    than addmm (MKL) at B=16-64, H=256-512 on a 2-core AVX-512 machine; below ONEDNN_MIN_MACS its
+    call overhead (about 15 us) lost to addmm, which other dtypes use too.
     """
-    if w.dtype == torch.float32 and rows > 0 and _onednn_linear():
+    if w.dtype == torch.float32 and rows * w.shape[0] * w.shape[1] >= ONEDNN_MIN_MACS and _onednn_linear():
         packed = torch.ops.mkldnn._reorder_linear_weight(w.t().contiguous(), rows)
 
         def product(a: Tensor, add: Optional[Tensor] = None) -> Tensor:
@@ -183,7 +189,7 @@ def _forward(x: Tensor, w_x: Tensor, bias: Tensor, h0: Tensor, c0: Tensor, w_h: 
     y_pre = alloc(T, B, P) if keep and proj_clip is not None else None
     recurrent = right_product(w_h, B)
     project = right_product(projection, B) if projection is not None else None
-    H, C, G, A = hbuf.unbind(0), cbuf.unbind(0), gates.unbind(0), act_c.unbind(0)
+    H, C, G, A, XW = hbuf.unbind(0), cbuf.unbind(0), gates.unbind(0), act_c.unbind(0), xw.unbind(0)
     blocks = _blocks(gates, N)
     for t in range(T):
         b = B if sizes is None else sizes[t]
@@ -193,14 +199,13 @@ def _forward(x: Tensor, w_x: Tensor, bias: Tensor, h0: Tensor, c0: Tensor, w_h: 
         h, c, c_new, g, a_c, (i, f, j, o) = H[t], C[t], C[t + 1], G[k], A[k], blocks[k]
         if b < B:
             h, c, c_new, g, a_c, i, f, j, o = (v[:b] for v in (h, c, c_new, g, a_c, i, f, j, o))
-        z = recurrent(h, xw[t, :b])
+        z = recurrent(h, XW[t] if b == B else XW[t][:b])
         if w_if is not None:
             z[:, :2 * N].view(b, 2, N).addcmul_(c[:, None], w_if)
         if fused:
-            if w_if is None:
-                torch.sigmoid(z, out=g)
-            else:
-                torch.sigmoid(z[:, :3 * N], out=g[:, :3 * N])
+            # All four blocks in one call: a contiguous sigmoid ran faster than one over the first
+            # three (a strided slice); with peepholes o is computed again below.
+            torch.sigmoid(z, out=g)
             torch.add(_MINUS_ONE, j, alpha=2, out=j)
         else:
             gate.into(z[:, :2 * N], g[:, :2 * N])
@@ -434,39 +439,39 @@ def torch_lstm_computes(peepholes: bool, projection: Optional[Tensor], num_units
             and activation == "tanh" and recurrent_activation == "sigmoid")
 
 
+_TORCH_ORDER = torch.tensor([0, 2, 1, 3])
+
+
+def torch_gate_order(w: Tensor) -> Tensor:
+    """w [..., 4N] with its gate blocks in torch's order: TF's (i, j, f, o) -> (i, f, j, o).
+
+    NOTE: picking the blocks of a [..., 4, N] view ran 4x faster, forward and backward, than
+    indexing the 4N columns with a permutation (gate_permutation), for 256-512 x 1024-2048 weights.
+    """
+    *lead, n4 = w.shape
+    return w.reshape(*lead, 4, n4 // 4).index_select(-2, _TORCH_ORDER).reshape(*lead, n4)
+
+
 def _block_vector(N: int, values: tuple[float, float, float, float], like: Tensor) -> Tensor:
     """[4N]: each gate block (torch's order i, f, j, o) filled with its value."""
     return torch.tensor(values, dtype=like.dtype).repeat_interleave(N)
 
 
 def torch_lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bias: Tensor,
-                        projection: Optional[Tensor], lengths: Optional[Tensor], forget_bias: float):
-    """TF's plain cell (``torch_lstm_computes``) as torch.lstm, one layer and direction; shapes as
-    ``lstm_sequence_cpu``'s, lengths int64 with one nonzero at least. Returns (out, h_T, c_T)."""
-    T, B, _ = x.shape
+                        projection: Optional[Tensor], forget_bias: float):
+    """TF's plain cell (``torch_lstm_computes``) over full-length sequences as torch.lstm, one layer
+    and direction; shapes as ``lstm_sequence_cpu``'s. Returns (out, h_T, c_T)."""
     N = w_h.shape[1] // 4
-    order = gate_permutation(N)
-    b_ih = bias[order] + _block_vector(N, (0.0, forget_bias, 0.0, 0.0), bias)
-    params = [w_x.t()[order], w_h.t()[order], b_ih, torch.zeros_like(b_ih)]
+    b_ih = torch_gate_order(bias) + _block_vector(N, (0.0, forget_bias, 0.0, 0.0), bias)
+    params = [torch_gate_order(w_x).t().contiguous(), torch_gate_order(w_h).t().contiguous(), b_ih,
+              torch.zeros_like(b_ih)]
     if projection is not None:
         params.append(projection.t())
-    train = torch.is_grad_enabled()
     with warnings.catch_warnings():
         # torch warns that oneDNN has no projection and its own loop runs: the choice it reports is ours.
         warnings.filterwarnings("ignore", "LSTM with projections is not supported with oneDNN")
-        if lengths is None:
-            out, h, c = torch.lstm(x, (h0[None], c0[None]), params, True, 1, 0.0, train, False, False)
-            return out, h[0], c[0]
-        # A packed sequence has no empty rows: those keep their initial state and output zeros.
-        running = lengths.nonzero().flatten()
-        out = x.new_zeros(T, B, h0.shape[1])
-        packed = pack_padded_sequence(x[:, running], lengths[running], enforce_sorted=False)
-        order_in, order_out = packed.sorted_indices, packed.unsorted_indices
-        hx = (h0[running][order_in][None], c0[running][order_in][None])
-        data, h, c = torch.lstm(packed.data, packed.batch_sizes, hx, params, True, 1, 0.0, train, False)
-    out_run, _ = pad_packed_sequence(PackedSequence(data, packed.batch_sizes, order_in, order_out), total_length=T)
-    return (out.index_copy(1, running, out_run), h0.index_copy(0, running, h[0][order_out]),
-            c0.index_copy(0, running, c[0][order_out]))
+        out, h, c = torch.lstm(x, (h0[None], c0[None]), params, True, 1, 0.0, torch.is_grad_enabled(), False, False)
+    return out, h[0], c[0]
 
 
 def loop_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bias: Tensor,
@@ -485,15 +490,14 @@ def loop_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, b
         if not torch.equal(by_length, torch.arange(B)):
             x, h0, c0 = x[:, by_length], h0[by_length], c0[by_length]
             back = torch.argsort(by_length)
-    order = gate_permutation(N)
     col = _block_vector(N, (1.0, 1.0, 2.0 if sigmoid_form(activation, recurrent_activation) else 1.0, 1.0), bias)
-    b = (bias[order] + _block_vector(N, (0.0, forget_bias, 0.0, 0.0), bias)) * col
+    b = (torch_gate_order(bias) + _block_vector(N, (0.0, forget_bias, 0.0, 0.0), bias)) * col
     w_if = torch.stack([w_i_diag, w_f_diag]) if w_f_diag is not None else None
     tensors = (x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection)
     keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     hbuf, _, h_T, c_T, *_ = torch.ops.triton_lstm.cpu_seq_fwd(
-        x, w_x[:, order] * col, b, h0, c0, w_h[:, order] * col, w_if, w_o_diag, projection, lengths, activation,
-        recurrent_activation, cell_clip, proj_clip, keep)
+        x, torch_gate_order(w_x) * col, b, h0, c0, torch_gate_order(w_h) * col, w_if, w_o_diag, projection, lengths,
+        activation, recurrent_activation, cell_clip, proj_clip, keep)
     out = hbuf[1:]
     if back is None:
         return out, h_T, c_T
@@ -526,10 +530,12 @@ def lstm_sequence_cpu(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tenso
     lengths = None if lengths is None else lengths.long()
     options = dict(forget_bias=forget_bias, cell_clip=cell_clip, proj_clip=proj_clip, activation=activation,
                    recurrent_activation=recurrent_activation)
-    # torch's LSTM cannot run without a step to take (the loop's op keeps x in the graph then).
-    steps = T > 0 and B > 0 and (lengths is None or bool(lengths.any()))
-    if steps and torch_lstm_computes(w_f_diag is not None, projection, w_h.shape[1] // 4, **options):
-        out, h_T, c_T = torch_lstm_sequence(x, h0, c0, w_x, w_h, bias, projection, lengths, forget_bias)
+    # NOTE: with lengths torch's LSTM runs a packed sequence on its own loop (oneDNN has no packed
+    # LSTM); that took 2.4-3.6x the loop's time forward+backward (B=16-64, H=256-512), so lengths
+    # take the loop. torch's LSTM also needs a step to take (the loop's op keeps x in the graph).
+    if (T > 0 and B > 0 and lengths is None
+            and torch_lstm_computes(w_f_diag is not None, projection, w_h.shape[1] // 4, **options)):
+        out, h_T, c_T = torch_lstm_sequence(x, h0, c0, w_x, w_h, bias, projection, forget_bias)
     else:
         out, h_T, c_T = loop_sequence(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, lengths,
                                       **options)
