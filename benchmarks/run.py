@@ -1000,7 +1000,14 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     """Command line (see the module docstring). Args: argv: arguments, default sys.argv[1:]."""
-    args = parse_args(argv)
+    try:
+        return _main(parse_args(argv))
+    except ValueError as e:  # a malformed results file (benchmarks.plot.load_rows names file and line)
+        print(f"benchmarks.run: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(args) -> int:
     has_gpu = torch.cuda.is_available()
     suite = args.suite or ("standard" if has_gpu else "cpu")
     jobs = select((SMOKE_SUITES if args.smoke else SUITES)[suite](), args)

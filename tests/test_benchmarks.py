@@ -112,3 +112,9 @@ def test_plot_cli_usage_and_missing_file(tmp_path):
     assert "usage: python -m benchmarks.run" in run("benchmarks.run", "--help", interpret=False).stdout
     err = run("benchmarks.plot", str(tmp_path / "absent.jsonl"), interpret=False, expect=2).stderr
     assert "no such results file" in err and "absent.jsonl" in err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"provider": "nn_lstm"}\nnot json\n')
+    for args in (("benchmarks.plot", str(bad)),
+                 ("benchmarks.run", "--suite", "cpu", "--resume", "--results", str(bad))):
+        err = run(*args, interpret=False, expect=2).stderr
+        assert f"{bad}:2: not a JSON line" in err and "Traceback" not in err
