@@ -199,6 +199,7 @@ def _forward(x: Tensor, w_x: Tensor, bias: Tensor, h0: Tensor, c0: Tensor, w_h: 
     project = right_product(projection, B) if projection is not None else None
     H, C, G, A = hbuf.unbind(0), cbuf.unbind(0), gates.unbind(0), act_c.unbind(0)
     blocks = _blocks(gates, N)
+    C_pre = None if c_pre is None else c_pre.unbind(0)
     for t in range(T):
         b = B if sizes is None else sizes[t]
         if b == 0:
@@ -220,7 +221,7 @@ def _forward(x: Tensor, w_x: Tensor, bias: Tensor, h0: Tensor, c0: Tensor, w_h: 
             act.into(z[:, 2 * N:3 * N], j)
             if w_if is None:
                 gate.into(z[:, 3 * N:], o)
-        c_sum = c_new if c_pre is None else c_pre[t, :b]
+        c_sum = c_new if C_pre is None else C_pre[t] if b == B else C_pre[t][:b]
         torch.mul(f, c, out=c_sum)
         c_sum.addcmul_(i, j)
         if cell_clip is not None:
@@ -274,6 +275,8 @@ def _backward(d_hbuf: Tensor, d_h_T: Tensor, d_c_T: Tensor, x: Tensor, w_x: Tens
     project = right_product(projection.t(), B) if projection is not None else None
     d_out, C, A, DZ = d_hbuf.unbind(0), cbuf.unbind(0), act_c.unbind(0), dz.unbind(0)
     blocks, d_blocks = _blocks(gates, N), _blocks(dz, N)
+    c_keep = None if c_in is None else c_in.unbind(0)
+    w_i, w_f = (None, None) if w_if is None else w_if.unbind(0)
     if sizes is None:
         dh, dc = d_h_T + d_out[T], d_c_T.clone()
     else:
@@ -297,7 +300,7 @@ def _backward(d_hbuf: Tensor, d_h_T: Tensor, d_c_T: Tensor, x: Tensor, w_x: Tens
                     v[:b] for v in (c, c_new, a_c, i, f, j, o, dz_t, dz_i, dz_f, dz_j, dz_o))
             dh_t = dh[:b]
             dh_t += d_out[t + 1][:b]
-        dc_t = dc[:b]
+        dc_t = dc if b == B else dc[:b]
         z_i = z_f = z_j = z_o = None
         if pre is not None:
             z_i, z_f, z_j, z_o = (pre[t, :b, g * N:(g + 1) * N] for g in range(4))
@@ -312,8 +315,8 @@ def _backward(d_hbuf: Tensor, d_h_T: Tensor, d_c_T: Tensor, x: Tensor, w_x: Tens
         dc_t += act.grad(dm * o, c_new, a_c)
         if w_o is not None:
             dc_t.addcmul_(dz_o, w_o)
-        if c_in is not None:
-            torch.where(c_in[t, :b], dc_t, _ZERO, out=dc_t)
+        if c_keep is not None:
+            torch.where(c_keep[t] if b == B else c_keep[t][:b], dc_t, _ZERO, out=dc_t)
         gate.grad(dc_t * j, z_i, i, out=dz_i)
         gate.grad(dc_t * c, z_f, f, out=dz_f)
         if fused:
@@ -323,7 +326,7 @@ def _backward(d_hbuf: Tensor, d_h_T: Tensor, d_c_T: Tensor, x: Tensor, w_x: Tens
             act.grad(dc_t * i, z_j, j, out=dz_j)
         dc_t.mul_(f)
         if w_if is not None:
-            dc_t.addcmul_(dz_i, w_if[0]).addcmul_(dz_f, w_if[1])
+            dc_t.addcmul_(dz_i, w_i).addcmul_(dz_f, w_f)
         if sizes is not None:
             dh[:b] = recurrent(dz_t)
         else:
