@@ -176,6 +176,29 @@ def test_loop_propagates_nan_and_inf(case):
         assert_same_nonfinite(name, got.detach(), want.detach(), TOLERANCES[torch.float32]["fwd"])
 
 
+def test_loop_compiles_without_graph_breaks():
+    """torch.compile(fullgraph=True) through the loop with lengths (aot_eager traces the ops' fake and
+    autograd implementations; the batch is reordered without reading the lengths on the host), against
+    eager: outputs and gradients."""
+    t, options = tensors_for(dict(EXTRAS, projection="proj", dtype=torch.float64))
+    lengths = torch.tensor([5, 2, 0, 3])
+    leaves = [v for v in seq_args(t) if v is not None and v.requires_grad]
+
+    def run(fn):
+        out, h_T, c_T = fn(*seq_args(t), lengths, **options)
+        loss = out.sum() + (h_T * 2).sum() + (c_T * 3).sum()
+        return (out, h_T, c_T), torch.autograd.grad(loss, leaves)
+
+    torch._dynamo.reset()
+    try:
+        compiled = run(torch.compile(lstm_sequence_cpu, fullgraph=True, backend="aot_eager", dynamic=True))
+    finally:
+        torch._dynamo.reset()
+    eager = run(lstm_sequence_cpu)
+    for i, (got, want) in enumerate(zip([*compiled[0], *compiled[1]], [*eager[0], *eager[1]])):
+        assert_close(f"result {i}", got, want, FP64["grad"])
+
+
 def test_float64_lstm_sequence_runs_the_cpu_path():
     """Under the interpreter float32 runs the kernels; float64 (no kernel dtype) takes the CPU path."""
     t, options = tensors_for(dict(EXTRAS, projection="none", dtype=torch.float64))

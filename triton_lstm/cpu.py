@@ -28,7 +28,6 @@ compiler at run time.
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -478,10 +477,7 @@ def torch_lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Ten
               torch.zeros_like(b_ih)]
     if projection is not None:
         params.append(projection.t())
-    with warnings.catch_warnings():
-        # torch warns that oneDNN has no projection and its own loop runs: the choice it reports is ours.
-        warnings.filterwarnings("ignore", "LSTM with projections is not supported with oneDNN")
-        out, h, c = torch.lstm(x, (h0[None], c0[None]), params, True, 1, 0.0, torch.is_grad_enabled(), False, False)
+    out, h, c = torch.lstm(x, (h0[None], c0[None]), params, True, 1, 0.0, torch.is_grad_enabled(), False, False)
     return out, h[0], c[0]
 
 
@@ -498,7 +494,8 @@ def loop_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, b
     back = None
     if lengths is not None:
         lengths, by_length = lengths.long().sort(descending=True, stable=True)
-        if not torch.equal(by_length, torch.arange(B)):
+        # Reading the order on the host is not possible while torch.compile traces: then always reorder.
+        if torch.compiler.is_compiling() or not torch.equal(by_length, torch.arange(B)):
             x, h0, c0 = x[:, by_length], h0[by_length], c0[by_length]
             back = torch.argsort(by_length)
     col = _block_vector(N, (1.0, 1.0, 2.0 if sigmoid_form(activation, recurrent_activation) else 1.0, 1.0), bias)
