@@ -40,8 +40,9 @@ respect to x and every weight.
 
 Timing (the row's ``timing`` says which): on a GPU, two warm-up calls, then ``triton.testing.do_bench``:
 ``ms`` is the median (CUDA events). On a CPU, every provider and mode of a case in one process,
-interleaved: a warm-up call each, then ``CPU_ROUNDS`` rounds timing one call of each; ``ms`` is the
-best round (host clock), ``ms_median`` the median; the row records the load average when the case began.
+interleaved: a warm-up call each, then rounds timing one call of each, at least ``CPU_ROUNDS`` and
+more until the case has spent ``CPU_MIN_SECONDS`` (``rounds``); ``ms`` is the best round (host
+clock), ``ms_median`` the median; the row records the load average when the case began.
 
 Floor per step (GPU rows): ``mult * F / R + barriers * L`` where F = 2*B*P*4N (+ 2*B*N*P with a
 projection) is the recurrent product of one step, mult = 1 / 2 / 3 for fwd / bwd / fwd+bwd, R the
@@ -115,7 +116,9 @@ CHECK_TOLERANCE = {"fp32": 1e-3, "fp16": 3e-2, "bf16": 1e-1}
 BARRIER_SHAPE = dict(T=1024, B=1, D=16, N=16)
 # The standard GPU suite outlasts one sitting: without --budget-s it stops starting jobs after this.
 DEFAULT_BUDGET_S = {"standard": 1200.0, "quick": 240.0}
+# CPU timing: at least CPU_ROUNDS interleaved rounds, more until a case has spent CPU_MIN_SECONDS.
 CPU_ROUNDS = 5
+CPU_MIN_SECONDS = 3.0
 CPU_GRID_BATCH = (8, 32, 64)
 CPU_GRID_HIDDEN = (128, 256, 512)
 
@@ -686,23 +689,27 @@ def time_mode(setup: Setup, mode: str, device: torch.device, quick: bool) -> tup
     return bench(mode_call(setup, mode), device, quick)
 
 
-def interleaved_times(calls: dict, rounds: int) -> dict:
-    """Host-clock times (ms) of several calls measured in turns: a warm-up call each, then ``rounds``
-    rounds that time one call of each, so that a slow spell of the machine hits them all alike.
+def interleaved_times(calls: dict, rounds: int, min_seconds: float = 0.0, max_rounds: int = 50) -> dict:
+    """Host-clock times (ms) of several calls measured in turns: a warm-up call each, then rounds
+    that time one call of each, so that a slow spell of the machine hits them all alike.
 
     Args:
-        calls: key -> a callable.  rounds: how many times each is timed.
+        calls: key -> a callable.
+        rounds: the fewest rounds; more follow until ``min_seconds`` have passed (at most ``max_rounds``).
     Returns:
         key -> the list of its times, in round order.
     """
     for fn in calls.values():
         fn()
     times: dict = {key: [] for key in calls}
-    for _ in range(rounds):
+    start = time.perf_counter()
+    done = 0
+    while done < rounds or (time.perf_counter() - start < min_seconds and done < max_rounds):
         for key, fn in calls.items():
-            start = time.perf_counter()
+            begin = time.perf_counter()
             fn()
-            times[key].append((time.perf_counter() - start) * 1e3)
+            times[key].append((time.perf_counter() - begin) * 1e3)
+        done += 1
     return times
 
 
@@ -757,9 +764,10 @@ class Runner:
     """Runs jobs, appends rows to the results file (and --out), logs to stdout (and --out)."""
 
     def __init__(self, device: torch.device, env: dict, floor: Floor, results: Path, out_dir: Optional[Path],
-                 quick: bool, log: Callable[[str], None], rounds: int = CPU_ROUNDS):
+                 quick: bool, log: Callable[[str], None], rounds: int = CPU_ROUNDS,
+                 min_seconds: float = CPU_MIN_SECONDS):
         self.device, self.env, self.floor, self.quick, self.log = device, env, floor, quick, log
-        self.rounds = rounds
+        self.rounds, self.min_seconds = rounds, min_seconds
         self.results, self.out_dir = results, out_dir
         self.rows: list[dict] = []
 
@@ -853,14 +861,15 @@ class Runner:
                 owners[job] = (setup, check, path)
         load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
         try:
-            times = interleaved_times(calls, self.rounds)
+            times = interleaved_times(calls, self.rounds, self.min_seconds)
         except Exception as e:  # a call that fails in one round fails in all: the case is missing
             self._missing(list(calls), e)
             return
         for job, ts in times.items():
             setup, check, path = owners[job]
             self._timed(job, setup, check, path, ms=min(ts), ms_median=sorted(ts)[len(ts) // 2], load_avg=load,
-                        timing=f"best of {len(ts)} interleaved rounds after a warm-up (host clock)")
+                        rounds=len(ts), timing="best of at least 5 interleaved rounds (3 s a case) after a "
+                                                   "warm-up (host clock)")
 
     def _timed(self, job: Job, setup: Setup, check: Optional[float], path: str, **fields) -> None:
         case, ms = job.case, fields["ms"]
@@ -1057,7 +1066,8 @@ def _main(args) -> int:
     log("matmul TFLOP/s: " + ", ".join(f"{d} {r:.3g}" for d, r in floor.matmul_tflops.items())
         + f"; grid barrier: {floor.barrier_us if floor.barrier_us is None else round(floor.barrier_us, 3)} us "
         f"({floor.barrier_note})")
-    runner = Runner(device, env, floor, results, args.out, args.quick, log, rounds=2 if args.smoke else CPU_ROUNDS)
+    runner = Runner(device, env, floor, results, args.out, args.quick, log, rounds=2 if args.smoke else CPU_ROUNDS,
+                    min_seconds=0.0 if args.smoke else CPU_MIN_SECONDS)
     not_run = []
     work_total, work_done, jobs_done = sum(map(job_work, jobs)), 0.0, 0
     for (case, dtype), group in itertools.groupby(jobs, key=lambda j: (j.case, j.dtype)):
