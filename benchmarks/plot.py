@@ -407,7 +407,9 @@ def cpu_grid(rows: list[dict], path: Path) -> Optional[Path]:
             for yi, n in enumerate(hiddens):
                 for xi, b in enumerate(batches):
                     v = values.get((b, n))
-                    ax.text(xi, yi, f"{v:.2f}" if v else "x", ha="center", va="center", fontsize=7)
+                    dark = v is not None and abs(math.log2(v)) > 0.9
+                    ax.text(xi, yi, f"{v:.2f}" if v else "x", ha="center", va="center", fontsize=7,
+                            color="white" if dark else "black")
             ax.set_title(f"{'nn.LSTM-expressible' if cell == 'plain' else 'TF extras'}, {mode}", fontsize=9)
             ax.set_xticks(range(len(batches)), [str(b) for b in batches], fontsize=7)
             ax.set_yticks(range(len(hiddens)), [str(n) for n in hiddens], fontsize=7)
