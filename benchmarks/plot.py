@@ -365,7 +365,9 @@ def cpu_bars(rows: list[dict], path: Path) -> Optional[Path]:
             target = CPU_TARGETS[cell_of(r)]
             ax.hlines(target, i - 0.4, i + 0.4, colors="black", linestyles="dashed", linewidth=1)
         ax.axhline(1.0, color="grey", linewidth=0.8)
-        ax.set_xticks(range(len(cases)), [f"{shape_label(r)}\n{cell_label(r)}" for r in cases], fontsize=7)
+        ticks = [shape_label(r).replace(", proj", "\nproj").replace(", lengths", "\nlengths") + f"\n{cell_label(r)}"
+                 for r in cases]
+        ax.set_xticks(range(len(cases)), ticks, fontsize=7)
         ax.set_ylabel("time / nn.LSTM's", fontsize=8)
         ax.set_title(mode, fontsize=9)
         ax.tick_params(axis="y", labelsize=7)
