@@ -1,18 +1,20 @@
 """Plots and headline tables from the benchmark results (JSON lines written by ``benchmarks.run``).
 
 ``python -m benchmarks.plot [results.jsonl ...] [--plots-dir plots]`` (default: every file under
-benchmarks/results/) writes, per GPU found in the rows, into the plots folder (``--table`` prints
+benchmarks/results/) writes, per machine found in the rows, into the plots folder (``--table`` prints
 the summary table instead):
 
-* ``<gpu>-speedup_heatmap.png``   cuDNN time / triton_persistent time over batch x hidden (the grid,
-  T=256), one panel per dtype and mode;
-* ``<gpu>-throughput_vs_batch.png``, ``-throughput_vs_hidden.png``, ``-throughput_vs_seq_len.png``,
-  ``-throughput_lstmp.png``   tokens/s of every provider;
-* ``<gpu>-step_vs_floor.png``   time per step of every provider against the floor and its two parts;
-* ``headline.md``   markdown tables of the headline numbers (fastrnns default shape, LSTMP, the grid
-  and the bar of issue 4), for the README to include.
+* GPU rows: ``<gpu>-speedup_heatmap.png`` (nn.LSTM's time / lstm_sequence's over batch x hidden, T=256,
+  one panel per dtype and mode); ``<gpu>-throughput_vs_batch.png``, ``-throughput_vs_hidden.png``,
+  ``-throughput_vs_seq_len.png``, ``-throughput_lstmp.png`` (tokens/s of every provider);
+  ``<gpu>-step_vs_floor.png`` (time per step of every provider against the floor and its two parts).
+* CPU rows: ``<machine>-vs_nn_lstm.png`` (the time of triton_lstm.LSTM and lstm_sequence relative to
+  nn.LSTM at each headline shape, with the targets) and ``<machine>-grid.png`` (lstm_sequence's time
+  relative to nn.LSTM over batch x hidden).
+* ``headline.md``: markdown tables of the headline numbers of every machine, for the README.
 
-Every figure's title names the GPU, the torch / Triton / triton_lstm versions and the dates of its rows.
+Every figure's title names the machine, the torch / Triton / triton_lstm versions and the dates of its
+rows. A provider that could not run a case is shown as missing, with the reason in the results file.
 When a job was measured more than once, the last row in file order wins.
 """
 from __future__ import annotations
@@ -25,16 +27,19 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 REPO = Path(__file__).resolve().parent.parent
-PROVIDERS = ("triton_persistent", "triton_step", "cudnn", "torch_compile", "flashrnn")
-LABELS = dict(triton_persistent="triton_lstm persistent", triton_step="triton_lstm step loop",
-              cudnn="nn.LSTM (cuDNN)", torch_compile="torch.compile reference", flashrnn="FlashRNN")
-COLORS = dict(triton_persistent="tab:blue", triton_step="tab:cyan", cudnn="tab:green", torch_compile="tab:orange",
-              flashrnn="tab:purple")
+PROVIDERS = ("lstm_sequence", "lstm_module", "step_loop", "nn_lstm", "torch_compile", "flashrnn")
+LABELS = dict(lstm_sequence="triton_lstm persistent", lstm_module="triton_lstm.LSTM", step_loop="triton_lstm step loop",
+              nn_lstm="nn.LSTM (cuDNN)", torch_compile="torch.compile reference", flashrnn="FlashRNN")
+CPU_LABELS = dict(LABELS, lstm_sequence="triton_lstm.lstm_sequence", nn_lstm="nn.LSTM")
+COLORS = dict(lstm_sequence="tab:blue", lstm_module="tab:purple", step_loop="tab:cyan", nn_lstm="tab:green",
+              torch_compile="tab:orange", flashrnn="tab:red")
 MODES = ("fwd", "bwd", "fwd+bwd")
 DTYPES = ("fp32", "fp16", "bf16")
-CASE_FIELDS = ("group", "T", "B", "D", "N", "P", "peepholes", "cell_clip", "proj_clip")
+CASE_FIELDS = ("group", "T", "B", "D", "N", "P", "peepholes", "cell_clip", "proj_clip", "lengths")
 DEFAULT_SHAPE = dict(group="default", T=100, B=64, D=512, N=512, P=None)
 GRID_T = 256
+# Time relative to nn.LSTM that the CPU path aims for: a cell nn.LSTM computes runs nn.LSTM's own kernel.
+CPU_TARGETS = {"plain": 1.05, "extras": 1.5}
 
 
 def load_rows(paths: Iterable[Path]) -> list[dict]:
@@ -56,12 +61,16 @@ def load_rows(paths: Iterable[Path]) -> list[dict]:
     return rows
 
 
+def machine(row: dict) -> str:
+    return row.get("machine") or row["gpu"]
+
+
 def job_key(row: dict) -> tuple:
-    return (row["gpu"], *(row[k] for k in CASE_FIELDS), row["dtype"], row["provider"], row["mode"])
+    return (machine(row), *(row.get(k) for k in CASE_FIELDS), row["dtype"], row["provider"], row["mode"])
 
 
 def latest(rows: list[dict]) -> list[dict]:
-    """One row per job (GPU, case, dtype, provider, mode): the last one in file order.
+    """One row per job (machine, case, dtype, provider, mode): the last one in file order.
 
     Args:
         rows: rows as ``load_rows`` returns them, possibly from several runs.
@@ -69,11 +78,19 @@ def latest(rows: list[dict]) -> list[dict]:
     return list({job_key(r): r for r in rows}.values())
 
 
-def by_gpu(rows: list[dict]) -> dict[str, list[dict]]:
+def by_machine(rows: list[dict]) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for r in latest(rows):
-        out.setdefault(r["gpu"], []).append(r)
+        out.setdefault(machine(r), []).append(r)
     return out
+
+
+def is_cpu(rows: list[dict]) -> bool:
+    return rows[0].get("device") == "cpu"
+
+
+def label(provider: str, rows: list[dict]) -> str:
+    return (CPU_LABELS if is_cpu(rows) else LABELS)[provider]
 
 
 def _versions(rows: list[dict], field: str) -> str:
@@ -81,16 +98,16 @@ def _versions(rows: list[dict], field: str) -> str:
 
 
 def caption(rows: list[dict]) -> str:
-    """'GPU · torch X · triton Y · triton_lstm Z (git) · driver D · date(s)' for the given rows."""
+    """'machine · torch X · triton Y · triton_lstm Z (git) · driver or oneDNN · date(s)' for the rows."""
     dates = sorted({r["date"][:10] for r in rows})
     when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
-    return (f"{rows[0]['gpu']} · torch {_versions(rows, 'torch')} · triton {_versions(rows, 'triton')} · "
-            f"triton_lstm {_versions(rows, 'triton_lstm')} ({_versions(rows, 'git')}) · driver "
-            f"{_versions(rows, 'driver')} · {when}")
+    library = (f"oneDNN {_versions(rows, 'onednn')}" if is_cpu(rows) else f"driver {_versions(rows, 'driver')}")
+    return (f"{machine(rows[0])} · torch {_versions(rows, 'torch')} · triton {_versions(rows, 'triton')} · "
+            f"triton_lstm {_versions(rows, 'triton_lstm')} ({_versions(rows, 'git')}) · {library} · {when}")
 
 
 def pick(rows: list[dict], **match) -> list[dict]:
-    return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+    return [r for r in rows if all(r.get(k, False if k == "lengths" else None) == v for k, v in match.items())]
 
 
 def timed(row: Optional[dict]) -> bool:
@@ -102,20 +119,41 @@ def one(rows: list[dict], **match) -> Optional[dict]:
     return found[-1] if found else None
 
 
-def speedup(rows: list[dict], **match) -> Optional[float]:
-    """cuDNN time / triton_persistent time for the job matched, None if either is missing.
+def speedup(rows: list[dict], ours: str = "lstm_sequence", **match) -> Optional[float]:
+    """nn.LSTM's time / ``ours``'s time for the job matched, None if either is missing.
 
     Args:
-        rows: rows of one GPU, deduplicated (``latest``).
+        rows: rows of one machine, deduplicated (``latest``).  ours: the provider compared.
         match: row fields that pick one case, dtype and mode (e.g. group="grid", B=64, N=512, ...).
     """
-    ours, theirs = one(rows, provider="triton_persistent", **match), one(rows, provider="cudnn", **match)
-    return theirs["ms"] / ours["ms"] if timed(ours) and timed(theirs) else None
+    mine, theirs = one(rows, provider=ours, **match), one(rows, provider="nn_lstm", **match)
+    return theirs["ms"] / mine["ms"] if timed(mine) and timed(theirs) else None
+
+
+def relative_time(rows: list[dict], ours: str = "lstm_sequence", **match) -> Optional[float]:
+    """``ours``'s time / nn.LSTM's time (the CPU figures' measure: below 1 is faster), or None."""
+    s = speedup(rows, ours, **match)
+    return None if s is None else 1 / s
 
 
 def _present(rows: list[dict], field: str, order: tuple) -> list:
     seen = {r[field] for r in rows}
     return [v for v in order if v in seen]
+
+
+def legend_label(rows: list[dict], provider: str) -> str:
+    """A provider's legend entry for a panel of rows: its label, with the reason when it has no timing there."""
+    why = missing_reason(rows, provider)
+    return label(provider, rows) + (f" (missing: {why[:40]})" if why else "")
+
+
+def missing_reason(rows: list[dict], provider: str) -> Optional[str]:
+    """Why a provider has no timed row among rows: its first missing reason, or 'not run'; None if timed."""
+    mine = [r for r in rows if r["provider"] == provider]
+    if any(timed(r) for r in mine):
+        return None
+    reasons = [r["missing"] for r in mine if r.get("missing")]
+    return reasons[0] if reasons else "not run"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -142,17 +180,17 @@ def _panel_grid(plt, nrows: int, ncols: int, title: str, rows: list[dict], width
 
 
 def heatmap(rows: list[dict], path: Path) -> Optional[Path]:
-    """cuDNN / triton_persistent time over the grid (batch x hidden), one panel per dtype and mode.
+    """nn.LSTM's / lstm_sequence's time over the GPU grid (batch x hidden), one panel per dtype and mode.
 
     Args:
         rows: rows of one GPU, deduplicated; only group "grid" is used.
         path: the PNG to write.
     Returns:
-        path, or None when no grid row of triton_persistent exists (nothing is written).
+        path, or None when no grid row of lstm_sequence exists (nothing is written).
     """
     grid = pick(rows, group="grid")
     panels = [(d, m) for d in _present(grid, "dtype", DTYPES) for m in _present(grid, "mode", MODES)
-              if pick(grid, dtype=d, mode=m, provider="triton_persistent")]
+              if pick(grid, dtype=d, mode=m, provider="lstm_sequence")]
     if not panels:
         return None
     plt = _pyplot()
@@ -161,7 +199,7 @@ def heatmap(rows: list[dict], path: Path) -> Optional[Path]:
     dtypes = _present(grid, "dtype", DTYPES)
     modes = _present(grid, "mode", MODES)
     title = (f"Speedup of triton_lstm persistent over nn.LSTM (cuDNN), T={GRID_T}: cuDNN time / ours "
-             f"(>1: ours faster; x: a provider missing)")
+             f"(>1: ours faster; x: a provider missing, see the results file)")
     fig, axes = _panel_grid(plt, len(dtypes), len(modes), title, grid, width=max(4.0, 1.0 + 0.75 * len(batches)),
                             height=1.1 + 0.55 * len(hiddens), layout="constrained")
     limit = 1.0
@@ -227,8 +265,9 @@ def lines(rows: list[dict], path: Path, x: str, title: str, y: str = "tokens_per
             panel = pick(rows, mode=m, dtype=d)
             for p in _present(panel, "provider", PROVIDERS):
                 pts = sorted((r[x], r[y]) for r in pick(panel, provider=p) if timed(r))
-                if pts:
-                    ax.plot(*zip(*pts), marker="o", ms=3, color=COLORS[p], label=LABELS[p])
+                # A provider without a point stays in the legend, marked missing, instead of vanishing.
+                ax.plot(*(zip(*pts) if pts else ([], [])), marker="o", ms=3, color=COLORS[p],
+                        label=legend_label(panel, p))
             if floor:
                 ref = sorted({r[x]: r for r in panel}.items())
                 ax.plot([k for k, _ in ref], [r["floor_us"] for _, r in ref], "k-", lw=1.8, label="floor")
@@ -261,25 +300,152 @@ def lines(rows: list[dict], path: Path, x: str, title: str, y: str = "tokens_per
     return _save(fig, path)
 
 
+def cell_of(row: dict) -> str:
+    """'plain' for a cell nn.LSTM computes, 'extras' for one with TF's peepholes or clips."""
+    return "extras" if row["peepholes"] or row["cell_clip"] is not None or row["proj_clip"] is not None else "plain"
+
+
+def shape_label(row: dict) -> str:
+    text = f"B={row['B']}, {row['D']}/{row['N']}"
+    text += f", proj {row['P']}" if row["P"] else ""
+    return text + (", lengths" if row.get("lengths") else "")
+
+
+def cell_label(row: dict) -> str:
+    if cell_of(row) == "plain":
+        return "nn.LSTM-expressible"
+    clips = "both clips" if row["proj_clip"] is not None else "cell clip"
+    return f"peepholes + {clips}" if row["peepholes"] else clips
+
+
+def cpu_headline(rows: list[dict]) -> list[dict]:
+    """The nn.LSTM rows of the CPU cases outside the grid (one per shape, cell and mode), in suite order."""
+    keys, out = set(), []
+    for r in rows:
+        key = (r["group"], r["B"], r["N"], r["P"], r.get("lengths"), cell_of(r), r["mode"])
+        if r["group"] != "grid" and r["provider"] == "nn_lstm" and key not in keys:
+            keys.add(key)
+            out.append(r)
+    return out
+
+
+def _case_match(row: dict) -> dict:
+    return {k: row.get(k, False if k == "lengths" else None) for k in CASE_FIELDS} | dict(dtype=row["dtype"])
+
+
+def cpu_bars(rows: list[dict], path: Path) -> Optional[Path]:
+    """Time relative to nn.LSTM of triton_lstm.LSTM and lstm_sequence at each CPU headline case and
+    cell, one panel per mode, with each cell's target.
+
+    Args:
+        rows: rows of one CPU machine, deduplicated.  path: the PNG to write.
+    Returns:
+        path, or None without headline rows (nothing is written).
+    """
+    base = cpu_headline(rows)
+    modes = _present(base, "mode", MODES)
+    if not base:
+        return None
+    plt = _pyplot()
+    providers = ("lstm_module", "lstm_sequence")
+    fig, axes = _panel_grid(plt, len(modes), 1, "Time relative to nn.LSTM on the CPU (lower is better; dashes: "
+                            "each cell's target)\nnn.LSTM runs the cells with TF's extras without them", rows,
+                            width=11.0, height=3.6)
+    for ax, mode in zip(axes[:, 0], modes):
+        cases = [r for r in base if r["mode"] == mode]
+        for i, r in enumerate(cases):
+            for k, p in enumerate(providers):
+                value = relative_time(rows, p, **_case_match(r), mode=mode)
+                x = i + (k - 0.5) * 0.36
+                if value is None:
+                    ax.text(x, 0.05, "missing", rotation=90, ha="center", va="bottom", fontsize=7)
+                    continue
+                ax.bar(x, value, width=0.34, color=COLORS[p])
+                ax.text(x, value, f"{value:.2f}", ha="center", va="bottom", fontsize=6)
+            target = CPU_TARGETS[cell_of(r)]
+            ax.hlines(target, i - 0.4, i + 0.4, colors="black", linestyles="dashed", linewidth=1)
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        ticks = [shape_label(r).replace(", proj", "\nproj").replace(", lengths", "\nlengths") + f"\n{cell_label(r)}"
+                 for r in cases]
+        ax.set_xticks(range(len(cases)), ticks, fontsize=7)
+        ax.set_ylabel("time / nn.LSTM's", fontsize=8)
+        ax.set_title(mode, fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=COLORS[p]) for p in providers]
+    axes[0][0].legend(handles, [legend_label(rows, p) for p in providers], loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def cpu_grid(rows: list[dict], path: Path) -> Optional[Path]:
+    """lstm_sequence's time relative to nn.LSTM over the CPU grid (batch x hidden; the default case
+    fills B=64, H=512), one panel per cell and mode.
+
+    Args:
+        rows: rows of one CPU machine, deduplicated.  path: the PNG to write.
+    Returns:
+        path, or None without grid rows (nothing is written).
+    """
+    grid = [r for r in rows if r["group"] == "grid" or (r["group"] == "default" and not r.get("lengths"))]
+    if not pick(grid, group="grid"):
+        return None
+    plt = _pyplot()
+    batches, hiddens = sorted({r["B"] for r in grid}), sorted({r["N"] for r in grid})
+    cells = [c for c in CPU_TARGETS if any(cell_of(r) == c for r in grid)]
+    modes = _present(grid, "mode", MODES)
+    fig, axes = _panel_grid(plt, len(cells), len(modes), f"CPU: lstm_sequence's time / nn.LSTM's, T={grid[0]['T']} "
+                            "(below 1: faster; x: missing)", grid, width=4.2, height=1.2 + 0.5 * len(hiddens),
+                            layout="constrained")
+    im = None
+    for i, cell in enumerate(cells):
+        for j, mode in enumerate(modes):
+            ax = axes[i][j]
+            values = {}
+            for r in grid:
+                if r["provider"] == "nn_lstm" and r["mode"] == mode and cell_of(r) == cell:
+                    values[r["B"], r["N"]] = relative_time(grid, **_case_match(r), mode=mode)
+            z = [[math.log2(values[b, n]) if values.get((b, n)) else float("nan") for b in batches] for n in hiddens]
+            im = ax.imshow(z, cmap="RdBu_r", vmin=-1.5, vmax=1.5, origin="lower", aspect="auto")
+            for yi, n in enumerate(hiddens):
+                for xi, b in enumerate(batches):
+                    v = values.get((b, n))
+                    dark = v is not None and abs(math.log2(v)) > 0.9
+                    ax.text(xi, yi, f"{v:.2f}" if v else "x", ha="center", va="center", fontsize=7,
+                            color="white" if dark else "black")
+            ax.set_title(f"{'nn.LSTM-expressible' if cell == 'plain' else 'TF extras'}, {mode}", fontsize=9)
+            ax.set_xticks(range(len(batches)), [str(b) for b in batches], fontsize=7)
+            ax.set_yticks(range(len(hiddens)), [str(n) for n in hiddens], fontsize=7)
+            ax.set_xlabel("batch", fontsize=8)
+            ax.set_ylabel("hidden = input", fontsize=8)
+    cbar = fig.colorbar(im, ax=axes, shrink=0.8)
+    cbar.set_ticks([-1, 0, 1], labels=["0.5x", "1x", "2x"])
+    return _save(fig, path)
+
+
 def render(rows: list[dict], plots_dir: Path) -> list[Path]:
     """Write every figure and headline.md for the rows given; returns the paths written.
 
     Args:
-        rows: rows of any number of runs and GPUs (deduplicated here; figures per GPU).
+        rows: rows of any number of runs and machines (deduplicated here; figures per machine).
         plots_dir: output folder, created if missing.
     """
     plots_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for gpu, gpu_rows in by_gpu(rows).items():
-        prefix = plots_dir / gpu_rows[0]["gpu_slug"]
-        grid = pick(gpu_rows, group="grid", T=GRID_T)
+    for machine_rows in by_machine(rows).values():
+        prefix = plots_dir / machine_rows[0].get("machine_slug", machine_rows[0].get("gpu_slug"))
+        if is_cpu(machine_rows):
+            figures = [cpu_bars(machine_rows, Path(f"{prefix}-vs_nn_lstm.png")),
+                       cpu_grid(machine_rows, Path(f"{prefix}-grid.png"))]
+            written += [f for f in figures if f is not None]
+            continue
+        grid = pick(machine_rows, group="grid", T=GRID_T)
         hidden_512 = [r for r in grid if r["N"] == 512]
         batch_64 = [r for r in grid if r["B"] == 64]
-        seq = [r for r in gpu_rows if r["group"] in ("default", "seq_len", "grid") and r["B"] == 64
+        seq = [r for r in machine_rows if r["group"] in ("default", "seq_len", "grid") and r["B"] == 64
                and r["N"] == 512 and r["D"] == 512 and r["P"] is None]
-        lstmp = pick(gpu_rows, group="lstmp")
+        lstmp = pick(machine_rows, group="lstmp")
         figures = [
-            heatmap(gpu_rows, Path(f"{prefix}-speedup_heatmap.png")),
+            heatmap(machine_rows, Path(f"{prefix}-speedup_heatmap.png")),
             lines(hidden_512, Path(f"{prefix}-throughput_vs_batch.png"), "B",
                   f"Throughput against batch (hidden = input = 512, T={GRID_T})"),
             lines(batch_64, Path(f"{prefix}-throughput_vs_hidden.png"), "N",
@@ -313,7 +479,7 @@ def _ratio(s: Optional[float]) -> str:
 
 
 def grid_wins(rows: list[dict], dtype: str, mode: str) -> tuple[int, int]:
-    """(cells where triton_persistent beats cuDNN, cells where both ran) in the grid.
+    """(cells where lstm_sequence beats nn.LSTM, cells where both ran) in the GPU grid.
 
     Args:
         rows: rows of one GPU, deduplicated.  dtype: "fp32", "fp16" or "bf16".  mode: "fwd", "bwd" or "fwd+bwd".
@@ -324,9 +490,9 @@ def grid_wins(rows: list[dict], dtype: str, mode: str) -> tuple[int, int]:
     return sum(s > 1.0 for s in ratios), len(ratios)
 
 
-def why_no_ratio(rows: list[dict], **match) -> str:
+def why_no_ratio(rows: list[dict], ours: str = "lstm_sequence", **match) -> str:
     """Why speedup() is None for this job: which side was not run or is missing, and why."""
-    for provider in ("triton_persistent", "cudnn"):
+    for provider in (ours, "nn_lstm"):
         row = one(rows, provider=provider, **match)
         if row is None:
             return f"{provider} not run"
@@ -335,8 +501,8 @@ def why_no_ratio(rows: list[dict], **match) -> str:
     return ""
 
 
-def bar_lines(rows: list[dict]) -> list[str]:
-    """Issue 4's bar (forward+backward, against nn.LSTM on cuDNN): what was reached, one line each.
+def target_lines(rows: list[dict]) -> list[str]:
+    """The GPU targets (forward+backward, against nn.LSTM on cuDNN): what was reached, one line each.
 
     Args:
         rows: rows of one GPU, deduplicated.
@@ -361,18 +527,73 @@ def bar_lines(rows: list[dict]) -> list[str]:
     return out
 
 
-def headline_markdown(rows: list[dict]) -> str:
-    """Markdown for the README: per GPU, the fastrnns default shape, LSTMP, the grid and the bar.
+def cpu_table(rows: list[dict]) -> list[dict]:
+    """The CPU headline cases as table rows: shape, cell, code paths, nn.LSTM's ms and both ratios per
+    mode (time / nn.LSTM's), the target and whether every timed ratio meets it.
 
     Args:
-        rows: rows of any number of runs and GPUs.
+        rows: rows of one CPU machine, deduplicated.
+    """
+    table = []
+    for r in cpu_headline(rows):
+        if r["mode"] != "fwd":
+            continue
+        match = _case_match(r)
+        entry = dict(shape=shape_label(r), cell=cell_label(r), target=CPU_TARGETS[cell_of(r)], modes={}, paths={})
+        for p in ("lstm_module", "lstm_sequence"):
+            ran = one(rows, provider=p, mode="fwd", **match)
+            entry["paths"][p] = ran.get("code_path") if timed(ran) else "missing"
+        for mode in ("fwd", "fwd+bwd"):
+            base = one(rows, provider="nn_lstm", mode=mode, **match)
+            entry["modes"][mode] = dict(nn_ms=base["ms"] if timed(base) else None,
+                                        **{p: relative_time(rows, p, mode=mode, **match)
+                                           for p in ("lstm_module", "lstm_sequence")})
+        ratios = [v for m in entry["modes"].values() for k, v in m.items() if k != "nn_ms" and v is not None]
+        entry["met"] = None if not ratios else all(v <= entry["target"] for v in ratios)
+        table.append(entry)
+    return table
+
+
+def _x(value: Optional[float]) -> str:
+    return "missing" if value is None else f"{value:.2f}x"
+
+
+def _cpu_markdown(rows: list[dict]) -> list[str]:
+    timing = rows[0].get("timing") or ""
+    parts = [f"{caption(rows)}; {rows[0].get('cores')} cores, {rows[0].get('cpu_capability')}. T=100, float32, "
+             f"time-major; {timing}. Time of triton_lstm relative to nn.LSTM's on the same weights (nn.LSTM runs "
+             "the extras cells without peepholes and clips); target: at most 1.05x for cells nn.LSTM computes, "
+             "1.5x with TF's extras.", "",
+             "| shape | cell | path | nn.LSTM fwd (ms) | LSTM fwd | lstm_sequence fwd | nn.LSTM fwd+bwd (ms) "
+             "| LSTM fwd+bwd | lstm_sequence fwd+bwd | target |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for e in cpu_table(rows):
+        fwd, both = e["modes"]["fwd"], e["modes"]["fwd+bwd"]
+        paths = " / ".join(dict.fromkeys(e["paths"].values()))
+        verdict = "not measured" if e["met"] is None else "met" if e["met"] else "missed"
+        nn_ms = ["missing" if m["nn_ms"] is None else f"{m['nn_ms']:.1f}" for m in (fwd, both)]
+        parts.append(f"| {e['shape']} | {e['cell']} | {paths} | {nn_ms[0]} | {_x(fwd['lstm_module'])} | "
+                     f"{_x(fwd['lstm_sequence'])} | {nn_ms[1]} | {_x(both['lstm_module'])} | "
+                     f"{_x(both['lstm_sequence'])} | <= {e['target']:g}x: {verdict} |")
+    return parts + [""]
+
+
+def headline_markdown(rows: list[dict]) -> str:
+    """Markdown for the README: per machine, the headline numbers (GPU: the fastrnns default shape,
+    LSTMP, the grid and the targets; CPU: the headline cases against nn.LSTM).
+
+    Args:
+        rows: rows of any number of runs and machines.
     """
     parts = ["<!-- written by python -m benchmarks.plot from benchmarks/results/*.jsonl; do not edit -->", ""]
-    groups = by_gpu(rows)
+    groups = by_machine(rows)
     if not groups:
-        parts.append("No benchmark results yet: a GPU session runs `bash benchmarks/gpu_session.sh`.")
-    for gpu, g in groups.items():
-        parts += [f"### {gpu}", "", f"{caption(g)}. Median of `triton.testing.do_bench`, ms per call "
+        parts.append("No benchmark results yet: `make bench` writes them.")
+    for name, g in groups.items():
+        parts += [f"### {name}", ""]
+        if is_cpu(g):
+            parts += _cpu_markdown(g)
+            continue
+        parts += [f"{caption(g)}. Median of `triton.testing.do_bench`, ms per call "
                   f"(the whole sequence); speedup = nn.LSTM time / ours; floor = recurrent matmuls at the "
                   f"measured dense rate + measured grid barriers, per step.", ""]
         default = pick(g, **DEFAULT_SHAPE)
@@ -382,13 +603,13 @@ def headline_markdown(rows: list[dict]) -> str:
                       "| step loop (ms) | torch.compile (ms) |", "|---|---|---|---|---|---|---|---|"]
             for d in _present(default, "dtype", DTYPES):
                 for m in _present(pick(default, dtype=d), "mode", MODES):
-                    ours = one(default, provider="triton_persistent", dtype=d, mode=m)
+                    ours = one(default, provider="lstm_sequence", dtype=d, mode=m)
                     per_step = f"{ours['step_us']:.1f} ({ours['floor_us']:.1f})" if timed(ours) else "-"
                     parts.append(
                         f"| {d} | {m} | {_ms(ours)} | {per_step} | "
-                        f"{_ms(one(default, provider='cudnn', dtype=d, mode=m))} | "
+                        f"{_ms(one(default, provider='nn_lstm', dtype=d, mode=m))} | "
                         f"{_ratio(speedup(default, dtype=d, mode=m))} | "
-                        f"{_ms(one(default, provider='triton_step', dtype=d, mode=m))} | "
+                        f"{_ms(one(default, provider='step_loop', dtype=d, mode=m))} | "
                         f"{_ms(one(default, provider='torch_compile', dtype=d, mode=m))} |")
             parts.append("")
         lstmp = pick(g, group="lstmp")
@@ -400,8 +621,8 @@ def headline_markdown(rows: list[dict]) -> str:
             for h in sorted({r["N"] for r in lstmp}):
                 for d in _present(pick(lstmp, N=h), "dtype", DTYPES):
                     sel = dict(N=h, dtype=d)
-                    ours = one(lstmp, provider="triton_persistent", mode="fwd+bwd", **sel)
-                    theirs = one(lstmp, provider="cudnn", mode="fwd+bwd", **sel)
+                    ours = one(lstmp, provider="lstm_sequence", mode="fwd+bwd", **sel)
+                    theirs = one(lstmp, provider="nn_lstm", mode="fwd+bwd", **sel)
                     parts.append(f"| {h} | {d} | {_ms(ours)} | {_ms(theirs)} | "
                                  + " | ".join(_ratio(speedup(lstmp, mode=m, **sel)) for m in MODES) + " |")
             parts.append("")
@@ -417,7 +638,8 @@ def headline_markdown(rows: list[dict]) -> str:
                     cells.append(f"{wins}/{n}" if pick(grid, dtype=d, mode=m) else "not run")
                 parts.append(f"| {d} | " + " | ".join(cells) + " |")
             parts.append("")
-        parts += ["**The bar of issue 4** (forward+backward):", ""] + [f"- {line}" for line in bar_lines(g)]
+        parts += ["**Targets** (forward+backward against nn.LSTM on cuDNN):", ""]
+        parts += [f"- {line}" for line in target_lines(g)]
         missing = sorted({(r["provider"], r["missing"]) for r in g if r.get("missing")})
         if missing:
             parts += ["", "Missing (provider: reason):", ""]
@@ -429,16 +651,38 @@ def headline_markdown(rows: list[dict]) -> str:
 
 
 def summary_table(rows: list[dict]) -> str:
-    """A short plain-text table per GPU: the fastrnns default case in every mode, the other non-grid
-    cases in fwd+bwd (when measured), the grid as win counts, then the bar of issue 4.
+    """A short plain-text table per machine. GPU: the fastrnns default case in every mode, the other
+    non-grid cases in fwd+bwd (when measured), the grid as win counts, then the targets. CPU: the
+    headline cases' times relative to nn.LSTM.
 
     Args:
-        rows: rows of any number of runs and GPUs (e.g. the rows of one benchmark run).
+        rows: rows of any number of runs and machines (e.g. the rows of one benchmark run).
     """
-    groups = by_gpu(rows)
+    groups = by_machine(rows)
     if not groups:
         return "no rows"
-    return "\n\n".join(_gpu_summary(g) for g in groups.values())
+    return "\n\n".join(_cpu_summary(g) if is_cpu(g) else _gpu_summary(g) for g in groups.values())
+
+
+def _cpu_summary(rows: list[dict]) -> str:
+    lines_out = [caption(rows), f"{'shape':28s} {'cell':22s} {'mode':8s} {'nn.LSTM ms':>10s} {'LSTM':>8s} "
+                 f"{'sequence':>8s}  path"]
+    for e in cpu_table(rows):
+        for mode, m in e["modes"].items():
+            nn_ms = "missing" if m["nn_ms"] is None else f"{m['nn_ms']:.2f}"
+            lines_out.append(f"{e['shape']:28s} {e['cell']:22s} {mode:8s} {nn_ms:>10s} {_x(m['lstm_module']):>8s} "
+                             f"{_x(m['lstm_sequence']):>8s}  {' / '.join(dict.fromkeys(e['paths'].values()))}")
+    for cell in CPU_TARGETS:
+        for mode in ("fwd", "fwd+bwd"):
+            values = [relative_time(rows, mode=mode, **_case_match(r)) for r in rows
+                      if r["provider"] == "nn_lstm" and r["mode"] == mode and cell_of(r) == cell]
+            values = [v for v in values if v is not None]
+            if values:
+                lines_out.append(f"all {cell} cases, {mode}: lstm_sequence / nn.LSTM from {min(values):.2f}x to "
+                                 f"{max(values):.2f}x over {len(values)} shapes")
+    lines_out.append(f"time relative to nn.LSTM ({rows[0].get('timing')}); targets: "
+                     + ", ".join(f"{c} <= {t:g}x" for c, t in CPU_TARGETS.items()))
+    return "\n".join(lines_out)
 
 
 def _gpu_summary(rows: list[dict]) -> str:
@@ -447,13 +691,13 @@ def _gpu_summary(rows: list[dict]) -> str:
                  + "  speedup"]
     cases = []
     for r in rows:
-        key = tuple(r[k] for k in CASE_FIELDS)
+        key = tuple(r.get(k) for k in CASE_FIELDS)
         if r["group"] != "grid" and key not in cases:
             cases.append(key)
     for key in cases:
         match = dict(zip(CASE_FIELDS, key))
-        label = f"{match['group']} T{match['T']} B{match['B']} N{match['N']}"
-        label += f" P{match['P']}" if match["P"] else ""
+        label_ = f"{match['group']} T{match['T']} B{match['B']} N{match['N']}"
+        label_ += f" P{match['P']}" if match["P"] else ""
         sel = pick(rows, **match)
         if match["group"] != "default":
             sel = [r for r in sel if r["mode"] == "fwd+bwd"] or sel
@@ -463,29 +707,39 @@ def _gpu_summary(rows: list[dict]) -> str:
                 for p in PROVIDERS:
                     r = one(sel, provider=p, dtype=d, mode=m)
                     cells.append(f"{'' if r is None else _ms(r):>12s}")
-                lines_out.append(f"{label:34s} {d:5s} {m:7s} " + " ".join(cells)
+                lines_out.append(f"{label_:34s} {d:5s} {m:7s} " + " ".join(cells)
                                  + f"  {_ratio(speedup(sel, dtype=d, mode=m))}")
     grid = pick(rows, group="grid")
     for d in _present(grid, "dtype", DTYPES):
         for m in _present(pick(grid, dtype=d), "mode", MODES):
             wins, n = grid_wins(rows, d, m)
-            lines_out.append(f"grid T{GRID_T} {d} {m}: ours faster than cuDNN in {wins} of {n} cells"
+            lines_out.append(f"grid T{GRID_T} {d} {m}: ours faster than nn.LSTM in {wins} of {n} cells"
                              + ("" if n else " (no cell has both: see the missing rows)"))
-    lines_out.append("ms per call (median); speedup = cudnn / triton_persistent")
+    lines_out.append("ms per call (median); speedup = nn_lstm / lstm_sequence")
     if any(r["group"] in ("default", "lstmp", "grid") for r in rows):
-        lines_out += ["bar of issue 4:"] + [f"  {line}" for line in bar_lines(rows)]
+        lines_out += ["targets:"] + [f"  {line}" for line in target_lines(rows)]
     return "\n".join(lines_out)
 
 
 def main(argv=None) -> int:
     """Command line (see the module docstring). Args: argv: arguments, default sys.argv[1:]."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", nargs="*", type=Path, help="JSONL files (default: benchmarks/results/*.jsonl)")
-    parser.add_argument("--plots-dir", type=Path, default=REPO / "plots")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.plot", description=__doc__.splitlines()[0])
+    parser.add_argument("results", nargs="*", type=Path, metavar="RESULTS.jsonl",
+                        help="results files (default: every benchmarks/results/*.jsonl)")
+    parser.add_argument("--plots-dir", type=Path, default=REPO / "plots", metavar="DIR",
+                        help="where the figures and headline.md go (default plots/)")
     parser.add_argument("--table", action="store_true", help="print the summary table instead of plotting")
     args = parser.parse_args(argv)
     paths = args.results or sorted((REPO / "benchmarks" / "results").glob("*.jsonl"))
-    rows = load_rows(paths)
+    absent = [str(p) for p in paths if not p.is_file()]
+    if absent:
+        print(f"benchmarks.plot: no such results file: {', '.join(absent)}", file=sys.stderr)
+        return 2
+    try:
+        rows = load_rows(paths)
+    except ValueError as e:
+        print(f"benchmarks.plot: {e}", file=sys.stderr)
+        return 2
     if not rows:
         print(f"no rows in {[str(p) for p in paths] or 'benchmarks/results/ (no files)'}: nothing to plot")
         return 0

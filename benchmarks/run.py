@@ -1,53 +1,64 @@
-"""The benchmark suite: triton_lstm against cuDNN, torch.compile and FlashRNN, with the floor per step.
+"""Benchmarks of triton_lstm against torch.nn.LSTM on a CUDA GPU or on the CPU.
 
-``python -m benchmarks.run`` (``make bench``) does the project's main job:
+On a GPU nn.LSTM runs cuDNN, and torch.compile and FlashRNN are measured too, with the floor per
+step; on a CPU nn.LSTM runs oneDNN or aten's own loop.
 
-* With a CUDA GPU it runs the standard suite (``--quick``: a subset that fits a few minutes) and
-  appends one JSON line per case x dtype x provider x mode to ``benchmarks/results/<gpu-slug>.jsonl``,
-  then renders the plots from every results file (``benchmarks.plot``) and prints a short table last.
-  The standard suite (``--list`` shows its ~1700 jobs) outlasts one 10-minute device call: there
-  ``benchmarks/gpu_session.sh full`` runs it in parts with ``--budget-s`` and ``--resume``.
-* Without one it says so, runs ``benchmarks.demo`` under ``TRITON_INTERPRET=1`` in a subprocess (the
-  kernels on CPU tensors against the reference; a failure makes the exit status 1) and renders the
-  plots from the committed results.
+``python -m benchmarks.run`` (``make bench``) picks its suite from the machine:
 
-Providers (``PROVIDERS``):
-    triton_persistent  ``triton_lstm.lstm_sequence``: the whole recurrence in one persistent launch
-    triton_step        a Python loop over ``triton_lstm.lstm_cell``, one fused step kernel per step
-    cudnn              ``torch.nn.LSTM`` (``proj_size`` for LSTMP); it has no peepholes or clips, so
-                       it runs those cases without them (the row's note says so)
-    torch_compile      a Python loop over ``lstm_cell_reference`` under ``torch.compile(dynamic=True)``:
-                       one compile per option set and dtype serves every shape (quick suite: fp32 only)
-    flashrnn           ``flashrnn.flashrnn`` (backend cuda_fused), if ``import flashrnn`` works
+* With a CUDA GPU, the standard suite (``--list`` shows its jobs), under a time budget (default
+  ``DEFAULT_BUDGET_S``; ``--budget-s`` changes it) with an ``[i/N]`` progress count and an ETA; what the
+  budget leaves is listed and ``--resume`` continues it. ``--quick`` (``--suite quick``) is a subset
+  that fits a few minutes.
+* Without one, the CPU suite (``--suite cpu``, a few minutes on 2 cores): triton_lstm on CPU tensors
+  against nn.LSTM at PyTorch's fastrnns default shape, B=16 with hidden 256, LSTMP and a small batch x
+  hidden grid, each with a cell nn.LSTM computes and one with TF's extras (peepholes, clips), forward
+  and forward+backward; ``--suite cpu`` also runs it on a GPU machine's CPU.
+
+Each appends one JSON line per case x dtype x provider x mode to
+``benchmarks/results/<machine>.jsonl`` (the GPU's name, or ``cpu-<model>-<threads>t``), renders the
+plots from every results file (``benchmarks.plot``) and prints a short table last.
+
+Providers (``PROVIDERS``; each row also records ``code_path``, what ran, read from the operators it called):
+    lstm_sequence   ``triton_lstm.lstm_sequence``: the persistent kernels on a GPU, the CPU path on a CPU
+    lstm_module     ``triton_lstm.LSTM``, the nn.LSTM drop-in, as users call it (CPU suite)
+    step_loop       a Python loop over ``triton_lstm.lstm_cell``, one fused step kernel per step (GPU)
+    nn_lstm         ``torch.nn.LSTM`` (``proj_size`` for LSTMP, a PackedSequence for lengths) with the same
+                    weights; it has no peepholes or clips, so it runs those cases without them (the row's
+                    note says so)
+    torch_compile   a Python loop over ``lstm_cell_reference`` under ``torch.compile(dynamic=True)``
+                    (GPU; quick suite: fp32 only)
+    flashrnn        ``flashrnn.flashrnn`` (backend cuda_fused), if ``import flashrnn`` works
 A provider that cannot run a case (unsupported option, out of memory, dtype) gets a row whose
-``missing`` field holds the reason; it never stops the run. A provider that computes TF's cell
-(ours, torch_compile) is first checked against the fp32 reference on the same inputs
-(``check_rel_err``, ||out - ref|| / ||ref||); a result over ``CHECK_TOLERANCE`` is recorded as
-missing ("wrong result") and not timed.
+``missing`` field holds the reason; it never stops the run. A provider that computes the case's cell
+on the shared weights is first checked against the fp32 reference (``check_rel_err``,
+||out - ref|| / ||ref||); over ``CHECK_TOLERANCE`` it is recorded as missing ("wrong result").
 
 Modes: ``fwd`` the training forward (inputs and weights require grad, state saved for backward);
 ``bwd`` backward alone (forward once, then ``torch.autograd.grad(..., retain_graph=True)`` timed);
 ``fwd+bwd`` both. Gradients are taken of the outputs [T, B, P] (random upstream gradient) with
-respect to x and every weight. Timing: two warm-up calls, then ``triton.testing.do_bench`` median,
-20th and 80th percentile (CUDA events); on CPU (``--smoke`` only) a host clock.
+respect to x and every weight.
 
-Floor per step (PERF.md): ``mult * F / R + barriers * L`` where F = 2*B*P*4N (+ 2*B*N*P with a
+Timing (the row's ``timing`` says which): on a GPU, two warm-up calls, then ``triton.testing.do_bench``:
+``ms`` is the median (CUDA events). On a CPU, every provider and mode of a case in one process,
+interleaved: a warm-up call each, then rounds timing one call of each, at least ``CPU_ROUNDS`` and
+more until the case has spent ``CPU_MIN_SECONDS`` (``rounds``); ``ms`` is the best round (host
+clock), ``ms_median`` the median; the row records the load average when the case began.
+
+Floor per step (GPU rows): ``mult * F / R + barriers * L`` where F = 2*B*P*4N (+ 2*B*N*P with a
 projection) is the recurrent product of one step, mult = 1 / 2 / 3 for fwd / bwd / fwd+bwd, R the
 dense matmul rate at that dtype (a large ``torch.matmul``, measured once per run), L the grid-barrier
 latency (the per-step time of ``lstm_sequence`` at B=1, D=N=16, T=1024 with one program per SM,
 measured once per run) and barriers = 1 per forward step (2 with a projection) + 2 per backward step.
-The hoisted input GEMM (x @ W_x) is off the serial path and not in the floor. Both components are
-recorded (``floor_compute_us``, ``floor_barrier_us``).
+The hoisted input GEMM (x @ W_x) is off the serial path and not in the floor.
 
-fp32: by default tf32 is off for both torch matmuls and cuDNN (``--tf32`` turns both on), so every
-provider computes in full fp32; the row records both flags.
+fp32 on a GPU: by default tf32 is off for both torch matmuls and cuDNN (``--tf32`` turns both on), so
+every provider computes in full fp32; the row records both flags.
 
 Results: ``--results FILE`` overrides the results file, ``--out DIR`` also writes this run's rows
 (``results.jsonl``), the log (``bench_log.txt``) and the final table (``summary.txt``) there,
-``--resume`` skips jobs already in the results file for this GPU and these versions, and
-``--budget-s`` stops starting new jobs after that many seconds (what was not run is listed), so a
-long suite can be finished over several calls. ``--list`` prints the jobs and exits (no GPU needed);
-``--smoke`` runs a tiny suite on whatever device is present to check the harness (CPU rows are not
+``--resume`` skips jobs already in the results file for this machine and these versions, and
+``--budget-s`` stops starting new jobs after that many seconds. ``--list`` prints the jobs and exits
+(no GPU needed); ``--smoke`` runs the suite's tiny version to check the harness (its rows are not
 results: it requires ``--results``).
 """
 from __future__ import annotations
@@ -58,6 +69,7 @@ import gc
 import itertools
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -74,17 +86,24 @@ import torch._functorch.config
 import triton
 import triton.testing
 
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
 import triton_lstm
 from benchmarks import plot
 from triton_lstm import lstm_cell, lstm_cell_reference, lstm_sequence, lstm_sequence_reference
-from triton_lstm.launch import kernels_run_on
+from triton_lstm.convert import tf_to_torch_lstm
 
 Tensor = torch.Tensor
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "benchmarks" / "results"
 
-PROVIDERS = ("triton_persistent", "triton_step", "cudnn", "torch_compile", "flashrnn")
+PROVIDERS = ("lstm_sequence", "lstm_module", "step_loop", "nn_lstm", "torch_compile", "flashrnn")
+GPU_PROVIDERS = ("lstm_sequence", "step_loop", "nn_lstm", "torch_compile", "flashrnn")
+CPU_PROVIDERS = ("lstm_sequence", "lstm_module", "nn_lstm")
 MODES = ("fwd", "bwd", "fwd+bwd")
+CPU_MODES = ("fwd", "fwd+bwd")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 GRID_BATCH = (1, 8, 32, 64, 128, 256)
 GRID_HIDDEN = (128, 256, 512, 1024, 2048)
@@ -95,6 +114,13 @@ LSTMP_CLIPS = dict(cell_clip=3.0, proj_clip=1.0)
 # ||out - ref|| / ||ref|| against the fp32 reference, per input dtype (errors compound over T steps).
 CHECK_TOLERANCE = {"fp32": 1e-3, "fp16": 3e-2, "bf16": 1e-1}
 BARRIER_SHAPE = dict(T=1024, B=1, D=16, N=16)
+# The standard GPU suite outlasts one sitting: without --budget-s it stops starting jobs after this.
+DEFAULT_BUDGET_S = {"standard": 1200.0, "quick": 240.0}
+# CPU timing: at least CPU_ROUNDS interleaved rounds, more until a case has spent CPU_MIN_SECONDS.
+CPU_ROUNDS = 5
+CPU_MIN_SECONDS = 3.0
+CPU_GRID_BATCH = (8, 32, 64)
+CPU_GRID_HIDDEN = (128, 256, 512)
 
 
 @dataclass(frozen=True)
@@ -109,6 +135,7 @@ class Case:
     peepholes: bool = False
     cell_clip: Optional[float] = None
     proj_clip: Optional[float] = None
+    lengths: bool = False       # variable lengths (TF's sequence_length; a PackedSequence for nn.LSTM)
 
     @property
     def out_size(self) -> int:
@@ -122,6 +149,8 @@ class Case:
             s += " peep"
         if self.cell_clip is not None or self.proj_clip is not None:
             s += f" clips={self.cell_clip}/{self.proj_clip}"
+        if self.lengths:
+            s += " lengths"
         return s
 
 
@@ -152,42 +181,73 @@ def jobs_for(cases, dtypes, providers, modes) -> list[Job]:
 
 
 def standard_suite() -> list[Job]:
-    """The full suite of issue 4: fastrnns default, LSTMP, T sweep, batch x hidden grid.
+    """The GPU suite: fastrnns default, LSTMP, T sweep, batch x hidden grid.
 
-    Ordered so that a run cut short by --budget-s has the most useful part: the headline cases,
-    then ours and cuDNN over the sweeps (the heatmaps), then the other providers over the sweeps.
+    Ordered so that a run cut short by the time budget has the most useful part: the headline cases,
+    then ours and nn.LSTM over the sweeps (the heatmaps), then the other providers over the sweeps.
     """
     dtypes = list(DTYPES)
-    jobs = jobs_for([DEFAULT_CASE], dtypes, PROVIDERS, MODES)
-    jobs += jobs_for([lstmp_case(H) for H in LSTMP_HIDDEN], dtypes, PROVIDERS, MODES)
+    jobs = jobs_for([DEFAULT_CASE], dtypes, GPU_PROVIDERS, MODES)
+    jobs += jobs_for([lstmp_case(H) for H in LSTMP_HIDDEN], dtypes, GPU_PROVIDERS, MODES)
     # T=256 at B=64, H=512 is a grid point; the plots take it from there.
     sweeps = [Case("grid", 256, B, H, H) for H in GRID_HIDDEN for B in GRID_BATCH]
     sweeps += [Case("seq_len", T, 64, 512, 512) for T in SEQ_LENS if T != 256]
-    first = ("triton_persistent", "cudnn")
+    first = ("lstm_sequence", "nn_lstm")
     jobs += jobs_for(sweeps, dtypes, first, MODES)
-    jobs += jobs_for(sweeps, dtypes, [p for p in PROVIDERS if p not in first], MODES)
+    jobs += jobs_for(sweeps, dtypes, [p for p in GPU_PROVIDERS if p not in first], MODES)
     return jobs
 
 
 def quick_suite() -> list[Job]:
-    """A few minutes: the headline cases in full, a 3 x 3 part of the grid and T=1024 (fwd+bwd)."""
+    """A few minutes on a GPU: the headline cases in full, a 3 x 3 part of the grid and T=1024 (fwd+bwd)."""
     dtypes = list(DTYPES)
     # torch.compile costs two compiles (forward, backward) per dtype and option set: fp32 plain only.
-    others = [p for p in PROVIDERS if p != "torch_compile"]
-    jobs = jobs_for([DEFAULT_CASE], ["fp32"], PROVIDERS, MODES)
+    others = [p for p in GPU_PROVIDERS if p != "torch_compile"]
+    jobs = jobs_for([DEFAULT_CASE], ["fp32"], GPU_PROVIDERS, MODES)
     jobs += jobs_for([DEFAULT_CASE], ["fp16", "bf16"], others, MODES)
     jobs += jobs_for([lstmp_case(512)], dtypes, others, MODES)
     grid = [Case("grid", 256, B, H, H) for H in (256, 512, 1024) for B in (8, 64, 256)]
-    jobs += jobs_for(grid, ["fp32", "fp16"], ["triton_persistent", "cudnn"], ["fwd+bwd"])
-    jobs += jobs_for([Case("seq_len", 1024, 64, 512, 512)], ["fp32", "fp16"], ["triton_persistent", "cudnn"],
+    jobs += jobs_for(grid, ["fp32", "fp16"], ["lstm_sequence", "nn_lstm"], ["fwd+bwd"])
+    jobs += jobs_for([Case("seq_len", 1024, 64, 512, 512)], ["fp32", "fp16"], ["lstm_sequence", "nn_lstm"],
                      ["fwd+bwd"])
     return jobs
 
 
 def smoke_suite() -> list[Job]:
-    """Tiny shapes that check the harness on any device (every provider, mode and dtype once)."""
+    """Tiny shapes that check the GPU suite's harness on any device (every provider, mode and dtype once)."""
     cases = [Case("smoke", 8, 4, 16, 16), Case("smoke", 8, 4, 16, 32, P=8, peepholes=True, **LSTMP_CLIPS)]
-    return jobs_for(cases, list(DTYPES), PROVIDERS, MODES)
+    return jobs_for(cases, list(DTYPES), GPU_PROVIDERS, MODES)
+
+
+def with_extras(case: Case) -> Case:
+    """The case's cell with TF's extras: peepholes, a cell clip, and a projection clip with a projection."""
+    return dataclasses.replace(case, peepholes=True, cell_clip=LSTMP_CLIPS["cell_clip"],
+                               proj_clip=LSTMP_CLIPS["proj_clip"] if case.P else None)
+
+
+def cpu_suite() -> list[Job]:
+    """The CPU suite (T=100, fp32): the fastrnns default, B=16 x 256, LSTMP (B=32, 512, num_proj 128)
+    and the default with variable lengths, by all CPU providers; a batch x hidden grid by
+    lstm_sequence and nn.LSTM. Each shape twice: a cell nn.LSTM computes, and with TF's extras."""
+    headline = [DEFAULT_CASE, Case("small", 100, 16, 256, 256), Case("lstmp", 100, 32, 512, 512, P=128),
+                Case("lengths", 100, 64, 512, 512, lengths=True)]
+    # B=64, H=512 is the default case; the plots take that grid point from there.
+    grid = [Case("grid", 100, B, H, H) for H in CPU_GRID_HIDDEN for B in CPU_GRID_BATCH if (B, H) != (64, 512)]
+    jobs = []
+    for cases, providers in ((headline, CPU_PROVIDERS), (grid, ("lstm_sequence", "nn_lstm"))):
+        for case in cases:
+            jobs += jobs_for([case, with_extras(case)], ["fp32"], providers, CPU_MODES)
+    return jobs
+
+
+def cpu_smoke_suite() -> list[Job]:
+    """The CPU suite at tiny shapes (checks its harness in seconds)."""
+    cases = [Case("smoke", 6, 3, 8, 8), Case("smoke", 6, 3, 8, 12, P=5, lengths=True)]
+    return jobs_for([c for case in cases for c in (case, with_extras(case))], ["fp32"], CPU_PROVIDERS, CPU_MODES)
+
+
+SUITES = dict(standard=standard_suite, quick=quick_suite, cpu=cpu_suite)
+SMOKE_SUITES = dict(standard=smoke_suite, quick=smoke_suite, cpu=cpu_smoke_suite)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,12 +268,32 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo; elsewhere what the platform module says)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _built_with(pattern: str) -> Optional[str]:
+    """A library version from torch's build configuration (e.g. oneDNN, MKL), or None."""
+    found = re.search(pattern, torch.__config__.show())
+    return found.group(1) if found else None
+
+
 def environment(device: torch.device, suite: str) -> dict:
-    """The fields every row carries: device, driver, versions, date, code revision, precision flags.
+    """The fields every row carries: machine, driver, versions, date, code revision, precision flags.
 
     Args:
-        device: the device measured (CUDA: name, SMs, capability, driver, CUDA and cuDNN versions).
-        suite: "standard", "quick" or "smoke", recorded as is.
+        device: the device measured. CUDA: name, SMs, capability, driver, CUDA and cuDNN versions.
+            CPU: model, torch's threads, cores, the vector ISA torch uses, oneDNN and MKL versions.
+        suite: the suite's name ("standard", "quick", "cpu"; "smoke" for the tiny versions), as is.
+    Returns:
+        A dict; ``machine`` names the machine (GPU name, or CPU model and threads) and
+        ``machine_slug`` its results file.
     """
     env = dict(suite=suite, device=device.type, torch=torch.__version__, triton=triton.__version__,
                triton_lstm=triton_lstm.__version__, python=sys.version.split()[0],
@@ -229,11 +309,14 @@ def environment(device: torch.device, suite: str) -> dict:
         driver, why = _command_output(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
         env.update(gpu=props.name, sm_count=props.multi_processor_count, capability=f"{props.major}.{props.minor}",
                    gpu_memory_gib=round(props.total_memory / 2**30, 1), driver=driver, driver_note=why or None,
-                   cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+                   cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), gpu_slug=slug(props.name),
+                   machine=props.name, machine_slug=slug(props.name))
     else:
-        env.update(gpu="cpu", sm_count=None, capability=None, gpu_memory_gib=None, driver=None,
-                   driver_note="no CUDA GPU", cuda=None, cudnn=None)
-    env["gpu_slug"] = slug(env["gpu"])
+        model, threads = cpu_model(), torch.get_num_threads()
+        env.update(cpu=model, threads=threads, cores=os.cpu_count(),
+                   cpu_capability=torch.backends.cpu.get_cpu_capability(), onednn=_built_with(r"MKL-DNN v([\d.]+)"),
+                   mkl=_built_with(r"Math Kernel Library Version ([\d.]+)"),
+                   machine=f"{model} (CPU, {threads} threads)", machine_slug=slug(f"cpu {model} {threads}t"))
     return env
 
 
@@ -357,11 +440,11 @@ class Unsupported(Exception):
 
 @dataclass
 class Setup:
-    """A provider ready to run one case: forward() returns the outputs [T, B, P]."""
+    """A provider ready to run one case: forward() returns the outputs [T, B, P] (zero past each length)."""
     forward: Callable[[], Tensor]
     leaves: list                # tensors the backward differentiates
     note: str = ""
-    checkable: bool = False     # computes TF's cell on the shared inputs: compare with the reference
+    checkable: bool = False     # computes the case's cell on the shared weights: compare with the reference
 
 
 def make_inputs(case: Case, dtype: torch.dtype, device: torch.device, seed: int = 0) -> dict:
@@ -371,7 +454,8 @@ def make_inputs(case: Case, dtype: torch.dtype, device: torch.device, seed: int 
         case: shapes and options.  dtype: of x, h0 and the weights.  device: where they live.  seed: generator seed.
     Returns:
         x [T, B, D] and the weights requiring grad; h0 [B, P]; c0 [B, N] fp32; w_x [D, 4N]; w_h [P, 4N];
-        bias [4N]; w_f_diag, w_i_diag, w_o_diag [N] or None; projection [N, P] or None.
+        bias [4N]; w_f_diag, w_i_diag, w_o_diag [N] or None; projection [N, P] or None; lengths [B]
+        (int64 on the CPU, a full-length row first and the others in [T/2, T]) or None.
     """
     g = torch.Generator(device=device).manual_seed(seed)
     T, B, D, N, P = case.T, case.B, case.D, case.N, case.out_size
@@ -384,11 +468,15 @@ def make_inputs(case: Case, dtype: torch.dtype, device: torch.device, seed: int 
              h0=(torch.randn(B, P, device=device, generator=g) * 0.5).to(dtype),
              c0=torch.randn(B, N, device=device, generator=g) * 0.5,
              w_x=uniform(D, 4 * N), w_h=uniform(P, 4 * N), bias=uniform(4 * N),
-             w_f_diag=None, w_i_diag=None, w_o_diag=None, projection=None)
+             w_f_diag=None, w_i_diag=None, w_o_diag=None, projection=None, lengths=None)
     if case.peepholes:
         t.update(w_f_diag=uniform(N), w_i_diag=uniform(N), w_o_diag=uniform(N))
     if case.P:
         t["projection"] = uniform(N, P)
+    if case.lengths:
+        lengths = torch.randint(T // 2, T + 1, (B,), generator=torch.Generator().manual_seed(seed))
+        lengths[0] = T
+        t["lengths"] = lengths
     return t
 
 
@@ -404,20 +492,21 @@ def _leaves(t: dict, *names) -> list:
     return [t[k] for k in names if t[k] is not None]
 
 
-def _fallback_note(t: dict) -> str:
-    x = t["x"]
-    return "" if kernels_run_on(x.device, x.dtype) else "no kernels here: the plain-PyTorch reference fallback ran"
+def _without_lengths(case: Case, provider: str) -> None:
+    if case.lengths:
+        raise Unsupported(f"{provider} takes no sequence lengths here")
 
 
-def setup_triton_persistent(case: Case, t: dict) -> Setup:
+def setup_lstm_sequence(case: Case, t: dict) -> Setup:
     """triton_lstm.lstm_sequence with every option of the case."""
     opts = _options(case)
 
     def forward():
-        return lstm_sequence(t["x"], t["h0"], t["c0"], t["w_x"], t["w_h"], t["bias"], *_weights(t), **opts)[0]
+        return lstm_sequence(t["x"], t["h0"], t["c0"], t["w_x"], t["w_h"], t["bias"], *_weights(t), t["lengths"],
+                             **opts)[0]
 
     return Setup(forward, _leaves(t, "x", "w_x", "w_h", "bias", "w_f_diag", "w_i_diag", "w_o_diag", "projection"),
-                 note=_fallback_note(t), checkable=True)
+                 checkable=True)
 
 
 def _step_loop(step: Callable, case: Case, t: dict) -> Setup:
@@ -436,12 +525,11 @@ def _step_loop(step: Callable, case: Case, t: dict) -> Setup:
     return Setup(forward, [x, kernel, bias] + [w for w in weights if w is not None], checkable=True)
 
 
-def setup_triton_step(case: Case, t: dict) -> Setup:
+def setup_step_loop(case: Case, t: dict) -> Setup:
     """A Python loop over triton_lstm.lstm_cell, one fused step kernel (and its backward) per step."""
+    _without_lengths(case, "the step loop")
     opts = _options(case)
-    setup = _step_loop(lambda *a: lstm_cell(*a, **opts), case, t)
-    setup.note = _fallback_note(t)
-    return setup
+    return _step_loop(lambda *a: lstm_cell(*a, **opts), case, t)
 
 
 _COMPILED: dict = {}
@@ -461,24 +549,29 @@ def compiled_step(case: Case) -> Callable:
 
 def setup_torch_compile(case: Case, t: dict) -> Setup:
     """A Python loop over the compiled reference step (``compiled_step``)."""
+    _without_lengths(case, "the compiled step loop")
     setup = _step_loop(compiled_step(case), case, t)
     setup.note = "torch.compile(dynamic=True) of the reference step (donated_buffer off), Python loop over T"
     return setup
 
 
-def cudnn_algorithm(case: Case, dtype: str, mode: str, device: torch.device) -> str:
-    """The cuDNN algorithm PyTorch is expected to pick: PERF.md's table, read from PyTorch's
+def cudnn_algorithm(case: Case, dtype: str, mode: str, device: torch.device) -> Optional[str]:
+    """The cuDNN algorithm PyTorch is expected to pick, read from PyTorch's
     aten/src/ATen/native/cudnn/RNN.cpp (``get_algo``); an expectation, not a measurement.
 
     Args:
         case: shapes.  dtype: a key of DTYPES.  mode: "fwd", "bwd" or "fwd+bwd".  device: the device measured.
+    Returns:
+        The algorithm's name, or None off a GPU.
     """
     if device.type != "cuda":
-        return "not cuDNN (CPU)"
+        return None
     props = torch.cuda.get_device_properties(device)
     small_h = 128 if mode != "fwd" else 192
     if case.P:
         return "STANDARD (proj_size)"
+    if case.lengths:
+        return "STANDARD (packed input)"
     if case.N <= small_h:
         return "PERSIST_STATIC_SMALL_H"
     if (dtype == "fp16" and case.N <= 1024 and case.N % 128 == 0 and case.D % 128 == 0
@@ -488,23 +581,57 @@ def cudnn_algorithm(case: Case, dtype: str, mode: str, device: torch.device) -> 
     return "STANDARD"
 
 
-def setup_cudnn(case: Case, t: dict) -> Setup:
-    """torch.nn.LSTM (proj_size = num_proj) on the same x; its own random weights."""
+def _torch_layout(case: Case, t: dict) -> dict:
+    """The case's TF weights as an nn.LSTM state dict (forget bias folded into bias_ih), plus the peepholes
+    under triton_lstm.LSTM's names."""
+    state = tf_to_torch_lstm(torch.cat([t["w_x"], t["w_h"]]).detach(), t["bias"].detach(),
+                             None if t["projection"] is None else t["projection"].detach(), forget_bias=FORGET_BIAS)
+    if case.peepholes:
+        state.update({f"{k}_l0": t[k].detach() for k in ("w_f_diag", "w_i_diag", "w_o_diag")})
+    return state
+
+
+def _module_forward(module: torch.nn.Module, t: dict) -> Callable[[], Tensor]:
+    """module(x, (h0, c0)) -> outputs [T, B, P]; with lengths, x goes in as a PackedSequence (packed inside
+    the timed call, as users do) and comes back padded."""
+    x, lengths = t["x"], t["lengths"]
+    state = (t["h0"][None].detach().clone(), t["c0"].to(x.dtype)[None].detach().clone())
+    if lengths is None:
+        return lambda: module(x, state)[0]
+
+    def forward():
+        packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        return pad_packed_sequence(module(packed, state)[0], total_length=x.shape[0])[0]
+    return forward
+
+
+def setup_nn_lstm(case: Case, t: dict) -> Setup:
+    """torch.nn.LSTM (proj_size = num_proj) with the case's weights; without peepholes and clips."""
     x = t["x"]
-    dtype, device = x.dtype, x.device
-    if device.type == "cuda" and not torch.backends.cudnn.is_available():
+    if x.device.type == "cuda" and not torch.backends.cudnn.is_available():
         raise Unsupported("cuDNN is not available to torch")
-    lstm = torch.nn.LSTM(case.D, case.N, proj_size=case.P or 0, device=device, dtype=dtype)
+    lstm = torch.nn.LSTM(case.D, case.N, proj_size=case.P or 0, device=x.device, dtype=x.dtype)
+    lstm.load_state_dict({k: v for k, v in _torch_layout(case, t).items() if "diag" not in k})
     lstm.train()
-    state = (t["h0"][None].detach().clone(), t["c0"].to(dtype)[None].detach().clone())
     lacks = [name for name, on in (("peepholes", case.peepholes), ("cell_clip", case.cell_clip is not None),
                                    ("proj_clip", case.proj_clip is not None)) if on]
     note = f"nn.LSTM has no {', '.join(lacks)}: measured without them" if lacks else ""
-    return Setup(lambda: lstm(x, state)[0], [x] + list(lstm.parameters()), note=note)
+    return Setup(_module_forward(lstm, t), [x] + list(lstm.parameters()), note=note, checkable=not lacks)
+
+
+def setup_lstm_module(case: Case, t: dict) -> Setup:
+    """triton_lstm.LSTM (the nn.LSTM drop-in) with the case's weights and extras, called as nn.LSTM is."""
+    x = t["x"]
+    module = triton_lstm.LSTM(case.D, case.N, proj_size=case.P or 0, use_peepholes=case.peepholes,
+                              cell_clip=case.cell_clip, proj_clip=case.proj_clip, device=x.device, dtype=x.dtype)
+    module.load_state_dict(_torch_layout(case, t))
+    module.train()
+    return Setup(_module_forward(module, t), [x] + list(module.parameters()), checkable=True)
 
 
 def setup_flashrnn(case: Case, t: dict) -> Setup:
     """flashrnn.flashrnn (cuda_fused backend) on x @ W_x + bias and W_h, when flashrnn is installed."""
+    _without_lengths(case, "FlashRNN")
     try:
         from flashrnn import flashrnn
     except ImportError as e:
@@ -532,8 +659,8 @@ def setup_flashrnn(case: Case, t: dict) -> Setup:
 
 
 # provider -> setup function (case, make_inputs' tensors) -> Setup; Unsupported if it cannot run the case.
-SETUPS = dict(triton_persistent=setup_triton_persistent, triton_step=setup_triton_step, cudnn=setup_cudnn,
-              torch_compile=setup_torch_compile, flashrnn=setup_flashrnn)
+SETUPS = dict(lstm_sequence=setup_lstm_sequence, lstm_module=setup_lstm_module, step_loop=setup_step_loop,
+              nn_lstm=setup_nn_lstm, torch_compile=setup_torch_compile, flashrnn=setup_flashrnn)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -550,19 +677,89 @@ def device_usable(device: torch.device) -> None:
     synchronize(device)
 
 
+def mode_call(setup: Setup, mode: str) -> Callable[[], object]:
+    """One call of a mode (module docstring: "Modes")."""
+    if mode == "fwd":
+        return setup.forward
+    out = setup.forward()
+    grad = torch.randn_like(out)
+    if mode == "bwd":
+        return lambda: torch.autograd.grad(out, setup.leaves, grad, retain_graph=True)
+    return lambda: torch.autograd.grad(setup.forward(), setup.leaves, grad)
+
+
 def time_mode(setup: Setup, mode: str, device: torch.device, quick: bool) -> tuple[float, float, float]:
-    """(median, p20, p80) ms of one mode (module docstring: "Modes").
+    """(median, p20, p80) ms of one mode, timed by ``bench``.
 
     Args:
         setup: the provider on its case.  mode: "fwd", "bwd" or "fwd+bwd".  device, quick: as ``bench``.
     """
-    if mode == "fwd":
-        return bench(setup.forward, device, quick)
-    out = setup.forward()
-    grad = torch.randn_like(out)
-    if mode == "bwd":
-        return bench(lambda: torch.autograd.grad(out, setup.leaves, grad, retain_graph=True), device, quick)
-    return bench(lambda: torch.autograd.grad(setup.forward(), setup.leaves, grad), device, quick)
+    return bench(mode_call(setup, mode), device, quick)
+
+
+def interleaved_times(calls: dict, rounds: int, min_seconds: float = 0.0, max_rounds: int = 50) -> dict:
+    """Host-clock times (ms) of several calls measured in turns: a warm-up call each, then rounds
+    that time one call of each, so that a slow spell of the machine hits them all alike.
+
+    Args:
+        calls: key -> a callable.
+        rounds: the fewest rounds; more follow until ``min_seconds`` have passed (at most ``max_rounds``).
+    Returns:
+        key -> the list of its times, in round order.
+    """
+    for fn in calls.values():
+        fn()
+    times: dict = {key: [] for key in calls}
+    start = time.perf_counter()
+    done = 0
+    while done < rounds or (time.perf_counter() - start < min_seconds and done < max_rounds):
+        for key, fn in calls.items():
+            begin = time.perf_counter()
+            fn()
+            times[key].append((time.perf_counter() - begin) * 1e3)
+        done += 1
+    return times
+
+
+class _SeenFunctions(TorchFunctionMode):
+    """Records the torch functions called (``lstm`` for torch's own LSTM, whichever backend it picks)."""
+
+    def __init__(self):
+        super().__init__()
+        self.names: set = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.add(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+class _SeenOps(TorchDispatchMode):
+    """Records the operators dispatched (e.g. ``aten.mkldnn_rnn_layer.default``, ``triton_lstm.seq_fwd.default``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.names: set = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+# Operators and functions that tell which implementation ran, most specific first.
+CODE_PATHS = (("triton_lstm.seq_fwd.", "persistent kernel"), ("triton_lstm.step_fwd.", "step kernel"),
+              ("triton_lstm.cpu_seq_fwd.", "CPU loop"), ("aten._cudnn_rnn.", "cuDNN"),
+              ("aten.mkldnn_rnn_layer.", "oneDNN LSTM"), ("lstm", "aten LSTM"))
+
+
+def code_path(forward: Callable[[], object]) -> str:
+    """What a provider's forward runs, from the functions and operators one call reaches (``CODE_PATHS``;
+    "PyTorch ops" when none of them: the reference, a compiled graph or another library)."""
+    functions, ops = _SeenFunctions(), _SeenOps()
+    with functions, ops:
+        forward()
+    names = functions.names | ops.names
+    found = [path for name, path in CODE_PATHS if any(n == name or n.startswith(name) for n in names)]
+    return found[0] if found else "PyTorch ops"
 
 
 def relative_error(out: Tensor, ref: Tensor) -> float:
@@ -575,8 +772,10 @@ class Runner:
     """Runs jobs, appends rows to the results file (and --out), logs to stdout (and --out)."""
 
     def __init__(self, device: torch.device, env: dict, floor: Floor, results: Path, out_dir: Optional[Path],
-                 quick: bool, log: Callable[[str], None]):
+                 quick: bool, log: Callable[[str], None], rounds: int = CPU_ROUNDS,
+                 min_seconds: float = CPU_MIN_SECONDS):
         self.device, self.env, self.floor, self.quick, self.log = device, env, floor, quick, log
+        self.rounds, self.min_seconds = rounds, min_seconds
         self.results, self.out_dir = results, out_dir
         self.rows: list[dict] = []
 
@@ -593,81 +792,125 @@ class Runner:
     def row(self, job: Job, **fields) -> dict:
         """One result row: environment, every case parameter, job, floor, then ``fields``."""
         c = job.case
-        algo = cudnn_algorithm(c, job.dtype, job.mode, self.device) if job.provider == "cudnn" else None
+        algo = cudnn_algorithm(c, job.dtype, job.mode, self.device) if job.provider == "nn_lstm" else None
         row = dict(self.env, group=c.group, T=c.T, B=c.B, D=c.D, N=c.N, P=c.P, peepholes=c.peepholes,
-                   cell_clip=c.cell_clip, proj_clip=c.proj_clip, forget_bias=FORGET_BIAS, dtype=job.dtype,
-                   provider=job.provider, mode=job.mode, missing=None, note="", check_rel_err=None,
-                   ms=None, ms_p20=None, ms_p80=None, tokens_per_s=None, step_us=None, cudnn_algo_expected=algo)
+                   cell_clip=c.cell_clip, proj_clip=c.proj_clip, lengths=c.lengths, forget_bias=FORGET_BIAS,
+                   dtype=job.dtype, provider=job.provider, mode=job.mode, missing=None, note="", code_path=None,
+                   check_rel_err=None, timing=None, ms=None, ms_p20=None, ms_p80=None, ms_median=None,
+                   tokens_per_s=None, step_us=None, cudnn_algo_expected=algo)
         row.update(self.floor.fields(c, job.dtype, job.mode))
         row.update(fields)
         return row
 
     def run_case(self, case: Case, dtype: str, jobs: list[Job]) -> None:
         """All jobs of one case and dtype: inputs and the reference are made once, setups per provider.
+        On a GPU each provider is timed right after its setup; on a CPU all are timed interleaved.
 
         Args:
             case: the problem.  dtype: a key of DTYPES.  jobs: the jobs of this case and dtype.
         """
         t = make_inputs(case, DTYPES[dtype], self.device)
-        ref = None
+        reference: list = []
+        interleaved = []
         for provider in [p for p in PROVIDERS if any(j.provider == p for j in jobs)]:
             mine = [j for j in jobs if j.provider == provider]
             try:
                 setup = SETUPS[provider](case, t)
-                check = None
-                if setup.checkable:
-                    if ref is None:
-                        with torch.no_grad():
-                            up = {k: None if v is None else v.detach().float() for k, v in t.items()}
-                            ref = lstm_sequence_reference(up["x"], up["h0"], up["c0"], up["w_x"], up["w_h"],
-                                                          up["bias"], *_weights(up), **_options(case))[0]
-                    check = relative_error(setup.forward(), ref)
-                    if not check <= CHECK_TOLERANCE[dtype]:
-                        raise RuntimeError(f"wrong result: ||out - ref|| / ||ref|| = {check:.3g} against the fp32 "
-                                           f"reference (tolerance {CHECK_TOLERANCE[dtype]:g})")
+                check = self._check(setup, case, dtype, t, reference)
+                path = code_path(setup.forward)
             except Exception as e:  # any provider failure on a case is recorded as missing, never fatal
                 self._missing(mine, e)
                 continue
-            for job in mine:
-                try:
-                    p50, p20, p80 = time_mode(setup, job.mode, self.device, self.quick)
-                except Exception as e:  # as above: recorded with its error text
-                    self._missing([job], e)
-                    continue
-                row = self.row(job, ms=p50, ms_p20=p20, ms_p80=p80, tokens_per_s=case.T * case.B / (p50 * 1e-3),
-                               step_us=p50 * 1e3 / case.T, check_rel_err=check, note=setup.note)
-                self.write(row)
-                self.log(f"  {job.provider:17s} {job.mode:7s} {p50:9.3f} ms  [{p20:.3f}, {p80:.3f}]  "
-                         f"{row['step_us']:8.2f} us/step  floor {row['floor_us']:7.2f} us/step"
-                         + (f"  rel err {check:.1e}" if check is not None else ""))
-            del setup
-        del t, ref
+            if self.device.type == "cuda":
+                for job in mine:
+                    try:
+                        p50, p20, p80 = time_mode(setup, job.mode, self.device, self.quick)
+                    except Exception as e:  # as above: recorded with its error text
+                        self._missing([job], e)
+                        continue
+                    self._timed(job, setup, check, path, ms=p50, ms_p20=p20, ms_p80=p80,
+                                timing="median of triton.testing.do_bench (CUDA events)")
+                del setup
+            else:
+                interleaved.append((setup, mine, check, path))
+        if interleaved:
+            self._time_interleaved(interleaved)
+        del t, reference, interleaved
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+    def _check(self, setup: Setup, case: Case, dtype: str, t: dict, reference: list) -> Optional[float]:
+        """||out - ref|| / ||ref|| of a checkable provider (the fp32 reference made once, kept in
+        ``reference``); raise when over CHECK_TOLERANCE. None for a provider that computes another cell."""
+        if not setup.checkable:
+            return None
+        if not reference:
+            with torch.no_grad():
+                up = {k: None if v is None or k == "lengths" else v.detach().float() for k, v in t.items()}
+                reference.append(lstm_sequence_reference(up["x"], up["h0"], up["c0"], up["w_x"], up["w_h"], up["bias"],
+                                                         *_weights(up), t["lengths"], **_options(case))[0])
+        check = relative_error(setup.forward(), reference[0])
+        if not check <= CHECK_TOLERANCE[dtype]:
+            raise RuntimeError(f"wrong result: ||out - ref|| / ||ref|| = {check:.3g} against the fp32 "
+                               f"reference (tolerance {CHECK_TOLERANCE[dtype]:g})")
+        return check
+
+    def _time_interleaved(self, prepared: list) -> None:
+        """Time every (provider, mode) of a case in turns (``interleaved_times``); one row each."""
+        calls, owners = {}, {}
+        for setup, mine, check, path in prepared:
+            for job in mine:
+                try:
+                    calls[job] = mode_call(setup, job.mode)
+                except Exception as e:  # recorded with its error text
+                    self._missing([job], e)
+                    continue
+                owners[job] = (setup, check, path)
+        load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+        try:
+            times = interleaved_times(calls, self.rounds, self.min_seconds)
+        except Exception as e:  # a call that fails in one round fails in all: the case is missing
+            self._missing(list(calls), e)
+            return
+        for job, ts in times.items():
+            setup, check, path = owners[job]
+            self._timed(job, setup, check, path, ms=min(ts), ms_median=sorted(ts)[len(ts) // 2], load_avg=load,
+                        rounds=len(ts), timing="best of at least 5 interleaved rounds (3 s a case) after a "
+                                                   "warm-up (host clock)")
+
+    def _timed(self, job: Job, setup: Setup, check: Optional[float], path: str, **fields) -> None:
+        case, ms = job.case, fields["ms"]
+        row = self.row(job, tokens_per_s=case.T * case.B / (ms * 1e-3), step_us=ms * 1e3 / case.T,
+                       check_rel_err=check, note=setup.note, code_path=path, **fields)
+        self.write(row)
+        spread = (f"[{fields['ms_p20']:.3f}, {fields['ms_p80']:.3f}]" if fields.get("ms_p20") is not None
+                  else f"median {fields['ms_median']:.3f}")
+        self.log(f"  {job.provider:14s} {job.mode:7s} {ms:9.3f} ms  {spread}  {row['step_us']:8.2f} us/step  "
+                 f"{path}" + (f"  rel err {check:.1e}" if check is not None else ""))
 
     def _missing(self, jobs: list[Job], e: Exception) -> None:
         reason = str(e) if isinstance(e, Unsupported) else error_text(e)
         for job in jobs:
             self.write(self.row(job, missing=reason))
-        self.log(f"  {jobs[0].provider:17s} missing ({', '.join(j.mode for j in jobs)}): {reason}")
+        self.log(f"  {jobs[0].provider:14s} missing ({', '.join(j.mode for j in jobs)}): {reason}")
         device_usable(self.device)
 
 
 def completed_keys(results: Path, env: dict) -> set:
-    """Job keys already in the results file for this GPU, code revision and versions (for --resume).
+    """Job keys already in the results file for this machine, code revision and versions (for --resume).
 
     Args:
         results: the results file.  env: this run's ``environment``.
     """
     if not results.exists():
         return set()
-    same = ("gpu", "torch", "triton", "triton_lstm", "git", "tf32_matmul", "tf32_cudnn")
+    same = ("machine", "torch", "triton", "triton_lstm", "git", "tf32_matmul", "tf32_cudnn")
     keys = set()
     for row in plot.load_rows([results]):
         if all(row.get(k) == env[k] for k in same):
             case = Case(row["group"], row["T"], row["B"], row["D"], row["N"], row["P"], row["peepholes"],
-                        row["cell_clip"], row["proj_clip"])
+                        row["cell_clip"], row["proj_clip"], row.get("lengths", False))
             keys.add(Job(case, row["dtype"], row["provider"], row["mode"]).key())
     return keys
 
@@ -694,59 +937,78 @@ def print_jobs(jobs: list[Job]) -> None:
     print(f"{len(jobs)} jobs in {len(by_case)} cases")
 
 
-def run_demo() -> int:
-    """benchmarks.demo in a subprocess with TRITON_INTERPRET=1 (set before Triton builds the kernels)."""
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    return subprocess.run([sys.executable, "-m", "benchmarks.demo"], cwd=REPO, env=env).returncode
+def job_work(job: Job) -> float:
+    """A job's share of a run, for the ETA: its floating-point work (the products of all steps)."""
+    c = job.case
+    passes = {"fwd": 1, "bwd": 2, "fwd+bwd": 3}[job.mode]
+    return passes * c.T * c.B * ((c.D + c.out_size) * 4 * c.N + (c.N * c.P if c.P else 0))
+
+
+def progress(done: int, total: int, work_done: float, work_total: float, elapsed: float,
+             budget: Optional[float]) -> str:
+    """'[done/total jobs] 12 s elapsed, ETA ~30 s' (the ETA scaled by work; what the budget allows)."""
+    text = f"[{done}/{total} jobs] {elapsed:.0f} s elapsed"
+    if work_done > 0:
+        eta = elapsed * (work_total - work_done) / work_done
+        text += f", ETA ~{eta:.0f} s"
+        if budget is not None and elapsed + eta > budget:
+            text += f" (the {budget:g} s budget stops new jobs in {max(budget - elapsed, 0):.0f} s)"
+    return text
+
+
+def time_budget(args, suite: str, has_gpu: bool) -> Optional[float]:
+    """Seconds after which no new job starts: --budget-s, else the GPU suites' default (none on a CPU
+    or for --smoke)."""
+    if args.budget_s is not None or not has_gpu or args.smoke:
+        return args.budget_s
+    return DEFAULT_BUDGET_S.get(suite)
 
 
 def render_plots(paths: list[Path], plots_dir: Path) -> None:
     rows = plot.load_rows(paths)
     if not rows:
-        print(f"no benchmark results in {', '.join(str(p) for p in paths) or 'benchmarks/results/'}: nothing "
-              f"to plot (a GPU session fills them: bash benchmarks/gpu_session.sh)")
+        print(f"no benchmark results in {', '.join(str(p) for p in paths) or 'benchmarks/results/'}: nothing to plot")
         return
     for path in plot.render(rows, plots_dir):
         print(f"wrote {path}")
 
 
-def cpu_main(args) -> int:
-    """No GPU: the interpreter demo, then the plots from the committed results."""
-    print("no CUDA GPU found (torch.cuda.is_available() is False): no timings. Running the interpreter demo "
-          "and rendering the plots from the committed results instead.", flush=True)
-    status = run_demo()
-    committed = sorted(RESULTS_DIR.glob("*.jsonl"))
-    render_plots(committed, args.plots_dir)
-    if status != 0:
-        print(f"interpreter demo FAILED (exit status {status})")
-    return status
-
-
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a subset that finishes in a few minutes")
-    parser.add_argument("--smoke", action="store_true", help="tiny shapes on any device; needs --results")
-    parser.add_argument("--list", action="store_true", help="print the jobs and exit")
-    parser.add_argument("--out", type=Path, help="also write this run's rows, log and table here")
-    parser.add_argument("--results", type=Path, help="results file (default benchmarks/results/<gpu>.jsonl)")
-    parser.add_argument("--resume", action="store_true", help="skip jobs already in the results file")
-    parser.add_argument("--budget-s", type=float, help="start no new job after this many seconds "
-                        "(default 240 with --quick, else none)")
-    parser.add_argument("--groups", nargs="+", choices=["default", "lstmp", "seq_len", "grid", "smoke"])
-    parser.add_argument("--providers", nargs="+", choices=PROVIDERS)
-    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES))
-    parser.add_argument("--modes", nargs="+", choices=MODES)
-    parser.add_argument("--tf32", action="store_true", help="allow tf32 in torch matmuls and cuDNN (fp32 cases)")
-    parser.add_argument("--plots-dir", type=Path, help="where the plots go (default plots/)")
+    groups = sorted({j.case.group for suite in (*SUITES.values(), *SMOKE_SUITES.values()) for j in suite()})
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0],
+                                     epilog="Without options: the standard suite on a CUDA GPU, the CPU suite "
+                                            "without one.")
+    parser.add_argument("--suite", choices=list(SUITES), help="standard (GPU), quick (GPU, a few minutes) or cpu "
+                        "(triton_lstm on CPU tensors against nn.LSTM); default: standard with a GPU, else cpu")
+    parser.add_argument("--quick", action="store_true", help="the same as --suite quick")
+    parser.add_argument("--smoke", action="store_true", help="the suite's tiny version on any device, to check the "
+                        "harness; needs --results")
+    parser.add_argument("--list", action="store_true", help="print the suite's jobs and exit")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="also write this run's rows, log and table into this folder")
+    parser.add_argument("--results", type=Path, metavar="FILE", help="the results file to append to "
+                        "(default benchmarks/results/<machine>.jsonl)")
+    parser.add_argument("--resume", action="store_true", help="skip jobs already in the results file (same "
+                        "machine, versions and code revision)")
+    parser.add_argument("--budget-s", type=float, metavar="SECONDS", help="start no new job after this many "
+                        "seconds (default "
+                        + ", ".join(f"{v:g} for the {k} suite" for k, v in DEFAULT_BUDGET_S.items())
+                        + ", none for cpu and --smoke)")
+    parser.add_argument("--groups", nargs="+", choices=groups, help="run only these case groups")
+    parser.add_argument("--providers", nargs="+", choices=PROVIDERS, help="run only these providers")
+    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), help="run only these dtypes")
+    parser.add_argument("--modes", nargs="+", choices=MODES, help="run only these modes")
+    parser.add_argument("--tf32", action="store_true", help="allow tf32 in torch matmuls and cuDNN (fp32 cases, GPU)")
+    parser.add_argument("--plots-dir", type=Path, metavar="DIR", help="where the plots go (default plots/)")
     parser.add_argument("--no-plots", action="store_true", help="do not render plots after the run "
                         "(implied by --smoke without --plots-dir)")
     args = parser.parse_args(argv)
-    if args.quick and args.smoke:
-        parser.error("--quick and --smoke exclude each other")
+    if args.quick:
+        if args.suite not in (None, "quick"):
+            parser.error(f"--quick and --suite {args.suite} exclude each other")
+        args.suite = "quick"
     if args.smoke and args.results is None and not args.list:
         parser.error("--smoke needs --results FILE (smoke rows are no benchmark results)")
-    if args.budget_s is None and args.quick:
-        args.budget_s = 240.0
     if args.plots_dir is None:
         args.no_plots |= args.smoke
         args.plots_dir = REPO / "plots"
@@ -755,16 +1017,26 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     """Command line (see the module docstring). Args: argv: arguments, default sys.argv[1:]."""
-    args = parse_args(argv)
-    suite = "smoke" if args.smoke else "quick" if args.quick else "standard"
-    jobs = select({"smoke": smoke_suite, "quick": quick_suite, "standard": standard_suite}[suite](), args)
+    try:
+        return _main(parse_args(argv))
+    except ValueError as e:  # a malformed results file (benchmarks.plot.load_rows names file and line)
+        print(f"benchmarks.run: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(args) -> int:
+    has_gpu = torch.cuda.is_available()
+    suite = args.suite or ("standard" if has_gpu else "cpu")
+    jobs = select((SMOKE_SUITES if args.smoke else SUITES)[suite](), args)
     if args.list:
         print_jobs(jobs)
         return 0
-    has_gpu = torch.cuda.is_available()
-    if not has_gpu and not args.smoke:
-        return cpu_main(args)
-    device = torch.device("cuda" if has_gpu else "cpu")
+    if suite != "cpu" and not has_gpu and not args.smoke:
+        print(f"benchmarks.run: the {suite} suite needs a CUDA GPU and torch sees none; without one, run the "
+              f"CPU suite (python -m benchmarks.run, or --suite cpu)", file=sys.stderr)
+        return 2
+    budget = time_budget(args, suite, has_gpu)
+    device = torch.device("cuda" if has_gpu and suite != "cpu" else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
     # Every (dtype, option set) of the compiled step is a recompile; never fall back to eager silently.
@@ -772,8 +1044,8 @@ def main(argv=None) -> int:
     torch._dynamo.config.fail_on_recompile_limit_hit = True
     # The bwd mode repeats a backward with retain_graph=True, which donated buffers forbid.
     torch._functorch.config.donated_buffer = False
-    env = environment(device, suite)
-    results = args.results.resolve() if args.results else RESULTS_DIR / f"{env['gpu_slug']}.jsonl"
+    env = environment(device, f"{suite}-smoke" if args.smoke else suite)
+    results = args.results.resolve() if args.results else RESULTS_DIR / f"{env['machine_slug']}.jsonl"
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
     log_file = open(args.out / "bench_log.txt", "a") if args.out is not None else None
@@ -784,9 +1056,13 @@ def main(argv=None) -> int:
             log_file.write(msg + "\n")
             log_file.flush()
 
-    log(f"{env['gpu']} ({env['sm_count']} SMs, driver {env['driver']}), torch {env['torch']}, triton "
-        f"{env['triton']}, triton_lstm {env['triton_lstm']} ({env['git']}), tf32 {args.tf32}; suite {suite}, "
-        f"{len(jobs)} jobs -> {results}")
+    if device.type == "cuda":
+        where = f"{env['machine']} ({env['sm_count']} SMs, driver {env['driver']}), tf32 {args.tf32}"
+    else:
+        where = (f"{env['machine']}, {env['cores']} cores, {env['cpu_capability']}, oneDNN {env['onednn']}, "
+                 f"MKL {env['mkl']}")
+    log(f"{where}; torch {env['torch']}, triton {env['triton']}, triton_lstm {env['triton_lstm']} ({env['git']}); "
+        f"suite {env['suite']}, {len(jobs)} jobs -> {results}")
     if args.resume:
         done = completed_keys(results, env)
         jobs = [j for j in jobs if j.key() not in done]
@@ -795,28 +1071,37 @@ def main(argv=None) -> int:
     dtypes = sorted({j.dtype for j in jobs}, key=list(DTYPES).index)
     floor = Floor({d: measure_matmul_tflops(DTYPES[d], device, args.quick) for d in dtypes},
                   *measure_barrier_us(device, args.quick))
-    log("matmul TFLOP/s: " + ", ".join(f"{d} {r:.1f}" for d, r in floor.matmul_tflops.items())
+    log("matmul TFLOP/s: " + ", ".join(f"{d} {r:.3g}" for d, r in floor.matmul_tflops.items())
         + f"; grid barrier: {floor.barrier_us if floor.barrier_us is None else round(floor.barrier_us, 3)} us "
         f"({floor.barrier_note})")
-    runner = Runner(device, env, floor, results, args.out, args.quick, log)
+    runner = Runner(device, env, floor, results, args.out, args.quick, log, rounds=2 if args.smoke else CPU_ROUNDS,
+                    min_seconds=0.0 if args.smoke else CPU_MIN_SECONDS)
     not_run = []
+    work_total, work_done, jobs_done = sum(map(job_work, jobs)), 0.0, 0
     for (case, dtype), group in itertools.groupby(jobs, key=lambda j: (j.case, j.dtype)):
         case_jobs = list(group)
-        if args.budget_s is not None and time.monotonic() - start > args.budget_s:
+        elapsed = time.monotonic() - start
+        if budget is not None and elapsed > budget:
             not_run += case_jobs
             continue
-        log(f"{case.label()} {dtype}  ({time.monotonic() - start:.0f} s)")
+        log(f"{case.label()} {dtype}  {progress(jobs_done, len(jobs), work_done, work_total, elapsed, budget)}")
         runner.run_case(case, dtype, case_jobs)
+        jobs_done += len(case_jobs)
+        work_done += sum(map(job_work, case_jobs))
     log(f"{len(runner.rows)} rows in {time.monotonic() - start:.0f} s -> {results}")
     if not_run:
-        log(f"time budget of {args.budget_s:g} s spent: {len(not_run)} jobs not run, e.g. "
-            f"{not_run[0].case.label()} {not_run[0].dtype}; run again with --resume (carrying {results})")
+        log(f"time budget of {budget:g} s spent: {len(not_run)} jobs not run, e.g. "
+            f"{not_run[0].case.label()} {not_run[0].dtype}; run again with --resume to continue (carrying {results})")
     if not args.no_plots:
         render_plots(sorted(set(RESULTS_DIR.glob("*.jsonl")) | {results}), args.plots_dir)
     table = plot.summary_table(runner.rows)
     if args.out is not None:
         (args.out / "summary.txt").write_text(table + "\n")
     log(table)
+    if suite == "cpu":
+        log("This was the CPU benchmark (triton_lstm on CPU tensors against nn.LSTM). GPU numbers come from a "
+            "machine with a CUDA GPU: `make bench` there (or `make gpu-check`); the plots above also show "
+            "any committed GPU results.")
     if log_file is not None:
         log_file.close()
     return 0

@@ -1,4 +1,6 @@
-"""The benchmark harness end to end at smoke size (any device), and make bench's CPU demo."""
+"""The benchmark harness: the CPU suite end to end at smoke size (what ``make bench`` runs without a
+GPU), the GPU suite's host logic (its smoke version under the interpreter, the job list, budget and
+progress), and the plotting CLI."""
 import json
 import os
 import subprocess
@@ -8,35 +10,111 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks import plot, run as bench_run
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    if not torch.cuda.is_available():
+def run(*args: str, interpret: bool, expect: int = 0) -> subprocess.CompletedProcess:
+    """python -m args in a fresh process; without ``interpret`` as users run (no TRITON_INTERPRET)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if interpret and not torch.cuda.is_available():
         env["TRITON_INTERPRET"] = "1"
     proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.returncode == expect, proc.stdout + proc.stderr
     return proc
 
 
-def test_smoke_suite_writes_checked_rows_and_headline(tmp_path):
+def rows_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU suite is make bench's path without a GPU")
+def test_cpu_suite_smoke_writes_rows_plot_and_table(tmp_path):
+    results, plots = tmp_path / "rows.jsonl", tmp_path / "plots"
+    out = run("benchmarks.run", "--smoke", "--results", str(results), "--plots-dir", str(plots),
+              interpret=False).stdout
+    rows = rows_of(results)
+    assert len(rows) == len(bench_run.cpu_smoke_suite())
+    assert {r["provider"] for r in rows} == set(bench_run.CPU_PROVIDERS)
+    for r in rows:
+        assert r["missing"] is None, r
+        assert r["device"] == "cpu" and r["cpu"] and r["threads"] == torch.get_num_threads() and r["onednn"]
+        assert r["machine"].endswith(f"(CPU, {r['threads']} threads)") and r["machine_slug"].startswith("cpu-")
+        assert r["ms"] > 0 and r["ms_median"] >= r["ms"] and r["torch"] == torch.__version__ and r["date"]
+        if r["provider"] != "nn_lstm" or not r["peepholes"]:
+            assert r["check_rel_err"] < 1e-4, r
+    paths = {(r["provider"], r["peepholes"], r["lengths"]): r["code_path"] for r in rows}
+    assert paths[("lstm_sequence", True, False)] == "CPU loop" and paths[("lstm_module", True, False)] == "CPU loop"
+    assert paths[("lstm_sequence", False, False)] == "oneDNN LSTM" and paths[("nn_lstm", False, False)] == "oneDNN LSTM"
+    assert paths[("lstm_sequence", False, True)] == "CPU loop" and paths[("nn_lstm", False, True)] == "aten LSTM"
+    assert "[0/24 jobs]" in out and "ETA ~" in out and "GPU numbers come from a machine with a CUDA GPU" in out
+    slug = rows[0]["machine_slug"]
+    assert (plots / f"{slug}-vs_nn_lstm.png").stat().st_size > 10_000
+    headline = (plots / "headline.md").read_text()
+    assert "| B=3, 8/8 | peepholes + cell clip | CPU loop |" in headline
+
+
+def test_gpu_suite_smoke_checks_the_kernels_under_the_interpreter(tmp_path):
+    """The GPU suite's harness on any device: on a CPU the kernels run under the interpreter."""
     results = tmp_path / "rows.jsonl"
-    run("benchmarks.run", "--smoke", "--results", str(results), "--providers", "triton_persistent", "cudnn",
-        "--dtypes", "fp32", "--modes", "fwd", "fwd+bwd", "--plots-dir", str(tmp_path / "plots"))
-    rows = [json.loads(line) for line in results.read_text().splitlines()]
-    assert {r["provider"] for r in rows} == {"triton_persistent", "cudnn"}
+    run("benchmarks.run", "--suite", "standard", "--smoke", "--results", str(results), "--providers",
+        "lstm_sequence", "nn_lstm", "--dtypes", "fp32", "--modes", "fwd", "fwd+bwd", "--plots-dir",
+        str(tmp_path / "plots"), interpret=True)
+    rows = rows_of(results)
+    assert {r["provider"] for r in rows} == {"lstm_sequence", "nn_lstm"}
     assert {r["mode"] for r in rows} == {"fwd", "fwd+bwd"}
     for r in rows:
         assert r["missing"] is None, r
         assert r["ms"] > 0 and r["torch"] == torch.__version__ and r["date"]
-    ours = [r for r in rows if r["provider"] == "triton_persistent"]
-    assert all(r["check_rel_err"] < 1e-4 for r in ours)
+    ours = [r for r in rows if r["provider"] == "lstm_sequence"]
+    assert all(r["check_rel_err"] < 1e-4 and r["code_path"] == "persistent kernel" for r in ours)
     assert (tmp_path / "plots" / "headline.md").read_text().strip()
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the demo is make bench's no-GPU path")
-def test_cpu_demo_checks_the_kernels():
-    out = run("benchmarks.demo").stdout
-    assert "interpreter demo passed" in out
+def test_gpu_suites_without_a_gpu_say_what_to_run(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    err = run("benchmarks.run", "--quick", interpret=False, expect=2).stderr
+    assert "needs a CUDA GPU" in err and "--suite cpu" in err
+
+
+def test_standard_suite_list_and_budget(capsys):
+    assert bench_run.main(["--list", "--suite", "standard"]) == 0
+    listing = capsys.readouterr().out
+    assert f"{len(bench_run.standard_suite())} jobs in" in listing and "lstm_sequence,step_loop,nn_lstm" in listing
+    budget = bench_run.time_budget
+    assert budget(bench_run.parse_args([]), "standard", has_gpu=True) == bench_run.DEFAULT_BUDGET_S["standard"]
+    assert budget(bench_run.parse_args(["--budget-s", "90"]), "standard", has_gpu=True) == 90
+    assert budget(bench_run.parse_args([]), "cpu", has_gpu=False) is None
+    assert bench_run.parse_args(["--quick"]).suite == "quick"
+    with pytest.raises(SystemExit):
+        bench_run.parse_args(["--quick", "--suite", "cpu"])
+
+
+def test_progress_counts_jobs_and_scales_the_eta_by_work():
+    assert bench_run.progress(0, 10, 0.0, 100.0, 0.0, None) == "[0/10 jobs] 0 s elapsed"
+    assert bench_run.progress(4, 10, 25.0, 100.0, 30.0, None) == "[4/10 jobs] 30 s elapsed, ETA ~90 s"
+    line = bench_run.progress(4, 10, 25.0, 100.0, 30.0, 60.0)
+    assert line.endswith("(the 60 s budget stops new jobs in 30 s)")
+
+
+def test_a_provider_without_timings_stays_in_the_legend_as_missing():
+    rows = [dict(provider="nn_lstm", missing="cuDNN is not available to torch", ms=None, device="cuda"),
+            dict(provider="lstm_sequence", missing=None, ms=1.0, device="cuda")]
+    assert plot.legend_label(rows, "nn_lstm") == "nn.LSTM (cuDNN) (missing: cuDNN is not available to torch)"
+    assert plot.legend_label(rows, "lstm_sequence") == "triton_lstm persistent"
+
+
+def test_plot_cli_usage_and_missing_file(tmp_path):
+    assert "usage: python -m benchmarks.plot" in run("benchmarks.plot", "--help", interpret=False).stdout
+    assert "usage: python -m benchmarks.run" in run("benchmarks.run", "--help", interpret=False).stdout
+    err = run("benchmarks.plot", str(tmp_path / "absent.jsonl"), interpret=False, expect=2).stderr
+    assert "no such results file" in err and "absent.jsonl" in err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"provider": "nn_lstm"}\nnot json\n')
+    for args in (("benchmarks.plot", str(bad)),
+                 ("benchmarks.run", "--suite", "cpu", "--resume", "--results", str(bad))):
+        err = run(*args, interpret=False, expect=2).stderr
+        assert f"{bad}:2: not a JSON line" in err and "Traceback" not in err

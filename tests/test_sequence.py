@@ -87,27 +87,32 @@ def run_sequence_case(case, T, B, D, N, P, device, grid, lengths=None, seed=0):
         # The forward above is continuous in the clip and still checked; on a GPU this runs.
         grid.check()
         return
+    check_sequence_grads(t, up, (out, h_T, c_T), ref, lengths, tol["grad"], seed)
+    grid.check()
+
+
+def check_sequence_grads(t, up, results, ref, lengths, tol, seed):
+    """Every gradient of a random linear function of results = (out, h_T, c_T) against the same of the
+    reference's on ``up`` (copies of the leaves t); with lengths, TF's masking of the gradients."""
+    out, h_T, c_T = results
     g = torch.Generator().manual_seed(seed + 1)
-    g_out = torch.randn(out.shape, generator=g).to(device)
-    g_h = torch.randn(h_T.shape, generator=g).to(device)
-    g_c = torch.randn(c_T.shape, generator=g).to(device)
+    g_out, g_h, g_c = (torch.randn(r.shape, generator=g, dtype=r.dtype).to(r.device) for r in ref)
     names = [k for k, v in t.items() if v is not None]
-    grads = torch.autograd.grad((out.float() * g_out).sum() + (h_T.float() * g_h).sum() + (c_T * g_c).sum(),
-                                [t[k] for k in names])
+    grads = torch.autograd.grad((out.to(g_out.dtype) * g_out).sum() + (h_T.to(g_h.dtype) * g_h).sum()
+                                + (c_T * g_c).sum(), [t[k] for k in names])
     grads_ref = torch.autograd.grad((ref[0] * g_out).sum() + (ref[1] * g_h).sum() + (ref[2] * g_c).sum(),
                                     [up[k] for k in names])
     got = dict(zip(names, grads))
     for name, want in zip(names, grads_ref):
         assert got[name].dtype == t[name].dtype, name
-        assert_close(f"d{name}", got[name], want, tol["grad"])
+        assert_close(f"d{name}", got[name], want, tol)
     if lengths is not None:
-        steps = torch.arange(T, device=device)[:, None]
+        steps = torch.arange(out.shape[0], device=out.device)[:, None]
         assert (got["x"][steps >= lengths[None, :]] == 0).all(), "dx past the length must be exactly 0"
         empty = lengths == 0
         # A length-0 row passes its final-state gradients straight through to the initial state.
-        assert torch.equal(got["h0"][empty], g_h[empty].to(dtype))
-        assert torch.equal(got["c0"][empty], g_c[empty])
-    grid.check()
+        assert torch.equal(got["h0"][empty], g_h[empty].to(t["h0"].dtype))
+        assert torch.equal(got["c0"][empty], g_c[empty].to(t["c0"].dtype))
 
 
 # A cell's option axes, plus what only sequences have.

@@ -66,3 +66,8 @@ def resolve_recurrent_activation(activation: Activation) -> tuple[str | None, Ca
 
 def activation_id(name: str) -> int:
     return ACTIVATIONS[name][0]
+
+
+def activation_name(id: int) -> str:
+    """The name of a kernel activation id (the inverse of ``activation_id``)."""
+    return next(name for name, (i, _) in ACTIVATIONS.items() if i == id)

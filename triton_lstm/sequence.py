@@ -7,8 +7,9 @@ from typing import Optional
 
 import torch
 
-from triton_lstm.activations import Activation
+from triton_lstm.activations import Activation, activation_name
 from triton_lstm.checks import check_clip, check_forget_bias, check_sequence_args, shape_of
+from triton_lstm.cpu import lstm_sequence_cpu
 from triton_lstm.functional import CellOptions, autocast, resolve_activations
 from triton_lstm.kernels.lstm_sequence import BARRIER_FAILED, lstm_seq_bwd_kernel, lstm_seq_fwd_kernel
 from triton_lstm import launch
@@ -218,6 +219,10 @@ def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, b
     ids, (fn, gate_fn) = resolve_activations(activation, recurrent_activation)
     on_kernels = ids is not None and kernels_run_on(x.device, x.dtype)
     lengths = check_lengths(lengths, T, B, x.device, on_kernels)
+    if ids is not None and not on_kernels and x.device.type == "cpu":
+        return lstm_sequence_cpu(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, lengths,
+                                 forget_bias=forget_bias, cell_clip=clips[0], proj_clip=clips[1],
+                                 activation=activation_name(ids[0]), recurrent_activation=activation_name(ids[1]))
     if not on_kernels:
         return lstm_sequence_reference(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection,
                                        lengths, forget_bias=forget_bias, cell_clip=clips[0], proj_clip=clips[1],

@@ -1,0 +1,260 @@
+"""The CPU path (``triton_lstm.cpu``): torch's LSTM for the cells it computes and the loop for the
+rest, each against the plain-PyTorch reference (outputs, final state, every gradient), TF's length
+masking, NaN, inference without kept state, and which path lstm_sequence, dynamic_rnn and LSTM take
+on CPU tensors. The loop runs in float32 through oneDNN's products and in float64 through addmm.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import CELL_AXES, TOLERANCES, assert_close
+from pairwise import case_id, pairwise
+from test_nan import CASES as NAN_CASES, assert_same_nonfinite, poison
+from test_sequence import check_masking, check_sequence_grads, seq_args, seq_tensors, variable_lengths
+from triton_lstm import lstm_sequence, lstm_sequence_reference
+from triton_lstm.activations import resolve_activation, resolve_recurrent_activation
+from triton_lstm.cpu import lstm_sequence_cpu, loop_sequence, torch_lstm_computes
+
+ROOT = Path(__file__).resolve().parents[1]
+FP64 = dict(fwd=(1e-10, 1e-10), grad=(1e-9, 1e-9))
+T, B, D, N, P = 5, 4, 7, 10, 5
+
+# torch's CPU LSTM says once that oneDNN lacks projections and falls back; nothing to act on.
+pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+
+
+def ops_run(fn) -> set[str]:
+    """Names of the operators fn runs (torch's profiler)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.name for e in prof.events()}
+
+
+def tensors_for(case, lengths=None, seed=0):
+    width = {"none": None, "proj": P, "proj+clip": P, "square": N}[case["projection"]]
+    t = seq_tensors(T, B, D, N, width, case["peepholes"], case["dtype"], "cpu", seed)
+    for v in t.values():
+        if v is not None:
+            v.requires_grad_()
+    options = dict(forget_bias=case["forget_bias"], cell_clip=case["cell_clip"],
+                   proj_clip=0.25 if case["projection"] == "proj+clip" else None)
+    return t, options
+
+
+def check_against_reference(run, case, lengths=None, seed=0):
+    """run(*lstm_sequence's tensors, lengths, **options) against the reference on the same values,
+    in float64 for float64 and float32 otherwise: outputs, final state, every gradient; TF's masking."""
+    t, options = tensors_for(case, lengths, seed)
+    act, gate = case["activation"], case["recurrent_activation"]
+    dtype = case["dtype"]
+    out, h_T, c_T = run(*seq_args(t), lengths, activation=act, recurrent_activation=gate, **options)
+    ref_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    up = {k: (None if v is None else v.detach().to(ref_dtype).requires_grad_()) for k, v in t.items()}
+    ref = lstm_sequence_reference(*seq_args(up), lengths, activation=resolve_activation(act)[1],
+                                  recurrent_activation=resolve_recurrent_activation(gate)[1], **options)
+    assert out.dtype == dtype and h_T.dtype == dtype and c_T.dtype == ref_dtype
+    tol = FP64 if dtype == torch.float64 else TOLERANCES[dtype]
+    for name, got, want in zip(("out", "h_T", "c_T"), (out, h_T, c_T), ref):
+        assert_close(name, got, want, tol["fwd"])
+    if lengths is not None:
+        check_masking(out, h_T, c_T, t, lengths)
+    check_sequence_grads(t, up, (out, h_T, c_T), ref, lengths, tol["grad"], seed)
+
+
+def torch_computes(case) -> bool:
+    return torch_lstm_computes(case["peepholes"], torch.empty(N, N) if case["projection"] == "square" else None, N,
+                               forget_bias=case["forget_bias"], cell_clip=case["cell_clip"],
+                               proj_clip=0.25 if case["projection"] == "proj+clip" else None,
+                               activation=case["activation"], recurrent_activation=case["recurrent_activation"])
+
+
+AXES = dict(CELL_AXES, projection=["none", "proj", "proj+clip", "square"],
+            dtype=[torch.float32, torch.float64, torch.float16, torch.bfloat16], lengths=["none", "variable"])
+
+
+@pytest.mark.parametrize("case", pairwise(AXES), ids=case_id)
+def test_cpu_path_matches_reference(case):
+    """lstm_sequence_cpu over all pairs of the option axes (either tier, as it picks)."""
+    lengths = variable_lengths(T, B, "cpu") if case["lengths"] == "variable" else None
+    check_against_reference(lstm_sequence_cpu, case, lengths)
+
+
+LOOP_AXES = dict(AXES, dtype=[torch.float32, torch.float64])
+
+
+@pytest.mark.parametrize("case", pairwise(LOOP_AXES), ids=case_id)
+def test_loop_matches_reference(case):
+    """The loop itself, also on the cells torch's LSTM would take."""
+    lengths = variable_lengths(T, B, "cpu") if case["lengths"] == "variable" else None
+    check_against_reference(loop_sequence, case, lengths)
+
+
+PLAIN = dict(activation="tanh", recurrent_activation="sigmoid", peepholes=False, cell_clip=None,
+             forget_bias=1.0, dtype=torch.float32)
+EXTRAS = dict(PLAIN, peepholes=True, cell_clip=0.7)
+
+
+@pytest.mark.parametrize("projection", ["none", "proj"])
+def test_torch_lstm_tier_runs_torch_lstm(projection):
+    """A plain cell over full-length sequences runs aten's lstm, and agrees with the reference."""
+    case = dict(PLAIN, projection=projection)
+    assert torch_computes(case)
+    ran = ops_run(lambda: check_against_reference(lstm_sequence_cpu, case))
+    assert "aten::lstm" in ran and "triton_lstm::cpu_seq_fwd" not in ran
+
+
+@pytest.mark.parametrize("case,lengths", [
+    (dict(EXTRAS, projection="proj+clip"), [5, 0, 2, 5]), (dict(PLAIN, projection="square"), None),
+    (dict(PLAIN, projection="none", activation="relu"), [5, 0, 2, 5]), (dict(PLAIN, projection="proj"), [5, 0, 2, 5]),
+    (dict(PLAIN, projection="none"), [0, 0, 0, 0])],
+    ids=["extras", "square-projection", "relu", "plain-lengths", "plain-all-empty"])
+def test_other_cells_run_the_loop(case, lengths):
+    """TF's extras, a projection as wide as the cell, other activations, and lengths (torch would run
+    them packed, without oneDNN) run the loop."""
+    lengths = None if lengths is None else torch.tensor(lengths)
+    ran = ops_run(lambda: check_against_reference(lstm_sequence_cpu, case, lengths))
+    assert "triton_lstm::cpu_seq_fwd" in ran and "triton_lstm::cpu_seq_bwd" in ran and "aten::lstm" not in ran
+
+
+@pytest.mark.parametrize("lengths", [None, [2, 5, 0, 3]], ids=["full", "variable"])
+@pytest.mark.parametrize("projection", ["none", "proj+clip"])
+def test_loop_without_grad_keeps_nothing_and_computes_the_same(projection, lengths):
+    t, options = tensors_for(dict(EXTRAS, projection=projection))
+    lengths = None if lengths is None else torch.tensor(lengths)
+    trained = loop_sequence(*seq_args(t), lengths, **options)
+    with torch.no_grad():
+        inferred = loop_sequence(*seq_args(t), lengths, **options)
+    for got, want in zip(inferred, trained):
+        assert torch.equal(got, want.detach())
+
+
+def test_loop_gradcheck():
+    """Finite differences in float64 through every option, lengths included."""
+    case = dict(EXTRAS, projection="proj+clip", dtype=torch.float64, activation="softsign",
+                recurrent_activation="hard_sigmoid")
+    t, options = tensors_for(case, seed=4)
+    t["c0"] = t["c0"].detach().double().requires_grad_()
+    lengths = torch.tensor([5, 2, 0, 4])
+    names = [k for k, v in t.items() if v is not None]
+
+    def fn(*leaves):
+        values = dict(t, **dict(zip(names, leaves)))
+        return loop_sequence(*seq_args(values), lengths, activation=case["activation"],
+                             recurrent_activation=case["recurrent_activation"], **options)
+
+    assert torch.autograd.gradcheck(fn, [t[k] for k in names], fast_mode=True)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_loop_op_schema_fake_and_autograd(keep):
+    """torch.library.opcheck: schema, fake (shape) implementation, autograd registration, AOT tracing."""
+    t, _ = tensors_for(dict(EXTRAS, projection="proj+clip"))
+    w_if = torch.stack([t["w_i_diag"], t["w_f_diag"]]).detach().requires_grad_()
+    args = (t["x"], t["w_x"], t["bias"], t["h0"], t["c0"].detach(), t["w_h"], w_if, t["w_o_diag"], t["projection"],
+            torch.tensor([5, 3, 2, 0]), "tanh", "sigmoid", 0.7, 0.25, keep)
+    if not keep:
+        args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+    torch.library.opcheck(torch.ops.triton_lstm.cpu_seq_fwd.default, args)
+
+
+@pytest.mark.parametrize("case", NAN_CASES, ids=lambda c: f"{c['activation']}-{c['recurrent_activation']}")
+def test_loop_propagates_nan_and_inf(case):
+    t, options = tensors_for(dict(EXTRAS, projection="proj+clip", **case))
+    x = t["x"].detach().clone()
+    x[1] = poison(x[1])
+    args = [x] + list(seq_args(t)[1:])
+    out = loop_sequence(*args, **options, **case)
+    ref = lstm_sequence_reference(*args, activation=resolve_activation(case["activation"])[1],
+                                  recurrent_activation=resolve_recurrent_activation(case["recurrent_activation"])[1],
+                                  **options)
+    for name, got, want in zip(("out", "h_T", "c_T"), out, ref):
+        assert_same_nonfinite(name, got.detach(), want.detach(), TOLERANCES[torch.float32]["fwd"])
+
+
+def test_loop_compiles_without_graph_breaks():
+    """torch.compile(fullgraph=True) through the loop with lengths (aot_eager traces the ops' fake and
+    autograd implementations; the batch is reordered without reading the lengths on the host), against
+    eager: outputs and gradients."""
+    t, options = tensors_for(dict(EXTRAS, projection="proj", dtype=torch.float64))
+    lengths = torch.tensor([5, 2, 0, 3])
+    leaves = [v for v in seq_args(t) if v is not None and v.requires_grad]
+
+    def run(fn):
+        out, h_T, c_T = fn(*seq_args(t), lengths, **options)
+        loss = out.sum() + (h_T * 2).sum() + (c_T * 3).sum()
+        return (out, h_T, c_T), torch.autograd.grad(loss, leaves)
+
+    torch._dynamo.reset()
+    try:
+        compiled = run(torch.compile(lstm_sequence_cpu, fullgraph=True, backend="aot_eager", dynamic=True))
+    finally:
+        torch._dynamo.reset()
+    eager = run(lstm_sequence_cpu)
+    for i, (got, want) in enumerate(zip([*compiled[0], *compiled[1]], [*eager[0], *eager[1]])):
+        assert_close(f"result {i}", got, want, FP64["grad"])
+
+
+def test_float64_lstm_sequence_runs_the_cpu_path():
+    """Under the interpreter float32 runs the kernels; float64 (no kernel dtype) takes the CPU path."""
+    t, options = tensors_for(dict(EXTRAS, projection="none", dtype=torch.float64))
+    ran = ops_run(lambda: lstm_sequence(*seq_args(t), **options))
+    assert "triton_lstm::cpu_seq_fwd" in ran
+
+
+DISPATCH_SCRIPT = r"""
+import json, warnings
+import torch
+import triton_lstm
+from triton_lstm.launch import interpreting
+
+def ops(fn):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = fn()
+        (out[0] if isinstance(out, tuple) else out).sum().backward()
+    names = {e.name for e in prof.events()}
+    return ("loop" if "triton_lstm::cpu_seq_fwd" in names else "torch.lstm" if "aten::lstm" in names
+            else "reference")
+
+torch.manual_seed(0)
+T, B, D, N = 4, 3, 5, 6
+x = torch.randn(T, B, D, requires_grad=True)
+w_x, w_h, bias = torch.randn(D, 4 * N) * 0.3, torch.randn(N, 4 * N) * 0.3, torch.zeros(4 * N)
+h0, c0 = torch.zeros(B, N), torch.zeros(B, N)
+peep = [torch.randn(N) * 0.1 for _ in range(3)]
+plain_cell = triton_lstm.LSTMCell(N, input_size=D)
+tf_cell = triton_lstm.LSTMCell(N, use_peepholes=True, cell_clip=3.0, input_size=D)
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    print(json.dumps(dict(
+        interpreting=interpreting(),
+        plain=ops(lambda: triton_lstm.lstm_sequence(x, h0, c0, w_x, w_h, bias)),
+        plain_lengths=ops(lambda: triton_lstm.lstm_sequence(x, h0, c0, w_x, w_h, bias,
+                                                            lengths=torch.tensor([4, 0, 2]))),
+        extras=ops(lambda: triton_lstm.lstm_sequence(x, h0, c0, w_x, w_h, bias, *peep, cell_clip=1.0)),
+        float64=ops(lambda: triton_lstm.lstm_sequence(x.double(), h0.double(), c0.double(), w_x.double(),
+                                                      w_h.double(), bias.double(), *[p.double() for p in peep])),
+        callable_activation=ops(lambda: triton_lstm.lstm_sequence(x, h0, c0, w_x, w_h, bias,
+                                                                  activation=lambda v: v * torch.sigmoid(v))),
+        dynamic_rnn_plain=ops(lambda: triton_lstm.dynamic_rnn(plain_cell, x, time_major=True)[0]),
+        dynamic_rnn_extras=ops(lambda: triton_lstm.dynamic_rnn(tf_cell, x, time_major=True)[0]),
+        module_extras=ops(lambda: triton_lstm.LSTM(D, N, use_peepholes=True, cell_clip=1.0)(x)[0]),
+    )))
+"""
+
+
+def test_cpu_tensors_take_the_cpu_path_without_the_interpreter():
+    """In a fresh process without TRITON_INTERPRET, as users run: plain cells run torch's LSTM, the
+    TF extras and lengths the loop, custom activations the reference."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", DISPATCH_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    ran = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert ran == dict(interpreting=False, plain="torch.lstm", plain_lengths="loop", extras="loop",
+                       float64="loop", callable_activation="reference", dynamic_rnn_plain="torch.lstm",
+                       dynamic_rnn_extras="loop", module_extras="loop")

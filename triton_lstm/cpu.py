@@ -1,0 +1,550 @@
+"""The CPU path of ``lstm_sequence``: torch's own LSTM where it computes exactly TF's cell, a fused
+loop for everything else.
+
+``lstm_sequence_cpu`` picks one of two tiers per call:
+
+* **torch's LSTM** (``torch.lstm``, what ``nn.LSTM`` runs: oneDNN's fused LSTM for float32 without a
+  projection, aten's own loop otherwise). A cell without peepholes or clips, with tanh and sigmoid,
+  over full-length sequences is torch's LSTM with the forget bias folded into the bias (equal to
+  rounding). A projection as wide as the cell is left to the loop: torch tells a projection from
+  the state widths. So are variable lengths: torch runs them as a packed sequence on its slower
+  loop, without oneDNN.
+* **The loop** (the ``triton_lstm::cpu_seq_fwd`` / ``cpu_seq_bwd`` ops): x @ W_x + bias for all
+  steps is one GEMM before the loop; each step is one product with the recurrent weights (packed
+  once for oneDNN in float32) and the pointwise math in place on buffers allocated once per call.
+  The backward runs the reverse recurrence with one product per step; the weight gradients are
+  GEMMs over all steps afterwards. Variable lengths sort the batch by length once, so each step
+  runs only on the rows still inside their sequence (as a packed sequence does).
+
+Both compute half-precision inputs in float32 (outputs rounded once at the end; the cell state is
+float32) and float64 in float64. ``triton_lstm.reference`` stays the readable specification that
+the tests compare both with.
+
+NOTE: torch.compile of a step's pointwise math (Inductor's C++ kernels) is not used: on a 2-core
+AVX-512 machine with one thread it took 52 us a step against 65 us eager at B=16, H=256 (and 240
+against 261 at B=64, H=512), a fifth of the pointwise time and well under a tenth of a step with
+its product, for 6-7 s of compiling per shape and option set, twice with the backward, and a C++
+compiler at run time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from triton_lstm.activations import hard_sigmoid
+
+Tensor = torch.Tensor
+aten = torch.ops.aten
+
+_MINUS_ONE = torch.tensor(-1.0)
+_ZERO = torch.tensor(0.0)
+
+
+def _tanh_into(x: Tensor, out: Tensor) -> None:
+    # NOTE: tanh as 2 sigmoid(2x) - 1 (within 2e-7 of tanh in float32): aten's tanh ran about
+    # 4x slower per element than its sigmoid on CPU, so from about 2K elements these three ops win.
+    if out.numel() < 2048:
+        torch.tanh(x, out=out)
+        return
+    torch.add(x, x, out=out)
+    out.sigmoid_()
+    torch.add(_MINUS_ONE, out, alpha=2, out=out)
+
+
+def _written(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """A derivative ``(dy, x, y) -> dx`` that also takes ``out=`` (then writes dx there)."""
+    def grad(dy: Tensor, x: Optional[Tensor], y: Tensor, out: Optional[Tensor] = None) -> Tensor:
+        dx = fn(dy, x, y)
+        return dx if out is None else out.copy_(dx)
+    return grad
+
+
+def _sigmoid_grad(dy: Tensor, x: Optional[Tensor], y: Tensor, out: Optional[Tensor] = None) -> Tensor:
+    return aten.sigmoid_backward(dy, y) if out is None else aten.sigmoid_backward.grad_input(dy, y, grad_input=out)
+
+
+def _tanh_grad(dy: Tensor, x: Optional[Tensor], y: Tensor, out: Optional[Tensor] = None) -> Tensor:
+    return aten.tanh_backward(dy, y) if out is None else aten.tanh_backward.grad_input(dy, y, grad_input=out)
+
+
+def _hard_sigmoid_grad(dy: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    # The clamp inside passes gradient on [0, 1] inclusive, as the reference's torch.clamp does.
+    u = 0.2 * x + 0.5
+    return torch.where((u >= 0) & (u <= 1), dy * 0.2, 0.0)
+
+
+@dataclass(frozen=True)
+class Pointwise:
+    """An activation as the loop runs it: into a preallocated buffer, and its derivative."""
+    into: Callable[[Tensor, Tensor], object]    # (x, out): out <- f(x)
+    grad: Callable[..., Tensor]                 # (dy, x, y, out=None) -> dx, written to out if given
+    needs_input: bool = False                   # grad reads x (the pre-activation), which is then kept
+
+
+def _copied(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor, Tensor], object]:
+    return lambda x, out: out.copy_(fn(x))
+
+
+# Derivatives as torch's autograd takes them for the reference's functions (relu and elu from
+# their outputs, as torch does), so NaN and the clip bounds behave alike.
+POINTWISE = {
+    "tanh": Pointwise(_tanh_into, _tanh_grad),
+    "sigmoid": Pointwise(lambda x, out: torch.sigmoid(x, out=out), _sigmoid_grad),
+    "relu": Pointwise(lambda x, out: torch.clamp_min(x, 0, out=out),
+                      _written(lambda dy, x, y: aten.threshold_backward(dy, y, 0))),
+    "linear": Pointwise(lambda x, out: out.copy_(x), _written(lambda dy, x, y: dy)),
+    "softsign": Pointwise(_copied(F.softsign), _written(lambda dy, x, y: dy / (1 + x.abs()).square()),
+                          needs_input=True),
+    "hard_sigmoid": Pointwise(_copied(hard_sigmoid), _written(_hard_sigmoid_grad), needs_input=True),
+    "elu": Pointwise(_copied(F.elu), _written(lambda dy, x, y: aten.elu_backward(dy, 1.0, 1, 1.0, True, y))),
+    "hardsigmoid": Pointwise(_copied(F.hardsigmoid), _written(lambda dy, x, y: aten.hardsigmoid_backward(dy, x)),
+                             needs_input=True),
+}
+
+
+def sigmoid_form(activation: str, recurrent_activation: str) -> bool:
+    """TF's default activations: then the loop runs all four gates through one sigmoid, with the j
+    block's columns of W_x, W_h and the bias doubled by the caller (tanh(z) = 2 sigmoid(2z) - 1)."""
+    return activation == "tanh" and recurrent_activation == "sigmoid"
+
+
+ONEDNN_MIN_MACS = 1 << 20
+
+
+def _onednn_linear() -> bool:
+    """Whether oneDNN's linear with a prepacked weight (the op Inductor's CPU backend uses) is here."""
+    return (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+def right_product(w: Tensor, rows: int, bias: Optional[Tensor] = None) -> Callable[..., Tensor]:
+    """``(a, add=None) -> a @ w + bias (+ add)`` for products of one weight w [K, M] with [rows, K]
+    operands (bias [M] or None; add [rows, M] or None).
+
+    NOTE: in float32, oneDNN's linear with the weight packed once ran these products 10-40% faster
+    than addmm (MKL) at B=16-64, H=256-512 on a 2-core AVX-512 machine; below ONEDNN_MIN_MACS its
+    call overhead (about 15 us) lost to addmm, which other dtypes use too.
+    """
+    if w.dtype == torch.float32 and rows * w.shape[0] * w.shape[1] >= ONEDNN_MIN_MACS and _onednn_linear():
+        packed = torch.ops.mkldnn._reorder_linear_weight(w.t().contiguous(), rows)
+
+        def product(a: Tensor, add: Optional[Tensor] = None) -> Tensor:
+            if add is None:
+                return torch.ops.mkldnn._linear_pointwise(a, packed, bias, "none", [], "")
+            return torch.ops.mkldnn._linear_pointwise.binary(a, add, packed, bias, "add")
+        return product
+
+    def product(a: Tensor, add: Optional[Tensor] = None) -> Tensor:
+        base = bias if add is None else add if bias is None else add + bias
+        return torch.mm(a, w) if base is None else torch.addmm(base, a, w)
+    return product
+
+
+def _empty(like: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
+    return like.new_empty(0, dtype=dtype)
+
+
+def _or_empty(t: Optional[Tensor], like: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
+    return _empty(like, dtype) if t is None else t
+
+
+def _present(t: Tensor) -> Optional[Tensor]:
+    """Absent optional tensors are 1-D empty placeholders; real ones have three dimensions."""
+    return t if t.dim() > 1 else None
+
+
+def _sizes(lengths: Optional[Tensor], T: int) -> Optional[list[int]]:
+    """Rows still inside their sequence at each step, for lengths sorted longest first."""
+    if lengths is None:
+        return None
+    return (lengths[None, :] > torch.arange(T)[:, None]).sum(1).tolist()
+
+
+def _blocks(t: Tensor, N: int) -> list[tuple[Tensor, ...]]:
+    """Per step, the four gate blocks of t [steps, B, 4N] as views (made in one go, off the loop)."""
+    return list(zip(*(t[..., g * N:(g + 1) * N].unbind(0) for g in range(4))))
+
+
+def _forward(x: Tensor, w_x: Tensor, bias: Tensor, h0: Tensor, c0: Tensor, w_h: Tensor, w_if: Optional[Tensor],
+             w_o: Optional[Tensor], projection: Optional[Tensor], lengths: Optional[Tensor], act: str, gate_act: str,
+             cell_clip: Optional[float], proj_clip: Optional[float], keep: bool):
+    """The forward recurrence on buffers allocated once (see ``cpu_seq_fwd``)."""
+    T, B, D = x.shape
+    N4, P = w_h.shape[1], h0.shape[1]
+    N = N4 // 4
+    sizes = _sizes(lengths, T)
+    fused, act, gate = sigmoid_form(act, gate_act), POINTWISE[act], POINTWISE[gate_act]
+    # The input half of every step's product, for all steps at once.
+    xw = right_product(w_x, T * B, bias)(x.reshape(T * B, D)).view(T, B, N4)
+    # With lengths, rows past their length are never written: zeros make them exact zero outputs,
+    # and leave nothing undefined in what the backward reads or its GEMMs sum over.
+    alloc = x.new_zeros if sizes is not None else x.new_empty
+    hbuf, cbuf = alloc(T + 1, B, P), alloc(T + 1, B, N)
+    hbuf[0], cbuf[0] = h0, c0
+    steps = T if keep else 1
+    # Each step's activated gates (i, f, j, o) overwrite its slot of xw once read: one buffer less
+    # (at B=64, H=512 that saved 52 MB of fresh pages a call).
+    gates = xw
+    act_c = alloc(steps, B, N)                           # act(c_t)
+    pre = alloc(T, B, N4) if keep and not fused and (act.needs_input or gate.needs_input) else None
+    m = alloc(steps, B, N) if projection is not None else None
+    # Before their clip, for the clips' gradient masks, made after the loop in one go.
+    c_pre = alloc(T, B, N) if keep and cell_clip is not None else None
+    y_pre = alloc(T, B, P) if keep and proj_clip is not None else None
+    recurrent = right_product(w_h, B)
+    project = right_product(projection, B) if projection is not None else None
+    H, C, G, A = hbuf.unbind(0), cbuf.unbind(0), gates.unbind(0), act_c.unbind(0)
+    blocks = _blocks(gates, N)
+    C_pre = None if c_pre is None else c_pre.unbind(0)
+    for t in range(T):
+        b = B if sizes is None else sizes[t]
+        if b == 0:
+            break
+        k = t if keep else 0
+        h, c, c_new, g, a_c, (i, f, j, o) = H[t], C[t], C[t + 1], G[t], A[k], blocks[t]
+        if b < B:
+            h, c, c_new, g, a_c, i, f, j, o = (v[:b] for v in (h, c, c_new, g, a_c, i, f, j, o))
+        z = recurrent(h, g)
+        if w_if is not None:
+            z[:, :2 * N].view(b, 2, N).addcmul_(c[:, None], w_if)
+        if fused:
+            # All four blocks in one call: a contiguous sigmoid ran faster than one over the first
+            # three (a strided slice); with peepholes o is computed again below.
+            torch.sigmoid(z, out=g)
+            torch.add(_MINUS_ONE, j, alpha=2, out=j)
+        else:
+            gate.into(z[:, :2 * N], g[:, :2 * N])
+            act.into(z[:, 2 * N:3 * N], j)
+            if w_if is None:
+                gate.into(z[:, 3 * N:], o)
+        c_sum = c_new if C_pre is None else C_pre[t] if b == B else C_pre[t][:b]
+        torch.mul(f, c, out=c_sum)
+        c_sum.addcmul_(i, j)
+        if cell_clip is not None:
+            torch.clamp(c_sum, -cell_clip, cell_clip, out=c_new)
+        if w_if is not None:
+            z_o = z[:, 3 * N:]
+            z_o.addcmul_(c_new, w_o)
+            gate.into(z_o, o)
+        if pre is not None:
+            pre[t, :b] = z
+        act.into(c_new, a_c)
+        if project is None:
+            torch.mul(o, a_c, out=H[t + 1][:b])
+            continue
+        m_t = m[k, :b]
+        torch.mul(o, a_c, out=m_t)
+        y = project(m_t)
+        if proj_clip is None:
+            H[t + 1][:b] = y
+            continue
+        if y_pre is not None:
+            y_pre[t, :b] = y
+        torch.clamp(y, -proj_clip, proj_clip, out=H[t + 1][:b])
+    if lengths is None:
+        h_T, c_T = H[T].clone(), C[T].clone()
+    else:
+        rows = torch.arange(B)
+        h_T, c_T = hbuf[lengths, rows], cbuf[lengths, rows]
+    # A clip passes gradient on [-clip, clip] inclusive; NaN gets none (as torch.clamp's gradient).
+    c_in = None if c_pre is None else c_pre.abs() <= cell_clip
+    y_in = None if y_pre is None else y_pre.abs() <= proj_clip
+    if not keep:
+        gates = act_c = m = None
+    return (hbuf, cbuf, h_T, c_T, _or_empty(gates, x), _or_empty(act_c, x), _or_empty(pre, x), _or_empty(m, x),
+            _or_empty(c_in, x, torch.bool), _or_empty(y_in, x, torch.bool))
+
+
+def _backward(d_hbuf: Tensor, d_h_T: Tensor, d_c_T: Tensor, x: Tensor, w_x: Tensor, hbuf: Tensor, cbuf: Tensor,
+              gates: Tensor, act_c: Tensor, pre: Optional[Tensor], m: Optional[Tensor], c_in: Optional[Tensor],
+              y_in: Optional[Tensor], w_h: Tensor, w_if: Optional[Tensor], w_o: Optional[Tensor],
+              projection: Optional[Tensor], lengths: Optional[Tensor], act: str, gate_act: str):
+    """The reverse recurrence, then the weight gradients as GEMMs over all steps (see ``cpu_seq_bwd``)."""
+    T, B, N4 = gates.shape
+    N, P, D = N4 // 4, hbuf.shape[2], x.shape[2]
+    sizes = _sizes(lengths, T)
+    fused, act, gate = sigmoid_form(act, gate_act), POINTWISE[act], POINTWISE[gate_act]
+    alloc = gates.new_zeros if sizes is not None else gates.new_empty
+    dz = alloc(T, B, N4)
+    dy = alloc(T, B, P) if projection is not None else None
+    recurrent = right_product(w_h.t(), B)
+    project = right_product(projection.t(), B) if projection is not None else None
+    d_out, C, A, DZ = d_hbuf.unbind(0), cbuf.unbind(0), act_c.unbind(0), dz.unbind(0)
+    blocks, d_blocks = _blocks(gates, N), _blocks(dz, N)
+    c_keep = None if c_in is None else c_in.unbind(0)
+    w_i, w_f = (None, None) if w_if is None else w_if.unbind(0)
+    if sizes is None:
+        dh, dc = d_h_T + d_out[T], d_c_T.clone()
+    else:
+        # A row's final-state gradient enters at its last step: rows ends[t + 1]:sizes[t] end at step t.
+        dh, dc = gates.new_zeros(B, P), gates.new_zeros(B, N)
+        ends = sizes + [0]
+    for t in range(T - 1, -1, -1):
+        b = B if sizes is None else sizes[t]
+        c, c_new, a_c, dz_t = C[t], C[t + 1], A[t], DZ[t]
+        (i, f, j, o), (dz_i, dz_f, dz_j, dz_o) = blocks[t], d_blocks[t]
+        if sizes is None:
+            dh_t = dh
+        else:
+            lo = ends[t + 1]
+            if b > lo:
+                dh[lo:b], dc[lo:b] = d_h_T[lo:b], d_c_T[lo:b]
+            if b == 0:
+                continue
+            if b < B:
+                c, c_new, a_c, i, f, j, o, dz_t, dz_i, dz_f, dz_j, dz_o = (
+                    v[:b] for v in (c, c_new, a_c, i, f, j, o, dz_t, dz_i, dz_f, dz_j, dz_o))
+            dh_t = dh[:b]
+            dh_t += d_out[t + 1][:b]
+        dc_t = dc if b == B else dc[:b]
+        z_i = z_f = z_j = z_o = None
+        if pre is not None:
+            z_i, z_f, z_j, z_o = (pre[t, :b, g * N:(g + 1) * N] for g in range(4))
+        if project is not None:
+            if y_in is not None:
+                torch.where(y_in[t, :b], dh_t, _ZERO, out=dh_t)
+            dy[t, :b] = dh_t
+            dm = project(dh_t)
+        else:
+            dm = dh_t
+        gate.grad(dm * a_c, z_o, o, out=dz_o)
+        dc_t += act.grad(dm * o, c_new, a_c)
+        if w_o is not None:
+            dc_t.addcmul_(dz_o, w_o)
+        if c_keep is not None:
+            torch.where(c_keep[t] if b == B else c_keep[t][:b], dc_t, _ZERO, out=dc_t)
+        gate.grad(dc_t * j, z_i, i, out=dz_i)
+        gate.grad(dc_t * c, z_f, f, out=dz_f)
+        if fused:
+            # j = 2 sigmoid(z') - 1 of the doubled pre-activation z': dj/dz' = (1 - j^2) / 2.
+            _tanh_grad(torch.addcmul(_ZERO, dc_t, i, value=0.5), None, j, out=dz_j)
+        else:
+            act.grad(dc_t * i, z_j, j, out=dz_j)
+        dc_t.mul_(f)
+        if w_if is not None:
+            dc_t.addcmul_(dz_i, w_i).addcmul_(dz_f, w_f)
+        if sizes is not None:
+            dh[:b] = recurrent(dz_t)
+        else:
+            dh = recurrent(dz_t, d_out[t] if t > 0 else None)
+    if sizes is not None:
+        dh[ends[0]:], dc[ends[0]:] = d_h_T[ends[0]:], d_c_T[ends[0]:]      # rows of length 0
+    rows = dz.reshape(T * B, N4)
+    dx = right_product(w_x.t(), T * B)(rows).view(T, B, D)
+    d_wx = x.reshape(T * B, D).t() @ rows
+    d_wh = hbuf[:T].reshape(T * B, P).t() @ rows
+    d_wif = d_wo = d_proj = None
+    if w_if is not None:
+        d_wif = (dz[..., :2 * N].unflatten(-1, (2, N)) * cbuf[:T, :, None]).sum((0, 1))
+        d_wo = (dz[..., 3 * N:] * cbuf[1:]).sum((0, 1))
+    if projection is not None:
+        d_proj = m.reshape(T * B, N).t() @ dy.reshape(T * B, P)
+    return (dx, d_wx, rows.sum(0), dh, dc, d_wh, _or_empty(d_wif, dz), _or_empty(d_wo, dz),
+            _or_empty(d_proj, dz))
+
+
+@torch.library.custom_op("triton_lstm::cpu_seq_fwd", mutates_args=())
+def cpu_seq_fwd(x: Tensor, w_x: Tensor, bias: Tensor, h0: Tensor, c0: Tensor, w_h: Tensor, w_if: Optional[Tensor],
+                w_o: Optional[Tensor], projection: Optional[Tensor], lengths: Optional[Tensor], act: str,
+                gate_act: str, cell_clip: Optional[float], proj_clip: Optional[float],
+                keep: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The loop's forward.
+
+    Args:
+        x: [T, B, D].  w_x: [D, 4N], w_h: [P, 4N], bias: [4N], gates in torch's order (i, f, j, o)
+            with the forget bias added; with ``sigmoid_form`` their j block doubled.
+        h0: [B, P].  c0: [B, N].  w_if: [2, N] = (w_i_diag, w_f_diag) or None.  w_o: [N] or None.
+        projection: [N, P] or None.  lengths: [B] int64 sorted longest first, or None.
+        act, gate_act: names in ``POINTWISE``.  keep: keep what the backward reads.
+    Returns:
+        (hbuf [T+1, B, P]: h0 and every step's output, zero past each length; cbuf [T+1, B, N];
+        h_T [B, P]; c_T [B, N]; and for the backward, empty unless kept: activated gates
+        [T, B, 4N], act(c) [T, B, N], pre-activations [T, B, 4N] (activations whose derivative
+        reads them), m [T, B, N] (projection), clip masks [T, B, N] and [T, B, P] (bool)).
+    """
+    return _forward(x, w_x, bias, h0, c0, w_h, w_if, w_o, projection, lengths, act, gate_act, cell_clip, proj_clip,
+                    keep)
+
+
+@cpu_seq_fwd.register_fake
+def _(x, w_x, bias, h0, c0, w_h, w_if, w_o, projection, lengths, act, gate_act, cell_clip, proj_clip, keep):
+    T, B, _ = x.shape
+    N4, P = w_h.shape[1], h0.shape[1]
+    N = N4 // 4
+
+    def kept(present: bool, *shape, dtype=None):
+        return x.new_empty(T, B, *shape, dtype=dtype) if keep and present else _empty(x, dtype)
+
+    needs_input = not sigmoid_form(act, gate_act) and (POINTWISE[act].needs_input or POINTWISE[gate_act].needs_input)
+    return (x.new_empty(T + 1, B, P), x.new_empty(T + 1, B, N), x.new_empty(B, P), x.new_empty(B, N),
+            kept(True, N4), kept(True, N), kept(needs_input, N4), kept(projection is not None, N),
+            kept(cell_clip is not None, N, dtype=torch.bool), kept(proj_clip is not None, P, dtype=torch.bool))
+
+
+@torch.library.custom_op("triton_lstm::cpu_seq_bwd", mutates_args=())
+def cpu_seq_bwd(d_hbuf: Tensor, d_h_T: Tensor, d_c_T: Tensor, x: Tensor, w_x: Tensor, hbuf: Tensor, cbuf: Tensor,
+                gates: Tensor, act_c: Tensor, pre: Tensor, m: Tensor, c_in: Tensor, y_in: Tensor, w_h: Tensor,
+                w_if: Optional[Tensor], w_o: Optional[Tensor], projection: Optional[Tensor],
+                lengths: Optional[Tensor], act: str,
+                gate_act: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The loop's backward: d_hbuf [T+1, B, P] (the outputs' gradient in rows 1..T), d_h_T, d_c_T,
+    the forward's inputs and what it kept. Returns (dx, d_wx, d_bias, dh0, dc0, d_wh, then d_wif,
+    d_wo, d_proj or empty)."""
+    return _backward(d_hbuf, d_h_T, d_c_T, x, w_x, hbuf, cbuf, gates, act_c, _present(pre), _present(m),
+                     _present(c_in), _present(y_in), w_h, w_if, w_o, projection, lengths, act, gate_act)
+
+
+@cpu_seq_bwd.register_fake
+def _(d_hbuf, d_h_T, d_c_T, x, w_x, hbuf, cbuf, gates, act_c, pre, m, c_in, y_in, w_h, w_if, w_o, projection, lengths,
+      act, gate_act):
+    T, B, N4 = gates.shape
+    N, P = N4 // 4, hbuf.shape[2]
+    return (torch.empty_like(x), torch.empty_like(w_x), gates.new_empty(N4), gates.new_empty(B, P),
+            gates.new_empty(B, N), torch.empty_like(w_h), gates.new_empty(2, N) if w_if is not None else _empty(gates),
+            gates.new_empty(N) if w_o is not None else _empty(gates),
+            gates.new_empty(N, P) if projection is not None else _empty(gates))
+
+
+def _fwd_setup(ctx, inputs, output):
+    x, w_x, bias, h0, c0, w_h, w_if, w_o, projection, lengths, act, gate_act, cell_clip, proj_clip, keep = inputs
+    if not keep:
+        raise RuntimeError("cpu_seq_fwd ran with keep=False, so it kept nothing to differentiate")
+    hbuf, cbuf, _, _, gates, act_c, pre, m, c_in, y_in = output
+    # Kept for backward: the activated gates (their derivatives read them), act(c), c and h of
+    # every step; recomputing any of them would repeat the serial recurrence.
+    ctx.save_for_backward(x, w_x, hbuf, cbuf, gates, act_c, pre, m, c_in, y_in, w_h, w_if, w_o, projection, lengths)
+    ctx.acts = act, gate_act
+    ctx.dtypes = h0.dtype, c0.dtype
+
+
+def _fwd_backward(ctx, d_hbuf, _d_cbuf, d_h_T, d_c_T, *_):
+    x, w_x, hbuf, cbuf, gates, act_c, pre, m, c_in, y_in, w_h, w_if, w_o, projection, lengths = ctx.saved_tensors
+    d_hbuf = torch.zeros_like(hbuf) if d_hbuf is None else d_hbuf
+    d_h_T = hbuf.new_zeros(hbuf.shape[1:]) if d_h_T is None else d_h_T
+    d_c_T = cbuf.new_zeros(cbuf.shape[1:]) if d_c_T is None else d_c_T
+    dx, d_wx, d_bias, dh0, dc0, d_wh, d_wif, d_wo, d_proj = cpu_seq_bwd(
+        d_hbuf, d_h_T, d_c_T, x, w_x, hbuf, cbuf, gates, act_c, pre, m, c_in, y_in, w_h, w_if, w_o, projection,
+        lengths, *ctx.acts)
+    h_dtype, c_dtype = ctx.dtypes
+    return (dx, d_wx, d_bias, dh0.to(h_dtype), dc0.to(c_dtype), d_wh, _present_grad(d_wif, w_if),
+            _present_grad(d_wo, w_o), _present_grad(d_proj, projection)) + (None,) * 6
+
+
+def _present_grad(grad: Tensor, weight: Optional[Tensor]) -> Optional[Tensor]:
+    return None if weight is None else grad
+
+
+cpu_seq_fwd.register_autograd(_fwd_backward, setup_context=_fwd_setup)
+
+
+def torch_lstm_computes(peepholes: bool, projection: Optional[Tensor], num_units: int, *, forget_bias: float,
+                        cell_clip: Optional[float], proj_clip: Optional[float], activation: str,
+                        recurrent_activation: str) -> bool:
+    """Whether torch's own LSTM computes this cell (any forget bias: it folds into the bias)."""
+    square_projection = projection is not None and projection.shape[1] == num_units
+    return (not peepholes and cell_clip is None and proj_clip is None and not square_projection
+            and activation == "tanh" and recurrent_activation == "sigmoid")
+
+
+_TORCH_ORDER = torch.tensor([0, 2, 1, 3])
+
+
+def torch_gate_order(w: Tensor) -> Tensor:
+    """w [..., 4N] with its gate blocks in torch's order: TF's (i, j, f, o) -> (i, f, j, o).
+
+    NOTE: picking the blocks of a [..., 4, N] view ran 4x faster, forward and backward, than
+    indexing the 4N columns with a permutation (gate_permutation), for 256-512 x 1024-2048 weights.
+    """
+    *lead, n4 = w.shape
+    return w.reshape(*lead, 4, n4 // 4).index_select(-2, _TORCH_ORDER).reshape(*lead, n4)
+
+
+def _block_vector(N: int, values: tuple[float, float, float, float], like: Tensor) -> Tensor:
+    """[4N]: each gate block (torch's order i, f, j, o) filled with its value."""
+    return torch.tensor(values, dtype=like.dtype).repeat_interleave(N)
+
+
+def torch_lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bias: Tensor,
+                        projection: Optional[Tensor], forget_bias: float):
+    """TF's plain cell (``torch_lstm_computes``) over full-length sequences as torch.lstm, one layer
+    and direction; shapes as ``lstm_sequence_cpu``'s. Returns (out, h_T, c_T)."""
+    N = w_h.shape[1] // 4
+    b_ih = torch_gate_order(bias) + _block_vector(N, (0.0, forget_bias, 0.0, 0.0), bias)
+    params = [torch_gate_order(w_x).t().contiguous(), torch_gate_order(w_h).t().contiguous(), b_ih,
+              torch.zeros_like(b_ih)]
+    if projection is not None:
+        params.append(projection.t())
+    out, h, c = torch.lstm(x, (h0[None], c0[None]), params, True, 1, 0.0, torch.is_grad_enabled(), False, False)
+    return out, h[0], c[0]
+
+
+def loop_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bias: Tensor,
+                  w_f_diag: Optional[Tensor] = None, w_i_diag: Optional[Tensor] = None,
+                  w_o_diag: Optional[Tensor] = None, projection: Optional[Tensor] = None,
+                  lengths: Optional[Tensor] = None, *, forget_bias: float = 1.0, cell_clip: Optional[float] = None,
+                  proj_clip: Optional[float] = None, activation: str = "tanh",
+                  recurrent_activation: str = "sigmoid") -> tuple[Tensor, Tensor, Tensor]:
+    """TF's cell with any option on the ``cpu_seq_fwd`` op: arguments as ``lstm_sequence_cpu``'s, all
+    float32 or all float64 (c0 may be float32). Returns (out, h_T, c_T) in that dtype."""
+    T, B, _ = x.shape
+    N = w_h.shape[1] // 4
+    back = None
+    if lengths is not None:
+        lengths, by_length = lengths.long().sort(descending=True, stable=True)
+        # Reading the order on the host is not possible while torch.compile traces: then always reorder.
+        if torch.compiler.is_compiling() or not torch.equal(by_length, torch.arange(B)):
+            x, h0, c0 = x[:, by_length], h0[by_length], c0[by_length]
+            back = torch.argsort(by_length)
+    col = _block_vector(N, (1.0, 1.0, 2.0 if sigmoid_form(activation, recurrent_activation) else 1.0, 1.0), bias)
+    b = (torch_gate_order(bias) + _block_vector(N, (0.0, forget_bias, 0.0, 0.0), bias)) * col
+    w_if = torch.stack([w_i_diag, w_f_diag]) if w_f_diag is not None else None
+    tensors = (x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection)
+    keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    hbuf, _, h_T, c_T, *_ = torch.ops.triton_lstm.cpu_seq_fwd(
+        x, torch_gate_order(w_x) * col, b, h0, c0, torch_gate_order(w_h) * col, w_if, w_o_diag, projection, lengths,
+        activation, recurrent_activation, cell_clip, proj_clip, keep)
+    out = hbuf[1:]
+    if back is None:
+        return out, h_T, c_T
+    return out[:, back], h_T[back], c_T[back]
+
+
+def lstm_sequence_cpu(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bias: Tensor,
+                      w_f_diag: Optional[Tensor] = None, w_i_diag: Optional[Tensor] = None,
+                      w_o_diag: Optional[Tensor] = None, projection: Optional[Tensor] = None,
+                      lengths: Optional[Tensor] = None, *, forget_bias: float = 1.0,
+                      cell_clip: Optional[float] = None, proj_clip: Optional[float] = None,
+                      activation: str = "tanh", recurrent_activation: str = "sigmoid") -> tuple[Tensor, Tensor, Tensor]:
+    """``lstm_sequence`` on CPU tensors whose arguments ``lstm_sequence`` has checked.
+
+    Args:
+        x: [T, B, D].  h0: [B, P].  c0: [B, N].  w_x: [D, 4N], w_h: [P, 4N], bias: [4N] (gates i, j, f, o).
+        w_f_diag, w_i_diag, w_o_diag: [N] or None.  projection: [N, P] or None.
+        lengths: [B] integers in [0, T], or None.
+        activation, recurrent_activation: names in ``triton_lstm.ACTIVATIONS``.
+    Returns:
+        (outputs [T, B, P] in x's dtype, zero past each length; h_T [B, P] in x's dtype; c_T [B, N],
+        float32, or float64 for float64 inputs).
+    """
+    T, B, _ = x.shape
+    out_dtype = x.dtype
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection = (
+        None if t is None else t.to(dtype) for t in (x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag,
+                                                     projection))
+    lengths = None if lengths is None else lengths.long()
+    options = dict(forget_bias=forget_bias, cell_clip=cell_clip, proj_clip=proj_clip, activation=activation,
+                   recurrent_activation=recurrent_activation)
+    # NOTE: with lengths torch's LSTM runs a packed sequence on its own loop (oneDNN has no packed
+    # LSTM); that took 2.4-3.6x the loop's time forward+backward (B=16-64, H=256-512), so lengths
+    # take the loop. torch's LSTM also needs a step to take (the loop's op keeps x in the graph).
+    if (T > 0 and B > 0 and lengths is None
+            and torch_lstm_computes(w_f_diag is not None, projection, w_h.shape[1] // 4, **options)):
+        out, h_T, c_T = torch_lstm_sequence(x, h0, c0, w_x, w_h, bias, projection, forget_bias)
+    else:
+        out, h_T, c_T = loop_sequence(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, lengths,
+                                      **options)
+    return out.to(out_dtype), h_T.to(out_dtype), c_T
