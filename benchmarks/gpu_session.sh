@@ -46,8 +46,6 @@ else
     BENCH_BUDGET=${BENCH_BUDGET:-220}
     BENCH_TIMEOUT=${BENCH_TIMEOUT:-300}
 fi
-# The GPU tests run with tuning off (the first configuration that fits); the tuner's own test turns it on.
-export TRITON_LSTM_AUTOTUNE=0
 PLOTS=$(mktemp -d)/plots
 PHASES=$OUT/phases.txt
 # This run's files only (the benchmark appends to results.jsonl and bench_log.txt).
@@ -135,14 +133,17 @@ main() {
             echo "pytest-xdist is not installed: the tests run in one process"
         fi
         if [ "$SESSION" = quick ]; then
-            phase tests "$TESTS_TIMEOUT" $PY -m pytest -q "${xdist[@]}" --timeout 150 --durations=5 tests/ \
+            # The GPU tests run with tuning off (the first configuration that fits; the tuner's own test
+            # turns it on); the benchmark tunes, and reports what each shape's first call cost.
+            phase tests "$TESTS_TIMEOUT" env TRITON_LSTM_AUTOTUNE=0 $PY -m pytest -q "${xdist[@]}" --timeout 150 \
+                --durations=5 tests/ \
                 --deselect tests/test_aot_compile.py --deselect tests/test_host_path.py || failed=1
             phase aot "$AOT_TIMEOUT" $PY -m triton_lstm.aot --arch 90 --jobs 16 --json "$OUT/aot.jsonl" || failed=1
             phase bench "$BENCH_TIMEOUT" $PY -m benchmarks.run --quick "${bench_args[@]}" || failed=1
         else
             [ ${#xdist[@]} -gt 0 ] && xdist=(-n 16)
             export TRITON_LSTM_GPU_FULL=1
-            phase tests "$TESTS_TIMEOUT" $PY -m pytest -q "${xdist[@]}" --timeout 150 \
+            phase tests "$TESTS_TIMEOUT" env TRITON_LSTM_AUTOTUNE=0 $PY -m pytest -q "${xdist[@]}" --timeout 150 \
                 tests/test_gpu.py -k step_option_matrix || failed=1
             phase bench "$BENCH_TIMEOUT" $PY -m benchmarks.run --resume "${bench_args[@]}" || failed=1
         fi

@@ -54,6 +54,10 @@ The hoisted input GEMM (x @ W_x) is off the serial path and not in the floor.
 fp32 on a GPU: by default tf32 is off for both torch matmuls and cuDNN (``--tf32`` turns both on), so
 every provider computes in full fp32; the row records both flags.
 
+On a GPU the kernels tune on their first call of a shape (unless TRITON_LSTM_AUTOTUNE=0): each row
+records ``first_call_tune_s``, the seconds that provider's first calls spent compiling and timing
+candidates (0 when the tuning cache already had the shape), and the log prints it.
+
 Results: ``--results FILE`` overrides the results file, ``--out DIR`` also writes this run's rows
 (``results.jsonl``), the log (``bench_log.txt``) and the final table (``summary.txt``) there,
 ``--resume`` skips jobs already in the results file for this machine and these versions, and
@@ -92,7 +96,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import triton_lstm
 from benchmarks import plot
-from triton_lstm import lstm_cell, lstm_cell_reference, lstm_sequence, lstm_sequence_reference
+from triton_lstm import lstm_cell, lstm_cell_reference, lstm_sequence, lstm_sequence_reference, tune
 from triton_lstm.convert import tf_to_torch_lstm
 
 Tensor = torch.Tensor
@@ -814,6 +818,7 @@ class Runner:
         interleaved = []
         for provider in [p for p in PROVIDERS if any(j.provider == p for j in jobs)]:
             mine = [j for j in jobs if j.provider == provider]
+            tuned_before = tune.tuning_seconds()
             try:
                 setup = SETUPS[provider](case, t)
                 check = self._check(setup, case, dtype, t, reference)
@@ -828,7 +833,10 @@ class Runner:
                     except Exception as e:  # as above: recorded with its error text
                         self._missing([job], e)
                         continue
-                    self._timed(job, setup, check, path, ms=p50, ms_p20=p20, ms_p80=p80,
+                    # Seconds the tuner took on this provider's first calls of the shape (kernels
+                    # compiled and timed; 0 when the cache already had them).
+                    tune_s = sum(v for k, v in tune.tuning_seconds().items() if k not in tuned_before)
+                    self._timed(job, setup, check, path, ms=p50, ms_p20=p20, ms_p80=p80, first_call_tune_s=tune_s,
                                 timing="median of triton.testing.do_bench (CUDA events)")
                 del setup
             else:
@@ -887,7 +895,9 @@ class Runner:
         spread = (f"[{fields['ms_p20']:.3f}, {fields['ms_p80']:.3f}]" if fields.get("ms_p20") is not None
                   else f"median {fields['ms_median']:.3f}")
         self.log(f"  {job.provider:14s} {job.mode:7s} {ms:9.3f} ms  {spread}  {row['step_us']:8.2f} us/step  "
-                 f"{path}" + (f"  rel err {check:.1e}" if check is not None else ""))
+                 f"{path}" + (f"  rel err {check:.1e}" if check is not None else "")
+                 + (f"  first-call tuning {fields['first_call_tune_s']:.1f} s" if fields.get("first_call_tune_s")
+                    else ""))
 
     def _missing(self, jobs: list[Job], e: Exception) -> None:
         reason = str(e) if isinstance(e, Unsupported) else error_text(e)
