@@ -199,3 +199,14 @@ def test_pretune_cli_rejects_bad_arguments(argv, message, capsys):
     err = capsys.readouterr().err
     assert "usage: python -m triton_lstm.pretune" in err
     assert re.search(message, err), err
+
+
+def test_a_choice_is_kept_per_device(cache, monkeypatch):
+    """Two GPUs of different kinds in one process (or the AOT check's two targets) choose apart."""
+    monkeypatch.setenv("TRITON_LSTM_AUTOTUNE", "0")
+    gpu = FakeGpu(monkeypatch)
+    a100 = DeviceLimits(sms=108, regs_per_sm=65536, shared_per_block=163 * 1024, arch=80)
+    first = tune.pick("seq_fwd", "k", lambda: SPACE, gpu.run, gpu.fits, compiled=True, capturing=False, device=H100)
+    other = tune.pick("seq_fwd", "k", lambda: SPACE[2:], gpu.run, gpu.fits, compiled=True, capturing=False,
+                      device=a100)
+    assert (first, other) == (SPACE[0], SPACE[2])

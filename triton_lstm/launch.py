@@ -391,7 +391,7 @@ def pick_config(kernel, pb: Problem, launches, key_consts: dict, device: torch.d
         return tune.fits(compiled, cfg, limits, programs(cfg, pb) if co_resident else None)
 
     cfg = tune.pick(pb.kernel, tuning_key(pb, key_consts), lambda: candidates(pb, limits), run, fits,
-                    compiled=gpu_device(device) and not interpreting(), capturing=capturing(device))
+                    compiled=gpu_device(device) and not interpreting(), capturing=capturing(device), device=limits)
     if pb.kernel == "seq_bwd" and not pb.proj:
         # Without a projection a program owns the same columns of dh and of the gates.
         cfg = dataclasses.replace(cfg, block_p=cfg.block_n)
