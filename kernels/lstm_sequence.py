@@ -35,9 +35,9 @@ backward their gate gradients are 0 and the state gradients are carried through.
 
 Under Triton's interpreter programs run one after another, so a barrier between programs can never
 complete. There the host launches either one program (the barrier is then trivially satisfied and
-the whole kernel runs as on the GPU) or one phase of one step at a time with USE_BARRIER=False; the
-state a program carries in registers is loaded at the start of a launch and stored at its end, so
-both schedules compute the same thing.
+the whole kernel runs as on the GPU) or one phase of one step at a time with USE_BARRIER=False (the
+schedule a stepped configuration runs on a GPU too); the state a program carries in registers is
+loaded at the start of a launch and stored at its end, so both schedules compute the same thing.
 """
 import triton
 import triton.language as tl

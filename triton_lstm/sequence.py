@@ -84,8 +84,10 @@ def _persistent_launch(kernel, pb: Problem, args, consts: dict, T: int, t_first:
 
     def launches(cfg):
         # Stepped, and under the interpreter (whose programs run one after another), several
-        # programs cannot meet at a grid barrier: one launch per phase of each step instead.
-        if cfg.stepped or (interpreting() and programs(cfg, pb) > 1):
+        # programs cannot meet at a grid barrier: one launch per phase of each step instead. So too
+        # a sequence whose barrier count would reach the counter's failure mark (T in the millions).
+        arrivals = (2 * T + 1) * programs(cfg, pb)
+        if cfg.stepped or (interpreting() and programs(cfg, pb) > 1) or arrivals >= BARRIER_FAILED.value:
             return [(steps(first, n_steps), dict(consts, USE_BARRIER=False, **phase))
                     for first, n_steps, phase in schedule]
         return [(steps(t_first, T), one_launch)]
