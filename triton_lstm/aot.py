@@ -22,6 +22,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import pathlib
 import re
 import sys
 from types import SimpleNamespace
@@ -145,12 +146,18 @@ def all_kernels():
 
 
 # -- what the compiled time loop does ---------------------------------------------------------------
+def _site(file: str, line: int) -> tuple[str, int]:
+    """A source position as ("kernels/<module>.py", line): Triton's compile cache is keyed by the
+    source, not its path, so a kernel compiled from another checkout names that checkout's files."""
+    return "/".join(pathlib.PurePath(file).parts[-2:]), line
+
+
 def _source_line(fn, needle: str) -> tuple[str, int]:
-    """(file, line) of the first line of a jit function's source containing ``needle``."""
+    """Site of the first line of a jit function's source containing ``needle``."""
     lines, first = inspect.getsourcelines(fn.fn)
     for i, line in enumerate(lines):
         if needle in line:
-            return inspect.getsourcefile(fn.fn), first + i
+            return _site(inspect.getsourcefile(fn.fn), first + i)
     raise ValueError(f"{needle!r} not in {fn.fn.__name__}")
 
 
@@ -164,7 +171,7 @@ def _loc_frames(ttgir: str):
             body = table.get(ref, "unknown")
             memo[ref] = ()
             if m := re.match(r'"([^"]+)":(\d+):\d+$', body):
-                out = ((m.group(1), int(m.group(2))),)
+                out = (_site(m.group(1), int(m.group(2))),)
             elif m := re.match(r"callsite\(#(loc\d*) at #(loc\d*)\)$", body):
                 out = frames(m.group(1)) + frames(m.group(2))
             elif m := re.match(r'"[^"]*"\(#(loc\d*)\)$', body):
