@@ -1,7 +1,8 @@
 """The CPU path (``triton_lstm.cpu``): torch's LSTM for the cells it computes and the loop for the
 rest, each against the plain-PyTorch reference (outputs, final state, every gradient), TF's length
-masking, NaN, inference without kept state, and which path lstm_sequence, dynamic_rnn and LSTM take
-on CPU tensors. The loop runs in float32 through oneDNN's products and in float64 through addmm.
+masking, NaN, inference without kept state, gradients of any order and torch.func transforms through
+the loop, and which path lstm_sequence, dynamic_rnn and LSTM take on CPU tensors. The loop runs in
+float32 through oneDNN's products and in float64 through addmm.
 """
 import json
 import os
@@ -11,13 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.func import grad, jacrev, vmap
 
 from helpers import CELL_AXES, TOLERANCES, assert_close
 from pairwise import case_id, pairwise
+from test_higher_order import second_order, squared
 from test_nan import CASES as NAN_CASES, assert_same_nonfinite, poison
 from test_sequence import check_masking, check_sequence_grads, seq_args, seq_tensors, variable_lengths
 from triton_lstm import lstm_sequence, lstm_sequence_reference
-from triton_lstm.activations import resolve_activation, resolve_recurrent_activation
+from triton_lstm.activations import activation_id, resolve_activation, resolve_recurrent_activation
 from triton_lstm.cpu import lstm_sequence_cpu, loop_sequence, torch_lstm_computes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,14 +155,24 @@ def test_loop_gradcheck():
 
 @pytest.mark.parametrize("keep", [True, False])
 def test_loop_op_schema_fake_and_autograd(keep):
-    """torch.library.opcheck: schema, fake (shape) implementation, autograd registration, AOT tracing."""
+    """torch.library.opcheck: schema, fake (shape) implementation, autograd registration, AOT tracing;
+    with kept state, of the backward op on the forward's results too. Lengths out of order make the
+    ops sort the batch."""
     t, _ = tensors_for(dict(EXTRAS, projection="proj+clip"))
-    w_if = torch.stack([t["w_i_diag"], t["w_f_diag"]]).detach().requires_grad_()
-    args = (t["x"], t["w_x"], t["bias"], t["h0"], t["c0"].detach(), t["w_h"], w_if, t["w_o_diag"], t["projection"],
-            torch.tensor([5, 3, 2, 0]), "tanh", "sigmoid", 0.7, 0.25, keep)
+    lengths = torch.tensor([3, 5, 0, 2])
+    acts = activation_id("tanh"), activation_id("sigmoid")
+    args = (*seq_args(t), lengths, *acts, 1.0, 0.7, 0.25, keep)
     if not keep:
         args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
     torch.library.opcheck(torch.ops.triton_lstm.cpu_seq_fwd.default, args)
+    if keep:
+        with torch.no_grad():
+            hbuf, cbuf, h_T, c_T, *kept = torch.ops.triton_lstm.cpu_seq_fwd(*args)
+        x, _, _, w_x, w_h, _, *weights = (v.detach() for v in seq_args(t))
+        g = torch.Generator().manual_seed(1)
+        grads = [torch.randn(v.shape, generator=g) for v in (hbuf, h_T, c_T)]
+        torch.library.opcheck(torch.ops.triton_lstm.cpu_seq_bwd.default,
+                              (*grads, x, w_x, w_h, *weights, lengths, hbuf, cbuf, *kept, *acts))
 
 
 @pytest.mark.parametrize("case", NAN_CASES, ids=lambda c: f"{c['activation']}-{c['recurrent_activation']}")
@@ -197,6 +210,111 @@ def test_loop_compiles_without_graph_breaks():
     eager = run(lstm_sequence_cpu)
     for i, (got, want) in enumerate(zip([*compiled[0], *compiled[1]], [*eager[0], *eager[1]])):
         assert_close(f"result {i}", got, want, FP64["grad"])
+
+
+# Gradients of any order and torch.func transforms through the loop, in float64 at a tiny size with
+# peepholes, both clips and a projection, against the reference on the same values. Unsorted lengths
+# make the op sort the batch inside; softsign takes the loop's form without the fused sigmoid.
+HIGHER_OPTIONS = dict(forget_bias=1.0, cell_clip=0.9, proj_clip=0.7)
+HIGHER_CASES = [dict(lengths=None, activation="tanh"), dict(lengths=[1, 3, 0], activation="tanh"),
+                dict(lengths=[2, 0, 3], activation="softsign")]
+
+
+def higher_id(case) -> str:
+    return ("full" if case["lengths"] is None else "lengths") + "-" + case["activation"]
+
+
+def tiny_inputs(seed=11):
+    """x, h0, c0 and every weight (peepholes and a projection) as float64 leaves: T=3, B=3, D=2, N=3, P=2."""
+    return [v.detach().double().requires_grad_() for v in seq_args(seq_tensors(3, 3, 2, 3, 2, True, torch.float64,
+                                                                               "cpu", seed))]
+
+
+def loop_and_reference(activation):
+    """fn(x, h0, c0, *weights, lengths) -> (out, h_T, c_T): the loop, and the reference."""
+    def loop(*args):
+        return loop_sequence(*args, activation=activation, **HIGHER_OPTIONS)
+
+    def reference(*args):
+        return lstm_sequence_reference(*args, activation=resolve_activation(activation)[1], **HIGHER_OPTIONS)
+    return loop, reference
+
+
+def lengths_of(case):
+    return None if case["lengths"] is None else torch.tensor(case["lengths"])
+
+
+def assert_all_close(got, want, what):
+    assert len(got) == len(want)
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert b.abs().max() > 0, f"{what}[{i}] is zero: the test would not see a missing term"
+        torch.testing.assert_close(a, b, atol=FP64["grad"][0], rtol=FP64["grad"][1], msg=lambda m: f"{what}[{i}]: {m}")
+
+
+@pytest.mark.parametrize("case", HIGHER_CASES, ids=higher_id)
+def test_loop_double_backward(case):
+    """Second derivatives through the loop: gradgradcheck (finite differences of its gradient), and
+    against the reference's."""
+    loop, reference = loop_and_reference(case["activation"])
+    lengths = lengths_of(case)
+    inputs = tiny_inputs()
+    assert torch.autograd.gradgradcheck(lambda *args: loop(*args, lengths), inputs, fast_mode=True)
+    assert_all_close(second_order(lambda *args: loop(*args, lengths), inputs),
+                     second_order(lambda *args: reference(*args, lengths), inputs), "second derivative")
+
+
+@pytest.mark.parametrize("case", HIGHER_CASES, ids=higher_id)
+def test_loop_func_grad_and_jacrev(case):
+    """torch.func.grad with respect to every input, and jacrev of the outputs and the final cell state."""
+    lengths = lengths_of(case)
+    inputs = tiny_inputs()
+
+    def transforms(fn):
+        def loss(*args):
+            return squared(fn(*args, lengths))
+
+        return (*grad(loss, argnums=tuple(range(len(inputs))))(*inputs),
+                jacrev(lambda x: fn(x, *inputs[1:], lengths)[0])(inputs[0]),
+                jacrev(lambda w_h: fn(*inputs[:4], w_h, *inputs[5:], lengths)[2])(inputs[4]))
+
+    loop, reference = loop_and_reference(case["activation"])
+    assert_all_close(transforms(loop), transforms(reference), "torch.func.grad, jacrev")
+
+
+@pytest.mark.parametrize("case", HIGHER_CASES, ids=higher_id)
+def test_loop_per_sample_gradients(case):
+    """vmap over grad (the loop's op runs once per row), against the reference's gradient of each row."""
+    x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection = tiny_inputs()
+    lengths = lengths_of(case)
+
+    def row_loss(fn):
+        def loss(w_h, projection, x, h0, c0, length):
+            return squared(fn(x[:, None], h0[None], c0[None], w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag,
+                              projection, None if length is None else length[None]))
+        return loss
+
+    loop, reference = loop_and_reference(case["activation"])
+    in_dims = (None, None, 1, 0, 0, None if lengths is None else 0)
+    per_row = vmap(grad(row_loss(loop), argnums=(0, 1)), in_dims=in_dims)(w_h, projection, x, h0, c0, lengths)
+    rows = [torch.autograd.grad(row_loss(reference)(w_h, projection, x[:, b], h0[b], c0[b],
+                                                    None if lengths is None else lengths[b]), (w_h, projection))
+            for b in range(x.shape[1])]
+    assert_all_close(per_row, [torch.stack(g) for g in zip(*rows)], "per-row d_w_h, d_projection")
+
+
+@pytest.mark.parametrize("case", HIGHER_CASES, ids=higher_id)
+def test_loop_batched_first_backward(case):
+    """autograd.grad with is_grads_batched runs the loop's first backward (``cpu_seq_bwd``) under vmap,
+    once per cotangent: rows of the Jacobian, against the reference's."""
+    lengths = lengths_of(case)
+    inputs = tiny_inputs()
+    cotangents = torch.randn(4, 3, 3, 2, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    loop, reference = loop_and_reference(case["activation"])
+    got = torch.autograd.grad(loop(*inputs, lengths)[0], inputs, cotangents, is_grads_batched=True)
+    out = reference(*inputs, lengths)[0]
+    want = [torch.stack(rows) for rows in zip(*(torch.autograd.grad(out, inputs, v, retain_graph=True)
+                                               for v in cotangents))]
+    assert_all_close(got, want, "batched vector-Jacobian products")
 
 
 def test_float64_lstm_sequence_runs_the_cpu_path():

@@ -14,7 +14,12 @@ loop for everything else.
   once for oneDNN in float32) and the pointwise math in place on buffers allocated once per call.
   The backward runs the reverse recurrence with one product per step; the weight gradients are
   GEMMs over all steps afterwards. Variable lengths sort the batch by length once, so each step
-  runs only on the rows still inside their sequence (as a packed sequence does).
+  runs only on the rows still inside their sequence (as a packed sequence does). The ops take
+  ``lstm_sequence``'s arguments and lay them out for the loop themselves, so their gradients are
+  those of the reference's inputs: the first backward runs ``cpu_seq_bwd``, a backward that must
+  itself be differentiable (double backward, torch.func.grad) recomputes the sequence with the
+  reference and differentiates that, and torch.func transforms run the op as an autograd.Function
+  (``triton_lstm.higher_order``).
 
 Both compute half-precision inputs in float32 (outputs rounded once at the end; the cell state is
 float32) and float64 in float64. ``triton_lstm.reference`` stays the readable specification that
@@ -34,7 +39,9 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from triton_lstm.activations import hard_sigmoid
+from triton_lstm.activations import activation_id, activation_name, hard_sigmoid
+from triton_lstm.higher_order import differentiable_vjp, reference_options, transformable, vmap_by_slices
+from triton_lstm.reference import lstm_sequence_reference
 
 Tensor = torch.Tensor
 aten = torch.ops.aten
@@ -107,7 +114,7 @@ POINTWISE = {
 
 def sigmoid_form(activation: str, recurrent_activation: str) -> bool:
     """TF's default activations: then the loop runs all four gates through one sigmoid, with the j
-    block's columns of W_x, W_h and the bias doubled by the caller (tanh(z) = 2 sigmoid(2z) - 1)."""
+    block's columns of W_x, W_h and the bias doubled (tanh(z) = 2 sigmoid(2z) - 1; ``_swapped``)."""
     return activation == "tanh" and recurrent_activation == "sigmoid"
 
 
@@ -171,7 +178,10 @@ def _blocks(t: Tensor, N: int) -> list[tuple[Tensor, ...]]:
 def _forward(x: Tensor, w_x: Tensor, bias: Tensor, h0: Tensor, c0: Tensor, w_h: Tensor, w_if: Optional[Tensor],
              w_o: Optional[Tensor], projection: Optional[Tensor], lengths: Optional[Tensor], act: str, gate_act: str,
              cell_clip: Optional[float], proj_clip: Optional[float], keep: bool):
-    """The forward recurrence on buffers allocated once (see ``cpu_seq_fwd``)."""
+    """The forward recurrence on buffers allocated once, in the loop's layout: w_x, w_h and bias in
+    torch's gate order (i, f, j, o) with the forget bias added and for ``sigmoid_form`` the j block
+    doubled; w_if [2, N] = (w_i_diag, w_f_diag) or None; lengths sorted longest first. Returns
+    ``cpu_seq_fwd``'s results, all in this batch order."""
     T, B, D = x.shape
     N4, P = w_h.shape[1], h0.shape[1]
     N = N4 // 4
@@ -262,7 +272,9 @@ def _backward(d_hbuf: Tensor, d_h_T: Tensor, d_c_T: Tensor, x: Tensor, w_x: Tens
               gates: Tensor, act_c: Tensor, pre: Optional[Tensor], m: Optional[Tensor], c_in: Optional[Tensor],
               y_in: Optional[Tensor], w_h: Tensor, w_if: Optional[Tensor], w_o: Optional[Tensor],
               projection: Optional[Tensor], lengths: Optional[Tensor], act: str, gate_act: str):
-    """The reverse recurrence, then the weight gradients as GEMMs over all steps (see ``cpu_seq_bwd``)."""
+    """The reverse recurrence, then the weight gradients as GEMMs over all steps, in the loop's layout
+    and batch order (``_forward``'s arguments). d_hbuf's row 0 is h0's. Returns (dx, dh0, dc0, d_wx,
+    d_wh, d_bias, then d_w_f_diag, d_w_i_diag, d_w_o_diag, d_projection or None)."""
     T, B, N4 = gates.shape
     N, P, D = N4 // 4, hbuf.shape[2], x.shape[2]
     sizes = _sizes(lengths, T)
@@ -329,51 +341,101 @@ def _backward(d_hbuf: Tensor, d_h_T: Tensor, d_c_T: Tensor, x: Tensor, w_x: Tens
         if sizes is not None:
             dh[:b] = recurrent(dz_t)
         else:
-            dh = recurrent(dz_t, d_out[t] if t > 0 else None)
+            dh = recurrent(dz_t, d_out[t])
     if sizes is not None:
         dh[ends[0]:], dc[ends[0]:] = d_h_T[ends[0]:], d_c_T[ends[0]:]      # rows of length 0
+        dh += d_out[0]
     rows = dz.reshape(T * B, N4)
     dx = right_product(w_x.t(), T * B)(rows).view(T, B, D)
     d_wx = x.reshape(T * B, D).t() @ rows
     d_wh = hbuf[:T].reshape(T * B, P).t() @ rows
-    d_wif = d_wo = d_proj = None
+    d_wf = d_wi = d_wo = d_proj = None
     if w_if is not None:
-        d_wif = (dz[..., :2 * N].unflatten(-1, (2, N)) * cbuf[:T, :, None]).sum((0, 1))
+        d_wi, d_wf = ((dz[..., g * N:(g + 1) * N] * cbuf[:T]).sum((0, 1)) for g in range(2))
         d_wo = (dz[..., 3 * N:] * cbuf[1:]).sum((0, 1))
     if projection is not None:
         d_proj = m.reshape(T * B, N).t() @ dy.reshape(T * B, P)
-    return (dx, d_wx, rows.sum(0), dh, dc, d_wh, _or_empty(d_wif, dz), _or_empty(d_wo, dz),
-            _or_empty(d_proj, dz))
+    return dx, dh, dc, d_wx, d_wh, rows.sum(0), d_wf, d_wi, d_wo, d_proj
+
+
+_LOOP_J, _TF_J = 2, 1     # the j gate's block in torch's order (the loop's) and in TF's
+
+
+def _swapped(w: Tensor, double_block: Optional[int]) -> Tensor:
+    """A new w [..., 4N] with the f and j gate blocks swapped, TF's order (i, j, f, o) <-> torch's
+    (i, f, j, o), then the block at ``double_block`` (None: none) doubled.
+
+    The loop takes the weights in torch's order with the j block doubled for ``sigmoid_form``
+    (``double_block=_LOOP_J``); the same swap with TF's j block doubled (``_TF_J``) takes the
+    gradient of such a weight back to the TF-layout weight's.
+    """
+    w = torch_gate_order(w)
+    if double_block is not None:
+        N = w.shape[-1] // 4
+        w[..., double_block * N:(double_block + 1) * N] *= 2
+    return w
+
+
+def _stacked(w_i_diag: Optional[Tensor], w_f_diag: Optional[Tensor]) -> Optional[Tensor]:
+    """The input and forget peepholes as the loop takes them: [2, N], or None."""
+    return None if w_f_diag is None else torch.stack([w_i_diag, w_f_diag])
+
+
+def _by_length(lengths: Optional[Tensor]) -> Optional[Tensor]:
+    """The batch's rows longest first (a stable sort), or None when they already are."""
+    if lengths is None or bool((lengths[1:] <= lengths[:-1]).all()):
+        return None
+    return torch.argsort(lengths, descending=True, stable=True)
 
 
 @torch.library.custom_op("triton_lstm::cpu_seq_fwd", mutates_args=())
-def cpu_seq_fwd(x: Tensor, w_x: Tensor, bias: Tensor, h0: Tensor, c0: Tensor, w_h: Tensor, w_if: Optional[Tensor],
-                w_o: Optional[Tensor], projection: Optional[Tensor], lengths: Optional[Tensor], act: str,
-                gate_act: str, cell_clip: Optional[float], proj_clip: Optional[float],
+def cpu_seq_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bias: Tensor,
+                w_f_diag: Optional[Tensor], w_i_diag: Optional[Tensor], w_o_diag: Optional[Tensor],
+                projection: Optional[Tensor], lengths: Optional[Tensor], act: int, gate_act: int, forget_bias: float,
+                cell_clip: Optional[float], proj_clip: Optional[float],
                 keep: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The loop's forward.
+    """The loop's forward on ``lstm_sequence``'s arguments.
+
+    It lays the weights out for the loop (torch's gate order, the forget bias in the bias, the j block
+    doubled for ``sigmoid_form``) and, with lengths not sorted longest first, runs the batch sorted so
+    (each step then runs on the rows still inside their sequence).
 
     Args:
-        x: [T, B, D].  w_x: [D, 4N], w_h: [P, 4N], bias: [4N], gates in torch's order (i, f, j, o)
-            with the forget bias added; with ``sigmoid_form`` their j block doubled.
-        h0: [B, P].  c0: [B, N].  w_if: [2, N] = (w_i_diag, w_f_diag) or None.  w_o: [N] or None.
-        projection: [N, P] or None.  lengths: [B] int64 sorted longest first, or None.
-        act, gate_act: names in ``POINTWISE``.  keep: keep what the backward reads.
+        x: [T, B, D].  h0: [B, P].  c0: [B, N].  w_x: [D, 4N], w_h: [P, 4N], bias: [4N] (TF's gates i, j, f, o).
+        w_f_diag, w_i_diag, w_o_diag: [N] or None.  projection: [N, P] or None.  lengths: [B] int64 or None.
+        act, gate_act: activation ids (``triton_lstm.ACTIVATIONS``) of names in ``POINTWISE``.
+        keep: keep what the backward reads.
     Returns:
-        (hbuf [T+1, B, P]: h0 and every step's output, zero past each length; cbuf [T+1, B, N];
-        h_T [B, P]; c_T [B, N]; and for the backward, empty unless kept: activated gates
-        [T, B, 4N], act(c) [T, B, N], pre-activations [T, B, 4N] (activations whose derivative
-        reads them), m [T, B, N] (projection), clip masks [T, B, N] and [T, B, P] (bool)).
+        (hbuf [T+1, B, P]: h0 and every step's output, zero past each length; cbuf [T+1, B, N]: c0 and
+        every step's cell state; h_T [B, P]; c_T [B, N]; then, empty unless kept: activated gates
+        [T, B, 4N], act(c) [T, B, N], pre-activations [T, B, 4N] (activations whose derivative reads
+        them), m [T, B, N] (projection), clip masks [T, B, N] and [T, B, P] (bool)). hbuf, h_T and c_T
+        are in the batch's order; the rest, for the backward, in the loop's (rows longest first).
     """
-    return _forward(x, w_x, bias, h0, c0, w_h, w_if, w_o, projection, lengths, act, gate_act, cell_clip, proj_clip,
-                    keep)
+    act, gate_act = activation_name(act), activation_name(gate_act)
+    j = _LOOP_J if sigmoid_form(act, gate_act) else None
+    N = w_h.shape[1] // 4
+    b = _swapped(bias, j)
+    b[N:2 * N] += forget_bias
+    order = _by_length(lengths)
+    if order is not None:
+        x, h0, c0, lengths = x[:, order], h0[order], c0[order], lengths[order]
+    hbuf, cbuf, h_T, c_T, *kept = _forward(x, _swapped(w_x, j), b, h0, c0, _swapped(w_h, j),
+                                           _stacked(w_i_diag, w_f_diag), w_o_diag, projection, lengths, act,
+                                           gate_act, cell_clip, proj_clip, keep)
+    if order is not None:
+        back = torch.argsort(order)
+        hbuf, h_T, c_T = hbuf[:, back], h_T[back], c_T[back]
+    return (hbuf, cbuf, h_T, c_T, *kept)
 
 
 @cpu_seq_fwd.register_fake
-def _(x, w_x, bias, h0, c0, w_h, w_if, w_o, projection, lengths, act, gate_act, cell_clip, proj_clip, keep):
+def _(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, lengths, act, gate_act, forget_bias,
+      cell_clip, proj_clip, keep):
     T, B, _ = x.shape
     N4, P = w_h.shape[1], h0.shape[1]
     N = N4 // 4
+    act, gate_act = activation_name(act), activation_name(gate_act)
 
     def kept(present: bool, *shape, dtype=None):
         return x.new_empty(T, B, *shape, dtype=dtype) if keep and present else _empty(x, dtype)
@@ -385,59 +447,81 @@ def _(x, w_x, bias, h0, c0, w_h, w_if, w_o, projection, lengths, act, gate_act, 
 
 
 @torch.library.custom_op("triton_lstm::cpu_seq_bwd", mutates_args=())
-def cpu_seq_bwd(d_hbuf: Tensor, d_h_T: Tensor, d_c_T: Tensor, x: Tensor, w_x: Tensor, hbuf: Tensor, cbuf: Tensor,
-                gates: Tensor, act_c: Tensor, pre: Tensor, m: Tensor, c_in: Tensor, y_in: Tensor, w_h: Tensor,
-                w_if: Optional[Tensor], w_o: Optional[Tensor], projection: Optional[Tensor],
-                lengths: Optional[Tensor], act: str,
-                gate_act: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The loop's backward: d_hbuf [T+1, B, P] (the outputs' gradient in rows 1..T), d_h_T, d_c_T,
-    the forward's inputs and what it kept. Returns (dx, d_wx, d_bias, dh0, dc0, d_wh, then d_wif,
-    d_wo, d_proj or empty)."""
-    return _backward(d_hbuf, d_h_T, d_c_T, x, w_x, hbuf, cbuf, gates, act_c, _present(pre), _present(m),
-                     _present(c_in), _present(y_in), w_h, w_if, w_o, projection, lengths, act, gate_act)
+def cpu_seq_bwd(d_hbuf: Tensor, d_h_T: Tensor, d_c_T: Tensor, x: Tensor, w_x: Tensor, w_h: Tensor,
+                w_f_diag: Optional[Tensor], w_i_diag: Optional[Tensor], w_o_diag: Optional[Tensor],
+                projection: Optional[Tensor], lengths: Optional[Tensor], hbuf: Tensor, cbuf: Tensor, gates: Tensor,
+                act_c: Tensor, pre: Tensor, m: Tensor, c_in: Tensor, y_in: Tensor, act: int,
+                gate_act: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The loop's backward: the gradients of hbuf [T+1, B, P], h_T and c_T (the batch's order), then
+    ``cpu_seq_fwd``'s tensor arguments and what it returned for the backward. Returns the gradients
+    of its tensor arguments in their layout and batch order: (dx, dh0, dc0, d_w_x, d_w_h, d_bias,
+    then d_w_f_diag, d_w_i_diag, d_w_o_diag, d_projection or empty)."""
+    act, gate_act = activation_name(act), activation_name(gate_act)
+    fused = sigmoid_form(act, gate_act)
+    order = _by_length(lengths)
+    if order is not None:
+        d_hbuf, d_h_T, d_c_T = d_hbuf[:, order], d_h_T[order], d_c_T[order]
+        x, hbuf, lengths = x[:, order], hbuf[:, order], lengths[order]
+    j = _LOOP_J if fused else None
+    dx, dh0, dc0, d_wx, d_wh, d_bias, *peepholes = _backward(
+        d_hbuf, d_h_T, d_c_T, x, _swapped(w_x, j), hbuf, cbuf, gates, act_c, _present(pre), _present(m),
+        _present(c_in), _present(y_in), _swapped(w_h, j), _stacked(w_i_diag, w_f_diag), w_o_diag, projection,
+        lengths, act, gate_act)
+    if order is not None:
+        back = torch.argsort(order)
+        dx, dh0, dc0 = dx[:, back], dh0[back], dc0[back]
+    j = _TF_J if fused else None
+    return (dx, dh0, dc0, _swapped(d_wx, j), _swapped(d_wh, j), _swapped(d_bias, j),
+            *(_or_empty(g, gates) for g in peepholes))
 
 
 @cpu_seq_bwd.register_fake
-def _(d_hbuf, d_h_T, d_c_T, x, w_x, hbuf, cbuf, gates, act_c, pre, m, c_in, y_in, w_h, w_if, w_o, projection, lengths,
-      act, gate_act):
-    T, B, N4 = gates.shape
-    N, P = N4 // 4, hbuf.shape[2]
-    return (torch.empty_like(x), torch.empty_like(w_x), gates.new_empty(N4), gates.new_empty(B, P),
-            gates.new_empty(B, N), torch.empty_like(w_h), gates.new_empty(2, N) if w_if is not None else _empty(gates),
-            gates.new_empty(N) if w_o is not None else _empty(gates),
-            gates.new_empty(N, P) if projection is not None else _empty(gates))
+def _(d_hbuf, d_h_T, d_c_T, x, w_x, w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, hbuf, cbuf, gates,
+      act_c, pre, m, c_in, y_in, act, gate_act):
+    def like(t: Optional[Tensor]) -> Tensor:
+        return _empty(gates) if t is None else gates.new_empty(t.shape)
+
+    return (like(x), like(d_h_T), like(d_c_T), like(w_x), like(w_h), gates.new_empty(gates.shape[2]), like(w_f_diag),
+            like(w_i_diag), like(w_o_diag), like(projection))
 
 
 def _fwd_setup(ctx, inputs, output):
-    x, w_x, bias, h0, c0, w_h, w_if, w_o, projection, lengths, act, gate_act, cell_clip, proj_clip, keep = inputs
-    if not keep:
-        raise RuntimeError("cpu_seq_fwd ran with keep=False, so it kept nothing to differentiate")
-    hbuf, cbuf, _, _, gates, act_c, pre, m, c_in, y_in = output
+    *tensors, lengths = inputs[:11]
+    hbuf, cbuf, _, _, *kept = output
     # Kept for backward: the activated gates (their derivatives read them), act(c), c and h of
-    # every step; recomputing any of them would repeat the serial recurrence.
-    ctx.save_for_backward(x, w_x, hbuf, cbuf, gates, act_c, pre, m, c_in, y_in, w_h, w_if, w_o, projection, lengths)
-    ctx.acts = act, gate_act
-    ctx.dtypes = h0.dtype, c0.dtype
+    # every step; recomputing any of them would repeat the serial recurrence. The inputs too: a
+    # differentiable backward (double backward) recomputes the sequence from them.
+    ctx.save_for_backward(*tensors, lengths, hbuf, cbuf, *kept)
+    ctx.options, ctx.keep = inputs[11:16], inputs[16]
 
 
 def _fwd_backward(ctx, d_hbuf, _d_cbuf, d_h_T, d_c_T, *_):
-    x, w_x, hbuf, cbuf, gates, act_c, pre, m, c_in, y_in, w_h, w_if, w_o, projection, lengths = ctx.saved_tensors
+    *inputs, lengths, hbuf, cbuf, gates, act_c, pre, m, c_in, y_in = ctx.saved_tensors
+    x, h0, c0, w_x, w_h, _, w_f_diag, w_i_diag, w_o_diag, projection = inputs
+    if torch.is_grad_enabled():
+        def recompute(x, h0, *rest):
+            out, h_T, c_T = lstm_sequence_reference(x, h0, *rest, lengths, **reference_options(*ctx.options))
+            return torch.cat([h0[None], out]), h_T, c_T
+
+        return differentiable_vjp(ctx, recompute, tuple(inputs), (d_hbuf, d_h_T, d_c_T)) + (None,) * 7
+    if not ctx.keep:
+        raise RuntimeError("cpu_seq_fwd ran with keep=False, so it kept nothing to differentiate")
     d_hbuf = torch.zeros_like(hbuf) if d_hbuf is None else d_hbuf
     d_h_T = hbuf.new_zeros(hbuf.shape[1:]) if d_h_T is None else d_h_T
     d_c_T = cbuf.new_zeros(cbuf.shape[1:]) if d_c_T is None else d_c_T
-    dx, d_wx, d_bias, dh0, dc0, d_wh, d_wif, d_wo, d_proj = cpu_seq_bwd(
-        d_hbuf, d_h_T, d_c_T, x, w_x, hbuf, cbuf, gates, act_c, pre, m, c_in, y_in, w_h, w_if, w_o, projection,
-        lengths, *ctx.acts)
-    h_dtype, c_dtype = ctx.dtypes
-    return (dx, d_wx, d_bias, dh0.to(h_dtype), dc0.to(c_dtype), d_wh, _present_grad(d_wif, w_if),
-            _present_grad(d_wo, w_o), _present_grad(d_proj, projection)) + (None,) * 6
-
-
-def _present_grad(grad: Tensor, weight: Optional[Tensor]) -> Optional[Tensor]:
-    return None if weight is None else grad
+    dx, dh0, dc0, *d_weights = cpu_seq_bwd(
+        d_hbuf, d_h_T, d_c_T, x, w_x, w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, hbuf, cbuf, gates,
+        act_c, pre, m, c_in, y_in, *ctx.options[:2])
+    d_weights = (None if w is None else g for w, g in zip(inputs[3:], d_weights))
+    return (dx, dh0.to(h0.dtype), dc0.to(c0.dtype), *d_weights) + (None,) * 7
 
 
 cpu_seq_fwd.register_autograd(_fwd_backward, setup_context=_fwd_setup)
+for _op in (cpu_seq_fwd, cpu_seq_bwd):
+    torch.library.register_vmap(_op, vmap_by_slices(_op))
+
+# ``triton_lstm::cpu_seq_fwd`` (same arguments and results), also under torch.func.
+cpu_sequence = transformable("CpuSequenceFunction", cpu_seq_fwd, _fwd_setup, _fwd_backward)
 
 
 def torch_lstm_computes(peepholes: bool, projection: Optional[Tensor], num_units: int, *, forget_bias: float,
@@ -489,27 +573,12 @@ def loop_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, b
                   recurrent_activation: str = "sigmoid") -> tuple[Tensor, Tensor, Tensor]:
     """TF's cell with any option on the ``cpu_seq_fwd`` op: arguments as ``lstm_sequence_cpu``'s, all
     float32 or all float64 (c0 may be float32). Returns (out, h_T, c_T) in that dtype."""
-    T, B, _ = x.shape
-    N = w_h.shape[1] // 4
-    back = None
-    if lengths is not None:
-        lengths, by_length = lengths.long().sort(descending=True, stable=True)
-        # Reading the order on the host is not possible while torch.compile traces: then always reorder.
-        if torch.compiler.is_compiling() or not torch.equal(by_length, torch.arange(B)):
-            x, h0, c0 = x[:, by_length], h0[by_length], c0[by_length]
-            back = torch.argsort(by_length)
-    col = _block_vector(N, (1.0, 1.0, 2.0 if sigmoid_form(activation, recurrent_activation) else 1.0, 1.0), bias)
-    b = (torch_gate_order(bias) + _block_vector(N, (0.0, forget_bias, 0.0, 0.0), bias)) * col
-    w_if = torch.stack([w_i_diag, w_f_diag]) if w_f_diag is not None else None
     tensors = (x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection)
     keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    hbuf, _, h_T, c_T, *_ = torch.ops.triton_lstm.cpu_seq_fwd(
-        x, torch_gate_order(w_x) * col, b, h0, c0, torch_gate_order(w_h) * col, w_if, w_o_diag, projection, lengths,
-        activation, recurrent_activation, cell_clip, proj_clip, keep)
-    out = hbuf[1:]
-    if back is None:
-        return out, h_T, c_T
-    return out[:, back], h_T[back], c_T[back]
+    hbuf, _, h_T, c_T, *_ = cpu_sequence(*tensors, None if lengths is None else lengths.long(),
+                                         activation_id(activation), activation_id(recurrent_activation),
+                                         forget_bias, cell_clip, proj_clip, keep)
+    return hbuf[1:], h_T, c_T
 
 
 def lstm_sequence_cpu(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bias: Tensor,

@@ -22,8 +22,8 @@ from typing import Optional
 
 import torch
 
-from triton_lstm.activations import ACTIVATIONS
 from triton_lstm.functional import CellOptions, contiguous_or_none, step_backward, step_forward, weight_grads
+from triton_lstm.higher_order import differentiable_vjp, reference_options, transformable, vmap_by_slices
 from triton_lstm.reference import lstm_cell_reference, lstm_sequence_reference
 from triton_lstm.sequence import seq_backward, seq_forward
 
@@ -49,36 +49,6 @@ def _laid_out_like(grads: tuple[Optional[Tensor], ...], inputs: tuple) -> tuple[
     view such as ``w.t()`` then gets a contiguous gradient once autograd undoes the view."""
     return tuple(g if g is None or g.stride() == t.stride() else torch.empty_like(t, dtype=g.dtype).copy_(g)
                  for g, t in zip(grads, inputs))
-
-
-_ACTIVATION_FNS = {act_id: fn for act_id, fn in ACTIVATIONS.values()}
-
-
-def _reference_options(act: int, gate_act: int, forget_bias: float, cell_clip: Optional[float],
-                       proj_clip: Optional[float]) -> dict:
-    """The ops' scalar options as keyword arguments of the reference functions."""
-    return dict(activation=_ACTIVATION_FNS[act], recurrent_activation=_ACTIVATION_FNS[gate_act],
-                forget_bias=forget_bias, cell_clip=cell_clip, proj_clip=proj_clip)
-
-
-def _differentiable_vjp(ctx, recompute, inputs: tuple, grads: tuple[Optional[Tensor], ...]):
-    """Gradients of ``recompute(*inputs)`` (the op in plain PyTorch) with respect to the inputs that
-    need them, as a graph that can itself be differentiated (double backward) or transformed
-    (torch.func): ``torch.func.vjp`` composes with both."""
-    wanted = [i for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[i]]
-
-    def of_wanted(*tensors):
-        args = list(inputs)
-        for i, t in zip(wanted, tensors):
-            args[i] = t
-        return recompute(*args)
-
-    outputs, vjp = torch.func.vjp(of_wanted, *(inputs[i] for i in wanted))
-    found = vjp(tuple(torch.zeros_like(o) if g is None else g for o, g in zip(outputs, grads)))
-    result: list[Optional[Tensor]] = [None] * len(inputs)
-    for i, g in zip(wanted, found):
-        result[i] = g
-    return tuple(result)
 
 
 # -- one step ---------------------------------------------------------------------------------------
@@ -139,10 +109,10 @@ def _step_backward(ctx, dh_new, dc_new, _dz, _dm, _dy):
     x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection, z, c_new, m, y = ctx.saved_tensors
     if torch.is_grad_enabled():
         def recompute(*inputs):
-            return lstm_cell_reference(*inputs, **_reference_options(*ctx.options))
+            return lstm_cell_reference(*inputs, **reference_options(*ctx.options))
 
         inputs = (x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection)
-        return _differentiable_vjp(ctx, recompute, inputs, (dh_new, dc_new)) + (None,) * 5
+        return differentiable_vjp(ctx, recompute, inputs, (dh_new, dc_new)) + (None,) * 5
     dh_new = _zeros_if_none(dh_new, h.shape, z)
     dc_new = _zeros_if_none(dc_new, c_new.shape, z)
     dz, dc_prev, dx, dh_prev, dy = step_bwd(dh_new, dc_new, z, c, kernel, w_f_diag, w_i_diag, w_o_diag,
@@ -233,10 +203,10 @@ def _seq_backward(ctx, dout, d_hbuf, d_cbuf, _dz, _dm, _dy):
     T = z.shape[0]
     if torch.is_grad_enabled():
         def recompute(*tensors):
-            return lstm_sequence_reference(*tensors, lengths, **_reference_options(*ctx.options))
+            return lstm_sequence_reference(*tensors, lengths, **reference_options(*ctx.options))
 
         grads = (dout, None if d_hbuf is None else d_hbuf[-1], None if d_cbuf is None else d_cbuf[-1])
-        return _differentiable_vjp(ctx, recompute, inputs, grads) + (None,) * 6
+        return differentiable_vjp(ctx, recompute, inputs, grads) + (None,) * 6
     # Callers see the last rows of hbuf and cbuf as the final state; only those carry gradients.
     # (Indexing with -1 rather than T keeps T symbolic under torch.compile.)
     dh_T = _zeros_if_none(None if d_hbuf is None else d_hbuf[-1], hbuf.shape[1:], z)
@@ -257,36 +227,10 @@ seq_fwd.register_autograd(_seq_backward, setup_context=_seq_setup)
 
 
 # -- torch.func ---------------------------------------------------------------------------------------
-def _vmap_by_slices(op):
-    """A vmap rule that runs ``op`` once per slice of the mapped dimension and stacks the results:
-    correct for any in_dims (inputs, weights or cotangents mapped), at one launch per slice."""
-    def rule(info, in_dims, *args):
-        def nth(i):
-            return [a.select(d, i) if d is not None else a for a, d in zip(args, in_dims)]
-
-        results = [op(*nth(i)) for i in range(info.batch_size)]
-        return tuple(torch.stack(outs) for outs in zip(*results)), (0,) * len(results[0])
-    return rule
-
-
 for _op in (step_fwd, step_bwd, seq_fwd, seq_bwd):
-    torch.library.register_vmap(_op, _vmap_by_slices(_op))
-
-
-def _transformable(name: str, op, setup_context, backward):
-    """``op`` with the given autograd as an autograd.Function: the form torch.func transforms accept,
-    called instead of ``op`` while one is active."""
-    function = type(name, (torch.autograd.Function,), dict(
-        generate_vmap_rule=True, forward=staticmethod(lambda *args: op(*args)),
-        setup_context=staticmethod(setup_context), backward=staticmethod(backward)))
-
-    def call(*args):
-        if torch._C._are_functorch_transforms_active():
-            return function.apply(*args)
-        return op(*args)
-    return call
+    torch.library.register_vmap(_op, vmap_by_slices(_op))
 
 
 # ``triton_lstm::step_fwd`` and ``seq_fwd`` (same arguments and results), also under torch.func.
-step = _transformable("StepFunction", step_fwd, _step_setup, _step_backward)
-sequence = _transformable("SequenceFunction", seq_fwd, _seq_setup, _seq_backward)
+step = transformable("StepFunction", step_fwd, _step_setup, _step_backward)
+sequence = transformable("SequenceFunction", seq_fwd, _seq_setup, _seq_backward)
