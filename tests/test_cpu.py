@@ -327,6 +327,7 @@ def test_float64_lstm_sequence_runs_the_cpu_path():
 DISPATCH_SCRIPT = r"""
 import json, warnings
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence
 import triton_lstm
 from triton_lstm.launch import interpreting
 
@@ -361,13 +362,17 @@ with warnings.catch_warnings():
         dynamic_rnn_plain=ops(lambda: triton_lstm.dynamic_rnn(plain_cell, x, time_major=True)[0]),
         dynamic_rnn_extras=ops(lambda: triton_lstm.dynamic_rnn(tf_cell, x, time_major=True)[0]),
         module_extras=ops(lambda: triton_lstm.LSTM(D, N, use_peepholes=True, cell_clip=1.0)(x)[0]),
+        module_plain=ops(lambda: triton_lstm.LSTM(D, N)(x)[0]),
+        module_packed=ops(lambda: triton_lstm.LSTM(D, N)(pack_padded_sequence(x, [2, 4, 1],
+                                                                              enforce_sorted=False))[0].data),
     )))
 """
 
 
 def test_cpu_tensors_take_the_cpu_path_without_the_interpreter():
     """In a fresh process without TRITON_INTERPRET, as users run: plain cells run torch's LSTM, the
-    TF extras and lengths the loop, custom activations the reference."""
+    TF extras and lengths the loop (a PackedSequence too: torch's packed LSTM has no oneDNN path),
+    custom activations the reference."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", DISPATCH_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
@@ -375,4 +380,5 @@ def test_cpu_tensors_take_the_cpu_path_without_the_interpreter():
     ran = json.loads(proc.stdout.strip().splitlines()[-1])
     assert ran == dict(interpreting=False, plain="torch.lstm", plain_lengths="loop", extras="loop",
                        float64="loop", callable_activation="reference", dynamic_rnn_plain="torch.lstm",
-                       dynamic_rnn_extras="loop", module_extras="loop")
+                       dynamic_rnn_extras="loop", module_extras="loop", module_plain="torch.lstm",
+                       module_packed="loop")
