@@ -135,8 +135,8 @@ main() {
         if [ "$SESSION" = quick ]; then
             # The GPU tests run with tuning off (the first configuration that fits; the tuner's own test
             # turns it on); the benchmark tunes, and reports what each shape's first call cost.
-            phase tests "$TESTS_TIMEOUT" env TRITON_LSTM_AUTOTUNE=0 $PY -m pytest -q "${xdist[@]}" --timeout 150 \
-                --durations=5 tests/ \
+            phase tests "$TESTS_TIMEOUT" env TRITON_LSTM_AUTOTUNE=0 TRITON_LSTM_PORT_THIN=1 $PY -m pytest -q \
+                "${xdist[@]}" --timeout 150 --durations=5 tests/ \
                 --deselect tests/test_aot_compile.py --deselect tests/test_host_path.py || failed=1
             phase aot "$AOT_TIMEOUT" $PY -m triton_lstm.aot --arch 90 --jobs 16 --json "$OUT/aot.jsonl" || failed=1
             phase bench "$BENCH_TIMEOUT" $PY -m benchmarks.run --quick "${bench_args[@]}" || failed=1

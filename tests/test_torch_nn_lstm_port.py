@@ -22,14 +22,14 @@ the class under test on this machine's device. Not ported: the tests that need C
 (device checks, weight format and tying, partial flat weights, cpu/gpu parity, device transfer) and
 test_RNN_dropout, whose expected values hold for a ReLU RNN only.
 
-CI runs this file twice: with the kernels under Triton's interpreter (the test session), and on the
-reference path in a subprocess without the interpreter (test_reference_path_in_a_fresh_process).
-To fit CI's time, the loops over many cases (ModuleInfo samples, the CPU-vs-cuDNN and
-variable-sequence cases) take every STRIDE-th case: 11 under the interpreter, where one kernel
-launch costs about half a second whatever the size, 3 on the reference path; either way each flag
-(bias, batch_first, bidirectional, projection, hx given or not) is covered. gradcheck and
-gradgradcheck (float64) take every GRADCHECK_STRIDE-th ModuleInfo sample. TRITON_LSTM_PORT_FULL=1
-runs every case.
+The test session runs this file twice: with the kernels under Triton's interpreter (the session
+itself), and on the reference path in a subprocess without the interpreter
+(test_reference_path_in_a_fresh_process); every case runs on both. TRITON_LSTM_PORT_THIN=1 (the
+second Triton version's run in CI, the quick GPU session) takes every STRIDE-th case of the loops
+over many cases (ModuleInfo samples, the CPU-vs-cuDNN and variable-sequence cases): 11 under the
+interpreter, where one kernel launch costs about half a second whatever the size, 3 otherwise; either
+way each flag (bias, batch_first, bidirectional, projection, hx given or not) is covered. gradcheck
+and gradgradcheck (float64) then take every GRADCHECK_STRIDE-th ModuleInfo sample.
 """
 import io
 import os
@@ -58,9 +58,9 @@ import triton_lstm
 from triton_lstm.launch import interpreting
 
 TEST_CUDA = torch.cuda.is_available()
-FULL = os.environ.get("TRITON_LSTM_PORT_FULL") == "1"
-STRIDE = 1 if FULL else (11 if interpreting() else 3)
-GRADCHECK_STRIDE = 1 if FULL else 7
+THIN = os.environ.get("TRITON_LSTM_PORT_THIN") == "1"
+STRIDE = (11 if interpreting() else 3) if THIN else 1
+GRADCHECK_STRIDE = 7 if THIN else 1
 
 
 def thinned(cases, stride=STRIDE):
