@@ -190,8 +190,8 @@ def test_loop_propagates_nan_and_inf(case):
 
 
 def test_loop_compiles_without_graph_breaks():
-    """torch.compile(fullgraph=True) through the loop with lengths (aot_eager traces the ops' fake and
-    autograd implementations; the batch is reordered without reading the lengths on the host), against
+    """torch.compile(fullgraph=True) through the loop with lengths out of order (aot_eager traces the
+    ops' fake and autograd implementations; the ops sort the batch inside, out of the trace), against
     eager: outputs and gradients."""
     t, options = tensors_for(dict(EXTRAS, projection="proj", dtype=torch.float64))
     lengths = torch.tensor([5, 2, 0, 3])
@@ -254,7 +254,9 @@ def assert_all_close(got, want, what):
 @pytest.mark.parametrize("case", HIGHER_CASES, ids=higher_id)
 def test_loop_double_backward(case):
     """Second derivatives through the loop: gradgradcheck (finite differences of its gradient), and
-    against the reference's."""
+    against the reference's. A differentiable backward recomputes with the reference, so this checks
+    the op's wiring (arguments, options, lengths, batch order); the first backward, ``cpu_seq_bwd``,
+    has the tests above and test_loop_batched_first_backward."""
     loop, reference = loop_and_reference(case["activation"])
     lengths = lengths_of(case)
     inputs = tiny_inputs()
@@ -265,7 +267,8 @@ def test_loop_double_backward(case):
 
 @pytest.mark.parametrize("case", HIGHER_CASES, ids=higher_id)
 def test_loop_func_grad_and_jacrev(case):
-    """torch.func.grad with respect to every input, and jacrev of the outputs and the final cell state."""
+    """torch.func.grad with respect to every input, and jacrev of the outputs and the final cell state
+    (under torch.func the backward recomputes with the reference: this checks the op's wiring)."""
     lengths = lengths_of(case)
     inputs = tiny_inputs()
 

@@ -410,7 +410,8 @@ def cpu_seq_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bia
         every step's cell state; h_T [B, P]; c_T [B, N]; then, empty unless kept: activated gates
         [T, B, 4N], act(c) [T, B, N], pre-activations [T, B, 4N] (activations whose derivative reads
         them), m [T, B, N] (projection), clip masks [T, B, N] and [T, B, P] (bool)). hbuf, h_T and c_T
-        are in the batch's order; the rest, for the backward, in the loop's (rows longest first).
+        are in the batch's order; the rest, for the backward, in the loop's (rows longest first), and
+        they carry no gradient (the backward reads them; a gradient given for cbuf is not used).
     """
     act, gate_act = activation_name(act), activation_name(gate_act)
     j = _LOOP_J if sigmoid_form(act, gate_act) else None

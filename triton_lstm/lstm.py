@@ -118,10 +118,12 @@ class LSTM(nn.LSTM):
     def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[tuple[Tensor, Tensor]] = None):
         """As nn.LSTM: input [T, B, D] ([B, T, D] with batch_first, [T, D] unbatched, or a
         PackedSequence); hx = (h_0 [L*dirs, B, P], c_0 [L*dirs, B, H]). Returns (output, (h_n, c_n))."""
-        # nn.LSTM's own forward for its own cells on the CPU, except a PackedSequence: aten runs that on
-        # its slower loop without oneDNN, where the CPU path's loop skips the rows past their length.
-        if (isinstance(input, Tensor) and not kernels_run_on(input.device, input.dtype)
-                and self.computes_torch_lstm()):
+        # nn.LSTM's own forward for its own cells where no kernel runs, except a PackedSequence on the
+        # CPU: aten runs that on its slower loop without oneDNN, where the CPU path's loop skips the
+        # rows past their length.
+        data = input.data if isinstance(input, PackedSequence) else input
+        if (isinstance(data, Tensor) and not kernels_run_on(data.device, data.dtype) and self.computes_torch_lstm()
+                and not (isinstance(input, PackedSequence) and data.device.type == "cpu")):
             return super().forward(input, hx)
         self._update_flat_weights()
         x, lengths, hx, unbatched = self._time_major(input, hx)
