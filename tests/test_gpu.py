@@ -213,3 +213,19 @@ def test_the_tuner_on_hardware(tmp_path, monkeypatch):
     entries = tune._read(tune.cache_file())
     fwd = [e for k, e in entries.items() if k.startswith("seq_fwd|")]
     assert fwd and fwd[0]["timed"] >= 1, entries
+
+
+def test_float64_packed_nn_lstm_cell_runs_nn_lstm_forward():
+    """No kernel runs float64: on CUDA an nn.LSTM cell runs nn.LSTM.forward (cuDNN), packed input
+    included (only the CPU path takes packed input to its own loop): bit for bit nn.LSTM's results."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    from triton_lstm import LSTM
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(5, 6, num_layers=2, dtype=torch.float64, device="cuda")
+    ours = LSTM(5, 6, num_layers=2, dtype=torch.float64, device="cuda")
+    ours.load_state_dict(ref.state_dict())
+    packed = pack_padded_sequence(torch.randn(7, 3, 5, dtype=torch.float64, device="cuda"), [7, 2, 4],
+                                  enforce_sorted=False)
+    for a, b in zip(torch.utils._pytree.tree_leaves(ours(packed)), torch.utils._pytree.tree_leaves(ref(packed))):
+        assert torch.equal(a, b)
