@@ -10,7 +10,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from triton_lstm.activations import Activation, resolve_activation, resolve_recurrent_activation
 from triton_lstm.checks import ShapeError, as_number, check_clip, check_forget_bias, shape_of
-from triton_lstm.convert import gate_permutation
+from triton_lstm.convert import swap_gates
 from triton_lstm.launch import kernels_run_on
 from triton_lstm.sequence import lstm_sequence
 
@@ -201,15 +201,14 @@ class LSTM(nn.LSTM):
     def _layer_weights(self, suffix: str):
         """TF-layout weights of one layer and direction: (w_x [D, 4H], w_h [P, 4H], bias, peepholes, proj)."""
         w_ih, w_hh = getattr(self, f"weight_ih{suffix}"), getattr(self, f"weight_hh{suffix}")
-        order = gate_permutation(self.hidden_size, w_ih.device)
         if self.bias:
-            bias = (getattr(self, f"bias_ih{suffix}") + getattr(self, f"bias_hh{suffix}"))[order]
+            bias = swap_gates(getattr(self, f"bias_ih{suffix}") + getattr(self, f"bias_hh{suffix}"))
         else:
             bias = w_ih.new_zeros(4 * self.hidden_size)
         peepholes = tuple(getattr(self, f"w_{g}_diag{suffix}") for g in PEEPHOLES) \
             if self.use_peepholes else (None, None, None)
         proj = getattr(self, f"weight_hr{suffix}").t() if self.proj_size else None
-        return w_ih[order].t(), w_hh[order].t(), bias, peepholes, proj
+        return swap_gates(w_ih, 0).t(), swap_gates(w_hh, 0).t(), bias, peepholes, proj
 
     def extra_repr(self) -> str:
         """nn.LSTM's, then the TF options that differ from their defaults."""
