@@ -179,12 +179,13 @@ class LSTM(nn.LSTM):
             hx = (x.new_zeros(L, B, P), x.new_zeros(L, B, H, dtype=c_dtype))
         h0, c0 = hx
         h_n, c_n = [], []
+        suffixes = self._suffixes()
         layer_in = x
         for layer in range(self.num_layers):
             outs = []
             for d in range(directions):
                 k = layer * directions + d
-                w_x, w_h, bias, peepholes, proj = self._layer_weights(self._suffixes()[k])
+                w_x, w_h, bias, peepholes, proj = self._layer_weights(suffixes[k])
                 seq = layer_in if d == 0 else reverse_within_lengths(layer_in, lengths)
                 out, h_T, c_T = lstm_sequence(seq, h0[k], c0[k], w_x, w_h, bias, *peepholes, proj, lengths,
                                               forget_bias=self.forget_bias, cell_clip=self.cell_clip,

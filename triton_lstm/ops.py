@@ -6,15 +6,12 @@ allocations on torch's caching allocator, so the ops can be captured in CUDA gra
 
 Ops (inputs are validated by the public functions in ``functional`` and ``sequence``):
     triton_lstm::step_fwd / step_bwd   one fused cell step and its backward
-    triton_lstm::seq_fwd  / seq_bwd    the persistent sequence kernels; the input GEMM
-                                       x @ W_x + bias stays outside, as an ordinary torch op
+    triton_lstm::seq_fwd  / seq_bwd    the persistent sequence kernels; seq_fwd first runs the
+                                       input GEMM x @ W_x + bias for all steps as one torch op
 Absent optional outputs (m without a projection, y without proj_clip, dy) are empty tensors.
 
-Gradients of any order: the first backward runs the backward kernels; a backward that must itself
-be differentiable (``create_graph=True``, double backward, ``torch.func.grad``) recomputes the op with
-the plain-PyTorch reference and differentiates that. ``step`` and ``sequence`` also carry the ops
-through ``torch.func`` transforms (grad, vjp, jacrev, vmap): there they run as an autograd.Function
-with the same forward and backward, and vmap runs the ops once per slice of the mapped dimension.
+Gradients of any order and torch.func transforms as ``triton_lstm.higher_order`` describes; ``step``
+and ``sequence`` are the ops in the form torch.func accepts.
 """
 from __future__ import annotations
 
