@@ -16,7 +16,7 @@ from torch.func import grad, jacrev, vmap
 
 from helpers import CELL_AXES, TOLERANCES, assert_close
 from pairwise import case_id, pairwise
-from test_higher_order import second_order, squared
+from test_higher_order import assert_all_close, second_order, squared
 from test_nan import CASES as NAN_CASES, assert_same_nonfinite, poison
 from test_sequence import check_masking, check_sequence_grads, seq_args, seq_tensors, variable_lengths
 from triton_lstm import lstm_sequence, lstm_sequence_reference
@@ -25,6 +25,7 @@ from triton_lstm.cpu import lstm_sequence_cpu, loop_sequence, torch_lstm_compute
 
 ROOT = Path(__file__).resolve().parents[1]
 FP64 = dict(fwd=(1e-10, 1e-10), grad=(1e-9, 1e-9))
+FP64_GRAD = dict(zip(("atol", "rtol"), FP64["grad"]))
 T, B, D, N, P = 5, 4, 7, 10, 5
 
 # torch's CPU LSTM says once that oneDNN lacks projections and falls back; nothing to act on.
@@ -244,13 +245,6 @@ def lengths_of(case):
     return None if case["lengths"] is None else torch.tensor(case["lengths"])
 
 
-def assert_all_close(got, want, what):
-    assert len(got) == len(want)
-    for i, (a, b) in enumerate(zip(got, want)):
-        assert b.abs().max() > 0, f"{what}[{i}] is zero: the test would not see a missing term"
-        torch.testing.assert_close(a, b, atol=FP64["grad"][0], rtol=FP64["grad"][1], msg=lambda m: f"{what}[{i}]: {m}")
-
-
 @pytest.mark.parametrize("case", HIGHER_CASES, ids=higher_id)
 def test_loop_double_backward(case):
     """Second derivatives through the loop: gradgradcheck (finite differences of its gradient), and
@@ -262,7 +256,7 @@ def test_loop_double_backward(case):
     inputs = tiny_inputs()
     assert torch.autograd.gradgradcheck(lambda *args: loop(*args, lengths), inputs, fast_mode=True)
     assert_all_close(second_order(lambda *args: loop(*args, lengths), inputs),
-                     second_order(lambda *args: reference(*args, lengths), inputs), "second derivative")
+                     second_order(lambda *args: reference(*args, lengths), inputs), "second derivative", FP64_GRAD)
 
 
 @pytest.mark.parametrize("case", HIGHER_CASES, ids=higher_id)
@@ -281,7 +275,7 @@ def test_loop_func_grad_and_jacrev(case):
                 jacrev(lambda w_h: fn(*inputs[:4], w_h, *inputs[5:], lengths)[2])(inputs[4]))
 
     loop, reference = loop_and_reference(case["activation"])
-    assert_all_close(transforms(loop), transforms(reference), "torch.func.grad, jacrev")
+    assert_all_close(transforms(loop), transforms(reference), "torch.func.grad, jacrev", FP64_GRAD)
 
 
 @pytest.mark.parametrize("case", HIGHER_CASES, ids=higher_id)
@@ -302,7 +296,7 @@ def test_loop_per_sample_gradients(case):
     rows = [torch.autograd.grad(row_loss(reference)(w_h, projection, x[:, b], h0[b], c0[b],
                                                     None if lengths is None else lengths[b]), (w_h, projection))
             for b in range(x.shape[1])]
-    assert_all_close(per_row, [torch.stack(g) for g in zip(*rows)], "per-row d_w_h, d_projection")
+    assert_all_close(per_row, [torch.stack(g) for g in zip(*rows)], "per-row d_w_h, d_projection", FP64_GRAD)
 
 
 @pytest.mark.parametrize("case", HIGHER_CASES, ids=higher_id)
@@ -317,7 +311,7 @@ def test_loop_batched_first_backward(case):
     out = reference(*inputs, lengths)[0]
     want = [torch.stack(rows) for rows in zip(*(torch.autograd.grad(out, inputs, v, retain_graph=True)
                                                for v in cotangents))]
-    assert_all_close(got, want, "batched vector-Jacobian products")
+    assert_all_close(got, want, "batched vector-Jacobian products", FP64_GRAD)
 
 
 def test_float64_lstm_sequence_runs_the_cpu_path():
