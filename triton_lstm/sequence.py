@@ -6,6 +6,7 @@ import os
 from typing import Optional
 
 import torch
+import triton
 
 from triton_lstm.activations import Activation, activation_name
 from triton_lstm.checks import check_clip, check_forget_bias, check_sequence_args, shape_of
@@ -67,8 +68,8 @@ def watch(sync: Tensor) -> None:
 def _persistent_launch(kernel, pb: Problem, args, consts: dict, T: int, t_first: int, schedule, sync: Tensor,
                        restore=None) -> None:
     """Launch a persistent kernel over all T steps; ``args(cfg)`` gives its arguments up to ``sync_ptr``.
-    ``schedule`` lists the (t_first, n_steps, phase constants) of one-phase launches that replace it
-    for a stepped configuration. restore() puts in/out buffers back before each run while the tuner
+    ``schedule()`` lists the (t_first, n_steps, phase constants) of one-phase launches that replace it
+    for a stepped configuration (built only then: it has T entries or more). restore() puts in/out buffers back before each run while the tuner
     times candidates."""
     dev = sync.device
 
@@ -89,7 +90,7 @@ def _persistent_launch(kernel, pb: Problem, args, consts: dict, T: int, t_first:
         arrivals = (2 * T + 1) * programs(cfg, pb)
         if cfg.stepped or (interpreting() and programs(cfg, pb) > 1) or arrivals >= BARRIER_FAILED.value:
             return [(steps(first, n_steps), dict(consts, USE_BARRIER=False, **phase))
-                    for first, n_steps, phase in schedule]
+                    for first, n_steps, phase in schedule()]
         return [(steps(t_first, T), one_launch)]
 
     check_earlier_launches()
@@ -123,8 +124,11 @@ def seq_forward(xw: Tensor, h0: Tensor, c0: Tensor, w_h: Tensor, peepholes, proj
     consts = kernel_constants(opts, dtype, lstm_seq_fwd_kernel, USE_PEEPHOLES=wf is not None, HAS_PROJ=pb.proj,
                               HAS_LENGTHS=lengths is not None)
     phases = (1, 2) if pb.proj else (1,)
-    schedule = [(t, 1, dict(PHASES=ph)) for t in range(T) for ph in phases]
     args = (xw, w_h, wi, wf, wo, projection, lengths, hbuf, cbuf, z, m, y, out, sync)
+
+    def schedule():
+        return [(t, 1, dict(PHASES=ph)) for t in range(T) for ph in phases]
+
     _persistent_launch(lstm_seq_fwd_kernel, pb, lambda cfg: args, consts, T, 0, schedule, sync)
     return out, hbuf, cbuf, z, m, y
 
@@ -150,7 +154,9 @@ def seq_backward(dout: Tensor, dh_T: Tensor, dc_T: Tensor, z: Tensor, cbuf: Tens
     # One program's launches run phase by phase: dh of step t (2), then its gate gradients (1); last dh0.
     step_phases = [dict(PHASES=2, FINAL=False), dict(PHASES=1, FINAL=False)] if pb.proj else \
         [dict(PHASES=3, FINAL=False)]
-    schedule = [(t, 1, ph) for t in range(T - 1, -1, -1) for ph in step_phases] + [(-1, 0, dict(PHASES=2))]
+
+    def schedule():
+        return [(t, 1, ph) for t in range(T - 1, -1, -1) for ph in step_phases] + [(-1, 0, dict(PHASES=2))]
 
     def restore():
         dh.copy_(dh_T)
@@ -159,7 +165,7 @@ def seq_backward(dout: Tensor, dh_T: Tensor, dc_T: Tensor, z: Tensor, cbuf: Tens
     @functools.lru_cache(maxsize=None)
     def args(cfg):
         # Each slice's share of dh, for two steps (by parity): one buffer for all launches of a configuration.
-        shares = torch.empty(2, -(-N // cfg.block_n), B, P, device=dev, dtype=torch.float32)
+        shares = torch.empty(2, triton.cdiv(N, cfg.block_n), B, P, device=dev, dtype=torch.float32)
         return (dout, dh, dc, z, cbuf, w_h, wi, wf, wo, projection, y, lengths, dy, dz, shares, sync)
 
     _persistent_launch(lstm_seq_bwd_kernel, pb, args, consts, T, T - 1, schedule, sync, restore)
