@@ -6,11 +6,9 @@ import subprocess
 import sys
 
 import pytest
-import triton
 
 from triton_lstm.launch import RESIDENT_LIMITS
-
-CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+from triton_lstm.tune import CUOBJDUMP
 
 
 @pytest.mark.skipif(not os.path.exists(CUOBJDUMP), reason="Triton's wheel ships no cuobjdump on this platform")

@@ -38,8 +38,6 @@ from triton_lstm import launch, tune
 # Per target: SMs, registers per SM and opt-in shared memory per block of the reference GPUs
 # (A100 for sm_80, H100/H200 for sm_90).
 TARGETS = {80: launch.DeviceLimits(108, 65536, 163 * 1024, 80), 90: launch.DeviceLimits(132, 65536, 227 * 1024, 90)}
-CUOBJDUMP = tune.CUOBJDUMP
-resource_usage = tune.resource_usage
 
 
 class TargetDriver:
@@ -62,7 +60,7 @@ class TargetDriver:
                     mem_clock_rate=2_619_000, mem_bus_width=5120)
 
     def _load_binary(self, name, cubin, shared, device):
-        usage = resource_usage(cubin)
+        usage = tune.resource_usage(cubin)
         # As cuFuncGetAttribute: NUM_REGS, LOCAL_SIZE_BYTES / 4, MAX_THREADS_PER_BLOCK.
         max_threads = min(1024, self.limits.regs_per_sm // max(usage["reg"], 1) // 32 * 32)
         return (name, name, usage["reg"], usage.get("local", 0) // 4, max_threads)
@@ -327,7 +325,9 @@ def record_launches(v: Variant, cell: bool = True) -> list:
 def compile_all(v: Variant, what: str) -> list[dict]:
     """The configurations of the variant's launches (``variants``: each default, every candidate, or
     every candidate of the persistent kernels), compiled for its target: one row each with the
-    resources, whether the tuner would keep it, and what is wrong with it."""
+    resources, whether the tuner keeps it (``tune.fits``: no spills, registers and shared memory
+    within the target's; what it keeps it may choose), and what is wrong: a launch none of whose
+    configurations is kept would fail on the device."""
     rows = []
     with stand_in_gpu(v.arch) as target:
         for kernel, pb, args, consts in record_launches(v, cell=what != "persistent"):
@@ -335,35 +335,16 @@ def compile_all(v: Variant, what: str) -> list[dict]:
                 space = [launch.pick_config(kernel, pb, lambda cfg: [(args, consts)], consts, torch.device("cpu"))]
             else:
                 space = launch.candidates(pb, target.limits)
+            launch_rows = []
             for cfg in space:
                 compiled = launch.run_config(kernel, cfg, pb, args, consts, warmup=True)
-                usage = resource_usage(compiled.asm["cubin"])
-                persistent = launch.KERNELS[pb.kernel].persistent
-                kept = tune.fits(compiled, cfg, target.limits, launch.programs(cfg, pb) if persistent else None)
-                rows.append(dict(kernel=pb.kernel, **dataclasses.asdict(v), config=dataclasses.asdict(cfg),
-                                 programs=launch.programs(cfg, pb), shared=compiled.metadata.shared,
-                                 regs=usage["reg"], local=usage.get("local", 0), stack=usage.get("stack", 0),
-                                 kept=kept))
-    return rows
-
-
-def problems(row: dict) -> list[str]:
-    """A candidate the tuner keeps must not spill nor exceed the target (it may choose it)."""
-    if not row["kept"]:
-        return []
-    limits = TARGETS[row["arch"]]
-    out = []
-    if row["local"] or row["stack"]:
-        out.append(f"spills (local {row['local']} B, stack {row['stack']} B)")
-    if row["shared"] > limits.shared_per_block:
-        out.append(f"shared memory {row['shared']} B over sm_{row['arch']}'s {limits.shared_per_block} B")
-    return out
-
-
-def _compile_variant(item) -> list[dict]:
-    rows = compile_all(*item)
-    for row in rows:
-        row["problems"] = problems(row)
+                usage = tune.resource_usage(compiled.asm["cubin"])
+                launch_rows.append(dict(kernel=pb.kernel, **dataclasses.asdict(v), config=dataclasses.asdict(cfg),
+                                        programs=launch.programs(cfg, pb), shared=compiled.metadata.shared,
+                                        regs=usage["reg"], local=usage.get("local", 0), stack=usage.get("stack", 0),
+                                        kept=tune.fits(compiled, cfg, target.limits)))
+            none_kept = [] if any(r["kept"] for r in launch_rows) else [f"no configuration fits sm_{v.arch}"]
+            rows += [dict(r, problems=none_kept) for r in launch_rows]
     return rows
 
 
@@ -382,7 +363,7 @@ def main(argv=None) -> int:
     todo = [(v, what) for v, what in variants(args.full) if v.arch in args.arch]
     rows, failures = [], 0
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for i, variant_rows in enumerate(pool.map(_compile_variant, todo), 1):
+        for i, variant_rows in enumerate(pool.map(compile_all, *zip(*todo)), 1):
             for row in variant_rows:
                 failures += bool(row["problems"])
                 rows.append(row)

@@ -151,18 +151,14 @@ KERNELS = {
 }
 
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def programs(cfg: Config, pb: Problem) -> int:
     """Grid size: batch tiles x column slices (the larger of the two phases' for the persistent kernels)."""
-    btiles = _cdiv(pb.B, cfg.block_b)
+    btiles = triton.cdiv(pb.B, cfg.block_b)
     if pb.kernel == "step_proj":
-        return btiles * _cdiv(pb.P, cfg.block_p)
-    slices = _cdiv(pb.N, cfg.block_n)
+        return btiles * triton.cdiv(pb.P, cfg.block_p)
+    slices = triton.cdiv(pb.N, cfg.block_n)
     if pb.kernel.startswith("seq") and pb.proj:
-        slices = max(slices, _cdiv(pb.P, cfg.block_p))
+        slices = max(slices, triton.cdiv(pb.P, cfg.block_p))
     return btiles * slices
 
 
@@ -170,10 +166,10 @@ def num_k_tiles(cfg: Config, pb: Problem) -> dict:
     """The static K-tile counts of a persistent kernel's resident slices (and the backward's chunk of
     partial sums reduced per load, which bounds its registers)."""
     if pb.kernel == "seq_fwd":
-        return dict(NUM_K_H=_cdiv(pb.P, cfg.block_k), NUM_K_M=_cdiv(pb.N, cfg.block_k))
-    slices = _cdiv(pb.N, cfg.block_n)
+        return dict(NUM_K_H=triton.cdiv(pb.P, cfg.block_k), NUM_K_M=triton.cdiv(pb.N, cfg.block_k))
+    slices = triton.cdiv(pb.N, cfg.block_n)
     block_s = min(16, triton.next_power_of_2(slices), max(1, 4096 // (cfg.block_b * cfg.block_p)))
-    return dict(NUM_K=_cdiv(pb.P, cfg.block_k), BLOCK_S=block_s)
+    return dict(NUM_K=triton.cdiv(pb.P, cfg.block_k), BLOCK_S=block_s)
 
 
 class Product(NamedTuple):
@@ -198,7 +194,7 @@ def _phases(cfg: Config, pb: Problem) -> list[list[Product]]:
         return phases
     # Backward: sum the shares of dh (slices x rows x columns, fp32), then this slice's share, its
     # W_h slice [P, 4 BLOCK_N] times dz^T (computed in registers), written as rows x P fp32.
-    shares = _cdiv(pb.N, bn) * bb * bp * 4
+    shares = triton.cdiv(pb.N, bn) * bb * bp * 4
     share = Product(pb.P, 4 * bn, bb, 0, bb * pb.P * 4)
     if not pb.proj:
         return [[share._replace(other_bytes=share.other_bytes + shares)]]
@@ -209,7 +205,7 @@ def shared_estimate(cfg: Config, pb: Problem) -> int:
     """Shared memory a resident configuration needs: its weight slices plus one staged
     [rows, block_k] tile of each product's row operand."""
     esize = torch.finfo(pb.dtype).bits // 8
-    return sum((_cdiv(pr.K, cfg.block_k) * cfg.block_k * pr.cols + pr.rows * cfg.block_k) * esize
+    return sum((triton.cdiv(pr.K, cfg.block_k) * cfg.block_k * pr.cols + pr.rows * cfg.block_k) * esize
                for phase in _phases(cfg, pb) for pr in phase if pr.K)
 
 
@@ -263,7 +259,7 @@ def block_k(pb: Problem, resident: bool) -> int:
     if not resident:
         return 2 * base
     longest = max(pr.K for phase in _phases(Config(16, 16, 16, base, True, 4), pb) for pr in phase)
-    return max(64, min(512, triton.next_power_of_2(_cdiv(longest, 8))))
+    return max(64, min(512, triton.next_power_of_2(triton.cdiv(longest, 8))))
 
 
 def candidates(pb: Problem, limits: DeviceLimits) -> list[Config]:
@@ -344,6 +340,12 @@ def _cooperative_error(e: Exception) -> bool:
     return "COOPERATIVE_LAUNCH_TOO_LARGE" in str(e) or "cooperative launch" in str(e).lower()
 
 
+def co_resident(cfg: Config, pb: Problem) -> bool:
+    """Whether every program of the launch must be resident at once: a persistent kernel's programs
+    meet at grid barriers, unless the configuration is stepped (one launch per phase)."""
+    return KERNELS[pb.kernel].persistent and not cfg.stepped
+
+
 def run_config(kernel, cfg: Config, pb: Problem, args, consts: dict, warmup: bool = False):
     """Compile (warmup) or launch ``kernel`` with one configuration; ``args`` are its positional
     arguments, or a function of the configuration giving them (buffers sized by the tiles).
@@ -351,7 +353,7 @@ def run_config(kernel, cfg: Config, pb: Problem, args, consts: dict, warmup: boo
     refuses the launch."""
     if callable(args):
         args = args(cfg)
-    persistent = KERNELS[pb.kernel].persistent and not cfg.stepped and not interpreting()
+    persistent = co_resident(cfg, pb) and not interpreting()
     kw = dict(consts, **{k: v for k, v in config_kwargs(cfg, pb).items()
                          if k in kernel.arg_names or k in cfg.launch_options()})
     if persistent:
@@ -387,8 +389,7 @@ def pick_config(kernel, pb: Problem, launches, key_consts: dict, device: torch.d
             run_config(kernel, cfg, pb, args, consts)
 
     def fits(compiled, cfg: Config) -> bool:
-        co_resident = KERNELS[pb.kernel].persistent and not cfg.stepped
-        return tune.fits(compiled, cfg, limits, programs(cfg, pb) if co_resident else None)
+        return tune.fits(compiled, cfg, limits)
 
     cfg = tune.pick(pb.kernel, tuning_key(pb, key_consts), lambda: candidates(pb, limits), run, fits,
                     compiled=gpu_device(device) and not interpreting(), capturing=capturing(device), device=limits)
@@ -406,7 +407,7 @@ def check_config(cfg: Config, pb: Problem, limits: DeviceLimits) -> None:
                 (("block_b", cfg.block_b), ("block_k", cfg.block_k), ("block_p", cfg.block_p)) if value < 16]
     if cfg.block_n < spec.min_block_n:
         problems.append(f"block_n={cfg.block_n} < {spec.min_block_n}, the least {pb.kernel} can use")
-    if spec.persistent and not cfg.stepped and limits is not INTERPRETER_LIMITS and programs(cfg, pb) > limits.sms:
+    if co_resident(cfg, pb) and limits is not INTERPRETER_LIMITS and programs(cfg, pb) > limits.sms:
         problems.append(f"{programs(cfg, pb)} programs > {limits.sms} SMs (all must be resident at once)")
     if problems:
         raise ValueError(f"TRITON_LSTM_CONFIG: {pb.kernel} cannot run {cfg} for B={pb.B}, N={pb.N}, P={pb.P}: "

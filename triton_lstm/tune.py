@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import re
@@ -111,6 +112,7 @@ def pinned(default: C, kernel: str) -> Optional[C]:
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
 
+@functools.lru_cache(maxsize=64)
 def resource_usage(cubin: bytes) -> dict:
     """REG, STACK, SHARED, LOCAL of a cubin, from the cuobjdump shipped in Triton's wheel."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
@@ -124,10 +126,11 @@ def resource_usage(cubin: bytes) -> dict:
     return usage
 
 
-def fits(compiled: Any, cfg: Any, limits: Any, grid: Optional[int]) -> bool:
+def fits(compiled: Any, cfg: Any, limits: Any) -> bool:
     """The compiled kernel runs well on the device: nothing in local memory (spills, or a stack
-    frame ptxas made for them), one block's registers and shared memory within an SM's (so every
-    program of a persistent grid of ``grid`` <= SMs programs is resident)."""
+    frame ptxas made for them), one block's registers and shared memory within an SM's, so one
+    program fits on each SM (the grid of a persistent launch is the caller's: ``launch.candidates``
+    never makes more programs than SMs, and ``launch.check_config`` refuses a pin that does)."""
     # Loading the binary (what a first launch does) refuses a kernel that needs more shared memory
     # than the device has, and gives the registers and spills the driver reports.
     try:
@@ -138,8 +141,8 @@ def fits(compiled: Any, cfg: Any, limits: Any, grid: Optional[int]) -> bool:
     if os.path.exists(CUOBJDUMP):  # the driver's count leaves out a stack frame that spills go to
         usage = resource_usage(compiled.asm["cubin"])
         spilled = spilled or usage.get("stack", 0) > 0 or usage.get("local", 0) > 0
-    ok = not spilled and regs * cfg.num_warps * 32 <= limits.regs_per_sm and compiled.metadata.shared <= limits.shared_per_block
-    return ok and (grid is None or grid <= limits.sms)
+    return (not spilled and regs * cfg.num_warps * 32 <= limits.regs_per_sm
+            and compiled.metadata.shared <= limits.shared_per_block)
 
 
 def pick(kernel: str, key: str, candidates: Callable[[], Sequence[C]], run: Callable[[C, bool], Any],
@@ -174,20 +177,15 @@ def _choose(kernel, key, candidates, run, fits, compiled, capturing):
             memo = _memory[str(path)] = _read(path)
         if full_key in memo:
             return dataclasses.replace(space[0], **memo[full_key]["config"])
-    if not autotune or capturing:
-        for cfg in space:
-            if fits(run(cfg, True), cfg):
-                return cfg
-        raise RuntimeError(f"{kernel}: no launch configuration fits this GPU for {key}")
     start = time.perf_counter()
-    timings = []
-    for cfg in space:
-        if not fits(run(cfg, True), cfg):
-            continue
-        ms = triton.testing.do_bench(lambda: run(cfg, False), warmup=5, rep=20, return_mode="median")
-        timings.append((ms, cfg))
-    if not timings:
+    fitting = (cfg for cfg in space if fits(run(cfg, True), cfg))
+    first = next(fitting, None)
+    if first is None:
         raise RuntimeError(f"{kernel}: no launch configuration fits this GPU for {key}")
+    if not autotune or capturing:
+        return first
+    timings = [(triton.testing.do_bench(lambda: run(cfg, False), warmup=5, rep=20, return_mode="median"), cfg)
+               for cfg in itertools.chain([first], fitting)]
     ms, best = min(timings, key=lambda item: item[0])
     entry = {"config": dataclasses.asdict(best), "ms": ms, "candidates": len(space), "timed": len(timings),
              "tune_s": round(time.perf_counter() - start, 3)}
