@@ -1,12 +1,28 @@
 """Random cell weights and inputs, tolerances, and comparisons shared by the tests."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Optional
 
 import torch
 
 from triton_lstm.activations import ACTIVATIONS, resolve_activation, resolve_recurrent_activation
 from triton_lstm.reference import lstm_cell_reference
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fresh_python(*args: str, timeout: int, **env: str) -> subprocess.CompletedProcess:
+    """``python args`` in a new process at the repository root, without TRITON_INTERPRET (triton_lstm
+    picks the interpreter when it is imported) and with ``env`` added; its output captured."""
+    child = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    child.update(env)
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=child, capture_output=True, text=True,
+                          timeout=timeout)
+
 
 # (atol, rtol) for outputs and for gradients, against the float32 reference on the same inputs.
 TOLERANCES = {

@@ -2,22 +2,19 @@
 at the shapes users run, and resident weights at the sizes the README states (python -m triton_lstm.aot)."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
+from helpers import fresh_python
 from triton_lstm.launch import RESIDENT_LIMITS
 from triton_lstm.tune import CUOBJDUMP
 
 
 @pytest.mark.skipif(not os.path.exists(CUOBJDUMP), reason="Triton's wheel ships no cuobjdump on this platform")
 def test_what_runs_compiles_for_sm80_sm90(tmp_path):
-    # A fresh interpreter: the test session's kernels were built by the interpreter, which cannot compile.
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # A fresh process: the test session's kernels were built by the interpreter, which cannot compile.
     out = tmp_path / "aot.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "triton_lstm.aot", "--json", str(out)], env=env,
-                          capture_output=True, text=True, timeout=1500)
+    proc = fresh_python("-m", "triton_lstm.aot", "--json", str(out), timeout=1500)
     print(proc.stdout[-20000:])  # registers and shared memory per kernel and configuration, with pytest -s
     assert proc.returncode == 0, proc.stdout[-20000:] + proc.stderr[-5000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]

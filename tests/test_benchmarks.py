@@ -2,26 +2,20 @@
 GPU), the GPU suite's host logic (its smoke version under the interpreter, the job list, budget and
 progress), and the plotting CLI."""
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from benchmarks import plot, run as bench_run
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import fresh_python
 
 
 def run(*args: str, interpret: bool, expect: int = 0) -> subprocess.CompletedProcess:
     """python -m args in a fresh process; without ``interpret`` as users run (no TRITON_INTERPRET)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    if interpret and not torch.cuda.is_available():
-        env["TRITON_INTERPRET"] = "1"
-    proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    env = dict(TRITON_INTERPRET="1") if interpret and not torch.cuda.is_available() else {}
+    proc = fresh_python("-m", *args, timeout=600, **env)
     assert proc.returncode == expect, proc.stdout + proc.stderr
     return proc
 

@@ -5,16 +5,12 @@ the loop, and which path lstm_sequence, dynamic_rnn and LSTM take on CPU tensors
 float32 through oneDNN's products and in float64 through addmm.
 """
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch.func import grad, jacrev, vmap
 
-from helpers import CELL_AXES, TOLERANCES, assert_close
+from helpers import CELL_AXES, TOLERANCES, assert_close, fresh_python
 from pairwise import case_id, pairwise
 from test_higher_order import assert_all_close, second_order, squared
 from test_nan import CASES as NAN_CASES, assert_same_nonfinite, poison
@@ -23,7 +19,6 @@ from triton_lstm import lstm_sequence, lstm_sequence_reference
 from triton_lstm.activations import activation_id, resolve_activation, resolve_recurrent_activation
 from triton_lstm.cpu import lstm_sequence_cpu, loop_sequence, torch_lstm_computes
 
-ROOT = Path(__file__).resolve().parents[1]
 FP64 = dict(fwd=(1e-10, 1e-10), grad=(1e-9, 1e-9))
 FP64_GRAD = dict(zip(("atol", "rtol"), FP64["grad"]))
 T, B, D, N, P = 5, 4, 7, 10, 5
@@ -370,9 +365,7 @@ def test_cpu_tensors_take_the_cpu_path_without_the_interpreter():
     """In a fresh process without TRITON_INTERPRET, as users run: plain cells run torch's LSTM, the
     TF extras and lengths the loop (a PackedSequence too: torch's packed LSTM has no oneDNN path),
     custom activations the reference."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", DISPATCH_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = fresh_python("-c", DISPATCH_SCRIPT, timeout=300)
     assert proc.returncode == 0, proc.stderr
     ran = json.loads(proc.stdout.strip().splitlines()[-1])
     assert ran == dict(interpreting=False, plain="torch.lstm", plain_lengths="loop", extras="loop",

@@ -34,8 +34,6 @@ and gradgradcheck (float64) then take every GRADCHECK_STRIDE-th ModuleInfo sampl
 import io
 import os
 import re
-import subprocess
-import sys
 import tempfile
 from copy import deepcopy
 from inspect import isgenerator
@@ -54,6 +52,7 @@ from torch.testing._internal.common_modules import ModuleErrorEnum, module_db
 from torch.testing._internal.common_utils import (TestCase, dtype2prec_DONTUSE, freeze_rng_state, get_tensors_from,
                                                   gradcheck, gradgradcheck, mock_wrapper, set_default_dtype)
 
+from helpers import fresh_python
 import triton_lstm
 from triton_lstm.launch import interpreting
 
@@ -1610,9 +1609,7 @@ def test_to_empty(module_self, LSTM, swap, training, swap_module_params_on_conve
 def test_reference_path_in_a_fresh_process():
     """The interpreter is chosen when triton_lstm is imported, so the reference path needs its own
     process: this file again, without TRITON_INTERPRET (see conftest.py)."""
-    env = dict(os.environ, TRITON_LSTM_TEST_REFERENCE="1")
-    env.pop("TRITON_INTERPRET", None)
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                         env=env, capture_output=True, text=True, timeout=1200)
+    run = fresh_python("-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, timeout=1200,
+                       TRITON_LSTM_TEST_REFERENCE="1")
     assert run.returncode == 0, run.stdout[-20000:] + run.stderr[-5000:]
     assert " passed" in run.stdout.splitlines()[-1] and "failed" not in run.stdout.splitlines()[-1]
