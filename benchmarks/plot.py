@@ -62,7 +62,7 @@ def load_rows(paths: Iterable[Path]) -> list[dict]:
 
 
 def machine(row: dict) -> str:
-    return row.get("machine") or row["gpu"]
+    return row["machine"]
 
 
 def job_key(row: dict) -> tuple:
@@ -107,7 +107,7 @@ def caption(rows: list[dict]) -> str:
 
 
 def pick(rows: list[dict], **match) -> list[dict]:
-    return [r for r in rows if all(r.get(k, False if k == "lengths" else None) == v for k, v in match.items())]
+    return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
 
 
 def timed(row: Optional[dict]) -> bool:
@@ -330,7 +330,7 @@ def cpu_headline(rows: list[dict]) -> list[dict]:
 
 
 def _case_match(row: dict) -> dict:
-    return {k: row.get(k, False if k == "lengths" else None) for k in CASE_FIELDS} | dict(dtype=row["dtype"])
+    return {k: row[k] for k in CASE_FIELDS} | dict(dtype=row["dtype"])
 
 
 def cpu_bars(rows: list[dict], path: Path) -> Optional[Path]:
@@ -432,7 +432,7 @@ def render(rows: list[dict], plots_dir: Path) -> list[Path]:
     plots_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for machine_rows in by_machine(rows).values():
-        prefix = plots_dir / machine_rows[0].get("machine_slug", machine_rows[0].get("gpu_slug"))
+        prefix = plots_dir / machine_rows[0]["machine_slug"]
         if is_cpu(machine_rows):
             figures = [cpu_bars(machine_rows, Path(f"{prefix}-vs_nn_lstm.png")),
                        cpu_grid(machine_rows, Path(f"{prefix}-grid.png"))]

@@ -103,10 +103,10 @@ Tensor = torch.Tensor
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "benchmarks" / "results"
 
-PROVIDERS = ("lstm_sequence", "lstm_module", "step_loop", "nn_lstm", "torch_compile", "flashrnn")
+PROVIDERS = plot.PROVIDERS
 GPU_PROVIDERS = ("lstm_sequence", "step_loop", "nn_lstm", "torch_compile", "flashrnn")
 CPU_PROVIDERS = ("lstm_sequence", "lstm_module", "nn_lstm")
-MODES = ("fwd", "bwd", "fwd+bwd")
+MODES = plot.MODES
 CPU_MODES = ("fwd", "fwd+bwd")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 GRID_BATCH = (1, 8, 32, 64, 128, 256)
@@ -797,11 +797,10 @@ class Runner:
         """One result row: environment, every case parameter, job, floor, then ``fields``."""
         c = job.case
         algo = cudnn_algorithm(c, job.dtype, job.mode, self.device) if job.provider == "nn_lstm" else None
-        row = dict(self.env, group=c.group, T=c.T, B=c.B, D=c.D, N=c.N, P=c.P, peepholes=c.peepholes,
-                   cell_clip=c.cell_clip, proj_clip=c.proj_clip, lengths=c.lengths, forget_bias=FORGET_BIAS,
-                   dtype=job.dtype, provider=job.provider, mode=job.mode, missing=None, note="", code_path=None,
-                   check_rel_err=None, timing=None, ms=None, ms_p20=None, ms_p80=None, ms_median=None,
-                   tokens_per_s=None, step_us=None, cudnn_algo_expected=algo)
+        row = dict(self.env, **dataclasses.asdict(c), forget_bias=FORGET_BIAS, dtype=job.dtype, provider=job.provider,
+                   mode=job.mode, missing=None, note="", code_path=None, check_rel_err=None, timing=None, ms=None,
+                   ms_p20=None, ms_p80=None, ms_median=None, tokens_per_s=None, step_us=None,
+                   cudnn_algo_expected=algo)
         row.update(self.floor.fields(c, job.dtype, job.mode))
         row.update(fields)
         return row
@@ -919,8 +918,7 @@ def completed_keys(results: Path, env: dict) -> set:
     keys = set()
     for row in plot.load_rows([results]):
         if all(row.get(k) == env[k] for k in same):
-            case = Case(row["group"], row["T"], row["B"], row["D"], row["N"], row["P"], row["peepholes"],
-                        row["cell_clip"], row["proj_clip"], row.get("lengths", False))
+            case = Case(**{k: row[k] for k in plot.CASE_FIELDS})
             keys.add(Job(case, row["dtype"], row["provider"], row["mode"]).key())
     return keys
 
