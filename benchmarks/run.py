@@ -776,8 +776,7 @@ class Runner:
     """Runs jobs, appends rows to the results file (and --out), logs to stdout (and --out)."""
 
     def __init__(self, device: torch.device, env: dict, floor: Floor, results: Path, out_dir: Optional[Path],
-                 quick: bool, log: Callable[[str], None], rounds: int = CPU_ROUNDS,
-                 min_seconds: float = CPU_MIN_SECONDS):
+                 quick: bool, log: Callable[[str], None], rounds: int, min_seconds: float):
         self.device, self.env, self.floor, self.quick, self.log = device, env, floor, quick, log
         self.rounds, self.min_seconds = rounds, min_seconds
         self.results, self.out_dir = results, out_dir
@@ -883,8 +882,8 @@ class Runner:
         for job, ts in times.items():
             setup, check, path = owners[job]
             self._timed(job, setup, check, path, ms=min(ts), ms_median=sorted(ts)[len(ts) // 2], load_avg=load,
-                        rounds=len(ts), timing="best of at least 5 interleaved rounds (3 s a case) after a "
-                                                   "warm-up (host clock)")
+                        rounds=len(ts), timing=f"best of at least {self.rounds} interleaved rounds "
+                                                   f"({self.min_seconds:g} s a case) after a warm-up (host clock)")
 
     def _timed(self, job: Job, setup: Setup, check: Optional[float], path: str, **fields) -> None:
         case, ms = job.case, fields["ms"]
