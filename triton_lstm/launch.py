@@ -391,13 +391,16 @@ def pick_config(kernel, pb: Problem, launches, key_consts: dict, device: torch.d
     def fits(compiled, cfg: Config) -> bool:
         return tune.fits(compiled, cfg, limits)
 
-    cfg = tune.pick(pb.kernel, tuning_key(pb, key_consts), lambda: candidates(pb, limits), run, fits,
-                    compiled=gpu_device(device) and not interpreting(), capturing=capturing(device), device=limits)
-    if pb.kernel == "seq_bwd" and not pb.proj:
-        # Without a projection a program owns the same columns of dh and of the gates.
-        cfg = dataclasses.replace(cfg, block_p=cfg.block_n)
-    check_config(cfg, pb, limits)
-    return cfg
+    def finish(cfg: Config) -> Config:
+        if pb.kernel == "seq_bwd" and not pb.proj:
+            # Without a projection a program owns the same columns of dh and of the gates.
+            cfg = dataclasses.replace(cfg, block_p=cfg.block_n)
+        check_config(cfg, pb, limits)
+        return cfg
+
+    return tune.pick(pb.kernel, tuning_key(pb, key_consts), lambda: candidates(pb, limits), run, fits,
+                     compiled=gpu_device(device) and not interpreting(), capturing=capturing(device), device=limits,
+                     finish=finish)
 
 
 def check_config(cfg: Config, pb: Problem, limits: DeviceLimits) -> None:

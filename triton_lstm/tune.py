@@ -146,20 +146,22 @@ def fits(compiled: Any, cfg: Any, limits: Any) -> bool:
 
 
 def pick(kernel: str, key: str, candidates: Callable[[], Sequence[C]], run: Callable[[C, bool], Any],
-         fits: Callable[[Any, C], bool], compiled: bool, capturing: bool, device: Hashable = None) -> C:
+         fits: Callable[[Any, C], bool], compiled: bool, capturing: bool, device: Hashable = None,
+         finish: Callable[[C], C] = lambda cfg: cfg) -> C:
     """The configuration to launch ``kernel`` with for this shape ``key``.
 
     candidates() lists the search space, the default first. run(cfg, warmup) compiles without
     running when warmup is True (returning the compiled kernel) and runs the kernel otherwise;
     running it repeatedly must be harmless. fits(compiled_kernel, cfg) is the resource check.
-    compiled: kernels are compiled for a GPU (else the interpreter runs the default). A choice is
-    made once per process, device and key; later launches, captured or not, get the same one.
+    compiled: kernels are compiled for a GPU (else the interpreter runs the default). finish(cfg)
+    completes and validates the choice (it may raise). A choice is made once per process, device and
+    key; later launches, captured or not, get the same one.
     """
     memo_key = (kernel, key, compiled, device, os.environ.get("TRITON_LSTM_CONFIG"),
                 os.environ.get("TRITON_LSTM_AUTOTUNE"))
     choice = _chosen.get(memo_key)
     if choice is None:
-        choice = _chosen[memo_key] = _choose(kernel, key, candidates, run, fits, compiled, capturing)
+        choice = _chosen[memo_key] = finish(_choose(kernel, key, candidates, run, fits, compiled, capturing))
     return choice
 
 
