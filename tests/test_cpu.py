@@ -14,7 +14,7 @@ from helpers import CELL_AXES, TOLERANCES, assert_close, fresh_python
 from pairwise import case_id, pairwise
 from test_higher_order import assert_all_close, second_order, squared
 from test_nan import CASES as NAN_CASES, assert_same_nonfinite, poison
-from test_sequence import check_masking, check_sequence_grads, seq_args, seq_tensors, variable_lengths
+from test_sequence import case_tensors, check_case, seq_args, seq_tensors, variable_lengths
 from triton_lstm import lstm_sequence, lstm_sequence_reference
 from triton_lstm.activations import activation_id, resolve_activation, resolve_recurrent_activation
 from triton_lstm.cpu import lstm_sequence_cpu, loop_sequence, torch_lstm_computes
@@ -34,35 +34,17 @@ def ops_run(fn) -> set[str]:
     return {e.name for e in prof.events()}
 
 
-def tensors_for(case, lengths=None, seed=0):
+def tensors_for(case, seed=0):
     width = {"none": None, "proj": P, "proj+clip": P, "square": N}[case["projection"]]
-    t = seq_tensors(T, B, D, N, width, case["peepholes"], case["dtype"], "cpu", seed)
-    for v in t.values():
-        if v is not None:
-            v.requires_grad_()
-    options = dict(forget_bias=case["forget_bias"], cell_clip=case["cell_clip"],
-                   proj_clip=0.25 if case["projection"] == "proj+clip" else None)
-    return t, options
+    return case_tensors(case, T, B, D, N, width, "cpu", seed)
 
 
 def check_against_reference(run, case, lengths=None, seed=0):
     """run(*lstm_sequence's tensors, lengths, **options) against the reference on the same values,
     in float64 for float64 and float32 otherwise: outputs, final state, every gradient; TF's masking."""
-    t, options = tensors_for(case, lengths, seed)
-    act, gate = case["activation"], case["recurrent_activation"]
-    dtype = case["dtype"]
-    out, h_T, c_T = run(*seq_args(t), lengths, activation=act, recurrent_activation=gate, **options)
-    ref_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    up = {k: (None if v is None else v.detach().to(ref_dtype).requires_grad_()) for k, v in t.items()}
-    ref = lstm_sequence_reference(*seq_args(up), lengths, activation=resolve_activation(act)[1],
-                                  recurrent_activation=resolve_recurrent_activation(gate)[1], **options)
-    assert out.dtype == dtype and h_T.dtype == dtype and c_T.dtype == ref_dtype
-    tol = FP64 if dtype == torch.float64 else TOLERANCES[dtype]
-    for name, got, want in zip(("out", "h_T", "c_T"), (out, h_T, c_T), ref):
-        assert_close(name, got, want, tol["fwd"])
-    if lengths is not None:
-        check_masking(out, h_T, c_T, t, lengths)
-    check_sequence_grads(t, up, (out, h_T, c_T), ref, lengths, tol["grad"], seed)
+    t, options = tensors_for(case, seed)
+    check_case(run, case, t, options, lengths, FP64 if case["dtype"] == torch.float64 else TOLERANCES[case["dtype"]],
+               seed)
 
 
 def torch_computes(case) -> bool:

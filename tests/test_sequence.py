@@ -54,40 +54,53 @@ def check_masking(out, h_T, c_T, t, lengths):
     assert torch.equal(c_T[empty], t["c0"][empty].float()), "a length-0 row must keep c0"
 
 
-def run_sequence_case(case, T, B, D, N, P, device, grid, lengths=None, seed=0):
-    """lstm_sequence against the float32 reference on the same values: outputs, final state, all grads."""
-    grid.use(case["grid"])
-    dtype = case["dtype"]
-    has_proj = case["projection"] != "none"
-    t = seq_tensors(T, B, D, N, P if has_proj else None, case["peepholes"], dtype, device, seed)
+def case_tensors(case, T, B, D, N, width, device, seed):
+    """``seq_tensors`` for a test case, each a leaf that requires grad, and the case's options."""
+    t = seq_tensors(T, B, D, N, width, case["peepholes"], case["dtype"], device, seed)
     for v in t.values():
         if v is not None:
             v.requires_grad_()
     options = dict(forget_bias=case["forget_bias"], cell_clip=case["cell_clip"],
                    proj_clip=0.25 if case["projection"] == "proj+clip" else None)
+    return t, options
+
+
+def check_case(run, case, t, options, lengths, tol, seed, grads=True):
+    """run(*lstm_sequence's tensors, lengths, activation, recurrent_activation, **options) against the
+    reference on the same values, in float64 for float64 inputs and float32 otherwise: outputs and
+    final state (c_T in the reference's dtype), TF's masking, and with ``grads`` every gradient.
+    Returns run's (out, h_T, c_T)."""
+    dtype = case["dtype"]
     activation, gate = case["activation"], case.get("recurrent_activation")
-    assert kernels_run_on(t["x"].device, dtype)
-    out, h_T, c_T = lstm_sequence(*seq_args(t), lengths, activation=activation, recurrent_activation=gate,
-                                  **options)
-    up = {k: (None if v is None else v.detach().float().requires_grad_()) for k, v in t.items()}
+    out, h_T, c_T = run(*seq_args(t), lengths, activation=activation, recurrent_activation=gate, **options)
+    ref_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    up = {k: (None if v is None else v.detach().to(ref_dtype).requires_grad_()) for k, v in t.items()}
     ref = lstm_sequence_reference(*seq_args(up), lengths, activation=resolve_activation(activation)[1],
                                   recurrent_activation=resolve_recurrent_activation(gate)[1], **options)
-    width = P if has_proj else N
-    assert out.shape == (T, B, width) and h_T.shape == (B, width) and c_T.shape == (B, N)
-    assert out.dtype == dtype and h_T.dtype == dtype and c_T.dtype == torch.float32
-    tol = TOLERANCES[dtype]
+    assert out.dtype == dtype and h_T.dtype == dtype and c_T.dtype == ref_dtype
     for name, got, want in zip(("out", "h_T", "c_T"), (out, h_T, c_T), ref):
         assert_close(name, got, want, tol["fwd"])
     if lengths is not None:
         check_masking(out, h_T, c_T, t, lengths)
-    if interpreting() and dtype == torch.bfloat16 and options["proj_clip"] is not None:
-        # As in test_step_kernels: the interpreter rounds fp32 -> bf16 by truncation (GPUs round to
-        # nearest), so m, rounded to bf16 before the projection, lands on the other side of
-        # proj_clip here and there and the clip's gradient masks differ from the reference's.
-        # The forward above is continuous in the clip and still checked; on a GPU this runs.
-        grid.check()
-        return
-    check_sequence_grads(t, up, (out, h_T, c_T), ref, lengths, tol["grad"], seed)
+    if grads:
+        check_sequence_grads(t, up, (out, h_T, c_T), ref, lengths, tol["grad"], seed)
+    return out, h_T, c_T
+
+
+def run_sequence_case(case, T, B, D, N, P, device, grid, lengths=None, seed=0):
+    """lstm_sequence against the float32 reference on the same values: outputs, final state, all grads."""
+    grid.use(case["grid"])
+    dtype = case["dtype"]
+    width = P if case["projection"] != "none" else N
+    t, options = case_tensors(case, T, B, D, N, P if case["projection"] != "none" else None, device, seed)
+    assert kernels_run_on(t["x"].device, dtype)
+    # As in test_step_kernels: the interpreter rounds fp32 -> bf16 by truncation (GPUs round to
+    # nearest), so m, rounded to bf16 before the projection, lands on the other side of proj_clip here
+    # and there and the clip's gradient masks differ from the reference's. The forward is continuous
+    # in the clip and still checked; on a GPU the gradients are too.
+    grads = not (interpreting() and dtype == torch.bfloat16 and options["proj_clip"] is not None)
+    out, h_T, c_T = check_case(lstm_sequence, case, t, options, lengths, TOLERANCES[dtype], seed, grads)
+    assert out.shape == (T, B, width) and h_T.shape == (B, width) and c_T.shape == (B, N)
     grid.check()
 
 
