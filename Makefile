@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 TRITON_SPEC ?= triton==3.9.0
 NUMPY_SPEC ?= numpy
 
-.PHONY: test test-triton36 bench gpu-check aot clean
+.PHONY: test test-triton36 bench gpu-check gpu-wheels aot clean
 
 $(VENV)/.ready: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ bench: $(VENV)/.ready
 SESSION ?= quick
 gpu-check:
 	bash benchmarks/gpu_session.sh $(SESSION)
+
+# The test packages the GPU machines lack, as wheels in .whl/ for their Python 3.12 (gpu-check
+# installs them from there; they have no network).
+gpu-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d .whl expecttest
 
 aot: $(VENV)/.ready
 	$(PY) -m triton_lstm.aot
