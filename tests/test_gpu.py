@@ -90,12 +90,11 @@ def test_sequence_matches_step_path_and_is_repeatable():
     assert_close("c_T", c1, c, tol)
 
 
-@pytest.mark.timeout(300)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_sequence_gradients_large(dtype):
-    T, B, D, N, P = 200, 64, 96, 384, 128
+def check_gradients(T, B, D, N, P, dtype, tol, seed):
+    """Every gradient of lstm_sequence (variable lengths, peepholes, both clips) against the
+    reference's on float32 copies."""
     lengths = torch.randint(0, T + 1, (B,), device="cuda")
-    t = cell_tensors(B, D, N, P, True, dtype, "cuda", 5)
+    t = cell_tensors(B, D, N, P, True, dtype, "cuda", seed)
     x = torch.randn(T, B, D, device="cuda", dtype=dtype)
     leaves = [x, t["h"], t["c"], t["kernel"], t["bias"], t["w_f_diag"], t["w_i_diag"], t["w_o_diag"], t["projection"]]
     for v in leaves:
@@ -112,9 +111,14 @@ def test_sequence_gradients_large(dtype):
     g = [torch.randn_like(o, dtype=torch.float32) for o in ref]
     grads = torch.autograd.grad(sum((o.float() * w).sum() for o, w in zip(out, g)), leaves)
     grads_ref = torch.autograd.grad(sum((o * w).sum() for o, w in zip(ref, g)), up)
-    tol = (1e-3, 1e-3) if dtype == torch.float32 else (5e-2, 5e-2)
     for name, a, b in zip(["x", "h0", "c0", "kernel", "bias", "w_f", "w_i", "w_o", "proj"], grads, grads_ref):
         assert_close(f"d{name}", a, b, tol)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_sequence_gradients_large(dtype):
+    check_gradients(200, 64, 96, 384, 128, dtype, (1e-3, 1e-3) if dtype == torch.float32 else (5e-2, 5e-2), 5)
 
 
 @pytest.mark.timeout(300)
@@ -218,16 +222,20 @@ def test_lengths_on_the_gpu_outside_the_range_give_nan_and_an_error(monkeypatch)
 
 
 def test_the_tuner_on_hardware(tmp_path, monkeypatch):
-    """Tuning on: candidates compiled, pruned and timed on this GPU; the winner is cached and used again."""
+    """Tuning on: candidates compiled, pruned and timed on this GPU, the winner cached; the call that
+    tuned returns correct outputs and gradients."""
     monkeypatch.setenv("TRITON_LSTM_AUTOTUNE", "1")
     monkeypatch.setenv("TRITON_LSTM_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(tune, "_memory", {})
     monkeypatch.setattr(tune, "_chosen", {})
     (out, h, c), (r_out, r_h, r_c) = sequence_case(16, 32, 32, 256, None, torch.float16)
     assert_close("out", out, r_out, (1e-2, 1e-2))
+    # The first call of a shape with a projection tunes the forward and the backward on its own buffers.
+    check_gradients(16, 32, 32, 256, 64, torch.float32, (1e-3, 1e-3), 13)
     entries = tune._read(tune.cache_file())
-    fwd = [e for k, e in entries.items() if k.startswith("seq_fwd|")]
-    assert fwd and fwd[0]["timed"] >= 1, entries
+    for kernel in ("seq_fwd", "seq_bwd"):
+        timed = [e["timed"] for k, e in entries.items() if k.startswith(f"{kernel}|")]
+        assert timed and min(timed) >= 1, entries
 
 
 def test_float64_packed_nn_lstm_cell_runs_nn_lstm_forward():

@@ -376,13 +376,17 @@ def pick_config(kernel, pb: Problem, launches, key_consts: dict, device: torch.d
     """The configuration ``tune.pick`` chooses (compiling and timing candidates on a GPU when the
     shape is new). launches(cfg) lists the (args, consts) of the launches one run makes with a
     configuration (several for a stepped one); key_consts are the constants that key the choice.
-    before_run() restores in/out buffers before each timed run."""
+    before_run() restores in/out buffers before each timed run, and once more after the last, so that
+    the caller's own launch starts from them too."""
     limits = device_limits(device)
+    timed = False
 
     def run(cfg: Config, warmup: bool):
+        nonlocal timed
         if warmup:
             args, consts = launches(cfg)[0]
             return run_config(kernel, cfg, pb, args, consts, warmup=True)
+        timed = True
         if before_run is not None:
             before_run()
         for args, consts in launches(cfg):
@@ -398,9 +402,12 @@ def pick_config(kernel, pb: Problem, launches, key_consts: dict, device: torch.d
         check_config(cfg, pb, limits)
         return cfg
 
-    return tune.pick(pb.kernel, tuning_key(pb, key_consts), lambda: candidates(pb, limits), run, fits,
-                     compiled=gpu_device(device) and not interpreting(), capturing=capturing(device), device=limits,
-                     finish=finish)
+    cfg = tune.pick(pb.kernel, tuning_key(pb, key_consts), lambda: candidates(pb, limits), run, fits,
+                    compiled=gpu_device(device) and not interpreting(), capturing=capturing(device), device=limits,
+                    finish=finish)
+    if timed and before_run is not None:
+        before_run()
+    return cfg
 
 
 def check_config(cfg: Config, pb: Problem, limits: DeviceLimits) -> None:

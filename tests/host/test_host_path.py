@@ -126,6 +126,37 @@ def test_the_tuner_times_candidates_once_and_capture_uses_its_choice(gpu, monkey
     assert sequence._pending == [], "nothing is read back during capture"
 
 
+def test_the_launch_after_tuning_starts_from_the_callers_buffers(gpu, monkeypatch):
+    """The tuner times candidates on the call's own buffers: each whole-sequence launch, the call's
+    own after the timed ones included, starts with a zero barrier counter and the backward's dh and
+    dc as the call gave them. The stand-in writes into them at every launch, as a kernel run does."""
+    monkeypatch.setenv("TRITON_LSTM_AUTOTUNE", "1")
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kwargs: fn() or 1.0)
+    starts = {"lstm_seq_fwd_kernel": [], "lstm_seq_bwd_kernel": []}
+
+    def run_kernel(name, args):
+        if not name.startswith("lstm_seq"):
+            return
+        if args["USE_BARRIER"]:  # a whole run in one launch (a stepped run's later launches read its writes)
+            state = [args["sync_ptr"].clone()] + [args[k].clone() for k in ("dh_ptr", "dc_ptr") if k in args]
+            starts[name].append(state)
+        args["sync_ptr"][0] += 5
+        for k in ("dh_ptr", "dc_ptr"):
+            if k in args:
+                args[k].fill_(7.0)
+
+    gpu.on_launch = run_kernel
+    out, h, c = lstm_sequence(*sequence_args(T=5, B=64, N=256))
+    (out.float().sum() + 2 * h.float().sum() + 3 * c.sum()).backward()
+    for name, runs in starts.items():
+        assert len(runs) >= 3, f"{name}: {len(runs)} whole-sequence launches (timed ones and the call's)"
+        assert [r for r in gpu.launches if r["name"] == name][-1]["args"]["USE_BARRIER"], "the call's own launch"
+        for state in runs:
+            assert int(state[0][0]) == 0, f"{name} started with the barrier counter at {int(state[0][0])}"
+            for got, want in zip(state[1:], runs[0][1:]):
+                assert torch.equal(got, want), f"{name} started from another run's dh/dc"
+
+
 def test_cooperative_launch_refused_is_a_clear_error(gpu):
     def refuse(name, args):
         if name.startswith("lstm_seq"):
