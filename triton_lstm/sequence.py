@@ -41,8 +41,11 @@ def _raise_on_flags(flags: Tensor, deferred: bool) -> None:
                          f"were set to NaN)")
 
 
-def check_earlier_launches() -> None:
-    """Raise if a finished earlier launch reported a failure. Never waits for the GPU."""
+def check_earlier_launches(device: torch.device) -> None:
+    """Raise if a finished earlier launch reported a failure. Never waits for the GPU; looks at
+    nothing while ``device``'s stream is being captured (querying an event is not allowed then)."""
+    if launch.capturing(device):
+        return
     while _pending and _pending[0][0].query():
         _, flags = _pending.pop(0)
         _raise_on_flags(flags, deferred=True)
@@ -93,7 +96,7 @@ def _persistent_launch(kernel, pb: Problem, args, consts: dict, T: int, t_first:
                     for first, n_steps, phase in schedule()]
         return [(steps(t_first, T), one_launch)]
 
-    check_earlier_launches()
+    check_earlier_launches(dev)
     with launch.device_guard(dev):
         cfg = launch.pick_config(kernel, pb, launches, one_launch, dev, before_run=reset)
         for run_args, run_consts in launches(cfg):

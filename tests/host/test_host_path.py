@@ -119,11 +119,12 @@ def test_the_tuner_times_candidates_once_and_capture_uses_its_choice(gpu, monkey
     monkeypatch.setattr(launch, "capturing", lambda device: True)
     timed.clear()
     gpu.launches.clear()
+    pending = list(sequence._pending)
     lstm_sequence(*args)
     assert timed == [] and gpu.launches[-1]["args"]["BLOCK_B"] == best.block_b
     assert gpu.launches[-1]["grid"] == launch.programs(best, launch.Problem("seq_fwd", 64, 0, 256, 256, False,
                                                                             torch.float16))
-    assert sequence._pending == [], "nothing is read back during capture"
+    assert sequence._pending == pending, "nothing is read back during capture"
 
 
 def test_the_launch_after_tuning_starts_from_the_callers_buffers(gpu, monkeypatch):
@@ -155,6 +156,22 @@ def test_the_launch_after_tuning_starts_from_the_callers_buffers(gpu, monkeypatc
             assert int(state[0][0]) == 0, f"{name} started with the barrier counter at {int(state[0][0])}"
             for got, want in zip(state[1:], runs[0][1:]):
                 assert torch.equal(got, want), f"{name} started from another run's dh/dc"
+
+
+def test_capture_after_eager_calls_queries_no_event(gpu, monkeypatch):
+    """An eager call leaves its flags to be checked at a later call; a call under CUDA-graph capture
+    must not query that call's event (not allowed during capture), the next eager call does."""
+    args = sequence_args()
+    lstm_sequence(*args)
+    assert len(sequence._pending) == 1
+    queried = []
+    monkeypatch.setattr(aot._CompleteEvent, "query", lambda self: queried.append(launch.capturing(None)) or True)
+    monkeypatch.setattr(launch, "capturing", lambda device: True)
+    lstm_sequence(*args)
+    assert queried == [] and len(sequence._pending) == 1
+    monkeypatch.setattr(launch, "capturing", lambda device: False)
+    lstm_sequence(*args)
+    assert queried == [False] and len(sequence._pending) == 1, "the eager call checks the earlier one, then waits"
 
 
 def test_cooperative_launch_refused_is_a_clear_error(gpu):
