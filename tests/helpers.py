@@ -69,12 +69,21 @@ def cell_args(t: dict) -> tuple:
             t["projection"])
 
 
+def as_inputs(up: dict, t: dict) -> dict:
+    """The copies cast back to the dtypes of ``t`` (inside the graph): the reference then computes
+    half-precision inputs as specified and as the kernels do, in float32 with m rounded to the input
+    dtype before the projection and h kept in it. A clipped projection's gradient mask needs that:
+    on float32 copies, m that rounding moves across proj_clip gets the other mask."""
+    return {k: (None if v is None else v.to(t[k].dtype)) for k, v in up.items()}
+
+
 def reference_fp32(t: dict, **options):
-    """The reference on float32 copies of the same (possibly half-rounded) values."""
+    """The reference on float32 copies of the same (possibly half-rounded) values, the leaves of its
+    gradients, going in as the inputs' dtypes (``as_inputs``)."""
     up = {k: (None if v is None else v.detach().float().requires_grad_(v.requires_grad)) for k, v in t.items()}
     act = resolve_activation(options.pop("activation", None))[1]
     gate = resolve_recurrent_activation(options.pop("recurrent_activation", None))[1]
-    return up, lstm_cell_reference(*cell_args(up), activation=act, recurrent_activation=gate, **options)
+    return up, lstm_cell_reference(*cell_args(as_inputs(up, t)), activation=act, recurrent_activation=gate, **options)
 
 
 def assert_close(name: str, got: torch.Tensor, want: torch.Tensor, tol: tuple[float, float]) -> None:

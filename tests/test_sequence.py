@@ -11,7 +11,7 @@ import re
 import pytest
 import torch
 
-from helpers import CELL_AXES, TOLERANCES, assert_close, cell_tensors
+from helpers import CELL_AXES, TOLERANCES, as_inputs, assert_close, cell_tensors
 from pairwise import case_id, pairwise
 from triton_lstm import (LSTMCell, LSTMStateTuple, dynamic_rnn, lstm_cell, lstm_sequence,
                          lstm_sequence_reference)
@@ -65,18 +65,22 @@ def case_tensors(case, T, B, D, N, width, device, seed):
     return t, options
 
 
-def check_case(run, case, t, options, lengths, tol, seed, grads=True):
+def check_case(run, case, t, options, lengths, tol, seed, grads=True, half_inputs=False):
     """run(*lstm_sequence's tensors, lengths, activation, recurrent_activation, **options) against the
     reference on the same values, in float64 for float64 inputs and float32 otherwise: outputs and
     final state (c_T in the reference's dtype), TF's masking, and with ``grads`` every gradient.
+    With ``half_inputs`` half-precision values go into the reference as such (helpers.as_inputs: the
+    kernels' rounding of m and h); the CPU loop computes them in float32 throughout.
     Returns run's (out, h_T, c_T)."""
     dtype = case["dtype"]
     activation, gate = case["activation"], case.get("recurrent_activation")
     out, h_T, c_T = run(*seq_args(t), lengths, activation=activation, recurrent_activation=gate, **options)
     ref_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     up = {k: (None if v is None else v.detach().to(ref_dtype).requires_grad_()) for k, v in t.items()}
-    ref = lstm_sequence_reference(*seq_args(up), lengths, activation=resolve_activation(activation)[1],
+    ref = lstm_sequence_reference(*seq_args(as_inputs(up, t) if half_inputs else up), lengths,
+                                  activation=resolve_activation(activation)[1],
                                   recurrent_activation=resolve_recurrent_activation(gate)[1], **options)
+    ref = tuple(r.to(ref_dtype) for r in ref)
     assert out.dtype == dtype and h_T.dtype == dtype and c_T.dtype == ref_dtype
     for name, got, want in zip(("out", "h_T", "c_T"), (out, h_T, c_T), ref):
         assert_close(name, got, want, tol["fwd"])
@@ -94,12 +98,13 @@ def run_sequence_case(case, T, B, D, N, P, device, grid, lengths=None, seed=0):
     width = P if case["projection"] != "none" else N
     t, options = case_tensors(case, T, B, D, N, P if case["projection"] != "none" else None, device, seed)
     assert kernels_run_on(t["x"].device, dtype)
-    # As in test_step_kernels: the interpreter rounds fp32 -> bf16 by truncation (GPUs round to
-    # nearest), so m, rounded to bf16 before the projection, lands on the other side of proj_clip here
-    # and there and the clip's gradient masks differ from the reference's. The forward is continuous
-    # in the clip and still checked; on a GPU the gradients are too.
+    # As in test_step_kernels: the interpreter rounds fp32 -> bf16 by truncation (GPUs and the
+    # reference round to nearest), so m, rounded to bf16 before the projection, lands on the other
+    # side of proj_clip here and there and the clip's gradient masks differ from the reference's. The
+    # forward is continuous in the clip and still checked; on a GPU the gradients are too.
     grads = not (interpreting() and dtype == torch.bfloat16 and options["proj_clip"] is not None)
-    out, h_T, c_T = check_case(lstm_sequence, case, t, options, lengths, TOLERANCES[dtype], seed, grads)
+    out, h_T, c_T = check_case(lstm_sequence, case, t, options, lengths, TOLERANCES[dtype], seed, grads,
+                               half_inputs=True)
     assert out.shape == (T, B, width) and h_T.shape == (B, width) and c_T.shape == (B, N)
     grid.check()
 

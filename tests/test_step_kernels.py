@@ -28,9 +28,9 @@ def run_case(case, B, D, N, P, device, seed=0):
     assert_close("h", h, h_ref, tol["fwd"])
     assert_close("c", c, c_ref, tol["fwd"])
     if interpreting() and dtype == torch.bfloat16 and options["proj_clip"] is not None:
-        # The interpreter rounds fp32 -> bf16 by truncation (GPUs round to nearest), so m, rounded
-        # before the projection, lands on the other side of proj_clip here and there: the masks
-        # differ from the reference's. The GPU tests check these gradients.
+        # The interpreter rounds fp32 -> bf16 by truncation (GPUs and the reference round to
+        # nearest), so m, rounded before the projection, lands on the other side of proj_clip here
+        # and there: the masks differ from the reference's. The GPU tests check these gradients.
         return
     g = torch.Generator().manual_seed(seed + 1)
     gh = torch.randn(h.shape, generator=g).to(device)
