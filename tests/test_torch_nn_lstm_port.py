@@ -35,6 +35,7 @@ import io
 import os
 import re
 import tempfile
+import unittest
 from copy import deepcopy
 from inspect import isgenerator
 from itertools import chain, product
@@ -58,7 +59,7 @@ from torch.testing._internal.common_utils import (TestCase, dtype2prec_DONTUSE, 
 
 from helpers import fresh_python
 import triton_lstm
-from triton_lstm.launch import interpreting
+from triton_lstm.launch import interpreting, kernels_run_on
 
 TEST_CUDA = torch.cuda.is_available()
 THIN = os.environ.get("TRITON_LSTM_PORT_THIN") == "1"
@@ -787,6 +788,19 @@ DTYPES = [pytest.param(d, id=str(d).replace("torch.", "")) for d in MODULE_INFO.
 TRAINING = [pytest.param(True, id="train"), pytest.param(False, id="eval")]
 
 
+def upstream_expected_failures(request, test_name, LSTM, dtype):
+    """Upstream's @modules applies the ModuleInfo's decorators: those marking an expected failure
+    (cuDNN's limits, on CUDA) apply here where the run reaches cuDNN: torch.nn.LSTM, and
+    triton_lstm.LSTM in a dtype its kernels do not run (handed to nn.LSTM.forward). The test must
+    then fail (strict), as upstream's would."""
+    if LSTM is not nn.LSTM and kernels_run_on(torch.device(DEVICE), dtype):
+        return
+    for info in MODULE_INFO.decorators:
+        if (unittest.expectedFailure in info.decorators
+                and info.is_active("TestModule", test_name, torch.device(DEVICE).type, dtype, {})):
+            request.applymarker(pytest.mark.xfail(strict=True, reason="an expected failure in nn.LSTM's ModuleInfo"))
+
+
 class ModuleInfoFor:
     """nn.LSTM's ModuleInfo with module_cls replaced by the class under test."""
 
@@ -1020,7 +1034,8 @@ def _zero_grad(obj):
 
 @pytest.mark.parametrize("training", TRAINING)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_non_contiguous_tensors(module_self, LSTM, dtype, training):
+def test_non_contiguous_tensors(module_self, LSTM, dtype, training, request):
+    upstream_expected_failures(request, "test_non_contiguous_tensors", LSTM, dtype)
     self, device, module_info = module_self, DEVICE, ModuleInfoFor(LSTM)
     # Check modules work with non-contiguous tensors
 
@@ -1202,12 +1217,14 @@ def _test_gradients_helper(self, device, dtype, module_info, training, check):
 
 
 @pytest.mark.parametrize("training", TRAINING)
-def test_grad(module_self, LSTM, training):
+def test_grad(module_self, LSTM, training, request):
+    upstream_expected_failures(request, "test_grad", LSTM, torch.double)
     _test_gradients_helper(module_self, DEVICE, torch.double, ModuleInfoFor(LSTM), training, gradcheck)
 
 
 @pytest.mark.parametrize("training", TRAINING)
-def test_gradgrad(module_self, LSTM, training):
+def test_gradgrad(module_self, LSTM, training, request):
+    upstream_expected_failures(request, "test_gradgrad", LSTM, torch.double)
     _test_gradients_helper(module_self, DEVICE, torch.double, ModuleInfoFor(LSTM), training, gradgradcheck)
 
 
