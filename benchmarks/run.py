@@ -55,8 +55,9 @@ fp32 on a GPU: by default tf32 is off for both torch matmuls and cuDNN (``--tf32
 every provider computes in full fp32; the row records both flags.
 
 On a GPU the kernels tune on their first call of a shape (unless TRITON_LSTM_AUTOTUNE=0): each row
-records ``first_call_tune_s``, the seconds that provider's first calls spent compiling and timing
-candidates (0 when the tuning cache already had the shape), and the log prints it.
+records ``first_call_tune_s``, the seconds the tuner spent compiling and timing candidates for the
+kernels first called while that row was made (a provider's set-up and check count toward its first
+row; 0 when the tuning cache already had them), and the log prints it.
 
 Results: ``--results FILE`` overrides the results file, ``--out DIR`` also writes this run's rows
 (``results.jsonl``), the log (``bench_log.txt``) and the final table (``summary.txt``) there,
@@ -831,9 +832,11 @@ class Runner:
                     except Exception as e:  # as above: recorded with its error text
                         self._missing([job], e)
                         continue
-                    # Seconds the tuner took on this provider's first calls of the shape (kernels
-                    # compiled and timed; 0 when the cache already had them).
-                    tune_s = sum(v for k, v in tune.tuning_seconds().items() if k not in tuned_before)
+                    # Seconds the tuner took on the kernels first called for this row (compiled and
+                    # timed; 0 when the cache already had them).
+                    tuned = tune.tuning_seconds()
+                    tune_s = sum(v for k, v in tuned.items() if k not in tuned_before)
+                    tuned_before = tuned
                     self._timed(job, setup, check, path, ms=p50, ms_p20=p20, ms_p80=p80, first_call_tune_s=tune_s,
                                 timing="median of triton.testing.do_bench (CUDA events)")
                 del setup

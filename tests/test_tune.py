@@ -23,6 +23,7 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setattr(tune, "cache_file", lambda: path)
     monkeypatch.setattr(tune, "_memory", {})
     monkeypatch.setattr(tune, "_chosen", {})
+    monkeypatch.setattr(tune, "_tuned", {})
     monkeypatch.delenv("TRITON_LSTM_CONFIG", raising=False)
     monkeypatch.delenv("TRITON_LSTM_AUTOTUNE", raising=False)
     return path
@@ -60,12 +61,16 @@ def test_pick_prunes_before_timing_times_the_rest_and_persists(cache, monkeypatc
     stored = json.loads(cache.read_text())["seq_fwd|k"]
     assert stored["config"] == {f: getattr(best, f) for f in stored["config"]}
     assert stored["candidates"] == 4 and stored["timed"] == 3 and stored["tune_s"] >= 0
-    # A new process: nothing in memory; the file answers without compiling or running anything.
+    assert tune.tuning_seconds() == {"seq_fwd|k": stored["tune_s"]}
+    # A new process: nothing in memory; the file answers without compiling or running anything,
+    # and it tuned nothing itself.
     monkeypatch.setattr(tune, "_memory", {})
     monkeypatch.setattr(tune, "_chosen", {})
+    monkeypatch.setattr(tune, "_tuned", {})
     gpu.compiled.clear(), gpu.ran.clear()
     assert gpu.pick() == best
     assert gpu.compiled == [] and gpu.ran == []
+    assert tune.tuning_seconds() == {}
 
 
 def test_a_choice_is_made_once_per_process(cache, monkeypatch):

@@ -39,6 +39,7 @@ C = TypeVar("C")
 
 _memory: dict[str, dict] = {}   # cache file contents, per file
 _chosen: dict[tuple, Any] = {}   # this process's choice per kernel, key and environment
+_tuned: dict[str, float] = {}    # seconds each kernel|key that this process tuned took
 
 # Values TRITON_LSTM_CONFIG may give each field (what the kernels can compile).
 PIN_CHOICES = dict(block_b=(16, 32, 64, 128), block_n=(4, 8, 16, 32, 64), block_p=(16, 32, 64, 128),
@@ -192,10 +193,12 @@ def _choose(kernel, key, candidates, run, fits, compiled, capturing):
     entry = {"config": dataclasses.asdict(best), "ms": ms, "candidates": len(space), "timed": len(timings),
              "tune_s": round(time.perf_counter() - start, 3)}
     memo[full_key] = entry
+    _tuned[full_key] = entry["tune_s"]
     _write(path, full_key, entry)
     return best
 
 
 def tuning_seconds() -> dict[str, float]:
-    """Seconds each key tuned in this process took (for the benchmark's report)."""
-    return {k: v["tune_s"] for memo in _memory.values() for k, v in memo.items() if "tune_s" in v}
+    """Seconds each key tuned in this process took (for the benchmark's report); keys read from the
+    cache file are not among them."""
+    return dict(_tuned)
