@@ -332,6 +332,30 @@ def test_own_state_dict_round_trip(device):
                                                  torch.utils._pytree.tree_leaves(dst(x))))
 
 
+def test_cudnn_flattening_only_for_cells_nn_lstm_runs(monkeypatch):
+    """cuDNN's flat weight buffer (nn.LSTM.flatten_parameters, a no-op on the CPU, recorded here in
+    its place) is packed only for cells nn.LSTM's own forward may run, never for a projection as
+    wide as the cell (no cuDNN RNN) nor for weights torch.func substituted (no storage on a GPU)."""
+    calls = []
+    monkeypatch.setattr(torch.nn.LSTM, "flatten_parameters",
+                        lambda self: calls.append([torch._C._functorch.is_functorch_wrapped_tensor(w)
+                                                   for w in self._flat_weights]))
+    plain = LSTM(D, H, num_layers=2)
+    assert len(calls) == 1
+    for module in (LSTM(D, H, proj_size=H), LSTM(D, H, proj_size=H + 2), LSTM(D, H, use_peepholes=True)):
+        module.to(torch.float64)
+        module._init_flat_weights()
+    assert len(calls) == 1
+    plain.to(torch.float64)
+    assert len(calls) == 2
+
+    x = randn(T, B, D, seed=5).double()
+    params = {k: v.detach() for k, v in plain.named_parameters()}
+    grads = torch.func.grad(lambda p: torch.func.functional_call(plain, p, (x,))[0].square().sum())(params)
+    assert set(grads) == set(params)
+    assert not any(any(wrapped) for wrapped in calls), "packed weights that torch.func substituted"
+
+
 def test_where_kernels_do_not_run_nn_lstm_computes_it():
     """float64 runs no kernel: a configuration nn.LSTM computes is nn.LSTM's own forward, bit for bit;
     with a TF option set it is the reference path (not nn.LSTM's numbers)."""

@@ -73,6 +73,20 @@ class LSTM(nn.LSTM):
                                             nn.Parameter(torch.empty(hidden_size, **factory)))
         if wide or use_peepholes:
             self.reset_parameters()
+        self.flatten_parameters()  # nn.LSTM's constructor did, before the options were known
+
+    def flatten_parameters(self) -> None:
+        """nn.LSTM's: packs the weights into cuDNN's flat buffer (CUDA only), which nothing but
+        nn.LSTM's own forward reads; that runs only the cells it computes (``computes_torch_lstm``),
+        so other cells skip it (a projection at least as wide as the cell is none cuDNN takes). So do
+        weights torch.func substituted (``functional_call`` under ``grad`` or ``vmap``): they have no
+        storage to pack."""
+        if "recurrent_activation" not in self.__dict__ or not self.computes_torch_lstm():
+            return  # (nn.LSTM's constructor calls this before the options are set)
+        wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+        if any(isinstance(w, Tensor) and wrapped(w) for w in self._flat_weights):
+            return
+        super().flatten_parameters()
 
     def _suffixes(self) -> list[str]:
         """'_l0', '_l0_reverse', ... in nn.LSTM's layer order."""
