@@ -101,7 +101,7 @@ def _persistent_launch(kernel, pb: Problem, args, consts: dict, T: int, t_first:
         cfg = launch.pick_config(kernel, pb, launches, one_launch, dev, before_run=reset)
         for run_args, run_consts in launches(cfg):
             launch.run_config(kernel, cfg, pb, run_args, run_consts)
-    watch(sync)
+        watch(sync)  # its event on the launches' device
 
 
 def seq_forward(xw: Tensor, h0: Tensor, c0: Tensor, w_h: Tensor, peepholes, projection: Optional[Tensor],

@@ -57,9 +57,14 @@ def gpu(tmp_path, monkeypatch):
     monkeypatch.setattr(tune, "cache_file", lambda: tmp_path / "h100-triton.json")
     monkeypatch.setattr(sequence, "_pending", [])
     state = Gpu()
+
+    def record(event, stream=None):  # CUDA events, which stand_in_gpu makes always complete
+        assert state.guarded, "an event recorded outside the device guard (on another GPU's stream)"
+
     with aot.stand_in_gpu(90, state.launch) as target:
         state.target = target
         monkeypatch.setattr(launch, "device_guard", state.guard)
+        monkeypatch.setattr(aot._CompleteEvent, "record", record)
         yield state
 
 
