@@ -151,7 +151,9 @@ main() {
         if [ "$SESSION" = quick ]; then
             # The GPU tests run with tuning off (the first configuration that fits; the tuner's own test
             # turns it on); the benchmark tunes, and reports what each shape's first call cost.
-            phase tests "$TESTS_TIMEOUT" env TRITON_LSTM_AUTOTUNE=0 TRITON_LSTM_PORT_THIN=1 $PY -m pytest -q \
+            # Inductor compiles in each test process (its default pool would start 16 workers in each of 8).
+            phase tests "$TESTS_TIMEOUT" env TRITON_LSTM_AUTOTUNE=0 TRITON_LSTM_PORT_THIN=1 TORCHINDUCTOR_COMPILE_THREADS=1 \
+                $PY -m pytest -q \
                 "${xdist[@]}" --timeout 150 --durations=5 --continue-on-collection-errors tests/ \
                 --deselect tests/test_aot_compile.py --deselect tests/test_host_path.py || failed=1
             phase aot "$AOT_TIMEOUT" $PY -m triton_lstm.aot --arch 90 --jobs 16 --json "$OUT/aot.jsonl" || failed=1
