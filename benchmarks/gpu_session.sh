@@ -148,20 +148,25 @@ main() {
             xdist=()
             echo "pytest-xdist is not installed: the tests run in one process"
         fi
+        # Stop starting tests before the phase's limit, so that pytest still prints which failed.
+        local stop_early=()
+        if $PY -m pytest --help 2>/dev/null | grep -q -- --session-timeout; then
+            stop_early=(--session-timeout $((TESTS_TIMEOUT - 25)))
+        fi
         if [ "$SESSION" = quick ]; then
             # The GPU tests run with tuning off (the first configuration that fits; the tuner's own test
             # turns it on); the benchmark tunes, and reports what each shape's first call cost.
             # Inductor compiles in each test process (its default pool would start 16 workers in each of 8).
             phase tests "$TESTS_TIMEOUT" env TRITON_LSTM_AUTOTUNE=0 TRITON_LSTM_PORT_THIN=1 TORCHINDUCTOR_COMPILE_THREADS=1 \
                 $PY -m pytest -q \
-                "${xdist[@]}" --timeout 150 --durations=5 --continue-on-collection-errors tests/ \
+                "${xdist[@]}" "${stop_early[@]}" --timeout 150 --durations=5 --continue-on-collection-errors tests/ \
                 --deselect tests/test_aot_compile.py --deselect tests/test_host_path.py || failed=1
             phase aot "$AOT_TIMEOUT" $PY -m triton_lstm.aot --arch 90 --jobs 16 --json "$OUT/aot.jsonl" || failed=1
             phase bench "$BENCH_TIMEOUT" $PY -m benchmarks.run --quick "${bench_args[@]}" || failed=1
         else
             [ ${#xdist[@]} -gt 0 ] && xdist=(-n 16)
             export TRITON_LSTM_GPU_FULL=1
-            phase tests "$TESTS_TIMEOUT" env TRITON_LSTM_AUTOTUNE=0 $PY -m pytest -q "${xdist[@]}" --timeout 150 \
+            phase tests "$TESTS_TIMEOUT" env TRITON_LSTM_AUTOTUNE=0 $PY -m pytest -q "${xdist[@]}" "${stop_early[@]}" --timeout 150 \
                 --continue-on-collection-errors tests/test_gpu.py -k step_option_matrix || failed=1
             phase bench "$BENCH_TIMEOUT" $PY -m benchmarks.run --resume "${bench_args[@]}" || failed=1
         fi
