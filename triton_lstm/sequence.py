@@ -72,8 +72,8 @@ def _persistent_launch(kernel, pb: Problem, args, consts: dict, T: int, t_first:
                        restore=None) -> None:
     """Launch a persistent kernel over all T steps; ``args(cfg)`` gives its arguments up to ``sync_ptr``.
     ``schedule()`` lists the (t_first, n_steps, phase constants) of one-phase launches that replace it
-    for a stepped configuration (built only then: it has T entries or more). restore() puts in/out buffers back before each run while the tuner
-    times candidates."""
+    for a stepped configuration (built only then: it has T entries or more). restore() puts in/out
+    buffers back before each run the tuner times and after the last (``launch.pick_config``)."""
     dev = sync.device
 
     def reset():
