@@ -102,6 +102,32 @@ def test_other_cells_run_the_loop(case, lengths):
     assert "triton_lstm::cpu_seq_fwd" in ran and "triton_lstm::cpu_seq_bwd" in ran and "aten::lstm" not in ran
 
 
+@pytest.mark.parametrize("case,lengths,backward_places", [
+    (dict(PLAIN, projection="proj"), None, (False,)),
+    (dict(EXTRAS, projection="proj+clip"), [5, 0, 2, 5], (False, True))], ids=["torch-lstm", "loop"])
+def test_autocast_leaves_the_cpu_path_in_float32(case, lengths, backward_places):
+    """Under CPU autocast (its inputs already cast, as lstm_sequence casts them) both tiers still
+    compute in float32, and a backward outside the autocast region (the usual mixed-precision
+    recipe) runs: outputs and gradients equal those of the same call without autocast. The loop's
+    own backward also inside it (aten's LSTM backward there is autocast's, which torch advises against)."""
+    t, options = tensors_for(dict(case, dtype=torch.bfloat16))
+    lengths = None if lengths is None else torch.tensor(lengths)
+    leaves = [v for v in t.values() if v is not None]
+
+    def outputs_and_grads(autocast: bool, backward_inside: bool):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            outs = lstm_sequence_cpu(*seq_args(t), lengths, **options)
+            if backward_inside:
+                return outs, torch.autograd.grad(squared(outs), leaves)
+        return outs, torch.autograd.grad(squared(outs), leaves)
+
+    want_outs, want_grads = outputs_and_grads(False, False)
+    for backward_inside in backward_places:
+        outs, grads = outputs_and_grads(True, backward_inside)
+        for i, (got, want) in enumerate(zip(outs + grads, want_outs + want_grads)):
+            assert got.dtype == want.dtype and torch.equal(got, want), f"result {i}, backward_inside={backward_inside}"
+
+
 @pytest.mark.parametrize("lengths", [None, [2, 5, 0, 3]], ids=["full", "variable"])
 @pytest.mark.parametrize("projection", ["none", "proj+clip"])
 def test_loop_without_grad_keeps_nothing_and_computes_the_same(projection, lengths):
