@@ -410,3 +410,15 @@ def test_projection_gradient_is_contiguous(device):
     out, _ = lstm(randn(T, B, D, seed=6).to(device))
     out.sum().backward()
     assert all(p.grad.is_contiguous() for p in lstm.parameters())
+
+
+@pytest.mark.parametrize("extras", [dict(use_peepholes=True, cell_clip=1.0), dict(proj_size=8, proj_clip=1.0)],
+                         ids=["peepholes+clip", "wide-projection"])
+def test_meta_device_forward_gives_shapes(extras):
+    """On the meta device (deferred initialisation), a module with TF's extras runs its forward as
+    nn.LSTM does for its own cells: meta outputs of the right shapes, for a bidirectional stack."""
+    lstm = LSTM(4, 6, num_layers=2, bidirectional=True, device="meta", **extras)
+    out, (h, c) = lstm(torch.randn(5, 3, 4, device="meta"))
+    width = lstm.proj_size or 6
+    assert out.is_meta and h.is_meta and c.is_meta
+    assert (out.shape, h.shape, c.shape) == ((5, 3, 2 * width), (4, 3, width), (4, 3, 6))

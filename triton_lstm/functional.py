@@ -130,7 +130,8 @@ def autocast(*tensors: Optional[Tensor]) -> tuple[Optional[Tensor], ...]:
     """Under torch.autocast, the floating inputs in the autocast dtype (as nn.LSTM's inputs are);
     otherwise unchanged. Callers leave the cell state out: it stays float32."""
     device_type = next(t.device.type for t in tensors if t is not None)
-    if not torch.is_autocast_enabled(device_type):
+    # torch.is_autocast_enabled raises for device types autocast does not know (meta).
+    if not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
         return tensors
     dtype = torch.get_autocast_dtype(device_type)
     return tuple(None if t is None or not t.is_floating_point() else t.to(dtype) for t in tensors)
