@@ -16,7 +16,7 @@ from test_higher_order import assert_all_close, second_order, squared
 from test_nan import CASES as NAN_CASES, assert_same_nonfinite, poison
 from test_sequence import case_tensors, check_case, seq_args, seq_tensors, variable_lengths
 from triton_lstm import lstm_sequence, lstm_sequence_reference
-from triton_lstm.activations import activation_id, resolve_activation, resolve_recurrent_activation
+from triton_lstm.activations import ACTIVATIONS, activation_id, resolve_activation, resolve_recurrent_activation
 from triton_lstm.cpu import lstm_sequence_cpu, loop_sequence, torch_lstm_computes
 
 FP64 = dict(fwd=(1e-10, 1e-10), grad=(1e-9, 1e-9))
@@ -260,6 +260,17 @@ def test_loop_double_backward(case):
     assert torch.autograd.gradgradcheck(lambda *args: loop(*args, lengths), inputs, fast_mode=True)
     assert_all_close(second_order(lambda *args: loop(*args, lengths), inputs),
                      second_order(lambda *args: reference(*args, lengths), inputs), "second derivative", FP64_GRAD)
+
+
+@pytest.mark.parametrize("arg", ["activation", "recurrent_activation"])
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_double_backward_through_every_activation(name, arg):
+    """Every named activation, as the cell's and as the gates', is differentiable twice through the
+    loop, whose double backward recomputes with the reference (torch's F.hardsigmoid is not:
+    aten's hardsigmoid_backward has no derivative): gradgradcheck in float64."""
+    options = dict(HIGHER_OPTIONS, **{arg: name})
+    assert torch.autograd.gradgradcheck(lambda *args: loop_sequence(*args, None, **options), tiny_inputs(),
+                                        fast_mode=True)
 
 
 @pytest.mark.parametrize("case", HIGHER_CASES, ids=higher_id)

@@ -16,6 +16,32 @@ def linear(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+class _Hardsigmoid(torch.autograd.Function):
+    """torch's hardsigmoid, its values and first derivative as aten's, with a backward built from
+    differentiable ops: aten's hardsigmoid_backward has no derivative, so a double backward through
+    F.hardsigmoid fails."""
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return F.hardsigmoid(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor) -> torch.Tensor:
+        x, = ctx.saved_tensors
+        # aten's hardsigmoid_backward: 1/6 on the open interval (-3, 3), 0 elsewhere and at NaN.
+        return torch.where((x > -3) & (x < 3), dy * (1 / 6), 0.0)
+
+
+def hardsigmoid(x: torch.Tensor) -> torch.Tensor:
+    """torch's (and Keras 3's) hardsigmoid, clip(x / 6 + 0.5, 0, 1), differentiable twice."""
+    return _Hardsigmoid.apply(x)
+
+
 # name -> (kernel id, torch implementation); ids match kernels/cell_math.py.
 ACTIVATIONS: dict[str, tuple[int, Callable[[torch.Tensor], torch.Tensor]]] = {
     "tanh": (0, torch.tanh),
@@ -25,14 +51,14 @@ ACTIVATIONS: dict[str, tuple[int, Callable[[torch.Tensor], torch.Tensor]]] = {
     "softsign": (4, F.softsign),
     "hard_sigmoid": (5, hard_sigmoid),
     "elu": (6, F.elu),
-    "hardsigmoid": (7, F.hardsigmoid),
+    "hardsigmoid": (7, hardsigmoid),
 }
 
 # Torch callables that compute exactly one of the named activations.
 _CALLABLE_NAMES = {
     torch.tanh: "tanh", F.tanh: "tanh", torch.relu: "relu", F.relu: "relu",
     torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", F.softsign: "softsign", F.elu: "elu",
-    hard_sigmoid: "hard_sigmoid", linear: "linear", F.hardsigmoid: "hardsigmoid",
+    hard_sigmoid: "hard_sigmoid", linear: "linear", F.hardsigmoid: "hardsigmoid", hardsigmoid: "hardsigmoid",
 }
 
 Activation = Union[str, Callable[[torch.Tensor], torch.Tensor], None]
@@ -44,6 +70,7 @@ def resolve_activation(activation: Activation, arg: str = "activation",
     ``default`` (TF: tanh for the cell activation, sigmoid for the gates).
 
     A callable that is not one of the known functions gets name None: it runs on the reference path.
+    One of them gets the named activation's function (the same values, differentiable as often).
     """
     if activation is None:
         activation = default
@@ -56,7 +83,7 @@ def resolve_activation(activation: Activation, arg: str = "activation",
     if not callable(activation):
         raise TypeError(f"{arg}: expected None, a name or a callable, got {type(activation).__name__}")
     name = _CALLABLE_NAMES.get(activation)
-    return name, activation
+    return name, ACTIVATIONS[name][1] if name is not None else activation
 
 
 def resolve_recurrent_activation(activation: Activation) -> tuple[str | None, Callable[[torch.Tensor], torch.Tensor]]:
