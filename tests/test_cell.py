@@ -104,6 +104,10 @@ def test_get_initial_state():
         cell.get_initial_state()
     with pytest.raises(ValueError, match="batch_size and dtype"):
         cell.get_initial_state(batch_size=2)
+    # TF: "dtype from input tensor is different from the input param".
+    with pytest.raises(ValueError, match=r"^dtype: torch.float64 differs from the inputs' dtype torch.float32"):
+        cell.get_initial_state(inputs=torch.ones(5, D), dtype=torch.float64)
+    assert cell.get_initial_state(inputs=torch.ones(5, D), dtype="float32").c.dtype == torch.float32
 
 
 # -- lazy build -------------------------------------------------------------------------------------
@@ -475,6 +479,20 @@ def test_lazy_cell_honours_to_before_the_first_call(convert, dtype, device):
     out, (c, h) = cell(torch.randn(2, D, device=device, dtype=dtype))
     assert {p.dtype for p in cell.parameters()} == {dtype} and out.dtype == dtype
     assert cell.kernel.device.type == torch.device(device).type
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("first_call", ["cell", "dynamic_rnn"])
+def test_lazy_cell_takes_the_first_inputs_dtype(first_call, dtype, device):
+    """TF's dtype=None: "use the type of the first input"; a dtype given stays."""
+    cell = LSTMCell(N, use_peepholes=True, num_proj=P, device=device)
+    x = torch.randn(2, 3, D, device=device, dtype=dtype)
+    out = cell(x[:, 0])[0] if first_call == "cell" else dynamic_rnn(cell, x)[0]
+    assert {p.dtype for p in cell.parameters()} == {dtype} and out.dtype == dtype
+    fixed = LSTMCell(N, dtype=torch.float32, device=device)
+    with pytest.raises(TypeError, match=r"^inputs: dtype .* differs from the cell's weights \(torch.float32\)"):
+        fixed(x[:, 0])
+    assert fixed.kernel.dtype == torch.float32
 
 
 def test_lazy_cell_loads_a_state_dict_before_the_first_call(device):

@@ -54,7 +54,7 @@ def test_x_wrong_feature_size_functional():
 
 def test_x_wrong_feature_size_module():
     cell = LSTMCell(N, num_proj=P, input_size=D)
-    with pytest.raises(ValueError, match=rf"^inputs: expected last dimension {D} \(input_size\), "
+    with pytest.raises(ValueError, match=rf"^inputs: expected last dimension {D} \(the cell's input_size\), "
                                          rf"got shape {_shape(B, D + 2)}"):
         cell(torch.randn(B, D + 2))
 
@@ -127,8 +127,10 @@ def test_mixed_devices():
 
 
 def test_bad_dtype_string():
-    with pytest.raises(TypeError, match=r"^dtype: expected a torch.dtype or one of .*got 'float8'"):
+    with pytest.raises(TypeError, match=r"^dtype: expected None, a floating dtype .*got 'float8'"):
         LSTMCell(N, dtype="float8")
+    with pytest.raises(TypeError, match=r"^dtype: expected None, a floating dtype .*got torch.int32"):
+        LSTMCell(N, dtype=torch.int32, input_size=D)
     cell = LSTMCell(N)
     with pytest.raises(TypeError, match=r"^dtype: .*got 'fp32'"):
         cell.zero_state(2, "fp32")
@@ -176,10 +178,23 @@ def test_clip_not_a_number():
 
 
 def test_proj_clip_without_num_proj():
-    with pytest.raises(ValueError, match="^proj_clip: only meaningful with num_proj"):
-        LSTMCell(N, proj_clip=1.0)
+    """TF's cell takes a proj_clip without num_proj and ignores it: so does LSTMCell, with a warning.
+    The functional API, with the weights given, rejects it."""
+    with pytest.warns(UserWarning, match="^proj_clip has no effect without num_proj"):
+        cell = LSTMCell(N, proj_clip=0.01, input_size=D)
+    plain = LSTMCell(N, input_size=D)
+    plain.load_state_dict(cell.state_dict())
+    x = torch.randn(B, D)
+    assert torch.equal(cell(x)[0], plain(x)[0]) and cell(x)[0].abs().max() > 0.01
     with pytest.raises(ValueError, match="^proj_clip: only meaningful with a projection"):
         _call(_t(num_proj=None), proj_clip=1.0)
+
+
+def test_cell_inputs_in_another_dtype_than_its_weights():
+    cell = LSTMCell(N, input_size=D)
+    with pytest.raises(TypeError, match=r"^inputs: dtype torch.float64 differs from the cell's weights "
+                                        r"\(torch.float32\); convert the inputs or the cell"):
+        cell(torch.randn(B, D, dtype=torch.float64))
 
 
 def test_bad_forget_bias():

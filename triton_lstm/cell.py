@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from triton_lstm.activations import Activation, resolve_activation
-from triton_lstm.checks import check_clip, check_forget_bias, check_int, check_tensor, shape_of
+from triton_lstm.checks import FLOAT_DTYPES, check_clip, check_forget_bias, check_int, check_tensor, shape_of
 from triton_lstm.convert import as_tensor, keras_as_tf_variables
-from triton_lstm.functional import lstm_cell
+from triton_lstm.functional import autocast_dtype, lstm_cell
 
 Tensor = torch.Tensor
 
@@ -27,11 +27,12 @@ class LSTMStateTuple(NamedTuple):
 
 
 def _as_dtype(name: str, dtype: Union[str, torch.dtype, None]) -> Optional[torch.dtype]:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
     if isinstance(dtype, str) and dtype in _DTYPE_NAMES:
-        return _DTYPE_NAMES[dtype]
-    raise TypeError(f"{name}: expected a torch.dtype or one of {sorted(_DTYPE_NAMES)}, got {dtype!r}")
+        dtype = _DTYPE_NAMES[dtype]
+    if dtype is None or dtype in FLOAT_DTYPES:
+        return dtype
+    raise TypeError(f"{name}: expected None, a floating dtype {FLOAT_DTYPES} or one of {sorted(_DTYPE_NAMES)}, "
+                    f"got {dtype!r}")
 
 
 def _tf_name(key: str) -> str:
@@ -50,8 +51,9 @@ class LSTMCell(nn.Module):
     peepholes, ``projection_kernel`` [N, P] (TF's ``projection/kernel``) with ``num_proj``.
 
     ``input_size`` may be omitted: the weights are then created at the first call (as TF builds
-    them); create the optimizer after that call. With fp16/bf16 weights the cell state in a state
-    tuple stays float32.
+    them), in the inputs' dtype unless ``dtype`` (or ``.to()`` before that call) chose one; create
+    the optimizer after that call. With fp16/bf16 weights the cell state in a state tuple stays
+    float32.
     """
 
     def __init__(self, num_units: int, use_peepholes: bool = False, cell_clip: Optional[float] = None,
@@ -80,7 +82,9 @@ class LSTMCell(nn.Module):
         self.num_proj = num_proj
         self.proj_clip = check_clip("proj_clip", proj_clip)
         if self.proj_clip is not None and num_proj is None:
-            raise ValueError("proj_clip: only meaningful with num_proj; got num_proj=None")
+            warnings.warn("proj_clip has no effect without num_proj (TF ignores it then too)", UserWarning,
+                          stacklevel=2)
+            self.proj_clip = None
         self.forget_bias = check_forget_bias(forget_bias)
         self.state_is_tuple = bool(state_is_tuple)
         resolve_activation(activation)
@@ -89,9 +93,12 @@ class LSTMCell(nn.Module):
         self.name = name
         # Where and in which dtype the weights will be built: a tensor, so that .to(), .double() or
         # .cuda() on a cell not built yet move it as they would move the weights.
-        self.register_buffer("weights_like", torch.zeros(0, device=device,
-                                                         dtype=_as_dtype("dtype", dtype) or torch.get_default_dtype()),
+        dtype = _as_dtype("dtype", dtype)
+        self.register_buffer("weights_like", torch.zeros(0, device=device, dtype=dtype or torch.get_default_dtype()),
                              persistent=False)
+        # Without a dtype, a cell built at its first call takes the inputs' dtype (TF: "None means use
+        # the type of the first input"), unless .to() chose another before.
+        self._dtype_from_inputs = None if dtype is not None else self.weights_like.dtype
         self._register_load_state_dict_pre_hook(self._build_from_state_dict)
         self.input_size: Optional[int] = None
         if input_size is not None:
@@ -124,6 +131,20 @@ class LSTMCell(nn.Module):
             self.projection_kernel = nn.Parameter(torch.empty(N, P, **fac))
         self.input_size = D
         self.reset_parameters()
+
+    def take(self, inputs: Tensor) -> None:
+        """Check ``inputs`` [..., D] of a call against the cell; at the first call of a cell without
+        weights, build it for their width and, without a dtype chosen, their dtype."""
+        if self.input_size is None:
+            if self.weights_like.dtype == self._dtype_from_inputs and inputs.dtype in FLOAT_DTYPES:
+                self.weights_like = self.weights_like.to(inputs.dtype)
+            self.build(inputs.shape[-1])
+        if inputs.shape[-1] != self.input_size:
+            raise ValueError(f"inputs: expected last dimension {self.input_size} (the cell's input_size), "
+                             f"got shape {shape_of(inputs)}")
+        if inputs.dtype != self.kernel.dtype and autocast_dtype(inputs.device) is None:
+            raise TypeError(f"inputs: dtype {inputs.dtype} differs from the cell's weights ({self.kernel.dtype}); "
+                            f"convert the inputs or the cell (cell.to({inputs.dtype}))")
 
     def reset_parameters(self) -> None:
         """TF defaults: glorot uniform over each whole variable, zero bias; ``initializer`` replaces
@@ -178,7 +199,10 @@ class LSTMCell(nn.Module):
                 raise ValueError("inputs: expected a tensor whose first dimension is the batch")
             if batch_size is not None and batch_size != inputs.shape[0]:
                 raise ValueError(f"batch_size: {batch_size} disagrees with inputs' batch {inputs.shape[0]}")
-            return self.zero_state(inputs.shape[0], dtype or inputs.dtype, inputs.device)
+            dtype = _as_dtype("dtype", dtype)
+            if dtype is not None and dtype != inputs.dtype:
+                raise ValueError(f"dtype: {dtype} differs from the inputs' dtype {inputs.dtype}; pass one of them")
+            return self.zero_state(inputs.shape[0], inputs.dtype, inputs.device)
         if batch_size is None or dtype is None:
             raise ValueError("get_initial_state: pass inputs, or both batch_size and dtype")
         return self.zero_state(batch_size, dtype)
@@ -207,11 +231,7 @@ class LSTMCell(nn.Module):
     def forward(self, inputs: Tensor, state=None):
         """One step. inputs [B, D]; state (c [B, N], h [B, P]) or [B, N + P]; returns (output, new state)."""
         check_tensor("inputs", inputs, 2)
-        if self.input_size is None:
-            self.build(inputs.shape[1])
-        if inputs.shape[1] != self.input_size:
-            raise ValueError(f"inputs: expected last dimension {self.input_size} (input_size), "
-                             f"got shape {shape_of(inputs)}")
+        self.take(inputs)
         if state is None:
             state = self.zero_state(inputs.shape[0], inputs.dtype, inputs.device)
         c, h = self.split_state(state, inputs.shape[0])

@@ -126,14 +126,20 @@ def weight_grads(needs: tuple[bool, ...], dz: Tensor, x: Tensor, h: Tensor, c_pr
     return d_wx, d_wh, d_bias, d_wf, d_wi, d_wo, d_proj
 
 
+def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
+    """The dtype torch.autocast casts to on ``device``, or None where it is off."""
+    # torch.is_autocast_enabled raises for device types autocast does not know (meta).
+    if not torch.amp.is_autocast_available(device.type) or not torch.is_autocast_enabled(device.type):
+        return None
+    return torch.get_autocast_dtype(device.type)
+
+
 def autocast(*tensors: Optional[Tensor]) -> tuple[Optional[Tensor], ...]:
     """Under torch.autocast, the floating inputs in the autocast dtype (as nn.LSTM's inputs are);
     otherwise unchanged. Callers leave the cell state out: it stays float32."""
-    device_type = next(t.device.type for t in tensors if t is not None)
-    # torch.is_autocast_enabled raises for device types autocast does not know (meta).
-    if not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
+    dtype = autocast_dtype(next(t.device for t in tensors if t is not None))
+    if dtype is None:
         return tensors
-    dtype = torch.get_autocast_dtype(device_type)
     return tuple(None if t is None or not t.is_floating_point() else t.to(dtype) for t in tensors)
 
 

@@ -6,7 +6,7 @@ from typing import Optional, Union
 import torch
 
 from triton_lstm.cell import LSTMCell, LSTMStateTuple
-from triton_lstm.checks import check_tensor, shape_of
+from triton_lstm.checks import check_tensor
 from triton_lstm.sequence import lstm_sequence
 
 Tensor = torch.Tensor
@@ -29,11 +29,7 @@ def dynamic_rnn(cell: LSTMCell, inputs: Tensor, sequence_length: Optional[Tensor
     if not isinstance(cell, LSTMCell):
         raise TypeError(f"cell: expected a triton_lstm.LSTMCell, got {type(cell).__name__}")
     check_tensor("inputs", inputs, 3)
-    if cell.input_size is None:
-        cell.build(inputs.shape[-1])
-    if inputs.shape[-1] != cell.input_size:
-        raise ValueError(f"inputs: expected last dimension {cell.input_size} (the cell's input_size), "
-                         f"got shape {shape_of(inputs)}")
+    cell.take(inputs)
     x = inputs if time_major else inputs.transpose(0, 1)
     T, B, D = x.shape
     if initial_state is None:
