@@ -197,6 +197,13 @@ def test_multi_rnn_cell_with_extras_on_one_layer(path):
         close(c[k], ref[f"c{k}"], f"c layer {k}")
     out2, _ = module(torch.as_tensor(ref["x"]), lengths=torch.as_tensor(ref["lengths"]))
     close(out2, ref["output"], "output with lengths=")
+    # One proj_clip for both layers, as a TF script may give every cell: the layer without a
+    # projection ignores it, as TF's cell does.
+    same = triton_lstm.load_tf_checkpoint(fixture("tf1_multi"), forget_bias=[1.0, 0.5], cell_clip=[0.8, None],
+                                          proj_clip=0.3)
+    assert [layer.proj_clip for layer in same.layers] == [0.3, None]
+    close(same(torch.as_tensor(ref["x"]), lengths=torch.as_tensor(ref["lengths"]))[0], ref["output"],
+          "output with one proj_clip")
 
 
 def test_forgetting_what_tf_does_not_store_changes_the_result():

@@ -361,7 +361,8 @@ def tf_to_module(variables: Mapping[str, Any], scope: Optional[str] = None, *, f
     Layers (``multi_rnn_cell/cell_k``), directions (``fw``/``bw`` of ``bidirectional_dynamic_rnn``,
     ``stack_bidirectional_rnn``), sizes, peepholes and projections come from the variables. What TF
     does not save is given here, with TF's defaults: ``forget_bias``, ``cell_clip``, ``proj_clip``,
-    ``activation``, each one value or a list with one per layer. ``scope`` picks one stack when the
+    ``activation``, each one value or a list with one per layer (a layer without a projection ignores
+    ``proj_clip``, as TF's cell does). ``scope`` picks one stack when the
     variables hold several. Returns a ``triton_lstm.LSTM`` when one can hold the stack, else an
     ``LSTMStack`` or a ``Bidirectional`` (fw and bw ``MultiRNNCell`` stacks) with the same call.
     """
@@ -396,7 +397,9 @@ def tf_to_module(variables: Mapping[str, Any], scope: Optional[str] = None, *, f
     count = len(layer_list(directions[0]))
     option_lists = [_per_layer(n, v, count) for n, v in (("forget_bias", forget_bias), ("cell_clip", cell_clip),
                                                          ("proj_clip", proj_clip), ("activation", activation))]
-    options = [dict(forget_bias=f, cell_clip=c, proj_clip=p, activation=a) for f, c, p, a in zip(*option_lists)]
+    # As TF's cell, a layer without a projection ignores proj_clip.
+    options = [dict(forget_bias=f, cell_clip=c, proj_clip=p if shape["projection"] else None, activation=a)
+               for f, c, p, a, shape in zip(*option_lists, layer_list(directions[0]))]
     if directions == [None]:
         return _build_stack([[s] for s in layer_list(None)], cells, options)
     fw, bw = layer_list("fw"), layer_list("bw")
