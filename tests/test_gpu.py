@@ -219,7 +219,7 @@ def test_lengths_on_the_gpu_outside_the_range_give_nan_and_an_error(monkeypatch)
     torch.cuda.synchronize()
     assert torch.isnan(out[:, 1]).all() and torch.isnan(c[1]).all()
     assert torch.isfinite(out[:, [0, 2, 3]]).all()
-    with pytest.raises(ValueError, match=r"sequence_length: values must lie in \[0, T\]"):
+    with pytest.raises(ValueError, match=r"^lengths \(dynamic_rnn's sequence_length\): values must lie in \[0, T\];"):
         sequence_case(T, B, D, N, None, torch.float32)
 
 

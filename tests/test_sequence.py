@@ -380,12 +380,14 @@ def test_dynamic_rnn_concatenated_state(device):
 
 # -- bad arguments ------------------------------------------------------------------------------------
 
+LENGTHS_ERROR = r"^lengths \(dynamic_rnn's sequence_length\): "
+
 @pytest.mark.parametrize("lengths,error,pattern", [
-    ([T + 1, 0, 1], ValueError, rf"^sequence_length: values must lie in \[0, T={T}\], got min 0 and max {T + 1}"),
-    ([-1, 2, 3], ValueError, rf"^sequence_length: values must lie in \[0, T={T}\], got min -1"),
-    ([1.0, 2.0, 3.0], TypeError, r"^sequence_length: expected an integer tensor, got torch.float32"),
-    ([1, 2], ValueError, rf"^sequence_length: expected shape \({B},\) = \[batch\], got \(2,\)"),
-    ([[1, 2, 3]], ValueError, rf"^sequence_length: expected shape \({B},\) = \[batch\], got \(1, 3\)"),
+    ([T + 1, 0, 1], ValueError, LENGTHS_ERROR + rf"values must lie in \[0, T={T}\], got min 0 and max {T + 1}"),
+    ([-1, 2, 3], ValueError, LENGTHS_ERROR + rf"values must lie in \[0, T={T}\], got min -1"),
+    ([1.0, 2.0, 3.0], TypeError, LENGTHS_ERROR + r"expected an integer tensor, got torch.float32"),
+    ([1, 2], ValueError, LENGTHS_ERROR + rf"expected shape \({B},\) = \[batch\], got \(2,\)"),
+    ([[1, 2, 3]], ValueError, LENGTHS_ERROR + rf"expected shape \({B},\) = \[batch\], got \(1, 3\)"),
 ], ids=["above-T", "negative", "float", "short", "rank-2"])
 def test_bad_sequence_length(lengths, error, pattern):
     cell = make_cell("cpu")
@@ -405,7 +407,7 @@ def test_sequence_length_on_the_cpu_for_gpu_inputs():
     out_cpu, final_cpu = dynamic_rnn(cell, inputs, torch.tensor(LENGTHS))
     out_gpu, final_gpu = dynamic_rnn(cell, inputs, torch.tensor(LENGTHS, device="cuda"))
     assert torch.equal(out_cpu, out_gpu) and torch.equal(final_cpu.c, final_gpu.c)
-    with pytest.raises(ValueError, match=r"^sequence_length: values must lie in \[0, T=5\]"):
+    with pytest.raises(ValueError, match=LENGTHS_ERROR + r"values must lie in \[0, T=5\]"):
         dynamic_rnn(cell, inputs, torch.tensor([6, 0, 1]))
 
 

@@ -23,6 +23,9 @@ Tensor = torch.Tensor
 # launch makes every program resident, so a wait only ends this way if that guarantee failed.
 MAX_SPINS = 1 << 21
 
+# How errors name the lengths: lstm_sequence's argument, dynamic_rnn's sequence_length.
+LENGTHS = "lengths (dynamic_rnn's sequence_length)"
+
 # Barrier counters of launches not yet known to have finished: (event, host copy of the counter).
 _pending: list = []
 
@@ -37,7 +40,7 @@ def _raise_on_flags(flags: Tensor, deferred: bool) -> None:
                            f"TRITON_LSTM_CHECK_BARRIER=1 to check every call as it ends")
     if int(flags[1]):
         _pending.clear()
-        raise ValueError(f"sequence_length: values must lie in [0, T]; {which} had some outside (its rows "
+        raise ValueError(f"{LENGTHS}: values must lie in [0, T]; {which} had some outside (its rows "
                          f"were set to NaN)")
 
 
@@ -177,7 +180,7 @@ def seq_backward(dout: Tensor, dh_T: Tensor, dc_T: Tensor, z: Tensor, cbuf: Tens
 
 def check_lengths(lengths: Optional[Tensor], T: int, B: int, device: torch.device,
                   on_device_check: bool) -> Optional[Tensor]:
-    """sequence_length: [B] integers in [0, T], on the CPU or the inputs' device; returned as int32
+    """lengths: [B] integers in [0, T], on the CPU or the inputs' device; returned as int32
     on the inputs' device.
 
     Values on the CPU are checked here. Values already on a GPU are checked by the kernels when
@@ -189,16 +192,16 @@ def check_lengths(lengths: Optional[Tensor], T: int, B: int, device: torch.devic
     if not isinstance(lengths, Tensor):
         lengths = torch.as_tensor(lengths)
     if lengths.dim() != 1 or lengths.shape[0] != B:
-        raise ValueError(f"sequence_length: expected shape ({B},) = [batch], got {shape_of(lengths)}")
+        raise ValueError(f"{LENGTHS}: expected shape ({B},) = [batch], got {shape_of(lengths)}")
     if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
-        raise TypeError(f"sequence_length: expected an integer tensor, got {lengths.dtype}")
+        raise TypeError(f"{LENGTHS}: expected an integer tensor, got {lengths.dtype}")
     if lengths.device != device and lengths.device.type != "cpu":
-        raise ValueError(f"sequence_length: on {lengths.device}, but the inputs are on {device}")
+        raise ValueError(f"{LENGTHS}: on {lengths.device}, but the inputs are on {device}")
     # Values cannot be read while tracing or capturing a CUDA graph.
     readable = not torch.compiler.is_compiling() and not (lengths.device == device and launch.capturing(device))
     host_check = not launch.gpu_device(lengths.device) or not on_device_check
     if B and readable and host_check and (bool((lengths < 0).any()) or bool((lengths > T).any())):
-        raise ValueError(f"sequence_length: values must lie in [0, T={T}], got min {int(lengths.min())} "
+        raise ValueError(f"{LENGTHS}: values must lie in [0, T={T}], got min {int(lengths.min())} "
                          f"and max {int(lengths.max())}")
     return lengths.to(device=device, dtype=torch.int32, non_blocking=True).contiguous()
 

@@ -238,7 +238,8 @@ def test_lengths_on_the_gpu_are_checked_without_a_host_read(gpu, monkeypatch):
     lstm_sequence(*sequence_args(), torch.tensor([4, 9, 1]))
     assert reads == [], f"host reads of device tensors: {reads}"
     gpu.on_launch = None
-    with pytest.raises(ValueError, match=r"^sequence_length: values must lie in \[0, T\]; an earlier call"):
+    with pytest.raises(ValueError, match=r"^lengths \(dynamic_rnn's sequence_length\): values must lie in \[0, T\]; "
+                                         r"an earlier call"):
         lstm_sequence(*sequence_args(), torch.tensor([4, 3, 1]))
 
 
