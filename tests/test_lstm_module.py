@@ -422,3 +422,16 @@ def test_meta_device_forward_gives_shapes(extras):
     width = lstm.proj_size or 6
     assert out.is_meta and h.is_meta and c.is_meta
     assert (out.shape, h.shape, c.shape) == ((5, 3, 2 * width), (4, 3, width), (4, 3, 6))
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_hx_must_be_two_hidden_states(packed):
+    """nn.LSTM raises RuntimeError("lstm expects two hidden states") for three; so does LSTM (with TF's
+    extras, on its own path), for any count but two, and for a bare tensor."""
+    lstm = LSTM(4, 6, use_peepholes=True)
+    x = torch.randn(5, 2, 4)
+    inputs = pack_padded_sequence(x, torch.tensor([5, 3])) if packed else x
+    h = torch.zeros(1, 2, 6)
+    for hx, got in [((h, h, h), "a tuple of 3"), ((h,), "a tuple of 1"), (h, "Tensor")]:
+        with pytest.raises(RuntimeError, match=rf"^lstm expects two hidden states: hx = \(h_0, c_0\), got {got}$"):
+            lstm(inputs, hx)

@@ -155,6 +155,9 @@ class LSTM(nn.LSTM):
     def _time_major(self, input, hx):
         """Checks as nn.LSTM does; returns (x [T, B, D] in the caller's batch order, lengths or None,
         hx [L*dirs, B, ...] or None, unbatched)."""
+        if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+            got = f"a tuple of {len(hx)}" if isinstance(hx, (tuple, list)) else type(hx).__name__
+            raise ShapeError(f"lstm expects two hidden states: hx = (h_0, c_0), got {got}")
         if isinstance(input, PackedSequence):
             self.check_input(input.data, input.batch_sizes)
             if hx is not None:
