@@ -6,7 +6,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from helpers import assert_close
-from triton_lstm import LSTM, LSTMCell, dynamic_rnn, lstm_sequence_reference
+from triton_lstm import DTypeError, LSTM, LSTMCell, dynamic_rnn, lstm_sequence_reference
 from triton_lstm.activations import resolve_activation
 
 # Our kernels fold the two biases into one and sum the gate GEMM in another order than torch: the
@@ -435,3 +435,14 @@ def test_hx_must_be_two_hidden_states(packed):
     for hx, got in [((h, h, h), "a tuple of 3"), ((h,), "a tuple of 1"), (h, "Tensor")]:
         with pytest.raises(RuntimeError, match=rf"^lstm expects two hidden states: hx = \(h_0, c_0\), got {got}$"):
             lstm(inputs, hx)
+
+
+def test_hx_dtype_errors_are_runtime_errors_as_nn_lstms():
+    """nn.LSTM's ops raise RuntimeError for hx in another dtype; LSTM's checks raise a DTypeError,
+    both that and the TypeError triton_lstm raises for a bad argument, naming the tensor."""
+    lstm = LSTM(4, 6, use_peepholes=True)
+    x, h = torch.randn(5, 2, 4), torch.zeros(1, 2, 6)
+    for hx, name in [((h.double(), h), "h0"), ((h, h.double()), "c0"), ((h.long(), h), "h0")]:
+        for error in (RuntimeError, TypeError, DTypeError):
+            with pytest.raises(error, match=rf"^{name}: "):
+                lstm(x, hx)

@@ -15,6 +15,11 @@ class ShapeError(RuntimeError, ValueError):
     the rest of triton_lstm raises for bad arguments."""
 
 
+class DTypeError(TypeError, RuntimeError):
+    """A tensor dtype that does not fit: a TypeError, as triton_lstm raises for bad arguments, and a
+    RuntimeError, as torch's ops (and so torch.nn.LSTM) raise for it."""
+
+
 def as_number(value: Any) -> Any:
     """A numpy scalar or 0-d tensor as the Python number it holds (bools stay as they are); anything
     else unchanged, for the caller's own check to judge."""
@@ -49,7 +54,7 @@ def check_tensor(name: str, t: object, rank: int) -> torch.Tensor:
     if t.dim() != rank:
         raise ValueError(f"{name}: expected a rank-{rank} tensor, got shape {shape_of(t)}")
     if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name}: expected a floating dtype {FLOAT_DTYPES}, got {t.dtype}")
+        raise DTypeError(f"{name}: expected a floating dtype {FLOAT_DTYPES}, got {t.dtype}")
     return t
 
 
@@ -127,9 +132,9 @@ def _check_state_and_weights(x: torch.Tensor, B: int, N: int, P: int, state: dic
             raise ValueError(f"{name}: on device {t.device}, but x is on {x.device}; move all tensors to one device")
     for name, t in named.items():
         if t is not None and t.dtype != x.dtype:
-            raise TypeError(f"{name}: dtype {t.dtype} differs from x's {x.dtype}; use one dtype")
+            raise DTypeError(f"{name}: dtype {t.dtype} differs from x's {x.dtype}; use one dtype")
     if c.dtype not in (x.dtype, torch.float32):
-        raise TypeError(f"{c_name}: dtype {c.dtype}; expected float32 or x's dtype {x.dtype}")
+        raise DTypeError(f"{c_name}: dtype {c.dtype}; expected float32 or x's dtype {x.dtype}")
 
 
 def check_cell_args(x: torch.Tensor, c: torch.Tensor, h: torch.Tensor, kernel: torch.Tensor,
