@@ -118,6 +118,46 @@ def test_corrupt_cache_is_ignored_and_rewritten(cache, monkeypatch):
     assert json.loads(cache.read_text())["seq_fwd|k"]["config"]["block_b"] == best.block_b
 
 
+@pytest.mark.parametrize("entry", [{"config": {"bogus": 1}}, {"ms": 1.0}, [1, 2], {"config": {"block_b": 7}},
+                                   {"config": [16]}], ids=["unknown-field", "no-config", "list", "bad-value", "bad-config"])
+def test_unusable_cache_entry_is_ignored_and_retuned(cache, monkeypatch, entry):
+    """An entry this version cannot use (another release wrote it, or a hand edit) is tuned again."""
+    cache.write_text(json.dumps({"seq_fwd|k": entry}))
+    gpu = FakeGpu(monkeypatch)
+    with pytest.warns(UserWarning, match=r"^ignoring the tuning cache's entry 'seq_fwd\|k'"):
+        best = gpu.pick()
+    assert best == SPACE[0] and gpu.ran
+    assert json.loads(cache.read_text())["seq_fwd|k"]["config"]["block_b"] == best.block_b
+
+
+def test_unwritable_cache_is_a_warning_and_the_choice_holds(cache, monkeypatch, tmp_path):
+    """TRITON_LSTM_CACHE_DIR naming a file: the tuned choice is used, with a warning, not an error
+    at the end of the tuning time."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setattr(tune, "cache_file", lambda: blocker / "gpu-triton.json")
+    gpu = FakeGpu(monkeypatch)
+    with pytest.warns(UserWarning) as warned:
+        assert gpu.pick() == SPACE[0]
+    assert len(warned) == 1, [str(w.message) for w in warned]
+    assert re.match(r"could not write the tuning cache .*TRITON_LSTM_CACHE_DIR", str(warned[0].message))
+
+
+@pytest.mark.parametrize("value,on", [("", True), ("1", True), ("true", True), ("On", True), (" yes ", True),
+                                      ("0", False), ("false", False), ("OFF", False), ("no", False)])
+def test_autotune_switch_values(cache, monkeypatch, value, on):
+    monkeypatch.setenv("TRITON_LSTM_AUTOTUNE", value)
+    gpu = FakeGpu(monkeypatch)
+    gpu.pick()
+    assert bool(gpu.ran) == on and cache.exists() == on
+
+
+def test_bad_switch_value_names_the_variable(cache, monkeypatch):
+    monkeypatch.setenv("TRITON_LSTM_AUTOTUNE", "sometimes")
+    with pytest.raises(ValueError, match=r"^TRITON_LSTM_AUTOTUNE: expected 0 or 1 .*got 'sometimes'"):
+        FakeGpu(monkeypatch).pick()
+
+
 def test_nothing_fits_is_an_error(cache, monkeypatch):
     gpu = FakeGpu(monkeypatch)
     with pytest.raises(RuntimeError, match="no launch configuration fits"):
@@ -130,7 +170,7 @@ def test_interpreter_takes_the_default_and_pins_apply(cache, monkeypatch):
         raise AssertionError("nothing is compiled or timed under the interpreter")
 
     assert tune.pick("seq_fwd", "k", lambda: SPACE, never, never, compiled=False, capturing=False) == SPACE[0]
-    monkeypatch.setenv("TRITON_LSTM_CONFIG", "block_b=64, num_warps=8,seq_bwd.block_n=32")
+    monkeypatch.setenv("TRITON_LSTM_CONFIG", "block_b=64, num_warps=8,seq_bwd.block_n=32,")  # a trailing comma too
     pinned = tune.pick("seq_fwd", "k", lambda: SPACE, never, never, compiled=True, capturing=False)
     assert pinned == Config(64, 16, 16, 64, True, 8)
     assert tune.pinned(SPACE[0], "seq_bwd") == Config(64, 32, 16, 64, True, 8)
@@ -140,7 +180,11 @@ def test_interpreter_takes_the_default_and_pins_apply(cache, monkeypatch):
     ("block_q=3", r"unknown field 'block_q'"), ("block_b=x", r"block_b must be one of 16, 32, 64, 128, got 'x'"),
     ("block_b", r"block_b must be one of"), ("block_b=7", r"block_b must be one of 16, 32, 64, 128, got '7'"),
     ("num_warps=0", r"num_warps must be one of"), ("resident=2", r"resident must be one of 0, 1"),
-    ("seq_fwd.programs=2", r"unknown field 'programs'")])
+    ("seq_fwd.programs=2", r"unknown field 'programs'"),
+    ("nokernel.block_b=32", r"unknown kernel 'nokernel' in 'nokernel.block_b=32'; kernels are \['seq_bwd'"),
+    ("seq_fwd.seq_bwd.block_b=32", r"unknown kernel 'seq_fwd.seq_bwd'"),
+    ("block_b=32,num_warps=4,block_b=64", r"'block_b' is given twice"),
+    ("block_b=\u00b3", r"block_b must be one of 16, 32, 64, 128, got '\u00b3'")])
 def test_bad_pin_names_the_field(cache, monkeypatch, spec, message):
     monkeypatch.setenv("TRITON_LSTM_CONFIG", spec)
     with pytest.raises(ValueError, match=r"^TRITON_LSTM_CONFIG: " + message):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import os
 from typing import Optional
 
 import torch
@@ -13,7 +12,7 @@ from triton_lstm.checks import check_clip, check_forget_bias, check_sequence_arg
 from triton_lstm.cpu import lstm_sequence_cpu
 from triton_lstm.functional import CellOptions, autocast, resolve_activations
 from triton_lstm.kernels.lstm_sequence import BARRIER_FAILED, lstm_seq_bwd_kernel, lstm_seq_fwd_kernel
-from triton_lstm import launch
+from triton_lstm import launch, tune
 from triton_lstm.launch import Problem, interpreting, kernel_constants, kernels_run_on, programs
 from triton_lstm.reference import lstm_sequence_reference
 
@@ -61,7 +60,7 @@ def watch(sync: Tensor) -> None:
     Nothing is read during capture."""
     if not launch.gpu_device(sync.device) or interpreting() or launch.capturing(sync.device):
         return
-    if os.environ.get("TRITON_LSTM_CHECK_BARRIER") == "1":
+    if tune.env_flag("TRITON_LSTM_CHECK_BARRIER", False):
         _raise_on_flags(sync.cpu(), deferred=False)
         return
     flags = launch.host_buffer(sync)

@@ -11,8 +11,10 @@ capture too; nothing is timed then.
 
 Environment:
     TRITON_LSTM_AUTOTUNE=0         no timing and no cache: the first candidate that fits is used
+                                   (0/1, also false/true, no/yes, off/on)
     TRITON_LSTM_CONFIG="k=v,..."   pin fields of the configuration, e.g. "block_b=32,num_warps=8"
-    TRITON_LSTM_CACHE_DIR=path     where tuned results are kept
+    TRITON_LSTM_CACHE_DIR=path     where tuned results are kept (if it cannot be written, a warning
+                                   says so and choices are kept for this process only)
 
 ``python -m triton_lstm.pretune`` tunes shapes ahead of time.
 """
@@ -48,6 +50,21 @@ PIN_CHOICES = dict(block_b=(16, 32, 64, 128), block_n=(4, 8, 16, 32, 64), block_
                    maxnreg=tuple(range(24, 256)))
 
 
+_FLAG_VALUES = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
+                "off": False}
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """A boolean environment variable: unset or empty is ``default``; anything but 0/1, true/false,
+    yes/no or on/off is an error naming it."""
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value not in _FLAG_VALUES:
+        raise ValueError(f"{name}: expected 0 or 1 (or false/true, no/yes, off/on), got {os.environ[name]!r}")
+    return _FLAG_VALUES[value]
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("TRITON_LSTM_CACHE_DIR") or Path.home() / ".cache" / "triton_lstm")
 
@@ -65,23 +82,47 @@ def _read(path: Path) -> dict:
     try:
         with open(path) as f:
             data = json.load(f)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no file there (yet)
         return {}
     except (OSError, ValueError) as e:
         warnings.warn(f"ignoring unreadable tuning cache {path} ({e}); it will be rewritten")
         return {}
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        warnings.warn(f"ignoring tuning cache {path}: not a JSON object; it will be rewritten")
+        return {}
+    return data
 
 
 def _write(path: Path, key: str, value: dict) -> None:
-    """Merge one entry into the file; written to a temporary file and renamed, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = _read(path)
-    data[key] = value
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    """Merge one entry into the file; written to a temporary file and renamed, so readers never see
+    half a file. A cache that cannot be written is a warning: the choice still holds in this process."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = _read(path)
+        data[key] = value
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError as e:
+        warnings.warn(f"could not write the tuning cache {path} ({e}); set TRITON_LSTM_CACHE_DIR to a writable "
+                      f"folder to keep tuned choices across processes")
+
+
+def _cached(entry: Any, default: C, path: Path, key: str) -> Optional[C]:
+    """A cache entry's configuration, or None (with a warning) for one this version cannot use: a file
+    another version of triton_lstm wrote, or one edited by hand."""
+    try:
+        config = entry["config"]
+        bad = [name for name, value in config.items() if value not in PIN_CHOICES.get(name, ())]
+        if bad:
+            raise ValueError(f"values the kernels do not compile: {bad}")
+        cfg = dataclasses.replace(default, **config)
+    except (TypeError, KeyError, ValueError, AttributeError) as e:
+        warnings.warn(f"ignoring the tuning cache's entry {key!r} in {path} ({type(e).__name__}: {e}); "
+                      f"tuning again")
+        return None
+    return cfg
 
 
 def pinned(default: C, kernel: str) -> Optional[C]:
@@ -89,19 +130,28 @@ def pinned(default: C, kernel: str) -> Optional[C]:
 
     Items are ``field=value`` (every kernel) or ``kernel.field=value`` (one kernel, e.g.
     ``seq_bwd.block_n=16``). Each value must be one the kernels compile (``PIN_CHOICES``): a bad
-    name or value is an error naming the field, not a launch that hangs or fails deep in Triton.
+    name or value, an unknown kernel or a field given twice is an error naming it, not a launch that
+    hangs or fails deep in Triton.
     """
+    from triton_lstm.launch import KERNELS  # the kernels' launcher builds on this module
+
     spec = os.environ.get("TRITON_LSTM_CONFIG")
     if not spec:
         return None
     fields = {f.name: f.type for f in dataclasses.fields(default)}
-    values = {}
-    for item in spec.split(","):
+    values, seen = {}, set()
+    for item in filter(str.strip, spec.split(",")):
         name, _, value = (part.strip() for part in item.partition("="))
         target, _, name = name.rpartition(".")
+        if target not in ("", *KERNELS):
+            raise ValueError(f"TRITON_LSTM_CONFIG: unknown kernel {target!r} in {item!r}; kernels are "
+                             f"{sorted(KERNELS)}")
         if name not in fields:
             raise ValueError(f"TRITON_LSTM_CONFIG: unknown field {name!r} in {item!r}; fields are {sorted(fields)}")
-        if not value.isdigit() or int(value) not in PIN_CHOICES[name]:
+        if (target, name) in seen:
+            raise ValueError(f"TRITON_LSTM_CONFIG: {item.partition('=')[0].strip()!r} is given twice")
+        seen.add((target, name))
+        if not (value.isascii() and value.isdigit()) or int(value) not in PIN_CHOICES[name]:
             choices = PIN_CHOICES[name]
             shown = f"{choices[0]}..{choices[-1]}" if len(choices) > 8 else ", ".join(map(str, choices))
             raise ValueError(f"TRITON_LSTM_CONFIG: {name} must be one of {shown}, got {value!r}")
@@ -171,15 +221,16 @@ def _choose(kernel, key, candidates, run, fits, compiled, capturing):
     pin = pinned(space[0], kernel)
     if pin is not None or not compiled:
         return pin or space[0]
-    autotune = os.environ.get("TRITON_LSTM_AUTOTUNE") != "0"
+    autotune = env_flag("TRITON_LSTM_AUTOTUNE", True)
     if autotune:
         full_key = f"{kernel}|{key}"
         path = cache_file()
         memo = _memory.get(str(path))
         if memo is None:  # the file is read once per process
             memo = _memory[str(path)] = _read(path)
-        if full_key in memo:
-            return dataclasses.replace(space[0], **memo[full_key]["config"])
+        cached = _cached(memo[full_key], space[0], path, full_key) if full_key in memo else None
+        if cached is not None:
+            return cached
     start = time.perf_counter()
     fitting = (cfg for cfg in space if fits(run(cfg, True), cfg))
     first = next(fitting, None)
