@@ -110,7 +110,6 @@ install() {
         mkdir "$site/triton_lstm"
         ln -s "$REPO"/triton_lstm/*.py "$site/triton_lstm/"
         ln -s "$REPO/kernels" "$site/triton_lstm/kernels"
-        ln -s "$REPO/tests" "$site/tests"   # triton_lstm.aot reads tests/pairwise.py beside the package
         export PYTHONPATH="$site:$REPO${PYTHONPATH:+:$PYTHONPATH}" PYTHONSAFEPATH=1
     fi
     $PY -c "import triton_lstm, triton_lstm.kernels; print('triton_lstm', triton_lstm.__version__, 'from', triton_lstm.__file__)"

@@ -2,6 +2,7 @@
 at the shapes users run, and resident weights at the sizes the README states (python -m triton_lstm.aot)."""
 import json
 import os
+import re
 
 import pytest
 
@@ -30,3 +31,24 @@ def test_what_runs_compiles_for_sm80_sm90(tmp_path):
                             and r["config"]["resident"]]
                     assert kept, f"{kernel} {dtype} N={N} P={P} sm_{arch}: no resident configuration builds " \
                                  f"without spills within the limits, but the README says its weights stay on chip"
+
+
+@pytest.mark.parametrize("args,env,message", [
+    (["--jobs", "0"], None, r"argument --jobs: invalid positive integer value: '0'"),
+    (["--json", "{missing}/aot.jsonl"], None, r"--json: cannot write .*missing/aot.jsonl"),
+    ([], "70", r"TRITON_LSTM_AOT_ARCH: expected compute capabilities among \[80, 90\], got '70'"),
+    ([], "", r"TRITON_LSTM_AOT_ARCH: expected compute capabilities among \[80, 90\], got ''")],
+    ids=["jobs-0", "unwritable-json", "unknown-arch", "empty-arch"])
+def test_aot_rejects_bad_arguments_before_compiling(tmp_path, monkeypatch, capsys, args, env, message):
+    """A check that compiles nothing must not pass, and a report that cannot be written must fail
+    before the compiling, not after it."""
+    from triton_lstm import aot
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if env is not None:
+        monkeypatch.setenv("TRITON_LSTM_AOT_ARCH", env)
+    monkeypatch.setattr(aot, "variants", lambda full: pytest.fail("compiling started"))
+    with pytest.raises(SystemExit) as exit_:
+        aot.main([a.format(missing=tmp_path / "missing") for a in args])
+    assert exit_.value.code == 2
+    assert re.search(message, capsys.readouterr().err.splitlines()[-1])

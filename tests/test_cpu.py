@@ -11,7 +11,7 @@ import torch
 from torch.func import grad, jacrev, vmap
 
 from helpers import CELL_AXES, TOLERANCES, assert_close, fresh_python
-from pairwise import case_id, pairwise
+from triton_lstm.pairwise import case_id, pairwise
 from test_higher_order import assert_all_close, second_order, squared
 from test_nan import CASES as NAN_CASES, assert_same_nonfinite, poison
 from test_sequence import case_tensors, check_case, seq_args, seq_tensors, variable_lengths

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from helpers import CELL_AXES, TOLERANCES, assert_close, cell_tensors
-from pairwise import case_id, pairwise, product
+from triton_lstm.pairwise import case_id, pairwise, product
 from test_step_kernels import run_case
 from triton_lstm import lstm_cell, lstm_sequence, lstm_sequence_reference, tune
 from triton_lstm.activations import resolve_activation

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from helpers import CELL_AXES, TOLERANCES, as_inputs, assert_close, cell_tensors
-from pairwise import case_id, pairwise
+from triton_lstm.pairwise import case_id, pairwise
 from triton_lstm import (LSTMCell, LSTMStateTuple, dynamic_rnn, lstm_cell, lstm_sequence,
                          lstm_sequence_reference)
 from triton_lstm.activations import resolve_activation, resolve_recurrent_activation

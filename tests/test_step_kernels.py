@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from helpers import CELL_AXES, TOLERANCES, assert_close, cell_args, cell_tensors, reference_fp32
-from pairwise import case_id, pairwise
+from triton_lstm.pairwise import case_id, pairwise
 from triton_lstm import lstm_cell
 from triton_lstm.launch import interpreting, kernels_run_on
 

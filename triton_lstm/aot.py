@@ -18,7 +18,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import inspect
-import itertools
 import json
 import multiprocessing
 import os
@@ -34,6 +33,7 @@ from triton.backends.compiler import GPUTarget
 from triton.runtime.driver import driver
 
 from triton_lstm import launch, tune
+from triton_lstm.pairwise import pairwise, product
 
 # Per target: SMs, registers per SM and opt-in shared memory per block of the reference GPUs
 # (A100 for sm_80, H100/H200 for sm_90).
@@ -270,12 +270,7 @@ def variants(full: bool) -> list[tuple[Variant, str]]:
     """(variant, what to compile) pairs: the option matrix ("default": each launch's default), the
     candidate matrix ("all": every candidate of every launch) and the resident sizes ("persistent":
     every candidate of the persistent kernels). --full: the product of each matrix, not its pairs."""
-    if full:
-        def cover(axes):
-            return [dict(zip(axes, vals)) for vals in itertools.product(*axes.values())]
-    else:
-        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tests"))
-        from pairwise import pairwise as cover
+    cover = product if full else pairwise
     return ([(Variant(**c), "default") for c in cover(OPTION_AXES)]
             + [(Variant(**c), "all") for c in cover(CANDIDATE_AXES)] + [(v, "persistent") for v in resident_sizes()])
 
@@ -348,25 +343,52 @@ def compile_all(v: Variant, what: str) -> list[dict]:
     return rows
 
 
+def positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(value)
+    return number
+
+
+positive_int.__name__ = "positive integer"  # argparse's "invalid positive integer value: '0'"
+
+
+def arch_from_env(parser: argparse.ArgumentParser) -> list[int]:
+    """$TRITON_LSTM_AOT_ARCH's compute capabilities (default 80 90), each one of TARGETS."""
+    value = os.environ.get("TRITON_LSTM_AOT_ARCH", "80 90")
+    archs = value.split()
+    if not archs or any(not a.isdigit() or int(a) not in TARGETS for a in archs):
+        parser.error(f"TRITON_LSTM_AOT_ARCH: expected compute capabilities among {sorted(TARGETS)}, got {value!r}")
+    return [int(a) for a in archs]
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m triton_lstm.aot", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m triton_lstm.aot", description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", action="store_true", help="the full products instead of all pairs")
     parser.add_argument("--arch", type=int, nargs="+", choices=sorted(TARGETS),
-                        default=[int(a) for a in os.environ.get("TRITON_LSTM_AOT_ARCH", "80 90").split()],
                         help="compute capabilities to compile for (default: $TRITON_LSTM_AOT_ARCH, else 80 90)")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiling processes (default: CPUs)")
+    parser.add_argument("--jobs", type=positive_int, default=os.cpu_count() or 1,
+                        help="compiling processes (default: CPUs)")
     parser.add_argument("--json", help="write one JSON line per compiled kernel and configuration to this file")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("run without TRITON_INTERPRET=1: the interpreter compiles nothing")
+    archs = args.arch or arch_from_env(parser)
+    try:
+        report = open(args.json, "w") if args.json else contextlib.nullcontext()
+    except OSError as e:
+        parser.error(f"--json: cannot write {args.json} ({e.strerror})")
     os.environ["TRITON_LSTM_AUTOTUNE"] = "0"
-    todo = [(v, what) for v, what in variants(args.full) if v.arch in args.arch]
-    rows, failures = [], 0
-    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    todo = [(v, what) for v, what in variants(args.full) if v.arch in archs]
+    rows, failures = 0, 0
+    with report, concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) \
+            as pool:
         for i, variant_rows in enumerate(pool.map(compile_all, *zip(*todo)), 1):
             for row in variant_rows:
                 failures += bool(row["problems"])
-                rows.append(row)
+                rows += 1
+                if args.json:
+                    report.write(json.dumps(row) + "\n")
                 cfg, v = row["config"], todo[i - 1][0]
                 print(f"[{i}/{len(todo)}] {row['kernel']:9s} sm_{v.arch} {v.dtype:8s} {v.act}/{v.gate_act} "
                       f"peep={v.peepholes:d} clip={v.cell_clip:d} {v.projection:9s} shape={v.shape} "
@@ -374,10 +396,7 @@ def main(argv=None) -> int:
                       f"res={cfg['resident']:d} w={cfg['num_warps']} G={row['programs']} regs={row['regs']} "
                       f"shared={row['shared']} stack={row['stack']} local={row['local']} "
                       f"{'kept' if row['kept'] else 'pruned'} {'; '.join(row['problems'])}", flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-    print(f"{len(rows)} kernels compiled for {len(todo)} variants, {failures} with problems")
+    print(f"{rows} kernels compiled for {len(todo)} variants, {failures} with problems")
     return 1 if failures else 0
 
 

@@ -1,4 +1,5 @@
-"""All-pairs test matrices: every value of every axis meets every value of every other axis."""
+"""Option matrices for the tests and the compile check: all pairs (every value of every axis meets every
+value of every other axis) or the full product."""
 from __future__ import annotations
 
 import itertools
