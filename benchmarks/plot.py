@@ -36,6 +36,8 @@ COLORS = dict(lstm_sequence="tab:blue", lstm_module="tab:purple", step_loop="tab
 MODES = ("fwd", "bwd", "fwd+bwd")
 DTYPES = ("fp32", "fp16", "bf16")
 CASE_FIELDS = ("group", "T", "B", "D", "N", "P", "peepholes", "cell_clip", "proj_clip", "lengths")
+# What every row benchmarks.run writes carries (and the plots read without a default).
+ROW_FIELDS = (*CASE_FIELDS, "machine", "dtype", "provider", "mode", "missing", "date")
 DEFAULT_SHAPE = dict(group="default", T=100, B=64, D=512, N=512, P=None)
 GRID_T = 256
 # Time relative to nn.LSTM that the CPU path aims for: a cell nn.LSTM computes runs nn.LSTM's own kernel.
@@ -43,7 +45,8 @@ CPU_TARGETS = {"plain": 1.05, "extras": 1.5}
 
 
 def load_rows(paths: Iterable[Path]) -> list[dict]:
-    """All rows of the given JSONL files, in order. A malformed line raises, naming file and line.
+    """All rows of the given JSONL files, in order. A malformed line, or a JSON line that is not a
+    benchmark row, raises a ValueError naming file and line.
 
     Args:
         paths: results files written by ``benchmarks.run`` (one JSON object a line).
@@ -55,9 +58,13 @@ def load_rows(paths: Iterable[Path]) -> list[dict]:
                 if not line.strip():
                     continue
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}:{lineno}: not a JSON line ({e})") from e
+                missing = [k for k in ROW_FIELDS if k not in row] if isinstance(row, dict) else ROW_FIELDS
+                if missing:
+                    raise ValueError(f"{path}:{lineno}: not a row of benchmarks.run (no {', '.join(missing)})")
+                rows.append(row)
     return rows
 
 
@@ -731,10 +738,12 @@ def main(argv=None) -> int:
     parser.add_argument("--table", action="store_true", help="print the summary table instead of plotting")
     args = parser.parse_args(argv)
     paths = args.results or sorted((REPO / "benchmarks" / "results").glob("*.jsonl"))
-    absent = [str(p) for p in paths if not p.is_file()]
+    absent = [f"{p} (a folder)" if p.is_dir() else str(p) for p in paths if not p.is_file()]
     if absent:
-        print(f"benchmarks.plot: no such results file: {', '.join(absent)}", file=sys.stderr)
+        print(f"benchmarks.plot: not a results file: {', '.join(absent)}", file=sys.stderr)
         return 2
+    if args.plots_dir.exists() and not args.plots_dir.is_dir():
+        parser.error(f"--plots-dir: {args.plots_dir} is a file, not a folder")
     try:
         rows = load_rows(paths)
     except ValueError as e:

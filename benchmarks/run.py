@@ -990,7 +990,7 @@ def parse_args(argv):
                                             "without one.")
     parser.add_argument("--suite", choices=list(SUITES), help="standard (GPU), quick (GPU, a few minutes) or cpu "
                         "(triton_lstm on CPU tensors against nn.LSTM); default: standard with a GPU, else cpu")
-    parser.add_argument("--quick", action="store_true", help="the same as --suite quick")
+    parser.add_argument("--quick", action="store_true", help="the same as --suite quick (shorter timing windows)")
     parser.add_argument("--smoke", action="store_true", help="the suite's tiny version on any device, to check the "
                         "harness; needs --results")
     parser.add_argument("--list", action="store_true", help="print the suite's jobs and exit")
@@ -1017,12 +1017,35 @@ def parse_args(argv):
         if args.suite not in (None, "quick"):
             parser.error(f"--quick and --suite {args.suite} exclude each other")
         args.suite = "quick"
+    args.quick = args.suite == "quick"
     if args.smoke and args.results is None and not args.list:
         parser.error("--smoke needs --results FILE (smoke rows are no benchmark results)")
+    if args.budget_s is not None and not args.budget_s > 0:
+        parser.error(f"--budget-s: expected a positive number of seconds, got {args.budget_s:g}")
     if args.plots_dir is None:
         args.no_plots |= args.smoke
         args.plots_dir = REPO / "plots"
+    if not args.list:
+        check_output_paths(parser, args)
     return args
+
+
+def check_output_paths(parser: argparse.ArgumentParser, args) -> None:
+    """Folders and files the run writes, checked before it measures anything."""
+    for name, folder in (("--out", args.out), ("--plots-dir", None if args.no_plots else args.plots_dir)):
+        if folder is not None and folder.exists() and not folder.is_dir():
+            parser.error(f"{name}: {folder} is a file, not a folder")
+    if args.results is not None:
+        if args.results.is_dir():
+            parser.error(f"--results: {args.results} is a folder; give a file")
+        if args.results.parent.exists() and not args.results.parent.is_dir():
+            parser.error(f"--results: {args.results.parent} is a file, not a folder")
+    try:
+        for folder in (args.out, None if args.results is None else args.results.parent):
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        parser.error(f"cannot create {e.filename} ({e.strerror})")
 
 
 def main(argv=None) -> int:
@@ -1056,8 +1079,6 @@ def _main(args) -> int:
     torch._functorch.config.donated_buffer = False
     env = environment(device, f"{suite}-smoke" if args.smoke else suite)
     results = args.results.resolve() if args.results else RESULTS_DIR / f"{env['machine_slug']}.jsonl"
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
     log_file = open(args.out / "bench_log.txt", "a") if args.out is not None else None
 
     def log(msg: str) -> None:
@@ -1110,8 +1131,8 @@ def _main(args) -> int:
     log(table)
     if suite == "cpu":
         log("This was the CPU benchmark (triton_lstm on CPU tensors against nn.LSTM). GPU numbers come from a "
-            "machine with a CUDA GPU: `make bench` there (or `make gpu-check`); the plots above also show "
-            "any committed GPU results.")
+            "machine with a CUDA GPU: `make bench` there (or `make gpu-check`)"
+            + ("." if args.no_plots else "; the plots above also show any committed GPU results."))
     if log_file is not None:
         log_file.close()
     return 0

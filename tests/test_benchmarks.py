@@ -105,10 +105,37 @@ def test_plot_cli_usage_and_missing_file(tmp_path):
     assert "usage: python -m benchmarks.plot" in run("benchmarks.plot", "--help", interpret=False).stdout
     assert "usage: python -m benchmarks.run" in run("benchmarks.run", "--help", interpret=False).stdout
     err = run("benchmarks.plot", str(tmp_path / "absent.jsonl"), interpret=False, expect=2).stderr
-    assert "no such results file" in err and "absent.jsonl" in err
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"provider": "nn_lstm"}\nnot json\n')
+    assert "not a results file" in err and "absent.jsonl" in err
+    err = run("benchmarks.plot", str(tmp_path), interpret=False, expect=2).stderr
+    assert f"not a results file: {tmp_path} (a folder)" in err
+    bad, other = tmp_path / "bad.jsonl", tmp_path / "other.jsonl"
+    bad.write_text(json.dumps(dict.fromkeys(plot.ROW_FIELDS)) + '\nnot json\n')
+    other.write_text('{"case": {"T": 16}, "seconds": {}}\n')
     for args in (("benchmarks.plot", str(bad)),
                  ("benchmarks.run", "--suite", "cpu", "--resume", "--results", str(bad))):
         err = run(*args, interpret=False, expect=2).stderr
         assert f"{bad}:2: not a JSON line" in err and "Traceback" not in err
+    err = run("benchmarks.plot", "--table", str(other), interpret=False, expect=2).stderr
+    assert f"{other}:1: not a row of benchmarks.run (no group, T," in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--budget-s", "-5"], "--budget-s: expected a positive number of seconds, got -5"),
+    (["--out", "{file}"], "--out: {file} is a file, not a folder"),
+    (["--plots-dir", "{file}"], "--plots-dir: {file} is a file, not a folder"),
+    (["--results", "{folder}"], "--results: {folder} is a folder; give a file"),
+    (["--results", "{file}/rows.jsonl"], "--results: {file} is a file, not a folder")],
+    ids=["budget", "out-file", "plots-file", "results-folder", "results-under-file"])
+def test_run_checks_its_arguments_before_measuring(tmp_path, capsys, args, message):
+    file = tmp_path / "a-file"
+    file.write_text("")
+    names = dict(file=file, folder=tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        bench_run.parse_args([a.format(**names) for a in args])
+    assert exit_.value.code == 2 and capsys.readouterr().err.rstrip().endswith(message.format(**names))
+
+
+def test_quick_is_the_quick_suite_either_way():
+    """--suite quick and --quick are the same run (the quick suite with its shorter timing windows)."""
+    assert bench_run.parse_args(["--suite", "quick"]).quick and bench_run.parse_args(["--quick"]).quick
+    assert not bench_run.parse_args(["--suite", "standard"]).quick
