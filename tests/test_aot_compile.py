@@ -34,7 +34,7 @@ def test_what_runs_compiles_for_sm80_sm90(tmp_path):
 
 
 @pytest.mark.parametrize("args,env,message", [
-    (["--jobs", "0"], None, r"argument --jobs: invalid positive integer value: '0'"),
+    (["--jobs", "0"], None, r"argument --jobs: expected an integer >= 1, got '0'"),
     (["--json", "{missing}/aot.jsonl"], None, r"--json: cannot write .*missing/aot.jsonl"),
     ([], "70", r"TRITON_LSTM_AOT_ARCH: expected compute capabilities among \[80, 90\], got '70'"),
     ([], "", r"TRITON_LSTM_AOT_ARCH: expected compute capabilities among \[80, 90\], got ''")],

@@ -234,7 +234,9 @@ def test_pretune_cli_without_gpu(capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--hidden", "0", "--batch", "8"], "--hidden: .*expected a positive integer, got 0"),
+    (["--hidden", "0", "--batch", "8"], "--hidden: expected an integer >= 1, got '0'"),
+    (["--hidden", "abc", "--batch", "8"], "--hidden: expected an integer >= 1, got 'abc'"),
+    (["--hidden", "64", "--batch", "8", "--cell-clip", "x"], "--cell-clip: expected a clip bound >= 0, got 'x'"),
     (["--hidden", "64"], "the following arguments are required: --batch"),
     (["--hidden", "64", "--batch", "8", "--cell-clip", "-1"], "--cell-clip: .*expected a clip bound >= 0"),
     (["--hidden", "64", "--batch", "8", "--proj-clip", "1"], "--proj-clip needs a projection"),

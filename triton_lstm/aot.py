@@ -34,6 +34,7 @@ from triton.runtime.driver import driver
 
 from triton_lstm import launch, tune
 from triton_lstm.pairwise import pairwise, product
+from triton_lstm.pretune import int_at_least
 
 # Per target: SMs, registers per SM and opt-in shared memory per block of the reference GPUs
 # (A100 for sm_80, H100/H200 for sm_90).
@@ -343,16 +344,6 @@ def compile_all(v: Variant, what: str) -> list[dict]:
     return rows
 
 
-def positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise ValueError(value)
-    return number
-
-
-positive_int.__name__ = "positive integer"  # argparse's "invalid positive integer value: '0'"
-
-
 def arch_from_env(parser: argparse.ArgumentParser) -> list[int]:
     """$TRITON_LSTM_AOT_ARCH's compute capabilities (default 80 90), each one of TARGETS."""
     value = os.environ.get("TRITON_LSTM_AOT_ARCH", "80 90")
@@ -367,7 +358,7 @@ def main(argv=None) -> int:
     parser.add_argument("--full", action="store_true", help="the full products instead of all pairs")
     parser.add_argument("--arch", type=int, nargs="+", choices=sorted(TARGETS),
                         help="compute capabilities to compile for (default: $TRITON_LSTM_AOT_ARCH, else 80 90)")
-    parser.add_argument("--jobs", type=positive_int, default=os.cpu_count() or 1,
+    parser.add_argument("--jobs", type=int_at_least(1), default=os.cpu_count() or 1,
                         help="compiling processes (default: CPUs)")
     parser.add_argument("--json", help="write one JSON line per compiled kernel and configuration to this file")
     args = parser.parse_args(argv)

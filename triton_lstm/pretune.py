@@ -15,7 +15,7 @@ import argparse
 import itertools
 import os
 import sys
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -25,24 +25,29 @@ from triton_lstm.functional import lstm_cell
 from triton_lstm.sequence import lstm_sequence
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= low, else an error that says so."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+        return value
+    return parse
 
 
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
+_positive, _non_negative = int_at_least(1), int_at_least(0)
 
 
 def _bound(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
     if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a clip bound >= 0, got {text}")
+        raise argparse.ArgumentTypeError(f"expected a clip bound >= 0, got {text!r}")
     return value
 
 
