@@ -432,3 +432,95 @@ def test_keras_merge_modes_and_go_backwards_by_definition():
     uni.load_state_dict({k.replace("_reverse", ""): v for k, v in lstm.state_dict().items() if "reverse" in k})
     back, _ = KerasRNN(uni, "rev", go_backwards=True)(x, lengths=lengths)
     torch.testing.assert_close(back, b.flip(1))  # Keras keeps the reversed order, padding first
+
+
+def test_keras_inputs_a_packed_sequence_cannot_answer_or_lengths_must_be_integers():
+    """A last layer running backwards returns Keras' reversed outputs (valid steps last), which packing
+    would drop; lengths are integers (2.5 must not become 2)."""
+    module = triton_lstm.load_keras(fixture("keras_stacked.keras"))
+    assert module.layers[-1].go_backwards
+    x = torch.randn(3, 5, 3)
+    with pytest.raises(ValueError, match=r"^input: layer 'lstm_c' runs backwards .* PackedSequence cannot hold"):
+        module(pack_padded_sequence(x, [5, 2, 1], batch_first=True, enforce_sorted=False))
+    with pytest.raises(TypeError, match=r"^lengths: expected integers, got torch.float32"):
+        module(x, lengths=torch.tensor([5.0, 2.5, 1.0]))
+    forwards = LSTMStack([KerasRNN(LSTM(3, 4, batch_first=True), "only")])
+    out = forwards(pack_padded_sequence(x, [5, 2, 1], batch_first=True, enforce_sorted=False))[0]
+    padded = pad_packed_sequence(out, batch_first=True, total_length=5)[0]
+    torch.testing.assert_close(padded, forwards(x, lengths=torch.tensor([5, 2, 1]))[0] * (
+        torch.arange(5)[None, :, None] < torch.tensor([5, 2, 1])[:, None, None]), **TOL)
+
+
+def test_keras_layers_chain_checked_at_load():
+    with pytest.raises(ValueError, match=r"^layers: 'lstm_b' takes inputs of width 6, but 'lstm_c' before it "
+                                         r"outputs 4"):
+        triton_lstm.load_keras(fixture("keras_stacked.keras"), layers=["lstm_c", "lstm_b", "lstm_a"])
+    with pytest.raises(ValueError, match=r"^layers: \['lstm_a'\] given more than once"):
+        triton_lstm.load_keras(fixture("keras_stacked.keras"), layers=["lstm_a", "lstm_a"])
+    weights = dict(read_keras_weights(fixture("keras_stacked.keras")))
+    weights["lstm_b/recurrent_kernel"] = weights["lstm_b/recurrent_kernel"][:-1]
+    with pytest.raises(ValueError, match=r"^weights: layer lstm_b: recurrent_kernel: expected"):
+        keras_to_module(weights, read_keras_config(fixture("keras_stacked.keras")))
+    del weights["lstm_b/kernel"]
+    with pytest.raises(ValueError, match=r"^weights: no lstm_b/kernel; layers with both LSTM kernels: "
+                                         r"\['lstm_a', 'lstm_c'\]"):
+        keras_to_module(weights, read_keras_config(fixture("keras_stacked.keras")))
+
+
+def test_stack_of_lstms_to_keras_names_each_layer_and_loads_back():
+    """Keras names a model's layers lstm, lstm_1, ... (bidirectional, ...): each layer keeps its own."""
+    stack = LSTMStack([LSTM(3, 4, batch_first=True), LSTM(4, 5, batch_first=True, forget_bias=1.0),
+                       LSTM(5, 2, batch_first=True, bidirectional=True)])
+    weights = module_to_keras(stack)
+    assert sorted({k.rsplit("/", 1)[0] for k in weights}) == [
+        "bidirectional/backward", "bidirectional/forward", "lstm", "lstm_1"]
+    back = keras_to_module(weights, layers=["lstm", "lstm_1", "bidirectional"])
+    x = torch.randn(2, 6, 3)
+    torch.testing.assert_close(back(x)[0], stack(x)[0], **TOL)
+
+
+def test_checkpoint_missing_part_of_a_stack_is_an_error():
+    """A stack that lost a layer or a direction must not load as a smaller one."""
+    two = module_to_tf(LSTM(3, 5, num_layers=2, batch_first=True))
+    no_kernel = {k: v for k, v in two.items() if k != "rnn/multi_rnn_cell/cell_0/lstm_cell/kernel"}
+    with pytest.raises(ValueError, match=r"^variables: 'rnn/multi_rnn_cell/cell_0/lstm_cell/bias' has no "
+                                         r"'rnn/multi_rnn_cell/cell_0/lstm_cell/kernel'"):
+        tf_to_module(no_kernel)
+    no_layer_0 = {k: v for k, v in two.items() if "cell_0" not in k}
+    with pytest.raises(ValueError, match=r"^variables: stack 'rnn' has layers \[1\]; expected layers 0 to 0"):
+        tf_to_module(no_layer_0)
+    bidi = module_to_tf(LSTM(3, 5, bidirectional=True, batch_first=True))
+    del bidi["bidirectional_rnn/bw/lstm_cell/kernel"]
+    with pytest.raises(ValueError, match=r"'bidirectional_rnn/bw/lstm_cell/bias' has no"):
+        tf_to_module(bidi)
+
+
+def test_checkpoint_shapes_name_the_variable():
+    variables = module_to_tf(LSTM(3, 5, batch_first=True, use_peepholes=True, proj_size=2))
+    short = dict(variables, **{"rnn/lstm_cell/w_i_diag": variables["rnn/lstm_cell/w_i_diag"][:-1]})
+    with pytest.raises(ValueError, match=r"^rnn/lstm_cell/w_i_diag: expected shape \(5,\) \(num_units\), got \(4,\)"):
+        tf_to_module(short)
+    no_inputs = dict(variables, **{"rnn/lstm_cell/kernel": variables["rnn/lstm_cell/kernel"][3:]})
+    with pytest.raises(ValueError, match=r"^rnn/lstm_cell/kernel: expected input_size \+ 2 \(output size\) rows"):
+        tf_to_module(no_inputs)
+    wrong_proj = dict(variables, **{"rnn/lstm_cell/projection/kernel": np.zeros((4, 2), np.float32)})
+    with pytest.raises(ValueError, match=r"^rnn/lstm_cell/projection/kernel: expected shape \[5 \(num_units\)"):
+        tf_to_module(wrong_proj)
+
+
+def test_per_layer_forget_bias_both_ways():
+    """The forget biases a TF1 file's cells were built with, per layer, give its variables back; per-layer
+    values may be a list or an array; a stack whose layers differ in direction has no TF1 layout."""
+    variables = {k: v for k, v in read_tf_checkpoint(fixture("tf1_multi")).items() if k != "global_step"}
+    module = tf_to_module(variables, forget_bias=np.array([1.0, 0.5]), cell_clip=[0.8, None])
+    assert [layer.forget_bias for layer in module.layers] == [1.0, 0.5]
+    back = module_to_tf(module, forget_bias=[1.0, 0.5])
+    for key in variables:
+        np.testing.assert_allclose(back[key], variables[key], atol=1e-7, err_msg=key)
+    with pytest.raises(ValueError, match=r"^forget_bias: expected one value or 2 \(one per layer\), got 3"):
+        module_to_tf(module, forget_bias=[1.0, 0.5, 0.0])
+    with pytest.raises(ValueError, match=r"^forget_bias: expected a finite number, got '1'"):
+        module_to_tf(module, forget_bias="1")
+    mixed = LSTMStack([LSTM(3, 4, batch_first=True), LSTM(4, 2, batch_first=True, bidirectional=True)])
+    with pytest.raises(ValueError, match=r"^module: an LSTMStack whose layers differ in direction"):
+        module_to_tf(mixed)

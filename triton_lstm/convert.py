@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 
-from triton_lstm.checks import shape_of
+from triton_lstm.checks import check_forget_bias, shape_of
 from triton_lstm.keras_files import read_keras_config, read_keras_weights  # noqa: F401  (re-exported)
 from triton_lstm.tf_checkpoint import read_tf_checkpoint  # noqa: F401  (re-exported)
 
@@ -72,6 +72,7 @@ def tf_to_torch_lstm(kernel: Any, bias: Any, projection: Optional[Any] = None,
     kernel [D + P, 4N], bias [4N], projection [N, P] or None. forget_bias is folded into bias_ih's f
     block; this agrees with TF to rounding only (pass 0 to a module that adds it at run time).
     """
+    forget_bias = check_forget_bias(forget_bias)
     kernel = _matrix("kernel", kernel, None, None, "input_size + output size, 4 * num_units")
     n = _num_units("kernel", kernel, 1)
     proj = None if projection is None else _matrix("projection", projection, n, None, f"num_units {n}, num_proj")
@@ -134,6 +135,7 @@ def torch_lstm_to_tf(state_dict: Mapping[str, Any], suffix: str = "_l0", forget_
     """TF LSTMCell variables (``scope/kernel``, ``scope/bias``, ``scope/projection/kernel``, and the
     peepholes of a triton_lstm.LSTM) from one layer/direction of an nn.LSTM state dict; forget_bias is
     subtracted from the f block so that a TF cell built with the same forget_bias computes the same function."""
+    forget_bias = check_forget_bias(forget_bias)
     layer = _torch_layer(state_dict, suffix)
     n = layer["weight_ih"].shape[0] // 4
     bias = swap_gates(layer["bias"]) if "bias" in layer else torch.zeros(4 * n)
@@ -170,6 +172,7 @@ def torch_lstm_to_keras(state_dict: Mapping[str, Any], suffix: str = "_l0",
     """A Keras LSTM's weights ``{"kernel", "recurrent_kernel", "bias"}`` from one layer/direction of an
     nn.LSTM-style state dict. ``forget_bias`` (a module's run-time one) is folded into the f block, since
     Keras has none. Peepholes and projections have no Keras equivalent and are refused."""
+    forget_bias = check_forget_bias(forget_bias)
     layer = _torch_layer(state_dict, suffix)
     extra = sorted(k for k in layer if k.startswith("w_") or k == "weight_hr")
     if extra:

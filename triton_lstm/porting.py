@@ -9,19 +9,22 @@ A uniform TF1 stack becomes one ``triton_lstm.LSTM`` (torch.nn.LSTM's parameters
 Keras layer with its ``return_sequences``, ``go_backwards`` and masked outputs).
 
 Final states are (h_n, c_n) as in nn.LSTM, [layers * directions, B, width], layer by layer and
-forward before backward; when the widths differ they are lists of [B, width] tensors instead.
+forward before backward; a ``Bidirectional`` gives its forward stack's, then its backward stack's
+(TF's order for ``bidirectional_dynamic_rnn``). When the widths differ they are lists of [B, width]
+tensors instead.
 """
 from __future__ import annotations
 
 import re
 from typing import Any, Mapping, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from triton_lstm.activations import ACTIVATIONS
-from triton_lstm.checks import shape_of
+from triton_lstm.checks import check_forget_bias, shape_of
 from triton_lstm.convert import (as_tensor, keras_to_torch_lstm, tf_to_torch_lstm, torch_lstm_to_keras,
                                  torch_lstm_to_tf)
 from triton_lstm.keras_files import read_keras_config, read_keras_weights
@@ -137,9 +140,20 @@ def _inputs(module: nn.Module, input, lengths, mask):
         lengths = lengths_from_mask(mask)
     if lengths is not None:
         lengths = torch.as_tensor(lengths, device=input.device)
+        if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+            raise TypeError(f"lengths: expected integers, got {lengths.dtype}")
         if shape_of(lengths) != (input.shape[0],) or bool(((lengths < 0) | (lengths > input.shape[1])).any()):
             raise ValueError(f"lengths: expected {input.shape[0]} values in [0, {input.shape[1]}], got {lengths.tolist()}")
     return input, lengths, False
+
+
+def _check_packable(layer: nn.Module, packed: bool) -> None:
+    """A PackedSequence holds each row's first steps: a layer returning Keras' reversed outputs
+    (go_backwards: the valid steps last) cannot answer one."""
+    if packed and getattr(layer, "go_backwards", False) and layer.return_sequences:
+        raise ValueError(f"input: layer {layer.name!r} runs backwards and returns its outputs reversed, with the "
+                         f"valid steps last, which a PackedSequence cannot hold; pass the padded input with "
+                         f"lengths= or mask=")
 
 
 def _output(out, packed: bool, input):
@@ -171,6 +185,7 @@ class LSTMStack(nn.Module):
 
     def forward(self, input, hx=None, *, lengths=None, mask=None):
         x, lengths, packed = _inputs(self, input, lengths, mask)
+        _check_packable(self.layers[-1], packed)
         if lengths is not None:
             early = [layer.name for layer in self.layers[:-1] if getattr(layer, "go_backwards", False)]
             if early:
@@ -234,7 +249,8 @@ class KerasRNN(nn.Module):
         return _state_count(self.lstm)
 
     def forward(self, input, hx=None, *, lengths=None):
-        x, lengths, _ = _inputs(self, input, lengths, None)
+        x, lengths, packed = _inputs(self, input, lengths, None)
+        _check_packable(self, packed)
         state = _split(hx, [self.state_count])[0]
         if self.lstm.bidirectional:
             out, h, c = _run(self.lstm, x, lengths, state)
@@ -252,7 +268,7 @@ class KerasRNN(nn.Module):
                 valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
                 held = torch.where(lengths[:, None] > 0, last, torch.zeros_like(last))
                 out = torch.where(valid[:, :, None], out, held[:, None, :])
-        return (out if self.return_sequences else last), (_stacked(h), _stacked(c))
+        return _output(out if self.return_sequences else last, packed, input), (_stacked(h), _stacked(c))
 
 
 # ----------------------------------------------------------------------------------- TF1 files
@@ -260,6 +276,9 @@ _STRUCTURAL = re.compile(r"^(fw|bw|multi_rnn_cell|cell_\d+)$")
 
 
 def _per_layer(name: str, value: Any, layers: int) -> list:
+    """One value per layer: ``value`` itself for each, or its items (a list, tuple or 1-D array)."""
+    if isinstance(value, (np.ndarray, Tensor)) and value.ndim == 1:
+        value = value.tolist()
     if isinstance(value, (list, tuple)):
         if len(value) != layers:
             raise ValueError(f"{name}: expected one value or {layers} (one per layer), got {len(value)}")
@@ -276,6 +295,7 @@ def find_lstm_cells(variables: Mapping[str, Any], scope: Optional[str] = None) -
     """
     names = {k.split(":")[0]: k for k in variables}
     prefix = scope.rstrip("/") + "/" if scope else None
+    _check_complete(names)
     cells = {}
     for name in names:
         if not name.endswith("/kernel") and name != "kernel":
@@ -292,6 +312,20 @@ def find_lstm_cells(variables: Mapping[str, Any], scope: Optional[str] = None) -
         if prefix is not None or has_extras or "lstm" in cell.rsplit("/", 1)[-1].lower():
             cells[cell] = found
     return cells
+
+
+def _check_complete(names: Mapping[str, str]) -> None:
+    """An LSTM cell with its kernel or its bias missing is an error (the stack would silently lose a layer
+    or a direction); a cell here is a scope named like TF's LSTM cells or with peepholes or a projection."""
+    for name in names:
+        cell, _, last = name.rpartition("/")
+        if last not in ("kernel", "bias") or cell.endswith("projection"):
+            continue
+        lstm_like = "lstm" in cell.rsplit("/", 1)[-1].lower() or any(
+            f"{cell}/{v}" in names for v in ("w_f_diag", "w_i_diag", "w_o_diag", "projection/kernel"))
+        other = f"{cell}/{'bias' if last == 'kernel' else 'kernel'}"
+        if lstm_like and other not in names:
+            raise ValueError(f"variables: {name!r} has no {other!r}: the checkpoint lacks part of that LSTM cell")
 
 
 def _place(cell: str) -> tuple[str, Optional[str], Optional[int], bool]:
@@ -313,8 +347,17 @@ def _cell_shapes(cell: str, v: dict[str, Any]) -> dict:
     peep = [g in v for g in ("w_f_diag", "w_i_diag", "w_o_diag")]
     if any(peep) and not all(peep):
         raise ValueError(f"{cell}: has only some of w_f_diag, w_i_diag, w_o_diag")
+    for g in ("w_f_diag", "w_i_diag", "w_o_diag") if all(peep) else ():
+        if shape_of(as_tensor(v[g], f"{cell}/{g}")) != (n,):
+            raise ValueError(f"{cell}/{g}: expected shape ({n},) (num_units), got {shape_of(as_tensor(v[g]))}")
     proj = v.get("projection/kernel")
+    if proj is not None and (as_tensor(proj).dim() != 2 or as_tensor(proj).shape[0] != n):
+        raise ValueError(f"{cell}/projection/kernel: expected shape [{n} (num_units), num_proj], got "
+                         f"{shape_of(as_tensor(proj))}")
     p = as_tensor(proj, f"{cell}/projection/kernel").shape[-1] if proj is not None else n
+    if kernel.shape[0] <= p:
+        raise ValueError(f"{cell}/kernel: expected input_size + {p} (output size) rows with input_size >= 1, got "
+                         f"shape {shape_of(kernel)}")
     return dict(scope=cell, n=n, p=p, d=kernel.shape[0] - p, peepholes=all(peep), projection=proj is not None)
 
 
@@ -389,8 +432,8 @@ def tf_to_module(variables: Mapping[str, Any], scope: Optional[str] = None, *, f
     def layer_list(direction):
         chosen = {places[c][2] or 0: shapes[c] for c in cells if places[c][1] == direction}
         order = sorted(chosen)
-        if order != list(range(order[0], order[0] + len(order))):
-            raise ValueError(f"variables: stack {roots[0]!r} has layers {order}; expected consecutive layers")
+        if order != list(range(len(order))):
+            raise ValueError(f"variables: stack {roots[0]!r} has layers {order}; expected layers 0 to {len(order) - 1}")
         return [chosen[k] for k in order]
 
     dir_first = any(p[3] for p in places.values())
@@ -427,45 +470,51 @@ def _directions(lstm: LSTM) -> list[tuple[Optional[str], str]]:
     return [("fw", ""), ("bw", "_reverse")] if lstm.bidirectional else [(None, "")]
 
 
-def _tf_cells(module: nn.Module) -> list[tuple[str, LSTM, str]]:
-    """(cell scope under the stack's scope, LSTM, parameter suffix) for every TF cell of a module."""
+def _tf_cells(module: nn.Module) -> list[tuple[str, LSTM, str, int]]:
+    """(cell scope under the stack's scope, LSTM, parameter suffix, layer) for every TF cell of a module."""
     def stacked(k: int, direction: Optional[str]) -> str:
         return f"multi_rnn_cell/cell_{k}/lstm_cell" if direction is None else \
             f"cell_{k}/bidirectional_rnn/{direction}/lstm_cell"
 
     if isinstance(module, LSTM) and module.num_layers == 1:
-        return [("lstm_cell" if d is None else f"{d}/lstm_cell", module, "_l0" + s) for d, s in _directions(module)]
+        return [("lstm_cell" if d is None else f"{d}/lstm_cell", module, "_l0" + s, 0) for d, s in _directions(module)]
     if isinstance(module, LSTM):
-        return [(stacked(k, d), module, f"_l{k}" + s) for k in range(module.num_layers) for d, s in _directions(module)]
+        return [(stacked(k, d), module, f"_l{k}" + s, k) for k in range(module.num_layers)
+                for d, s in _directions(module)]
     if isinstance(module, LSTMStack) and all(isinstance(m, LSTM) and m.num_layers == 1 for m in module.layers):
-        return [(stacked(k, d), m, "_l0" + s) for k, m in enumerate(module.layers) for d, s in _directions(m)]
+        if len({m.bidirectional for m in module.layers}) > 1:
+            raise ValueError("module: an LSTMStack whose layers differ in direction has no TF1 layout (a "
+                             "MultiRNNCell's layers run one way, stack_bidirectional_rnn's both)")
+        return [(stacked(k, d), m, "_l0" + s, k) for k, m in enumerate(module.layers) for d, s in _directions(m)]
     if isinstance(module, Bidirectional) and module.merge_mode == "concat":
         out = []
         for direction, sub in (("fw", module.forward_module), ("bw", module.backward_module)):
             cells = _tf_cells(sub)
-            if any("fw/" in c or "bw/" in c for c, _, _ in cells):
+            if any("fw/" in c or "bw/" in c for c, *_ in cells):
                 raise ValueError("module: a Bidirectional of bidirectional stacks has no TF1 layout")
-            out += [(f"{direction}/{c}", m, s) for c, m, s in cells]
+            out += [(f"{direction}/{c}", m, s, k) for c, m, s, k in cells]
         return out
     raise ValueError(f"module: expected a triton_lstm.LSTM, an LSTMStack of one-layer LSTMs or a concat "
                      f"Bidirectional of them, got {type(module).__name__}; TF1 has no layout for the rest")
 
 
-def module_to_tf(module: nn.Module, scope: Optional[str] = None, forget_bias: float = 1.0) -> dict:
-    """The TF1 variables (``{name: numpy array}``) of a module from ``tf_to_module``, a triton_lstm.LSTM
-    or an nn.LSTM-like stack, under the names TF1 gives them: ``<scope>/lstm_cell/...``,
-    ``<scope>/multi_rnn_cell/cell_k/lstm_cell/...``, ``<scope>/fw|bw/...`` and
-    ``<scope>/cell_k/bidirectional_rnn/fw|bw/...``. ``scope`` defaults to TF's ("rnn",
+def module_to_tf(module: nn.Module, scope: Optional[str] = None, forget_bias=1.0) -> dict:
+    """The TF1 variables (``{name: numpy array}``) of a module from ``tf_to_module`` or a
+    triton_lstm.LSTM (an nn.LSTM's state dict loads into one), under the names TF1 gives them:
+    ``<scope>/lstm_cell/...``, ``<scope>/multi_rnn_cell/cell_k/lstm_cell/...``, ``<scope>/fw|bw/...``
+    and ``<scope>/cell_k/bidirectional_rnn/fw|bw/...``. ``scope`` defaults to TF's ("rnn",
     "bidirectional_rnn", "stack_bidirectional_rnn"). The biases are for TF cells built with
-    ``forget_bias`` (the module's own run-time forget bias is folded in)."""
+    ``forget_bias``, one value or a list with one per layer (the module's own run-time forget bias is
+    folded in), as ``tf_to_module`` takes it."""
     cells = _tf_cells(module)
     if scope is None:
-        bidirectional = any(c.startswith(("fw/", "bw/")) for c, _, _ in cells)
-        stacked = any("/bidirectional_rnn/" in c for c, _, _ in cells)
+        bidirectional = any(c.startswith(("fw/", "bw/")) for c, *_ in cells)
+        stacked = any("/bidirectional_rnn/" in c for c, *_ in cells)
         scope = "stack_bidirectional_rnn" if stacked else "bidirectional_rnn" if bidirectional else "rnn"
+    per_layer = _per_layer("forget_bias", forget_bias, max(k for *_, k in cells) + 1)
     out = {}
-    for cell, lstm, suffix in cells:
-        out.update(torch_lstm_to_tf(lstm.state_dict(), suffix, forget_bias - lstm.forget_bias,
+    for cell, lstm, suffix, k in cells:
+        out.update(torch_lstm_to_tf(lstm.state_dict(), suffix, check_forget_bias(per_layer[k]) - lstm.forget_bias,
                                     f"{scope}/{cell}" if scope else cell))
     return out
 
@@ -506,15 +555,21 @@ def _keras_layer(name: str, weights: Mapping[str, Any], entry: Optional[dict], k
     directions = ("forward/", "backward/") if bidirectional else ("",)
     found = [{w: weights.get(f"{name}/{d}{w}") for w in ("kernel", "recurrent_kernel", "bias")} for d in directions]
     for d, f in zip(directions, found):
-        if f["kernel"] is None or f["recurrent_kernel"] is None:
-            raise ValueError(f"weights: no {name}/{d}kernel and {name}/{d}recurrent_kernel; layers with LSTM weights: "
-                             f"{sorted({k.split('/')[0] for k in weights if k.endswith('recurrent_kernel')})}")
+        absent = [f"{name}/{d}{w}" for w in ("kernel", "recurrent_kernel") if f[w] is None]
+        if absent:
+            complete = sorted({k.split("/")[0] for k in weights if k.endswith("/recurrent_kernel")
+                               and k[:-len("recurrent_kernel")] + "kernel" in weights})
+            raise ValueError(f"weights: no {' and no '.join(absent)}; layers with both LSTM kernels: {complete}")
     use_bias = inner.get("use_bias", found[0]["bias"] is not None)
     if use_bias != (found[0]["bias"] is not None):
         raise ValueError(f"weights: {name!r} has use_bias={use_bias} but the file {'lacks' if use_bias else 'has'} a bias")
     state = {}
     for d, f in enumerate(found):
-        state.update(keras_to_torch_lstm(f["kernel"], f["recurrent_kernel"], f["bias"], "_l0_reverse" if d else "_l0"))
+        try:
+            state.update(keras_to_torch_lstm(f["kernel"], f["recurrent_kernel"], f["bias"],
+                                             "_l0_reverse" if d else "_l0"))
+        except ValueError as e:
+            raise ValueError(f"weights: layer {(name + '/' + directions[d]).rstrip('/')}: {e}") from None
     units = state["weight_hh_l0"].shape[1]
     if inner.get("units", units) != units:
         raise ValueError(f"weights: {name!r} is configured with units={inner['units']} but its weights have {units}")
@@ -565,10 +620,26 @@ def keras_to_module(weights: Mapping[str, Any], config: Optional[dict] = None,
     missing = [n for n in layers if config and n not in by_name]
     if missing:
         raise ValueError(f"layers: no layer named {missing}; the model's layers: {list(by_name)}")
+    repeated = sorted({n for n in layers if layers.count(n) > 1})
+    if repeated:
+        raise ValueError(f"layers: {repeated} given more than once")
     first = entries.index(by_name[layers[0]]) if config else 0
     masking = [e for e in entries[:first] if e["class_name"] == "Masking"]
     modules = [_keras_layer(n, weights, by_name.get(n), version, k == len(layers) - 1) for k, n in enumerate(layers)]
+    for before, after in zip(modules, modules[1:]):
+        width = _keras_output_width(before)
+        if after.lstm.input_size != width:
+            raise ValueError(f"layers: {after.name!r} takes inputs of width {after.lstm.input_size}, but {before.name!r} "
+                             f"before it outputs {width}; pass layers=[...] in the order they run")
     return LSTMStack(modules, mask_value=masking[-1]["config"].get("mask_value", 0.0) if masking else None)
+
+
+def _keras_output_width(layer: KerasRNN) -> Optional[int]:
+    """The width of a Keras layer's outputs (None for a Bidirectional pair, merge_mode None)."""
+    width = layer.lstm.hidden_size
+    if not layer.lstm.bidirectional:
+        return width
+    return {"concat": 2 * width, None: None}.get(layer.merge_mode, width)
 
 
 def load_keras(path: str, layers: Union[str, Sequence[str], None] = None) -> LSTMStack:
@@ -578,23 +649,31 @@ def load_keras(path: str, layers: Union[str, Sequence[str], None] = None) -> LST
     return keras_to_module(read_keras_weights(path), read_keras_config(path), layers)
 
 
+def _keras_layers(module: nn.Module) -> list[tuple[Optional[str], LSTM, int]]:
+    """(Keras layer name or None for Keras' default, LSTM, layer index in it) of every layer of a module."""
+    if isinstance(module, LSTMStack):
+        return [layer for sub in module.layers for layer in _keras_layers(sub)]
+    if isinstance(module, KerasRNN):
+        return [(module.name, module.lstm, 0)]
+    if isinstance(module, LSTM):
+        return [(None, module, k) for k in range(module.num_layers)]
+    raise ValueError(f"module: expected an LSTMStack, KerasRNN or triton_lstm.LSTM, got {type(module).__name__}")
+
+
 def module_to_keras(module: nn.Module) -> dict:
     """Keras weights ``{"<layer>/kernel", "<layer>/recurrent_kernel", "<layer>/bias"}`` (Bidirectional:
     ``<layer>/forward/...``, ``<layer>/backward/...``; pass them to ``set_weights`` in that order) of a
     module from ``keras_to_module``, or a triton_lstm.LSTM (layers named lstm, lstm_1, ... or
     bidirectional, bidirectional_1, ...). Run-time forget bias is folded into the bias."""
-    if isinstance(module, LSTMStack):
-        out = {}
-        for layer in module.layers:
-            out.update(module_to_keras(layer))
-        return out
-    if isinstance(module, KerasRNN):
-        layers = [(module.name, module.lstm, 0)]
-    elif isinstance(module, LSTM):
-        base = "bidirectional" if module.bidirectional else "lstm"
-        layers = [(base + (f"_{k}" if k else ""), module, k) for k in range(module.num_layers)]
-    else:
-        raise ValueError(f"module: expected an LSTMStack, KerasRNN or triton_lstm.LSTM, got {type(module).__name__}")
+    layers, taken = [], set()
+    for name, lstm, k in _keras_layers(module):
+        if name is None:  # Keras' names: the first lstm, then lstm_1, ... (bidirectional likewise)
+            base = "bidirectional" if lstm.bidirectional else "lstm"
+            name = next(n for n in (base + (f"_{i}" if i else "") for i in range(len(taken) + 1)) if n not in taken)
+        if name in taken:
+            raise ValueError(f"module: two layers are named {name!r}")
+        taken.add(name)
+        layers.append((name, lstm, k))
     out = {}
     for name, lstm, k in layers:
         if lstm.cell_clip is not None or lstm.proj_clip is not None:
