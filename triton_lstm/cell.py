@@ -132,7 +132,7 @@ class LSTMCell(nn.Module):
         self.input_size = D
         self.reset_parameters()
 
-    def take(self, inputs: Tensor) -> None:
+    def check_inputs(self, inputs: Tensor) -> None:
         """Check ``inputs`` [..., D] of a call against the cell; at the first call of a cell without
         weights, build it for their width and, without a dtype chosen, their dtype."""
         if self.input_size is None:
@@ -231,7 +231,7 @@ class LSTMCell(nn.Module):
     def forward(self, inputs: Tensor, state=None):
         """One step. inputs [B, D]; state (c [B, N], h [B, P]) or [B, N + P]; returns (output, new state)."""
         check_tensor("inputs", inputs, 2)
-        self.take(inputs)
+        self.check_inputs(inputs)
         if state is None:
             state = self.zero_state(inputs.shape[0], inputs.dtype, inputs.device)
         c, h = self.split_state(state, inputs.shape[0])

@@ -29,7 +29,7 @@ def dynamic_rnn(cell: LSTMCell, inputs: Tensor, sequence_length: Optional[Tensor
     if not isinstance(cell, LSTMCell):
         raise TypeError(f"cell: expected a triton_lstm.LSTMCell, got {type(cell).__name__}")
     check_tensor("inputs", inputs, 3)
-    cell.take(inputs)
+    cell.check_inputs(inputs)
     x = inputs if time_major else inputs.transpose(0, 1)
     T, B, D = x.shape
     if initial_state is None:
