@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Optional
 
 import numpy as np
@@ -167,3 +168,10 @@ def check_sequence_args(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_x
     _check_state_and_weights(x, B, N, P, {"c0": c0, "h0": h0}, bias, peepholes,
                              {"w_x": w_x, "w_h": w_h, "projection": projection})
     return T, B, D, N, P
+
+
+def check_path(name: str, path: Any) -> str:
+    """A file path (str, bytes or os.PathLike) as a str."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"{name}: expected a file path (str or os.PathLike), got {type(path).__name__}")
+    return os.fsdecode(path)

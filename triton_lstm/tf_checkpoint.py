@@ -15,6 +15,8 @@ import struct
 
 import numpy as np
 
+from triton_lstm.checks import check_path
+
 # ------------------------------------------------------------------------------------ CRC32C
 _POLY = 0x82F63B78  # Castagnoli, reflected
 
@@ -104,6 +106,8 @@ def _varint(buf: bytes, pos: int, where: str) -> tuple[int, int]:
 
 def _proto_fields(buf: bytes, where: str) -> dict[int, list]:
     """A protobuf message as field number -> values (ints for varint/fixed fields, bytes otherwise)."""
+    if not isinstance(buf, bytes):  # a field read as a message
+        raise ValueError(f"{where}: malformed protobuf (a message field has the wrong wire type)")
     fields: dict[int, list] = {}
     pos = 0
     while pos < len(buf):
@@ -126,8 +130,12 @@ def _proto_fields(buf: bytes, where: str) -> dict[int, list]:
     return fields
 
 
-def _field(fields: dict[int, list], number: int, default=0):
-    return fields.get(number, [default])[-1]
+def _field(fields: dict[int, list], number: int, where: str, default: int | bytes = 0) -> int | bytes:
+    """A field's last value, checked to be of the default's kind (int, or bytes for strings and messages)."""
+    value = fields.get(number, [default])[-1]
+    if type(value) is not type(default):
+        raise ValueError(f"{where}: malformed protobuf (field {number} has the wrong wire type)")
+    return value
 
 
 # ------------------------------------------------------------------------------ the table
@@ -190,18 +198,23 @@ _DTYPE_NAMES = {20: "resource", 21: "variant"}
 def checkpoint_prefix(path: str) -> str:
     """The checkpoint prefix that ``path`` names: a prefix, its ``.index`` or ``.data-*`` file, or a
     folder with a ``checkpoint`` file (its ``model_checkpoint_path``, the latest save)."""
-    path = os.fspath(path)
+    path = check_path("path", path)
     if os.path.isdir(path):
         state = os.path.join(path, "checkpoint")
         if not os.path.isfile(state):
             found = sorted(f for f in os.listdir(path) if f.endswith(".index"))
             raise FileNotFoundError(f"path: the folder {path!r} has no 'checkpoint' file naming its latest "
                                     f"checkpoint; pass a prefix instead (.index files there: {found})")
-        with open(state, encoding="utf-8") as f:
-            match = re.search(r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"', f.read(), re.MULTILINE)
-        if match is None:
-            raise ValueError(f"path: {state!r} has no model_checkpoint_path line")
-        latest = match.group(1).encode("latin-1").decode("unicode_escape")
+        try:
+            with open(state, encoding="utf-8") as f:
+                match = re.search(r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"', f.read(), re.MULTILINE)
+            if match is None:
+                raise ValueError(f"path: {state!r} has no model_checkpoint_path line")
+            # Text-format escapes (TF writes a non-ASCII path's UTF-8 bytes as octal escapes) undone bytewise.
+            latest = match.group(1).encode("utf-8").decode("unicode_escape").encode("latin-1").decode("utf-8")
+        except UnicodeError as e:
+            raise ValueError(f"path: {state!r} is not UTF-8 text or has a malformed model_checkpoint_path: "
+                             f"corrupt file? ({e})") from e
         prefix = os.path.join(path, latest)
         # A checkpoint folder that was moved keeps absolute paths to where it was written.
         if not os.path.isfile(prefix + ".index") and os.path.isfile(os.path.join(path, os.path.basename(latest))
@@ -217,10 +230,11 @@ def checkpoint_prefix(path: str) -> str:
 def _entry(name: str, value: bytes, filename: str) -> dict:
     where = f"{filename}: entry {name!r}"
     fields = _proto_fields(value, where)
-    shape_fields = _proto_fields(_field(fields, 2, b""), where)
-    dims = [_field(_proto_fields(d, where), 1) for d in shape_fields.get(2, [])]
-    return dict(dtype=_field(fields, 1), shape=tuple(dims), shard=_field(fields, 3), offset=_field(fields, 4),
-                size=_field(fields, 5), crc=_field(fields, 6), sliced=bool(fields.get(7)))
+    shape_fields = _proto_fields(_field(fields, 2, where, b""), where)
+    dims = [_field(_proto_fields(d, where), 1, where) for d in shape_fields.get(2, [])]
+    return dict(dtype=_field(fields, 1, where), shape=tuple(dims), shard=_field(fields, 3, where),
+                offset=_field(fields, 4, where), size=_field(fields, 5, where), crc=_field(fields, 6, where),
+                sliced=bool(fields.get(7)))
 
 
 def _decode_strings(raw: bytes, count: int, where: str, entry_crc: int) -> np.ndarray:
@@ -259,15 +273,17 @@ def read_tf_checkpoint(path: str) -> dict[str, np.ndarray]:
     Raises FileNotFoundError for a missing index or shard, and ValueError naming the file and tensor
     when a checksum, size or format field does not match (a truncated or corrupt file).
     """
+    path = check_path("path", path)
     prefix = checkpoint_prefix(path)
     index = prefix + ".index"
     if not os.path.isfile(index):
-        raise FileNotFoundError(f"path: no TensorFlow checkpoint at {os.fspath(path)!r} (expected the file {index!r})")
+        raise FileNotFoundError(f"path: no TensorFlow checkpoint at {path!r} (expected the file {index!r})")
     entries = _read_table(index)
     if not entries or entries[0][0] != b"":
         raise ValueError(f"{index}: no bundle header entry: not a TensorFlow checkpoint index")
-    header = _proto_fields(entries[0][1], f"{index}: header")
-    num_shards, big_endian = _field(header, 1), _field(header, 2) == 1
+    where = f"{index}: header"
+    header = _proto_fields(entries[0][1], where)
+    num_shards, big_endian = _field(header, 1, where), _field(header, 2, where) == 1
     shards: dict[int, tuple[object, int]] = {}
     out: dict[str, np.ndarray] = {}
     try:
