@@ -29,12 +29,20 @@ class _Hardsigmoid(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         ctx.save_for_backward(inputs[0])
+        ctx.save_for_forward(inputs[0])
+
+    @staticmethod
+    def derivative(x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+        """aten's hardsigmoid_backward: 1/6 on the open interval (-3, 3), 0 elsewhere and at NaN."""
+        return torch.where((x > -3) & (x < 3), dy * (1 / 6), 0.0)
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor) -> torch.Tensor:
-        x, = ctx.saved_tensors
-        # aten's hardsigmoid_backward: 1/6 on the open interval (-3, 3), 0 elsewhere and at NaN.
-        return torch.where((x > -3) & (x < 3), dy * (1 / 6), 0.0)
+        return _Hardsigmoid.derivative(ctx.saved_tensors[0], dy)
+
+    @staticmethod
+    def jvp(ctx, dx: torch.Tensor) -> torch.Tensor:
+        return _Hardsigmoid.derivative(ctx.saved_tensors[0], dx)
 
 
 def hardsigmoid(x: torch.Tensor) -> torch.Tensor:
