@@ -33,8 +33,9 @@ compiler at run time.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -176,13 +177,20 @@ def _blocks(t: Tensor, N: int) -> list[tuple[Tensor, ...]]:
     return list(zip(*(t[..., g * N:(g + 1) * N].unbind(0) for g in range(4))))
 
 
-# The loop and torch's LSTM compute half-precision inputs in float32: autocast (which casts the
-# inputs before they get here) must not turn their products back into half precision, in the forward
-# or in a backward run outside the autocast region.
-_FLOAT32_PRODUCTS = torch.autocast("cpu", enabled=False)
+def _float32_products(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """fn with CPU autocast off: the loop and torch's LSTM compute half-precision inputs in float32,
+    and autocast (which casts the inputs before they get here) must not turn their products back into
+    half precision, in the forward or in a backward run outside the autocast region. A fresh
+    context per call: an autocast object keeps the state it replaced, so one shared object is not
+    safe across threads."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with torch.autocast("cpu", enabled=False):
+            return fn(*args, **kwargs)
+    return run
 
 
-@_FLOAT32_PRODUCTS
+@_float32_products
 def _forward(x: Tensor, w_x: Tensor, bias: Tensor, h0: Tensor, c0: Tensor, w_h: Tensor, w_if: Optional[Tensor],
              w_o: Optional[Tensor], projection: Optional[Tensor], lengths: Optional[Tensor], act: str, gate_act: str,
              cell_clip: Optional[float], proj_clip: Optional[float], keep: bool):
@@ -276,7 +284,7 @@ def _forward(x: Tensor, w_x: Tensor, bias: Tensor, h0: Tensor, c0: Tensor, w_h: 
             _or_empty(c_in, x, torch.bool), _or_empty(y_in, x, torch.bool))
 
 
-@_FLOAT32_PRODUCTS
+@_float32_products
 def _backward(d_hbuf: Tensor, d_h_T: Tensor, d_c_T: Tensor, x: Tensor, w_x: Tensor, hbuf: Tensor, cbuf: Tensor,
               gates: Tensor, act_c: Tensor, pre: Optional[Tensor], m: Optional[Tensor], c_in: Optional[Tensor],
               y_in: Optional[Tensor], w_h: Tensor, w_if: Optional[Tensor], w_o: Optional[Tensor],
@@ -548,7 +556,7 @@ def _block_vector(N: int, values: tuple[float, float, float, float], like: Tenso
     return torch.tensor(values, dtype=like.dtype).repeat_interleave(N)
 
 
-@_FLOAT32_PRODUCTS
+@_float32_products
 def torch_lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bias: Tensor,
                         projection: Optional[Tensor], forget_bias: float):
     """TF's plain cell (``torch_lstm_computes``) over full-length sequences as torch.lstm, one layer
