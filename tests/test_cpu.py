@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.func import grad, jacrev, vmap
 
 from helpers import CELL_AXES, TOLERANCES, assert_close, fresh_python
@@ -391,3 +392,35 @@ def test_cpu_tensors_take_the_cpu_path_without_the_interpreter():
                        float64="loop", callable_activation="reference", dynamic_rnn_plain="torch.lstm",
                        dynamic_rnn_extras="loop", module_extras="loop", module_plain="torch.lstm",
                        module_packed="loop")
+
+
+def test_hardsigmoid_forward_mode():
+    """Forward-mode derivatives (torch.func.jvp, jacfwd) through the hardsigmoid activation: equal to
+    F.hardsigmoid's, and through a cell on the reference path equal to the reverse-mode Jacobian."""
+    from triton_lstm.activations import hardsigmoid
+    from triton_lstm import lstm_cell
+
+    g = torch.Generator().manual_seed(5)
+    x, v = torch.randn(64, generator=g, dtype=torch.float64) * 4, torch.randn(64, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(torch.func.jvp(hardsigmoid, (x,), (v,))[1], torch.func.jvp(F.hardsigmoid, (x,), (v,))[1])
+    inputs = [t.double() for t in (torch.randn(2, 3, generator=g), torch.zeros(2, 4), torch.zeros(2, 4),
+                                   torch.randn(7, 16, generator=g), torch.zeros(16))]
+
+    def h_of_x(x):
+        return lstm_cell(x, *inputs[1:], activation="hardsigmoid", recurrent_activation="hardsigmoid")[0]
+
+    torch.testing.assert_close(torch.func.jacfwd(h_of_x)(inputs[0]), torch.func.jacrev(h_of_x)(inputs[0]))
+
+
+def test_float32_products_leave_the_callers_autocast_as_it_was():
+    """The CPU path turns autocast off for its own products with a fresh context per call: nested (or
+    concurrent) calls each put back their caller's autocast state (one shared autocast object would
+    restore the state the last call saved)."""
+    from triton_lstm.cpu import _float32_products
+
+    inner = _float32_products(lambda: torch.is_autocast_enabled("cpu"))
+    outer = _float32_products(lambda: (inner(), torch.is_autocast_enabled("cpu")))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert outer() == (False, False)
+        assert torch.is_autocast_enabled("cpu")
+    assert not torch.is_autocast_enabled("cpu")
