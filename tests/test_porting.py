@@ -442,7 +442,7 @@ def test_keras_inputs_a_packed_sequence_cannot_answer_or_lengths_must_be_integer
     x = torch.randn(3, 5, 3)
     with pytest.raises(ValueError, match=r"^input: layer 'lstm_c' runs backwards .* PackedSequence cannot hold"):
         module(pack_padded_sequence(x, [5, 2, 1], batch_first=True, enforce_sorted=False))
-    with pytest.raises(TypeError, match=r"^lengths: expected integers, got torch.float32"):
+    with pytest.raises(TypeError, match=r"^lengths: expected an integer tensor, got torch.float32"):
         module(x, lengths=torch.tensor([5.0, 2.5, 1.0]))
     forwards = LSTMStack([KerasRNN(LSTM(3, 4, batch_first=True), "only")])
     out = forwards(pack_padded_sequence(x, [5, 2, 1], batch_first=True, enforce_sorted=False))[0]
@@ -487,8 +487,14 @@ def test_checkpoint_missing_part_of_a_stack_is_an_error():
                                          r"'rnn/multi_rnn_cell/cell_0/lstm_cell/kernel'"):
         tf_to_module(no_kernel)
     no_layer_0 = {k: v for k, v in two.items() if "cell_0" not in k}
-    with pytest.raises(ValueError, match=r"^variables: stack 'rnn' has layers \[1\]; expected layers 0 to 0"):
+    with pytest.raises(ValueError, match=r"^variables: stack 'rnn' has layers \[1\]; expected consecutive layers "
+                                         r"from 0"):
         tf_to_module(no_layer_0)
+    # A scope may pick one layer of a stack; another stack's cells (a bias-free one here) do not count.
+    layer_1 = tf_to_module(two, scope="rnn/multi_rnn_cell/cell_1")
+    assert isinstance(layer_1, LSTM) and layer_1.num_layers == 1 and layer_1.input_size == 5
+    with_decoder = dict(two, **{"decoder/lstm_cell/kernel": np.zeros((10, 20), np.float32)})
+    assert tf_to_module(with_decoder, scope="rnn").num_layers == 2
     bidi = module_to_tf(LSTM(3, 5, bidirectional=True, batch_first=True))
     del bidi["bidirectional_rnn/bw/lstm_cell/kernel"]
     with pytest.raises(ValueError, match=r"'bidirectional_rnn/bw/lstm_cell/bias' has no"):

@@ -170,6 +170,12 @@ def check_sequence_args(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_x
     return T, B, D, N, P
 
 
+def check_integers(name: str, t: torch.Tensor) -> None:
+    """t holds integers (not floats, complex numbers or bools)."""
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise TypeError(f"{name}: expected an integer tensor, got {t.dtype}")
+
+
 def check_path(name: str, path: Any) -> str:
     """A file path (str, bytes or os.PathLike) as a str."""
     if not isinstance(path, (str, bytes, os.PathLike)):

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from triton_lstm.activations import ACTIVATIONS
-from triton_lstm.checks import check_forget_bias, shape_of
+from triton_lstm.checks import check_forget_bias, check_integers, shape_of
 from triton_lstm.convert import (as_tensor, keras_to_torch_lstm, tf_to_torch_lstm, torch_lstm_to_keras,
                                  torch_lstm_to_tf)
 from triton_lstm.keras_files import read_keras_config, read_keras_weights
@@ -140,8 +140,7 @@ def _inputs(module: nn.Module, input, lengths, mask):
         lengths = lengths_from_mask(mask)
     if lengths is not None:
         lengths = torch.as_tensor(lengths, device=input.device)
-        if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
-            raise TypeError(f"lengths: expected integers, got {lengths.dtype}")
+        check_integers("lengths", lengths)
         if shape_of(lengths) != (input.shape[0],) or bool(((lengths < 0) | (lengths > input.shape[1])).any()):
             raise ValueError(f"lengths: expected {input.shape[0]} values in [0, {input.shape[1]}], got {lengths.tolist()}")
     return input, lengths, False
@@ -295,7 +294,6 @@ def find_lstm_cells(variables: Mapping[str, Any], scope: Optional[str] = None) -
     """
     names = {k.split(":")[0]: k for k in variables}
     prefix = scope.rstrip("/") + "/" if scope else None
-    _check_complete(names)
     cells = {}
     for name in names:
         if not name.endswith("/kernel") and name != "kernel":
@@ -314,10 +312,14 @@ def find_lstm_cells(variables: Mapping[str, Any], scope: Optional[str] = None) -
     return cells
 
 
-def _check_complete(names: Mapping[str, str]) -> None:
-    """An LSTM cell with its kernel or its bias missing is an error (the stack would silently lose a layer
-    or a direction); a cell here is a scope named like TF's LSTM cells or with peepholes or a projection."""
+def _check_complete(variables: Mapping[str, Any], root: str) -> None:
+    """An LSTM cell of the stack under ``root`` with its kernel or its bias missing is an error (the
+    stack would silently lose a layer or a direction); a cell here is a scope named like TF's LSTM
+    cells or with peepholes or a projection."""
+    names = {k.split(":")[0] for k in variables}
     for name in names:
+        if root and not name.startswith(root + "/"):
+            continue
         cell, _, last = name.rpartition("/")
         if last not in ("kernel", "bias") or cell.endswith("projection"):
             continue
@@ -420,6 +422,7 @@ def tf_to_module(variables: Mapping[str, Any], scope: Optional[str] = None, *, f
     roots = sorted({p[0] for p in places.values()})
     if len(roots) > 1:
         raise ValueError(f"variables: several LSTM stacks, under the scopes {roots}; pass scope= one of them")
+    _check_complete(variables, roots[0])
     directions = sorted({p[1] for p in places.values()}, key=str)
     if len(directions) == 1:  # a scope that picks one direction: its stack, run forwards
         places = {cell: (root, None, layer, False) for cell, (root, _, layer, _) in places.items()}
@@ -432,8 +435,11 @@ def tf_to_module(variables: Mapping[str, Any], scope: Optional[str] = None, *, f
     def layer_list(direction):
         chosen = {places[c][2] or 0: shapes[c] for c in cells if places[c][1] == direction}
         order = sorted(chosen)
-        if order != list(range(len(order))):
-            raise ValueError(f"variables: stack {roots[0]!r} has layers {order}; expected layers 0 to {len(order) - 1}")
+        # A stack starts at cell_0; a scope may pick some of its layers (consecutive ones).
+        start = order[0] if scope else 0
+        if order != list(range(start, start + len(order))):
+            raise ValueError(f"variables: stack {roots[0]!r} has layers {order}; expected consecutive layers "
+                             f"from {start}")
         return [chosen[k] for k in order]
 
     dir_first = any(p[3] for p in places.values())

@@ -8,7 +8,7 @@ import torch
 import triton
 
 from triton_lstm.activations import Activation, activation_name
-from triton_lstm.checks import check_clip, check_forget_bias, check_sequence_args, shape_of
+from triton_lstm.checks import check_clip, check_forget_bias, check_integers, check_sequence_args, shape_of
 from triton_lstm.cpu import lstm_sequence_cpu
 from triton_lstm.functional import CellOptions, autocast, resolve_activations
 from triton_lstm.kernels.lstm_sequence import BARRIER_FAILED, lstm_seq_bwd_kernel, lstm_seq_fwd_kernel
@@ -192,8 +192,7 @@ def check_lengths(lengths: Optional[Tensor], T: int, B: int, device: torch.devic
         lengths = torch.as_tensor(lengths)
     if lengths.dim() != 1 or lengths.shape[0] != B:
         raise ValueError(f"{LENGTHS}: expected shape ({B},) = [batch], got {shape_of(lengths)}")
-    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
-        raise TypeError(f"{LENGTHS}: expected an integer tensor, got {lengths.dtype}")
+    check_integers(LENGTHS, lengths)
     if lengths.device != device and lengths.device.type != "cpu":
         raise ValueError(f"{LENGTHS}: on {lengths.device}, but the inputs are on {device}")
     # Values cannot be read while tracing or capturing a CUDA graph.
