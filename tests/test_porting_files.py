@@ -159,3 +159,16 @@ def test_checkpoint_state_path_escapes_and_path_types(tmp_path):
     for reader in (read_tf_checkpoint, read_keras_weights):
         with pytest.raises(TypeError, match=r"path: expected a file path \(str or os\.PathLike\), got int"):
             reader(3)
+
+
+def test_keras_reader_does_not_relabel_its_own_errors(monkeypatch):
+    """Only the zip and HDF5 libraries' errors mean a damaged file: an error of the reader's own code
+    (here a stand-in for its weight walk that raises KeyError) reaches the caller as it is."""
+    from triton_lstm import keras_files
+
+    def broken_walk(f, where, layers):
+        raise KeyError("a bug of the reader")
+
+    monkeypatch.setattr(keras_files, "_keras3_weights", broken_walk)
+    with pytest.raises(KeyError, match="a bug of the reader"):
+        read_keras_weights(fixture("keras_stacked.keras"))

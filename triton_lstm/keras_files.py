@@ -46,7 +46,7 @@ _DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSErr
 def _open(path: str) -> Iterator[tuple[Any, str, Optional[list[dict]], str]]:
     """(h5py.File, the path as a str, the model config's layers or None, Keras version) of a Keras file,
     open for the ``with`` body; the zip and HDF5 libraries' errors on a damaged file, there too, become a
-    ValueError naming it."""
+    ValueError naming it (errors of code of our own pass unchanged)."""
     h5py = _h5py()
     path = check_path("path", path)
     if not os.path.isfile(path):
@@ -81,7 +81,20 @@ def _open(path: str) -> Iterator[tuple[Any, str, Optional[list[dict]], str]]:
                     else "2" if config is not None or "layers" not in f else "3"
             yield f, path, keras_layers(config, path) if config is not None else None, version
     except _DAMAGED as e:
+        if not _damaged_file(e):  # an error of code of our own, not a damaged file's
+            raise
         raise ValueError(f"{path}: {what} cannot be read: corrupt or truncated? ({type(e).__name__}: {e})") from e
+
+
+def _damaged_file(e: BaseException) -> bool:
+    """Whether e says the file is damaged: the zip or HDF5 library raised it (its innermost frame is
+    theirs), or text stored in the file is not UTF-8."""
+    if isinstance(e, UnicodeDecodeError):
+        return True
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and str(tb.tb_frame.f_globals.get("__name__")).split(".")[0] in ("h5py", "zipfile")
 
 
 def _json_object(path: str, what: str, text: bytes | str) -> dict:
