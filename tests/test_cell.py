@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from helpers import TOLERANCES, assert_close
-from triton_lstm import LSTMCell, LSTMStateTuple, dynamic_rnn, lstm_cell, lstm_cell_reference
+from triton_lstm import DTypeError, LSTMCell, LSTMStateTuple, dynamic_rnn, lstm_cell, lstm_cell_reference
 from triton_lstm.launch import kernels_run_on
 
 B, D, N, P = 4, 6, 10, 5
@@ -490,7 +490,7 @@ def test_lazy_cell_takes_the_first_inputs_dtype(first_call, dtype, device):
     out = cell(x[:, 0])[0] if first_call == "cell" else dynamic_rnn(cell, x)[0]
     assert {p.dtype for p in cell.parameters()} == {dtype} and out.dtype == dtype
     fixed = LSTMCell(N, dtype=torch.float32, device=device)
-    with pytest.raises(TypeError, match=r"^inputs: dtype .* differs from the cell's weights \(torch.float32\)"):
+    with pytest.raises(DTypeError, match=r"^inputs: dtype .* differs from the cell's weights \(torch.float32\)"):
         fixed(x[:, 0])
     assert fixed.kernel.dtype == torch.float32
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from helpers import cell_args, cell_tensors
-from triton_lstm import LSTMCell, lstm_cell
+from triton_lstm import DTypeError, LSTMCell, lstm_cell
 
 B, D, N, P = 3, 7, 5, 4
 
@@ -192,7 +192,7 @@ def test_proj_clip_without_num_proj():
 
 def test_cell_inputs_in_another_dtype_than_its_weights():
     cell = LSTMCell(N, input_size=D)
-    with pytest.raises(TypeError, match=r"^inputs: dtype torch.float64 differs from the cell's weights "
+    with pytest.raises(DTypeError, match=r"^inputs: dtype torch.float64 differs from the cell's weights "
                                         r"\(torch.float32\); convert the inputs or the cell"):
         cell(torch.randn(B, D, dtype=torch.float64))
 

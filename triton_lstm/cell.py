@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from triton_lstm.activations import Activation, resolve_activation
-from triton_lstm.checks import FLOAT_DTYPES, check_clip, check_forget_bias, check_int, check_tensor, shape_of
+from triton_lstm.checks import FLOAT_DTYPES, DTypeError, check_clip, check_forget_bias, check_int, check_tensor, shape_of
 from triton_lstm.convert import as_tensor, keras_as_tf_variables
 from triton_lstm.functional import autocast_dtype, lstm_cell
 
@@ -51,7 +51,8 @@ class LSTMCell(nn.Module):
     peepholes, ``projection_kernel`` [N, P] (TF's ``projection/kernel``) with ``num_proj``.
 
     ``input_size`` may be omitted: the weights are then created at the first call (as TF builds
-    them), in the inputs' dtype unless ``dtype`` (or ``.to()`` before that call) chose one; create
+    them), in the inputs' dtype unless ``dtype`` chose one (or ``.to()``, ``.double()`` ... changed it
+    before that call); create
     the optimizer after that call. With fp16/bf16 weights the cell state in a state tuple stays
     float32.
     """
@@ -97,7 +98,8 @@ class LSTMCell(nn.Module):
         self.register_buffer("weights_like", torch.zeros(0, device=device, dtype=dtype or torch.get_default_dtype()),
                              persistent=False)
         # Without a dtype, a cell built at its first call takes the inputs' dtype (TF: "None means use
-        # the type of the first input"), unless .to() chose another before.
+        # the type of the first input"), unless .to() changed it before (a .to() to the default dtype
+        # leaves it unchanged, and so unchosen).
         self._dtype_from_inputs = None if dtype is not None else self.weights_like.dtype
         self._register_load_state_dict_pre_hook(self._build_from_state_dict)
         self.input_size: Optional[int] = None
@@ -143,7 +145,7 @@ class LSTMCell(nn.Module):
             raise ValueError(f"inputs: expected last dimension {self.input_size} (the cell's input_size), "
                              f"got shape {shape_of(inputs)}")
         if inputs.dtype != self.kernel.dtype and autocast_dtype(inputs.device) is None:
-            raise TypeError(f"inputs: dtype {inputs.dtype} differs from the cell's weights ({self.kernel.dtype}); "
+            raise DTypeError(f"inputs: dtype {inputs.dtype} differs from the cell's weights ({self.kernel.dtype}); "
                             f"convert the inputs or the cell (cell.to({inputs.dtype}))")
 
     def reset_parameters(self) -> None:
