@@ -7,6 +7,7 @@ import re
 import pytest
 
 from helpers import fresh_python
+from triton_lstm.aot import arch_from_env
 from triton_lstm.launch import RESIDENT_LIMITS
 from triton_lstm.tune import CUOBJDUMP
 
@@ -19,7 +20,7 @@ def test_what_runs_compiles_for_sm80_sm90(tmp_path):
     print(proc.stdout[-20000:])  # registers and shared memory per kernel and configuration, with pytest -s
     assert proc.returncode == 0, proc.stdout[-20000:] + proc.stderr[-5000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    archs = {int(a) for a in os.environ.get("TRITON_LSTM_AOT_ARCH", "80 90").split()}
+    archs = set(arch_from_env())
     assert {r["arch"] for r in rows} == archs
     assert {r["kernel"] for r in rows} == {"step_fwd", "step_proj", "step_bwd", "seq_fwd", "seq_bwd"}
     for arch, by_dtype in ((a, RESIDENT_LIMITS[a]) for a in archs):

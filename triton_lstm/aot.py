@@ -344,12 +344,13 @@ def compile_all(v: Variant, what: str) -> list[dict]:
     return rows
 
 
-def arch_from_env(parser: argparse.ArgumentParser) -> list[int]:
+def arch_from_env() -> list[int]:
     """$TRITON_LSTM_AOT_ARCH's compute capabilities (default 80 90), each one of TARGETS."""
     value = os.environ.get("TRITON_LSTM_AOT_ARCH", "80 90")
     archs = value.split()
     if not archs or any(not a.isdigit() or int(a) not in TARGETS for a in archs):
-        parser.error(f"TRITON_LSTM_AOT_ARCH: expected compute capabilities among {sorted(TARGETS)}, got {value!r}")
+        raise ValueError(f"TRITON_LSTM_AOT_ARCH: expected compute capabilities among {sorted(TARGETS)}, "
+                         f"got {value!r}")
     return [int(a) for a in archs]
 
 
@@ -364,7 +365,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("run without TRITON_INTERPRET=1: the interpreter compiles nothing")
-    archs = args.arch or arch_from_env(parser)
+    try:
+        archs = args.arch or arch_from_env()
+    except ValueError as e:
+        parser.error(str(e))
     try:
         report = open(args.json, "w") if args.json else contextlib.nullcontext()
     except OSError as e:
