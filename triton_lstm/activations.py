@@ -16,6 +16,9 @@ def linear(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+_ONE_SIXTH = torch.tensor(1 / 6, dtype=torch.float32).item()
+
+
 class _Hardsigmoid(torch.autograd.Function):
     """torch's hardsigmoid, its values and first derivative as aten's, with a backward built from
     differentiable ops: aten's hardsigmoid_backward has no derivative, so a double backward through
@@ -33,8 +36,9 @@ class _Hardsigmoid(torch.autograd.Function):
 
     @staticmethod
     def derivative(x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
-        """aten's hardsigmoid_backward: 1/6 on the open interval (-3, 3), 0 elsewhere and at NaN."""
-        return torch.where((x > -3) & (x < 3), dy * (1 / 6), 0.0)
+        """aten's hardsigmoid_backward: 1/6 on the open interval (-3, 3), 0 elsewhere and at NaN, with its
+        1/6 (a float32 constant, in every dtype)."""
+        return torch.where((x > -3) & (x < 3), dy * _ONE_SIXTH, 0.0)
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor) -> torch.Tensor:
