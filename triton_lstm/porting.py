@@ -299,23 +299,33 @@ def find_lstm_cells(variables: Mapping[str, Any], scope: Optional[str] = None) -
         if not name.endswith("/kernel") and name != "kernel":
             continue
         cell = name[:-len("kernel")].rstrip("/")
-        if cell.endswith("projection") or (cell + "/bias" if cell else "bias") not in names:
+        if cell.endswith("projection") or _var(cell, "bias") not in names:
             continue
         if prefix is not None and not (cell + "/").startswith(prefix):
             continue
-        found = {v: variables[names[f"{cell}/{v}" if cell else v]] for v in
-                 ("kernel", "bias", "w_f_diag", "w_i_diag", "w_o_diag", "projection/kernel")
-                 if (f"{cell}/{v}" if cell else v) in names}
-        has_extras = len(found) > 2
-        if prefix is not None or has_extras or "lstm" in cell.rsplit("/", 1)[-1].lower():
-            cells[cell] = found
+        if prefix is not None or _lstm_like(cell, names):
+            cells[cell] = {v: variables[names[_var(cell, v)]] for v in ("kernel", "bias", *_EXTRAS)
+                           if _var(cell, v) in names}
     return cells
 
 
+_EXTRAS = ("w_f_diag", "w_i_diag", "w_o_diag", "projection/kernel")
+
+
+def _var(cell: str, name: str) -> str:
+    """A variable's full name in a cell's scope ("" for variables at the top)."""
+    return f"{cell}/{name}" if cell else name
+
+
+def _lstm_like(cell: str, names: Mapping[str, Any]) -> bool:
+    """A scope named like TF's LSTM cells (lstm_cell, basic_lstm_cell, ...) or holding peepholes or a
+    projection."""
+    return "lstm" in cell.rsplit("/", 1)[-1].lower() or any(_var(cell, v) in names for v in _EXTRAS)
+
+
 def _check_complete(variables: Mapping[str, Any], root: str) -> None:
-    """An LSTM cell of the stack under ``root`` with its kernel or its bias missing is an error (the
-    stack would silently lose a layer or a direction); a cell here is a scope named like TF's LSTM
-    cells or with peepholes or a projection."""
+    """An LSTM cell (``_lstm_like``) of the stack under ``root`` with its kernel or its bias missing is
+    an error: the stack would silently lose a layer or a direction."""
     names = {k.split(":")[0] for k in variables}
     for name in names:
         if root and not name.startswith(root + "/"):
@@ -323,10 +333,8 @@ def _check_complete(variables: Mapping[str, Any], root: str) -> None:
         cell, _, last = name.rpartition("/")
         if last not in ("kernel", "bias") or cell.endswith("projection"):
             continue
-        lstm_like = "lstm" in cell.rsplit("/", 1)[-1].lower() or any(
-            f"{cell}/{v}" in names for v in ("w_f_diag", "w_i_diag", "w_o_diag", "projection/kernel"))
-        other = f"{cell}/{'bias' if last == 'kernel' else 'kernel'}"
-        if lstm_like and other not in names:
+        other = _var(cell, "bias" if last == "kernel" else "kernel")
+        if _lstm_like(cell, names) and other not in names:
             raise ValueError(f"variables: {name!r} has no {other!r}: the checkpoint lacks part of that LSTM cell")
 
 
@@ -350,13 +358,16 @@ def _cell_shapes(cell: str, v: dict[str, Any]) -> dict:
     if any(peep) and not all(peep):
         raise ValueError(f"{cell}: has only some of w_f_diag, w_i_diag, w_o_diag")
     for g in ("w_f_diag", "w_i_diag", "w_o_diag") if all(peep) else ():
-        if shape_of(as_tensor(v[g], f"{cell}/{g}")) != (n,):
-            raise ValueError(f"{cell}/{g}: expected shape ({n},) (num_units), got {shape_of(as_tensor(v[g]))}")
+        shape = shape_of(as_tensor(v[g], f"{cell}/{g}"))
+        if shape != (n,):
+            raise ValueError(f"{cell}/{g}: expected shape ({n},) (num_units), got {shape}")
     proj = v.get("projection/kernel")
-    if proj is not None and (as_tensor(proj).dim() != 2 or as_tensor(proj).shape[0] != n):
-        raise ValueError(f"{cell}/projection/kernel: expected shape [{n} (num_units), num_proj], got "
-                         f"{shape_of(as_tensor(proj))}")
-    p = as_tensor(proj, f"{cell}/projection/kernel").shape[-1] if proj is not None else n
+    if proj is not None:
+        proj = as_tensor(proj, f"{cell}/projection/kernel")
+        if proj.dim() != 2 or proj.shape[0] != n:
+            raise ValueError(f"{cell}/projection/kernel: expected shape [{n} (num_units), num_proj], got "
+                             f"{shape_of(proj)}")
+    p = proj.shape[-1] if proj is not None else n
     if kernel.shape[0] <= p:
         raise ValueError(f"{cell}/kernel: expected input_size + {p} (output size) rows with input_size >= 1, got "
                          f"shape {shape_of(kernel)}")
@@ -443,18 +454,18 @@ def tf_to_module(variables: Mapping[str, Any], scope: Optional[str] = None, *, f
         return [chosen[k] for k in order]
 
     dir_first = any(p[3] for p in places.values())
-    count = len(layer_list(directions[0]))
-    option_lists = [_per_layer(n, v, count) for n, v in (("forget_bias", forget_bias), ("cell_clip", cell_clip),
-                                                         ("proj_clip", proj_clip), ("activation", activation))]
+    first = layer_list(directions[0])
+    option_lists = [_per_layer(n, v, len(first)) for n, v in (("forget_bias", forget_bias), ("cell_clip", cell_clip),
+                                                              ("proj_clip", proj_clip), ("activation", activation))]
     # As TF's cell, a layer without a projection ignores proj_clip.
     options = [dict(forget_bias=f, cell_clip=c, proj_clip=p if shape["projection"] else None, activation=a)
-               for f, c, p, a, shape in zip(*option_lists, layer_list(directions[0]))]
+               for f, c, p, a, shape in zip(*option_lists, first)]
     if directions == [None]:
         return _build_stack([[s] for s in layer_list(None)], cells, options)
     fw, bw = layer_list("fw"), layer_list("bw")
     if len(fw) != len(bw):
         raise ValueError(f"variables: stack {roots[0]!r} has {len(fw)} fw and {len(bw)} bw layers")
-    if dir_first and count > 1:
+    if dir_first and len(first) > 1:
         return Bidirectional(_build_stack([[s] for s in fw], cells, options),
                              _build_stack([[s] for s in bw], cells, options))
     return _build_stack([[f, b] for f, b in zip(fw, bw)], cells, options)
@@ -517,10 +528,10 @@ def module_to_tf(module: nn.Module, scope: Optional[str] = None, forget_bias=1.0
         bidirectional = any(c.startswith(("fw/", "bw/")) for c, *_ in cells)
         stacked = any("/bidirectional_rnn/" in c for c, *_ in cells)
         scope = "stack_bidirectional_rnn" if stacked else "bidirectional_rnn" if bidirectional else "rnn"
-    per_layer = _per_layer("forget_bias", forget_bias, max(k for *_, k in cells) + 1)
+    per_layer = [check_forget_bias(f) for f in _per_layer("forget_bias", forget_bias, max(k for *_, k in cells) + 1)]
     out = {}
     for cell, lstm, suffix, k in cells:
-        out.update(torch_lstm_to_tf(lstm.state_dict(), suffix, check_forget_bias(per_layer[k]) - lstm.forget_bias,
+        out.update(torch_lstm_to_tf(lstm.state_dict(), suffix, per_layer[k] - lstm.forget_bias,
                                     f"{scope}/{cell}" if scope else cell))
     return out
 
@@ -635,8 +646,8 @@ def keras_to_module(weights: Mapping[str, Any], config: Optional[dict] = None,
     for before, after in zip(modules, modules[1:]):
         width = _keras_output_width(before)
         if after.lstm.input_size != width:
-            raise ValueError(f"layers: {after.name!r} takes inputs of width {after.lstm.input_size}, but {before.name!r} "
-                             f"before it outputs {width}; pass layers=[...] in the order they run")
+            raise ValueError(f"layers: {after.name!r} takes inputs of width {after.lstm.input_size}, but "
+                             f"{before.name!r} before it outputs {width}; pass layers=[...] in the order they run")
     return LSTMStack(modules, mask_value=masking[-1]["config"].get("mask_value", 0.0) if masking else None)
 
 
