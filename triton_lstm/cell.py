@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from triton_lstm.activations import Activation, resolve_activation
-from triton_lstm.checks import FLOAT_DTYPES, DTypeError, check_clip, check_forget_bias, check_int, check_tensor, shape_of
+from triton_lstm.checks import (FLOAT_DTYPES, DTypeError, check_clip, check_forget_bias, check_int, check_tensor,
+                                shape_of)
 from triton_lstm.convert import as_tensor, keras_as_tf_variables
 from triton_lstm.functional import autocast_dtype, lstm_cell
 
@@ -52,9 +53,8 @@ class LSTMCell(nn.Module):
 
     ``input_size`` may be omitted: the weights are then created at the first call (as TF builds
     them), in the inputs' dtype unless ``dtype`` chose one (or ``.to()``, ``.double()`` ... changed it
-    before that call); create
-    the optimizer after that call. With fp16/bf16 weights the cell state in a state tuple stays
-    float32.
+    before that call); create the optimizer after that call. With fp16/bf16 weights the cell state in
+    a state tuple stays float32.
     """
 
     def __init__(self, num_units: int, use_peepholes: bool = False, cell_clip: Optional[float] = None,
