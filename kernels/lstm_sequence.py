@@ -46,9 +46,18 @@ from .cell_math import cell_backward, clip, clip_grad
 from .lstm_tiles import (gate_columns, gates_and_cell, join_gates, load_gates, load_peepholes, load_slice,
                          load_tile, product, rows_and_slice, store_gates)
 
-# Added to the barrier counter by a program whose wait timed out: every waiting program, at this and
+# Set in the barrier counter by a program whose wait timed out: every waiting program, at this and
 # every later barrier of the launch, then passes at once; the host reads it as the failure flag.
+# Arrivals stay below it (the host steps a launch that would reach it).
 BARRIER_FAILED = tl.constexpr(1 << 30)
+
+
+@triton.jit
+def mark_barrier_failed(sync_ptr):
+    """Set the failure flag. An OR, not an add: several programs may time out at once, and adding the
+    flag twice would carry into the sign bit, making the counter negative (every later wait would
+    time out again, and the host would see no flag)."""
+    tl.atomic_or(sync_ptr, BARRIER_FAILED, sem="relaxed", scope="gpu")
 
 
 @triton.jit
@@ -70,7 +79,7 @@ def grid_barrier(sync_ptr, n_passed, max_spins, USE_BARRIER: tl.constexpr):
             arrived = tl.atomic_add(sync_ptr, 0, sem="acquire", scope="gpu")
             spins += 1
         if arrived < target:
-            tl.atomic_add(sync_ptr, BARRIER_FAILED, sem="relaxed", scope="gpu")
+            mark_barrier_failed(sync_ptr)
         tl.debug_barrier()
     return n_passed + 1
 

@@ -10,13 +10,17 @@ import re
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from helpers import CELL_AXES, TOLERANCES, as_inputs, assert_close, cell_tensors
 from triton_lstm.pairwise import case_id, pairwise
 from triton_lstm import (LSTMCell, LSTMStateTuple, dynamic_rnn, lstm_cell, lstm_sequence,
                          lstm_sequence_reference)
 from triton_lstm.activations import resolve_activation, resolve_recurrent_activation
+from triton_lstm.kernels.lstm_sequence import BARRIER_FAILED, grid_barrier, mark_barrier_failed
 from triton_lstm.launch import interpreting, kernels_run_on
+from triton_lstm.sequence import _raise_on_flags
 
 WEIGHTS = ("w_x", "w_h", "bias", "w_f_diag", "w_i_diag", "w_o_diag", "projection")
 FP32 = TOLERANCES[torch.float32]
@@ -455,3 +459,25 @@ def test_stepped_configuration_matches(device, grid, launches):
     run_sequence_case(case, 4, 3, 7, 20, 5, device, grid, lengths=variable_lengths(4, 3, device), seed=9)
     # Forward: gates and projection of each of 4 steps; backward: dh and gates of each step, then dh0.
     assert [k for k, _ in launches if k.startswith("seq")] == ["seq_fwd"] * 8 + ["seq_bwd"] * 9
+
+
+@triton.jit
+def _two_programs_time_out(sync_ptr, passed_ptr):
+    # Both programs of a grid that was not co-resident give up on the same barrier (neither sees the
+    # other's flag before setting its own); a later barrier must then pass at once.
+    mark_barrier_failed(sync_ptr)
+    mark_barrier_failed(sync_ptr)
+    tl.store(passed_ptr, grid_barrier(sync_ptr, 0, 1, True))
+
+
+def test_barrier_failure_flag_survives_several_timeouts(device):
+    """The flag the host raises on stays set however many programs time out, and the counter stays
+    positive, so that waits after it pass instead of timing out one after another."""
+    if not kernels_run_on(device, torch.float32):
+        pytest.skip("the kernels do not run in this session")
+    sync, passed = torch.zeros(2, dtype=torch.int32, device=device), torch.zeros(1, dtype=torch.int32, device=device)
+    _two_programs_time_out[(1,)](sync, passed)
+    assert int(passed) == 1
+    assert int(sync[0]) == BARRIER_FAILED.value + 1, "flag | one arrival"
+    with pytest.raises(RuntimeError, match="grid barrier of the persistent LSTM kernel timed out"):
+        _raise_on_flags(sync.cpu(), deferred=False)

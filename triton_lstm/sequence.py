@@ -32,7 +32,7 @@ _pending: list = []
 def _raise_on_flags(flags: Tensor, deferred: bool) -> None:
     """Raise if a persistent launch's sync flags (a host copy) report a failure."""
     which = "an earlier call" if deferred else "this call"
-    if int(flags[0]) >= BARRIER_FAILED.value:
+    if int(flags[0]) & BARRIER_FAILED.value:
         _pending.clear()
         raise RuntimeError(f"a grid barrier of the persistent LSTM kernel timed out: its programs were not all "
                            f"resident at once, and the results of {which} are wrong. Set "
