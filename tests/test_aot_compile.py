@@ -23,6 +23,10 @@ def test_what_runs_compiles_for_sm80_sm90(tmp_path):
     archs = set(arch_from_env())
     assert {r["arch"] for r in rows} == archs
     assert {r["kernel"] for r in rows} == {"step_fwd", "step_proj", "step_bwd", "seq_fwd", "seq_bwd"}
+    # The stepped fallback is built as it launches: each phase's kernel, without the grid barrier.
+    stepped = [r for r in rows if r["config"]["stepped"]]
+    assert stepped and all(r["phase"]["USE_BARRIER"] is False for r in stepped)
+    assert {r["phase"]["PHASES"] for r in stepped if r["kernel"] == "seq_bwd" and r["projection"] != "none"} == {1, 2}
     for arch, by_dtype in ((a, RESIDENT_LIMITS[a]) for a in archs):
         for dtype, sizes in by_dtype.items():
             for N, P in sizes:

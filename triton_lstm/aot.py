@@ -277,18 +277,21 @@ def variants(full: bool) -> list[tuple[Variant, str]]:
 
 
 def record_launches(v: Variant, cell: bool = True) -> list:
-    """(kernel, Problem, args, consts) of every launch a forward and backward of the variant's
-    sequence (and, with ``cell``, of one cell step) makes, with the launchers' real arguments
-    (nothing runs: outputs stay uninitialised)."""
+    """(kernel, Problem, launches, key constants) of every kernel a forward and backward of the
+    variant's sequence (and, with ``cell``, of one cell step) picks a configuration for, with the
+    launchers' real arguments: launches(cfg) lists the (args, constants) of the launches a
+    configuration makes (``launch.pick_config``). Nothing runs: outputs stay uninitialised."""
     from triton_lstm import lstm_cell, lstm_sequence
     calls = []
-    run_config = launch.run_config
+    pick_config, run_config = launch.pick_config, launch.run_config
 
-    def record(kernel, cfg, pb, args, consts, warmup=False):
-        if warmup:  # the tuner's resource check compiles
-            return run_config(kernel, cfg, pb, args, consts, warmup)
-        if all(launch.tuning_key(pb, consts) != launch.tuning_key(p, c) for _, p, _, c in calls):
-            calls.append((kernel, pb, args, consts))
+    def record(kernel, pb, launches, key_consts, device, before_run=None):
+        if all(launch.tuning_key(pb, key_consts) != launch.tuning_key(p, c) for _, p, _, c in calls):
+            calls.append((kernel, pb, launches, key_consts))
+        return pick_config(kernel, pb, launches, key_consts, device, before_run)
+
+    def compile_only(kernel, cfg, pb, args, consts, warmup=False):
+        return run_config(kernel, cfg, pb, args, consts, warmup) if warmup else None  # the tuner's check compiles
 
     dtype = getattr(torch, v.dtype)
     B, D, N, P = v.shape
@@ -306,7 +309,7 @@ def record_launches(v: Variant, cell: bool = True) -> list:
     opts = dict(activation=v.act, recurrent_activation=v.gate_act, cell_clip=1.0 if v.cell_clip else None,
                 proj_clip=1.0 if v.projection == "proj+clip" else None)
     lengths = torch.full((B,), T) if v.lengths else None
-    launch.run_config = record
+    launch.pick_config, launch.run_config = record, compile_only
     try:
         out, h, c = lstm_sequence(x, h0, c0, kernel[:D], kernel[D:], bias, *peep, proj, lengths, **opts)
         (out.float().sum() + c.sum()).backward()
@@ -314,31 +317,36 @@ def record_launches(v: Variant, cell: bool = True) -> list:
             h1, c1 = lstm_cell(x[0], c0, h0, kernel, bias, *peep, proj, **opts)
             (h1.float().sum() + c1.sum()).backward()
     finally:
-        launch.run_config = run_config
+        launch.pick_config, launch.run_config = pick_config, run_config
     return calls
 
 
 def compile_all(v: Variant, what: str) -> list[dict]:
     """The configurations of the variant's launches (``variants``: each default, every candidate, or
-    every candidate of the persistent kernels), compiled for its target: one row each with the
-    resources, whether the tuner keeps it (``tune.fits``: no spills, registers and shared memory
-    within the target's; what it keeps it may choose), and what is wrong: a launch none of whose
-    configurations is kept would fail on the device."""
+    every candidate of the persistent kernels), compiled for its target: one row per kernel a
+    configuration launches (a stepped one, one per phase: ``phase`` names the constants it changes),
+    with the resources, whether the tuner keeps the configuration (``launch.config_fits``: no spills
+    but in the stepped fallback, registers and shared memory within the target's; what it keeps it
+    may choose), and what is wrong: a launch none of whose configurations is kept would fail on the
+    device."""
     rows = []
     with stand_in_gpu(v.arch) as target:
-        for kernel, pb, args, consts in record_launches(v, cell=what != "persistent"):
+        for kernel, pb, launches, key_consts in record_launches(v, cell=what != "persistent"):
             if what == "default":
-                space = [launch.pick_config(kernel, pb, lambda cfg: [(args, consts)], consts, torch.device("cpu"))]
+                space = [launch.pick_config(kernel, pb, launches, key_consts, torch.device("cpu"))]
             else:
                 space = launch.candidates(pb, target.limits)
             launch_rows = []
             for cfg in space:
-                compiled = launch.run_config(kernel, cfg, pb, args, consts, warmup=True)
-                usage = tune.resource_usage(compiled.asm["cubin"])
-                launch_rows.append(dict(kernel=pb.kernel, **dataclasses.asdict(v), config=dataclasses.asdict(cfg),
-                                        programs=launch.programs(cfg, pb), shared=compiled.metadata.shared,
-                                        regs=usage["reg"], local=usage.get("local", 0), stack=usage.get("stack", 0),
-                                        kept=tune.fits(compiled, cfg, target.limits)))
+                built = launch.compile_launches(kernel, cfg, pb, launches)
+                kept = launch.config_fits([compiled for _, compiled in built], cfg, target.limits)
+                for consts, compiled in built:
+                    usage = tune.resource_usage(compiled.asm["cubin"])
+                    launch_rows.append(dict(kernel=pb.kernel, **dataclasses.asdict(v), config=dataclasses.asdict(cfg),
+                                            phase={k: c for k, c in consts.items() if key_consts.get(k) != c},
+                                            programs=launch.programs(cfg, pb), shared=compiled.metadata.shared,
+                                            regs=usage["reg"], local=usage.get("local", 0),
+                                            stack=usage.get("stack", 0), kept=kept))
             none_kept = [] if any(r["kept"] for r in launch_rows) else [f"no configuration fits sm_{v.arch}"]
             rows += [dict(r, problems=none_kept) for r in launch_rows]
     return rows
@@ -388,7 +396,8 @@ def main(argv=None) -> int:
                 print(f"[{i}/{len(todo)}] {row['kernel']:9s} sm_{v.arch} {v.dtype:8s} {v.act}/{v.gate_act} "
                       f"peep={v.peepholes:d} clip={v.cell_clip:d} {v.projection:9s} shape={v.shape} "
                       f"len={v.lengths:d} b={cfg['block_b']}/{cfg['block_n']}/{cfg['block_p']}/{cfg['block_k']} "
-                      f"res={cfg['resident']:d} w={cfg['num_warps']} G={row['programs']} regs={row['regs']} "
+                      f"res={cfg['resident']:d} w={cfg['num_warps']} G={row['programs']} "
+                      f"{''.join(f'{k}={c} ' for k, c in row['phase'].items())}regs={row['regs']} "
                       f"shared={row['shared']} stack={row['stack']} local={row['local']} "
                       f"{'kept' if row['kept'] else 'pruned'} {'; '.join(row['problems'])}", flush=True)
     print(f"{rows} kernels compiled for {len(todo)} variants, {failures} with problems")

@@ -372,6 +372,22 @@ def run_config(kernel, cfg: Config, pb: Problem, args, consts: dict, warmup: boo
         raise
 
 
+def compile_launches(kernel, cfg: Config, pb: Problem, launches) -> list:
+    """(constants, compiled kernel) of each distinct kernel a configuration launches (``launches(cfg)``
+    as ``pick_config``'s; a stepped one launches each phase's kernel once a step), compiled, not run."""
+    distinct = {}
+    for args, consts in launches(cfg):
+        distinct.setdefault(repr(sorted(consts.items())), (args, consts))
+    return [(consts, run_config(kernel, cfg, pb, args, consts, warmup=True)) for args, consts in distinct.values()]
+
+
+def config_fits(compiled: list, cfg: Config, limits: DeviceLimits) -> bool:
+    """The tuner's resource check (``tune.fits``) of a configuration's compiled kernels, each of them.
+    The stepped fallback comes last, for when nothing else builds: a spill there (its backward's
+    gate-gradient phase comes near the register limit) costs speed, not the launch."""
+    return all(tune.fits(c, cfg, limits, spills=cfg.stepped) for c in compiled)
+
+
 def pick_config(kernel, pb: Problem, launches, key_consts: dict, device: torch.device, before_run=None) -> Config:
     """The configuration ``tune.pick`` chooses (compiling and timing candidates on a GPU when the
     shape is new). launches(cfg) lists the (args, consts) of the launches one run makes with a
@@ -384,16 +400,15 @@ def pick_config(kernel, pb: Problem, launches, key_consts: dict, device: torch.d
     def run(cfg: Config, warmup: bool):
         nonlocal timed
         if warmup:
-            args, consts = launches(cfg)[0]
-            return run_config(kernel, cfg, pb, args, consts, warmup=True)
+            return [compiled for _, compiled in compile_launches(kernel, cfg, pb, launches)]
         timed = True
         if before_run is not None:
             before_run()
         for args, consts in launches(cfg):
             run_config(kernel, cfg, pb, args, consts)
 
-    def fits(compiled, cfg: Config) -> bool:
-        return tune.fits(compiled, cfg, limits)
+    def fits(compiled: list, cfg: Config) -> bool:
+        return config_fits(compiled, cfg, limits)
 
     def finish(cfg: Config) -> Config:
         if pb.kernel == "seq_bwd" and not pb.proj:

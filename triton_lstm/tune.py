@@ -177,11 +177,12 @@ def resource_usage(cubin: bytes) -> dict:
     return usage
 
 
-def fits(compiled: Any, cfg: Any, limits: Any) -> bool:
+def fits(compiled: Any, cfg: Any, limits: Any, spills: bool = False) -> bool:
     """The compiled kernel runs well on the device: nothing in local memory (spills, or a stack
-    frame ptxas made for them), one block's registers and shared memory within an SM's, so one
-    program fits on each SM (the grid of a persistent launch is the caller's: ``launch.candidates``
-    never makes more programs than SMs, and ``launch.check_config`` refuses a pin that does)."""
+    frame ptxas made for them; with ``spills``, it need only run), one block's registers and shared
+    memory within an SM's, so one program fits on each SM (the grid of a persistent launch is the
+    caller's: ``launch.candidates`` never makes more programs than SMs, and ``launch.check_config``
+    refuses a pin that does)."""
     # Loading the binary (what a first launch does) refuses a kernel that needs more shared memory
     # than the device has, and gives the registers and spills the driver reports.
     try:
@@ -192,7 +193,7 @@ def fits(compiled: Any, cfg: Any, limits: Any) -> bool:
     if os.path.exists(CUOBJDUMP):  # the driver's count leaves out a stack frame that spills go to
         usage = resource_usage(compiled.asm["cubin"])
         spilled = spilled or usage.get("stack", 0) > 0 or usage.get("local", 0) > 0
-    return (not spilled and regs * cfg.num_warps * 32 <= limits.regs_per_sm
+    return ((spills or not spilled) and regs * cfg.num_warps * 32 <= limits.regs_per_sm
             and compiled.metadata.shared <= limits.shared_per_block)
 
 
@@ -202,8 +203,8 @@ def pick(kernel: str, key: str, candidates: Callable[[], Sequence[C]], run: Call
     """The configuration to launch ``kernel`` with for this shape ``key``.
 
     candidates() lists the search space, the default first. run(cfg, warmup) compiles without
-    running when warmup is True (returning the compiled kernel) and runs the kernel otherwise;
-    running it repeatedly must be harmless. fits(compiled_kernel, cfg) is the resource check.
+    running when warmup is True (returning what it compiled) and runs the kernel otherwise;
+    running it repeatedly must be harmless. fits(compiled, cfg) is the resource check.
     compiled: kernels are compiled for a GPU (else the interpreter runs the default). finish(cfg)
     completes and validates the choice (it may raise). A choice is made once per process, device and
     key; later launches, captured or not, get the same one.

@@ -33,8 +33,9 @@ def test_fits_reads_the_resources_of_the_loaded_kernel(gpu):
     """The tuner's resource check on a freshly compiled kernel: its registers and spills exist only
     once the binary is loaded, and a build over the shared-memory limit is pruned, not raised."""
     v = aot.Variant("tanh", "sigmoid", True, True, "none", "float32", (64, 64, 512, 512), False, 90)
-    kernel, pb, args, consts = next(c for c in aot.record_launches(v) if c[1].kernel == "seq_fwd")
+    kernel, pb, launches, _ = next(c for c in aot.record_launches(v) if c[1].kernel == "seq_fwd")
     small = launch.Config(32, 8, 16, 64, True, 8)
+    [(args, consts)] = launches(small)
     compiled = launch.run_config(kernel, small, pb, args, consts, warmup=True)
     assert tune.fits(compiled, small, gpu.target.limits)
     assert 0 < compiled.n_regs <= 255 and compiled.n_spills == 0
@@ -43,6 +44,27 @@ def test_fits_reads_the_resources_of_the_loaded_kernel(gpu):
     compiled = launch.run_config(kernel, huge, pb, args, consts, warmup=True)
     assert compiled.metadata.shared > gpu.target.limits.shared_per_block
     assert not tune.fits(compiled, huge, gpu.target.limits)
+
+
+def test_stepped_fallback_checks_every_kernel_it_launches(gpu, monkeypatch):
+    """A stepped configuration launches one kernel per phase: the tuner's resource check must have
+    compiled and loaded each of them, not only the first (the backward's gate-gradient phase with a
+    projection is its heaviest)."""
+    candidates = launch.candidates
+    monkeypatch.setattr(launch, "candidates", lambda pb, limits: [c for c in candidates(pb, limits) if c.stepped])
+    checked, launched = set(), set()
+    run_config = launch.run_config
+
+    def spy(kernel, cfg, pb, args, consts, warmup=False):
+        (checked if warmup else launched).add((pb.kernel, repr(sorted(consts.items()))))
+        return run_config(kernel, cfg, pb, args, consts, warmup)
+
+    monkeypatch.setattr(launch, "run_config", spy)
+    out, h, c = lstm_sequence(*sequence_args(P=8), proj_clip=1.0)
+    (out.float().sum() + c.sum()).backward()
+    assert {k for k, _ in launched} == {"seq_fwd", "seq_bwd"}
+    assert len(launched) == 5, "forward: gates, projection; backward: dh, gates, dh0"
+    assert launched <= checked
 
 
 @pytest.mark.parametrize("proj", [None, 8])
@@ -259,10 +281,11 @@ def test_time_loop_keeps_weights_on_chip(gpu, dtype, shape, projection):
     shared-memory staging of a weight happens per step (the streaming control has both), and the
     loop has the barriers the design states per step."""
     v = aot.Variant("tanh", "sigmoid", True, True, projection, dtype, shape, True, 90)
-    for kernel, pb, args, consts in aot.record_launches(v):
+    for kernel, pb, launches, _ in aot.record_launches(v):
         if not pb.kernel.startswith("seq"):
             continue
         resident = next(c for c in launch.candidates(pb, gpu.target.limits) if c.resident)
+        [(args, consts)] = launches(resident)
         streaming = dataclasses.replace(resident, resident=False, block_k=launch.block_k(pb, False))
         compiled = launch.run_config(kernel, resident, pb, args, consts, warmup=True)
         on_chip = aot.time_loop_shape(compiled)
