@@ -10,6 +10,8 @@ Every kernel's grid is batch tiles x column slices, so a step fills the GPU at m
     lstm_step_proj_kernel  BLOCK_P columns of the projection m @ projection (LSTMP only)
     lstm_step_bwd_kernel   BLOCK_N units: dm (dy @ projection^T with a projection), then dz and dc
 The backward's dx and dh_prev (dz @ kernel^T) and the weight gradients are GEMMs on the host.
+Row offsets are 64-bit: x may be a time slice of a batch-first tensor, whose row stride is T * D,
+so that a row's offset passes 2^31 long before x itself has 2^31 elements.
 """
 import triton
 import triton.language as tl
@@ -38,6 +40,7 @@ def lstm_step_fwd_kernel(
 ):
     """Gates and cell update of one TF LSTMCell step. Grid: cdiv(B, BLOCK_B) * cdiv(N, BLOCK_N)."""
     o_b, mask_b, n0 = rows_and_slice(tl.program_id(0), B, N, BLOCK_B, BLOCK_N)
+    o_b = o_b.to(tl.int64)
     o_n = n0 + tl.arange(0, BLOCK_N)
     mask_n = o_n < N
     mask = mask_b[:, None] & mask_n[None, :]
@@ -70,6 +73,7 @@ def lstm_step_proj_kernel(
 ):
     """h = clip(m @ projection). Grid: cdiv(B, BLOCK_B) * cdiv(P, BLOCK_P)."""
     o_b, mask_b, p0 = rows_and_slice(tl.program_id(0), B, P, BLOCK_B, BLOCK_P)
+    o_b = o_b.to(tl.int64)
     o_p = p0 + tl.arange(0, BLOCK_P)
     mask_p = o_p < P
     y = tl.zeros((BLOCK_B, BLOCK_P), dtype=tl.float32)
@@ -102,6 +106,7 @@ def lstm_step_bwd_kernel(
     """dz and dc_prev of one step for BLOCK_B rows and BLOCK_N units: the persistent backward's gate
     phase at t = 0 of a one-step sequence. Grid: cdiv(B, BLOCK_B) * cdiv(N, BLOCK_N)."""
     o_b, mask_b, n0 = rows_and_slice(tl.program_id(0), B, N, BLOCK_B, BLOCK_N)
+    o_b = o_b.to(tl.int64)
     o_n = n0 + tl.arange(0, BLOCK_N)
     mask_n = o_n < N
     p_c = o_b[:, None] * N + o_n[None, :]

@@ -2,6 +2,7 @@
 import dataclasses
 import inspect
 import os
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -65,6 +66,28 @@ def test_stepped_fallback_checks_every_kernel_it_launches(gpu, monkeypatch):
     assert {k for k, _ in launched} == {"seq_fwd", "seq_bwd"}
     assert len(launched) == 5, "forward: gates, projection; backward: dh, gates, dh0"
     assert launched <= checked
+
+
+WEIGHT_POINTERS = {"w_ptr", "b_ptr", "wi_ptr", "wf_ptr", "wo_ptr", "proj_ptr"}
+
+
+def test_step_kernels_offset_rows_in_64_bits(gpu):
+    """x may be a time slice of a batch-first tensor (row stride T * D): every pointer into a
+    batch-row tensor is offset in 64 bits, so that row * stride may pass 2^31 (weights are small)."""
+    v = aot.Variant("tanh", "sigmoid", True, True, "proj+clip", "float16", (16, 80, 256, 128), False, 90)
+    for kernel, pb, launches, _ in aot.record_launches(v):
+        if not pb.kernel.startswith("step"):
+            continue
+        [(_, compiled)] = launch.compile_launches(kernel, launch.candidates(pb, gpu.target.limits)[0], pb, launches)
+        splats, rows = {}, []   # SSA names repeat in the text: the latest definition counts
+        for line in compiled.asm["ttir"].splitlines():
+            if splat := re.search(r"(%[\w.]+) = tt\.splat %(\w+_ptr) : !tt\.ptr", line):
+                splats[splat[1]] = splat[2]
+            elif add := re.search(r"tt\.addptr (%[\w.]+), .*, tensor<[\dx]+x(i\d+)>", line):
+                if splats.get(add[1], "w_ptr") not in WEIGHT_POINTERS:
+                    rows.append((splats[add[1]], add[2]))
+        assert rows and (pb.kernel != "step_fwd" or {p for p, _ in rows} >= {"x_ptr", "h_ptr"}), pb.kernel
+        assert all(bits == "i64" for _, bits in rows), (pb.kernel, sorted(set(rows)))
 
 
 @pytest.mark.parametrize("proj", [None, 8])
