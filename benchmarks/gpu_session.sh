@@ -90,7 +90,7 @@ install() {
     if compgen -G "$REPO/.whl/*.whl" > /dev/null; then
         local wheels
         wheels=$(mktemp -d)
-        if timeout 60 $PY -m pip install -q --no-index --no-deps --no-compile --target "$wheels" "$REPO"/.whl/*.whl; then
+        if timeout 60 $PY -m pip install -q --no-index --disable-pip-version-check --no-deps --no-compile --target "$wheels" "$REPO"/.whl/*.whl; then
             export PYTHONPATH="$wheels${PYTHONPATH:+:$PYTHONPATH}"
             echo "carried wheels: $(cd "$REPO/.whl" && echo *.whl)"
         else
@@ -99,7 +99,7 @@ install() {
     fi
     $PY -c "import expecttest" 2>/dev/null ||
         echo "expecttest is missing (not carried in .whl/): PyTorch's nn.LSTM tests will be skipped"
-    if timeout 60 $PY -m pip install -q --no-deps --no-build-isolation -e "$REPO"; then
+    if timeout 60 $PY -m pip install -q --no-index --disable-pip-version-check --no-deps --no-build-isolation -e "$REPO"; then
         echo "installed triton_lstm editable (pip --no-deps)"
     else
         # Without pip's editable install: a package folder of links, triton_lstm/kernels -> kernels/,

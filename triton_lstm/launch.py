@@ -367,8 +367,8 @@ def run_config(kernel, cfg: Config, pb: Problem, args, consts: dict, warmup: boo
         if persistent and _cooperative_error(e):
             raise RuntimeError(
                 f"the persistent LSTM kernel needs its {grid[0]} programs resident at once, and the GPU refused "
-                f"(other work holds SMs: another stream, NCCL or MPS): {e}. Pin fewer programs with "
-                f"TRITON_LSTM_CONFIG (e.g. block_b=64) or run it when the GPU is free") from e
+                f"(fewer SMs than it reports can take them: the kernel's registers and shared memory, or an SM "
+                f"limit such as MPS's): {e}. Pin fewer programs with TRITON_LSTM_CONFIG (e.g. block_b=64)") from e
         raise
 
 
