@@ -3,12 +3,15 @@
 The kernels are torch.library custom ops, so Dynamo traces through them without graph breaks on
 any backend; "aot_eager" also traces the registered autograd and fake implementations.
 """
+import shutil
+
 import pytest
 import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import triton_lstm
 from helpers import assert_close
+from triton_lstm.cpu import lstm_sequence_cpu
 
 BACKENDS = ["aot_eager"] + (["inductor"] if torch.cuda.is_available() else [])
 TOL = (1e-5, 1e-5)
@@ -89,3 +92,25 @@ def test_autocast_computes_in_the_lower_dtype(device):
     torch.testing.assert_close(out.float(), ref, atol=5e-2, rtol=5e-2)
     out.float().sum().backward()
     assert lstm.weight_hh_l0.grad.dtype == torch.float32
+
+
+@pytest.mark.skipif(shutil.which("c++") is None, reason="Inductor's CPU backend needs a C++ compiler")
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+@pytest.mark.parametrize("peepholes", [False, True], ids=["torch-lstm", "loop"])
+def test_inductor_over_the_cpu_path(peepholes):
+    """torch.compile's default backend over the CPU path with a projection, the initial state a view
+    of a layer's as LSTM passes it: torch's own LSTM (Inductor differentiated a projected aten.lstm
+    wrongly when its final states were indexed) and the loop."""
+    g = torch.Generator().manual_seed(0)
+    T, B, D, N, P = 5, 3, 4, 6, 3
+    x = torch.randn(T, B, D, generator=g, requires_grad=True)
+    weights = [(torch.randn(*shape, generator=g) * 0.3).requires_grad_()
+               for shape in ((D, 4 * N), (P, 4 * N), (4 * N,), (N, P))]
+    w_x, w_h, bias, projection = weights
+    peep = [(torch.randn(N, generator=g) * 0.3).requires_grad_() for _ in range(3)] if peepholes else [None] * 3
+
+    def run(x):
+        h0, c0 = x.new_zeros(1, B, P)[0], x.new_zeros(1, B, N)[0]
+        return lstm_sequence_cpu(x, h0, c0, w_x, w_h, bias, *peep, projection, forget_bias=1.0)
+
+    compare(run, torch.compile(run), weights + [p for p in peep if p is not None], x)

@@ -568,7 +568,10 @@ def torch_lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Ten
     if projection is not None:
         params.append(projection.t())
     out, h, c = torch.lstm(x, (h0[None], c0[None]), params, True, 1, 0.0, torch.is_grad_enabled(), False, False)
-    return out, h[0], c[0]
+    # NOTE: squeeze, not h[0]: Inductor (torch 2.13, CPU) differentiated a projected aten.lstm
+    # wrongly when its final states were indexed and its initial states were views (as LSTM's
+    # layers pass them); through squeeze the gradients are right.
+    return out, h.squeeze(0), c.squeeze(0)
 
 
 def loop_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bias: Tensor,
