@@ -114,3 +114,44 @@ def test_inductor_over_the_cpu_path(peepholes):
         return lstm_sequence_cpu(x, h0, c0, w_x, w_h, bias, *peep, projection, forget_bias=1.0)
 
     compare(run, torch.compile(run), weights + [p for p in peep if p is not None], x)
+
+
+def test_cpu_path_with_a_projection_keeps_the_length_symbolic():
+    """torch's LSTM with a projection is decomposed step by step when traced (T a constant): a new
+    sequence length must not recompile, as on every other path."""
+    N, P = 6, 3
+    w_x, w_h, bias, projection = torch.randn(4, 4 * N), torch.randn(P, 4 * N), torch.randn(4 * N), torch.randn(N, P)
+
+    def run(x):
+        return lstm_sequence_cpu(x, x.new_zeros(2, P), x.new_zeros(2, N), w_x, w_h, bias, projection=projection,
+                                 forget_bias=1.0)
+
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(run, backend=counter, fullgraph=True, dynamic=True)
+    for T in (5, 7, 9):  # no size equal to another (duck sizing would tie them)
+        x = torch.randn(T, 2, 4)
+        for i, (a, b) in enumerate(zip(compiled(x), run(x))):
+            assert_close(f"output {i}", a, b, TOL)
+    assert counter.frame_count == 1, "a new sequence length recompiled"
+
+
+@torch._dynamo.config.patch(allow_rnn=True)
+def test_a_new_batch_size_does_not_recompile(device):
+    """With dynamic=True the batch stays symbolic through the argument checks, the cell's zero state
+    and the kernels (no size may be turned into a constant, e.g. by formatting it into a message)."""
+    cell = triton_lstm.LSTMCell(6, use_peepholes=True, cell_clip=1.0, num_proj=3, input_size=4, device=device)
+    lstm = triton_lstm.LSTM(4, 6, proj_size=3, use_peepholes=True, device=device)
+    runs = {"cell": lambda x: cell(x[0]), "dynamic_rnn": lambda x: triton_lstm.dynamic_rnn(cell, x, time_major=True),
+            "LSTM": lstm}
+    for name, run in runs.items():
+        torch._dynamo.reset()
+        counter = CompileCounterWithBackend("aot_eager")
+        compiled = torch.compile(run, backend=counter, fullgraph=True, dynamic=True)
+        frames = None
+        for B in (5, 7, 9):
+            x = torch.randn(2, B, 4, device=device)
+            flat = [torch.utils._pytree.tree_leaves(out) for out in (compiled(x), run(x))]
+            for i, (a, b) in enumerate(zip(*flat)):
+                assert_close(f"{name} output {i}", a, b, TOL)
+            frames = frames or counter.frame_count
+        assert counter.frame_count == frames, f"{name}: a new batch size recompiled"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -33,12 +33,13 @@ def as_number(value: Any) -> Any:
 
 
 def check_int(name: str, value: Any, low: int, none_ok: bool = False) -> Optional[int]:
-    """An int >= low (numpy and 0-d tensor integers accepted); None when ``none_ok``."""
+    """An int >= low (numpy and 0-d tensor integers accepted, and the symbolic sizes of torch.compile
+    and torch.export); None when ``none_ok``."""
     value = as_number(value)
     if value is None and none_ok:
         return None
     expected = f"an int >= {low}" + (" or None" if none_ok else "")
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
         raise TypeError(f"{name}: expected {expected}, got {value!r} ({type(value).__name__})")
     if value < low:
         raise ValueError(f"{name}: expected {expected}, got {value}")
@@ -59,9 +60,11 @@ def check_tensor(name: str, t: object, rank: int) -> torch.Tensor:
     return t
 
 
-def check_shape(name: str, t: torch.Tensor, expected: tuple[int, ...], meaning: str) -> None:
+def check_shape(name: str, t: torch.Tensor, expected: tuple[int, ...], meaning: Callable[[], str]) -> None:
+    """meaning() says where the expected sizes come from; made only for the error (under
+    torch.compile, formatting a symbolic size into a string would make it a constant)."""
     if shape_of(t) != expected:
-        raise ValueError(f"{name}: expected shape {expected} ({meaning}), got {shape_of(t)}")
+        raise ValueError(f"{name}: expected shape {expected} ({meaning()}), got {shape_of(t)}")
 
 
 def check_clip(name: str, value: Optional[float]) -> Optional[float]:
@@ -115,18 +118,18 @@ def _check_state_and_weights(x: torch.Tensor, B: int, N: int, P: int, state: dic
                              weights: dict[str, Optional[torch.Tensor]]) -> None:
     (c_name, c), (h_name, h) = state.items()
     check_tensor(c_name, c, 2)
-    check_shape(c_name, c, (B, N), f"batch {B} from x, num_units {N}")
+    check_shape(c_name, c, (B, N), lambda: f"batch {B} from x, num_units {N}")
     check_tensor(h_name, h, 2)
-    check_shape(h_name, h, (B, P), f"batch {B} from x, output size {P}")
+    check_shape(h_name, h, (B, P), lambda: f"batch {B} from x, output size {P}")
     check_tensor("bias", bias, 1)
-    check_shape("bias", bias, (4 * N,), f"4 * num_units {N}")
+    check_shape("bias", bias, (4 * N,), lambda: f"4 * num_units {N}")
     present = [p is not None for p in peepholes]
     if any(present) and not all(present):
         raise ValueError("w_f_diag, w_i_diag, w_o_diag: pass all three peephole vectors or none")
     for name, p in zip(("w_f_diag", "w_i_diag", "w_o_diag"), peepholes):
         if p is not None:
             check_tensor(name, p, 1)
-            check_shape(name, p, (N,), f"num_units {N}")
+            check_shape(name, p, (N,), lambda: f"num_units {N}")
     named = {h_name: h, "bias": bias, **weights, **dict(zip(("w_f_diag", "w_i_diag", "w_o_diag"), peepholes))}
     for name, t in {**named, c_name: c}.items():
         if t is not None and t.device != x.device:
@@ -147,7 +150,7 @@ def check_cell_args(x: torch.Tensor, c: torch.Tensor, h: torch.Tensor, kernel: t
     B, D = x.shape
     N = _num_units("kernel", kernel)
     P = _output_size(projection, N, proj_clip)
-    check_shape("kernel", kernel, (D + P, 4 * N), f"input_size {D} + output size {P}, 4 * num_units {N}")
+    check_shape("kernel", kernel, (D + P, 4 * N), lambda: f"input_size {D} + output size {P}, 4 * num_units {N}")
     _check_state_and_weights(x, B, N, P, {"c": c, "h": h}, bias, peepholes,
                              {"kernel": kernel, "projection": projection})
     return B, D, N, P
@@ -163,8 +166,8 @@ def check_sequence_args(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_x
     T, B, D = x.shape
     N = _num_units("w_h", w_h)
     P = _output_size(projection, N, proj_clip)
-    check_shape("w_x", w_x, (D, 4 * N), f"input_size {D}, 4 * num_units {N}")
-    check_shape("w_h", w_h, (P, 4 * N), f"output size {P}, 4 * num_units {N}")
+    check_shape("w_x", w_x, (D, 4 * N), lambda: f"input_size {D}, 4 * num_units {N}")
+    check_shape("w_h", w_h, (P, 4 * N), lambda: f"output size {P}, 4 * num_units {N}")
     _check_state_and_weights(x, B, N, P, {"c0": c0, "h0": h0}, bias, peepholes,
                              {"w_x": w_x, "w_h": w_h, "projection": projection})
     return T, B, D, N, P

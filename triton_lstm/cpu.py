@@ -619,7 +619,10 @@ def lstm_sequence_cpu(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tenso
     # NOTE: with lengths torch's LSTM runs a packed sequence on its own loop (oneDNN has no packed
     # LSTM); that took 2.4-3.6x the loop's time forward+backward (B=16-64, H=256-512), so lengths
     # take the loop. torch's LSTM also needs a step to take (the loop's op keeps x in the graph).
-    if (T > 0 and B > 0 and lengths is None
+    # torch.compile and torch.export decompose torch's LSTM with a projection into one step per time
+    # step, making T a constant (a recompile per length): there the loop's op keeps T symbolic.
+    traced_projection = projection is not None and torch.compiler.is_compiling()
+    if (T > 0 and B > 0 and lengths is None and not traced_projection
             and torch_lstm_computes(w_f_diag is not None, projection, w_h.shape[1] // 4, **options)):
         out, h_T, c_T = torch_lstm_sequence(x, h0, c0, w_x, w_h, bias, projection, forget_bias)
     else:
