@@ -507,6 +507,12 @@ def test_lazy_cell_loads_a_state_dict_before_the_first_call(device):
                                          r"got \(5, 40\)"):
         LSTMCell(N, num_proj=P).load_state_dict({"kernel": torch.zeros(P, 4 * N), "bias": torch.zeros(4 * N),
                                                  "projection_kernel": torch.zeros(N, P)})
+    # Another cell's weights (num_proj P - 1): the kernel alone would pass for input_size D + 1.
+    other = LSTMCell(N, num_proj=P - 1, input_size=D).state_dict()
+    lazy = LSTMCell(N, num_proj=P)
+    with pytest.raises(ValueError, match=rf"^state_dict\['projection_kernel'\]: expected shape \({N}, {P}\) "):
+        lazy.load_state_dict(other)
+    assert lazy.input_size is None and not list(lazy.parameters()), "a failed load left the cell built"
 
 
 @pytest.mark.parametrize("initializer,bound", [

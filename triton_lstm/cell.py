@@ -164,13 +164,22 @@ class LSTMCell(nn.Module):
             self.bias.zero_()
 
     def _build_from_state_dict(self, state_dict, prefix, *args) -> None:
-        """load_state_dict on a cell not built yet builds it for the kernel's input size first."""
+        """load_state_dict on a cell not built yet builds it for the kernel's input size first, once
+        every weight there has its shape for that size (a failed load leaves the cell unbuilt)."""
         kernel = state_dict.get(prefix + "kernel")
         if self.input_size is None and isinstance(kernel, Tensor):
             if kernel.dim() != 2 or kernel.shape[0] <= self.output_size:
                 raise ValueError(f"state_dict[{prefix + 'kernel'!r}]: expected shape [input_size + "
                                  f"{self.output_size}, {4 * self.num_units}], got {shape_of(kernel)}")
-            self.build(kernel.shape[0] - self.output_size)
+            D = kernel.shape[0] - self.output_size
+            shapes = self._tf_shapes(D)
+            for tf, attr in self._tf_variables().items():
+                value = state_dict.get(prefix + attr)
+                if isinstance(value, Tensor) and shape_of(value) != shapes[tf]:
+                    raise ValueError(f"state_dict[{prefix + attr!r}]: expected shape {shapes[tf]} (num_units "
+                                     f"{self.num_units}, num_proj {self.num_proj}, input_size {D} from the kernel), "
+                                     f"got {shape_of(value)}")
+            self.build(D)
 
     def _initialised_weights(self) -> list[tuple[str, nn.Parameter]]:
         names = ["kernel"]
