@@ -180,6 +180,23 @@ def test_loop_op_schema_fake_and_autograd(keep):
                               (*grads, x, w_x, w_h, *weights, lengths, hbuf, cbuf, *kept, *acts))
 
 
+def test_loop_op_that_kept_nothing_still_differentiates():
+    """A graph traced or exported without gradients records keep=False; run with gradients later,
+    its backward recomputes the sequence (the reference's gradients) instead of failing."""
+    t, options = tensors_for(dict(EXTRAS, projection="proj+clip"))
+    lengths = torch.tensor([3, 5, 0, 2])
+    args = seq_args(t)
+    hbuf, _, h_T, c_T, *_ = torch.ops.triton_lstm.cpu_seq_fwd(
+        *args, lengths, activation_id("tanh"), activation_id("sigmoid"), options["forget_bias"],
+        options["cell_clip"], options["proj_clip"], False)
+    ref = lstm_sequence_reference(*args, lengths, **options)
+    leaves = [a for a in args if a is not None]
+    got, want = (torch.autograd.grad(sum((o * (i + 1)).sum() for i, o in enumerate(outs)), leaves)
+                 for outs in ((hbuf[1:], h_T, c_T), ref))
+    for name, a, b in zip(range(len(leaves)), got, want):
+        assert_close(f"grad {name}", a, b, TOLERANCES[torch.float32]["grad"])
+
+
 @pytest.mark.parametrize("case", NAN_CASES, ids=lambda c: f"{c['activation']}-{c['recurrent_activation']}")
 def test_loop_propagates_nan_and_inf(case):
     t, options = tensors_for(dict(EXTRAS, projection="proj+clip", **case))

@@ -516,14 +516,14 @@ def _fwd_setup(ctx, inputs, output):
 def _fwd_backward(ctx, d_hbuf, _d_cbuf, d_h_T, d_c_T, *_):
     *inputs, lengths, hbuf, cbuf, gates, act_c, pre, m, c_in, y_in = ctx.saved_tensors
     x, h0, c0, w_x, w_h, _, w_f_diag, w_i_diag, w_o_diag, projection = inputs
-    if torch.is_grad_enabled():
+    # Recomputed too: a forward that kept nothing (traced or exported without gradients, then run
+    # with them).
+    if torch.is_grad_enabled() or not ctx.keep:
         def recompute(x, h0, *rest):
             out, h_T, c_T = lstm_sequence_reference(x, h0, *rest, lengths, **reference_options(*ctx.options))
             return torch.cat([h0[None], out]), h_T, c_T
 
         return differentiable_vjp(ctx, recompute, tuple(inputs), (d_hbuf, d_h_T, d_c_T)) + (None,) * 7
-    if not ctx.keep:
-        raise RuntimeError("cpu_seq_fwd ran with keep=False, so it kept nothing to differentiate")
     d_hbuf = torch.zeros_like(hbuf) if d_hbuf is None else d_hbuf
     d_h_T = hbuf.new_zeros(hbuf.shape[1:]) if d_h_T is None else d_h_T
     d_c_T = cbuf.new_zeros(cbuf.shape[1:]) if d_c_T is None else d_c_T
