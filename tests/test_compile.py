@@ -155,3 +155,29 @@ def test_a_new_batch_size_does_not_recompile(device):
                 assert_close(f"{name} output {i}", a, b, TOL)
             frames = frames or counter.frame_count
         assert counter.frame_count == frames, f"{name}: a new batch size recompiled"
+
+
+def test_export_with_a_dynamic_batch_and_length(device, tmp_path):
+    """torch.export of LSTM (TF's extras) and of a cell called without a state, the batch and the
+    sequence length as Dims; the saved and loaded program against eager at other sizes."""
+    from torch.export import Dim
+
+    class Step(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cell = triton_lstm.LSTMCell(6, use_peepholes=True, num_proj=3, input_size=4, device=device)
+
+        def forward(self, x):
+            return self.cell(x)
+
+    lstm = triton_lstm.LSTM(4, 6, proj_size=3, use_peepholes=True, cell_clip=1.0, device=device)
+    cases = [(lstm, torch.randn(5, 3, 4, device=device), {"input": {0: Dim("T"), 1: Dim("B")}},
+              torch.randn(7, 2, 4, device=device)),
+             (Step(), torch.randn(3, 4, device=device), {"x": {0: Dim("B")}}, torch.randn(5, 4, device=device))]
+    for i, (module, x, dims, other) in enumerate(cases):
+        path = tmp_path / f"program{i}.pt2"
+        torch.export.save(torch.export.export(module, (x,), dynamic_shapes=dims), path)
+        program = torch.export.load(path).module()
+        got, want = (torch.utils._pytree.tree_leaves(f(other)) for f in (program, module))
+        for j, (a, b) in enumerate(zip(got, want)):
+            assert_close(f"{type(module).__name__} output {j}", a, b, TOL)

@@ -1,5 +1,7 @@
 """``LSTM`` (the nn.LSTM drop-in) against torch.nn.LSTM with the same state dict, and its TF extras
 (peepholes, clips, forget_bias, activation) against dynamic_rnn and the plain-PyTorch reference."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -309,6 +311,55 @@ def test_repr_appends_tf_options_when_set():
                 activation="relu", recurrent_activation="hard_sigmoid")
     assert repr(lstm) == ("LSTM(3, 4, proj_size=6, use_peepholes=True, cell_clip=1.0, proj_clip=0.5, "
                           "forget_bias=1.0, activation='relu', recurrent_activation='hard_sigmoid')")
+
+
+def test_repr_names_a_known_activation_function():
+    assert repr(LSTM(3, 4, activation=torch.tanh, recurrent_activation=torch.nn.functional.hardsigmoid)) == \
+        "LSTM(3, 4, recurrent_activation='hardsigmoid')"
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(num_layers=2, proj_size=2, batch_first=True, bidirectional=True)],
+                         ids=["default", "proj-bidir"])
+def test_to_torch_lstm_shares_the_parameters(kwargs, device):
+    ours = LSTM(D, H, **kwargs).to(device)
+    plain = ours.to_torch_lstm()
+    assert type(plain) is torch.nn.LSTM and repr(plain) == repr(ours)
+    assert all(a is b for a, b in zip(plain.parameters(), ours.parameters()))
+    x = randn(T, B, D, seed=31).to(device)
+    assert_close("output", plain(x)[0], ours(x)[0], TOL)
+
+
+@pytest.mark.parametrize("kwargs,named", [(dict(use_peepholes=True), "use_peepholes=True"),
+                                          (dict(forget_bias=1.0, proj_size=H), "forget_bias=1.0, proj_size=10 >= hidden_size"),
+                                          (dict(activation="relu"), "activation='relu'")],
+                         ids=["peepholes", "forget-bias-wide", "relu"])
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # TorchScript's own
+def test_tools_that_take_only_nn_lstm_refuse_tf_options(kwargs, named):
+    """to_torch_lstm, and torch.jit.script through it, name the options nn.LSTM cannot compute."""
+    with pytest.raises(ValueError, match=rf"^to_torch_lstm: nn.LSTM cannot compute this cell \({re.escape(named)}\)$"):
+        LSTM(D, H, **kwargs).to_torch_lstm()
+    with pytest.raises(RuntimeError, match=r"^torch.jit.script: TorchScript cannot run triton_lstm.LSTM with TF's "
+                                           rf"options: .*\({re.escape(named)}\)\. Use torch.compile or torch.export"):
+        torch.jit.script(torch.nn.Sequential(LSTM(D, H, **kwargs)))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # TorchScript's own
+def test_torch_jit_script_runs_the_nn_lstm_it_equals():
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = LSTM(D, H, num_layers=2, proj_size=4)
+            self.head = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.lstm(x)[0])
+
+    model = Model()
+    x = randn(T, B, D, seed=32)
+    want = model(x)
+    scripted = torch.jit.script(model)
+    assert_close("output", scripted(x), want, TOL)
+    assert scripted.lstm.weight_hh_l0 is model.lstm.weight_hh_l0
 
 
 def test_wide_projection_has_nn_lstm_names_and_shapes():

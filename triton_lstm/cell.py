@@ -27,6 +27,10 @@ class LSTMStateTuple(NamedTuple):
     h: Any
 
 
+# torch.export.save writes a program's output structure by type name: a namedtuple needs one.
+torch.utils._pytree._register_namedtuple(LSTMStateTuple, serialized_type_name="triton_lstm.LSTMStateTuple")
+
+
 def _as_dtype(name: str, dtype: Union[str, torch.dtype, None]) -> Optional[torch.dtype]:
     if isinstance(dtype, str) and dtype in _DTYPE_NAMES:
         dtype = _DTYPE_NAMES[dtype]

@@ -114,6 +114,31 @@ class LSTM(nn.LSTM):
                 and resolve_activation(self.activation)[0] == "tanh"
                 and resolve_recurrent_activation(self.recurrent_activation)[0] == "sigmoid")
 
+    def to_torch_lstm(self) -> nn.LSTM:
+        """This module as a plain ``torch.nn.LSTM`` sharing its parameters (not copies), for tools that
+        take only nn.LSTM itself: ``torch.ao.quantization.quantize_dynamic``, the ONNX exporter,
+        TorchScript. Only for the cells nn.LSTM computes (``computes_torch_lstm``); any other is a
+        ValueError naming the options nn.LSTM lacks."""
+        if not self.computes_torch_lstm():
+            extras = self._tf_options() + ([f"proj_size={self.proj_size} >= hidden_size"]
+                                           if self.proj_size >= self.hidden_size else [])
+            raise ValueError(f"to_torch_lstm: nn.LSTM cannot compute this cell ({', '.join(extras)})")
+        plain = nn.LSTM(self.input_size, self.hidden_size, self.num_layers, self.bias, self.batch_first,
+                        float(self.dropout), self.bidirectional, self.proj_size, device="meta")
+        for name in self._flat_weights_names:
+            setattr(plain, name, getattr(self, name))
+        plain.flatten_parameters()
+        return plain.train(self.training)
+
+    def __prepare_scriptable__(self) -> nn.LSTM:
+        """torch.jit.script compiles nn.LSTM, not this module's Python: a cell nn.LSTM computes is
+        scripted as that nn.LSTM (``to_torch_lstm``), any other is an error."""
+        try:
+            return self.to_torch_lstm()
+        except ValueError as e:
+            raise RuntimeError(f"torch.jit.script: TorchScript cannot run triton_lstm.LSTM with TF's options: {e}. "
+                               f"Use torch.compile or torch.export") from None
+
     # -- torch's argument checks, raising errors that are both nn.LSTM's and ours ---------------------
     def check_input(self, input: Tensor, batch_sizes: Optional[Tensor]) -> None:
         try:
@@ -228,10 +253,16 @@ class LSTM(nn.LSTM):
         proj = getattr(self, f"weight_hr{suffix}").t() if self.proj_size else None
         return swap_gates(w_ih, 0).t(), swap_gates(w_hh, 0).t(), bias, peepholes, proj
 
+    def _tf_options(self) -> list[str]:
+        """``name=value`` of the TF options that differ from their defaults; an activation by its name
+        when it is a known one (``torch.tanh`` is 'tanh', the default)."""
+        act = resolve_activation(self.activation)[0] or self.activation
+        gate = resolve_recurrent_activation(self.recurrent_activation)[0] or self.recurrent_activation
+        options = [("use_peepholes", self.use_peepholes, False), ("cell_clip", self.cell_clip, None),
+                   ("proj_clip", self.proj_clip, None), ("forget_bias", self.forget_bias, 0.0),
+                   ("activation", act, "tanh"), ("recurrent_activation", gate, "sigmoid")]
+        return [f"{name}={value!r}" for name, value, default in options if value != default]
+
     def extra_repr(self) -> str:
         """nn.LSTM's, then the TF options that differ from their defaults."""
-        extras = [("use_peepholes", self.use_peepholes, False), ("cell_clip", self.cell_clip, None),
-                  ("proj_clip", self.proj_clip, None), ("forget_bias", self.forget_bias, 0.0),
-                  ("activation", self.activation, "tanh"), ("recurrent_activation", self.recurrent_activation, "sigmoid")]
-        return super().extra_repr() + "".join(f", {name}={value!r}" for name, value, default in extras
-                                              if value != default)
+        return super().extra_repr() + "".join(f", {option}" for option in self._tf_options())
