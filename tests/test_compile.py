@@ -99,8 +99,8 @@ def test_autocast_computes_in_the_lower_dtype(device):
 @pytest.mark.parametrize("peepholes", [False, True], ids=["torch-lstm", "loop"])
 def test_inductor_over_the_cpu_path(peepholes):
     """torch.compile's default backend over the CPU path with a projection, the initial state a view
-    of a layer's as LSTM passes it: torch's own LSTM (Inductor differentiated a projected aten.lstm
-    wrongly when its final states were indexed) and the loop."""
+    of a layer's as LSTM passes it, for a cell torch's LSTM computes eagerly (Inductor differentiated
+    a projected aten.lstm wrongly) and one with peepholes."""
     g = torch.Generator().manual_seed(0)
     T, B, D, N, P = 5, 3, 4, 6, 3
     x = torch.randn(T, B, D, generator=g, requires_grad=True)

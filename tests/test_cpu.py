@@ -5,6 +5,7 @@ the loop, and which path lstm_sequence, dynamic_rnn and LSTM take on CPU tensors
 float32 through oneDNN's products and in float64 through addmm.
 """
 import json
+import shutil
 
 import pytest
 import torch
@@ -409,6 +410,50 @@ def test_cpu_tensors_take_the_cpu_path_without_the_interpreter():
                        float64="loop", callable_activation="reference", dynamic_rnn_plain="torch.lstm",
                        dynamic_rnn_extras="loop", module_extras="loop", module_plain="torch.lstm",
                        module_packed="loop")
+
+
+COMPILE_SCRIPT = r"""
+import json, warnings
+import torch
+import triton_lstm
+
+torch._dynamo.config.allow_rnn = True
+torch.manual_seed(0)
+T, B, D, N = 4, 3, 5, 6
+x = torch.randn(B, T, D)  # data: only the parameters require grad, as in training
+cell = triton_lstm.LSTMCell(N, input_size=D)
+modules = dict(plain=triton_lstm.LSTM(D, N, batch_first=True),
+               wide_projection=triton_lstm.LSTM(D, N, proj_size=N + 2, batch_first=True),
+               projection_forget_bias=triton_lstm.LSTM(D, N, proj_size=3, forget_bias=1.0, batch_first=True))
+runs = dict(dynamic_rnn_plain=lambda x: triton_lstm.dynamic_rnn(cell, x)[0],
+            **{name: (lambda m: lambda x: m(x)[0])(m) for name, m in modules.items()})
+
+def results(fn):
+    with torch.no_grad():
+        inference = fn(x)
+    out = fn(x)
+    params = [p for m in [cell, *modules.values()] for p in m.parameters()]
+    grads = torch.autograd.grad(out.sum(), params, allow_unused=True)
+    return [inference, out] + [g for g in grads if g is not None]
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    print(json.dumps({name: max((a - b).abs().max().item() for a, b in zip(results(torch.compile(fn)), results(fn)))
+                      for name, fn in runs.items()}))
+"""
+
+
+@pytest.mark.skipif(shutil.which("c++") is None, reason="Inductor's CPU backend needs a C++ compiler")
+def test_inductor_compiles_the_cpu_path_as_users_run_it():
+    """torch.compile's default backend (Inductor), in a fresh process without TRITON_INTERPRET, for
+    inference and training (only the parameters requiring grad): a plain cell, whose oneDNN LSTM
+    Inductor failed to compile, and projections torch's LSTM would run, whose gradients Inductor
+    got wrong; against eager."""
+    proc = fresh_python("-c", COMPILE_SCRIPT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    errors = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(errors) == {"dynamic_rnn_plain", "plain", "wide_projection", "projection_forget_bias"}
+    assert all(e < 1e-5 for e in errors.values()), errors
 
 
 def test_hardsigmoid_forward_mode():

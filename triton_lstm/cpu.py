@@ -568,10 +568,7 @@ def torch_lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Ten
     if projection is not None:
         params.append(projection.t())
     out, h, c = torch.lstm(x, (h0[None], c0[None]), params, True, 1, 0.0, torch.is_grad_enabled(), False, False)
-    # NOTE: squeeze, not h[0]: Inductor (torch 2.13, CPU) differentiated a projected aten.lstm
-    # wrongly when its final states were indexed and its initial states were views (as LSTM's
-    # layers pass them); through squeeze the gradients are right.
-    return out, h.squeeze(0), c.squeeze(0)
+    return out, h[0], c[0]
 
 
 def loop_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bias: Tensor,
@@ -619,10 +616,10 @@ def lstm_sequence_cpu(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tenso
     # NOTE: with lengths torch's LSTM runs a packed sequence on its own loop (oneDNN has no packed
     # LSTM); that took 2.4-3.6x the loop's time forward+backward (B=16-64, H=256-512), so lengths
     # take the loop. torch's LSTM also needs a step to take (the loop's op keeps x in the graph).
-    # torch.compile and torch.export decompose torch's LSTM with a projection into one step per time
-    # step, making T a constant (a recompile per length): there the loop's op keeps T symbolic.
-    traced_projection = projection is not None and torch.compiler.is_compiling()
-    if (T > 0 and B > 0 and lengths is None and not traced_projection
+    # Traced (torch.compile, torch.export), the loop's op runs too: Inductor cannot lower oneDNN's
+    # LSTM on the CPU (torch 2.13 fails to compile it), and torch's LSTM with a projection is
+    # decomposed into one step per time step, making T a constant (a recompile per length).
+    if (T > 0 and B > 0 and lengths is None and not torch.compiler.is_compiling()
             and torch_lstm_computes(w_f_diag is not None, projection, w_h.shape[1] // 4, **options)):
         out, h_T, c_T = torch_lstm_sequence(x, h0, c0, w_x, w_h, bias, projection, forget_bias)
     else:

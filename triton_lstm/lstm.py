@@ -158,11 +158,15 @@ class LSTM(nn.LSTM):
         """As nn.LSTM: input [T, B, D] ([B, T, D] with batch_first, [T, D] unbatched, or a
         PackedSequence); hx = (h_0 [L*dirs, B, P], c_0 [L*dirs, B, H]). Returns (output, (h_n, c_n))."""
         # nn.LSTM's own forward for its own cells where no kernel runs, except a PackedSequence on the
-        # CPU: aten runs that on its slower loop without oneDNN, where the CPU path's loop skips the
-        # rows past their length.
+        # CPU (aten runs that on its slower loop without oneDNN, where the CPU path's loop skips the
+        # rows past their length) and under torch.compile on the CPU (Inductor cannot lower oneDNN's
+        # LSTM there, and fails to compile nn.LSTM: the CPU path's loop compiles). torch.export keeps
+        # nn.LSTM's forward: its program holds aten's LSTM alone.
         data = input.data if isinstance(input, PackedSequence) else input
+        on_cpu = isinstance(data, Tensor) and data.device.type == "cpu"
+        compiled_on_cpu = on_cpu and torch.compiler.is_compiling() and not torch.compiler.is_exporting()
         if (isinstance(data, Tensor) and not kernels_run_on(data.device, data.dtype) and self.computes_torch_lstm()
-                and not (isinstance(input, PackedSequence) and data.device.type == "cpu")):
+                and not (on_cpu and isinstance(input, PackedSequence)) and not compiled_on_cpu):
             return super().forward(input, hx)
         self._update_flat_weights()
         x, lengths, hx, unbatched = self._time_major(input, hx)
