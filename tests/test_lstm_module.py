@@ -5,6 +5,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from torch.nn.utils import prune
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from helpers import assert_close
@@ -341,6 +342,15 @@ def test_tools_that_take_only_nn_lstm_refuse_tf_options(kwargs, named):
     with pytest.raises(RuntimeError, match=r"^torch.jit.script: TorchScript cannot run triton_lstm.LSTM with TF's "
                                            rf"options: .*\({re.escape(named)}\)\. Use torch.compile or torch.export"):
         torch.jit.script(torch.nn.Sequential(LSTM(D, H, **kwargs)))
+
+
+def test_to_torch_lstm_refuses_computed_weights():
+    lstm = LSTM(D, H)
+    prune.l1_unstructured(lstm, "weight_ih_l0", 0.3)
+    torch.nn.utils.parametrizations.weight_norm(lstm, "weight_hh_l0")
+    with pytest.raises(ValueError, match=r"^to_torch_lstm: weight_ih_l0, weight_hh_l0 computed from other "
+                                         r"parameters \(pruned or parametrized\); make them parameters again"):
+        lstm.to_torch_lstm()
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # TorchScript's own

@@ -616,9 +616,9 @@ def lstm_sequence_cpu(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tenso
     # NOTE: with lengths torch's LSTM runs a packed sequence on its own loop (oneDNN has no packed
     # LSTM); that took 2.4-3.6x the loop's time forward+backward (B=16-64, H=256-512), so lengths
     # take the loop. torch's LSTM also needs a step to take (the loop's op keeps x in the graph).
-    # Traced (torch.compile, torch.export), the loop's op runs too: Inductor cannot lower oneDNN's
-    # LSTM on the CPU (torch 2.13 fails to compile it), and torch's LSTM with a projection is
-    # decomposed into one step per time step, making T a constant (a recompile per length).
+    # Traced (torch.compile, torch.export), the loop's op runs too: Inductor fails to compile
+    # oneDNN's LSTM for training (torch 2.13), and tracing decomposes torch's LSTM with a
+    # projection into one step per time step, making T a constant (a recompile per length).
     if (T > 0 and B > 0 and lengths is None and not torch.compiler.is_compiling()
             and torch_lstm_computes(w_f_diag is not None, projection, w_h.shape[1] // 4, **options)):
         out, h_T, c_T = torch_lstm_sequence(x, h0, c0, w_x, w_h, bias, projection, forget_bias)

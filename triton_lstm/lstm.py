@@ -123,6 +123,11 @@ class LSTM(nn.LSTM):
             extras = self._tf_options() + ([f"proj_size={self.proj_size} >= hidden_size"]
                                            if self.proj_size >= self.hidden_size else [])
             raise ValueError(f"to_torch_lstm: nn.LSTM cannot compute this cell ({', '.join(extras)})")
+        computed = [name for name in self._flat_weights_names if not isinstance(getattr(self, name), nn.Parameter)]
+        if computed:
+            raise ValueError(f"to_torch_lstm: {', '.join(computed)} computed from other parameters (pruned or "
+                             f"parametrized); make them parameters again first (torch.nn.utils.prune.remove, "
+                             f"torch.nn.utils.parametrize.remove_parametrizations)")
         plain = nn.LSTM(self.input_size, self.hidden_size, self.num_layers, self.bias, self.batch_first,
                         float(self.dropout), self.bidirectional, self.proj_size, device="meta")
         for name in self._flat_weights_names:
@@ -157,16 +162,15 @@ class LSTM(nn.LSTM):
     def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[tuple[Tensor, Tensor]] = None):
         """As nn.LSTM: input [T, B, D] ([B, T, D] with batch_first, [T, D] unbatched, or a
         PackedSequence); hx = (h_0 [L*dirs, B, P], c_0 [L*dirs, B, H]). Returns (output, (h_n, c_n))."""
-        # nn.LSTM's own forward for its own cells where no kernel runs, except a PackedSequence on the
-        # CPU (aten runs that on its slower loop without oneDNN, where the CPU path's loop skips the
-        # rows past their length) and under torch.compile on the CPU (Inductor cannot lower oneDNN's
-        # LSTM there, and fails to compile nn.LSTM: the CPU path's loop compiles). torch.export keeps
-        # nn.LSTM's forward: its program holds aten's LSTM alone.
+        # nn.LSTM's own forward for its own cells where no kernel runs, except on the CPU a
+        # PackedSequence (aten runs that on its slower loop without oneDNN, where the CPU path's loop
+        # skips the rows past their length) and a traced call (torch.compile, torch.export: Inductor
+        # fails to compile nn.LSTM's oneDNN LSTM for training, and an export of it fixes T; the CPU
+        # path's loop does neither).
         data = input.data if isinstance(input, PackedSequence) else input
         on_cpu = isinstance(data, Tensor) and data.device.type == "cpu"
-        compiled_on_cpu = on_cpu and torch.compiler.is_compiling() and not torch.compiler.is_exporting()
         if (isinstance(data, Tensor) and not kernels_run_on(data.device, data.dtype) and self.computes_torch_lstm()
-                and not (on_cpu and isinstance(input, PackedSequence)) and not compiled_on_cpu):
+                and not (on_cpu and (isinstance(input, PackedSequence) or torch.compiler.is_compiling()))):
             return super().forward(input, hx)
         self._update_flat_weights()
         x, lengths, hx, unbatched = self._time_major(input, hx)
