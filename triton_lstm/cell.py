@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from triton_lstm.activations import Activation, resolve_activation
-from triton_lstm.checks import (FLOAT_DTYPES, DTypeError, check_clip, check_forget_bias, check_int, check_tensor,
-                                shape_of)
+from triton_lstm.checks import (FLOAT_DTYPES, DTypeError, ShapeError, check_clip, check_forget_bias, check_int,
+                                check_tensor, shape_of)
 from triton_lstm.convert import as_tensor, keras_as_tf_variables
 from triton_lstm.functional import autocast_dtype, lstm_cell
 
@@ -169,21 +169,30 @@ class LSTMCell(nn.Module):
 
     def _build_from_state_dict(self, state_dict, prefix, *args) -> None:
         """load_state_dict on a cell not built yet builds it for the kernel's input size first, once
-        every weight there has its shape for that size (a failed load leaves the cell unbuilt)."""
+        every weight there has its shape for that size: a shape error leaves the cell unbuilt. (A
+        missing weight is torch's error after the build: a hook cannot tell a strict load.)"""
         kernel = state_dict.get(prefix + "kernel")
         if self.input_size is None and isinstance(kernel, Tensor):
-            if kernel.dim() != 2 or kernel.shape[0] <= self.output_size:
-                raise ValueError(f"state_dict[{prefix + 'kernel'!r}]: expected shape [input_size + "
-                                 f"{self.output_size}, {4 * self.num_units}], got {shape_of(kernel)}")
-            D = kernel.shape[0] - self.output_size
-            shapes = self._tf_shapes(D)
-            for tf, attr in self._tf_variables().items():
-                value = state_dict.get(prefix + attr)
-                if isinstance(value, Tensor) and shape_of(value) != shapes[tf]:
-                    raise ValueError(f"state_dict[{prefix + attr!r}]: expected shape {shapes[tf]} (num_units "
-                                     f"{self.num_units}, num_proj {self.num_proj}, input_size {D} from the kernel), "
-                                     f"got {shape_of(value)}")
+            D = self._input_size_of(f"state_dict[{prefix + 'kernel'!r}]", kernel)
+            keys = {tf: prefix + attr for tf, attr in self._tf_variables().items()}
+            self._check_shapes(D, {tf: (f"state_dict[{key!r}]", state_dict[key]) for tf, key in keys.items()
+                                   if isinstance(state_dict.get(key), Tensor)})
             self.build(D)
+
+    def _input_size_of(self, label: str, kernel: Tensor) -> int:
+        """input_size from the rows of a kernel [input_size + output size, 4 num_units]."""
+        if kernel.dim() != 2 or kernel.shape[0] <= self.output_size:
+            raise ShapeError(f"{label}: expected shape [input_size + {self.output_size}, {4 * self.num_units}], "
+                             f"got {shape_of(kernel)}")
+        return kernel.shape[0] - self.output_size
+
+    def _check_shapes(self, input_size: int, values: dict[str, tuple[str, Tensor]]) -> None:
+        """Each TF variable's tensor (``label`` in the error) has its shape for ``input_size``."""
+        shapes = self._tf_shapes(input_size)
+        for tf, (label, value) in values.items():
+            if shape_of(value) != shapes[tf]:
+                raise ShapeError(f"{label}: expected shape {shapes[tf]} for TF's {tf!r} (num_units {self.num_units}, "
+                                 f"num_proj {self.num_proj}, input_size {input_size}), got {shape_of(value)}")
 
     def _initialised_weights(self) -> list[tuple[str, nn.Parameter]]:
         names = ["kernel"]
@@ -320,21 +329,12 @@ class LSTMCell(nn.Module):
         if ambiguous:
             raise ValueError(f"weights: several variables match {ambiguous}; pass scope= to pick one cell")
         arrays = {tf: as_tensor(weights[keys[0]]).detach() for tf, keys in found.items()}
-        D = self.input_size
-        if D is None:
-            kernel = arrays["kernel"]
-            if kernel.dim() != 2 or kernel.shape[0] <= self.output_size:
-                raise ValueError(f"weights['kernel']: expected shape [input_size + {self.output_size}, "
-                                 f"{4 * self.num_units}], got {shape_of(kernel)}")
-            D = kernel.shape[0] - self.output_size
+        D = self.input_size if self.input_size is not None else self._input_size_of("weights['kernel']",
+                                                                                       arrays["kernel"])
         # Check every variable before building or copying: a failed load leaves the cell as it was.
-        expected = self._tf_shapes(D)
+        self._check_shapes(D, {tf: (f"weights[{found[tf][0]!r}]", arrays[tf]) for tf in wanted})
         for tf in wanted:
-            value = arrays[tf]
-            if shape_of(value) != expected[tf]:
-                raise ValueError(f"weights[{found[tf][0]!r}]: expected shape {expected[tf]} for TF's "
-                                 f"{tf!r}, got {shape_of(value)}")
-            if not torch.isfinite(value).all():
+            if not torch.isfinite(arrays[tf]).all():
                 raise ValueError(f"weights[{found[tf][0]!r}]: contains NaN or infinite values")
         if self.input_size is None:
             self.build(D)
