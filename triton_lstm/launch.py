@@ -374,10 +374,11 @@ def run_config(kernel, cfg: Config, pb: Problem, args, consts: dict, warmup: boo
 
 def compile_launches(kernel, cfg: Config, pb: Problem, launches) -> list:
     """(constants, compiled kernel) of each distinct kernel a configuration launches (``launches(cfg)``
-    as ``pick_config``'s; a stepped one launches each phase's kernel once a step), compiled, not run."""
+    as ``pick_config``'s; a stepped one launches each phase's kernel once a step, all with one
+    constants dict), compiled, not run."""
     distinct = {}
     for args, consts in launches(cfg):
-        distinct.setdefault(repr(sorted(consts.items())), (args, consts))
+        distinct.setdefault(id(consts), (args, consts))
     return [(consts, run_config(kernel, cfg, pb, args, consts, warmup=True)) for args, consts in distinct.values()]
 
 

@@ -74,7 +74,7 @@ def _persistent_launch(kernel, pb: Problem, args, consts: dict, T: int, t_first:
                        restore=None) -> None:
     """Launch a persistent kernel over all T steps; ``args(cfg)`` gives its arguments up to ``sync_ptr``.
     ``schedule()`` lists the (t_first, n_steps, phase constants) of one-phase launches that replace it
-    for a stepped configuration (built only then: it has T entries or more). restore() puts in/out
+    for a stepped configuration (built only then: it has T entries or more; one dict per phase). restore() puts in/out
     buffers back before each run the tuner times and after the last (``launch.pick_config``)."""
     dev = sync.device
 
@@ -94,7 +94,9 @@ def _persistent_launch(kernel, pb: Problem, args, consts: dict, T: int, t_first:
         # a sequence whose barrier count would reach the counter's failure mark (T in the millions).
         arrivals = (2 * T + 1) * programs(cfg, pb)
         if cfg.stepped or (interpreting() and programs(cfg, pb) > 1) or arrivals >= BARRIER_FAILED.value:
-            return [(steps(first, n_steps), dict(consts, USE_BARRIER=False, **phase))
+            # One constants dict per phase, shared by its launches (launch.compile_launches).
+            by_phase: dict = {}
+            return [(steps(first, n_steps), by_phase.setdefault(id(phase), dict(consts, USE_BARRIER=False, **phase)))
                     for first, n_steps, phase in schedule()]
         return [(steps(t_first, T), one_launch)]
 
@@ -128,11 +130,11 @@ def seq_forward(xw: Tensor, h0: Tensor, c0: Tensor, w_h: Tensor, peepholes, proj
     pb = Problem("seq_fwd", B, 0, N, P, projection is not None, dtype)
     consts = kernel_constants(opts, dtype, lstm_seq_fwd_kernel, USE_PEEPHOLES=wf is not None, HAS_PROJ=pb.proj,
                               HAS_LENGTHS=lengths is not None)
-    phases = (1, 2) if pb.proj else (1,)
+    phase_consts = [dict(PHASES=1), dict(PHASES=2)] if pb.proj else [dict(PHASES=1)]
     args = (xw, w_h, wi, wf, wo, projection, lengths, hbuf, cbuf, z, m, y, out, sync)
 
     def schedule():
-        return [(t, 1, dict(PHASES=ph)) for t in range(T) for ph in phases]
+        return [(t, 1, phase) for t in range(T) for phase in phase_consts]
 
     _persistent_launch(lstm_seq_fwd_kernel, pb, lambda cfg: args, consts, T, 0, schedule, sync)
     return out, hbuf, cbuf, z, m, y
@@ -160,8 +162,10 @@ def seq_backward(dout: Tensor, dh_T: Tensor, dc_T: Tensor, z: Tensor, cbuf: Tens
     step_phases = [dict(PHASES=2, FINAL=False), dict(PHASES=1, FINAL=False)] if pb.proj else \
         [dict(PHASES=3, FINAL=False)]
 
+    last_phase = dict(PHASES=2)
+
     def schedule():
-        return [(t, 1, ph) for t in range(T - 1, -1, -1) for ph in step_phases] + [(-1, 0, dict(PHASES=2))]
+        return [(t, 1, ph) for t in range(T - 1, -1, -1) for ph in step_phases] + [(-1, 0, last_phase)]
 
     def restore():
         dh.copy_(dh_T)
