@@ -96,11 +96,11 @@ def test_autocast_computes_in_the_lower_dtype(device):
 
 @pytest.mark.skipif(shutil.which("c++") is None, reason="Inductor's CPU backend needs a C++ compiler")
 @pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
-@pytest.mark.parametrize("peepholes", [False, True], ids=["torch-lstm", "loop"])
+@pytest.mark.parametrize("peepholes", [False, True], ids=["eager-torch-lstm", "peepholes"])
 def test_inductor_over_the_cpu_path(peepholes):
     """torch.compile's default backend over the CPU path with a projection, the initial state a view
-    of a layer's as LSTM passes it, for a cell torch's LSTM computes eagerly (Inductor differentiated
-    a projected aten.lstm wrongly) and one with peepholes."""
+    of a layer's as LSTM passes it: a cell torch's LSTM computes eagerly (traced, the loop runs:
+    Inductor differentiated a projected aten.lstm wrongly) and one with peepholes."""
     g = torch.Generator().manual_seed(0)
     T, B, D, N, P = 5, 3, 4, 6, 3
     x = torch.randn(T, B, D, generator=g, requires_grad=True)

@@ -434,7 +434,7 @@ def results(fn):
     out = fn(x)
     params = [p for m in [cell, *modules.values()] for p in m.parameters()]
     grads = torch.autograd.grad(out.sum(), params, allow_unused=True)
-    return [inference, out] + [g for g in grads if g is not None]
+    return [inference, out] + [torch.zeros(()) if g is None else g for g in grads]
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
