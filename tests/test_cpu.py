@@ -181,6 +181,25 @@ def test_loop_op_schema_fake_and_autograd(keep):
                               (*grads, x, w_x, w_h, *weights, lengths, hbuf, cbuf, *kept, *acts))
 
 
+def test_cells_torch_lstm_computes_take_the_loop_under_vmap():
+    """torch's LSTM has no vmap batching rule: under torch.func transforms the loop runs instead
+    (per-sample outputs and per-sample gradients equal to one call per sample)."""
+    t, _ = tensors_for(dict(PLAIN, projection="proj"))
+    x, h0, c0, w_x, w_h, bias, *_, projection = (None if v is None else v.detach() for v in seq_args(t))
+    xs = torch.randn(3, T, B, D, generator=torch.Generator().manual_seed(3))
+
+    def out(x, w_h):
+        return lstm_sequence_cpu(x, h0, c0, w_x, w_h, bias, projection=projection, forget_bias=1.0)[0]
+
+    want = torch.stack([out(x, w_h) for x in xs])
+    assert_close("outputs", torch.func.vmap(out, in_dims=(0, None))(xs, w_h), want, TOLERANCES[torch.float32]["fwd"])
+    per_sample = torch.func.vmap(torch.func.grad(lambda w, x: out(x, w).sum()), in_dims=(None, 0))(w_h, xs)
+    for i, x in enumerate(xs):
+        w = w_h.clone().requires_grad_()
+        assert_close(f"gradient {i}", per_sample[i], torch.autograd.grad(out(x, w).sum(), w)[0],
+                     TOLERANCES[torch.float32]["grad"])
+
+
 def test_loop_op_that_kept_nothing_still_differentiates():
     """A graph traced or exported without gradients records keep=False; run with gradients later,
     its backward recomputes the sequence (the reference's gradients) instead of failing."""
@@ -395,21 +414,22 @@ with warnings.catch_warnings():
         module_plain=ops(lambda: triton_lstm.LSTM(D, N)(x)[0]),
         module_packed=ops(lambda: triton_lstm.LSTM(D, N)(pack_padded_sequence(x, [2, 4, 1],
                                                                               enforce_sorted=False))[0].data),
+        module_plain_vmap=ops(lambda: torch.func.vmap(triton_lstm.LSTM(D, N), in_dims=1)(x)[0]),
     )))
 """
 
 
 def test_cpu_tensors_take_the_cpu_path_without_the_interpreter():
     """In a fresh process without TRITON_INTERPRET, as users run: plain cells run torch's LSTM, the
-    TF extras and lengths the loop (a PackedSequence too: torch's packed LSTM has no oneDNN path),
-    custom activations the reference."""
+    TF extras and lengths the loop (a PackedSequence too: torch's packed LSTM has no oneDNN path;
+    and vmap: torch's LSTM has no batching rule), custom activations the reference."""
     proc = fresh_python("-c", DISPATCH_SCRIPT, timeout=300)
     assert proc.returncode == 0, proc.stderr
     ran = json.loads(proc.stdout.strip().splitlines()[-1])
     assert ran == dict(interpreting=False, plain="torch.lstm", plain_lengths="loop", extras="loop",
                        float64="loop", callable_activation="reference", dynamic_rnn_plain="torch.lstm",
                        dynamic_rnn_extras="loop", module_extras="loop", module_plain="torch.lstm",
-                       module_packed="loop")
+                       module_packed="loop", module_plain_vmap="loop")
 
 
 COMPILE_SCRIPT = r"""

@@ -11,6 +11,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from triton_lstm.activations import Activation, resolve_activation, resolve_recurrent_activation
 from triton_lstm.checks import ShapeError, as_number, check_clip, check_forget_bias, shape_of
 from triton_lstm.convert import swap_gates
+from triton_lstm.cpu import traced_or_transformed
 from triton_lstm.launch import kernels_run_on
 from triton_lstm.sequence import lstm_sequence
 
@@ -164,13 +165,12 @@ class LSTM(nn.LSTM):
         PackedSequence); hx = (h_0 [L*dirs, B, P], c_0 [L*dirs, B, H]). Returns (output, (h_n, c_n))."""
         # nn.LSTM's own forward for its own cells where no kernel runs, except on the CPU a
         # PackedSequence (aten runs that on its slower loop without oneDNN, where the CPU path's loop
-        # skips the rows past their length) and a traced call (torch.compile, torch.export: Inductor
-        # fails to compile nn.LSTM's oneDNN LSTM for training, and an export of it fixes T; the CPU
-        # path's loop does neither).
+        # skips the rows past their length) and a call traced or transformed (cpu.traced_or_transformed:
+        # the CPU path's loop compiles, exports with T symbolic and vmaps).
         data = input.data if isinstance(input, PackedSequence) else input
         on_cpu = isinstance(data, Tensor) and data.device.type == "cpu"
         if (isinstance(data, Tensor) and not kernels_run_on(data.device, data.dtype) and self.computes_torch_lstm()
-                and not (on_cpu and (isinstance(input, PackedSequence) or torch.compiler.is_compiling()))):
+                and not (on_cpu and (isinstance(input, PackedSequence) or traced_or_transformed()))):
             return super().forward(input, hx)
         self._update_flat_weights()
         x, lengths, hx, unbatched = self._time_major(input, hx)
