@@ -498,6 +498,17 @@ def test_hx_must_be_two_hidden_states(packed):
             lstm(inputs, hx)
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_input_dtype_error_is_what_nn_lstm_raises_for_either_layout(packed):
+    """nn.LSTM raises ValueError for padded input in another dtype than its weights, and (from its
+    op) RuntimeError for packed input: LSTM raises one DTypeError, both, with nn.LSTM's message."""
+    x = torch.randn(5, 2, 4, dtype=torch.float64)
+    inputs = pack_padded_sequence(x, [5, 3]) if packed else x
+    for error in (ValueError, RuntimeError, DTypeError):
+        with pytest.raises(error, match=r"^RNN input dtype \(torch.float64\) does not match weight dtype"):
+            LSTM(4, 6)(inputs)
+
+
 def test_hx_dtype_errors_are_runtime_errors_as_nn_lstms():
     """nn.LSTM's ops raise RuntimeError for hx in another dtype; LSTM's checks raise a DTypeError,
     both that and the TypeError triton_lstm raises for a bad argument, naming the tensor."""

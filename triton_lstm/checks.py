@@ -16,9 +16,10 @@ class ShapeError(RuntimeError, ValueError):
     the rest of triton_lstm raises for bad arguments."""
 
 
-class DTypeError(TypeError, RuntimeError):
-    """A tensor dtype that does not fit: a TypeError, as triton_lstm raises for bad arguments, and a
-    RuntimeError, as torch's ops (and so torch.nn.LSTM) raise for it."""
+class DTypeError(TypeError, ValueError, RuntimeError):
+    """A tensor dtype that does not fit: a TypeError, as triton_lstm raises for bad arguments, and the
+    ValueError and RuntimeError torch.nn.LSTM raises for one dtype mismatch or another (its input
+    check, its ops)."""
 
 
 def as_number(value: Any) -> Any:

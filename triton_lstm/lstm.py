@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from triton_lstm.activations import Activation, resolve_activation, resolve_recurrent_activation
-from triton_lstm.checks import ShapeError, as_number, check_clip, check_forget_bias, shape_of
+from triton_lstm.checks import DTypeError, ShapeError, as_number, check_clip, check_forget_bias, shape_of
 from triton_lstm.convert import swap_gates
 from triton_lstm.cpu import traced_or_transformed
 from triton_lstm.launch import kernels_run_on
@@ -151,6 +151,8 @@ class LSTM(nn.LSTM):
             super().check_input(input, batch_sizes)
         except RuntimeError as e:
             raise ShapeError(f"{e} (input: shape {shape_of(input)}, batch_first={self.batch_first})") from None
+        except ValueError as e:  # the input's dtype: nn.LSTM's ops raise RuntimeError for it (packed input)
+            raise DTypeError(str(e)) from None
 
     def check_hidden_size(self, hx: Tensor, expected_hidden_size: tuple[int, int, int],
                           msg: str = "Expected hidden size {}, got {}") -> None:
