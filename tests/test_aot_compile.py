@@ -8,7 +8,7 @@ import pytest
 
 from helpers import fresh_python
 from triton_lstm.aot import arch_from_env
-from triton_lstm.launch import RESIDENT_LIMITS
+from triton_lstm.launch import resident_limits
 from triton_lstm.tune import CUOBJDUMP
 
 
@@ -27,7 +27,7 @@ def test_what_runs_compiles_for_sm80_sm90(tmp_path):
     stepped = [r for r in rows if r["config"]["stepped"]]
     assert stepped and all(r["phase"]["USE_BARRIER"] is False for r in stepped)
     assert {r["phase"]["PHASES"] for r in stepped if r["kernel"] == "seq_bwd" and r["projection"] != "none"} == {1, 2}
-    for arch, by_dtype in ((a, RESIDENT_LIMITS[a]) for a in archs):
+    for arch, by_dtype in ((a, resident_limits()[a]) for a in archs):
         for dtype, sizes in by_dtype.items():
             for N, P in sizes:
                 for kernel in ("seq_fwd", "seq_bwd"):

@@ -263,7 +263,7 @@ def resident_sizes() -> list[Variant]:
     """The sizes the README says run with resident weights, with the options that cost most."""
     return [Variant("tanh", "sigmoid", True, True, "proj+clip" if P else "none", dtype, (64, 80, N, P or N), True,
                     arch)
-            for arch, by_dtype in launch.RESIDENT_LIMITS.items() for dtype, sizes in by_dtype.items()
+            for arch, by_dtype in launch.resident_limits().items() for dtype, sizes in by_dtype.items()
             for N, P in sizes]
 
 

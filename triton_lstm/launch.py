@@ -241,11 +241,24 @@ def _block_sizes(low: int, high: int, size: int) -> list[int]:
 
 
 # Sizes (num_units, num_proj or 0) at which the README says the weights stay on chip, per target and
-# dtype, at batch 64 (the ahead-of-time compile checks that a resident configuration builds there).
+# dtype, at batch 64, with Triton 3.9 (the ahead-of-time compile checks that a resident configuration
+# builds there).
 RESIDENT_LIMITS = {
     90: {"float16": [(1024, 0), (768, 192)], "bfloat16": [(1024, 0), (768, 192)], "float32": [(512, 0), (512, 128)]},
     80: {"float16": [(768, 0), (768, 192)], "bfloat16": [(768, 0), (768, 192)], "float32": [(384, 0)]},
 }
+# Earlier Triton (3.6, the version checked) needs more registers: on sm_80 its half-precision LSTMP
+# backward spills in every resident tiling above num_proj 128.
+EARLIER_TRITON_SM80_LSTMP = (768, 128)
+
+
+def resident_limits() -> dict:
+    """RESIDENT_LIMITS for the installed Triton."""
+    if tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 9):
+        return RESIDENT_LIMITS
+    sm80 = {dtype: [EARLIER_TRITON_SM80_LSTMP if P and dtype != "float32" else (N, P) for N, P in sizes]
+            for dtype, sizes in RESIDENT_LIMITS[80].items()}
+    return {**RESIDENT_LIMITS, 80: sm80}
 
 
 def block_k(pb: Problem, resident: bool) -> int:
@@ -258,8 +271,12 @@ def block_k(pb: Problem, resident: bool) -> int:
         return base
     if not resident:
         return 2 * base
-    longest = max(pr.K for phase in _phases(Config(16, 16, 16, base, True, 4), pb) for pr in phase)
-    return max(64, min(512, triton.next_power_of_2(triton.cdiv(longest, 8))))
+    return max(64, min(512, triton.next_power_of_2(triton.cdiv(_longest_k(pb), 8))))
+
+
+def _longest_k(pb: Problem) -> int:
+    """The longest K of a persistent kernel's products (it does not depend on the tiles)."""
+    return max(pr.K for phase in _phases(Config(16, 16, 16, 64, True, 4), pb) for pr in phase)
 
 
 def candidates(pb: Problem, limits: DeviceLimits) -> list[Config]:
@@ -301,8 +318,15 @@ def candidates(pb: Problem, limits: DeviceLimits) -> list[Config]:
         # where no resident slice builds without spilling), then the stepped fallback: the smallest
         # tiles (fewest registers) in as many programs as they take.
         ranked = sorted(out, key=lambda c: (round(step_time_estimate(c, pb), 1), -programs(c, pb)))
+        resident = [c for c in ranked if c.resident][:3]
+        # Fewer, wider K tiles need fewer registers: the best resident configuration once more with
+        # one tile per slice (up to 512 rows), where that differs and fits. (Triton 3.6 spills the
+        # half-precision LSTMP backward at 768 / 192 in every 64-row tiling, not in one 256-row tile.)
+        one_tile = [dataclasses.replace(c, block_k=min(512, triton.next_power_of_2(_longest_k(pb))))
+                    for c in resident[:1]]
+        resident += [c for c in one_tile if c not in resident and shared_estimate(c, pb) <= limits.shared_per_block]
         stepped = Config(16, 16, 16, block_k(pb, False), False, num_warps=8, stepped=True)
-        return [c for c in ranked if c.resident][:3] + [c for c in ranked if not c.resident][:1] + [stepped]
+        return resident + [c for c in ranked if not c.resident][:1] + [stepped]
     # Step kernels: fill the GPU first, then the fewest re-reads of the weights (largest rows). A
     # handful: compiling is what a first call of a shape waits for.
     ranked = sorted(out, key=lambda c: (programs(c, pb) < limits.sms and -programs(c, pb), -c.block_b, c.block_n))
