@@ -380,13 +380,18 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import triton_lstm
 from triton_lstm.launch import interpreting
 
-def ops(fn):
+def ops(fn, backward=True):
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         out = fn()
-        (out[0] if isinstance(out, tuple) else out).sum().backward()
+        if backward:
+            (out[0] if isinstance(out, tuple) else out).sum().backward()
     names = {e.name for e in prof.events()}
     return ("loop" if "triton_lstm::cpu_seq_fwd" in names else "torch.lstm" if "aten::lstm" in names
             else "reference")
+
+def inference_ops(fn):
+    with torch.no_grad():
+        return ops(fn, backward=False)
 
 torch.manual_seed(0)
 T, B, D, N = 4, 3, 5, 6
@@ -415,21 +420,26 @@ with warnings.catch_warnings():
         module_packed=ops(lambda: triton_lstm.LSTM(D, N)(pack_padded_sequence(x, [2, 4, 1],
                                                                               enforce_sorted=False))[0].data),
         module_plain_vmap=ops(lambda: torch.func.vmap(triton_lstm.LSTM(D, N), in_dims=1)(x)[0]),
+        module_packed_equal=ops(lambda: triton_lstm.LSTM(D, N)(pack_padded_sequence(x, [4, 4, 4]))[0].data),
+        module_packed_inference=inference_ops(lambda: triton_lstm.LSTM(D, N)(pack_padded_sequence(
+            x, [2, 4, 1], enforce_sorted=False))[0].data),
     )))
 """
 
 
 def test_cpu_tensors_take_the_cpu_path_without_the_interpreter():
     """In a fresh process without TRITON_INTERPRET, as users run: plain cells run torch's LSTM, the
-    TF extras and lengths the loop (a PackedSequence too: torch's packed LSTM has no oneDNN path;
-    and vmap: torch's LSTM has no batching rule), custom activations the reference."""
+    TF extras and lengths the loop (a PackedSequence of differing lengths too, to be differentiated:
+    torch's packed LSTM has no oneDNN path; and vmap: torch's LSTM has no batching rule), custom
+    activations the reference."""
     proc = fresh_python("-c", DISPATCH_SCRIPT, timeout=300)
     assert proc.returncode == 0, proc.stderr
     ran = json.loads(proc.stdout.strip().splitlines()[-1])
     assert ran == dict(interpreting=False, plain="torch.lstm", plain_lengths="loop", extras="loop",
                        float64="loop", callable_activation="reference", dynamic_rnn_plain="torch.lstm",
                        dynamic_rnn_extras="loop", module_extras="loop", module_plain="torch.lstm",
-                       module_packed="loop", module_plain_vmap="loop")
+                       module_packed="loop", module_plain_vmap="loop", module_packed_equal="torch.lstm",
+                       module_packed_inference="torch.lstm")
 
 
 COMPILE_SCRIPT = r"""
