@@ -200,6 +200,20 @@ def test_cells_torch_lstm_computes_take_the_loop_under_vmap():
                      TOLERANCES[torch.float32]["grad"])
 
 
+def test_other_torch_func_transforms_keep_torch_lstm():
+    """Only vmap needs the loop: functionalize (which takes no autograd.Function) and grad run torch's
+    LSTM as eagerly."""
+    t, _ = tensors_for(dict(PLAIN, projection="proj"))
+    args = [None if v is None else v.detach() for v in seq_args(t)]
+
+    def out(x):
+        return lstm_sequence_cpu(x, *args[1:], forget_bias=1.0)[0]
+
+    want = out(args[0])
+    assert torch.equal(torch.func.functionalize(out)(args[0]), want)
+    assert "aten::lstm" in ops_run(lambda: torch.func.grad(lambda x: out(x).sum())(args[0]))
+
+
 def test_loop_op_that_kept_nothing_still_differentiates():
     """A graph traced or exported without gradients records keep=False; run with gradients later,
     its backward recomputes the sequence (the reference's gradients) instead of failing."""

@@ -9,7 +9,7 @@ from torch.nn.utils import prune
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from helpers import assert_close
-from triton_lstm import DTypeError, LSTM, LSTMCell, dynamic_rnn, lstm_sequence_reference
+from triton_lstm import DTypeError, LSTM, LSTMCell, ShapeError, dynamic_rnn, lstm_sequence_reference
 from triton_lstm.activations import resolve_activation
 
 # Our kernels fold the two biases into one and sum the gate GEMM in another order than torch: the
@@ -498,15 +498,29 @@ def test_hx_must_be_two_hidden_states(packed):
             lstm(inputs, hx)
 
 
-@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-def test_input_dtype_error_is_what_nn_lstm_raises_for_either_layout(packed):
+@pytest.mark.parametrize("packed,lengths,grad", [(False, None, True), (True, [5, 3], True), (True, [5, 3], False),
+                                                   (True, [5, 5], True)],
+                         ids=["padded", "packed", "packed-inference", "packed-equal-lengths"])
+def test_input_errors_are_what_nn_lstm_raises_for_either_layout(packed, lengths, grad):
     """nn.LSTM raises ValueError for padded input in another dtype than its weights, and (from its
-    op) RuntimeError for packed input: LSTM raises one DTypeError, both, with nn.LSTM's message."""
+    op) RuntimeError for packed input: LSTM raises one DTypeError, both, with nn.LSTM's message.
+    Where LSTM runs nn.LSTM's forward on packed input (which checks nothing), its checks run too
+    (float64 runs no kernel: nn.LSTM's forward is what a CPU call without the interpreter runs)."""
+    def run(x, hx=None):
+        with torch.set_grad_enabled(grad):
+            return LSTM(4, 6, dtype=torch.float64)(pack_padded_sequence(x, lengths) if packed else x, hx)
+
     x = torch.randn(5, 2, 4, dtype=torch.float64)
-    inputs = pack_padded_sequence(x, [5, 3]) if packed else x
     for error in (ValueError, RuntimeError, DTypeError):
-        with pytest.raises(error, match=r"^RNN input dtype \(torch.float64\) does not match weight dtype"):
-            LSTM(4, 6)(inputs)
+        with pytest.raises(error, match=r"^RNN input dtype \(torch.float32\) does not match weight dtype"):
+            run(x.float())
+    with pytest.raises(ShapeError, match=r"^input.size\(-1\) must be equal to input_size. Expected 4, got 3"):
+        run(x[..., :3])
+    h = torch.zeros(1, 2, 6, dtype=torch.float64)
+    with pytest.raises(ShapeError, match=r"^Expected hidden\[0\] size \(1, 2, 6\), got \[1, 3, 6\]"):
+        run(x, (h.new_zeros(1, 3, 6), h))
+    with pytest.raises(RuntimeError):  # nn.LSTM's own op error for an hx dtype, as nn.LSTM raises
+        run(x, (h.float(), h))
 
 
 def test_hx_dtype_errors_are_runtime_errors_as_nn_lstms():

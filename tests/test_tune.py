@@ -193,7 +193,8 @@ def test_bad_pin_names_the_field(cache, monkeypatch, spec, message):
 
 def problems():
     for kernel in KERNELS:
-        for B, N, P, proj, dtype in [(3, 10, 10, False, torch.float16), (64, 512, 512, False, torch.float16),
+        for B, N, P, proj, dtype in [(3, 10, 10, False, torch.float16), (2, 8, 8, True, torch.float16),
+                                     (64, 512, 512, False, torch.float16),
                                      (64, 1024, 256, True, torch.float32), (256, 2048, 640, True, torch.bfloat16),
                                      (1, 128, 128, False, torch.float32)]:
             yield Problem(kernel, B, 80, N, P, proj, dtype)

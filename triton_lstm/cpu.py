@@ -542,12 +542,15 @@ for _op in (cpu_seq_fwd, cpu_seq_bwd):
 cpu_sequence = transformable("CpuSequenceFunction", cpu_seq_fwd, _fwd_setup, _fwd_backward)
 
 
-def traced_or_transformed() -> bool:
-    """Whether torch.compile or torch.export is tracing, or a torch.func transform is active: then
-    the loop's op runs where torch's LSTM would. Inductor fails to compile oneDNN's LSTM for training
+def traced_or_vmapped() -> bool:
+    """Whether torch.compile or torch.export is tracing, or torch.func.vmap is active: then the
+    loop's op runs where torch's LSTM would. Inductor fails to compile oneDNN's LSTM for training
     (torch 2.13); tracing decomposes torch's LSTM with a projection into one step per time step,
-    making T a constant (a recompile per length); vmap has no batching rule for it."""
-    return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+    making T a constant (a recompile per length); vmap has no batching rule for it. (Other torch.func
+    transforms take torch's LSTM, and functionalize takes no autograd.Function.)"""
+    return torch.compiler.is_compiling() or any(
+        level.key() == torch._C._functorch.TransformType.Vmap
+        for level in torch._C._functorch.get_interpreter_stack() or ())
 
 
 def torch_lstm_computes(peepholes: bool, projection: Optional[Tensor], num_units: int, *, forget_bias: float,
@@ -624,7 +627,7 @@ def lstm_sequence_cpu(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tenso
     # NOTE: with lengths torch's LSTM runs a packed sequence on its own loop (oneDNN has no packed
     # LSTM); that took 2.4-3.6x the loop's time forward+backward (B=16-64, H=256-512), so lengths
     # take the loop. torch's LSTM also needs a step to take (the loop's op keeps x in the graph).
-    if (T > 0 and B > 0 and lengths is None and not traced_or_transformed()
+    if (T > 0 and B > 0 and lengths is None and not traced_or_vmapped()
             and torch_lstm_computes(w_f_diag is not None, projection, w_h.shape[1] // 4, **options)):
         out, h_T, c_T = torch_lstm_sequence(x, h0, c0, w_x, w_h, bias, projection, forget_bias)
     else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -254,7 +255,7 @@ EARLIER_TRITON_SM80_LSTMP = (768, 128)
 
 def resident_limits() -> dict:
     """RESIDENT_LIMITS for the installed Triton."""
-    if tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 9):
+    if tuple(int(v) for v in re.match(r"(\d+)\.(\d+)", triton.__version__).groups()) >= (3, 9):
         return RESIDENT_LIMITS
     sm80 = {dtype: [EARLIER_TRITON_SM80_LSTMP if P and dtype != "float32" else (N, P) for N, P in sizes]
             for dtype, sizes in RESIDENT_LIMITS[80].items()}
@@ -319,12 +320,14 @@ def candidates(pb: Problem, limits: DeviceLimits) -> list[Config]:
         # tiles (fewest registers) in as many programs as they take.
         ranked = sorted(out, key=lambda c: (round(step_time_estimate(c, pb), 1), -programs(c, pb)))
         resident = [c for c in ranked if c.resident][:3]
-        # Fewer, wider K tiles need fewer registers: the best resident configuration once more with
-        # one tile per slice (up to 512 rows), where that differs and fits. (Triton 3.6 spills the
-        # half-precision LSTMP backward at 768 / 192 in every 64-row tiling, not in one 256-row tile.)
-        one_tile = [dataclasses.replace(c, block_k=min(512, triton.next_power_of_2(_longest_k(pb))))
-                    for c in resident[:1]]
-        resident += [c for c in one_tile if c not in resident and shared_estimate(c, pb) <= limits.shared_per_block]
+        if pb.kernel == "seq_bwd":
+            # The backward's best resident configuration once more with one K tile per slice (up to
+            # 512 rows), where that differs and fits: Triton 3.6 spills the half-precision LSTMP
+            # backward at 768 / 192 in every 64-row tiling, not in one 256-row tile.
+            wide = max(block_k(pb, True), min(512, triton.next_power_of_2(_longest_k(pb))))
+            one_tile = [dataclasses.replace(c, block_k=wide) for c in resident[:1]]
+            resident += [c for c in one_tile
+                         if c not in resident and shared_estimate(c, pb) <= limits.shared_per_block]
         stepped = Config(16, 16, 16, block_k(pb, False), False, num_warps=8, stepped=True)
         return resident + [c for c in ranked if not c.resident][:1] + [stepped]
     # Step kernels: fill the GPU first, then the fewest re-reads of the weights (largest rows). A

@@ -11,7 +11,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from triton_lstm.activations import Activation, resolve_activation, resolve_recurrent_activation
 from triton_lstm.checks import DTypeError, ShapeError, as_number, check_clip, check_forget_bias, shape_of
 from triton_lstm.convert import swap_gates
-from triton_lstm.cpu import traced_or_transformed
+from triton_lstm.cpu import traced_or_vmapped
 from triton_lstm.launch import kernels_run_on
 from triton_lstm.sequence import lstm_sequence
 
@@ -166,12 +166,15 @@ class LSTM(nn.LSTM):
         """As nn.LSTM: input [T, B, D] ([B, T, D] with batch_first, [T, D] unbatched, or a
         PackedSequence); hx = (h_0 [L*dirs, B, P], c_0 [L*dirs, B, H]). Returns (output, (h_n, c_n))."""
         # nn.LSTM's own forward for its own cells where no kernel runs, except on the CPU a call traced
-        # or transformed (cpu.traced_or_transformed: the CPU path's loop compiles, exports with T
-        # symbolic and vmaps) and a PackedSequence the loop runs faster (_loop_packs_faster).
+        # or vmapped (cpu.traced_or_vmapped: the CPU path's loop compiles, exports with T symbolic and
+        # vmaps) and a PackedSequence the loop runs faster (_loop_packs_faster). nn.LSTM's forward does
+        # not check a PackedSequence: LSTM checks it as for the loop.
         data = input.data if isinstance(input, PackedSequence) else input
         on_cpu = isinstance(data, Tensor) and data.device.type == "cpu"
         if (isinstance(data, Tensor) and not kernels_run_on(data.device, data.dtype) and self.computes_torch_lstm()
-                and not (on_cpu and (traced_or_transformed() or self._loop_packs_faster(input)))):
+                and not (on_cpu and (traced_or_vmapped() or self._loop_packs_faster(input, hx)))):
+            if isinstance(input, PackedSequence):
+                self._check_packed(input, hx)
             return super().forward(input, hx)
         self._update_flat_weights()
         x, lengths, hx, unbatched = self._time_major(input, hx)
@@ -186,7 +189,20 @@ class LSTM(nn.LSTM):
             return output[:, 0], (h_n[:, 0], c_n[:, 0])
         return (output.transpose(0, 1) if self.batch_first else output), (h_n, c_n)
 
-    def _loop_packs_faster(self, input) -> bool:
+    @staticmethod
+    def _check_hx_pair(hx) -> None:
+        if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+            got = f"a tuple of {len(hx)}" if isinstance(hx, (tuple, list)) else type(hx).__name__
+            raise ShapeError(f"lstm expects two hidden states: hx = (h_0, c_0), got {got}")
+
+    def _check_packed(self, input: PackedSequence, hx) -> None:
+        """nn.LSTM's checks of a PackedSequence and hx, raising LSTM's errors."""
+        self._check_hx_pair(hx)
+        self.check_input(input.data, input.batch_sizes)
+        if hx is not None:
+            self.check_forward_args(input.data, hx, input.batch_sizes)
+
+    def _loop_packs_faster(self, input, hx) -> bool:
         """Whether the CPU path's loop runs this PackedSequence faster than aten's packed LSTM: when
         the lengths differ and gradients are wanted. The loop skips the rows past their length; aten,
         without oneDNN for packed input, pays for them in its backward.
@@ -198,22 +214,18 @@ class LSTM(nn.LSTM):
         if not isinstance(input, PackedSequence):
             return False
         sizes = input.batch_sizes
-        wants_grad = torch.is_grad_enabled() and (input.data.requires_grad
-                                                  or any(p.requires_grad for p in self.parameters()))
+        tensors = [input.data, *self.parameters(), *(hx if isinstance(hx, (tuple, list)) else ())]
+        wants_grad = torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in tensors)
         return wants_grad and bool(sizes[0] != sizes[-1])
 
     def _time_major(self, input, hx):
         """Checks as nn.LSTM does; returns (x [T, B, D] in the caller's batch order, lengths or None,
         hx [L*dirs, B, ...] or None, unbatched)."""
-        if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
-            got = f"a tuple of {len(hx)}" if isinstance(hx, (tuple, list)) else type(hx).__name__
-            raise ShapeError(f"lstm expects two hidden states: hx = (h_0, c_0), got {got}")
         if isinstance(input, PackedSequence):
-            self.check_input(input.data, input.batch_sizes)
-            if hx is not None:
-                self.check_forward_args(input.data, hx, input.batch_sizes)
+            self._check_packed(input, hx)
             x, lengths = pad_packed_sequence(input)
             return x, lengths.to(x.device), hx, False
+        self._check_hx_pair(hx)
         if input.dim() not in (2, 3):
             raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
         unbatched = input.dim() == 2
