@@ -8,7 +8,8 @@ loop for everything else.
   over full-length sequences is torch's LSTM with the forget bias folded into the bias (equal to
   rounding). A projection as wide as the cell is left to the loop: torch tells a projection from
   the state widths. So are variable lengths: torch runs them as a packed sequence on its slower
-  loop, without oneDNN.
+  loop, without oneDNN. So is every call that torch.compile or torch.export traces, or vmap maps
+  (``traced_or_vmapped``).
 * **The loop** (the ``triton_lstm::cpu_seq_fwd`` / ``cpu_seq_bwd`` ops): x @ W_x + bias for all
   steps is one GEMM before the loop; each step is one product with the recurrent weights (packed
   once for oneDNN in float32) and the pointwise math in place on buffers allocated once per call.
