@@ -94,10 +94,10 @@ def _persistent_launch(kernel, pb: Problem, args, consts: dict, T: int, t_first:
         # a sequence whose barrier count would reach the counter's failure mark (T in the millions).
         arrivals = (2 * T + 1) * programs(cfg, pb)
         if cfg.stepped or (interpreting() and programs(cfg, pb) > 1) or arrivals >= BARRIER_FAILED.value:
+            entries = schedule()
             # One constants dict per phase, shared by its launches (launch.compile_launches).
-            by_phase: dict = {}
-            return [(steps(first, n_steps), by_phase.setdefault(id(phase), dict(consts, USE_BARRIER=False, **phase)))
-                    for first, n_steps, phase in schedule()]
+            merged = {id(p): dict(consts, USE_BARRIER=False, **p) for p in {id(p): p for *_, p in entries}.values()}
+            return [(steps(first, n_steps), merged[id(phase)]) for first, n_steps, phase in entries]
         return [(steps(t_first, T), one_launch)]
 
     check_earlier_launches(dev)
