@@ -17,6 +17,7 @@ from triton_lstm.pairwise import case_id, pairwise
 from test_higher_order import assert_all_close, second_order, squared
 from test_nan import CASES as NAN_CASES, assert_same_nonfinite, poison
 from test_sequence import case_tensors, check_case, seq_args, seq_tensors, variable_lengths
+import triton_lstm.cpu
 from triton_lstm import lstm_sequence, lstm_sequence_reference
 from triton_lstm.activations import ACTIVATIONS, activation_id, resolve_activation, resolve_recurrent_activation
 from triton_lstm.cpu import lstm_sequence_cpu, loop_sequence, torch_lstm_computes
@@ -530,3 +531,41 @@ def test_float32_products_leave_the_callers_autocast_as_it_was():
         assert outer() == (False, False)
         assert torch.is_autocast_enabled("cpu")
     assert not torch.is_autocast_enabled("cpu")
+
+
+@pytest.mark.parametrize("case", pairwise(LOOP_AXES), ids=case_id)
+def test_loop_matches_reference_across_view_chunks(case, monkeypatch):
+    """The loop makes its per-step views a chunk of steps at a time: with chunks of 2 steps every
+    step of the forward and the backward crosses or ends at a chunk boundary."""
+    monkeypatch.setattr(triton_lstm.cpu, "_STEP_CHUNK", 2)
+    lengths = variable_lengths(T, B, "cpu") if case["lengths"] == "variable" else None
+    check_against_reference(loop_sequence, case, lengths)
+
+
+LONG_RUN = """
+import resource, torch, triton_lstm
+cell = triton_lstm.LSTMCell(8, use_peepholes=True, cell_clip=3.0, input_size=4)
+out, _ = triton_lstm.dynamic_rnn(cell, torch.randn(1, 10, 4))
+out.sum().backward()
+x = torch.randn(1, 50000, 4)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with torch.no_grad():
+    triton_lstm.dynamic_rnn(cell, x)
+inference = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out, _ = triton_lstm.dynamic_rnn(cell, x)
+out.sum().backward()
+training = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((inference - peak) // 1024, (training - inference) // 1024)
+"""
+
+
+def test_loop_memory_does_not_grow_with_per_step_views():
+    """A tiny cell over 50000 steps: its tensors take about 10 MB (the input products, h and c of
+    every step; forward and backward); per-step views made for every step at once took over 200 MB
+    more in each (about half a kilobyte a view, ten views a step). Peak RSS growth (ru_maxrss, MB)
+    of a fresh process after a warm-up call; the bound leaves room for the allocator."""
+    pytest.importorskip("resource")
+    run = fresh_python("-c", LONG_RUN, timeout=300)
+    assert run.returncode == 0, run.stderr
+    inference, training = map(int, run.stdout.split())
+    assert inference < 80 and training < 120, f"peak RSS grew {inference} MB (inference), {training} MB (training)"

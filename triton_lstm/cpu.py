@@ -173,9 +173,28 @@ def _sizes(lengths: Optional[Tensor], T: int) -> Optional[list[int]]:
     return (lengths[None, :] > torch.arange(T)[:, None]).sum(1).tolist()
 
 
-def _blocks(t: Tensor, N: int) -> list[tuple[Tensor, ...]]:
-    """Per step, the four gate blocks of t [steps, B, 4N] as views (made in one go, off the loop)."""
-    return list(zip(*(t[..., g * N:(g + 1) * N].unbind(0) for g in range(4))))
+_STEP_CHUNK = 512
+
+
+class _Steps:
+    """``steps[t]``: the view t[t] of a tensor t [steps, ...], or with ``blocks=N`` the tuple of its four
+    gate blocks of width N, made a chunk of steps at a time off the loop (one op per chunk, not one
+    per step). Not made for all steps at once: a view holds about half a kilobyte, hundreds of MB at
+    T=100000 where the tensors themselves take a few."""
+    __slots__ = ("_t", "_blocks", "_start", "_views")
+
+    def __init__(self, t: Tensor, blocks: Optional[int] = None):
+        self._t, self._blocks, self._start, self._views = t, blocks, 0, ()
+
+    def __getitem__(self, step: int):
+        offset = step - self._start
+        if 0 <= offset < len(self._views):
+            return self._views[offset]
+        self._start = start = step - step % _STEP_CHUNK
+        part, N = self._t[start:start + _STEP_CHUNK], self._blocks
+        self._views = part.unbind(0) if N is None else tuple(
+            zip(*(part[..., g * N:(g + 1) * N].unbind(0) for g in range(4))))
+        return self._views[step - start]
 
 
 def _float32_products(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -223,9 +242,8 @@ def _forward(x: Tensor, w_x: Tensor, bias: Tensor, h0: Tensor, c0: Tensor, w_h: 
     y_pre = alloc(T, B, P) if keep and proj_clip is not None else None
     recurrent = right_product(w_h, B)
     project = right_product(projection, B) if projection is not None else None
-    H, C, G, A = hbuf.unbind(0), cbuf.unbind(0), gates.unbind(0), act_c.unbind(0)
-    blocks = _blocks(gates, N)
-    C_pre = None if c_pre is None else c_pre.unbind(0)
+    H, C, G, A, blocks = _Steps(hbuf), _Steps(cbuf), _Steps(gates), _Steps(act_c), _Steps(gates, N)
+    C_pre = None if c_pre is None else _Steps(c_pre)
     for t in range(T):
         b = B if sizes is None else sizes[t]
         if b == 0:
@@ -302,9 +320,9 @@ def _backward(d_hbuf: Tensor, d_h_T: Tensor, d_c_T: Tensor, x: Tensor, w_x: Tens
     dy = alloc(T, B, P) if projection is not None else None
     recurrent = right_product(w_h.t(), B)
     project = right_product(projection.t(), B) if projection is not None else None
-    d_out, C, A, DZ = d_hbuf.unbind(0), cbuf.unbind(0), act_c.unbind(0), dz.unbind(0)
-    blocks, d_blocks = _blocks(gates, N), _blocks(dz, N)
-    c_keep = None if c_in is None else c_in.unbind(0)
+    d_out, C, A, DZ = _Steps(d_hbuf), _Steps(cbuf), _Steps(act_c), _Steps(dz)
+    blocks, d_blocks = _Steps(gates, N), _Steps(dz, N)
+    c_keep = None if c_in is None else _Steps(c_in)
     w_i, w_f = (None, None) if w_if is None else w_if.unbind(0)
     if sizes is None:
         dh, dc = d_h_T + d_out[T], d_c_T.clone()
