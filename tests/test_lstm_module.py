@@ -8,7 +8,7 @@ import torch
 from torch.nn.utils import prune
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
-from helpers import assert_close
+from helpers import assert_close, fresh_python
 from triton_lstm import DTypeError, LSTM, LSTMCell, ShapeError, dynamic_rnn, lstm_sequence_reference
 from triton_lstm.activations import resolve_activation
 
@@ -485,14 +485,20 @@ def test_meta_device_forward_gives_shapes(extras):
     assert (out.shape, h.shape, c.shape) == ((5, 3, 2 * width), (4, 3, width), (4, 3, 6))
 
 
+# A cell nn.LSTM computes, in float64 (no kernel runs it: nn.LSTM's forward does), and one with TF's
+# extras (its own path).
+CELLS = {"nn.LSTM-cell": dict(dtype=torch.float64), "extras": dict(use_peepholes=True)}
+
+
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-def test_hx_must_be_two_hidden_states(packed):
-    """nn.LSTM raises RuntimeError("lstm expects two hidden states") for three; so does LSTM (with TF's
-    extras, on its own path), for any count but two, and for a bare tensor."""
-    lstm = LSTM(4, 6, use_peepholes=True)
-    x = torch.randn(5, 2, 4)
+def test_hx_must_be_two_hidden_states(packed, cell):
+    """nn.LSTM raises RuntimeError("lstm expects two hidden states") for three; so does LSTM, for any
+    count but two, and for a bare tensor (nn.LSTM: IndexError), whichever path runs the cell."""
+    lstm = LSTM(4, 6, **CELLS[cell])
+    x = torch.randn(5, 2, 4, dtype=lstm.weight_ih_l0.dtype)
     inputs = pack_padded_sequence(x, torch.tensor([5, 3])) if packed else x
-    h = torch.zeros(1, 2, 6)
+    h = x.new_zeros(1, 2, 6)
     for hx, got in [((h, h, h), "a tuple of 3"), ((h,), "a tuple of 1"), (h, "Tensor")]:
         with pytest.raises(RuntimeError, match=rf"^lstm expects two hidden states: hx = \(h_0, c_0\), got {got}$"):
             lstm(inputs, hx)
@@ -519,16 +525,59 @@ def test_input_errors_are_what_nn_lstm_raises_for_either_layout(packed, lengths,
     h = torch.zeros(1, 2, 6, dtype=torch.float64)
     with pytest.raises(ShapeError, match=r"^Expected hidden\[0\] size \(1, 2, 6\), got \[1, 3, 6\]"):
         run(x, (h.new_zeros(1, 3, 6), h))
-    with pytest.raises(RuntimeError):  # nn.LSTM's own op error for an hx dtype, as nn.LSTM raises
-        run(x, (h.float(), h))
+    for error in (RuntimeError, DTypeError):  # nn.LSTM's op raises RuntimeError for an hx dtype
+        with pytest.raises(error, match=r"^h0: dtype torch.float32 differs from x's torch.float64"):
+            run(x, (h.float(), h))
 
 
-def test_hx_dtype_errors_are_runtime_errors_as_nn_lstms():
-    """nn.LSTM's ops raise RuntimeError for hx in another dtype; LSTM's checks raise a DTypeError,
-    both that and the TypeError triton_lstm raises for a bad argument, naming the tensor."""
-    lstm = LSTM(4, 6, use_peepholes=True)
-    x, h = torch.randn(5, 2, 4), torch.zeros(1, 2, 6)
-    for hx, name in [((h.double(), h), "h0"), ((h, h.double()), "c0"), ((h.long(), h), "h0")]:
+@pytest.mark.parametrize("cell", CELLS)
+def test_hx_dtype_errors_are_runtime_errors_as_nn_lstms(cell):
+    """nn.LSTM's ops raise RuntimeError for hx in another dtype (on the CPU oneDNN's, naming no
+    tensor); LSTM's checks raise a DTypeError, both that and the TypeError triton_lstm raises for a
+    bad argument, naming the tensor, whichever path runs the cell."""
+    lstm = LSTM(4, 6, **CELLS[cell])
+    x = torch.randn(5, 2, 4, dtype=lstm.weight_ih_l0.dtype)
+    h = x.new_zeros(1, 2, 6)
+    for hx, name in [((h.half(), h), "h0"), ((h, h.half()), "c0"), ((h.long(), h), "h0")]:
         for error in (RuntimeError, TypeError, DTypeError):
             with pytest.raises(error, match=rf"^{name}: "):
                 lstm(x, hx)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_unbatched_input_with_batched_hx_is_a_shape_error(cell):
+    """nn.LSTM raises RuntimeError for it; LSTM a ShapeError (also a ValueError) with that message,
+    whichever path runs the cell."""
+    lstm = LSTM(4, 6, **CELLS[cell])
+    x = torch.randn(5, 4, dtype=lstm.weight_ih_l0.dtype)
+    h = x.new_zeros(1, 2, 6)
+    with pytest.raises(ShapeError, match=r"^For unbatched 2-D input, hx and cx should also be 2-D but got "
+                                         r"\(3-D, 3-D\) tensors"):
+        lstm(x, (h, h))
+
+
+HALF_WITH_FLOAT32_STATE = """
+import torch, triton_lstm
+torch.manual_seed(0)
+torch.set_grad_enabled(False)
+half = triton_lstm.LSTM(4, 6, dtype=torch.bfloat16)
+lstm = triton_lstm.LSTM(4, 6)
+lstm.load_state_dict(half.state_dict())
+x, h, c = torch.randn(5, 2, 4).bfloat16(), torch.randn(1, 2, 6).bfloat16(), torch.randn(1, 2, 6)
+out, (h_n, c_n) = half(x, (h, c))
+want, (h_want, c_want) = lstm(x.float(), (h.float(), c))
+print([str(t.dtype) for t in (out, h_n, c_n)])
+print(max(float((got.float() - ref).abs().max()) for got, ref in [(out, want), (h_n, h_want), (c_n, c_want)]))
+"""
+
+
+def test_half_input_with_float32_cell_state_on_an_nn_lstm_cell():
+    """A float32 c_0 for bfloat16 input (the cell state's dtype) on the CPU, as users run (no
+    interpreter), for a cell nn.LSTM computes, whose forward takes one dtype: LSTM runs it on its
+    own path, returning c_n in the input's dtype as for any cell, equal to the float32 computation
+    on the same bfloat16 values within bfloat16's rounding of h each step and of the results."""
+    run = fresh_python("-c", HALF_WITH_FLOAT32_STATE, timeout=120)
+    assert run.returncode == 0, run.stderr
+    dtypes, error = run.stdout.splitlines()
+    assert dtypes == str(["torch.bfloat16"] * 3)
+    assert float(error) < 2e-2

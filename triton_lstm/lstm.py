@@ -167,14 +167,19 @@ class LSTM(nn.LSTM):
         PackedSequence); hx = (h_0 [L*dirs, B, P], c_0 [L*dirs, B, H]). Returns (output, (h_n, c_n))."""
         # nn.LSTM's own forward for its own cells where no kernel runs, except on the CPU a call traced
         # or vmapped (cpu.traced_or_vmapped: the CPU path's loop compiles, exports with T symbolic and
-        # vmaps) and a PackedSequence the loop runs faster (_loop_packs_faster). nn.LSTM's forward does
-        # not check a PackedSequence: LSTM checks it as for the loop.
+        # vmaps) and a PackedSequence the loop runs faster (_loop_packs_faster). LSTM checks the
+        # arguments first, so that they raise LSTM's errors whichever path runs (nn.LSTM's forward does
+        # not check a PackedSequence); hx other than two tensors of the input's dtype takes LSTM's
+        # path, whose checks name the problem (and which takes a float32 c_0 for half inputs).
         data = input.data if isinstance(input, PackedSequence) else input
         on_cpu = isinstance(data, Tensor) and data.device.type == "cpu"
         if (isinstance(data, Tensor) and not kernels_run_on(data.device, data.dtype) and self.computes_torch_lstm()
+                and self._hx_of_dtype(hx, data.dtype)
                 and not (on_cpu and (traced_or_vmapped() or self._loop_packs_faster(input, hx)))):
             if isinstance(input, PackedSequence):
                 self._check_packed(input, hx)
+            else:
+                self._time_major(input, hx)
             return super().forward(input, hx)
         self._update_flat_weights()
         x, lengths, hx, unbatched = self._time_major(input, hx)
@@ -188,6 +193,12 @@ class LSTM(nn.LSTM):
         if unbatched:
             return output[:, 0], (h_n[:, 0], c_n[:, 0])
         return (output.transpose(0, 1) if self.batch_first else output), (h_n, c_n)
+
+    @staticmethod
+    def _hx_of_dtype(hx, dtype: torch.dtype) -> bool:
+        """hx is None or two tensors of this dtype."""
+        return hx is None or (isinstance(hx, (tuple, list)) and len(hx) == 2
+                              and all(isinstance(t, Tensor) and t.dtype == dtype for t in hx))
 
     @staticmethod
     def _check_hx_pair(hx) -> None:
