@@ -1,5 +1,6 @@
 """``LSTMCell`` and ``LSTMStateTuple``: TF's variables, initialisation, states, the step against the
 reference, TF checkpoint loading, and the clip gradients at exactly the bound."""
+import dataclasses
 import math
 import warnings
 
@@ -227,10 +228,22 @@ def test_chained_steps_forward_and_backward_match_reference(device, state_is_tup
         assert_close(f"dx[{t}]", xs[t].grad, xs_ref[t].grad, GRAD)
 
 
-def test_custom_activation_warns_once_and_uses_reference(device):
-    def half_tanh(x):
-        return torch.tanh(x) * 0.5
+def half_tanh(x):
+    return torch.tanh(x) * 0.5
 
+
+@dataclasses.dataclass
+class ScaledTanh:
+    """A callable object that is not hashable (a dataclass with eq)."""
+    scale: float
+
+    def __call__(self, x):
+        return torch.tanh(x) * self.scale
+
+
+@pytest.mark.parametrize("half_tanh,named", [(half_tanh, "half_tanh"), (ScaledTanh(0.5), "ScaledTanh(scale=0.5)")],
+                         ids=["function", "unhashable-object"])
+def test_custom_activation_warns_once_and_uses_reference(device, half_tanh, named):
     cell = _cell(device, activation=half_tanh)
     x = _randn(B, D, seed=6, device=device)
     c, h = _state(device)
@@ -240,7 +253,7 @@ def test_custom_activation_warns_once_and_uses_reference(device):
         cell(x, (c, h))
     ours = [w for w in caught if issubclass(w.category, UserWarning) and "reference path" in str(w.message)]
     assert len(ours) == 1, [str(w.message) for w in caught]
-    assert "half_tanh" in str(ours[0].message)
+    assert named in str(ours[0].message)
     with torch.no_grad():
         h_ref, c_ref = _reference_step(dict(cell.named_parameters()), x, c, h, cell, activation=half_tanh)
         h_tanh, _ = _reference_step(dict(cell.named_parameters()), x, c, h, cell, activation=torch.tanh)

@@ -144,8 +144,9 @@ def autocast(*tensors: Optional[Tensor]) -> tuple[Optional[Tensor], ...]:
 
 
 @functools.lru_cache(maxsize=None)
-def _warn_reference_activation(arg: str, activation) -> None:
-    warnings.warn(f"{arg} {activation!r} has no kernel implementation; this LSTM runs on the "
+def _warn_reference_activation(arg: str, activation: str) -> None:
+    """Once per argument and activation (its repr: a callable need not be hashable)."""
+    warnings.warn(f"{arg} {activation} has no kernel implementation; this LSTM runs on the "
                   f"plain-PyTorch reference path (slower). Kernel activations: {', '.join(ACTIVATIONS)}.",
                   stacklevel=4)
 
@@ -155,9 +156,9 @@ def resolve_activations(activation: Activation, recurrent_activation: Activation
     one-time warning) when either has no kernel implementation and the reference path must run."""
     (name, fn), (gate_name, gate_fn) = resolve_activation(activation), resolve_recurrent_activation(recurrent_activation)
     if name is None:
-        _warn_reference_activation("activation", activation)
+        _warn_reference_activation("activation", repr(activation))
     if gate_name is None:
-        _warn_reference_activation("recurrent_activation", recurrent_activation)
+        _warn_reference_activation("recurrent_activation", repr(recurrent_activation))
     ids = None if name is None or gate_name is None else (activation_id(name), activation_id(gate_name))
     return ids, (fn, gate_fn)
 
