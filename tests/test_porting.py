@@ -530,3 +530,23 @@ def test_per_layer_forget_bias_both_ways():
     mixed = LSTMStack([LSTM(3, 4, batch_first=True), LSTM(4, 2, batch_first=True, bidirectional=True)])
     with pytest.raises(ValueError, match=r"^module: an LSTMStack whose layers differ in direction"):
         module_to_tf(mixed)
+
+
+@pytest.mark.parametrize("kind", ["LSTMStack", "Bidirectional", "KerasRNN"])
+def test_ported_modules_take_a_mask_as_the_lengths_it_holds(kind):
+    """The porting modules share one call: a Keras mask (valid steps first) gives what its lengths give."""
+    torch.manual_seed(0)
+
+    def lstm(**kw):
+        return LSTM(3, 4, batch_first=True, use_peepholes=True, **kw)
+
+    module = {"LSTMStack": lambda: LSTMStack([KerasRNN(lstm(), "a"), KerasRNN(LSTM(4, 4, batch_first=True), "b")]),
+              "Bidirectional": lambda: Bidirectional(lstm(), lstm()),
+              "KerasRNN": lambda: KerasRNN(lstm(bidirectional=True), "bi")}[kind]()
+    x, lengths = torch.randn(3, 5, 3), torch.tensor([5, 2, 0])
+    mask = torch.arange(5)[None, :] < lengths[:, None]
+    want, (h_want, c_want) = module(x, lengths=lengths)
+    got, (h, c) = module(x, mask=mask)
+    assert not torch.equal(want, module(x)[0])  # the lengths matter here
+    for name, a, b in [("output", got, want), ("h_n", h, h_want), ("c_n", c, c_want)]:
+        assert torch.equal(a, b), name

@@ -215,8 +215,8 @@ class Bidirectional(nn.Module):
     def state_count(self) -> int:
         return _state_count(self.forward_module) + _state_count(self.backward_module)
 
-    def forward(self, input, hx=None, *, lengths=None):
-        x, lengths, packed = _inputs(self, input, lengths, None)
+    def forward(self, input, hx=None, *, lengths=None, mask=None):
+        x, lengths, packed = _inputs(self, input, lengths, mask)
         fw_state, bw_state = _split(hx, [_state_count(self.forward_module), _state_count(self.backward_module)])
         out_f, h_f, c_f = _run(self.forward_module, x, lengths, fw_state)
         out_b, h_b, c_b = _run(self.backward_module, _reverse(x, lengths), lengths, bw_state)
@@ -247,8 +247,8 @@ class KerasRNN(nn.Module):
     def state_count(self) -> int:
         return _state_count(self.lstm)
 
-    def forward(self, input, hx=None, *, lengths=None):
-        x, lengths, packed = _inputs(self, input, lengths, None)
+    def forward(self, input, hx=None, *, lengths=None, mask=None):
+        x, lengths, packed = _inputs(self, input, lengths, mask)
         _check_packable(self, packed)
         state = _split(hx, [self.state_count])[0]
         if self.lstm.bidirectional:
