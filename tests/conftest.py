@@ -1,5 +1,5 @@
 """Test set-up: kernels run under Triton's interpreter on CPU unless a CUDA GPU is present, or
-TRITON_LSTM_TEST_REFERENCE=1 asks for the plain-PyTorch path (a session of its own), or the
+TRITON_LSTM_TEST_CPU_PATH=1 asks for the CPU path users run (a session of its own), or the
 host-path tests run (compiled kernels, a stand-in driver).
 
 Must run before triton_lstm is imported: Triton picks interpreter or compiler when the kernels
@@ -17,7 +17,7 @@ HAS_CUDA = torch.cuda.is_available()
 HOST_TESTS = os.environ.get("TRITON_LSTM_HOST_TESTS") == "1"
 if HOST_TESTS:
     os.environ.pop("TRITON_INTERPRET", None)
-elif not HAS_CUDA and os.environ.get("TRITON_LSTM_TEST_REFERENCE") != "1":
+elif not HAS_CUDA and os.environ.get("TRITON_LSTM_TEST_CPU_PATH") != "1":
     os.environ["TRITON_INTERPRET"] = "1"
 collect_ignore = [] if HOST_TESTS else ["host"]
 

@@ -419,7 +419,7 @@ def test_cudnn_flattening_only_for_cells_nn_lstm_runs(monkeypatch):
 
 def test_where_kernels_do_not_run_nn_lstm_computes_it():
     """float64 runs no kernel: a configuration nn.LSTM computes is nn.LSTM's own forward, bit for bit;
-    with a TF option set it is the reference path (not nn.LSTM's numbers)."""
+    with a TF option set it is the CPU path's loop (not nn.LSTM's numbers)."""
     torch.manual_seed(3)
     ref = torch.nn.LSTM(D, H, num_layers=2, proj_size=4, dtype=torch.float64)
     ours = LSTM(D, H, num_layers=2, proj_size=4, dtype=torch.float64)

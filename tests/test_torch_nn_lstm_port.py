@@ -23,8 +23,8 @@ the class under test on this machine's device. Not ported: the tests that need C
 test_RNN_dropout, whose expected values hold for a ReLU RNN only.
 
 The test session runs this file twice: with the kernels under Triton's interpreter (the session
-itself), and on the reference path in a subprocess without the interpreter
-(test_reference_path_in_a_fresh_process); every case runs on both. TRITON_LSTM_PORT_THIN=1 (the
+itself), and on the CPU path in a subprocess without the interpreter (test_cpu_path_in_a_fresh_process:
+nn.LSTM's forward, torch's LSTM or the loop of triton_lstm.cpu, as users run); every case runs on both. TRITON_LSTM_PORT_THIN=1 (the
 second Triton version's run in CI, the quick GPU session) takes every STRIDE-th case of the loops
 over many cases (ModuleInfo samples, the CPU-vs-cuDNN and variable-sequence cases): 11 under the
 interpreter, where one kernel launch costs about half a second whatever the size, 3 otherwise; either
@@ -1626,14 +1626,14 @@ def test_to_empty(module_self, LSTM, swap, training, swap_module_params_on_conve
             self.assertTrue(all(a != b for a, b in zip(p_cdatas_before, p_cdatas_after)))
 
 
-# ==== the same tests on the reference path =============================================================
+# ==== the same tests on the CPU path ==================================================================
 
-@pytest.mark.skipif(os.environ.get("TRITON_LSTM_TEST_REFERENCE") == "1" or TEST_CUDA,
-                    reason="this run is the reference-path run (or has a GPU, where CPU runs no kernels)")
-def test_reference_path_in_a_fresh_process():
-    """The interpreter is chosen when triton_lstm is imported, so the reference path needs its own
+@pytest.mark.skipif(os.environ.get("TRITON_LSTM_TEST_CPU_PATH") == "1" or TEST_CUDA,
+                    reason="this run is the CPU-path run (or has a GPU, where CPU runs no kernels)")
+def test_cpu_path_in_a_fresh_process():
+    """The interpreter is chosen when triton_lstm is imported, so the CPU path needs its own
     process: this file again, without TRITON_INTERPRET (see conftest.py)."""
     run = fresh_python("-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, timeout=1200,
-                       TRITON_LSTM_TEST_REFERENCE="1")
+                       TRITON_LSTM_TEST_CPU_PATH="1")
     assert run.returncode == 0, run.stdout[-20000:] + run.stderr[-5000:]
     assert " passed" in run.stdout.splitlines()[-1] and "failed" not in run.stdout.splitlines()[-1]

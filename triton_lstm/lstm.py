@@ -37,10 +37,13 @@ class LSTM(nn.LSTM):
     ``proj_size`` may also be >= ``hidden_size`` here.
 
     Peephole weights are extra parameters ``w_f_diag_l{k}``, ``w_i_diag_l{k}``, ``w_o_diag_l{k}`` [H]
-    (``_reverse`` for the backward direction). CUDA tensors run the persistent kernels; where the
-    kernels do not run (CPU without Triton's interpreter, float64) a configuration that nn.LSTM
-    computes runs nn.LSTM's own forward, any other the plain-PyTorch reference. ``c_n`` comes back
-    in the input's dtype, as nn.LSTM's; inside, the cell state is float32 for half inputs.
+    (``_reverse`` for the backward direction). CUDA tensors run the persistent kernels. Where the
+    kernels do not run (CPU without Triton's interpreter, float64), a configuration that nn.LSTM
+    computes runs nn.LSTM's own forward (on the CPU, except traced, vmapped, or packed with lengths
+    that differ and gradients wanted: ``forward``), and any other ``lstm_sequence``: on the CPU its
+    loop (``triton_lstm.cpu``), float64 on CUDA and custom activations the plain-PyTorch reference.
+    ``c_n`` comes back in the input's dtype, as nn.LSTM's; inside, the cell state is float32 for
+    half inputs.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,

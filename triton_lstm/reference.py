@@ -1,6 +1,7 @@
 """Plain-PyTorch reference of TF's LSTMCell step: the specification the kernels are tested against.
 
-It also runs whenever the kernels cannot (CPU without TRITON_INTERPRET, float64, custom activations).
+It also runs where neither the kernels nor the CPU path's sequence loop do: a single step
+(``lstm_cell``, ``LSTMCell``) on the CPU without TRITON_INTERPRET, float64 on CUDA, custom activations.
 Half-precision inputs are computed in float32 (m is rounded to the input dtype before the projection);
 the new cell state is returned in float32.
 """

@@ -20,8 +20,9 @@ def dynamic_rnn(cell: LSTMCell, inputs: Tensor, sequence_length: Optional[Tensor
     Args:
         cell: an ``LSTMCell`` (built lazily from the inputs' width if needed).
         inputs: [B, T, D], or [T, B, D] with ``time_major=True``.
-        sequence_length: [B] integers in [0, T] on the inputs' device; rows past their length
-            output exactly 0 and carry the state through. None means every row runs T steps.
+        sequence_length: [B] integers in [0, T] (a tensor on the CPU or the inputs' device, a list or
+            a numpy array); rows past their length output exactly 0 and carry the state through.
+            None means every row runs T steps.
         initial_state: the cell's state layout (``LSTMStateTuple(c, h)`` or [B, N + P]); zeros if None.
     Returns:
         (outputs [B, T, P] or [T, B, P], final state in the cell's layout).

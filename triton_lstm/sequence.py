@@ -223,7 +223,8 @@ def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, b
         lengths: [B] integers in [0, T] (on the CPU or x's device), or None for full length.
         activation, recurrent_activation: the cell's and the gates' (None: tanh and sigmoid, as TF).
     Returns:
-        (outputs [T, B, P] in x's dtype, zero past each length; h_T [B, P]; c_T [B, N] float32).
+        (outputs [T, B, P] in x's dtype, zero past each length; h_T [B, P]; c_T [B, N], float32, or
+        float64 for float64 x).
         Under torch.autocast, x, h0 and the weights are cast to the autocast dtype first.
     """
     x, h0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection = autocast(
