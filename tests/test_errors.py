@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from helpers import cell_args, cell_tensors
-from triton_lstm import DTypeError, LSTMCell, lstm_cell
+from triton_lstm import DTypeError, LSTMCell, LSTMStateTuple, lstm_cell
 
 B, D, N, P = 3, 7, 5, 4
 
@@ -75,6 +75,13 @@ def test_concatenated_state_wrong_width():
     with pytest.raises(ValueError, match=rf"^state: expected shape {_shape(B, N + P)} .*state_is_tuple=False, "
                                          rf"got {_shape(B, N + P - 1)}"):
         cell(torch.randn(B, D), torch.zeros(B, N + P - 1))
+
+
+def test_concatenated_cell_given_a_tuple_state():
+    cell = LSTMCell(N, input_size=D, state_is_tuple=False)
+    with pytest.raises(TypeError, match=r"^state: expected one tensor \[batch, num_units \+ output size\] since "
+                                        r"state_is_tuple=False, got LSTMStateTuple$"):
+        cell(torch.randn(B, D), LSTMStateTuple(torch.zeros(B, N), torch.zeros(B, N)))
 
 
 def test_tuple_cell_given_a_tensor_state():

@@ -138,8 +138,11 @@ def test_missing_files(tmp_path):
     data.unlink()
     with pytest.raises(FileNotFoundError, match=r"data-00000-of-00001: missing data shard"):
         read_tf_checkpoint(folder)
-    with pytest.raises(FileNotFoundError, match=r"path: no TensorFlow checkpoint at .*nothing"):
+    with pytest.raises(FileNotFoundError, match=r"path: no TensorFlow checkpoint at .*nothing' \(expected the file "
+                                                 r".*nothing\.index'\)$"):
         read_tf_checkpoint(str(tmp_path / "nothing"))
+    with pytest.raises(FileNotFoundError, match=r"path: no TensorFlow checkpoint at .*gone/' \(no folder .*gone'\)$"):
+        read_tf_checkpoint(f"{tmp_path / 'gone'}/")
     with pytest.raises(FileNotFoundError, match=r"has no 'checkpoint' file"):
         read_tf_checkpoint(tmp_path)
 

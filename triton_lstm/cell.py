@@ -246,6 +246,9 @@ class LSTMCell(nn.Module):
                 raise TypeError("state: expected an LSTMStateTuple (c, h) since state_is_tuple=True, "
                                 f"got {type(state).__name__}")
             return state[0], state[1]
+        if isinstance(state, (tuple, list)):
+            raise TypeError(f"state: expected one tensor [batch, num_units + output size] since "
+                            f"state_is_tuple=False, got {type(state).__name__}")
         check_tensor("state", state, 2)
         if shape_of(state) != (batch, N + P):
             raise ValueError(f"state: expected shape ({batch}, {N + P}) = [batch, num_units + output size] "
