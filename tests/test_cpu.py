@@ -569,3 +569,14 @@ def test_loop_memory_does_not_grow_with_per_step_views():
     assert run.returncode == 0, run.stderr
     inference, training = map(int, run.stdout.split())
     assert inference < 80 and training < 120, f"peak RSS grew {inference} MB (inference), {training} MB (training)"
+
+
+def test_torch_lstm_tier_passes_on_no_warning_of_torchs():
+    """A projection run by torch's LSTM: torch warns that oneDNN has none (its own concern, not the
+    caller's); dynamic_rnn, forward and backward, in a fresh process with warnings as errors."""
+    run = fresh_python("-W", "error", "-c", "import torch, triton_lstm\n"
+                       "cell = triton_lstm.LSTMCell(8, num_proj=4, input_size=3)\n"
+                       "out, _ = triton_lstm.dynamic_rnn(cell, torch.randn(2, 5, 3))\n"
+                       "out.sum().backward()\n"
+                       "assert cell.kernel.grad is not None", timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]

@@ -35,6 +35,7 @@ compiler at run time.
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -597,7 +598,11 @@ def torch_lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Ten
               torch.zeros_like(b_ih)]
     if projection is not None:
         params.append(projection.t())
-    out, h, c = torch.lstm(x, (h0[None], c0[None]), params, True, 1, 0.0, torch.is_grad_enabled(), False, False)
+    with warnings.catch_warnings():
+        # torch says once that oneDNN has no projected LSTM and it runs its own: nothing for a caller
+        # of lstm_sequence, who did not ask for torch's LSTM, to act on.
+        warnings.filterwarnings("ignore", "LSTM with projections is not supported with oneDNN")
+        out, h, c = torch.lstm(x, (h0[None], c0[None]), params, True, 1, 0.0, torch.is_grad_enabled(), False, False)
     return out, h[0], c[0]
 
 
