@@ -241,9 +241,12 @@ class ScaledTanh:
         return torch.tanh(x) * self.scale
 
 
-@pytest.mark.parametrize("half_tanh,named", [(half_tanh, "half_tanh"), (ScaledTanh(0.5), "ScaledTanh(scale=0.5)")],
+@pytest.mark.parametrize("make,named", [(lambda: lambda x: half_tanh(x), "<lambda>"),
+                                        (lambda: ScaledTanh(0.5), "ScaledTanh(scale=0.5)")],
                          ids=["function", "unhashable-object"])
-def test_custom_activation_warns_once_and_uses_reference(device, half_tanh, named):
+def test_custom_activation_warns_once_and_uses_reference(device, make, named):
+    """A callable of its own (a new one each run: the warning is once per callable and process)."""
+    half_tanh = make()
     cell = _cell(device, activation=half_tanh)
     x = _randn(B, D, seed=6, device=device)
     c, h = _state(device)
@@ -260,6 +263,28 @@ def test_custom_activation_warns_once_and_uses_reference(device, half_tanh, name
     assert not torch.allclose(h_ref, h_tanh)
     assert_close("h", out, h_ref, FWD)
     assert_close("c", c_new, c_ref, FWD)
+
+
+def test_custom_activation_is_formatted_only_for_its_warning(device):
+    """The once-only warning names the callable; later calls do not format it again (a repr can be
+    costly: a callable holding a tensor)."""
+    class Counted:
+        formatted = 0
+
+        def __call__(self, x):
+            return torch.tanh(x)
+
+        def __repr__(self):
+            Counted.formatted += 1
+            return "Counted()"
+
+    cell = _cell(device, activation=Counted())
+    x = _randn(B, D, seed=6, device=device)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        for _ in range(3):
+            cell(x, _state(device))
+    assert Counted.formatted == 1
 
 
 # -- TF checkpoints ---------------------------------------------------------------------------------

@@ -533,11 +533,13 @@ def test_float32_products_leave_the_callers_autocast_as_it_was():
     assert not torch.is_autocast_enabled("cpu")
 
 
+@pytest.mark.parametrize("chunk", [1, 2])
 @pytest.mark.parametrize("case", pairwise(LOOP_AXES), ids=case_id)
-def test_loop_matches_reference_across_view_chunks(case, monkeypatch):
-    """The loop makes its per-step views a chunk of steps at a time: with chunks of 2 steps every
-    step of the forward and the backward crosses or ends at a chunk boundary."""
-    monkeypatch.setattr(triton_lstm.cpu, "_STEP_CHUNK", 2)
+def test_loop_matches_reference_across_view_chunks(case, chunk, monkeypatch):
+    """The loop makes its per-step views a chunk of steps at a time: with chunks of 1 and 2 steps
+    (T=5) every step of the forward and the backward crosses or ends at a chunk boundary, and the
+    last state is alone in its chunk or not."""
+    monkeypatch.setattr(triton_lstm.cpu, "_STEP_CHUNK", chunk)
     lengths = variable_lengths(T, B, "cpu") if case["lengths"] == "variable" else None
     check_against_reference(loop_sequence, case, lengths)
 
@@ -571,12 +573,29 @@ def test_loop_memory_does_not_grow_with_per_step_views():
     assert inference < 80 and training < 120, f"peak RSS grew {inference} MB (inference), {training} MB (training)"
 
 
+USERS_WARNINGS = """
+import warnings, torch, triton_lstm
+warnings.simplefilter("default")
+cell = triton_lstm.LSTMCell(8, num_proj=4, input_size=3)
+filters = list(warnings.filters)
+for _ in range(3):
+    warnings.warn("the caller's own warning")
+    out, _ = triton_lstm.dynamic_rnn(cell, torch.randn(2, 5, 3))
+    out.sum().backward()
+assert warnings.filters == filters and cell.kernel.grad is not None
+"""
+
+
 def test_torch_lstm_tier_passes_on_no_warning_of_torchs():
     """A projection run by torch's LSTM: torch warns that oneDNN has none (its own concern, not the
-    caller's); dynamic_rnn, forward and backward, in a fresh process with warnings as errors."""
+    caller's); dynamic_rnn, forward and backward, in a fresh process with warnings as errors. The
+    caller's warnings are left alone: no filter changed, a warning shown once stays shown once."""
     run = fresh_python("-W", "error", "-c", "import torch, triton_lstm\n"
                        "cell = triton_lstm.LSTMCell(8, num_proj=4, input_size=3)\n"
                        "out, _ = triton_lstm.dynamic_rnn(cell, torch.randn(2, 5, 3))\n"
                        "out.sum().backward()\n"
                        "assert cell.kernel.grad is not None", timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
+    run = fresh_python("-c", USERS_WARNINGS, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stderr.count("the caller's own warning") == 1, run.stderr[-3000:]

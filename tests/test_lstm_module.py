@@ -419,7 +419,8 @@ def test_cudnn_flattening_only_for_cells_nn_lstm_runs(monkeypatch):
 
 def test_where_kernels_do_not_run_nn_lstm_computes_it():
     """float64 runs no kernel: a configuration nn.LSTM computes is nn.LSTM's own forward, bit for bit;
-    with a TF option set it is the CPU path's loop (not nn.LSTM's numbers)."""
+    with a TF option set it is the CPU path (here torch's LSTM with the forget bias folded into the
+    bias: not nn.LSTM's numbers)."""
     torch.manual_seed(3)
     ref = torch.nn.LSTM(D, H, num_layers=2, proj_size=4, dtype=torch.float64)
     ours = LSTM(D, H, num_layers=2, proj_size=4, dtype=torch.float64)
@@ -581,3 +582,17 @@ def test_half_input_with_float32_cell_state_on_an_nn_lstm_cell():
     dtypes, error = run.stdout.splitlines()
     assert dtypes == str(["torch.bfloat16"] * 3)
     assert float(error) < 2e-2
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_hx_of_other_things_or_on_another_device(cell):
+    """hx holding a non-tensor is a TypeError naming it (nn.LSTM: AttributeError), hx on another
+    device than the input a ValueError naming it (nn.LSTM: its op's RuntimeError), whichever path
+    runs the cell."""
+    lstm = LSTM(4, 6, **CELLS[cell])
+    x = torch.randn(5, 2, 4, dtype=lstm.weight_ih_l0.dtype)
+    h = x.new_zeros(1, 2, 6)
+    with pytest.raises(TypeError, match=r"^hx: expected two tensors \(h_0, c_0\), got NoneType for c_0$"):
+        lstm(x, (h, None))
+    with pytest.raises(ValueError, match=r"^h0: on device meta, but x is on cpu"):
+        lstm(x, (h.to("meta"), h))

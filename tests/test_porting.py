@@ -141,7 +141,8 @@ def test_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"path: no TensorFlow checkpoint at .*nothing' \(expected the file "
                                                  r".*nothing\.index'\)$"):
         read_tf_checkpoint(str(tmp_path / "nothing"))
-    with pytest.raises(FileNotFoundError, match=r"path: no TensorFlow checkpoint at .*gone/' \(no folder .*gone'\)$"):
+    with pytest.raises(FileNotFoundError, match=r"path: no TensorFlow checkpoint at .*gone/' \(expected the file "
+                                                 r".*gone/\.index'; no folder .*gone'\)$"):
         read_tf_checkpoint(f"{tmp_path / 'gone'}/")
     with pytest.raises(FileNotFoundError, match=r"has no 'checkpoint' file"):
         read_tf_checkpoint(tmp_path)

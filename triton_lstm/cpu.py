@@ -50,6 +50,12 @@ from triton_lstm.reference import lstm_sequence_reference
 Tensor = torch.Tensor
 aten = torch.ops.aten
 
+# torch says once that oneDNN has no projected LSTM and it runs its own: nothing for a caller of
+# lstm_sequence, who did not ask for torch's LSTM, to act on. Only for this module's calls (not a
+# context around each call: that is not thread-safe and resets which warnings were shown).
+warnings.filterwarnings("ignore", "LSTM with projections is not supported with oneDNN", UserWarning,
+                        r"triton_lstm\.cpu")
+
 _MINUS_ONE = torch.tensor(-1.0)
 _ZERO = torch.tensor(0.0)
 
@@ -181,7 +187,8 @@ class _Steps:
     """``steps[t]``: the view t[t] of a tensor t [steps, ...], or with ``blocks=N`` the tuple of its four
     gate blocks of width N, made a chunk of steps at a time off the loop (one op per chunk, not one
     per step). Not made for all steps at once: a view holds about half a kilobyte, hundreds of MB at
-    T=100000 where the tensors themselves take a few."""
+    T=100000 where the tensors themselves take a few. A chunk holds one step more than it starts
+    the next with, so that steps t and t + 1 come from one chunk either way the loop runs."""
     __slots__ = ("_t", "_blocks", "_start", "_views")
 
     def __init__(self, t: Tensor, blocks: Optional[int] = None):
@@ -192,7 +199,7 @@ class _Steps:
         if 0 <= offset < len(self._views):
             return self._views[offset]
         self._start = start = step - step % _STEP_CHUNK
-        part, N = self._t[start:start + _STEP_CHUNK], self._blocks
+        part, N = self._t[start:start + _STEP_CHUNK + 1], self._blocks
         self._views = part.unbind(0) if N is None else tuple(
             zip(*(part[..., g * N:(g + 1) * N].unbind(0) for g in range(4))))
         return self._views[step - start]
@@ -598,11 +605,7 @@ def torch_lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Ten
               torch.zeros_like(b_ih)]
     if projection is not None:
         params.append(projection.t())
-    with warnings.catch_warnings():
-        # torch says once that oneDNN has no projected LSTM and it runs its own: nothing for a caller
-        # of lstm_sequence, who did not ask for torch's LSTM, to act on.
-        warnings.filterwarnings("ignore", "LSTM with projections is not supported with oneDNN")
-        out, h, c = torch.lstm(x, (h0[None], c0[None]), params, True, 1, 0.0, torch.is_grad_enabled(), False, False)
+    out, h, c = torch.lstm(x, (h0[None], c0[None]), params, True, 1, 0.0, torch.is_grad_enabled(), False, False)
     return out, h[0], c[0]
 
 

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import warnings
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Optional
 
@@ -143,10 +143,16 @@ def autocast(*tensors: Optional[Tensor]) -> tuple[Optional[Tensor], ...]:
     return tuple(None if t is None or not t.is_floating_point() else t.to(dtype) for t in tensors)
 
 
-@functools.lru_cache(maxsize=None)
-def _warn_reference_activation(arg: str, activation: str) -> None:
-    """Once per argument and activation (its repr: a callable need not be hashable)."""
-    warnings.warn(f"{arg} {activation} has no kernel implementation; this LSTM runs on the "
+_WARNED_ACTIVATIONS: set = set()
+
+
+def _warn_reference_activation(arg: str, activation) -> None:
+    """Once per argument and callable (by identity where it is not hashable, as a dataclass instance)."""
+    key = (arg, activation if isinstance(activation, Hashable) else id(activation))
+    if key in _WARNED_ACTIVATIONS:
+        return
+    _WARNED_ACTIVATIONS.add(key)
+    warnings.warn(f"{arg} {activation!r} has no kernel implementation; this LSTM runs on the "
                   f"plain-PyTorch reference path (slower). Kernel activations: {', '.join(ACTIVATIONS)}.",
                   stacklevel=4)
 
@@ -156,9 +162,9 @@ def resolve_activations(activation: Activation, recurrent_activation: Activation
     one-time warning) when either has no kernel implementation and the reference path must run."""
     (name, fn), (gate_name, gate_fn) = resolve_activation(activation), resolve_recurrent_activation(recurrent_activation)
     if name is None:
-        _warn_reference_activation("activation", repr(activation))
+        _warn_reference_activation("activation", activation)
     if gate_name is None:
-        _warn_reference_activation("recurrent_activation", repr(recurrent_activation))
+        _warn_reference_activation("recurrent_activation", recurrent_activation)
     ids = None if name is None or gate_name is None else (activation_id(name), activation_id(gate_name))
     return ids, (fn, gate_fn)
 

@@ -39,9 +39,11 @@ class LSTM(nn.LSTM):
     Peephole weights are extra parameters ``w_f_diag_l{k}``, ``w_i_diag_l{k}``, ``w_o_diag_l{k}`` [H]
     (``_reverse`` for the backward direction). CUDA tensors run the persistent kernels. Where the
     kernels do not run (CPU without Triton's interpreter, float64), a configuration that nn.LSTM
-    computes runs nn.LSTM's own forward (on the CPU, except traced, vmapped, or packed with lengths
-    that differ and gradients wanted: ``forward``), and any other ``lstm_sequence``: on the CPU its
-    loop (``triton_lstm.cpu``), float64 on CUDA and custom activations the plain-PyTorch reference.
+    computes runs nn.LSTM's own forward (with hx, if given, in the input's dtype and on its device;
+    on the CPU, unless traced, vmapped, or packed with lengths that differ and gradients wanted:
+    ``forward``), and any other ``lstm_sequence``: on the CPU its CPU path (``triton_lstm.cpu``:
+    torch's LSTM for a plain cell with a forget bias, its loop otherwise), float64 on CUDA and custom
+    activations the plain-PyTorch reference.
     ``c_n`` comes back in the input's dtype, as nn.LSTM's; inside, the cell state is float32 for
     half inputs.
     """
@@ -172,12 +174,13 @@ class LSTM(nn.LSTM):
         # or vmapped (cpu.traced_or_vmapped: the CPU path's loop compiles, exports with T symbolic and
         # vmaps) and a PackedSequence the loop runs faster (_loop_packs_faster). LSTM checks the
         # arguments first, so that they raise LSTM's errors whichever path runs (nn.LSTM's forward does
-        # not check a PackedSequence); hx other than two tensors of the input's dtype takes LSTM's
-        # path, whose checks name the problem (and which takes a float32 c_0 for half inputs).
+        # not check a PackedSequence); hx in another dtype or on another device than the input takes
+        # LSTM's path, whose checks name the tensor (and which takes a float32 c_0 for half inputs).
+        self._check_hx_pair(hx)
         data = input.data if isinstance(input, PackedSequence) else input
         on_cpu = isinstance(data, Tensor) and data.device.type == "cpu"
         if (isinstance(data, Tensor) and not kernels_run_on(data.device, data.dtype) and self.computes_torch_lstm()
-                and self._hx_of_dtype(hx, data.dtype)
+                and (hx is None or all(t.dtype == data.dtype and t.device == data.device for t in hx))
                 and not (on_cpu and (traced_or_vmapped() or self._loop_packs_faster(input, hx)))):
             if isinstance(input, PackedSequence):
                 self._check_packed(input, hx)
@@ -198,20 +201,19 @@ class LSTM(nn.LSTM):
         return (output.transpose(0, 1) if self.batch_first else output), (h_n, c_n)
 
     @staticmethod
-    def _hx_of_dtype(hx, dtype: torch.dtype) -> bool:
-        """hx is None or two tensors of this dtype."""
-        return hx is None or (isinstance(hx, (tuple, list)) and len(hx) == 2
-                              and all(isinstance(t, Tensor) and t.dtype == dtype for t in hx))
-
-    @staticmethod
     def _check_hx_pair(hx) -> None:
-        if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+        """hx is None or two tensors (h_0, c_0)."""
+        if hx is None:
+            return
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
             got = f"a tuple of {len(hx)}" if isinstance(hx, (tuple, list)) else type(hx).__name__
             raise ShapeError(f"lstm expects two hidden states: hx = (h_0, c_0), got {got}")
+        for name, t in zip(("h_0", "c_0"), hx):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"hx: expected two tensors (h_0, c_0), got {type(t).__name__} for {name}")
 
     def _check_packed(self, input: PackedSequence, hx) -> None:
-        """nn.LSTM's checks of a PackedSequence and hx, raising LSTM's errors."""
-        self._check_hx_pair(hx)
+        """nn.LSTM's checks of a PackedSequence and hx (a pair: ``_check_hx_pair``), raising LSTM's errors."""
         self.check_input(input.data, input.batch_sizes)
         if hx is not None:
             self.check_forward_args(input.data, hx, input.batch_sizes)
@@ -228,18 +230,17 @@ class LSTM(nn.LSTM):
         if not isinstance(input, PackedSequence):
             return False
         sizes = input.batch_sizes
-        tensors = [input.data, *self.parameters(), *(hx if isinstance(hx, (tuple, list)) else ())]
+        tensors = [input.data, *self.parameters(), *(hx or ())]
         wants_grad = torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in tensors)
         return wants_grad and bool(sizes[0] != sizes[-1])
 
     def _time_major(self, input, hx):
-        """Checks as nn.LSTM does; returns (x [T, B, D] in the caller's batch order, lengths or None,
-        hx [L*dirs, B, ...] or None, unbatched)."""
+        """Checks as nn.LSTM does (hx a pair: ``_check_hx_pair``); returns (x [T, B, D] in the caller's
+        batch order, lengths or None, hx [L*dirs, B, ...] or None, unbatched)."""
         if isinstance(input, PackedSequence):
             self._check_packed(input, hx)
             x, lengths = pad_packed_sequence(input)
             return x, lengths.to(x.device), hx, False
-        self._check_hx_pair(hx)
         if input.dim() not in (2, 3):
             raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
         unbatched = input.dim() == 2

@@ -203,7 +203,10 @@ class LSTMStack(nn.Module):
 class Bidirectional(nn.Module):
     """``forward_module`` over the sequence and ``backward_module`` over it reversed within each row's
     length (its outputs put back in time order), merged by ``merge_mode`` (Keras' names: "concat",
-    "sum", "mul", "ave", or None for the pair). TF's ``bidirectional_dynamic_rnn`` is "concat"."""
+    "sum", "mul", "ave", or None for the pair). TF's ``bidirectional_dynamic_rnn`` is "concat".
+
+    ``forward(input [B, T, D] or PackedSequence, hx=None, *, lengths=None, mask=None)``: as ``LSTMStack``'s.
+    """
 
     def __init__(self, forward_module: nn.Module, backward_module: nn.Module, merge_mode: Optional[str] = "concat"):
         super().__init__()
@@ -228,7 +231,10 @@ class KerasRNN(nn.Module):
     """One Keras ``LSTM`` layer, or ``Bidirectional(LSTM)`` (``lstm`` bidirectional, ``merge_mode``), as
     Keras computes it: ``go_backwards`` returns outputs in the reversed order; masked steps output
     zeros (``zero_output_for_mask``, as in Bidirectional with sequences) or repeat the last valid
-    output; ``return_sequences=False`` gives the last output [B, F]."""
+    output; ``return_sequences=False`` gives the last output [B, F].
+
+    ``forward(input [B, T, D] or PackedSequence, hx=None, *, lengths=None, mask=None)``: as ``LSTMStack``'s.
+    """
 
     def __init__(self, lstm: LSTM, name: str, merge_mode: Optional[str] = "concat", go_backwards: bool = False,
                  return_sequences: bool = True, zero_output_for_mask: bool = False) -> None:

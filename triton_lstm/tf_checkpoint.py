@@ -278,8 +278,8 @@ def read_tf_checkpoint(path: str) -> dict[str, np.ndarray]:
     index = prefix + ".index"
     if not os.path.isfile(index):
         folder = os.path.dirname(index) or "."
-        missing = f"no folder {folder!r}" if not os.path.isdir(folder) else f"expected the file {index!r}"
-        raise FileNotFoundError(f"path: no TensorFlow checkpoint at {path!r} ({missing})")
+        missing = "" if os.path.isdir(folder) else f"; no folder {folder!r}"
+        raise FileNotFoundError(f"path: no TensorFlow checkpoint at {path!r} (expected the file {index!r}{missing})")
     entries = _read_table(index)
     if not entries or entries[0][0] != b"":
         raise ValueError(f"{index}: no bundle header entry: not a TensorFlow checkpoint index")
