@@ -599,3 +599,23 @@ def test_torch_lstm_tier_passes_on_no_warning_of_torchs():
     run = fresh_python("-c", USERS_WARNINGS, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stderr.count("the caller's own warning") == 1, run.stderr[-3000:]
+
+
+@pytest.mark.skipif(not triton_lstm.cpu._onednn_linear(), reason="needs oneDNN's linear")
+@pytest.mark.parametrize("T,B,packed", [(8, 1, False), (4, 16, False), (100, 16, True)])
+def test_loop_packs_its_weights_only_for_enough_rows(T, B, packed):
+    """The loop packs a weight for oneDNN's linear (about 1-2 ms at H=512) only when the products
+    over it take PACK_MIN_ROWS rows in all; short calls of small batches (streaming) use addmm.
+    Forward and backward, H=512 (every product over the 1M-MAC floor of oneDNN's linear at B=1)."""
+    g = torch.Generator().manual_seed(0)
+    H = 512
+    x = torch.randn(T, B, H, generator=g, requires_grad=True)
+    w_x, w_h = (torch.randn(H, 4 * H, generator=g) * 0.05 for _ in range(2))
+    w_x.requires_grad_(), w_h.requires_grad_()
+    args = (x, torch.zeros(B, H), torch.zeros(B, H), w_x, w_h, torch.zeros(4 * H))
+
+    def run():
+        out, _, _ = loop_sequence(*args, torch.zeros(H), torch.zeros(H), torch.zeros(H), cell_clip=1.0)
+        out.sum().backward()
+
+    assert ("mkldnn::_reorder_linear_weight" in ops_run(run)) == packed

@@ -129,6 +129,7 @@ def sigmoid_form(activation: str, recurrent_activation: str) -> bool:
 
 
 ONEDNN_MIN_MACS = 1 << 20
+PACK_MIN_ROWS = 256
 
 
 def _onednn_linear() -> bool:
@@ -137,15 +138,19 @@ def _onednn_linear() -> bool:
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
-def right_product(w: Tensor, rows: int, bias: Optional[Tensor] = None) -> Callable[..., Tensor]:
-    """``(a, add=None) -> a @ w + bias (+ add)`` for products of one weight w [K, M] with [rows, K]
-    operands (bias [M] or None; add [rows, M] or None).
+def right_product(w: Tensor, rows: int, bias: Optional[Tensor] = None, uses: int = 1) -> Callable[..., Tensor]:
+    """``(a, add=None) -> a @ w + bias (+ add)`` for ``uses`` products of one weight w [K, M] with
+    [rows, K] operands (bias [M] or None; add [rows, M] or None).
 
     NOTE: in float32, oneDNN's linear with the weight packed once ran these products 10-40% faster
     than addmm (MKL) at B=16-64, H=256-512 on a 2-core AVX-512 machine; below ONEDNN_MIN_MACS its
-    call overhead (about 15 us) lost to addmm, which other dtypes use too.
+    call overhead (about 15 us) lost to addmm, which other dtypes use too. Packing a weight took 1-2
+    ms for 0.25-1M elements, what addmm spends on about a hundred rows, won back at 25-40% of
+    addmm's time per row: packed only for PACK_MIN_ROWS rows in all (at B=1-8 and T=1-8, as in
+    streaming inference, packing took more than the products).
     """
-    if w.dtype == torch.float32 and rows * w.shape[0] * w.shape[1] >= ONEDNN_MIN_MACS and _onednn_linear():
+    if (w.dtype == torch.float32 and rows * w.shape[0] * w.shape[1] >= ONEDNN_MIN_MACS and rows * uses >= PACK_MIN_ROWS
+            and _onednn_linear()):
         packed = torch.ops.mkldnn._reorder_linear_weight(w.t().contiguous(), rows)
 
         def product(a: Tensor, add: Optional[Tensor] = None) -> Tensor:
@@ -248,8 +253,8 @@ def _forward(x: Tensor, w_x: Tensor, bias: Tensor, h0: Tensor, c0: Tensor, w_h: 
     # Before their clip, for the clips' gradient masks, made after the loop in one go.
     c_pre = alloc(T, B, N) if keep and cell_clip is not None else None
     y_pre = alloc(T, B, P) if keep and proj_clip is not None else None
-    recurrent = right_product(w_h, B)
-    project = right_product(projection, B) if projection is not None else None
+    recurrent = right_product(w_h, B, uses=T)
+    project = right_product(projection, B, uses=T) if projection is not None else None
     H, C, G, A, blocks = _Steps(hbuf), _Steps(cbuf), _Steps(gates), _Steps(act_c), _Steps(gates, N)
     C_pre = None if c_pre is None else _Steps(c_pre)
     for t in range(T):
@@ -326,8 +331,8 @@ def _backward(d_hbuf: Tensor, d_h_T: Tensor, d_c_T: Tensor, x: Tensor, w_x: Tens
     alloc = gates.new_zeros if sizes is not None else gates.new_empty
     dz = alloc(T, B, N4)
     dy = alloc(T, B, P) if projection is not None else None
-    recurrent = right_product(w_h.t(), B)
-    project = right_product(projection.t(), B) if projection is not None else None
+    recurrent = right_product(w_h.t(), B, uses=T)
+    project = right_product(projection.t(), B, uses=T) if projection is not None else None
     d_out, C, A, DZ = _Steps(d_hbuf), _Steps(cbuf), _Steps(act_c), _Steps(dz)
     blocks, d_blocks = _Steps(gates, N), _Steps(dz, N)
     c_keep = None if c_in is None else _Steps(c_in)
