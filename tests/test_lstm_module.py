@@ -419,8 +419,7 @@ def test_cudnn_flattening_only_for_cells_nn_lstm_runs(monkeypatch):
 
 def test_where_kernels_do_not_run_nn_lstm_computes_it():
     """float64 runs no kernel: a configuration nn.LSTM computes is nn.LSTM's own forward, bit for bit;
-    with a TF option set it is the CPU path (here torch's LSTM with the forget bias folded into the
-    bias: not nn.LSTM's numbers)."""
+    with a TF option set it is not (here a forget bias: not nn.LSTM's numbers for these weights)."""
     torch.manual_seed(3)
     ref = torch.nn.LSTM(D, H, num_layers=2, proj_size=4, dtype=torch.float64)
     ours = LSTM(D, H, num_layers=2, proj_size=4, dtype=torch.float64)
@@ -596,3 +595,35 @@ def test_hx_of_other_things_or_on_another_device(cell):
         lstm(x, (h, None))
     with pytest.raises(ValueError, match=r"^h0: on device meta, but x is on cpu"):
         lstm(x, (h.to("meta"), h))
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_forget_bias_runs_nn_lstm_with_it_folded_into_the_bias(packed):
+    """Where nn.LSTM's forward runs (float64: no kernel), a cell nn.LSTM computes but for a forget bias
+    runs it with the forget bias added to every bias_ih: bit for bit nn.LSTM with those biases,
+    outputs, final states and every gradient (a bidirectional stack with a projection; packed input
+    without gradients, as nn.LSTM's forward runs it); the module's own parameters stay as they were."""
+    torch.manual_seed(3)
+    ours = LSTM(D, H, num_layers=2, proj_size=4, bidirectional=True, dtype=torch.float64, forget_bias=1.5)
+    ref = torch.nn.LSTM(D, H, num_layers=2, proj_size=4, bidirectional=True, dtype=torch.float64)
+    ref.load_state_dict(ours.state_dict())
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if name.startswith("bias_ih"):
+                p[H:2 * H] += 1.5
+    saved = {k: v.clone() for k, v in ours.state_dict().items()}
+    x = randn(T, B, D, seed=4).double()
+    if packed:
+        with torch.no_grad():
+            got, want = (m(pack_padded_sequence(x, torch.tensor([5, 3, 2]))) for m in (ours, ref))
+    else:
+        xs = [x.clone().requires_grad_() for _ in range(2)]
+        got, want = ours(xs[0]), ref(xs[1])
+        loss = [out.sum() + 2 * h.sum() + 3 * c.sum() for out, (h, c) in (got, want)]
+        torch.autograd.backward(loss)
+        assert torch.equal(xs[0].grad, xs[1].grad)
+        for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
+            assert torch.equal(p.grad, q.grad), name
+    for a, b in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
+        assert (a is None and b is None) or torch.equal(a, b)   # (a PackedSequence's absent indices)
+    assert all(torch.equal(v, saved[k]) for k, v in ours.state_dict().items())

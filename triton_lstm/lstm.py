@@ -39,11 +39,11 @@ class LSTM(nn.LSTM):
     Peephole weights are extra parameters ``w_f_diag_l{k}``, ``w_i_diag_l{k}``, ``w_o_diag_l{k}`` [H]
     (``_reverse`` for the backward direction). CUDA tensors run the persistent kernels. Where the
     kernels do not run (CPU without Triton's interpreter, float64), a configuration that nn.LSTM
-    computes runs nn.LSTM's own forward (with hx, if given, in the input's dtype and on its device;
+    computes runs nn.LSTM's own forward (on the CPU also with a forget bias, added to its biases for
+    the call; with hx, if given, in the input's dtype and on its device;
     on the CPU, unless traced, vmapped, or packed with lengths that differ and gradients wanted:
-    ``forward``), and any other ``lstm_sequence``: on the CPU its CPU path (``triton_lstm.cpu``:
-    torch's LSTM for a plain cell with a forget bias, its loop otherwise), float64 on CUDA and custom
-    activations the plain-PyTorch reference.
+    ``forward``), and any other ``lstm_sequence``: on the CPU its CPU path (``triton_lstm.cpu``),
+    float64 on CUDA and custom activations the plain-PyTorch reference.
     ``c_n`` comes back in the input's dtype, as nn.LSTM's; inside, the cell state is float32 for
     half inputs.
     """
@@ -115,8 +115,12 @@ class LSTM(nn.LSTM):
 
     def computes_torch_lstm(self) -> bool:
         """True when the options are exactly what torch.nn.LSTM computes (none of TF's extras)."""
+        return self.forget_bias == 0 and self._torch_lstm_but_forget_bias()
+
+    def _torch_lstm_but_forget_bias(self) -> bool:
+        """True when nn.LSTM computes this cell with the forget bias added to its bias."""
         return (not self.use_peepholes and self.cell_clip is None and self.proj_clip is None
-                and self.forget_bias == 0 and self.proj_size < self.hidden_size
+                and self.proj_size < self.hidden_size
                 and resolve_activation(self.activation)[0] == "tanh"
                 and resolve_recurrent_activation(self.recurrent_activation)[0] == "sigmoid")
 
@@ -170,23 +174,25 @@ class LSTM(nn.LSTM):
     def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[tuple[Tensor, Tensor]] = None):
         """As nn.LSTM: input [T, B, D] ([B, T, D] with batch_first, [T, D] unbatched, or a
         PackedSequence); hx = (h_0 [L*dirs, B, P], c_0 [L*dirs, B, H]). Returns (output, (h_n, c_n))."""
-        # nn.LSTM's own forward for its own cells where no kernel runs, except on the CPU a call traced
-        # or vmapped (cpu.traced_or_vmapped: the CPU path's loop compiles, exports with T symbolic and
-        # vmaps) and a PackedSequence the loop runs faster (_loop_packs_faster). LSTM checks the
+        # nn.LSTM's own forward for its own cells where no kernel runs (on the CPU also with a forget
+        # bias, added to its bias: _forward_bias_folded), except on the CPU a call traced or vmapped
+        # (cpu.traced_or_vmapped: the CPU path's loop compiles, exports with T symbolic and vmaps) and
+        # a PackedSequence the loop runs faster (_loop_packs_faster). LSTM checks the
         # arguments first, so that they raise LSTM's errors whichever path runs (nn.LSTM's forward does
         # not check a PackedSequence); hx in another dtype or on another device than the input takes
         # LSTM's path, whose checks name the tensor (and which takes a float32 c_0 for half inputs).
         self._check_hx_pair(hx)
         data = input.data if isinstance(input, PackedSequence) else input
         on_cpu = isinstance(data, Tensor) and data.device.type == "cpu"
-        if (isinstance(data, Tensor) and not kernels_run_on(data.device, data.dtype) and self.computes_torch_lstm()
+        if (isinstance(data, Tensor) and not kernels_run_on(data.device, data.dtype)
+                and self._torch_lstm_but_forget_bias() and (self.forget_bias == 0 or (on_cpu and self.bias))
                 and (hx is None or all(t.dtype == data.dtype and t.device == data.device for t in hx))
                 and not (on_cpu and (traced_or_vmapped() or self._loop_packs_faster(input, hx)))):
             if isinstance(input, PackedSequence):
                 self._check_packed(input, hx)
             else:
                 self._time_major(input, hx)
-            return super().forward(input, hx)
+            return super().forward(input, hx) if self.forget_bias == 0 else self._forward_bias_folded(input, hx)
         self._update_flat_weights()
         x, lengths, hx, unbatched = self._time_major(input, hx)
         output, h_n, c_n = self._run_layers(x, lengths, hx)
@@ -199,6 +205,24 @@ class LSTM(nn.LSTM):
         if unbatched:
             return output[:, 0], (h_n[:, 0], c_n[:, 0])
         return (output.transpose(0, 1) if self.batch_first else output), (h_n, c_n)
+
+    def _forward_bias_folded(self, input, hx):
+        """nn.LSTM's forward with the forget bias added to every bias_ih, which is this cell: run on a
+        shallow copy of the module that holds those weights, so that the module (and other threads
+        running it) keep their own."""
+        self._update_flat_weights()
+        H = self.hidden_size
+        folded = object.__new__(type(self))
+        folded.__dict__.update(self.__dict__)
+        weights = []
+        for name, w in zip(self._flat_weights_names, self._flat_weights):
+            if name.startswith("bias_ih"):
+                shift = w.new_zeros(4 * H)
+                shift[H:2 * H] = self.forget_bias
+                w = w + shift
+            weights.append(w)
+        folded._flat_weights = weights
+        return nn.LSTM.forward(folded, input, hx)
 
     @staticmethod
     def _check_hx_pair(hx) -> None:
