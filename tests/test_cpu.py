@@ -619,3 +619,19 @@ def test_loop_packs_its_weights_only_for_enough_rows(T, B, packed):
         out.sum().backward()
 
     assert ("mkldnn::_reorder_linear_weight" in ops_run(run)) == packed
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed-view"])
+def test_loop_weights_swap_their_gates_along_memory(layout):
+    """The loop's weights in torch's gate order with the j block doubled (against a permutation by
+    index): from a transposed view of a contiguous weight (LSTM passes nn.LSTM's so) a transposed
+    view again, copied along memory, not transposed (several times slower)."""
+    from triton_lstm.cpu import _LOOP_J, _swapped
+    N, K = 3, 5
+    w = torch.randn(4 * N, K).t() if layout == "transposed-view" else torch.randn(K, 4 * N)
+    want = w[:, torch.cat([torch.arange(N), torch.arange(2 * N, 3 * N), torch.arange(N, 2 * N),
+                           torch.arange(3 * N, 4 * N)])].clone()
+    want[:, _LOOP_J * N:(_LOOP_J + 1) * N] *= 2
+    got = _swapped(w, _LOOP_J)
+    assert torch.equal(got, want)
+    assert (got.t().is_contiguous() if layout == "transposed-view" else got.is_contiguous())

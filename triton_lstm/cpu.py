@@ -417,8 +417,13 @@ def _swapped(w: Tensor, double_block: Optional[int]) -> Tensor:
     The loop takes the weights in torch's order with the j block doubled for ``sigmoid_form``
     (``double_block=_LOOP_J``); the same swap with TF's j block doubled (``_TF_J``) takes the
     gradient of such a weight back to the TF-layout weight's.
+
+    A weight that is the transposed view of a contiguous one (as ``LSTM`` passes nn.LSTM's) comes
+    back so too, its blocks copied along memory: swapped along its last dimension it would be copied
+    transposed, several times slower (most of a short call's time at B=1).
     """
-    w = swap_gates(w)
+    transposed = w.dim() == 2 and not w.is_contiguous() and w.t().is_contiguous()
+    w = swap_gates(w.t(), 0).t() if transposed else swap_gates(w)
     if double_block is not None:
         N = w.shape[-1] // 4
         w[..., double_block * N:(double_block + 1) * N] *= 2
@@ -606,7 +611,7 @@ def torch_lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Ten
     and direction; shapes as ``lstm_sequence_cpu``'s. Returns (out, h_T, c_T)."""
     N = w_h.shape[1] // 4
     b_ih = swap_gates(bias) + _block_vector(N, (0.0, forget_bias, 0.0, 0.0), bias)
-    params = [swap_gates(w_x).t().contiguous(), swap_gates(w_h).t().contiguous(), b_ih,
+    params = [swap_gates(w_x.t(), 0), swap_gates(w_h.t(), 0), b_ih,
               torch.zeros_like(b_ih)]
     if projection is not None:
         params.append(projection.t())
