@@ -602,11 +602,13 @@ def test_torch_lstm_tier_passes_on_no_warning_of_torchs():
 
 
 @pytest.mark.skipif(not triton_lstm.cpu._onednn_linear(), reason="needs oneDNN's linear")
-@pytest.mark.parametrize("T,B,packed", [(8, 1, False), (4, 16, False), (100, 16, True)])
-def test_loop_packs_its_weights_only_for_enough_rows(T, B, packed):
-    """The loop packs a weight for oneDNN's linear (about 1-2 ms at H=512) only when the products
-    over it take PACK_MIN_ROWS rows in all; short calls of small batches (streaming) use addmm.
-    Forward and backward, H=512 (every product over the 1M-MAC floor of oneDNN's linear at B=1)."""
+@pytest.mark.parametrize("T,B,packed", [(8, 1, False), (4, 64, False), (16, 16, False), (32, 4, True),
+                                       (100, 16, True)])
+def test_loop_packs_its_weights_only_for_enough_use(T, B, packed):
+    """The loop packs a weight for oneDNN's linear (about 1-2 ms at H=512) only for one product of
+    PACK_MIN_ROWS rows or PACK_MIN_USES products (T of them for the recurrent weight); short calls
+    (streaming) use addmm. Forward and backward, H=512 (every product over the 1M-MAC floor of
+    oneDNN's linear at B=1)."""
     g = torch.Generator().manual_seed(0)
     H = 512
     x = torch.randn(T, B, H, generator=g, requires_grad=True)

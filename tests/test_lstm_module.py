@@ -1,5 +1,6 @@
 """``LSTM`` (the nn.LSTM drop-in) against torch.nn.LSTM with the same state dict, and its TF extras
 (peepholes, clips, forget_bias, activation) against dynamic_rnn and the plain-PyTorch reference."""
+import copy
 import re
 
 import numpy as np
@@ -627,3 +628,51 @@ def test_forget_bias_runs_nn_lstm_with_it_folded_into_the_bias(packed):
     for a, b in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
         assert (a is None and b is None) or torch.equal(a, b)   # (a PackedSequence's absent indices)
     assert all(torch.equal(v, saved[k]) for k, v in ours.state_dict().items())
+
+
+def test_forget_bias_folded_also_into_parametrized_weights():
+    """A parametrized weight is computed at every access, which nn.LSTM's forward takes for a change
+    of weights: the forget bias must survive that (parametrized bias_ih and weight_hh; float64, where
+    nn.LSTM's forward runs)."""
+    import torch.nn.utils.parametrize as parametrize
+
+    class Same(torch.nn.Module):
+        def forward(self, w):
+            return w * 1.0   # a new tensor at every access, as parametrizations give
+
+    torch.manual_seed(3)
+    plain = LSTM(D, H, dtype=torch.float64, forget_bias=1.5)
+    ours = copy.deepcopy(plain)
+    for name in ("bias_ih_l0", "weight_hh_l0"):
+        parametrize.register_parametrization(ours, name, Same())
+    x = randn(T, B, D, seed=4).double()
+    want = plain(x)[0]
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            assert torch.equal(ours(x)[0], want), f"grad enabled: {grad}"
+    plain.forget_bias = 0.0
+    assert not torch.allclose(plain(x)[0], want)
+
+
+FOLDED_DTYPES = """
+import torch, triton_lstm
+from triton_lstm.lstm import LSTM
+folded, sequences = [], []
+fold, sequence = LSTM._forward_bias_folded, triton_lstm.lstm.lstm_sequence
+LSTM._forward_bias_folded = lambda self, *args: folded.append(1) or fold(self, *args)
+triton_lstm.lstm.lstm_sequence = lambda *args, **kwargs: sequences.append(1) or sequence(*args, **kwargs)
+for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+    folded.clear(), sequences.clear()
+    triton_lstm.LSTM(3, 4, forget_bias=1.0, dtype=dtype)(torch.randn(5, 2, 3, dtype=dtype))
+    print(str(dtype)[6:], len(folded), len(sequences))
+"""
+
+
+def test_forget_bias_folded_only_where_the_cpu_path_would_not_be_more_precise():
+    """On the CPU as users run it (no interpreter), with spies on the two paths (each still runs):
+    float32 and float64 with a forget bias run nn.LSTM's forward with the bias folded; half precision
+    keeps the CPU path (lstm_sequence), which computes it in float32 (nn.LSTM's forward would in half
+    precision, the forget bias added to the bias rounded too)."""
+    run = fresh_python("-c", FOLDED_DTYPES, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split()[:12] == "float32 1 0 float64 1 0 bfloat16 0 1 float16 0 1".split(), run.stdout

@@ -129,7 +129,7 @@ def sigmoid_form(activation: str, recurrent_activation: str) -> bool:
 
 
 ONEDNN_MIN_MACS = 1 << 20
-PACK_MIN_ROWS = 256
+PACK_MIN_ROWS, PACK_MIN_USES = 1024, 24
 
 
 def _onednn_linear() -> bool:
@@ -145,12 +145,13 @@ def right_product(w: Tensor, rows: int, bias: Optional[Tensor] = None, uses: int
     NOTE: in float32, oneDNN's linear with the weight packed once ran these products 10-40% faster
     than addmm (MKL) at B=16-64, H=256-512 on a 2-core AVX-512 machine; below ONEDNN_MIN_MACS its
     call overhead (about 15 us) lost to addmm, which other dtypes use too. Packing a weight took 1-2
-    ms for 0.25-1M elements, what addmm spends on about a hundred rows, won back at 25-40% of
-    addmm's time per row: packed only for PACK_MIN_ROWS rows in all (at B=1-8 and T=1-8, as in
-    streaming inference, packing took more than the products).
+    ms for 0.25-1M elements (H=512: about what addmm spends on a hundred rows), won back per product
+    (most at small batches): it paid for one product of about a thousand rows (the input product
+    over all steps) or for about 24 products of any batch (the recurrent ones over the steps), and
+    lost for fewer (B=1-64 with T=4-16: streaming inference, short calls).
     """
-    if (w.dtype == torch.float32 and rows * w.shape[0] * w.shape[1] >= ONEDNN_MIN_MACS and rows * uses >= PACK_MIN_ROWS
-            and _onednn_linear()):
+    if (w.dtype == torch.float32 and rows * w.shape[0] * w.shape[1] >= ONEDNN_MIN_MACS
+            and (rows >= PACK_MIN_ROWS or uses >= PACK_MIN_USES) and _onednn_linear()):
         packed = torch.ops.mkldnn._reorder_linear_weight(w.t().contiguous(), rows)
 
         def product(a: Tensor, add: Optional[Tensor] = None) -> Tensor:

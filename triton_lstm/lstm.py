@@ -39,8 +39,8 @@ class LSTM(nn.LSTM):
     Peephole weights are extra parameters ``w_f_diag_l{k}``, ``w_i_diag_l{k}``, ``w_o_diag_l{k}`` [H]
     (``_reverse`` for the backward direction). CUDA tensors run the persistent kernels. Where the
     kernels do not run (CPU without Triton's interpreter, float64), a configuration that nn.LSTM
-    computes runs nn.LSTM's own forward (on the CPU also with a forget bias, added to its biases for
-    the call; with hx, if given, in the input's dtype and on its device;
+    computes runs nn.LSTM's own forward (on the CPU also with a forget bias in float32 and float64,
+    added to its biases for the call; with hx, if given, in the input's dtype and on its device;
     on the CPU, unless traced, vmapped, or packed with lengths that differ and gradients wanted:
     ``forward``), and any other ``lstm_sequence``: on the CPU its CPU path (``triton_lstm.cpu``),
     float64 on CUDA and custom activations the plain-PyTorch reference.
@@ -175,7 +175,8 @@ class LSTM(nn.LSTM):
         """As nn.LSTM: input [T, B, D] ([B, T, D] with batch_first, [T, D] unbatched, or a
         PackedSequence); hx = (h_0 [L*dirs, B, P], c_0 [L*dirs, B, H]). Returns (output, (h_n, c_n))."""
         # nn.LSTM's own forward for its own cells where no kernel runs (on the CPU also with a forget
-        # bias, added to its bias: _forward_bias_folded), except on the CPU a call traced or vmapped
+        # bias, added to its bias: _forward_bias_folded; in float32 and float64, as half precision
+        # computes in float32 on the CPU path), except on the CPU a call traced or vmapped
         # (cpu.traced_or_vmapped: the CPU path's loop compiles, exports with T symbolic and vmaps) and
         # a PackedSequence the loop runs faster (_loop_packs_faster). LSTM checks the
         # arguments first, so that they raise LSTM's errors whichever path runs (nn.LSTM's forward does
@@ -185,7 +186,8 @@ class LSTM(nn.LSTM):
         data = input.data if isinstance(input, PackedSequence) else input
         on_cpu = isinstance(data, Tensor) and data.device.type == "cpu"
         if (isinstance(data, Tensor) and not kernels_run_on(data.device, data.dtype)
-                and self._torch_lstm_but_forget_bias() and (self.forget_bias == 0 or (on_cpu and self.bias))
+                and self._torch_lstm_but_forget_bias()
+                and (self.forget_bias == 0 or (on_cpu and self.bias and data.dtype in (torch.float32, torch.float64)))
                 and (hx is None or all(t.dtype == data.dtype and t.device == data.device for t in hx))
                 and not (on_cpu and (traced_or_vmapped() or self._loop_packs_faster(input, hx)))):
             if isinstance(input, PackedSequence):
@@ -222,6 +224,9 @@ class LSTM(nn.LSTM):
                 w = w + shift
             weights.append(w)
         folded._flat_weights = weights
+        # nn.LSTM's forward would take them again from the parameters where it thinks they changed
+        # (always, for parametrized ones): this module's were brought up to date above.
+        folded._update_flat_weights = lambda: None
         return nn.LSTM.forward(folded, input, hx)
 
     @staticmethod
