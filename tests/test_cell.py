@@ -583,3 +583,32 @@ def test_infinite_clip_is_no_clip(device):
         clipped = lstm_cell(*typed, cell_clip=math.inf, proj_clip=math.inf)
         assert all(torch.equal(a, b) for a, b in zip(clipped, unclipped)), dtype
     assert LSTMCell(N, num_proj=P, cell_clip=np.inf, proj_clip=math.inf).cell_clip is None
+
+
+def test_lazy_cell_builds_once_under_concurrent_first_calls():
+    """Threads making a lazily built cell's first call together (a server's first requests): one
+    builds it, every thread computes with the finished weights (none with half-built ones, none
+    raising that it is built already), and each gets what a call after the build gets. In float64,
+    which the CPU path runs (Triton's interpreter, which the tests run float32 on, is not thread-safe)."""
+    import threading
+
+    x = torch.randn(2, 5, 4, dtype=torch.float64)
+    for attempt in range(10):
+        cell = LSTMCell(16, use_peepholes=True, num_proj=8)
+        start, results, errors = threading.Barrier(6), [None] * 6, []
+
+        def first_call(k):
+            start.wait()
+            try:
+                results[k] = dynamic_rnn(cell, x)[0].detach()
+            except Exception as e:   # recorded for the assertion below, which names it
+                errors.append(e)
+
+        threads = [threading.Thread(target=first_call, args=(k,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, f"attempt {attempt}: {errors[0]!r}"
+        want = dynamic_rnn(cell, x)[0].detach()
+        assert all(torch.equal(r, want) for r in results), f"attempt {attempt}"

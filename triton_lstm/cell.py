@@ -1,6 +1,7 @@
 """``LSTMCell``: TF's ``tf.compat.v1.nn.rnn_cell.LSTMCell`` as a torch module on the fused kernels."""
 from __future__ import annotations
 
+import threading
 import warnings
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
 
@@ -15,6 +16,7 @@ from triton_lstm.convert import as_tensor, keras_as_tf_variables
 from triton_lstm.functional import autocast_dtype, lstm_cell
 
 Tensor = torch.Tensor
+_LAZY_BUILD = threading.Lock()   # held while a lazily built cell builds at its first call
 
 _DTYPE_NAMES = {"float16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16,
                 "float32": torch.float32, "float": torch.float32, "float64": torch.float64,
@@ -135,16 +137,19 @@ class LSTMCell(nn.Module):
             self.w_o_diag = nn.Parameter(torch.empty(N, **fac))
         if self.num_proj is not None:
             self.projection_kernel = nn.Parameter(torch.empty(N, P, **fac))
-        self.input_size = D
         self.reset_parameters()
+        self.input_size = D     # last: a cell with an input_size has its weights
 
     def check_inputs(self, inputs: Tensor) -> None:
         """Check ``inputs`` [..., D] of a call against the cell; at the first call of a cell without
-        weights, build it for their width and, without a dtype chosen, their dtype."""
+        weights, build it for their width and, without a dtype chosen, their dtype (once, also when
+        threads make their first calls together: ``build`` sets input_size last)."""
         if self.input_size is None:
-            if self.weights_like.dtype == self._dtype_from_inputs and inputs.dtype in FLOAT_DTYPES:
-                self.weights_like = self.weights_like.to(inputs.dtype)
-            self.build(inputs.shape[-1])
+            with _LAZY_BUILD:
+                if self.input_size is None:
+                    if self.weights_like.dtype == self._dtype_from_inputs and inputs.dtype in FLOAT_DTYPES:
+                        self.weights_like = self.weights_like.to(inputs.dtype)
+                    self.build(inputs.shape[-1])
         if inputs.shape[-1] != self.input_size:
             raise ValueError(f"inputs: expected last dimension {self.input_size} (the cell's input_size), "
                              f"got shape {shape_of(inputs)}")
