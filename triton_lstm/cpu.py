@@ -600,7 +600,7 @@ def torch_lstm_computes(peepholes: bool, projection: Optional[Tensor], num_units
             and activation == "tanh" and recurrent_activation == "sigmoid")
 
 
-def _block_vector(N: int, values: tuple[float, float, float, float], like: Tensor) -> Tensor:
+def block_vector(N: int, values: tuple[float, float, float, float], like: Tensor) -> Tensor:
     """[4N]: each gate block (torch's order i, f, j, o) filled with its value."""
     return torch.tensor(values, dtype=like.dtype).repeat_interleave(N)
 
@@ -611,7 +611,7 @@ def torch_lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Ten
     """TF's plain cell (``torch_lstm_computes``) over full-length sequences as torch.lstm, one layer
     and direction; shapes as ``lstm_sequence_cpu``'s. Returns (out, h_T, c_T)."""
     N = w_h.shape[1] // 4
-    b_ih = swap_gates(bias) + _block_vector(N, (0.0, forget_bias, 0.0, 0.0), bias)
+    b_ih = swap_gates(bias) + block_vector(N, (0.0, forget_bias, 0.0, 0.0), bias)
     params = [swap_gates(w_x.t(), 0), swap_gates(w_h.t(), 0), b_ih,
               torch.zeros_like(b_ih)]
     if projection is not None:

@@ -11,7 +11,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from triton_lstm.activations import Activation, resolve_activation, resolve_recurrent_activation
 from triton_lstm.checks import DTypeError, ShapeError, as_number, check_clip, check_forget_bias, shape_of
 from triton_lstm.convert import swap_gates
-from triton_lstm.cpu import traced_or_vmapped
+from triton_lstm.cpu import block_vector, traced_or_vmapped
 from triton_lstm.launch import kernels_run_on
 from triton_lstm.sequence import lstm_sequence
 
@@ -213,17 +213,11 @@ class LSTM(nn.LSTM):
         shallow copy of the module that holds those weights, so that the module (and other threads
         running it) keep their own."""
         self._update_flat_weights()
-        H = self.hidden_size
         folded = object.__new__(type(self))
         folded.__dict__.update(self.__dict__)
-        weights = []
-        for name, w in zip(self._flat_weights_names, self._flat_weights):
-            if name.startswith("bias_ih"):
-                shift = w.new_zeros(4 * H)
-                shift[H:2 * H] = self.forget_bias
-                w = w + shift
-            weights.append(w)
-        folded._flat_weights = weights
+        forget = (0.0, self.forget_bias, 0.0, 0.0)
+        folded._flat_weights = [w + block_vector(self.hidden_size, forget, w) if name.startswith("bias_ih") else w
+                                for name, w in zip(self._flat_weights_names, self._flat_weights)]
         # nn.LSTM's forward would take them again from the parameters where it thinks they changed
         # (always, for parametrized ones): this module's were brought up to date above.
         folded._update_flat_weights = lambda: None
