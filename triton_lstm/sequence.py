@@ -96,7 +96,8 @@ def _persistent_launch(kernel, pb: Problem, args, consts: dict, T: int, t_first:
         if cfg.stepped or (interpreting() and programs(cfg, pb) > 1) or arrivals >= BARRIER_FAILED.value:
             entries = schedule()
             # One constants dict per phase, shared by its launches (launch.compile_launches).
-            merged = {id(p): dict(consts, USE_BARRIER=False, **p) for p in {id(p): p for *_, p in entries}.values()}
+            phases = {id(phase): phase for *_, phase in entries}
+            merged = {key: dict(consts, USE_BARRIER=False, **phase) for key, phase in phases.items()}
             return [(steps(first, n_steps), merged[id(phase)]) for first, n_steps, phase in entries]
         return [(steps(t_first, T), one_launch)]
 
