@@ -16,7 +16,8 @@ from helpers import CELL_AXES, TOLERANCES, assert_close, fresh_python
 from triton_lstm.pairwise import case_id, pairwise
 from test_higher_order import assert_all_close, second_order, squared
 from test_nan import CASES as NAN_CASES, assert_same_nonfinite, poison
-from test_sequence import case_tensors, check_case, seq_args, seq_tensors, variable_lengths
+from test_sequence import (case_tensors, check_case, in_torch_gate_order, seq_args, seq_tensors,
+                           torch_gate_order, variable_lengths)
 import triton_lstm.cpu
 from triton_lstm import lstm_sequence, lstm_sequence_reference
 from triton_lstm.activations import ACTIVATIONS, activation_id, resolve_activation, resolve_recurrent_activation
@@ -76,6 +77,86 @@ def test_loop_matches_reference(case):
     """The loop itself, also on the cells torch's LSTM would take."""
     lengths = variable_lengths(T, B, "cpu") if case["lengths"] == "variable" else None
     check_against_reference(loop_sequence, case, lengths)
+
+
+@pytest.mark.parametrize("case", pairwise(dict(AXES, layout=["contiguous", "transposed-view"])), ids=case_id)
+def test_cpu_path_takes_weights_in_torch_gate_order(case):
+    """gate_order="torch": w_x, w_h and bias with nn.LSTM's gate order compute the same cell (either
+    tier, and the loop's gradients taken back to that order), over all pairs of the option axes and
+    both layouts of the weights."""
+    lengths = variable_lengths(T, B, "cpu") if case["lengths"] == "variable" else None
+    check_against_reference(in_torch_gate_order(lstm_sequence_cpu, case["layout"]), case, lengths)
+
+
+@pytest.mark.parametrize("case", pairwise(dict(LOOP_AXES, layout=["contiguous", "transposed-view"])), ids=case_id)
+def test_loop_takes_weights_in_torch_gate_order(case):
+    """The loop itself with gate_order="torch", also on the cells torch's LSTM would take."""
+    lengths = variable_lengths(T, B, "cpu") if case["lengths"] == "variable" else None
+    check_against_reference(in_torch_gate_order(loop_sequence, case["layout"]), case, lengths)
+
+
+@pytest.mark.parametrize("gate_order", ["tf", "torch"])
+@pytest.mark.parametrize("steps,batch", [(2, 1), (11, 1), (3, 4)], ids=["tanh-j", "tanh-j-last", "doubled-j-first"])
+def test_loop_j_gate_either_way(steps, batch, gate_order):
+    """TF's default activations: few steps x rows run tanh on the j gate, many a sigmoid on doubled
+    weights (``doubles_j``); both against the reference, with lengths, peepholes, clips and a
+    projection, outputs and every gradient."""
+    assert triton_lstm.cpu.doubles_j(steps * batch, D + P) == (steps * batch >= D + P)
+    case = dict(EXTRAS, projection="proj+clip")
+    t, options = case_tensors(case, steps, batch, D, N, P, "cpu", seed=5)
+    lengths = torch.arange(batch) % (steps + 1)
+    lengths[-1] = steps
+    run = loop_sequence if gate_order == "tf" else in_torch_gate_order(loop_sequence)
+    check_case(run, case, t, options, lengths, TOLERANCES[torch.float32], seed=5)
+
+
+def test_lstm_with_tf_extras_copies_no_weight_for_a_short_call():
+    """LSTM passes nn.LSTM's weights in their gate order and the loop takes them as they are for a
+    short call (streaming): no operator reads a weight of the cell's shape to copy it (float64: the
+    CPU path also under the interpreter)."""
+    lstm = triton_lstm.LSTM(D, N, num_layers=2, proj_size=P, use_peepholes=True, cell_clip=3.0).double()
+    x = torch.randn(2, 1, D, dtype=torch.float64)
+    weights = {tuple(w.shape) for name, w in lstm.named_parameters() if name.startswith("weight_")}
+    weights |= {s[::-1] for s in weights}
+    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                                 record_shapes=True) as prof:
+        lstm(x)
+    copies = {"aten::clone", "aten::copy_", "aten::contiguous", "aten::mul", "aten::mul_", "aten::index",
+              "aten::index_select"}
+    copied = [(e.name, e.input_shapes) for e in prof.events()
+              if e.name in copies and any(tuple(s) in weights for s in e.input_shapes)]
+    # A swap of gate blocks concatenates them (the profiler records no shapes of a tensor list);
+    # torch.stack of the final states concatenates too.
+    copied += [e.name for e in prof.events()
+               if e.name == "aten::cat" and (e.cpu_parent is None or e.cpu_parent.name != "aten::stack")]
+    assert "triton_lstm::cpu_seq_fwd" in {e.name for e in prof.events()} and not copied, copied
+
+
+@pytest.mark.parametrize("steps,inputs,proj", [(2, D, P), (40, D, P), (2, 1, P), (2, D, 1)],
+                         ids=["tanh-j", "doubled-j", "input-size-1", "proj-size-1"])
+def test_lstm_with_tf_extras_gradients_are_contiguous_as_nn_lstms(steps, inputs, proj):
+    """The loop's gradients of LSTM's weights (passed to it as transposed views) come back
+    contiguous, as nn.LSTM's do (autograd.grad; .grad would copy them so), also where a size-1
+    dimension makes a weight's view contiguous both ways, and equal the reference's (float64: the
+    CPU path also under the interpreter)."""
+    P = proj
+    lstm = triton_lstm.LSTM(inputs, N, proj_size=P, use_peepholes=True, cell_clip=3.0, proj_clip=2.0).double()
+    x = torch.randn(steps, 2, inputs, dtype=torch.float64)
+    params = dict(lstm.named_parameters())
+    out, (h_n, c_n) = lstm(x)
+    grads = torch.autograd.grad(squared((out, h_n, c_n)), list(params.values()))
+    assert [name for name, g in zip(params, grads) if not g.is_contiguous()] == []
+    p = params
+    # The permutation of the gate blocks is its own inverse: torch's order to TF's.
+    w_x, w_h, bias = (torch_gate_order(w) for w in (p["weight_ih_l0"].t(), p["weight_hh_l0"].t(),
+                                                    p["bias_ih_l0"] + p["bias_hh_l0"]))
+    zeros = x.new_zeros(2, P), x.new_zeros(2, N)
+    out, h_T, c_T = lstm_sequence_reference(x, *zeros, w_x, w_h, bias, p["w_f_diag_l0"], p["w_i_diag_l0"],
+                                            p["w_o_diag_l0"], p["weight_hr_l0"].t(), forget_bias=0.0,
+                                            cell_clip=3.0, proj_clip=2.0)
+    want = torch.autograd.grad(squared((out, h_T[None], c_T[None])), list(params.values()))
+    for name, got, expected in zip(params, grads, want):
+        assert_close(name, got, expected, FP64["grad"])
 
 
 PLAIN = dict(activation="tanh", recurrent_activation="sigmoid", peepholes=False, cell_clip=None,
@@ -160,15 +241,16 @@ def test_loop_gradcheck():
     assert torch.autograd.gradcheck(fn, [t[k] for k in names], fast_mode=True)
 
 
-@pytest.mark.parametrize("keep", [True, False])
-def test_loop_op_schema_fake_and_autograd(keep):
+@pytest.mark.parametrize("keep, tf_gates, weights_t", [(True, True, False), (False, True, False), (True, False, True),
+                                                     (True, True, True)])
+def test_loop_op_schema_fake_and_autograd(keep, tf_gates, weights_t):
     """torch.library.opcheck: schema, fake (shape) implementation, autograd registration, AOT tracing;
-    with kept state, of the backward op on the forward's results too. Lengths out of order make the
-    ops sort the batch."""
+    with kept state, of the backward op on the forward's results too (its weight gradients also
+    transposed). Lengths out of order make the ops sort the batch."""
     t, _ = tensors_for(dict(EXTRAS, projection="proj+clip"))
     lengths = torch.tensor([3, 5, 0, 2])
     acts = activation_id("tanh"), activation_id("sigmoid")
-    args = (*seq_args(t), lengths, *acts, 1.0, 0.7, 0.25, keep)
+    args = (*seq_args(t), lengths, *acts, 1.0, 0.7, 0.25, keep, tf_gates)
     if not keep:
         args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
     torch.library.opcheck(torch.ops.triton_lstm.cpu_seq_fwd.default, args)
@@ -179,7 +261,8 @@ def test_loop_op_schema_fake_and_autograd(keep):
         g = torch.Generator().manual_seed(1)
         grads = [torch.randn(v.shape, generator=g) for v in (hbuf, h_T, c_T)]
         torch.library.opcheck(torch.ops.triton_lstm.cpu_seq_bwd.default,
-                              (*grads, x, w_x, w_h, *weights, lengths, hbuf, cbuf, *kept, *acts))
+                              (*grads, x, w_x, w_h, *weights, lengths, hbuf, cbuf, *kept, *acts, tf_gates,
+                               weights_t))
 
 
 def test_cells_torch_lstm_computes_take_the_loop_under_vmap():
@@ -223,7 +306,7 @@ def test_loop_op_that_kept_nothing_still_differentiates():
     args = seq_args(t)
     hbuf, _, h_T, c_T, *_ = torch.ops.triton_lstm.cpu_seq_fwd(
         *args, lengths, activation_id("tanh"), activation_id("sigmoid"), options["forget_bias"],
-        options["cell_clip"], options["proj_clip"], False)
+        options["cell_clip"], options["proj_clip"], False, True)
     ref = lstm_sequence_reference(*args, lengths, **options)
     leaves = [a for a in args if a is not None]
     got, want = (torch.autograd.grad(sum((o * (i + 1)).sum() for i, o in enumerate(outs)), leaves)
@@ -289,8 +372,8 @@ def tiny_inputs(seed=11):
 
 def loop_and_reference(activation):
     """fn(x, h0, c0, *weights, lengths) -> (out, h_T, c_T): the loop, and the reference."""
-    def loop(*args):
-        return loop_sequence(*args, activation=activation, **HIGHER_OPTIONS)
+    def loop(*args, **kwargs):
+        return loop_sequence(*args, activation=activation, **HIGHER_OPTIONS, **kwargs)
 
     def reference(*args):
         return lstm_sequence_reference(*args, activation=resolve_activation(activation)[1], **HIGHER_OPTIONS)
@@ -312,6 +395,18 @@ def test_loop_double_backward(case):
     inputs = tiny_inputs()
     assert torch.autograd.gradgradcheck(lambda *args: loop(*args, lengths), inputs, fast_mode=True)
     assert_all_close(second_order(lambda *args: loop(*args, lengths), inputs),
+                     second_order(lambda *args: reference(*args, lengths), inputs), "second derivative", FP64_GRAD)
+
+
+def test_loop_double_backward_in_torch_gate_order():
+    """The differentiable backward of weights given in torch's gate order recomputes in that order:
+    second derivatives against the reference's, and gradgradcheck."""
+    loop, reference = loop_and_reference("tanh")
+    lengths = torch.tensor([1, 3, 0])
+    inputs = tiny_inputs()
+    assert torch.autograd.gradgradcheck(lambda *args: in_torch_gate_order(loop)(*args, lengths), inputs,
+                                        fast_mode=True)
+    assert_all_close(second_order(lambda *args: in_torch_gate_order(loop)(*args, lengths), inputs),
                      second_order(lambda *args: reference(*args, lengths), inputs), "second derivative", FP64_GRAD)
 
 
@@ -623,17 +718,21 @@ def test_loop_packs_its_weights_only_for_enough_use(T, B, packed):
     assert ("mkldnn::_reorder_linear_weight" in ops_run(run)) == packed
 
 
+@pytest.mark.parametrize("swap", [True, False], ids=["tf-order", "torch-order"])
 @pytest.mark.parametrize("layout", ["contiguous", "transposed-view"])
-def test_loop_weights_swap_their_gates_along_memory(layout):
+def test_loop_weights_swap_their_gates_along_memory(layout, swap):
     """The loop's weights in torch's gate order with the j block doubled (against a permutation by
     index): from a transposed view of a contiguous weight (LSTM passes nn.LSTM's so) a transposed
-    view again, copied along memory, not transposed (several times slower)."""
+    view again, copied along memory, not transposed (several times slower). A weight already in
+    torch's order is copied only to be doubled, and is itself left as it was."""
     from triton_lstm.cpu import _LOOP_J, _swapped
     N, K = 3, 5
     w = torch.randn(4 * N, K).t() if layout == "transposed-view" else torch.randn(K, 4 * N)
-    want = w[:, torch.cat([torch.arange(N), torch.arange(2 * N, 3 * N), torch.arange(N, 2 * N),
-                           torch.arange(3 * N, 4 * N)])].clone()
+    given = w.clone()
+    blocks = (0, 2, 1, 3) if swap else (0, 1, 2, 3)
+    want = w[:, torch.cat([torch.arange(g * N, (g + 1) * N) for g in blocks])].clone()
     want[:, _LOOP_J * N:(_LOOP_J + 1) * N] *= 2
-    got = _swapped(w, _LOOP_J)
-    assert torch.equal(got, want)
+    got = _swapped(w, True, swap)
+    assert torch.equal(got, want) and torch.equal(w, given)
     assert (got.t().is_contiguous() if layout == "transposed-view" else got.is_contiguous())
+    assert _swapped(w, False, False) is w

@@ -12,6 +12,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 from helpers import assert_close, fresh_python
 from triton_lstm import DTypeError, LSTM, LSTMCell, ShapeError, dynamic_rnn, lstm_sequence_reference
 from triton_lstm.activations import resolve_activation
+from triton_lstm.convert import swap_gates
 
 # Our kernels fold the two biases into one and sum the gate GEMM in another order than torch: the
 # results agree to a few float32 roundings, well inside these bounds.
@@ -163,6 +164,13 @@ def test_dropout_is_inactive_in_eval_mode(device):
 EXTRAS = dict(use_peepholes=True, cell_clip=0.8, proj_clip=0.25, forget_bias=1.0)
 
 
+def tf_layer_weights(lstm, suffix):
+    """One layer and direction's weights in TF's layout (w_x [D, 4H], w_h [P, 4H], bias in the gate
+    order i, j, f, o; peepholes; projection [H, P]), differentiable in the module's parameters."""
+    w_x, w_h, bias, peepholes, proj = lstm._layer_weights(suffix)
+    return swap_gates(w_x), swap_gates(w_h), swap_gates(bias), peepholes, proj
+
+
 @pytest.mark.parametrize("activation,proj_size", [("softsign", 4), ("tanh", 12)], ids=["softsign-P4", "tanh-P12"])
 def test_extras_match_dynamic_rnn(activation, proj_size, device):
     """One layer with every extra (and proj_size > hidden_size, which torch forbids) equals
@@ -172,7 +180,7 @@ def test_extras_match_dynamic_rnn(activation, proj_size, device):
     cell = LSTMCell(H, use_peepholes=True, cell_clip=EXTRAS["cell_clip"], num_proj=proj_size,
                     proj_clip=EXTRAS["proj_clip"], forget_bias=EXTRAS["forget_bias"], activation=activation,
                     input_size=D, device=device)
-    w_x, w_h, bias, (w_f, w_i, w_o), proj = lstm._layer_weights("_l0")
+    w_x, w_h, bias, (w_f, w_i, w_o), proj = tf_layer_weights(lstm, "_l0")
     assert w_x.shape == (D, 4 * H) and w_h.shape == (proj_size, 4 * H) and proj.shape == (H, proj_size)
     with torch.no_grad():
         cell.kernel.copy_(torch.cat([w_x, w_h]))
@@ -199,7 +207,7 @@ def test_extras_match_dynamic_rnn(activation, proj_size, device):
 def test_extras_bidirectional_packed_match_reference_row_by_row(device):
     """Two bidirectional layers with every extra over a packed batch, against the reference run on
     each row alone over its own length (no masking at all; the reverse direction is a plain flip).
-    Gradients reach every parameter through _layer_weights' conversion."""
+    Gradients reach every parameter through the conversion to TF's layout."""
     torch.manual_seed(0)
     lstm = LSTM(D, H, num_layers=2, bidirectional=True, proj_size=4, activation="elu", **EXTRAS).to(device)
     lengths = [3, 5, 1]
@@ -218,7 +226,7 @@ def test_extras_bidirectional_packed_match_reference_row_by_row(device):
         for layer in range(2):
             outs = []
             for suffix, flip in ((f"_l{layer}", False), (f"_l{layer}_reverse", True)):
-                w_x, w_h, bias, peepholes, proj = lstm._layer_weights(suffix)
+                w_x, w_h, bias, peepholes, proj = tf_layer_weights(lstm, suffix)
                 seq = layer_in.flip(0) if flip else layer_in
                 h0 = torch.zeros(1, 4, device=device)
                 c0 = torch.zeros(1, H, device=device)

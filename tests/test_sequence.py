@@ -41,6 +41,25 @@ def seq_args(t):
     return tuple(t[k] for k in ("x", "h0", "c0") + WEIGHTS)
 
 
+def torch_gate_order(w, layout="contiguous"):
+    """w [..., 4N] in TF's gate order (i, j, f, o) permuted by index into torch's (i, f, g, o), a
+    differentiable function of w (not triton_lstm's swap); a 2-D one as ``layout``: contiguous, or
+    the transposed view of a contiguous weight (as LSTM passes nn.LSTM's)."""
+    n = w.shape[-1] // 4
+    blocks = [torch.arange(g * n, (g + 1) * n) for g in (0, 2, 1, 3)]
+    w = w[..., torch.cat(blocks)]
+    return w.t().contiguous().t() if layout == "transposed-view" and w.dim() == 2 else w
+
+
+def in_torch_gate_order(run, layout="contiguous"):
+    """run(*lstm_sequence's tensors in TF's gate order, ..., **options), calling ``run`` with w_x,
+    w_h and bias in torch's gate order and ``gate_order="torch"``."""
+    def called(x, h0, c0, w_x, w_h, bias, *rest, **options):
+        w_x, w_h = (torch_gate_order(w, layout) for w in (w_x, w_h))
+        return run(x, h0, c0, w_x, w_h, torch_gate_order(bias), *rest, gate_order="torch", **options)
+    return called
+
+
 def variable_lengths(T, B, device):
     """[B] lengths with a 0 first (when B > 1), a full-length row last, and others in between."""
     lengths = (torch.arange(B) * 2) % (T + 1)
@@ -240,6 +259,23 @@ def test_sequence_matches_stepping_the_cell_kernel(dtype, grid_name, device, gri
         assert_close(f"d{name}", got, want, tol["grad"])
 
 
+@pytest.mark.parametrize("activation", ["softsign", "callable"])
+def test_sequence_takes_weights_in_torch_gate_order(activation, device):
+    """gate_order="torch" (nn.LSTM's gate order) on lstm_sequence's every path: the kernels (or the CPU
+    path), and the reference for an activation given as a function (softsign's formula): the same
+    cell as TF's order, outputs and every gradient, with lengths and all of TF's extras."""
+    T, B, D, N, P = 4, 3, 7, 10, 5
+    case = dict(FULL_OPTIONS, activation="softsign", recurrent_activation="sigmoid")
+    t, options = case_tensors(case, T, B, D, N, P, device, seed=9)
+    run = in_torch_gate_order(lstm_sequence)
+    if activation == "callable":
+        named = run
+
+        def run(*args, activation, **kwargs):
+            return named(*args, activation=lambda v: v / (1 + v.abs()), **kwargs)
+    check_case(run, case, t, options, torch.tensor([4, 1, 0], device=device), FP32, seed=9)
+
+
 def test_sequence_non_contiguous_weights(device):
     """Weights as strided views (a transposed tensor's .t(), every other element) give the same result."""
     T, B, D, N, P = 4, 3, 7, 10, 5
@@ -383,6 +419,14 @@ def test_dynamic_rnn_concatenated_state(device):
 
 
 # -- bad arguments ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("order", ["TF", "keras", None, ["tf"]])
+def test_bad_gate_order(order):
+    t = seq_tensors(2, 3, 4, 5, None, False, torch.float32, "cpu")
+    with pytest.raises(ValueError, match=r"^gate_order: expected 'tf' \(gates i, j, f, o\) or 'torch' "
+                                         r"\(i, f, g, o\), got "):
+        lstm_sequence(*seq_args(t), gate_order=order)
+
 
 LENGTHS_ERROR = r"^lengths \(dynamic_rnn's sequence_length\): "
 

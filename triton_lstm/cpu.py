@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from triton_lstm.activations import activation_id, activation_name, hard_sigmoid
-from triton_lstm.convert import swap_gates
+from triton_lstm.convert import swap_gates, transposed_view
 from triton_lstm.higher_order import differentiable_vjp, reference_options, transformable, vmap_by_slices
 from triton_lstm.reference import lstm_sequence_reference
 
@@ -123,9 +123,24 @@ POINTWISE = {
 
 
 def sigmoid_form(activation: str, recurrent_activation: str) -> bool:
-    """TF's default activations: then the loop runs all four gates through one sigmoid, with the j
-    block's columns of W_x, W_h and the bias doubled (tanh(z) = 2 sigmoid(2z) - 1; ``_swapped``)."""
+    """TF's default activations: then the loop's forward runs all four gates through one sigmoid (for
+    many steps, ``doubles_j``, the j gate too)."""
     return activation == "tanh" and recurrent_activation == "sigmoid"
+
+
+def doubles_j(steps: int, rows: int) -> bool:
+    """Whether the forward of a ``sigmoid_form`` cell over ``steps`` x batch rows takes its weights
+    with the j block's columns (of W_x, W_h [rows, 4N] and the bias) doubled, so that one sigmoid
+    gives the j gate too (tanh(z) = 2 sigmoid(2z) - 1; ``_swapped``), or runs tanh on that block.
+
+    NOTE: aten's tanh takes about 4x a sigmoid's time per element on CPU (``_tanh_into``), and the
+    doubled copy costs about a pass over the weights. Measured (LSTM forward with peepholes and a
+    cell clip, no_grad, 2-core AVX-512 VM, min of 3 interleaved rounds): tanh took 0.87-0.89x the
+    doubled form's time at T x B = 8 (B=1 streaming, H=256 and 1024 over D=256), 0.98-1.04x from
+    64 to about the weights' rows (512 and 1280), and 1.02-1.06x beyond (up to T x B = 6400).
+    With tanh the weights reach the loop without a copy in torch's gate order.
+    """
+    return steps >= rows
 
 
 ONEDNN_MIN_MACS = 1 << 20
@@ -227,11 +242,11 @@ def _float32_products(fn: Callable[..., Any]) -> Callable[..., Any]:
 @_float32_products
 def _forward(x: Tensor, w_x: Tensor, bias: Tensor, h0: Tensor, c0: Tensor, w_h: Tensor, w_if: Optional[Tensor],
              w_o: Optional[Tensor], projection: Optional[Tensor], lengths: Optional[Tensor], act: str, gate_act: str,
-             cell_clip: Optional[float], proj_clip: Optional[float], keep: bool):
+             cell_clip: Optional[float], proj_clip: Optional[float], keep: bool, double_j: bool):
     """The forward recurrence on buffers allocated once, in the loop's layout: w_x, w_h and bias in
-    torch's gate order (i, f, j, o) with the forget bias added and for ``sigmoid_form`` the j block
-    doubled; w_if [2, N] = (w_i_diag, w_f_diag) or None; lengths sorted longest first. Returns
-    ``cpu_seq_fwd``'s results, all in this batch order."""
+    torch's gate order (i, f, j, o) with the forget bias added and with ``double_j`` (``doubles_j``)
+    the j block doubled; w_if [2, N] = (w_i_diag, w_f_diag) or None; lengths sorted longest first.
+    Returns ``cpu_seq_fwd``'s results, all in this batch order."""
     T, B, D = x.shape
     N4, P = w_h.shape[1], h0.shape[1]
     N = N4 // 4
@@ -273,7 +288,10 @@ def _forward(x: Tensor, w_x: Tensor, bias: Tensor, h0: Tensor, c0: Tensor, w_h: 
             # All four blocks in one call: a contiguous sigmoid ran faster than one over the first
             # three (a strided slice); with peepholes o is computed again below.
             torch.sigmoid(z, out=g)
-            torch.add(_MINUS_ONE, j, alpha=2, out=j)
+            if double_j:
+                torch.add(_MINUS_ONE, j, alpha=2, out=j)
+            else:
+                torch.tanh(z[:, 2 * N:3 * N], out=j)
         else:
             gate.into(z[:, :2 * N], g[:, :2 * N])
             act.into(z[:, 2 * N:3 * N], j)
@@ -321,14 +339,15 @@ def _forward(x: Tensor, w_x: Tensor, bias: Tensor, h0: Tensor, c0: Tensor, w_h: 
 def _backward(d_hbuf: Tensor, d_h_T: Tensor, d_c_T: Tensor, x: Tensor, w_x: Tensor, hbuf: Tensor, cbuf: Tensor,
               gates: Tensor, act_c: Tensor, pre: Optional[Tensor], m: Optional[Tensor], c_in: Optional[Tensor],
               y_in: Optional[Tensor], w_h: Tensor, w_if: Optional[Tensor], w_o: Optional[Tensor],
-              projection: Optional[Tensor], lengths: Optional[Tensor], act: str, gate_act: str):
+              projection: Optional[Tensor], lengths: Optional[Tensor], act: str, gate_act: str, weights_t: bool):
     """The reverse recurrence, then the weight gradients as GEMMs over all steps, in the loop's layout
     and batch order (``_forward``'s arguments). d_hbuf's row 0 is h0's. Returns (dx, dh0, dc0, d_wx,
-    d_wh, d_bias, then d_w_f_diag, d_w_i_diag, d_w_o_diag, d_projection or None)."""
+    d_wh, d_bias, then d_w_f_diag, d_w_i_diag, d_w_o_diag, d_projection or None); with
+    ``weights_t`` d_wx, d_wh and d_projection transposed (contiguous [4N, D], [4N, P], [P, N])."""
     T, B, N4 = gates.shape
     N, P, D = N4 // 4, hbuf.shape[2], x.shape[2]
     sizes = _sizes(lengths, T)
-    fused, act, gate = sigmoid_form(act, gate_act), POINTWISE[act], POINTWISE[gate_act]
+    act, gate = POINTWISE[act], POINTWISE[gate_act]
     alloc = gates.new_zeros if sizes is not None else gates.new_empty
     dz = alloc(T, B, N4)
     dy = alloc(T, B, P) if projection is not None else None
@@ -380,11 +399,7 @@ def _backward(d_hbuf: Tensor, d_h_T: Tensor, d_c_T: Tensor, x: Tensor, w_x: Tens
             torch.where(c_keep[t] if b == B else c_keep[t][:b], dc_t, _ZERO, out=dc_t)
         gate.grad(dc_t * j, z_i, i, out=dz_i)
         gate.grad(dc_t * c, z_f, f, out=dz_f)
-        if fused:
-            # j = 2 sigmoid(z') - 1 of the doubled pre-activation z': dj/dz' = (1 - j^2) / 2.
-            _tanh_grad(torch.addcmul(_ZERO, dc_t, i, value=0.5), None, j, out=dz_j)
-        else:
-            act.grad(dc_t * i, z_j, j, out=dz_j)
+        act.grad(dc_t * i, z_j, j, out=dz_j)
         dc_t.mul_(f)
         if w_if is not None:
             dc_t.addcmul_(dz_i, w_i).addcmul_(dz_f, w_f)
@@ -397,37 +412,39 @@ def _backward(d_hbuf: Tensor, d_h_T: Tensor, d_c_T: Tensor, x: Tensor, w_x: Tens
         dh += d_out[0]
     rows = dz.reshape(T * B, N4)
     dx = right_product(w_x.t(), T * B)(rows).view(T, B, D)
-    d_wx = x.reshape(T * B, D).t() @ rows
-    d_wh = hbuf[:T].reshape(T * B, P).t() @ rows
+    d_wx = _summed_product(x.reshape(T * B, D), rows, weights_t)
+    d_wh = _summed_product(hbuf[:T].reshape(T * B, P), rows, weights_t)
     d_wf = d_wi = d_wo = d_proj = None
     if w_if is not None:
         d_wi, d_wf = ((dz[..., g * N:(g + 1) * N] * cbuf[:T]).sum((0, 1)) for g in range(2))
         d_wo = (dz[..., 3 * N:] * cbuf[1:]).sum((0, 1))
     if projection is not None:
-        d_proj = m.reshape(T * B, N).t() @ dy.reshape(T * B, P)
+        d_proj = _summed_product(m.reshape(T * B, N), dy.reshape(T * B, P), weights_t)
     return dx, dh, dc, d_wx, d_wh, rows.sum(0), d_wf, d_wi, d_wo, d_proj
 
 
-_LOOP_J, _TF_J = 2, 1     # the j gate's block in torch's order (the loop's) and in TF's
+def _summed_product(a: Tensor, b: Tensor, transposed: bool) -> Tensor:
+    """a.t() @ b (a weight's gradient summed over rows), or with ``transposed`` its transpose b.t() @ a."""
+    return b.t() @ a if transposed else a.t() @ b
 
 
-def _swapped(w: Tensor, double_block: Optional[int]) -> Tensor:
-    """A new w [..., 4N] with the f and j gate blocks swapped, TF's order (i, j, f, o) <-> torch's
-    (i, f, j, o), then the block at ``double_block`` (None: none) doubled.
+_LOOP_J = 2     # the j gate's block in torch's order, the loop's
 
-    The loop takes the weights in torch's order with the j block doubled for ``sigmoid_form``
-    (``double_block=_LOOP_J``); the same swap with TF's j block doubled (``_TF_J``) takes the
-    gradient of such a weight back to the TF-layout weight's.
 
-    A weight that is the transposed view of a contiguous one (as ``LSTM`` passes nn.LSTM's) comes
-    back so too, its blocks copied along memory: swapped along its last dimension it would be copied
-    transposed, several times slower (most of a short call's time at B=1).
+def _swapped(w: Tensor, double_j: bool, swap: bool) -> Tensor:
+    """w [..., 4N] in the loop's layout, torch's gate order (i, f, j, o), with the j block doubled
+    when ``double_j``, from TF's order (i, j, f, o) when ``swap``: a new tensor, or w itself when
+    nothing changes. ``swap`` takes a gradient in torch's order back to TF's too.
+
+    A ``transposed_view`` (as ``LSTM`` passes nn.LSTM's weights) comes back so too (``swap_gates``).
     """
-    transposed = w.dim() == 2 and not w.is_contiguous() and w.t().is_contiguous()
-    w = swap_gates(w.t(), 0).t() if transposed else swap_gates(w)
-    if double_block is not None:
+    if swap:
+        w = swap_gates(w)
+    elif double_j:
+        w = w.clone()
+    if double_j:
         N = w.shape[-1] // 4
-        w[..., double_block * N:(double_block + 1) * N] *= 2
+        w[..., _LOOP_J * N:(_LOOP_J + 1) * N] *= 2
     return w
 
 
@@ -447,19 +464,23 @@ def _by_length(lengths: Optional[Tensor]) -> Optional[Tensor]:
 def cpu_seq_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bias: Tensor,
                 w_f_diag: Optional[Tensor], w_i_diag: Optional[Tensor], w_o_diag: Optional[Tensor],
                 projection: Optional[Tensor], lengths: Optional[Tensor], act: int, gate_act: int, forget_bias: float,
-                cell_clip: Optional[float], proj_clip: Optional[float],
-                keep: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+                cell_clip: Optional[float], proj_clip: Optional[float], keep: bool,
+                tf_gates: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                                         Tensor]:
     """The loop's forward on ``lstm_sequence``'s arguments.
 
     It lays the weights out for the loop (torch's gate order, the forget bias in the bias, the j block
-    doubled for ``sigmoid_form``) and, with lengths not sorted longest first, runs the batch sorted so
+    doubled for ``doubles_j``) and, with lengths not sorted longest first, runs the batch sorted so
     (each step then runs on the rows still inside their sequence).
 
     Args:
-        x: [T, B, D].  h0: [B, P].  c0: [B, N].  w_x: [D, 4N], w_h: [P, 4N], bias: [4N] (TF's gates i, j, f, o).
+        x: [T, B, D].  h0: [B, P].  c0: [B, N].  w_x: [D, 4N], w_h: [P, 4N], bias: [4N] (gates in
+            ``tf_gates``' order).
         w_f_diag, w_i_diag, w_o_diag: [N] or None.  projection: [N, P] or None.  lengths: [B] int64 or None.
         act, gate_act: activation ids (``triton_lstm.ACTIVATIONS``) of names in ``POINTWISE``.
         keep: keep what the backward reads.
+        tf_gates: whether w_x, w_h and bias are in TF's gate order (i, j, f, o), else in torch's (i, f, j, o)
+            (``lstm_sequence``'s ``gate_order``).
     Returns:
         (hbuf [T+1, B, P]: h0 and every step's output, zero past each length; cbuf [T+1, B, N]: c0 and
         every step's cell state; h_T [B, P]; c_T [B, N]; then, empty unless kept: activated gates
@@ -469,16 +490,17 @@ def cpu_seq_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bia
         they carry no gradient (the backward reads them; a gradient given for cbuf is not used).
     """
     act, gate_act = activation_name(act), activation_name(gate_act)
-    j = _LOOP_J if sigmoid_form(act, gate_act) else None
+    T, B, D = x.shape
+    double_j = sigmoid_form(act, gate_act) and doubles_j(T * B, D + h0.shape[1])
     N = w_h.shape[1] // 4
-    b = _swapped(bias, j)
-    b[N:2 * N] += forget_bias
+    b = _swapped(bias, double_j, tf_gates) + block_vector(N, (0.0, forget_bias, 0.0, 0.0), bias)
     order = _by_length(lengths)
     if order is not None:
         x, h0, c0, lengths = x[:, order], h0[order], c0[order], lengths[order]
-    hbuf, cbuf, h_T, c_T, *kept = _forward(x, _swapped(w_x, j), b, h0, c0, _swapped(w_h, j),
-                                           _stacked(w_i_diag, w_f_diag), w_o_diag, projection, lengths, act,
-                                           gate_act, cell_clip, proj_clip, keep)
+    hbuf, cbuf, h_T, c_T, *kept = _forward(x, _swapped(w_x, double_j, tf_gates), b, h0, c0,
+                                           _swapped(w_h, double_j, tf_gates), _stacked(w_i_diag, w_f_diag),
+                                           w_o_diag, projection, lengths, act, gate_act, cell_clip, proj_clip, keep,
+                                           double_j)
     if order is not None:
         back = torch.argsort(order)
         hbuf, h_T, c_T = hbuf[:, back], h_T[back], c_T[back]
@@ -487,7 +509,7 @@ def cpu_seq_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bia
 
 @cpu_seq_fwd.register_fake
 def _(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, lengths, act, gate_act, forget_bias,
-      cell_clip, proj_clip, keep):
+      cell_clip, proj_clip, keep, tf_gates):
     T, B, _ = x.shape
     N4, P = w_h.shape[1], h0.shape[1]
     N = N4 // 4
@@ -506,39 +528,45 @@ def _(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, lengt
 def cpu_seq_bwd(d_hbuf: Tensor, d_h_T: Tensor, d_c_T: Tensor, x: Tensor, w_x: Tensor, w_h: Tensor,
                 w_f_diag: Optional[Tensor], w_i_diag: Optional[Tensor], w_o_diag: Optional[Tensor],
                 projection: Optional[Tensor], lengths: Optional[Tensor], hbuf: Tensor, cbuf: Tensor, gates: Tensor,
-                act_c: Tensor, pre: Tensor, m: Tensor, c_in: Tensor, y_in: Tensor, act: int,
-                gate_act: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+                act_c: Tensor, pre: Tensor, m: Tensor, c_in: Tensor, y_in: Tensor, act: int, gate_act: int,
+                tf_gates: bool,
+                weights_t: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                                          Tensor]:
     """The loop's backward: the gradients of hbuf [T+1, B, P], h_T and c_T (the batch's order), then
     ``cpu_seq_fwd``'s tensor arguments and what it returned for the backward. Returns the gradients
-    of its tensor arguments in their layout and batch order: (dx, dh0, dc0, d_w_x, d_w_h, d_bias,
-    then d_w_f_diag, d_w_i_diag, d_w_o_diag, d_projection or empty)."""
+    of its tensor arguments in their layout (``tf_gates``: the gate order) and batch order: (dx, dh0,
+    dc0, d_w_x, d_w_h, d_bias, then d_w_f_diag, d_w_i_diag, d_w_o_diag, d_projection or empty); with
+    ``weights_t`` the transposes of d_w_x, d_w_h and d_projection, contiguous: the gradients of
+    weights passed as ``transposed_view`` s (LSTM passes nn.LSTM's so), which then reach them
+    contiguous without a transposing copy, as nn.LSTM's do.
+    The weights are never doubled here (``doubles_j`` is for the forward's sigmoid): the j gate's
+    derivative reads only its value, whichever way the forward computed it."""
     act, gate_act = activation_name(act), activation_name(gate_act)
-    fused = sigmoid_form(act, gate_act)
     order = _by_length(lengths)
     if order is not None:
         d_hbuf, d_h_T, d_c_T = d_hbuf[:, order], d_h_T[order], d_c_T[order]
         x, hbuf, lengths = x[:, order], hbuf[:, order], lengths[order]
-    j = _LOOP_J if fused else None
     dx, dh0, dc0, d_wx, d_wh, d_bias, *peepholes = _backward(
-        d_hbuf, d_h_T, d_c_T, x, _swapped(w_x, j), hbuf, cbuf, gates, act_c, _present(pre), _present(m),
-        _present(c_in), _present(y_in), _swapped(w_h, j), _stacked(w_i_diag, w_f_diag), w_o_diag, projection,
-        lengths, act, gate_act)
+        d_hbuf, d_h_T, d_c_T, x, _swapped(w_x, False, tf_gates), hbuf, cbuf, gates, act_c, _present(pre),
+        _present(m), _present(c_in), _present(y_in), _swapped(w_h, False, tf_gates), _stacked(w_i_diag, w_f_diag),
+        w_o_diag, projection, lengths, act, gate_act, weights_t)
     if order is not None:
         back = torch.argsort(order)
         dx, dh0, dc0 = dx[:, back], dh0[back], dc0[back]
-    j = _TF_J if fused else None
-    return (dx, dh0, dc0, _swapped(d_wx, j), _swapped(d_wh, j), _swapped(d_bias, j),
+    d_wx, d_wh = (swap_gates(d, 0) if weights_t and tf_gates else _swapped(d, False, tf_gates) for d in (d_wx, d_wh))
+    return (dx, dh0, dc0, d_wx, d_wh, _swapped(d_bias, False, tf_gates),
             *(_or_empty(g, gates) for g in peepholes))
 
 
 @cpu_seq_bwd.register_fake
 def _(d_hbuf, d_h_T, d_c_T, x, w_x, w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, hbuf, cbuf, gates,
-      act_c, pre, m, c_in, y_in, act, gate_act):
-    def like(t: Optional[Tensor]) -> Tensor:
-        return _empty(gates) if t is None else gates.new_empty(t.shape)
+      act_c, pre, m, c_in, y_in, act, gate_act, tf_gates, weights_t):
+    def like(t: Optional[Tensor], transposed: bool = False) -> Tensor:
+        return _empty(gates) if t is None else gates.new_empty(t.shape[::-1] if transposed else t.shape)
 
-    return (like(x), like(d_h_T), like(d_c_T), like(w_x), like(w_h), gates.new_empty(gates.shape[2]), like(w_f_diag),
-            like(w_i_diag), like(w_o_diag), like(projection))
+    return (like(x), like(d_h_T), like(d_c_T), like(w_x, weights_t), like(w_h, weights_t),
+            gates.new_empty(gates.shape[2]), like(w_f_diag), like(w_i_diag), like(w_o_diag),
+            like(projection, weights_t))
 
 
 def _fwd_setup(ctx, inputs, output):
@@ -548,7 +576,7 @@ def _fwd_setup(ctx, inputs, output):
     # every step; recomputing any of them would repeat the serial recurrence. The inputs too: a
     # differentiable backward (double backward) recomputes the sequence from them.
     ctx.save_for_backward(*tensors, lengths, hbuf, cbuf, *kept)
-    ctx.options, ctx.keep = inputs[11:16], inputs[16]
+    ctx.options, ctx.keep, ctx.tf_gates = inputs[11:16], inputs[16], inputs[17]
 
 
 def _fwd_backward(ctx, d_hbuf, _d_cbuf, d_h_T, d_c_T, *_):
@@ -557,19 +585,25 @@ def _fwd_backward(ctx, d_hbuf, _d_cbuf, d_h_T, d_c_T, *_):
     # Recomputed too: a forward that kept nothing (traced or exported without gradients, then run
     # with them).
     if torch.is_grad_enabled() or not ctx.keep:
-        def recompute(x, h0, *rest):
-            out, h_T, c_T = lstm_sequence_reference(x, h0, *rest, lengths, **reference_options(*ctx.options))
+        def recompute(x, h0, c0, w_x, w_h, bias, *rest):
+            if not ctx.tf_gates:
+                w_x, w_h, bias = swap_gates(w_x), swap_gates(w_h), swap_gates(bias)
+            out, h_T, c_T = lstm_sequence_reference(x, h0, c0, w_x, w_h, bias, *rest, lengths,
+                                                    **reference_options(*ctx.options))
             return torch.cat([h0[None], out]), h_T, c_T
 
-        return differentiable_vjp(ctx, recompute, tuple(inputs), (d_hbuf, d_h_T, d_c_T)) + (None,) * 7
+        return differentiable_vjp(ctx, recompute, tuple(inputs), (d_hbuf, d_h_T, d_c_T)) + (None,) * 8
     d_hbuf = torch.zeros_like(hbuf) if d_hbuf is None else d_hbuf
     d_h_T = hbuf.new_zeros(hbuf.shape[1:]) if d_h_T is None else d_h_T
     d_c_T = cbuf.new_zeros(cbuf.shape[1:]) if d_c_T is None else d_c_T
+    # Weights passed as transposed views get their gradients so (nn.LSTM's then contiguous).
+    weights_t = all(w is None or transposed_view(w) for w in (w_x, w_h, projection))
     dx, dh0, dc0, *d_weights = cpu_seq_bwd(
         d_hbuf, d_h_T, d_c_T, x, w_x, w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, hbuf, cbuf, gates,
-        act_c, pre, m, c_in, y_in, *ctx.options[:2])
-    d_weights = (None if w is None else g for w, g in zip(inputs[3:], d_weights))
-    return (dx, dh0.to(h0.dtype), dc0.to(c0.dtype), *d_weights) + (None,) * 7
+        act_c, pre, m, c_in, y_in, *ctx.options[:2], ctx.tf_gates, weights_t)
+    transposed = (weights_t, weights_t, False, False, False, False, weights_t)
+    d_weights = (None if w is None else g.t() if t else g for w, g, t in zip(inputs[3:], d_weights, transposed))
+    return (dx, dh0.to(h0.dtype), dc0.to(c0.dtype), *d_weights) + (None,) * 8
 
 
 cpu_seq_fwd.register_autograd(_fwd_backward, setup_context=_fwd_setup)
@@ -607,17 +641,21 @@ def block_vector(N: int, values: tuple[float, float, float, float], like: Tensor
 
 @_float32_products
 def torch_lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bias: Tensor,
-                        projection: Optional[Tensor], forget_bias: float):
+                        projection: Optional[Tensor], forget_bias: float, tf_gates: bool = True):
     """TF's plain cell (``torch_lstm_computes``) over full-length sequences as torch.lstm, one layer
-    and direction; shapes as ``lstm_sequence_cpu``'s. Returns (out, h_T, c_T)."""
+    and direction; shapes as ``lstm_sequence_cpu``'s, ``tf_gates`` as ``cpu_seq_fwd``'s. Returns
+    (out, h_T, c_T)."""
     N = w_h.shape[1] // 4
-    b_ih = swap_gates(bias) + block_vector(N, (0.0, forget_bias, 0.0, 0.0), bias)
-    params = [swap_gates(w_x.t(), 0), swap_gates(w_h.t(), 0), b_ih,
-              torch.zeros_like(b_ih)]
+    w_ih, w_hh = (swap_gates(w.t(), 0) if tf_gates else w.t() for w in (w_x, w_h))
+    b_ih = (swap_gates(bias) if tf_gates else bias) + block_vector(N, (0.0, forget_bias, 0.0, 0.0), bias)
+    params = [w_ih, w_hh, b_ih, torch.zeros_like(b_ih)]
     if projection is not None:
         params.append(projection.t())
     out, h, c = torch.lstm(x, (h0[None], c0[None]), params, True, 1, 0.0, torch.is_grad_enabled(), False, False)
     return out, h[0], c[0]
+
+
+GATE_ORDERS = {"tf": True, "torch": False}     # lstm_sequence's gate_order: whether it is TF's
 
 
 def loop_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bias: Tensor,
@@ -625,14 +663,14 @@ def loop_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, b
                   w_o_diag: Optional[Tensor] = None, projection: Optional[Tensor] = None,
                   lengths: Optional[Tensor] = None, *, forget_bias: float = 1.0, cell_clip: Optional[float] = None,
                   proj_clip: Optional[float] = None, activation: str = "tanh",
-                  recurrent_activation: str = "sigmoid") -> tuple[Tensor, Tensor, Tensor]:
+                  recurrent_activation: str = "sigmoid", gate_order: str = "tf") -> tuple[Tensor, Tensor, Tensor]:
     """TF's cell with any option on the ``cpu_seq_fwd`` op: arguments as ``lstm_sequence_cpu``'s, all
     float32 or all float64 (c0 may be float32). Returns (out, h_T, c_T) in that dtype."""
     tensors = (x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection)
     keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     hbuf, _, h_T, c_T, *_ = cpu_sequence(*tensors, None if lengths is None else lengths.long(),
                                          activation_id(activation), activation_id(recurrent_activation),
-                                         forget_bias, cell_clip, proj_clip, keep)
+                                         forget_bias, cell_clip, proj_clip, keep, GATE_ORDERS[gate_order])
     return hbuf[1:], h_T, c_T
 
 
@@ -641,11 +679,13 @@ def lstm_sequence_cpu(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tenso
                       w_o_diag: Optional[Tensor] = None, projection: Optional[Tensor] = None,
                       lengths: Optional[Tensor] = None, *, forget_bias: float = 1.0,
                       cell_clip: Optional[float] = None, proj_clip: Optional[float] = None,
-                      activation: str = "tanh", recurrent_activation: str = "sigmoid") -> tuple[Tensor, Tensor, Tensor]:
+                      activation: str = "tanh", recurrent_activation: str = "sigmoid",
+                      gate_order: str = "tf") -> tuple[Tensor, Tensor, Tensor]:
     """``lstm_sequence`` on CPU tensors whose arguments ``lstm_sequence`` has checked.
 
     Args:
-        x: [T, B, D].  h0: [B, P].  c0: [B, N].  w_x: [D, 4N], w_h: [P, 4N], bias: [4N] (gates i, j, f, o).
+        x: [T, B, D].  h0: [B, P].  c0: [B, N].  w_x: [D, 4N], w_h: [P, 4N], bias: [4N] (gates in
+        ``gate_order``: "tf" i, j, f, o or "torch" i, f, g, o).
         w_f_diag, w_i_diag, w_o_diag: [N] or None.  projection: [N, P] or None.
         lengths: [B] integers in [0, T], or None.
         activation, recurrent_activation: names in ``triton_lstm.ACTIVATIONS``.
@@ -667,8 +707,9 @@ def lstm_sequence_cpu(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tenso
     # take the loop. torch's LSTM also needs a step to take (the loop's op keeps x in the graph).
     if (T > 0 and B > 0 and lengths is None and not traced_or_vmapped()
             and torch_lstm_computes(w_f_diag is not None, projection, w_h.shape[1] // 4, **options)):
-        out, h_T, c_T = torch_lstm_sequence(x, h0, c0, w_x, w_h, bias, projection, forget_bias)
+        out, h_T, c_T = torch_lstm_sequence(x, h0, c0, w_x, w_h, bias, projection, forget_bias,
+                                            GATE_ORDERS[gate_order])
     else:
         out, h_T, c_T = loop_sequence(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, lengths,
-                                      **options)
+                                      **options, gate_order=gate_order)
     return out.to(out_dtype), h_T.to(out_dtype), c_T

@@ -10,7 +10,6 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from triton_lstm.activations import Activation, resolve_activation, resolve_recurrent_activation
 from triton_lstm.checks import DTypeError, ShapeError, as_number, check_clip, check_forget_bias, shape_of
-from triton_lstm.convert import swap_gates
 from triton_lstm.cpu import block_vector, traced_or_vmapped
 from triton_lstm.launch import kernels_run_on
 from triton_lstm.sequence import lstm_sequence
@@ -307,7 +306,7 @@ class LSTM(nn.LSTM):
                 out, h_T, c_T = lstm_sequence(seq, h0[k], c0[k], w_x, w_h, bias, *peepholes, proj, lengths,
                                               forget_bias=self.forget_bias, cell_clip=self.cell_clip,
                                               proj_clip=self.proj_clip, activation=self.activation,
-                                              recurrent_activation=self.recurrent_activation)
+                                              recurrent_activation=self.recurrent_activation, gate_order="torch")
                 outs.append(out if d == 0 else reverse_within_lengths(out, lengths))
                 h_n.append(h_T)
                 c_n.append(c_T)
@@ -317,16 +316,17 @@ class LSTM(nn.LSTM):
         return layer_in, torch.stack(h_n), torch.stack(c_n).to(layer_in.dtype)
 
     def _layer_weights(self, suffix: str):
-        """TF-layout weights of one layer and direction: (w_x [D, 4H], w_h [P, 4H], bias, peepholes, proj)."""
+        """Weights of one layer and direction in TF's orientation and torch's gate order (i, f, g, o):
+        (w_x [D, 4H], w_h [P, 4H], bias [4H], peepholes, proj)."""
         w_ih, w_hh = getattr(self, f"weight_ih{suffix}"), getattr(self, f"weight_hh{suffix}")
         if self.bias:
-            bias = swap_gates(getattr(self, f"bias_ih{suffix}") + getattr(self, f"bias_hh{suffix}"))
+            bias = getattr(self, f"bias_ih{suffix}") + getattr(self, f"bias_hh{suffix}")
         else:
             bias = w_ih.new_zeros(4 * self.hidden_size)
         peepholes = tuple(getattr(self, f"w_{g}_diag{suffix}") for g in PEEPHOLES) \
             if self.use_peepholes else (None, None, None)
         proj = getattr(self, f"weight_hr{suffix}").t() if self.proj_size else None
-        return swap_gates(w_ih, 0).t(), swap_gates(w_hh, 0).t(), bias, peepholes, proj
+        return w_ih.t(), w_hh.t(), bias, peepholes, proj
 
     def _tf_options(self) -> list[str]:
         """``name=value`` of the TF options that differ from their defaults; an activation by its name

@@ -9,7 +9,8 @@ import triton
 
 from triton_lstm.activations import Activation, activation_name
 from triton_lstm.checks import check_clip, check_forget_bias, check_integers, check_sequence_args, shape_of
-from triton_lstm.cpu import lstm_sequence_cpu
+from triton_lstm.convert import swap_gates
+from triton_lstm.cpu import GATE_ORDERS, lstm_sequence_cpu
 from triton_lstm.functional import CellOptions, autocast, resolve_activations
 from triton_lstm.kernels.lstm_sequence import BARRIER_FAILED, lstm_seq_bwd_kernel, lstm_seq_fwd_kernel
 from triton_lstm import launch, tune
@@ -214,13 +215,16 @@ def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, b
                   w_o_diag: Optional[Tensor] = None, projection: Optional[Tensor] = None,
                   lengths: Optional[Tensor] = None, *, forget_bias: float = 1.0, cell_clip: Optional[float] = None,
                   proj_clip: Optional[float] = None, activation: Activation = None,
-                  recurrent_activation: Activation = None) -> tuple[Tensor, Tensor, Tensor]:
+                  recurrent_activation: Activation = None, gate_order: str = "tf") -> tuple[Tensor, Tensor, Tensor]:
     """TF's LSTMCell over a time-major sequence in one persistent kernel launch (forward and backward).
 
     Args:
         x: [T, B, D].  h0: [B, P].  c0: [B, N] (float32 or x's dtype).
-        w_x: [D, 4N] and w_h: [P, 4N], the two row blocks of TF's kernel (gates i, j, f, o).
-        bias: [4N].  w_f_diag, w_i_diag, w_o_diag: [N] or None.  projection: [N, P] or None.
+        w_x: [D, 4N] and w_h: [P, 4N], the two row blocks of TF's kernel; bias: [4N].
+        gate_order: the order of the four gate blocks in w_x, w_h and bias: "tf" (i, j, f, o: TF's
+            kernel) or "torch" (i, f, g, o: nn.LSTM's, so that w_x = weight_ih.t(), w_h = weight_hh.t()
+            and bias = bias_ih + bias_hh take no copy on the CPU).
+        w_f_diag, w_i_diag, w_o_diag: [N] or None.  projection: [N, P] or None.
         lengths: [B] integers in [0, T] (on the CPU or x's device), or None for full length.
         activation, recurrent_activation: the cell's and the gates' (None: tanh and sigmoid, as TF).
     Returns:
@@ -228,6 +232,8 @@ def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, b
         float64 for float64 x).
         Under torch.autocast, x, h0 and the weights are cast to the autocast dtype first.
     """
+    if gate_order not in tuple(GATE_ORDERS):
+        raise ValueError(f"gate_order: expected 'tf' (gates i, j, f, o) or 'torch' (i, f, g, o), got {gate_order!r}")
     x, h0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection = autocast(
         x, h0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection)
     T, B, D, N, P = check_sequence_args(x, h0, c0, w_x, w_h, bias, (w_f_diag, w_i_diag, w_o_diag),
@@ -240,7 +246,10 @@ def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, b
     if ids is not None and not on_kernels and x.device.type == "cpu":
         return lstm_sequence_cpu(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, lengths,
                                  forget_bias=forget_bias, cell_clip=clips[0], proj_clip=clips[1],
-                                 activation=activation_name(ids[0]), recurrent_activation=activation_name(ids[1]))
+                                 activation=activation_name(ids[0]), recurrent_activation=activation_name(ids[1]),
+                                 gate_order=gate_order)
+    if not GATE_ORDERS[gate_order]:
+        w_x, w_h, bias = swap_gates(w_x), swap_gates(w_h), swap_gates(bias)
     if not on_kernels:
         return lstm_sequence_reference(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection,
                                        lengths, forget_bias=forget_bias, cell_clip=clips[0], proj_clip=clips[1],
