@@ -110,17 +110,27 @@ def test_loop_j_gate_either_way(steps, batch, gate_order):
     check_case(run, case, t, options, lengths, TOLERANCES[torch.float32], seed=5)
 
 
-def test_lstm_with_tf_extras_copies_no_weight_for_a_short_call():
-    """LSTM passes nn.LSTM's weights in their gate order and the loop takes them as they are for a
-    short call (streaming): no operator reads a weight of the cell's shape to copy it (float64: the
-    CPU path also under the interpreter)."""
-    lstm = triton_lstm.LSTM(D, N, num_layers=2, proj_size=P, use_peepholes=True, cell_clip=3.0).double()
+@pytest.mark.parametrize("api", ["LSTM", "dynamic_rnn"])
+def test_tf_extras_copy_no_weight_for_a_short_call(api):
+    """The loop takes the weights in the gate order they come in (LSTM: nn.LSTM's; LSTMCell: TF's)
+    and as they are for a short call (streaming): no operator reads a weight of the cell's shape to
+    copy it (float64: the CPU path also under the interpreter)."""
     x = torch.randn(2, 1, D, dtype=torch.float64)
-    weights = {tuple(w.shape) for name, w in lstm.named_parameters() if name.startswith("weight_")}
+    if api == "LSTM":
+        module = triton_lstm.LSTM(D, N, num_layers=2, proj_size=P, use_peepholes=True, cell_clip=3.0).double()
+        weights = {tuple(w.shape) for name, w in module.named_parameters() if name.startswith("weight_")}
+        run = module
+    else:
+        cell = triton_lstm.LSTMCell(N, num_proj=P, use_peepholes=True, cell_clip=3.0, input_size=D,
+                                    dtype=torch.float64)
+        weights = {(D, 4 * N), (P, 4 * N), (D + P, 4 * N), (N, P)}
+
+        def run(x):
+            return triton_lstm.dynamic_rnn(cell, x, time_major=True)
     weights |= {s[::-1] for s in weights}
     with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
                                                  record_shapes=True) as prof:
-        lstm(x)
+        run(x)
     copies = {"aten::clone", "aten::copy_", "aten::contiguous", "aten::mul", "aten::mul_", "aten::index",
               "aten::index_select"}
     copied = [(e.name, e.input_shapes) for e in prof.events()
@@ -718,21 +728,21 @@ def test_loop_packs_its_weights_only_for_enough_use(T, B, packed):
     assert ("mkldnn::_reorder_linear_weight" in ops_run(run)) == packed
 
 
-@pytest.mark.parametrize("swap", [True, False], ids=["tf-order", "torch-order"])
 @pytest.mark.parametrize("layout", ["contiguous", "transposed-view"])
-def test_loop_weights_swap_their_gates_along_memory(layout, swap):
-    """The loop's weights in torch's gate order with the j block doubled (against a permutation by
-    index): from a transposed view of a contiguous weight (LSTM passes nn.LSTM's so) a transposed
-    view again, copied along memory, not transposed (several times slower). A weight already in
-    torch's order is copied only to be doubled, and is itself left as it was."""
-    from triton_lstm.cpu import _LOOP_J, _swapped
+def test_gate_swap_and_doubling_copy_along_memory(layout):
+    """swap_gates (TF's order to torch's, against a permutation by index) and the loop's doubling of
+    the j block: from a transposed view of a contiguous weight (LSTM passes nn.LSTM's so) a
+    transposed view again, copied along memory, not transposed (several times slower); the weight
+    itself is left as it was."""
+    from triton_lstm.convert import swap_gates
+    from triton_lstm.cpu import _doubled
     N, K = 3, 5
     w = torch.randn(4 * N, K).t() if layout == "transposed-view" else torch.randn(K, 4 * N)
     given = w.clone()
-    blocks = (0, 2, 1, 3) if swap else (0, 1, 2, 3)
-    want = w[:, torch.cat([torch.arange(g * N, (g + 1) * N) for g in blocks])].clone()
-    want[:, _LOOP_J * N:(_LOOP_J + 1) * N] *= 2
-    got = _swapped(w, True, swap)
-    assert torch.equal(got, want) and torch.equal(w, given)
-    assert (got.t().is_contiguous() if layout == "transposed-view" else got.is_contiguous())
-    assert _swapped(w, False, False) is w
+    swapped, doubled = swap_gates(w), _doubled(w, 1)
+    assert torch.equal(swapped, torch_gate_order(w))
+    want = w.clone()
+    want[:, N:2 * N] *= 2
+    assert torch.equal(doubled, want) and torch.equal(w, given) and _doubled(w, None) is w
+    for got in (swapped, doubled):
+        assert (got.t().is_contiguous() if layout == "transposed-view" else got.is_contiguous())

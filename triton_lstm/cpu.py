@@ -131,14 +131,14 @@ def sigmoid_form(activation: str, recurrent_activation: str) -> bool:
 def doubles_j(steps: int, rows: int) -> bool:
     """Whether the forward of a ``sigmoid_form`` cell over ``steps`` x batch rows takes its weights
     with the j block's columns (of W_x, W_h [rows, 4N] and the bias) doubled, so that one sigmoid
-    gives the j gate too (tanh(z) = 2 sigmoid(2z) - 1; ``_swapped``), or runs tanh on that block.
+    gives the j gate too (tanh(z) = 2 sigmoid(2z) - 1; ``_doubled``), or runs tanh on that block.
 
     NOTE: aten's tanh takes about 4x a sigmoid's time per element on CPU (``_tanh_into``), and the
     doubled copy costs about a pass over the weights. Measured (LSTM forward with peepholes and a
     cell clip, no_grad, 2-core AVX-512 VM, min of 3 interleaved rounds): tanh took 0.87-0.89x the
     doubled form's time at T x B = 8 (B=1 streaming, H=256 and 1024 over D=256), 0.98-1.04x from
     64 to about the weights' rows (512 and 1280), and 1.02-1.06x beyond (up to T x B = 6400).
-    With tanh the weights reach the loop without a copy in torch's gate order.
+    With tanh the weights reach the loop without a copy.
     """
     return steps >= rows
 
@@ -206,14 +206,15 @@ _STEP_CHUNK = 512
 
 class _Steps:
     """``steps[t]``: the view t[t] of a tensor t [steps, ...], or with ``blocks=N`` the tuple of its four
-    gate blocks of width N, made a chunk of steps at a time off the loop (one op per chunk, not one
-    per step). Not made for all steps at once: a view holds about half a kilobyte, hundreds of MB at
-    T=100000 where the tensors themselves take a few. A chunk holds one step more than it starts
-    the next with, so that steps t and t + 1 come from one chunk either way the loop runs."""
-    __slots__ = ("_t", "_blocks", "_start", "_views")
+    gate blocks of width N (i, f, j, o, at the places ``order`` gives), made a chunk of steps at a
+    time off the loop (one op per chunk, not one per step). Not made for all steps at once: a view
+    holds about half a kilobyte, hundreds of MB at T=100000 where the tensors themselves take a few.
+    A chunk holds one step more than it starts the next with, so that steps t and t + 1 come from
+    one chunk either way the loop runs."""
+    __slots__ = ("_t", "_blocks", "_order", "_start", "_views")
 
-    def __init__(self, t: Tensor, blocks: Optional[int] = None):
-        self._t, self._blocks, self._start, self._views = t, blocks, 0, ()
+    def __init__(self, t: Tensor, blocks: Optional[int] = None, order: tuple[int, ...] = ()):
+        self._t, self._blocks, self._order, self._start, self._views = t, blocks, order, 0, ()
 
     def __getitem__(self, step: int):
         offset = step - self._start
@@ -222,8 +223,26 @@ class _Steps:
         self._start = start = step - step % _STEP_CHUNK
         part, N = self._t[start:start + _STEP_CHUNK + 1], self._blocks
         self._views = part.unbind(0) if N is None else tuple(
-            zip(*(part[..., g * N:(g + 1) * N].unbind(0) for g in range(4))))
+            zip(*(part[..., g * N:(g + 1) * N].unbind(0) for g in self._order)))
         return self._views[step - start]
+
+
+def gate_places(tf_gates: bool) -> tuple[int, int, int, int]:
+    """The places of the gate blocks i, f, j, o along the last dimension: TF's order (i, j, f, o), or
+    torch's (i, f, j, o). The loop computes in the order it is given (no copy to reorder them)."""
+    return (0, 2, 1, 3) if tf_gates else (0, 1, 2, 3)
+
+
+def _i_and_f(z: Tensor, places: tuple[int, int, int, int]) -> Tensor:
+    """The i and f blocks of z [b, 4N] as one view [b, 2, N] (strided in TF's order)."""
+    I, F = places[:2]
+    return z.view(z.shape[0], 4, -1)[:, I:F + 1:F - I]
+
+
+def _block(z: Tensor, place: int) -> Tensor:
+    """The gate block at ``place`` of z [..., 4N]."""
+    N = z.shape[-1] // 4
+    return z[..., place * N:(place + 1) * N]
 
 
 def _float32_products(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -242,11 +261,12 @@ def _float32_products(fn: Callable[..., Any]) -> Callable[..., Any]:
 @_float32_products
 def _forward(x: Tensor, w_x: Tensor, bias: Tensor, h0: Tensor, c0: Tensor, w_h: Tensor, w_if: Optional[Tensor],
              w_o: Optional[Tensor], projection: Optional[Tensor], lengths: Optional[Tensor], act: str, gate_act: str,
-             cell_clip: Optional[float], proj_clip: Optional[float], keep: bool, double_j: bool):
-    """The forward recurrence on buffers allocated once, in the loop's layout: w_x, w_h and bias in
-    torch's gate order (i, f, j, o) with the forget bias added and with ``double_j`` (``doubles_j``)
-    the j block doubled; w_if [2, N] = (w_i_diag, w_f_diag) or None; lengths sorted longest first.
-    Returns ``cpu_seq_fwd``'s results, all in this batch order."""
+             cell_clip: Optional[float], proj_clip: Optional[float], keep: bool, double_j: bool,
+             places: tuple[int, int, int, int]):
+    """The forward recurrence on buffers allocated once: w_x, w_h and bias with their gate blocks at
+    ``places`` (``gate_places``), the forget bias added and with ``double_j`` (``doubles_j``) the j
+    block doubled; w_if [2, N] = (w_i_diag, w_f_diag) or None; lengths sorted longest first.
+    Returns ``cpu_seq_fwd``'s results, all in this batch order (the gates at ``places``)."""
     T, B, D = x.shape
     N4, P = w_h.shape[1], h0.shape[1]
     N = N4 // 4
@@ -271,7 +291,7 @@ def _forward(x: Tensor, w_x: Tensor, bias: Tensor, h0: Tensor, c0: Tensor, w_h: 
     y_pre = alloc(T, B, P) if keep and proj_clip is not None else None
     recurrent = right_product(w_h, B, uses=T)
     project = right_product(projection, B, uses=T) if projection is not None else None
-    H, C, G, A, blocks = _Steps(hbuf), _Steps(cbuf), _Steps(gates), _Steps(act_c), _Steps(gates, N)
+    H, C, G, A, blocks = _Steps(hbuf), _Steps(cbuf), _Steps(gates), _Steps(act_c), _Steps(gates, N, places)
     C_pre = None if c_pre is None else _Steps(c_pre)
     for t in range(T):
         b = B if sizes is None else sizes[t]
@@ -283,7 +303,7 @@ def _forward(x: Tensor, w_x: Tensor, bias: Tensor, h0: Tensor, c0: Tensor, w_h: 
             h, c, c_new, g, a_c, i, f, j, o = (v[:b] for v in (h, c, c_new, g, a_c, i, f, j, o))
         z = recurrent(h, g)
         if w_if is not None:
-            z[:, :2 * N].view(b, 2, N).addcmul_(c[:, None], w_if)
+            _i_and_f(z, places).addcmul_(c[:, None], w_if)
         if fused:
             # All four blocks in one call: a contiguous sigmoid ran faster than one over the first
             # three (a strided slice); with peepholes o is computed again below.
@@ -291,19 +311,19 @@ def _forward(x: Tensor, w_x: Tensor, bias: Tensor, h0: Tensor, c0: Tensor, w_h: 
             if double_j:
                 torch.add(_MINUS_ONE, j, alpha=2, out=j)
             else:
-                torch.tanh(z[:, 2 * N:3 * N], out=j)
+                torch.tanh(_block(z, places[2]), out=j)
         else:
-            gate.into(z[:, :2 * N], g[:, :2 * N])
-            act.into(z[:, 2 * N:3 * N], j)
+            gate.into(_i_and_f(z, places), _i_and_f(g, places))
+            act.into(_block(z, places[2]), j)
             if w_if is None:
-                gate.into(z[:, 3 * N:], o)
+                gate.into(_block(z, places[3]), o)
         c_sum = c_new if C_pre is None else C_pre[t] if b == B else C_pre[t][:b]
         torch.mul(f, c, out=c_sum)
         c_sum.addcmul_(i, j)
         if cell_clip is not None:
             torch.clamp(c_sum, -cell_clip, cell_clip, out=c_new)
         if w_if is not None:
-            z_o = z[:, 3 * N:]
+            z_o = _block(z, places[3])
             z_o.addcmul_(c_new, w_o)
             gate.into(z_o, o)
         if pre is not None:
@@ -339,10 +359,12 @@ def _forward(x: Tensor, w_x: Tensor, bias: Tensor, h0: Tensor, c0: Tensor, w_h: 
 def _backward(d_hbuf: Tensor, d_h_T: Tensor, d_c_T: Tensor, x: Tensor, w_x: Tensor, hbuf: Tensor, cbuf: Tensor,
               gates: Tensor, act_c: Tensor, pre: Optional[Tensor], m: Optional[Tensor], c_in: Optional[Tensor],
               y_in: Optional[Tensor], w_h: Tensor, w_if: Optional[Tensor], w_o: Optional[Tensor],
-              projection: Optional[Tensor], lengths: Optional[Tensor], act: str, gate_act: str, weights_t: bool):
+              projection: Optional[Tensor], lengths: Optional[Tensor], act: str, gate_act: str, weights_t: bool,
+              places: tuple[int, int, int, int]):
     """The reverse recurrence, then the weight gradients as GEMMs over all steps, in the loop's layout
-    and batch order (``_forward``'s arguments). d_hbuf's row 0 is h0's. Returns (dx, dh0, dc0, d_wx,
-    d_wh, d_bias, then d_w_f_diag, d_w_i_diag, d_w_o_diag, d_projection or None); with
+    (the gate blocks at ``places``) and batch order (``_forward``'s arguments). d_hbuf's row 0 is
+    h0's. Returns (dx, dh0, dc0, d_wx, d_wh, d_bias, then d_w_f_diag, d_w_i_diag, d_w_o_diag,
+    d_projection or None); with
     ``weights_t`` d_wx, d_wh and d_projection transposed (contiguous [4N, D], [4N, P], [P, N])."""
     T, B, N4 = gates.shape
     N, P, D = N4 // 4, hbuf.shape[2], x.shape[2]
@@ -354,7 +376,7 @@ def _backward(d_hbuf: Tensor, d_h_T: Tensor, d_c_T: Tensor, x: Tensor, w_x: Tens
     recurrent = right_product(w_h.t(), B, uses=T)
     project = right_product(projection.t(), B, uses=T) if projection is not None else None
     d_out, C, A, DZ = _Steps(d_hbuf), _Steps(cbuf), _Steps(act_c), _Steps(dz)
-    blocks, d_blocks = _Steps(gates, N), _Steps(dz, N)
+    blocks, d_blocks = _Steps(gates, N, places), _Steps(dz, N, places)
     c_keep = None if c_in is None else _Steps(c_in)
     w_i, w_f = (None, None) if w_if is None else w_if.unbind(0)
     if sizes is None:
@@ -383,7 +405,7 @@ def _backward(d_hbuf: Tensor, d_h_T: Tensor, d_c_T: Tensor, x: Tensor, w_x: Tens
         dc_t = dc if b == B else dc[:b]
         z_i = z_f = z_j = z_o = None
         if pre is not None:
-            z_i, z_f, z_j, z_o = (pre[t, :b, g * N:(g + 1) * N] for g in range(4))
+            z_i, z_f, z_j, z_o = (_block(pre[t, :b], g) for g in places)
         if project is not None:
             if y_in is not None:
                 torch.where(y_in[t, :b], dh_t, _ZERO, out=dh_t)
@@ -416,8 +438,8 @@ def _backward(d_hbuf: Tensor, d_h_T: Tensor, d_c_T: Tensor, x: Tensor, w_x: Tens
     d_wh = _summed_product(hbuf[:T].reshape(T * B, P), rows, weights_t)
     d_wf = d_wi = d_wo = d_proj = None
     if w_if is not None:
-        d_wi, d_wf = ((dz[..., g * N:(g + 1) * N] * cbuf[:T]).sum((0, 1)) for g in range(2))
-        d_wo = (dz[..., 3 * N:] * cbuf[1:]).sum((0, 1))
+        d_wi, d_wf = ((_block(dz, g) * cbuf[:T]).sum((0, 1)) for g in places[:2])
+        d_wo = (_block(dz, places[3]) * cbuf[1:]).sum((0, 1))
     if projection is not None:
         d_proj = _summed_product(m.reshape(T * B, N), dy.reshape(T * B, P), weights_t)
     return dx, dh, dc, d_wx, d_wh, rows.sum(0), d_wf, d_wi, d_wo, d_proj
@@ -428,23 +450,13 @@ def _summed_product(a: Tensor, b: Tensor, transposed: bool) -> Tensor:
     return b.t() @ a if transposed else a.t() @ b
 
 
-_LOOP_J = 2     # the j gate's block in torch's order, the loop's
-
-
-def _swapped(w: Tensor, double_j: bool, swap: bool) -> Tensor:
-    """w [..., 4N] in the loop's layout, torch's gate order (i, f, j, o), with the j block doubled
-    when ``double_j``, from TF's order (i, j, f, o) when ``swap``: a new tensor, or w itself when
-    nothing changes. ``swap`` takes a gradient in torch's order back to TF's too.
-
-    A ``transposed_view`` (as ``LSTM`` passes nn.LSTM's weights) comes back so too (``swap_gates``).
-    """
-    if swap:
-        w = swap_gates(w)
-    elif double_j:
-        w = w.clone()
-    if double_j:
-        N = w.shape[-1] // 4
-        w[..., _LOOP_J * N:(_LOOP_J + 1) * N] *= 2
+def _doubled(w: Tensor, place: Optional[int]) -> Tensor:
+    """w [..., 4N] with its gate block at ``place`` doubled (the j gate's, ``doubles_j``): a copy in
+    w's layout, or w itself for None."""
+    if place is None:
+        return w
+    w = w.clone()
+    _block(w, place).mul_(2)
     return w
 
 
@@ -469,9 +481,9 @@ def cpu_seq_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bia
                                          Tensor]:
     """The loop's forward on ``lstm_sequence``'s arguments.
 
-    It lays the weights out for the loop (torch's gate order, the forget bias in the bias, the j block
-    doubled for ``doubles_j``) and, with lengths not sorted longest first, runs the batch sorted so
-    (each step then runs on the rows still inside their sequence).
+    It computes in the weights' gate order (``tf_gates``), with the forget bias added to the bias and
+    for ``doubles_j`` the j block doubled (a copy), and, with lengths not sorted longest first, runs
+    the batch sorted so (each step then runs on the rows still inside their sequence).
 
     Args:
         x: [T, B, D].  h0: [B, P].  c0: [B, N].  w_x: [D, 4N], w_h: [P, 4N], bias: [4N] (gates in
@@ -491,16 +503,17 @@ def cpu_seq_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bia
     """
     act, gate_act = activation_name(act), activation_name(gate_act)
     T, B, D = x.shape
-    double_j = sigmoid_form(act, gate_act) and doubles_j(T * B, D + h0.shape[1])
-    N = w_h.shape[1] // 4
-    b = _swapped(bias, double_j, tf_gates) + block_vector(N, (0.0, forget_bias, 0.0, 0.0), bias)
+    places = gate_places(tf_gates)
+    j = places[2] if sigmoid_form(act, gate_act) and doubles_j(T * B, D + h0.shape[1]) else None
+    forget = [0.0] * 4
+    forget[places[1]] = forget_bias
+    b = _doubled(bias, j) + block_vector(w_h.shape[1] // 4, tuple(forget), bias)
     order = _by_length(lengths)
     if order is not None:
         x, h0, c0, lengths = x[:, order], h0[order], c0[order], lengths[order]
-    hbuf, cbuf, h_T, c_T, *kept = _forward(x, _swapped(w_x, double_j, tf_gates), b, h0, c0,
-                                           _swapped(w_h, double_j, tf_gates), _stacked(w_i_diag, w_f_diag),
-                                           w_o_diag, projection, lengths, act, gate_act, cell_clip, proj_clip, keep,
-                                           double_j)
+    hbuf, cbuf, h_T, c_T, *kept = _forward(x, _doubled(w_x, j), b, h0, c0, _doubled(w_h, j),
+                                           _stacked(w_i_diag, w_f_diag), w_o_diag, projection, lengths, act,
+                                           gate_act, cell_clip, proj_clip, keep, j is not None, places)
     if order is not None:
         back = torch.argsort(order)
         hbuf, h_T, c_T = hbuf[:, back], h_T[back], c_T[back]
@@ -546,16 +559,14 @@ def cpu_seq_bwd(d_hbuf: Tensor, d_h_T: Tensor, d_c_T: Tensor, x: Tensor, w_x: Te
     if order is not None:
         d_hbuf, d_h_T, d_c_T = d_hbuf[:, order], d_h_T[order], d_c_T[order]
         x, hbuf, lengths = x[:, order], hbuf[:, order], lengths[order]
-    dx, dh0, dc0, d_wx, d_wh, d_bias, *peepholes = _backward(
-        d_hbuf, d_h_T, d_c_T, x, _swapped(w_x, False, tf_gates), hbuf, cbuf, gates, act_c, _present(pre),
-        _present(m), _present(c_in), _present(y_in), _swapped(w_h, False, tf_gates), _stacked(w_i_diag, w_f_diag),
-        w_o_diag, projection, lengths, act, gate_act, weights_t)
+    dx, dh0, dc0, *d_weights = _backward(
+        d_hbuf, d_h_T, d_c_T, x, w_x, hbuf, cbuf, gates, act_c, _present(pre), _present(m), _present(c_in),
+        _present(y_in), w_h, _stacked(w_i_diag, w_f_diag), w_o_diag, projection, lengths, act, gate_act, weights_t,
+        gate_places(tf_gates))
     if order is not None:
         back = torch.argsort(order)
         dx, dh0, dc0 = dx[:, back], dh0[back], dc0[back]
-    d_wx, d_wh = (swap_gates(d, 0) if weights_t and tf_gates else _swapped(d, False, tf_gates) for d in (d_wx, d_wh))
-    return (dx, dh0, dc0, d_wx, d_wh, _swapped(d_bias, False, tf_gates),
-            *(_or_empty(g, gates) for g in peepholes))
+    return (dx, dh0, dc0, *(_or_empty(g, gates) for g in d_weights))
 
 
 @cpu_seq_bwd.register_fake
@@ -635,7 +646,7 @@ def torch_lstm_computes(peepholes: bool, projection: Optional[Tensor], num_units
 
 
 def block_vector(N: int, values: tuple[float, float, float, float], like: Tensor) -> Tensor:
-    """[4N]: each gate block (torch's order i, f, j, o) filled with its value."""
+    """[4N]: the four gate blocks of width N, each filled with its value (in the blocks' order)."""
     return torch.tensor(values, dtype=like.dtype).repeat_interleave(N)
 
 

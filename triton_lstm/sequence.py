@@ -222,8 +222,8 @@ def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, b
         x: [T, B, D].  h0: [B, P].  c0: [B, N] (float32 or x's dtype).
         w_x: [D, 4N] and w_h: [P, 4N], the two row blocks of TF's kernel; bias: [4N].
         gate_order: the order of the four gate blocks in w_x, w_h and bias: "tf" (i, j, f, o: TF's
-            kernel) or "torch" (i, f, g, o: nn.LSTM's, so that w_x = weight_ih.t(), w_h = weight_hh.t()
-            and bias = bias_ih + bias_hh take no copy on the CPU).
+            kernel) or "torch" (i, f, g, o: nn.LSTM's, as w_x = weight_ih.t(), w_h = weight_hh.t() and
+            bias = bias_ih + bias_hh; the CPU path's loop computes in either order without a copy).
         w_f_diag, w_i_diag, w_o_diag: [N] or None.  projection: [N, P] or None.
         lengths: [B] integers in [0, T] (on the CPU or x's device), or None for full length.
         activation, recurrent_activation: the cell's and the gates' (None: tanh and sigmoid, as TF).
