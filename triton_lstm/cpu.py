@@ -280,7 +280,7 @@ def _forward(x: Tensor, w_x: Tensor, bias: Tensor, h0: Tensor, c0: Tensor, w_h: 
     hbuf, cbuf = alloc(T + 1, B, P), alloc(T + 1, B, N)
     hbuf[0], cbuf[0] = h0, c0
     steps = T if keep else 1
-    # Each step's activated gates (i, f, j, o) overwrite its slot of xw once read: one buffer less
+    # Each step's activated gates (at their places) overwrite its slot of xw once read: one buffer less
     # (at B=64, H=512 that saved 52 MB of fresh pages a call).
     gates = xw
     act_c = alloc(steps, B, N)                           # act(c_t)
@@ -305,8 +305,9 @@ def _forward(x: Tensor, w_x: Tensor, bias: Tensor, h0: Tensor, c0: Tensor, w_h: 
         if w_if is not None:
             _i_and_f(z, places).addcmul_(c[:, None], w_if)
         if fused:
-            # All four blocks in one call: a contiguous sigmoid ran faster than one over the first
-            # three (a strided slice); with peepholes o is computed again below.
+            # All four blocks in one call: a contiguous sigmoid ran faster than one over the three
+            # sigmoid gates (a strided slice); the j block is then overwritten, and with peepholes o
+            # is computed again below.
             torch.sigmoid(z, out=g)
             if double_j:
                 torch.add(_MINUS_ONE, j, alpha=2, out=j)
