@@ -275,6 +275,26 @@ def test_loop_op_schema_fake_and_autograd(keep, tf_gates, weights_t):
                                weights_t))
 
 
+def test_loop_ops_without_their_newer_arguments_mean_what_they_did():
+    """A graph compiled (Inductor's on-disk cache) or a program exported against the ops before
+    they took tf_gates and weights_t calls them without those: the defaults are what the ops did
+    then (TF's gate order, the weight gradients untransposed)."""
+    t, _ = tensors_for(dict(EXTRAS, projection="proj+clip"))
+    x, h0, c0, w_x, w_h, bias, *weights = (None if v is None else v.detach() for v in seq_args(t))
+    lengths = torch.tensor([3, 5, 0, 2])
+    args = (x, h0, c0, w_x, w_h, bias, *weights, lengths, activation_id("tanh"), activation_id("sigmoid"), 1.0,
+            0.7, 0.25, True)
+    fwd = torch.ops.triton_lstm.cpu_seq_fwd
+    old, new = fwd(*args), fwd(*args, True)
+    assert all(torch.equal(a, b) for a, b in zip(old, new))
+    grads = [torch.randn(v.shape, generator=torch.Generator().manual_seed(1)) for v in (new[0], new[2], new[3])]
+    bwd_args = (*grads, x, w_x, w_h, *weights, lengths, new[0], new[1], *new[4:], activation_id("tanh"),
+                activation_id("sigmoid"))
+    bwd = torch.ops.triton_lstm.cpu_seq_bwd
+    old, new = bwd(*bwd_args), bwd(*bwd_args, True, False)
+    assert all(torch.equal(a, b) for a, b in zip(old, new))
+
+
 def test_cells_torch_lstm_computes_take_the_loop_under_vmap():
     """torch's LSTM has no vmap batching rule: under torch.func transforms the loop runs instead
     (per-sample outputs and per-sample gradients equal to one call per sample)."""

@@ -478,7 +478,7 @@ def cpu_seq_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bia
                 w_f_diag: Optional[Tensor], w_i_diag: Optional[Tensor], w_o_diag: Optional[Tensor],
                 projection: Optional[Tensor], lengths: Optional[Tensor], act: int, gate_act: int, forget_bias: float,
                 cell_clip: Optional[float], proj_clip: Optional[float], keep: bool,
-                tf_gates: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                tf_gates: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
                                          Tensor]:
     """The loop's forward on ``lstm_sequence``'s arguments.
 
@@ -523,7 +523,7 @@ def cpu_seq_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bia
 
 @cpu_seq_fwd.register_fake
 def _(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, lengths, act, gate_act, forget_bias,
-      cell_clip, proj_clip, keep, tf_gates):
+      cell_clip, proj_clip, keep, tf_gates=True):
     T, B, _ = x.shape
     N4, P = w_h.shape[1], h0.shape[1]
     N = N4 // 4
@@ -543,8 +543,8 @@ def cpu_seq_bwd(d_hbuf: Tensor, d_h_T: Tensor, d_c_T: Tensor, x: Tensor, w_x: Te
                 w_f_diag: Optional[Tensor], w_i_diag: Optional[Tensor], w_o_diag: Optional[Tensor],
                 projection: Optional[Tensor], lengths: Optional[Tensor], hbuf: Tensor, cbuf: Tensor, gates: Tensor,
                 act_c: Tensor, pre: Tensor, m: Tensor, c_in: Tensor, y_in: Tensor, act: int, gate_act: int,
-                tf_gates: bool,
-                weights_t: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                tf_gates: bool = True,
+                weights_t: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
                                           Tensor]:
     """The loop's backward: the gradients of hbuf [T+1, B, P], h_T and c_T (the batch's order), then
     ``cpu_seq_fwd``'s tensor arguments and what it returned for the backward. Returns the gradients
@@ -572,7 +572,7 @@ def cpu_seq_bwd(d_hbuf: Tensor, d_h_T: Tensor, d_c_T: Tensor, x: Tensor, w_x: Te
 
 @cpu_seq_bwd.register_fake
 def _(d_hbuf, d_h_T, d_c_T, x, w_x, w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, hbuf, cbuf, gates,
-      act_c, pre, m, c_in, y_in, act, gate_act, tf_gates, weights_t):
+      act_c, pre, m, c_in, y_in, act, gate_act, tf_gates=True, weights_t=False):
     def like(t: Optional[Tensor], transposed: bool = False) -> Tensor:
         return _empty(gates) if t is None else gates.new_empty(t.shape[::-1] if transposed else t.shape)
 
