@@ -365,8 +365,8 @@ def _backward(d_hbuf: Tensor, d_h_T: Tensor, d_c_T: Tensor, x: Tensor, w_x: Tens
     """The reverse recurrence, then the weight gradients as GEMMs over all steps, in the loop's layout
     (the gate blocks at ``places``) and batch order (``_forward``'s arguments). d_hbuf's row 0 is
     h0's. Returns (dx, dh0, dc0, d_wx, d_wh, d_bias, then d_w_f_diag, d_w_i_diag, d_w_o_diag,
-    d_projection or None); with
-    ``weights_t`` d_wx, d_wh and d_projection transposed (contiguous [4N, D], [4N, P], [P, N])."""
+    d_projection or None); with ``weights_t`` d_wx, d_wh and d_projection transposed (contiguous
+    [4N, D], [4N, P], [P, N])."""
     T, B, N4 = gates.shape
     N, P, D = N4 // 4, hbuf.shape[2], x.shape[2]
     sizes = _sizes(lengths, T)
