@@ -7,9 +7,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence
 
-from helpers import TOLERANCES, assert_close
-from triton_lstm import DTypeError, LSTMCell, LSTMStateTuple, dynamic_rnn, lstm_cell, lstm_cell_reference
+from helpers import TOLERANCES, assert_close, cell_args, cell_tensors
+from triton_lstm import (DTypeError, LSTM, LSTMCell, LSTMStateTuple, dynamic_rnn, lstm_cell, lstm_cell_reference,
+                         lstm_sequence)
 from triton_lstm.launch import kernels_run_on
 
 B, D, N, P = 4, 6, 10, 5
@@ -612,3 +614,56 @@ def test_lazy_cell_builds_once_under_concurrent_first_calls():
         assert not errors, f"attempt {attempt}: {errors[0]!r}"
         want = dynamic_rnn(cell, x)[0].detach()
         assert all(torch.equal(r, want) for r in results), f"attempt {attempt}"
+
+
+
+# -- autocast ---------------------------------------------------------------------------------------
+
+ENTRY_POINTS = ["lstm_cell", "lstm_sequence", "LSTMCell", "dynamic_rnn", "LSTM", "LSTM-packed"]
+
+
+def _entry_point_calls(dtype, device, then=None):
+    """name -> a call of that entry point with peepholes and a projection, its inputs, weights and
+    state made in ``dtype`` (then converted to ``then``, when given); each returns its tensors."""
+    t = cell_tensors(B, D, N, P, True, dtype, device, seed=5)
+    t = {k: None if v is None else v.to(then or dtype) for k, v in t.items()}
+    x, c, h, kernel, bias, *rest = cell_args(t)
+    xs = torch.stack([x, 0.5 * x, -x])
+    torch.manual_seed(5)
+    cell = LSTMCell(N, use_peepholes=True, num_proj=P, input_size=D, dtype=dtype, device=device).to(then or dtype)
+    module = LSTM(D, N, proj_size=P, use_peepholes=True, dtype=dtype, device=device).to(then or dtype)
+    packed = pack_padded_sequence(xs, torch.tensor([3, 2, 2, 1]))
+    return {
+        "lstm_cell": lambda: lstm_cell(x, c, h, kernel, bias, *rest),
+        "lstm_sequence": lambda: lstm_sequence(xs, h, c, kernel[:D], kernel[D:], bias, *rest),
+        "LSTMCell": lambda: (lambda out, state: (out, *state))(*cell(x, LSTMStateTuple(c, h))),
+        "dynamic_rnn": lambda: (lambda out, state: (out, *state))(*dynamic_rnn(cell, xs, time_major=True)),
+        "LSTM": lambda: (lambda out, state: (out, *state))(*module(xs)),
+        "LSTM-packed": lambda: (lambda out, state: (out.data, *state))(*module(packed)),
+    }
+
+
+@pytest.mark.parametrize("name", ENTRY_POINTS)
+def test_autocast_leaves_float64_as_it_is(name, device):
+    """torch.autocast casts no float64 tensor: a float64 call under it computes as without it (it
+    raised: the inputs were cast, the cell state not)."""
+    call = _entry_point_calls(torch.float64, device)[name]
+    want = call()
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        got = call()
+    assert [t.dtype for t in got] == [torch.float64] * len(want)
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert torch.equal(a, b), f"result {i}"
+
+
+@pytest.mark.parametrize("name", ["lstm_cell", "lstm_sequence"])
+def test_autocast_casts_a_half_precision_state_with_its_inputs(name, device):
+    """A cell state in its inputs' half-precision dtype is cast with them to autocast's dtype (it
+    raised: a float16 state with bfloat16 inputs): the numbers of the call on everything cast first."""
+    call = _entry_point_calls(torch.float16, device)[name]
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        got = call()
+    want = _entry_point_calls(torch.float16, device, then=torch.bfloat16)[name]()
+    assert [t.dtype for t in got] == [t.dtype for t in want]
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert torch.equal(a, b), f"result {i}"

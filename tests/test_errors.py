@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from helpers import cell_args, cell_tensors
-from triton_lstm import DTypeError, LSTMCell, LSTMStateTuple, lstm_cell
+from triton_lstm import DTypeError, LSTMCell, LSTMStateTuple, lstm_cell, lstm_sequence
 
 B, D, N, P = 3, 7, 5, 4
 
@@ -122,6 +122,11 @@ def test_non_float_or_non_tensor_inputs():
         _call(_t(x=torch.ones(B, D, dtype=torch.int64)))
     with pytest.raises(TypeError, match="^h: expected a torch.Tensor, got list"):
         _call(_t(h=[[0.0] * P] * B))
+    t = _t(x=[[0.0] * D] * B)
+    with pytest.raises(TypeError, match="^x: expected a torch.Tensor, got list"):
+        _call(t)
+    with pytest.raises(TypeError, match="^x: expected a torch.Tensor, got list"):
+        lstm_sequence(t["x"], t["h"], t["c"], t["kernel"][:D], t["kernel"][D:], t["bias"])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="mixed devices need a CUDA device")
@@ -201,6 +206,9 @@ def test_cell_inputs_in_another_dtype_than_its_weights():
     cell = LSTMCell(N, input_size=D)
     with pytest.raises(DTypeError, match=r"^inputs: dtype torch.float64 differs from the cell's weights "
                                         r"\(torch.float32\); convert the inputs or the cell"):
+        cell(torch.randn(B, D, dtype=torch.float64))
+    # autocast leaves float64 inputs as they are, and would cast the weights
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(DTypeError, match=r"^inputs: dtype torch.float64"):
         cell(torch.randn(B, D, dtype=torch.float64))
 
 

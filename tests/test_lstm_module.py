@@ -13,6 +13,8 @@ from helpers import assert_close, fresh_python
 from triton_lstm import DTypeError, LSTM, LSTMCell, ShapeError, dynamic_rnn, lstm_sequence_reference
 from triton_lstm.activations import resolve_activation
 from triton_lstm.convert import swap_gates
+import triton_lstm.lstm as lstm_module
+import triton_lstm.sequence as sequence_module
 
 # Our kernels fold the two biases into one and sum the gate GEMM in another order than torch: the
 # results agree to a few float32 roundings, well inside these bounds.
@@ -440,6 +442,41 @@ def test_where_kernels_do_not_run_nn_lstm_computes_it():
     ours.forget_bias = 1.0
     assert not ours.computes_torch_lstm()
     assert not torch.allclose(ours(x)[0], ref(x)[0])
+
+
+@pytest.fixture
+def cpu_path(monkeypatch):
+    """The CPU path users run on CPU tensors (no interpreter): the one dispatch decision, whether the
+    kernels run on a device and dtype, replaced by False where LSTM and lstm_sequence make it."""
+    monkeypatch.setattr(lstm_module, "kernels_run_on", lambda device, dtype: False)
+    monkeypatch.setattr(sequence_module, "kernels_run_on", lambda device, dtype: False)
+
+
+@pytest.mark.parametrize("proj_size", [0, 4], ids=["no-projection", "projection"])
+@pytest.mark.parametrize("form", ["padded", "packed", "packed-to-differentiate"])
+def test_cpu_autocast_gives_nn_lstms_dtypes(cpu_path, form, proj_size):
+    """Under CPU autocast a cell nn.LSTM computes comes back in nn.LSTM's dtypes, also where the loop
+    runs in place of nn.LSTM's packed path (differing lengths, gradients wanted): there nn.LSTM
+    returns float32 without a projection and c_n float32 with one. Values within bfloat16's rounding
+    of nn.LSTM's (which computes some of its products in bfloat16 there)."""
+    ours, ref = make_pair("cpu", num_layers=2, proj_size=proj_size)
+    x = randn(T, B, D, seed=1)
+    packed = form != "padded"
+    grad = form == "packed-to-differentiate"
+
+    def run(module):
+        inputs = pack_padded_sequence(x, torch.tensor([5, 3, 2])) if packed else x
+        with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16):
+            out, (h_n, c_n) = module(inputs)
+        return out.data if packed else out, h_n, c_n
+
+    got, want = run(ours), run(ref)
+    assert [t.dtype for t in got] == [t.dtype for t in want]
+    for name, a, b in zip(("output", "h_n", "c_n"), got, want):
+        assert_close(name, a.float(), b.float(), (2e-2, 2e-2))
+    if grad:
+        sum(t.float().sum() for t in got).backward()
+        assert all(p.grad.dtype == torch.float32 for p in ours.parameters())
 
 
 def test_c_n_in_the_input_dtype(device):

@@ -134,13 +134,29 @@ def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
     return torch.get_autocast_dtype(device.type)
 
 
+def autocast_to(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype a tensor of ``dtype`` on ``device`` has once torch.autocast casts it: the autocast
+    dtype for float32, float16 and bfloat16 where autocast is on; float64 and non-floating dtypes
+    stay (torch.autocast leaves float64 as it is)."""
+    cast = autocast_dtype(device)
+    return cast if cast is not None and dtype.is_floating_point and dtype != torch.float64 else dtype
+
+
 def autocast(*tensors: Optional[Tensor]) -> tuple[Optional[Tensor], ...]:
-    """Under torch.autocast, the floating inputs in the autocast dtype (as nn.LSTM's inputs are);
-    otherwise unchanged. Callers leave the cell state out: it stays float32."""
-    dtype = autocast_dtype(next(t.device for t in tensors if t is not None))
-    if dtype is None:
+    """Under torch.autocast, the inputs in the dtype autocast gives them (``autocast_to``: as
+    nn.LSTM's inputs are); otherwise, and for what is not a tensor (left to the argument checks),
+    unchanged. Callers pass the cell state to ``autocast_state``."""
+    device = next((t.device for t in tensors if isinstance(t, Tensor)), None)
+    if device is None or autocast_dtype(device) is None:
         return tensors
-    return tuple(None if t is None or not t.is_floating_point() else t.to(dtype) for t in tensors)
+    return tuple(t.to(autocast_to(t.dtype, t.device)) if isinstance(t, Tensor) else t for t in tensors)
+
+
+def autocast_state(c: Tensor) -> Tensor:
+    """Under torch.autocast, a cell state in half precision (its inputs' dtype) in the autocast dtype
+    with them; a float32 or float64 one unchanged (the cell state stays float32)."""
+    half = isinstance(c, Tensor) and c.dtype in (torch.float16, torch.bfloat16)
+    return c.to(autocast_to(c.dtype, c.device)) if half else c
 
 
 _WARNED_ACTIVATIONS: set = set()
@@ -185,10 +201,12 @@ def lstm_cell(x: Tensor, c: Tensor, h: Tensor, kernel: Tensor, bias: Tensor,
         recurrent_activation: the gates' activation (None: sigmoid, as TF; Keras layers may set it).
     Returns:
         (h_new [B, P] in x's dtype, c_new [B, N] in float32; float64 for float64 inputs).
-        Under torch.autocast, x, h and the weights are cast to the autocast dtype first.
+        Under torch.autocast, x, h and the weights are cast to the autocast dtype first (float64 ones
+        stay, as autocast leaves them), and c with them when in half precision.
     """
     x, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection = autocast(
         x, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection)
+    c = autocast_state(c)
     peepholes = (w_f_diag, w_i_diag, w_o_diag)
     check_cell_args(x, c, h, kernel, bias, peepholes, projection, proj_clip)
     opts_clip = check_clip("cell_clip", cell_clip), check_clip("proj_clip", proj_clip)

@@ -11,6 +11,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from triton_lstm.activations import Activation, resolve_activation, resolve_recurrent_activation
 from triton_lstm.checks import DTypeError, ShapeError, as_number, check_clip, check_forget_bias, shape_of
 from triton_lstm.cpu import block_vector, traced_or_vmapped
+from triton_lstm.functional import autocast_dtype
 from triton_lstm.launch import kernels_run_on
 from triton_lstm.sequence import lstm_sequence
 
@@ -182,21 +183,28 @@ class LSTM(nn.LSTM):
         # not check a PackedSequence); hx in another dtype or on another device than the input takes
         # LSTM's path, whose checks name the tensor (and which takes a float32 c_0 for half inputs).
         self._check_hx_pair(hx)
-        data = input.data if isinstance(input, PackedSequence) else input
+        packed = isinstance(input, PackedSequence)
+        data = input.data if packed else input
         on_cpu = isinstance(data, Tensor) and data.device.type == "cpu"
-        if (isinstance(data, Tensor) and not kernels_run_on(data.device, data.dtype)
-                and self._torch_lstm_but_forget_bias()
-                and (self.forget_bias == 0 or (on_cpu and self.bias and data.dtype in (torch.float32, torch.float64)))
-                and (hx is None or all(t.dtype == data.dtype and t.device == data.device for t in hx))
-                and not (on_cpu and (traced_or_vmapped() or self._loop_packs_faster(input, hx)))):
-            if isinstance(input, PackedSequence):
+        torch_cell = (isinstance(data, Tensor) and not kernels_run_on(data.device, data.dtype)
+                      and self._torch_lstm_but_forget_bias()
+                      and (self.forget_bias == 0
+                           or (on_cpu and self.bias and data.dtype in (torch.float32, torch.float64)))
+                      and (hx is None or all(t.dtype == data.dtype and t.device == data.device for t in hx)))
+        if torch_cell and not (on_cpu and (traced_or_vmapped() or self._loop_packs_faster(input, hx))):
+            if packed:
                 self._check_packed(input, hx)
             else:
                 self._time_major(input, hx)
             return super().forward(input, hx) if self.forget_bias == 0 else self._forward_bias_folded(input, hx)
         self._update_flat_weights()
         x, lengths, hx, unbatched = self._time_major(input, hx)
-        output, h_n, c_n = self._run_layers(x, lengths, hx)
+        # The loop in place of nn.LSTM's packed path under CPU autocast: nn.LSTM's dtypes there, the
+        # input's for c_n, and for the output and h_n too without a projection.
+        as_nn_packed = torch_cell and on_cpu and packed and autocast_dtype(data.device) is not None
+        output, h_n, c_n = self._run_layers(x, lengths, hx, c_n_dtype=data.dtype if as_nn_packed else None)
+        if as_nn_packed and not self.proj_size:
+            output, h_n = output.to(data.dtype), h_n.to(data.dtype)
         if isinstance(input, PackedSequence):
             order = input.sorted_indices
             padded = output if order is None else output.index_select(1, order)
@@ -284,8 +292,10 @@ class LSTM(nn.LSTM):
             raise ShapeError("Expected sequence length to be larger than 0 in RNN")
         return x, None, hx, unbatched
 
-    def _run_layers(self, x: Tensor, lengths: Optional[Tensor], hx) -> tuple[Tensor, Tensor, Tensor]:
-        """Every layer and direction with lstm_sequence: (output [T, B, dirs * P], h_n, c_n)."""
+    def _run_layers(self, x: Tensor, lengths: Optional[Tensor], hx,
+                    c_n_dtype: Optional[torch.dtype] = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Every layer and direction with lstm_sequence: (output [T, B, dirs * P], h_n, c_n in
+        ``c_n_dtype``, by default the output's)."""
         T, B, _ = x.shape
         directions = 2 if self.bidirectional else 1
         H, P = self.hidden_size, self.proj_size or self.hidden_size
@@ -313,7 +323,7 @@ class LSTM(nn.LSTM):
             layer_in = torch.cat(outs, dim=2) if directions == 2 else outs[0]
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_in = F.dropout(layer_in, self.dropout, training=True)
-        return layer_in, torch.stack(h_n), torch.stack(c_n).to(layer_in.dtype)
+        return layer_in, torch.stack(h_n), torch.stack(c_n).to(c_n_dtype or layer_in.dtype)
 
     def _layer_weights(self, suffix: str):
         """Weights of one layer and direction in TF's orientation and torch's gate order (i, f, g, o):

@@ -11,7 +11,7 @@ from triton_lstm.activations import Activation, activation_name
 from triton_lstm.checks import check_clip, check_forget_bias, check_integers, check_sequence_args, shape_of
 from triton_lstm.convert import swap_gates
 from triton_lstm.cpu import GATE_ORDERS, lstm_sequence_cpu
-from triton_lstm.functional import CellOptions, autocast, resolve_activations
+from triton_lstm.functional import CellOptions, autocast, autocast_state, resolve_activations
 from triton_lstm.kernels.lstm_sequence import BARRIER_FAILED, lstm_seq_bwd_kernel, lstm_seq_fwd_kernel
 from triton_lstm import launch, tune
 from triton_lstm.launch import Problem, interpreting, kernel_constants, kernels_run_on, programs
@@ -231,12 +231,14 @@ def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, b
     Returns:
         (outputs [T, B, P] in x's dtype, zero past each length; h_T [B, P]; c_T [B, N], float32, or
         float64 for float64 x).
-        Under torch.autocast, x, h0 and the weights are cast to the autocast dtype first.
+        Under torch.autocast, x, h0 and the weights are cast to the autocast dtype first (float64 ones
+        stay, as autocast leaves them), and c0 with them when in half precision.
     """
     if gate_order not in tuple(GATE_ORDERS):
         raise ValueError(f"gate_order: expected 'tf' (gates i, j, f, o) or 'torch' (i, f, g, o), got {gate_order!r}")
     x, h0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection = autocast(
         x, h0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection)
+    c0 = autocast_state(c0)
     T, B, D, N, P = check_sequence_args(x, h0, c0, w_x, w_h, bias, (w_f_diag, w_i_diag, w_o_diag),
                                         projection, proj_clip)
     clips = check_clip("cell_clip", cell_clip), check_clip("proj_clip", proj_clip)
