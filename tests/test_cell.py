@@ -622,11 +622,13 @@ def test_lazy_cell_builds_once_under_concurrent_first_calls():
 ENTRY_POINTS = ["lstm_cell", "lstm_sequence", "LSTMCell", "dynamic_rnn", "LSTM", "LSTM-packed"]
 
 
-def _entry_point_calls(dtype, device, then=None):
+def _entry_point_calls(dtype, device, then=None, state_then=None):
     """name -> a call of that entry point with peepholes and a projection, its inputs, weights and
-    state made in ``dtype`` (then converted to ``then``, when given); each returns its tensors."""
-    t = cell_tensors(B, D, N, P, True, dtype, device, seed=5)
-    t = {k: None if v is None else v.to(then or dtype) for k, v in t.items()}
+    state made in ``dtype`` (then converted to ``then``, and the cell state to ``state_then``, when
+    given); each returns its tensors."""
+    made = cell_tensors(B, D, N, P, True, dtype, device, seed=5)
+    t = {k: None if v is None else v.to(then or dtype) for k, v in made.items()}
+    t["c"] = made["c"].to(state_then or then or dtype)
     x, c, h, kernel, bias, *rest = cell_args(t)
     xs = torch.stack([x, 0.5 * x, -x])
     torch.manual_seed(5)
@@ -657,13 +659,14 @@ def test_autocast_leaves_float64_as_it_is(name, device):
 
 
 @pytest.mark.parametrize("name", ["lstm_cell", "lstm_sequence"])
-def test_autocast_casts_a_half_precision_state_with_its_inputs(name, device):
-    """A cell state in its inputs' half-precision dtype is cast with them to autocast's dtype (it
-    raised: a float16 state with bfloat16 inputs): the numbers of the call on everything cast first."""
+def test_autocast_takes_a_half_precision_state_in_float32(name, device):
+    """A cell state in half precision is taken in float32 (without loss) under autocast, whose dtype
+    may differ from the inputs' (it raised: a float16 state with inputs autocast to bfloat16): the
+    numbers of the call on inputs cast to the autocast dtype and the state to float32 first."""
     call = _entry_point_calls(torch.float16, device)[name]
     with torch.autocast(device.type, dtype=torch.bfloat16):
         got = call()
-    want = _entry_point_calls(torch.float16, device, then=torch.bfloat16)[name]()
+    want = _entry_point_calls(torch.float16, device, then=torch.bfloat16, state_then=torch.float32)[name]()
     assert [t.dtype for t in got] == [t.dtype for t in want]
     for i, (a, b) in enumerate(zip(got, want)):
         assert torch.equal(a, b), f"result {i}"

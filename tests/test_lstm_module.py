@@ -452,22 +452,36 @@ def cpu_path(monkeypatch):
     monkeypatch.setattr(sequence_module, "kernels_run_on", lambda device, dtype: False)
 
 
+AUTOCASTS = {"float32-in-bfloat16": (torch.float32, torch.bfloat16),
+             "bfloat16-in-float16": (torch.bfloat16, torch.float16), "float32-in-float16": (torch.float32, torch.float16)}
+
+
+@pytest.mark.parametrize("hx", ["no-hx", "hx-float32", "hx-autocast-dtype"])
+@pytest.mark.parametrize("dtypes", list(AUTOCASTS))
 @pytest.mark.parametrize("proj_size", [0, 4], ids=["no-projection", "projection"])
 @pytest.mark.parametrize("form", ["padded", "packed", "packed-to-differentiate"])
-def test_cpu_autocast_gives_nn_lstms_dtypes(cpu_path, form, proj_size):
+def test_cpu_autocast_gives_nn_lstms_dtypes(cpu_path, form, proj_size, dtypes, hx):
     """Under CPU autocast a cell nn.LSTM computes comes back in nn.LSTM's dtypes, also where the loop
-    runs in place of nn.LSTM's packed path (differing lengths, gradients wanted): there nn.LSTM
-    returns float32 without a projection and c_n float32 with one. Values within bfloat16's rounding
-    of nn.LSTM's (which computes some of its products in bfloat16 there)."""
-    ours, ref = make_pair("cpu", num_layers=2, proj_size=proj_size)
-    x = randn(T, B, D, seed=1)
+    runs in place of nn.LSTM's packed path (differing lengths, gradients wanted), where nn.LSTM's
+    c_n (and without a projection its output and h_n) follows type promotion of the autocast dtype
+    with c_0's (or the input's). Values within half precision's rounding of nn.LSTM's."""
+    dtype, cast = AUTOCASTS[dtypes]
+    if form == "padded" and not proj_size and cast == torch.float16:
+        pytest.skip("nn.LSTM's forward fails there (oneDNN has no float16 LSTM): "
+                    "test_cpu_float16_autocast_runs_where_nn_lstm_fails")
+    ours, ref = (m.to(dtype) for m in make_pair("cpu", num_layers=2, proj_size=proj_size))
+    x = randn(T, B, D, seed=1).to(dtype)
+    state = None
+    if hx != "no-hx":
+        state_dtype = torch.float32 if hx == "hx-float32" else cast
+        state = tuple(randn(*shape, seed=2, scale=0.5).to(state_dtype) for shape in state_shapes(ours, B))
     packed = form != "padded"
     grad = form == "packed-to-differentiate"
 
     def run(module):
         inputs = pack_padded_sequence(x, torch.tensor([5, 3, 2])) if packed else x
-        with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16):
-            out, (h_n, c_n) = module(inputs)
+        with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=cast):
+            out, (h_n, c_n) = module(inputs, state)
         return out.data if packed else out, h_n, c_n
 
     got, want = run(ours), run(ref)
@@ -476,7 +490,72 @@ def test_cpu_autocast_gives_nn_lstms_dtypes(cpu_path, form, proj_size):
         assert_close(name, a.float(), b.float(), (2e-2, 2e-2))
     if grad:
         sum(t.float().sum() for t in got).backward()
-        assert all(p.grad.dtype == torch.float32 for p in ours.parameters())
+        assert all(p.grad.dtype == dtype for p in ours.parameters())
+
+
+@pytest.mark.parametrize("forget_bias", [0.0, 1.0])
+def test_cpu_float16_autocast_runs_where_nn_lstm_fails(cpu_path, forget_bias):
+    """nn.LSTM's forward fails under CPU float16 autocast for a cell without a projection in another
+    dtype (oneDNN has no float16 LSTM): LSTM runs its loop there, in float16 as autocast asks, close
+    to nn.LSTM on the float16-rounded input and weights."""
+    ours, ref = make_pair("cpu", num_layers=2)
+    ours.forget_bias = forget_bias
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.copy_(p.half())
+        for name, p in ref.named_parameters():
+            if name.startswith("bias_ih"):
+                p[H:2 * H] += forget_bias
+    x = randn(T, B, D, seed=1)
+    with torch.autocast("cpu", dtype=torch.float16):
+        got = ours(x)
+    want = ref(x.half().float())
+    for name, a, b in zip(("output", "h_n", "c_n"), torch.utils._pytree.tree_leaves(got),
+                          torch.utils._pytree.tree_leaves(want)):
+        assert a.dtype == torch.float16, name
+        assert_close(name, a, b, (5e-3, 5e-3))
+
+
+@pytest.mark.parametrize("case", ["float64", "packed-differing-lengths"])
+def test_cpu_float16_autocast_runs_nn_lstm_where_it_works(cpu_path, case):
+    """Under CPU float16 autocast nn.LSTM's forward runs where it does not reach oneDNN (float64, which
+    autocast leaves; packed input of differing lengths, without gradients): LSTM runs it there,
+    bit for bit."""
+    ours, ref = make_pair("cpu", num_layers=2)
+    x = randn(T, B, D, seed=1)
+    if case == "float64":
+        ours, ref, inputs = ours.double(), ref.double(), x.double()
+    else:
+        inputs = pack_padded_sequence(x, torch.tensor([5, 3, 2]))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        got, want = ours(inputs), ref(inputs)
+    for a, b in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+def test_cpu_autocast_keeps_c_n_as_nn_lstm_over_chunks(cpu_path):
+    """A sequence run in chunks under CPU autocast, (h_n, c_n) fed back: with a projection nn.LSTM
+    keeps c_n float32 on every chunk, and so does LSTM (the state's dtypes, which autocast casts alike,
+    took LSTM's own path from the second chunk, whose c_n is in the autocast dtype)."""
+    ours, ref = make_pair("cpu", proj_size=4)
+    x = randn(6, B, D, seed=1)
+    states = [None, None]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for k in range(3):
+            for i, module in enumerate((ours, ref)):
+                _, states[i] = module(x[2 * k:2 * k + 2], states[i])
+            assert [t.dtype for t in states[0]] == [t.dtype for t in states[1]] == [torch.bfloat16, torch.float32]
+    for name, a, b in zip(("h_n", "c_n"), *states):
+        assert_close(name, a.float(), b.float(), (2e-2, 2e-2))
+
+
+def test_float64_input_under_autocast_is_a_dtype_error():
+    """autocast leaves a float64 input as it is and casts float32 weights: LSTM's DTypeError (nn.LSTM's
+    own check is off under autocast, and its ops then fail on the mixed dtypes)."""
+    for lstm in (LSTM(D, H), LSTM(D, H, use_peepholes=True)):
+        with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(
+                DTypeError, match=r"^RNN input dtype \(torch.float64\) does not match weight dtype \(torch.float32\)"):
+            lstm(randn(T, B, D, seed=1).double())
 
 
 def test_c_n_in_the_input_dtype(device):

@@ -219,6 +219,19 @@ def test_sequence_zero_steps_returns_initial_state(projection, grid_name, device
             assert grads[name].shape == t[name].shape and (grads[name] == 0).all(), name
 
 
+@pytest.mark.filterwarnings("ignore:activation .* has no kernel implementation")
+@pytest.mark.parametrize("activation", ["tanh", "callable"])
+def test_sequence_zero_steps_returns_c_in_float32_for_half_inputs(activation, device):
+    """c_T is float32 for half-precision inputs also after no step, on the kernels' or the CPU path
+    and on the reference's (a callable activation), given c0 in the inputs' dtype (the reference
+    returned that c0 as given)."""
+    t = seq_tensors(0, 3, 7, 10, None, True, torch.bfloat16, device)
+    t["c0"] = t["c0"].bfloat16()
+    out, h_T, c_T = lstm_sequence(*seq_args(t), activation="tanh" if activation == "tanh" else lambda v: v.tanh())
+    assert out.shape == (0, 3, 10) and h_T.dtype == torch.bfloat16
+    assert c_T.dtype == torch.float32 and torch.equal(c_T, t["c0"].float())
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("grid_name", ["one", "several"])
 def test_sequence_matches_stepping_the_cell_kernel(dtype, grid_name, device, grid):

@@ -13,7 +13,7 @@ from triton_lstm.activations import Activation, resolve_activation
 from triton_lstm.checks import (FLOAT_DTYPES, DTypeError, ShapeError, check_clip, check_forget_bias, check_int,
                                 check_tensor, shape_of)
 from triton_lstm.convert import as_tensor, keras_as_tf_variables
-from triton_lstm.functional import autocast_to, lstm_cell
+from triton_lstm.functional import autocast_alike, lstm_cell
 
 Tensor = torch.Tensor
 _LAZY_BUILD = threading.Lock()   # held while a lazily built cell builds at its first call
@@ -153,7 +153,7 @@ class LSTMCell(nn.Module):
         if inputs.shape[-1] != self.input_size:
             raise ValueError(f"inputs: expected last dimension {self.input_size} (the cell's input_size), "
                              f"got shape {shape_of(inputs)}")
-        if autocast_to(inputs.dtype, inputs.device) != autocast_to(self.kernel.dtype, self.kernel.device):
+        if not autocast_alike(inputs.dtype, self.kernel.dtype, inputs.device):
             raise DTypeError(f"inputs: dtype {inputs.dtype} differs from the cell's weights ({self.kernel.dtype}); "
                             f"convert the inputs or the cell (cell.to({inputs.dtype}))")
 

@@ -142,6 +142,11 @@ def autocast_to(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     return cast if cast is not None and dtype.is_floating_point and dtype != torch.float64 else dtype
 
 
+def autocast_alike(dtype: torch.dtype, other: torch.dtype, device: torch.device) -> bool:
+    """Whether tensors of the two dtypes on ``device`` reach the ops in one dtype (``autocast_to``)."""
+    return dtype == other or autocast_to(dtype, device) == autocast_to(other, device)
+
+
 def autocast(*tensors: Optional[Tensor]) -> tuple[Optional[Tensor], ...]:
     """Under torch.autocast, the inputs in the dtype autocast gives them (``autocast_to``: as
     nn.LSTM's inputs are); otherwise, and for what is not a tensor (left to the argument checks),
@@ -153,10 +158,11 @@ def autocast(*tensors: Optional[Tensor]) -> tuple[Optional[Tensor], ...]:
 
 
 def autocast_state(c: Tensor) -> Tensor:
-    """Under torch.autocast, a cell state in half precision (its inputs' dtype) in the autocast dtype
-    with them; a float32 or float64 one unchanged (the cell state stays float32)."""
+    """Under torch.autocast, a cell state in half precision in float32 (without loss: the state is
+    computed in float32, and autocast may have moved its inputs to another half dtype); otherwise,
+    and a float32 or float64 state, unchanged."""
     half = isinstance(c, Tensor) and c.dtype in (torch.float16, torch.bfloat16)
-    return c.to(autocast_to(c.dtype, c.device)) if half else c
+    return c.float() if half and autocast_dtype(c.device) is not None else c
 
 
 _WARNED_ACTIVATIONS: set = set()
@@ -202,7 +208,7 @@ def lstm_cell(x: Tensor, c: Tensor, h: Tensor, kernel: Tensor, bias: Tensor,
     Returns:
         (h_new [B, P] in x's dtype, c_new [B, N] in float32; float64 for float64 inputs).
         Under torch.autocast, x, h and the weights are cast to the autocast dtype first (float64 ones
-        stay, as autocast leaves them), and c with them when in half precision.
+        stay, as autocast leaves them); c in half precision is taken in float32.
     """
     x, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection = autocast(
         x, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection)

@@ -11,7 +11,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from triton_lstm.activations import Activation, resolve_activation, resolve_recurrent_activation
 from triton_lstm.checks import DTypeError, ShapeError, as_number, check_clip, check_forget_bias, shape_of
 from triton_lstm.cpu import block_vector, traced_or_vmapped
-from triton_lstm.functional import autocast_dtype
+from triton_lstm.functional import autocast_alike
 from triton_lstm.launch import kernels_run_on
 from triton_lstm.sequence import lstm_sequence
 
@@ -40,12 +40,14 @@ class LSTM(nn.LSTM):
     (``_reverse`` for the backward direction). CUDA tensors run the persistent kernels. Where the
     kernels do not run (CPU without Triton's interpreter, float64), a configuration that nn.LSTM
     computes runs nn.LSTM's own forward (on the CPU also with a forget bias in float32 and float64,
-    added to its biases for the call; with hx, if given, in the input's dtype and on its device;
-    on the CPU, unless traced, vmapped, or packed with lengths that differ and gradients wanted:
-    ``forward``), and any other ``lstm_sequence``: on the CPU its CPU path (``triton_lstm.cpu``),
-    float64 on CUDA and custom activations the plain-PyTorch reference.
-    ``c_n`` comes back in the input's dtype, as nn.LSTM's; inside, the cell state is float32 for
-    half inputs.
+    added to its biases for the call; with hx, if given, in the input's dtype (or one autocast casts
+    alike) and on its device; on the CPU, unless traced, vmapped, packed with lengths that differ
+    and gradients wanted, or under a float16 autocast oneDNN has no LSTM for: ``forward``), and any
+    other ``lstm_sequence``: on the CPU its CPU path (``triton_lstm.cpu``), float64 on CUDA and
+    custom activations the plain-PyTorch reference.
+    ``c_n`` comes back in the input's dtype, as nn.LSTM's (under CPU autocast, where LSTM runs in
+    place of nn.LSTM's packed path, in nn.LSTM's dtypes there); inside, the cell state is float32
+    for half inputs.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
@@ -162,6 +164,11 @@ class LSTM(nn.LSTM):
             raise ShapeError(f"{e} (input: shape {shape_of(input)}, batch_first={self.batch_first})") from None
         except ValueError as e:  # the input's dtype: nn.LSTM's ops raise RuntimeError for it (packed input)
             raise DTypeError(str(e)) from None
+        weight = self._flat_weights[0]
+        if not autocast_alike(input.dtype, weight.dtype, input.device):
+            raise DTypeError(f"RNN input dtype ({input.dtype}) does not match weight dtype ({weight.dtype}), "
+                             f"which torch.autocast does not cast alike (it leaves float64 as it is). Convert "
+                             f"input: input.to({weight.dtype}), or convert model: model.to({input.dtype})")
 
     def check_hidden_size(self, hx: Tensor, expected_hidden_size: tuple[int, int, int],
                           msg: str = "Expected hidden size {}, got {}") -> None:
@@ -181,17 +188,25 @@ class LSTM(nn.LSTM):
         # a PackedSequence the loop runs faster (_loop_packs_faster). LSTM checks the
         # arguments first, so that they raise LSTM's errors whichever path runs (nn.LSTM's forward does
         # not check a PackedSequence); hx in another dtype or on another device than the input takes
-        # LSTM's path, whose checks name the tensor (and which takes a float32 c_0 for half inputs).
+        # LSTM's path, whose checks name the tensor (and which takes a float32 c_0 for half inputs),
+        # but under autocast hx in a dtype it casts alike takes nn.LSTM's. Under CPU float16 autocast
+        # nn.LSTM's forward fails where it runs oneDNN (no projection, float32 or bfloat16 input not
+        # packed with differing lengths: oneDNN has no float16 LSTM): LSTM's path there.
         self._check_hx_pair(hx)
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input
         on_cpu = isinstance(data, Tensor) and data.device.type == "cpu"
+        cast = torch.get_autocast_dtype("cpu") if on_cpu and torch.is_autocast_enabled("cpu") else None
         torch_cell = (isinstance(data, Tensor) and not kernels_run_on(data.device, data.dtype)
                       and self._torch_lstm_but_forget_bias()
                       and (self.forget_bias == 0
                            or (on_cpu and self.bias and data.dtype in (torch.float32, torch.float64)))
-                      and (hx is None or all(t.dtype == data.dtype and t.device == data.device for t in hx)))
-        if torch_cell and not (on_cpu and (traced_or_vmapped() or self._loop_packs_faster(input, hx))):
+                      and (hx is None or all(t.device == data.device and autocast_alike(t.dtype, data.dtype, t.device)
+                                             for t in hx)))
+        onednn_fails = (cast == torch.float16 and not self.proj_size and data.dtype in (torch.float32, torch.bfloat16)
+                        and not (packed and bool(input.batch_sizes[0] != input.batch_sizes[-1])))
+        if torch_cell and not (on_cpu and (traced_or_vmapped() or onednn_fails
+                                           or self._loop_packs_faster(input, hx))):
             if packed:
                 self._check_packed(input, hx)
             else:
@@ -199,12 +214,17 @@ class LSTM(nn.LSTM):
             return super().forward(input, hx) if self.forget_bias == 0 else self._forward_bias_folded(input, hx)
         self._update_flat_weights()
         x, lengths, hx, unbatched = self._time_major(input, hx)
-        # The loop in place of nn.LSTM's packed path under CPU autocast: nn.LSTM's dtypes there, the
-        # input's for c_n, and for the output and h_n too without a projection.
-        as_nn_packed = torch_cell and on_cpu and packed and autocast_dtype(data.device) is not None
-        output, h_n, c_n = self._run_layers(x, lengths, hx, c_n_dtype=data.dtype if as_nn_packed else None)
-        if as_nn_packed and not self.proj_size:
-            output, h_n = output.to(data.dtype), h_n.to(data.dtype)
+        output, h_n, c_n = self._run_layers(x, lengths, hx)
+        if torch_cell and packed and cast is not None:
+            # In place of nn.LSTM's packed path under CPU autocast, its dtypes there: autocast casts
+            # its products, and its cell state (and without a projection its output) follows type
+            # promotion with c_0's dtype.
+            kept = torch.promote_types(cast, (data if hx is None else hx[1]).dtype)
+            c_n = c_n.to(kept)
+            if not self.proj_size:
+                output, h_n = output.to(kept), h_n.to(kept)
+        else:
+            c_n = c_n.to(output.dtype)
         if isinstance(input, PackedSequence):
             order = input.sorted_indices
             padded = output if order is None else output.index_select(1, order)
@@ -292,10 +312,9 @@ class LSTM(nn.LSTM):
             raise ShapeError("Expected sequence length to be larger than 0 in RNN")
         return x, None, hx, unbatched
 
-    def _run_layers(self, x: Tensor, lengths: Optional[Tensor], hx,
-                    c_n_dtype: Optional[torch.dtype] = None) -> tuple[Tensor, Tensor, Tensor]:
-        """Every layer and direction with lstm_sequence: (output [T, B, dirs * P], h_n, c_n in
-        ``c_n_dtype``, by default the output's)."""
+    def _run_layers(self, x: Tensor, lengths: Optional[Tensor], hx) -> tuple[Tensor, Tensor, Tensor]:
+        """Every layer and direction with lstm_sequence: (output [T, B, dirs * P], h_n, c_n as
+        lstm_sequence returns it: float32 for half inputs)."""
         T, B, _ = x.shape
         directions = 2 if self.bidirectional else 1
         H, P = self.hidden_size, self.proj_size or self.hidden_size
@@ -323,7 +342,7 @@ class LSTM(nn.LSTM):
             layer_in = torch.cat(outs, dim=2) if directions == 2 else outs[0]
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_in = F.dropout(layer_in, self.dropout, training=True)
-        return layer_in, torch.stack(h_n), torch.stack(c_n).to(c_n_dtype or layer_in.dtype)
+        return layer_in, torch.stack(h_n), torch.stack(c_n)
 
     def _layer_weights(self, suffix: str):
         """Weights of one layer and direction in TF's orientation and torch's gate order (i, f, g, o):

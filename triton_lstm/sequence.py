@@ -232,7 +232,7 @@ def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, b
         (outputs [T, B, P] in x's dtype, zero past each length; h_T [B, P]; c_T [B, N], float32, or
         float64 for float64 x).
         Under torch.autocast, x, h0 and the weights are cast to the autocast dtype first (float64 ones
-        stay, as autocast leaves them), and c0 with them when in half precision.
+        stay, as autocast leaves them); c0 in half precision is taken in float32.
     """
     if gate_order not in tuple(GATE_ORDERS):
         raise ValueError(f"gate_order: expected 'tf' (gates i, j, f, o) or 'torch' (i, f, g, o), got {gate_order!r}")
