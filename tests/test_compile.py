@@ -80,6 +80,28 @@ def test_lstm_module_fullgraph(backend, device):
     compare(lstm, compiled, list(lstm.parameters()), x)
 
 
+@torch._dynamo.config.patch(allow_rnn=True)
+def test_traced_code_does_not_ask_which_devices_autocast_knows(monkeypatch, device):
+    """Dynamo in torch 2.11 (the GPU machines') cannot trace torch.amp.is_autocast_available: a
+    fullgraph compile of every entry point failed on it there. Here it raises if called at all
+    (the library asks it once, at import)."""
+    def refuse(device_type):
+        raise AssertionError(f"torch.amp.is_autocast_available({device_type!r}) called")
+
+    monkeypatch.setattr(torch.amp, "is_autocast_available", refuse)
+    cell = triton_lstm.LSTMCell(6, use_peepholes=True, input_size=5, device=device)
+    lstm = triton_lstm.LSTM(5, 6, use_peepholes=True, device=device)
+    x = torch.randn(4, 3, 5, device=device)
+    calls = {"LSTMCell": lambda: cell(x[0], cell.zero_state(3)),
+             "dynamic_rnn": lambda: triton_lstm.dynamic_rnn(cell, x, time_major=True),
+             "LSTM": lambda: lstm(x)}
+    for name, call in calls.items():
+        torch._dynamo.reset()
+        compiled = torch.compile(call, backend="aot_eager", fullgraph=True)
+        for a, b in zip(torch.utils._pytree.tree_leaves(compiled()), torch.utils._pytree.tree_leaves(call())):
+            assert_close(name, a, b, TOL)
+
+
 def test_autocast_computes_in_the_lower_dtype(device):
     """As nn.LSTM under autocast: outputs and the final cell state in the autocast dtype (inside,
     the cell state is float32)."""

@@ -126,10 +126,18 @@ def weight_grads(needs: tuple[bool, ...], dz: Tensor, x: Tensor, h: Tensor, c_pr
     return d_wx, d_wh, d_bias, d_wf, d_wi, d_wo, d_proj
 
 
+# The device types torch.autocast knows (torch.is_autocast_enabled raises for others, as meta), asked
+# once here: Dynamo in torch 2.11 cannot trace torch.amp.is_autocast_available (a fullgraph compile
+# of any entry point failed on it).
+_AUTOCAST_DEVICE_TYPES = frozenset(
+    t for t in ("cpu", "cuda", "xpu", "mps", "hpu", "xla", "mtia", "maia", "ipu",
+                torch._C._get_privateuse1_backend_name())
+    if torch.amp.is_autocast_available(t))
+
+
 def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
     """The dtype torch.autocast casts to on ``device``, or None where it is off."""
-    # torch.is_autocast_enabled raises for device types autocast does not know (meta).
-    if not torch.amp.is_autocast_available(device.type) or not torch.is_autocast_enabled(device.type):
+    if device.type not in _AUTOCAST_DEVICE_TYPES or not torch.is_autocast_enabled(device.type):
         return None
     return torch.get_autocast_dtype(device.type)
 
