@@ -662,11 +662,11 @@ def test_autocast_leaves_float64_as_it_is(name, device):
 def test_autocast_takes_a_half_precision_state_in_float32(name, device):
     """A cell state in half precision is taken in float32 (without loss) under autocast, whose dtype
     may differ from the inputs' (it raised: a float16 state with inputs autocast to bfloat16): the
-    numbers of the call on inputs cast to the autocast dtype and the state to float32 first."""
-    call = _entry_point_calls(torch.float16, device)[name]
+    numbers of the same call given the state in float32."""
+    calls = (_entry_point_calls(torch.float16, device)[name],
+             _entry_point_calls(torch.float16, device, state_then=torch.float32)[name])
     with torch.autocast(device.type, dtype=torch.bfloat16):
-        got = call()
-    want = _entry_point_calls(torch.float16, device, then=torch.bfloat16, state_then=torch.float32)[name]()
+        got, want = (call() for call in calls)
     assert [t.dtype for t in got] == [t.dtype for t in want]
     for i, (a, b) in enumerate(zip(got, want)):
         assert torch.equal(a, b), f"result {i}"
