@@ -11,7 +11,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from triton_lstm.activations import Activation, resolve_activation, resolve_recurrent_activation
 from triton_lstm.checks import DTypeError, ShapeError, as_number, check_clip, check_forget_bias, shape_of
 from triton_lstm.cpu import block_vector, traced_or_vmapped
-from triton_lstm.functional import autocast_alike
+from triton_lstm.functional import autocast_alike, autocast_dtype
 from triton_lstm.launch import kernels_run_on
 from triton_lstm.sequence import lstm_sequence
 
@@ -196,7 +196,7 @@ class LSTM(nn.LSTM):
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input
         on_cpu = isinstance(data, Tensor) and data.device.type == "cpu"
-        cast = torch.get_autocast_dtype("cpu") if on_cpu and torch.is_autocast_enabled("cpu") else None
+        cast = autocast_dtype(data.device) if on_cpu else None
         torch_cell = (isinstance(data, Tensor) and not kernels_run_on(data.device, data.dtype)
                       and self._torch_lstm_but_forget_bias()
                       and (self.forget_bias == 0
