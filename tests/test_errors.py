@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from helpers import cell_args, cell_tensors
-from triton_lstm import DTypeError, LSTMCell, LSTMStateTuple, lstm_cell, lstm_sequence
+from triton_lstm import DTypeError, LSTMCell, LSTMStateTuple, dynamic_rnn, lstm_cell, lstm_sequence
 
 B, D, N, P = 3, 7, 5, 4
 
@@ -63,11 +63,29 @@ def test_x_wrong_feature_size_module():
 def test_state_wrong_width(which, width):
     with pytest.raises(ValueError, match=rf"^{which}: expected shape {_shape(B, width)} .*got {_shape(B, width + 1)}"):
         _call(_t(**{which: torch.zeros(B, width + 1)}))
+
+
+@pytest.mark.parametrize("which,width", [("c", N), ("h", P)])
+def test_cell_and_dynamic_rnn_name_their_own_arguments(which, width):
+    """The cell's call and dynamic_rnn name what their callers passed (``state``, ``initial_state``,
+    ``inputs``), not the functional ops' arguments they run on."""
     cell = LSTMCell(N, num_proj=P, input_size=D)
     state = {"c": torch.zeros(B, N), "h": torch.zeros(B, P)}
     state[which] = torch.zeros(B, width + 1)
-    with pytest.raises(ValueError, match=rf"^{which}: expected shape {_shape(B, width)} .*got {_shape(B, width + 1)}"):
-        cell(torch.randn(B, D), (state["c"], state["h"]))
+    with pytest.raises(ValueError, match=rf"^state\.{which}: expected shape {_shape(B, width)} \(batch {B} from "
+                                         rf"inputs, .*got {_shape(B, width + 1)}"):
+        cell(torch.randn(B, D), LSTMStateTuple(state["c"], state["h"]))
+    with pytest.raises(ValueError, match=rf"^initial_state\.{which}: expected shape {_shape(B, width)} \(batch {B} "
+                                         rf"from inputs, .*got {_shape(B, width + 1)}"):
+        dynamic_rnn(cell, torch.randn(B, 2, D), initial_state=LSTMStateTuple(state["c"], state["h"]))
+    state[which] = torch.zeros(B, width, dtype=torch.float64)
+    with pytest.raises(TypeError, match=rf"^initial_state\.{which}: dtype torch.float64.* inputs' (dtype )?torch.float32"):
+        dynamic_rnn(cell, torch.randn(B, 2, D), initial_state=LSTMStateTuple(state["c"], state["h"]))
+    with pytest.raises(TypeError, match=r"^initial_state: expected an LSTMStateTuple \(c, h\) since state_is_tuple=True"):
+        dynamic_rnn(cell, torch.randn(B, 2, D), initial_state=torch.zeros(B, N + P))
+    concatenated = LSTMCell(N, num_proj=P, input_size=D, state_is_tuple=False)
+    with pytest.raises(TypeError, match=r"^initial_state: dtype torch.float16 differs from inputs' torch.float32"):
+        dynamic_rnn(concatenated, torch.randn(B, 2, D), initial_state=torch.zeros(B, N + P, dtype=torch.float16))
 
 
 def test_concatenated_state_wrong_width():

@@ -651,7 +651,7 @@ def test_input_errors_are_what_nn_lstm_raises_for_either_layout(packed, lengths,
     with pytest.raises(ShapeError, match=r"^Expected hidden\[0\] size \(1, 2, 6\), got \[1, 3, 6\]"):
         run(x, (h.new_zeros(1, 3, 6), h))
     for error in (RuntimeError, DTypeError):  # nn.LSTM's op raises RuntimeError for an hx dtype
-        with pytest.raises(error, match=r"^h0: dtype torch.float32 differs from x's torch.float64"):
+        with pytest.raises(error, match=r"^h_0: dtype torch.float32 differs from input's torch.float64"):
             run(x, (h.float(), h))
 
 
@@ -663,7 +663,7 @@ def test_hx_dtype_errors_are_runtime_errors_as_nn_lstms(cell):
     lstm = LSTM(4, 6, **CELLS[cell])
     x = torch.randn(5, 2, 4, dtype=lstm.weight_ih_l0.dtype)
     h = x.new_zeros(1, 2, 6)
-    for hx, name in [((h.half(), h), "h0"), ((h, h.half()), "c0"), ((h.long(), h), "h0")]:
+    for hx, name in [((h.half(), h), "h_0"), ((h, h.half()), "c_0"), ((h.long(), h), "h_0")]:
         for error in (RuntimeError, TypeError, DTypeError):
             with pytest.raises(error, match=rf"^{name}: "):
                 lstm(x, hx)
@@ -718,7 +718,7 @@ def test_hx_of_other_things_or_on_another_device(cell):
     h = x.new_zeros(1, 2, 6)
     with pytest.raises(TypeError, match=r"^hx: expected two tensors \(h_0, c_0\), got NoneType for c_0$"):
         lstm(x, (h, None))
-    with pytest.raises(ValueError, match=r"^h0: on device meta, but x is on cpu"):
+    with pytest.raises(ValueError, match=r"^h_0: on device meta, but input is on cpu"):
         lstm(x, (h.to("meta"), h))
 
 
@@ -782,9 +782,9 @@ FOLDED_DTYPES = """
 import torch, triton_lstm
 from triton_lstm.lstm import LSTM
 folded, sequences = [], []
-fold, sequence = LSTM._forward_bias_folded, triton_lstm.lstm.lstm_sequence
+fold, sequence = LSTM._forward_bias_folded, triton_lstm.lstm.named_sequence
 LSTM._forward_bias_folded = lambda self, *args: folded.append(1) or fold(self, *args)
-triton_lstm.lstm.lstm_sequence = lambda *args, **kwargs: sequences.append(1) or sequence(*args, **kwargs)
+triton_lstm.lstm.named_sequence = lambda *args, **kwargs: sequences.append(1) or sequence(*args, **kwargs)
 for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
     folded.clear(), sequences.clear()
     triton_lstm.LSTM(3, 4, forget_bias=1.0, dtype=dtype)(torch.randn(5, 2, 3, dtype=dtype))
@@ -795,8 +795,9 @@ for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
 def test_forget_bias_folded_only_where_the_cpu_path_would_not_be_more_precise():
     """On the CPU as users run it (no interpreter), with spies on the two paths (each still runs):
     float32 and float64 with a forget bias run nn.LSTM's forward with the bias folded; half precision
-    keeps the CPU path (lstm_sequence), which computes it in float32 (nn.LSTM's forward would in half
+    keeps the CPU path (named_sequence, lstm_sequence's body), which computes it in float32 (nn.LSTM's forward would in half
     precision, the forget bias added to the bias rounded too)."""
     run = fresh_python("-c", FOLDED_DTYPES, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split()[:12] == "float32 1 0 float64 1 0 bfloat16 0 1 float16 0 1".split(), run.stdout
+

@@ -482,19 +482,22 @@ def test_initial_state_wrong_shape(which):
     inputs, state = sequence_inputs("cpu")
     width = N if which == "c" else P
     bad = state._replace(**{which: torch.zeros(B, width + 1)})
-    with pytest.raises(ValueError, match=rf"^{which}0: expected shape {_shape(B, width)} .*got {_shape(B, width + 1)}"):
+    with pytest.raises(ValueError, match=rf"^initial_state\.{which}: expected shape {_shape(B, width)} .*got "
+                                         rf"{_shape(B, width + 1)}"):
         dynamic_rnn(cell, inputs, initial_state=bad)
     bad = state._replace(**{which: torch.zeros(B + 1, width)})
-    with pytest.raises(ValueError, match=rf"^{which}0: expected shape {_shape(B, width)} .*got {_shape(B + 1, width)}"):
+    with pytest.raises(ValueError, match=rf"^initial_state\.{which}: expected shape {_shape(B, width)} \(batch {B} from "
+                                         rf"inputs, .*got {_shape(B + 1, width)}"):
         dynamic_rnn(cell, inputs, initial_state=bad)
 
 
 def test_initial_state_wrong_layout():
     inputs, state = sequence_inputs("cpu")
     cat_cell = make_cell("cpu", state_is_tuple=False)
-    with pytest.raises(ValueError, match=rf"^state: expected shape {_shape(B, N + P)} .*got {_shape(B, N + P - 1)}"):
+    with pytest.raises(ValueError, match=rf"^initial_state: expected shape {_shape(B, N + P)} .*got "
+                                         rf"{_shape(B, N + P - 1)}"):
         dynamic_rnn(cat_cell, inputs, initial_state=torch.zeros(B, N + P - 1))
-    with pytest.raises(TypeError, match="^state: expected an LSTMStateTuple"):
+    with pytest.raises(TypeError, match="^initial_state: expected an LSTMStateTuple"):
         dynamic_rnn(make_cell("cpu"), inputs, initial_state=torch.zeros(B, N + P))
 
 

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from triton_lstm.activations import Activation, resolve_activation
-from triton_lstm.checks import (FLOAT_DTYPES, DTypeError, ShapeError, check_clip, check_forget_bias, check_int,
-                                check_tensor, shape_of)
+from triton_lstm.checks import (FLOAT_DTYPES, DTypeError, Names, ShapeError, check_clip, check_forget_bias,
+                                check_int, check_tensor, shape_of)
 from triton_lstm.convert import as_tensor, keras_as_tf_variables
-from triton_lstm.functional import autocast_alike, lstm_cell
+from triton_lstm.functional import autocast_alike, named_cell
 
 Tensor = torch.Tensor
 _LAZY_BUILD = threading.Lock()   # held while a lazily built cell builds at its first call
@@ -243,22 +243,31 @@ class LSTMCell(nn.Module):
         return self.kernel.device if self.input_size is not None else self.weights_like.device
 
     # -- the step ------------------------------------------------------------------------------
-    def split_state(self, state: Union[LSTMStateTuple, tuple, Tensor], batch: int) -> tuple[Tensor, Tensor]:
-        """(c, h) from a state in this cell's layout, with shapes checked."""
+    def split_state(self, state: Union[LSTMStateTuple, tuple, Tensor], batch: int,
+                    name: str = "state") -> tuple[Tensor, Tensor]:
+        """(c, h) from a state in this cell's layout, with its layout and shape checked; errors call it
+        ``name`` (the caller's argument)."""
         N, P = self.num_units, self.output_size
         if self.state_is_tuple:
             if not isinstance(state, (tuple, list)) or len(state) != 2:
-                raise TypeError("state: expected an LSTMStateTuple (c, h) since state_is_tuple=True, "
+                raise TypeError(f"{name}: expected an LSTMStateTuple (c, h) since state_is_tuple=True, "
                                 f"got {type(state).__name__}")
             return state[0], state[1]
         if isinstance(state, (tuple, list)):
-            raise TypeError(f"state: expected one tensor [batch, num_units + output size] since "
+            raise TypeError(f"{name}: expected one tensor [batch, num_units + output size] since "
                             f"state_is_tuple=False, got {type(state).__name__}")
-        check_tensor("state", state, 2)
+        check_tensor(name, state, 2)
         if shape_of(state) != (batch, N + P):
-            raise ValueError(f"state: expected shape ({batch}, {N + P}) = [batch, num_units + output size] "
+            raise ValueError(f"{name}: expected shape ({batch}, {N + P}) = [batch, num_units + output size] "
                              f"since state_is_tuple=False, got {shape_of(state)}")
         return state[:, :N], state[:, N:]
+
+    def state_names(self, name: str) -> Names:
+        """How errors name the inputs and the parts of a state passed as ``name``: ``name.c`` and
+        ``name.h`` of a tuple, ``name`` itself for the concatenated tensor."""
+        if self.state_is_tuple:
+            return Names("inputs", f"{name}.h", f"{name}.c")
+        return Names("inputs", name, name)
 
     def forward(self, inputs: Tensor, state=None):
         """One step. inputs [B, D]; state (c [B, N], h [B, P]) or [B, N + P]; returns (output, new state)."""
@@ -267,9 +276,10 @@ class LSTMCell(nn.Module):
         if state is None:
             state = self.zero_state(inputs.shape[0], inputs.dtype, inputs.device)
         c, h = self.split_state(state, inputs.shape[0])
-        h_new, c_new = lstm_cell(inputs, c, h, self.kernel, self.bias, *self.peepholes(), self.projection(),
-                                 forget_bias=self.forget_bias, cell_clip=self.cell_clip,
-                                 proj_clip=self.proj_clip, activation=self.activation)
+        h_new, c_new = named_cell(self.state_names("state"), inputs, c, h, self.kernel, self.bias,
+                                  *self.peepholes(), self.projection(), forget_bias=self.forget_bias,
+                                  cell_clip=self.cell_clip, proj_clip=self.proj_clip, activation=self.activation,
+                                  recurrent_activation=None)
         return h_new, self.join_state(c_new, h_new)
 
     def join_state(self, c: Tensor, h: Tensor) -> Union[LSTMStateTuple, Tensor]:

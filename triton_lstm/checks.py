@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -114,14 +114,29 @@ def _output_size(projection: Optional[torch.Tensor], N: int, proj_clip: Optional
     return projection.shape[1]
 
 
-def _check_state_and_weights(x: torch.Tensor, B: int, N: int, P: int, state: dict[str, torch.Tensor],
-                             bias: torch.Tensor, peepholes: tuple[Optional[torch.Tensor], ...],
+class Names(NamedTuple):
+    """How errors name the input and the state: by the caller's arguments (``x``, ``h0`` and ``c0``
+    for ``lstm_sequence``; ``inputs`` and ``initial_state.c`` for ``dynamic_rnn``; ...)."""
+    x: str
+    h: str
+    c: str
+
+    def of_x(self) -> str:
+        """The input's name in the possessive."""
+        return self.x + ("'" if self.x.endswith("s") else "'s")
+
+
+CELL_NAMES = Names("x", "h", "c")            # lstm_cell's arguments
+SEQUENCE_NAMES = Names("x", "h0", "c0")      # lstm_sequence's
+
+
+def _check_state_and_weights(x: torch.Tensor, B: int, N: int, P: int, c: torch.Tensor, h: torch.Tensor,
+                             names: Names, bias: torch.Tensor, peepholes: tuple[Optional[torch.Tensor], ...],
                              weights: dict[str, Optional[torch.Tensor]]) -> None:
-    (c_name, c), (h_name, h) = state.items()
-    check_tensor(c_name, c, 2)
-    check_shape(c_name, c, (B, N), lambda: f"batch {B} from x, num_units {N}")
-    check_tensor(h_name, h, 2)
-    check_shape(h_name, h, (B, P), lambda: f"batch {B} from x, output size {P}")
+    check_tensor(names.c, c, 2)
+    check_shape(names.c, c, (B, N), lambda: f"batch {B} from {names.x}, num_units {N}")
+    check_tensor(names.h, h, 2)
+    check_shape(names.h, h, (B, P), lambda: f"batch {B} from {names.x}, output size {P}")
     check_tensor("bias", bias, 1)
     check_shape("bias", bias, (4 * N,), lambda: f"4 * num_units {N}")
     present = [p is not None for p in peepholes]
@@ -131,37 +146,39 @@ def _check_state_and_weights(x: torch.Tensor, B: int, N: int, P: int, state: dic
         if p is not None:
             check_tensor(name, p, 1)
             check_shape(name, p, (N,), lambda: f"num_units {N}")
-    named = {h_name: h, "bias": bias, **weights, **dict(zip(("w_f_diag", "w_i_diag", "w_o_diag"), peepholes))}
-    for name, t in {**named, c_name: c}.items():
+    named = {names.h: h, "bias": bias, **weights, **dict(zip(("w_f_diag", "w_i_diag", "w_o_diag"), peepholes))}
+    for name, t in {**named, names.c: c}.items():
         if t is not None and t.device != x.device:
-            raise ValueError(f"{name}: on device {t.device}, but x is on {x.device}; move all tensors to one device")
+            raise ValueError(f"{name}: on device {t.device}, but {names.x} is on {x.device}; move all tensors "
+                             f"to one device")
     for name, t in named.items():
         if t is not None and t.dtype != x.dtype:
-            raise DTypeError(f"{name}: dtype {t.dtype} differs from x's {x.dtype}; use one dtype")
+            raise DTypeError(f"{name}: dtype {t.dtype} differs from {names.of_x()} {x.dtype}; use one dtype")
     if c.dtype not in (x.dtype, torch.float32):
-        raise DTypeError(f"{c_name}: dtype {c.dtype}; expected float32 or x's dtype {x.dtype}")
+        raise DTypeError(f"{names.c}: dtype {c.dtype}; expected float32 or {names.of_x()} dtype {x.dtype}")
 
 
 def check_cell_args(x: torch.Tensor, c: torch.Tensor, h: torch.Tensor, kernel: torch.Tensor,
                     bias: torch.Tensor, peepholes: tuple[Optional[torch.Tensor], ...],
-                    projection: Optional[torch.Tensor], proj_clip: Optional[float]) -> tuple[int, int, int, int]:
+                    projection: Optional[torch.Tensor], proj_clip: Optional[float],
+                    names: Names) -> tuple[int, int, int, int]:
     """Validate one cell step's tensors; returns (B, D, N, P)."""
-    check_tensor("x", x, 2)
+    check_tensor(names.x, x, 2)
     check_tensor("kernel", kernel, 2)
     B, D = x.shape
     N = _num_units("kernel", kernel)
     P = _output_size(projection, N, proj_clip)
     check_shape("kernel", kernel, (D + P, 4 * N), lambda: f"input_size {D} + output size {P}, 4 * num_units {N}")
-    _check_state_and_weights(x, B, N, P, {"c": c, "h": h}, bias, peepholes,
-                             {"kernel": kernel, "projection": projection})
+    _check_state_and_weights(x, B, N, P, c, h, names, bias, peepholes, {"kernel": kernel, "projection": projection})
     return B, D, N, P
 
 
 def check_sequence_args(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_x: torch.Tensor,
                         w_h: torch.Tensor, bias: torch.Tensor, peepholes: tuple[Optional[torch.Tensor], ...],
-                        projection: Optional[torch.Tensor], proj_clip: Optional[float]) -> tuple[int, int, int, int, int]:
+                        projection: Optional[torch.Tensor], proj_clip: Optional[float],
+                        names: Names) -> tuple[int, int, int, int, int]:
     """Validate a time-major sequence's tensors; returns (T, B, D, N, P)."""
-    check_tensor("x", x, 3)
+    check_tensor(names.x, x, 3)
     check_tensor("w_x", w_x, 2)
     check_tensor("w_h", w_h, 2)
     T, B, D = x.shape
@@ -169,7 +186,7 @@ def check_sequence_args(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_x
     P = _output_size(projection, N, proj_clip)
     check_shape("w_x", w_x, (D, 4 * N), lambda: f"input_size {D}, 4 * num_units {N}")
     check_shape("w_h", w_h, (P, 4 * N), lambda: f"output size {P}, 4 * num_units {N}")
-    _check_state_and_weights(x, B, N, P, {"c0": c0, "h0": h0}, bias, peepholes,
+    _check_state_and_weights(x, B, N, P, c0, h0, names, bias, peepholes,
                              {"w_x": w_x, "w_h": w_h, "projection": projection})
     return T, B, D, N, P
 

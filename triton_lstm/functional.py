@@ -11,7 +11,7 @@ import torch
 
 from triton_lstm.activations import (ACTIVATIONS, Activation, activation_id, resolve_activation,
                                      resolve_recurrent_activation)
-from triton_lstm.checks import check_cell_args, check_clip, check_forget_bias
+from triton_lstm.checks import CELL_NAMES, Names, check_cell_args, check_clip, check_forget_bias
 from triton_lstm.kernels.lstm_step import lstm_step_bwd_kernel, lstm_step_fwd_kernel, lstm_step_proj_kernel
 from triton_lstm import launch
 from triton_lstm.launch import Problem, kernel_constants, kernels_run_on
@@ -218,11 +218,22 @@ def lstm_cell(x: Tensor, c: Tensor, h: Tensor, kernel: Tensor, bias: Tensor,
         Under torch.autocast, x, h and the weights are cast to the autocast dtype first (float64 ones
         stay, as autocast leaves them); c in half precision is taken in float32.
     """
+    return named_cell(CELL_NAMES, x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection,
+                      forget_bias=forget_bias, cell_clip=cell_clip, proj_clip=proj_clip, activation=activation,
+                      recurrent_activation=recurrent_activation)
+
+
+def named_cell(names: Names, x: Tensor, c: Tensor, h: Tensor, kernel: Tensor, bias: Tensor,
+               w_f_diag: Optional[Tensor], w_i_diag: Optional[Tensor], w_o_diag: Optional[Tensor],
+               projection: Optional[Tensor], *, forget_bias: float, cell_clip: Optional[float],
+               proj_clip: Optional[float], activation: Activation,
+               recurrent_activation: Activation) -> tuple[Tensor, Tensor]:
+    """``lstm_cell`` with errors naming x, h and c as ``names`` says (its callers' own arguments)."""
     x, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection = autocast(
         x, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection)
     c = autocast_state(c)
     peepholes = (w_f_diag, w_i_diag, w_o_diag)
-    check_cell_args(x, c, h, kernel, bias, peepholes, projection, proj_clip)
+    check_cell_args(x, c, h, kernel, bias, peepholes, projection, proj_clip, names)
     opts_clip = check_clip("cell_clip", cell_clip), check_clip("proj_clip", proj_clip)
     forget_bias = check_forget_bias(forget_bias)
     ids, (fn, gate_fn) = resolve_activations(activation, recurrent_activation)

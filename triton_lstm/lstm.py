@@ -9,14 +9,16 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from triton_lstm.activations import Activation, resolve_activation, resolve_recurrent_activation
-from triton_lstm.checks import DTypeError, ShapeError, as_number, check_clip, check_forget_bias, shape_of
+from triton_lstm.checks import DTypeError, Names, ShapeError, as_number, check_clip, check_forget_bias, shape_of
 from triton_lstm.cpu import block_vector, traced_or_vmapped
 from triton_lstm.functional import autocast_alike, autocast_dtype
 from triton_lstm.launch import kernels_run_on
-from triton_lstm.sequence import lstm_sequence
+from triton_lstm.sequence import named_sequence
 
 Tensor = torch.Tensor
 PEEPHOLES = ("f", "i", "o")
+# How errors name the input and the state: nn.LSTM's forward(input, hx=(h_0, c_0)).
+NAMES = Names("input", "h_0", "c_0")
 
 
 def reverse_within_lengths(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
@@ -332,10 +334,10 @@ class LSTM(nn.LSTM):
                 k = layer * directions + d
                 w_x, w_h, bias, peepholes, proj = self._layer_weights(suffixes[k])
                 seq = layer_in if d == 0 else reverse_within_lengths(layer_in, lengths)
-                out, h_T, c_T = lstm_sequence(seq, h0[k], c0[k], w_x, w_h, bias, *peepholes, proj, lengths,
-                                              forget_bias=self.forget_bias, cell_clip=self.cell_clip,
-                                              proj_clip=self.proj_clip, activation=self.activation,
-                                              recurrent_activation=self.recurrent_activation, gate_order="torch")
+                out, h_T, c_T = named_sequence(NAMES, seq, h0[k], c0[k], w_x, w_h, bias, *peepholes, proj, lengths,
+                                               forget_bias=self.forget_bias, cell_clip=self.cell_clip,
+                                               proj_clip=self.proj_clip, activation=self.activation,
+                                               recurrent_activation=self.recurrent_activation, gate_order="torch")
                 outs.append(out if d == 0 else reverse_within_lengths(out, lengths))
                 h_n.append(h_T)
                 c_n.append(c_T)

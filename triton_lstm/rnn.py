@@ -7,7 +7,7 @@ import torch
 
 from triton_lstm.cell import LSTMCell, LSTMStateTuple
 from triton_lstm.checks import check_tensor
-from triton_lstm.sequence import lstm_sequence
+from triton_lstm.sequence import named_sequence
 
 Tensor = torch.Tensor
 
@@ -35,9 +35,10 @@ def dynamic_rnn(cell: LSTMCell, inputs: Tensor, sequence_length: Optional[Tensor
     T, B, D = x.shape
     if initial_state is None:
         initial_state = cell.zero_state(B, inputs.dtype, inputs.device)
-    c0, h0 = cell.split_state(initial_state, B)
-    out, h_T, c_T = lstm_sequence(x, h0, c0, cell.kernel[:D], cell.kernel[D:], cell.bias, *cell.peepholes(),
-                                  cell.projection(), sequence_length, forget_bias=cell.forget_bias,
-                                  cell_clip=cell.cell_clip, proj_clip=cell.proj_clip, activation=cell.activation)
+    c0, h0 = cell.split_state(initial_state, B, "initial_state")
+    out, h_T, c_T = named_sequence(cell.state_names("initial_state"), x, h0, c0, cell.kernel[:D], cell.kernel[D:],
+                                   cell.bias, *cell.peepholes(), cell.projection(), sequence_length,
+                                   forget_bias=cell.forget_bias, cell_clip=cell.cell_clip, proj_clip=cell.proj_clip,
+                                   activation=cell.activation, recurrent_activation=None, gate_order="tf")
     outputs = out if time_major else out.transpose(0, 1)
     return outputs, cell.join_state(c_T, h_T)

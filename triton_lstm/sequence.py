@@ -8,7 +8,8 @@ import torch
 import triton
 
 from triton_lstm.activations import Activation, activation_name
-from triton_lstm.checks import check_clip, check_forget_bias, check_integers, check_sequence_args, shape_of
+from triton_lstm.checks import (SEQUENCE_NAMES, Names, check_clip, check_forget_bias, check_integers,
+                                check_sequence_args, shape_of)
 from triton_lstm.convert import swap_gates
 from triton_lstm.cpu import GATE_ORDERS, lstm_sequence_cpu
 from triton_lstm.functional import CellOptions, autocast, autocast_state, resolve_activations
@@ -234,13 +235,24 @@ def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, b
         Under torch.autocast, x, h0 and the weights are cast to the autocast dtype first (float64 ones
         stay, as autocast leaves them); c0 in half precision is taken in float32.
     """
+    return named_sequence(SEQUENCE_NAMES, x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection,
+                          lengths, forget_bias=forget_bias, cell_clip=cell_clip, proj_clip=proj_clip,
+                          activation=activation, recurrent_activation=recurrent_activation, gate_order=gate_order)
+
+
+def named_sequence(names: Names, x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bias: Tensor,
+                   w_f_diag: Optional[Tensor], w_i_diag: Optional[Tensor], w_o_diag: Optional[Tensor],
+                   projection: Optional[Tensor], lengths: Optional[Tensor], *, forget_bias: float,
+                   cell_clip: Optional[float], proj_clip: Optional[float], activation: Activation,
+                   recurrent_activation: Activation, gate_order: str) -> tuple[Tensor, Tensor, Tensor]:
+    """``lstm_sequence`` with errors naming x, h0 and c0 as ``names`` says (its callers' own arguments)."""
     if gate_order not in tuple(GATE_ORDERS):
         raise ValueError(f"gate_order: expected 'tf' (gates i, j, f, o) or 'torch' (i, f, g, o), got {gate_order!r}")
     x, h0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection = autocast(
         x, h0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection)
     c0 = autocast_state(c0)
     T, B, D, N, P = check_sequence_args(x, h0, c0, w_x, w_h, bias, (w_f_diag, w_i_diag, w_o_diag),
-                                        projection, proj_clip)
+                                        projection, proj_clip, names)
     clips = check_clip("cell_clip", cell_clip), check_clip("proj_clip", proj_clip)
     forget_bias = check_forget_bias(forget_bias)
     ids, (fn, gate_fn) = resolve_activations(activation, recurrent_activation)
