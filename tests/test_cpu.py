@@ -14,7 +14,7 @@ from torch.func import grad, jacrev, vmap
 
 from helpers import CELL_AXES, TOLERANCES, assert_close, fresh_python
 from triton_lstm.pairwise import case_id, pairwise
-from test_higher_order import assert_all_close, second_order, squared
+from test_higher_order import assert_all_close, forward_mode, second_order, squared
 from test_nan import CASES as NAN_CASES, assert_same_nonfinite, poison
 from test_sequence import (case_tensors, check_case, in_torch_gate_order, seq_args, seq_tensors,
                            torch_gate_order, variable_lengths)
@@ -468,6 +468,22 @@ def test_loop_func_grad_and_jacrev(case):
 
     loop, reference = loop_and_reference(case["activation"])
     assert_all_close(transforms(loop), transforms(reference), "torch.func.grad, jacrev", FP64_GRAD)
+
+
+@pytest.mark.parametrize("case", HIGHER_CASES, ids=higher_id)
+def test_loop_forward_mode(case):
+    """torch.func.jvp, forward_ad's dual tensors, jacfwd and hessian through the loop (its forward
+    mode recomputes with the reference: this checks the op's wiring), in TF's and torch's gate order,
+    against the reference's; gradcheck's own forward-mode check."""
+    loop, reference = loop_and_reference(case["activation"])
+    lengths = lengths_of(case)
+    inputs = tiny_inputs()
+    want = forward_mode(lambda *args: reference(*args, lengths), inputs)
+    assert_all_close(forward_mode(lambda *args: loop(*args, lengths), inputs), want, "forward mode", FP64_GRAD)
+    assert_all_close(forward_mode(lambda *args: in_torch_gate_order(loop)(*args, lengths), inputs), want,
+                     "forward mode in torch's gate order", FP64_GRAD)
+    assert torch.autograd.gradcheck(lambda *args: loop(*args, lengths), inputs, check_forward_ad=True,
+                                    check_backward_ad=False, check_undefined_grad=False, check_batched_grad=False)
 
 
 @pytest.mark.parametrize("case", HIGHER_CASES, ids=higher_id)

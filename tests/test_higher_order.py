@@ -3,11 +3,13 @@
 Under the interpreter (or on a GPU) float32 runs the kernels; float64 copies of the same values run
 the plain-PyTorch reference, which the kernels are checked against. Covered: the cell (lstm_cell,
 LSTMCell), the sequence (lstm_sequence, dynamic_rnn) and the LSTM module: double backward (and
-gradgradcheck), torch.func.grad, jacrev, per-sample gradients (vmap of grad), functional_call.
+gradgradcheck), torch.func.grad, jacrev, per-sample gradients (vmap of grad), functional_call, and
+forward mode (torch.func.jvp, jacfwd, hessian, torch.autograd.forward_ad).
 """
 import pytest
 import torch
-from torch.func import functional_call, grad, jacrev, vmap
+import torch.autograd.forward_ad as fwAD
+from torch.func import functional_call, grad, hessian, jacfwd, jacrev, jvp, vmap
 
 from helpers import cell_args, cell_tensors
 from triton_lstm import LSTM, LSTMCell, dynamic_rnn, lstm_cell, lstm_sequence
@@ -108,6 +110,37 @@ def test_func_grad_and_jacrev(fn, make, device):
 
 def squared(outputs):
     return sum((o * o).sum() for o in outputs)
+
+
+def forward_mode(fn, inputs, seed=0):
+    """fn's outputs' tangents along a random tangent of every input, by torch.func.jvp and by
+    torch.autograd.forward_ad (dual tensors, outside torch.func), then jacfwd of the first output with
+    respect to the first input and the hessian of a loss with respect to the first input."""
+    g = torch.Generator().manual_seed(seed)
+    present = [i for i, t in enumerate(inputs) if t is not None]
+    tangents = [torch.randn(inputs[i].shape, generator=g, dtype=torch.float64).to(inputs[i]) for i in present]
+
+    def of_present(*tensors):
+        args = list(inputs)
+        for i, t in zip(present, tensors):
+            args[i] = t
+        return fn(*args)
+
+    _, by_jvp = jvp(of_present, tuple(inputs[i] for i in present), tuple(tangents))
+    with fwAD.dual_level():
+        duals = [fwAD.make_dual(inputs[i].detach(), t) for i, t in zip(present, tangents)]
+        by_duals = [fwAD.unpack_dual(o).tangent for o in of_present(*duals)]
+    x, rest = inputs[0].detach(), inputs[1:]
+    return (*by_jvp, *by_duals, jacfwd(lambda x: fn(x, *rest)[0])(x), hessian(lambda x: squared(fn(x, *rest)))(x))
+
+
+@pytest.mark.parametrize("fn,make", [(cell_fn, cell_inputs), (sequence_fn, sequence_inputs)],
+                         ids=["lstm_cell", "lstm_sequence"])
+def test_forward_mode_matches_reference(fn, make, device):
+    """Forward-mode derivatives of the kernels' ops (recomputed with the reference, so this checks the
+    ops' wiring: which inputs, options and outputs) against the reference's own."""
+    inputs = make(device)
+    assert_all_close(forward_mode(fn, inputs), forward_mode(fn, as64(inputs)), "forward mode")
 
 
 def test_per_sample_gradients_cell(device):

@@ -801,3 +801,31 @@ def test_forget_bias_folded_only_where_the_cpu_path_would_not_be_more_precise():
     assert run.returncode == 0, run.stderr
     assert run.stdout.split()[:12] == "float32 1 0 float64 1 0 bfloat16 0 1 float16 0 1".split(), run.stdout
 
+
+@pytest.mark.parametrize("proj", [0, 4], ids=["plain", "proj"])
+def test_forward_mode_derivatives_are_nn_lstms(proj):
+    """Forward-mode AD where nn.LSTM has it (float64: aten's LSTM): dual tensors through packed input
+    of differing lengths with gradients wanted and jacfwd and hessian (under vmap), where LSTM runs
+    its loop in place of nn.LSTM's forward: nn.LSTM's derivatives."""
+    import torch.autograd.forward_ad as fwAD
+    ours, ref = make_pair("cpu", seed=3, num_layers=2, bidirectional=True, proj_size=proj, dtype=torch.float64)
+    x, v = randn(T, B, D, seed=4).double(), randn(T, B, D, seed=5).double()
+    packed = pack_padded_sequence(x, [T, 2, 4], enforce_sorted=False)
+    tangent = pack_padded_sequence(v, [T, 2, 4], enforce_sorted=False).data
+
+    def dual_run(module):
+        with fwAD.dual_level():
+            data = fwAD.make_dual(packed.data, tangent)
+            out, (h_n, c_n) = module(PackedSequence(data, packed.batch_sizes, packed.sorted_indices,
+                                                    packed.unsorted_indices))
+            return [fwAD.unpack_dual(t).tangent for t in (out.data, h_n, c_n)]
+
+    def transforms(module):
+        def first(x):
+            return module(x)[0]
+        return (*dual_run(module), torch.func.jacfwd(first)(x[:, :2]),
+                torch.func.hessian(lambda x: first(x).square().sum())(x[:3, :1]))
+
+    for i, (got, want) in enumerate(zip(transforms(ours), transforms(ref))):
+        assert want.abs().max() > 0
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-9, msg=lambda m: f"result {i}: {m}")

@@ -6,7 +6,7 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from triton_lstm.activations import Activation, resolve_activation, resolve_recurrent_activation
 from triton_lstm.checks import DTypeError, Names, ShapeError, as_number, check_clip, check_forget_bias, shape_of
@@ -230,9 +230,12 @@ class LSTM(nn.LSTM):
         if isinstance(input, PackedSequence):
             order = input.sorted_indices
             padded = output if order is None else output.index_select(1, order)
-            sorted_lengths = lengths.cpu() if order is None else lengths.cpu()[order.cpu()]
-            data = pack_padded_sequence(padded, sorted_lengths, enforce_sorted=True).data
-            return PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices), (h_n, c_n)
+            # Packed data is the padded output's rows within each step's batch size, step after step
+            # (as pack_padded_sequence packs them, which has no forward-mode derivative).
+            sizes = input.batch_sizes
+            within = torch.arange(padded.shape[1]) < sizes[:, None]
+            data = padded[within.to(padded.device)]
+            return PackedSequence(data, sizes, input.sorted_indices, input.unsorted_indices), (h_n, c_n)
         if unbatched:
             return output[:, 0], (h_n[:, 0], c_n[:, 0])
         return (output.transpose(0, 1) if self.batch_first else output), (h_n, c_n)
