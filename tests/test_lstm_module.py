@@ -350,11 +350,12 @@ def test_tools_that_take_only_nn_lstm_refuse_tf_options(kwargs, named):
     """to_torch_lstm, and torch.jit.script through it, name the options nn.LSTM cannot compute."""
     with pytest.raises(ValueError, match=rf"^to_torch_lstm: nn.LSTM cannot compute this cell \({re.escape(named)}\)$"):
         LSTM(D, H, **kwargs).to_torch_lstm()
-    with pytest.raises(RuntimeError, match=r"^torch.jit.script: TorchScript cannot run triton_lstm.LSTM with TF's "
-                                           rf"options: .*\({re.escape(named)}\)\. Use torch.compile or torch.export"):
+    with pytest.raises(RuntimeError, match=r"^torch.jit.script: TorchScript runs a triton_lstm.LSTM only as "
+                                           rf"nn.LSTM: .*\({re.escape(named)}\)\. Use torch.compile or torch.export"):
         torch.jit.script(torch.nn.Sequential(LSTM(D, H, **kwargs)))
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # TorchScript's own
 def test_to_torch_lstm_refuses_computed_weights():
     lstm = LSTM(D, H)
     prune.l1_unstructured(lstm, "weight_ih_l0", 0.3)
@@ -362,6 +363,10 @@ def test_to_torch_lstm_refuses_computed_weights():
     with pytest.raises(ValueError, match=r"^to_torch_lstm: weight_ih_l0, weight_hh_l0 computed from other "
                                          r"parameters \(pruned or parametrized\); make them parameters again"):
         lstm.to_torch_lstm()
+    # torch.jit.script passes that on, as the reason (the cell has none of TF's options).
+    with pytest.raises(RuntimeError, match=r"^torch.jit.script: TorchScript runs a triton_lstm.LSTM only as nn.LSTM: "
+                                           r"to_torch_lstm: weight_ih_l0, weight_hh_l0 computed from other parameters"):
+        torch.jit.script(torch.nn.Sequential(lstm))
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # TorchScript's own
@@ -829,3 +834,34 @@ def test_forward_mode_derivatives_are_nn_lstms(proj):
     for i, (got, want) in enumerate(zip(transforms(ours), transforms(ref))):
         assert want.abs().max() > 0
         torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-9, msg=lambda m: f"result {i}: {m}")
+
+
+@pytest.mark.parametrize("cell", ["packed-loop", "extras"])
+def test_parametrized_weights_are_computed_as_often_as_nn_lstm_computes_them(cell):
+    """A parametrized weight is computed as many times a call as nn.LSTM computes it (a stateful
+    parametrization, as spectral_norm's power iteration in training, then advances alike), also where
+    LSTM runs its loop: packed input of differing lengths with gradients wanted, and TF's extras (whose
+    nn.LSTM twin runs without them)."""
+    import torch.nn.utils.parametrize as parametrize
+
+    class Counted(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, w):
+            self.calls += 1
+            return w * 1.0
+
+    extras = dict(use_peepholes=True, cell_clip=3.0) if cell == "extras" else {}
+    torch.manual_seed(0)
+    ours, ref = LSTM(D, H, num_layers=2, **extras), torch.nn.LSTM(D, H, num_layers=2)
+    x = randn(T, B, D, seed=1)
+    inputs = pack_padded_sequence(x, [T, 2, 4], enforce_sorted=False) if cell == "packed-loop" else x
+    counts = []
+    for module in (ours, ref):
+        counted = Counted()
+        parametrize.register_parametrization(module, "weight_hh_l1", counted)
+        module(inputs)
+        counts.append(counted.calls)
+    assert counts[0] == counts[1] > 0, counts

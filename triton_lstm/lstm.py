@@ -155,7 +155,7 @@ class LSTM(nn.LSTM):
         try:
             return self.to_torch_lstm()
         except ValueError as e:
-            raise RuntimeError(f"torch.jit.script: TorchScript cannot run triton_lstm.LSTM with TF's options: {e}. "
+            raise RuntimeError(f"torch.jit.script: TorchScript runs a triton_lstm.LSTM only as nn.LSTM: {e}. "
                                f"Use torch.compile or torch.export") from None
 
     # -- torch's argument checks, raising errors that are both nn.LSTM's and ours ---------------------
@@ -351,15 +351,21 @@ class LSTM(nn.LSTM):
 
     def _layer_weights(self, suffix: str):
         """Weights of one layer and direction in TF's orientation and torch's gate order (i, f, g, o):
-        (w_x [D, 4H], w_h [P, 4H], bias [4H], peepholes, proj)."""
-        w_ih, w_hh = getattr(self, f"weight_ih{suffix}"), getattr(self, f"weight_hh{suffix}")
+        (w_x [D, 4H], w_h [P, 4H], bias [4H], peepholes, proj). nn.LSTM's own weights as the forward's
+        ``_update_flat_weights`` left them, so that a parametrized one is computed once a call, as
+        nn.LSTM computes it."""
+        flat = dict(zip(self._flat_weights_names, self._flat_weights))
+
+        def weight(name: str) -> Tensor:
+            return flat[name] if name in flat else getattr(self, name)   # the peepholes, a wide projection
+
+        w_ih, w_hh = weight(f"weight_ih{suffix}"), weight(f"weight_hh{suffix}")
         if self.bias:
-            bias = getattr(self, f"bias_ih{suffix}") + getattr(self, f"bias_hh{suffix}")
+            bias = weight(f"bias_ih{suffix}") + weight(f"bias_hh{suffix}")
         else:
             bias = w_ih.new_zeros(4 * self.hidden_size)
-        peepholes = tuple(getattr(self, f"w_{g}_diag{suffix}") for g in PEEPHOLES) \
-            if self.use_peepholes else (None, None, None)
-        proj = getattr(self, f"weight_hr{suffix}").t() if self.proj_size else None
+        peepholes = tuple(weight(f"w_{g}_diag{suffix}") for g in PEEPHOLES) if self.use_peepholes else (None, None, None)
+        proj = weight(f"weight_hr{suffix}").t() if self.proj_size else None
         return w_ih.t(), w_hh.t(), bias, peepholes, proj
 
     def _tf_options(self) -> list[str]:
