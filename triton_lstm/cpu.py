@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from triton_lstm.activations import activation_id, activation_name, hard_sigmoid
 from triton_lstm.convert import swap_gates, transposed_view
+from triton_lstm.flops import products, register
 from triton_lstm.higher_order import (differentiable_jvp, differentiable_vjp, reference_options, transformable,
                                       vmap_by_slices)
 from triton_lstm.reference import lstm_sequence_reference
@@ -634,6 +635,19 @@ def _fwd_backward(ctx, d_hbuf, _d_cbuf, d_h_T, d_c_T, *_):
 cpu_seq_fwd.register_autograd(_fwd_backward, setup_context=_fwd_setup)
 for _op in (cpu_seq_fwd, cpu_seq_bwd):
     torch.library.register_vmap(_op, vmap_by_slices(_op))
+
+def _fwd_flops(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, *_, **__):
+    T, B, D = x
+    return sum(products(T * B, D, w_h[1], w_h[0], 0 if projection is None else projection[0]))
+
+
+def _bwd_flops(d_hbuf, d_h_T, d_c_T, x, w_x, w_h, w_f_diag, w_i_diag, w_o_diag, projection, *_, **__):
+    # Each product's gradients of its input and of its weight.
+    return 2 * _fwd_flops(x, None, None, w_x, w_h, None, None, None, None, projection)
+
+
+register("cpu_seq_fwd", _fwd_flops)
+register("cpu_seq_bwd", _bwd_flops)
 
 # ``triton_lstm::cpu_seq_fwd`` (same arguments and results), also under torch.func.
 cpu_sequence = transformable("CpuSequenceFunction", cpu_seq_fwd, _fwd_setup, _fwd_backward, _fwd_jvp)

@@ -1,0 +1,19 @@
+"""FLOP counts of the custom ops for ``torch.utils.flop_counter.FlopCounterMode``, counted as it counts
+aten's: two per multiply-add of a matrix product, pointwise math not counted, from the shapes alone
+(rows past a sequence's length count too, as the kernels' products cover them)."""
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import register_flop_formula
+
+
+def products(rows, D, N4, P, N_proj: int) -> tuple:
+    """FLOPs over ``rows`` rows of the input product (x @ W_x, W_x [D, N4]), the recurrent one
+    (h @ W_h, W_h [P, N4]) and the projection (m @ projection, [N_proj, P]; N_proj 0 without one).
+    The same numbers count each product's two backward products (input and weight gradients)."""
+    return 2 * rows * D * N4, 2 * rows * P * N4, 2 * rows * N_proj * P
+
+
+def register(name: str, formula) -> None:
+    """``formula(*shapes of the op's arguments, out_shape=...)`` as the count of ``triton_lstm::name``."""
+    register_flop_formula(getattr(torch.ops.triton_lstm, name))(formula)
