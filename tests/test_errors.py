@@ -150,9 +150,9 @@ def test_non_float_or_non_tensor_inputs():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="mixed devices need a CUDA device")
 def test_mixed_devices():
     t = {k: (v.cuda() if v is not None else None) for k, v in _t().items()}
-    with pytest.raises(ValueError, match=r"^kernel: on device cpu, but x is on cuda"):
+    with pytest.raises(ValueError, match=r"^kernel: on device cpu, but x on cuda"):
         _call({**t, "kernel": t["kernel"].cpu()})
-    with pytest.raises(ValueError, match=r"^c: on device cpu, but x is on cuda"):
+    with pytest.raises(ValueError, match=r"^c: on device cpu, but x on cuda"):
         _call({**t, "c": t["c"].cpu()})
 
 

@@ -723,7 +723,7 @@ def test_hx_of_other_things_or_on_another_device(cell):
     h = x.new_zeros(1, 2, 6)
     with pytest.raises(TypeError, match=r"^hx: expected two tensors \(h_0, c_0\), got NoneType for c_0$"):
         lstm(x, (h, None))
-    with pytest.raises(ValueError, match=r"^h_0: on device meta, but input is on cpu"):
+    with pytest.raises(ValueError, match=r"^h_0: on device meta, but input on cpu"):
         lstm(x, (h.to("meta"), h))
 
 

@@ -149,7 +149,7 @@ def _check_state_and_weights(x: torch.Tensor, B: int, N: int, P: int, c: torch.T
     named = {names.h: h, "bias": bias, **weights, **dict(zip(("w_f_diag", "w_i_diag", "w_o_diag"), peepholes))}
     for name, t in {**named, names.c: c}.items():
         if t is not None and t.device != x.device:
-            raise ValueError(f"{name}: on device {t.device}, but {names.x} is on {x.device}; move all tensors "
+            raise ValueError(f"{name}: on device {t.device}, but {names.x} on {x.device}; move all tensors "
                              f"to one device")
     for name, t in named.items():
         if t is not None and t.dtype != x.dtype:
