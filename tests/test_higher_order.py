@@ -114,8 +114,9 @@ def squared(outputs):
 
 def forward_mode(fn, inputs, seed=0):
     """fn's outputs' tangents along a random tangent of every input, by torch.func.jvp and by
-    torch.autograd.forward_ad (dual tensors, outside torch.func), then jacfwd of the first output with
-    respect to the first input and the hessian of a loss with respect to the first input."""
+    torch.autograd.forward_ad (dual tensors, outside torch.func); then, for the first input, jacfwd of
+    the first output, the hessian of a loss, a jvp of a jvp (forward over forward) and jacrev of
+    jacfwd (reverse over forward)."""
     g = torch.Generator().manual_seed(seed)
     present = [i for i, t in enumerate(inputs) if t is not None]
     tangents = [torch.randn(inputs[i].shape, generator=g, dtype=torch.float64).to(inputs[i]) for i in present]
@@ -130,15 +131,22 @@ def forward_mode(fn, inputs, seed=0):
     with fwAD.dual_level():
         duals = [fwAD.make_dual(inputs[i].detach(), t) for i, t in zip(present, tangents)]
         by_duals = [fwAD.unpack_dual(o).tangent for o in of_present(*duals)]
-    x, rest = inputs[0].detach(), inputs[1:]
-    return (*by_jvp, *by_duals, jacfwd(lambda x: fn(x, *rest)[0])(x), hessian(lambda x: squared(fn(x, *rest)))(x))
+    x, rest, v = inputs[0].detach(), inputs[1:], tangents[0]
+
+    def loss(x):
+        return squared(fn(x, *rest))
+
+    def along_v(x):
+        return jvp(loss, (x,), (v,))[1]
+
+    return (*by_jvp, *by_duals, jacfwd(lambda x: fn(x, *rest)[0])(x), hessian(loss)(x), jvp(along_v, (x,), (v,))[1],
+            jacrev(jacfwd(loss))(x))
 
 
 @pytest.mark.parametrize("fn,make", [(cell_fn, cell_inputs), (sequence_fn, sequence_inputs)],
                          ids=["lstm_cell", "lstm_sequence"])
 def test_forward_mode_matches_reference(fn, make, device):
-    """Forward-mode derivatives of the kernels' ops (recomputed with the reference, so this checks the
-    ops' wiring: which inputs, options and outputs) against the reference's own."""
+    """Forward-mode AD runs the reference (its float32 against float64), nested levels included."""
     inputs = make(device)
     assert_all_close(forward_mode(fn, inputs), forward_mode(fn, as64(inputs)), "forward mode")
 

@@ -865,3 +865,22 @@ def test_parametrized_weights_are_computed_as_often_as_nn_lstm_computes_them(cel
         module(inputs)
         counts.append(counted.calls)
     assert counts[0] == counts[1] > 0, counts
+
+
+@pytest.mark.parametrize("forget_bias", [0.0, 1.0])
+def test_forward_mode_where_the_cpu_path_runs_onednn(cpu_path, forget_bias):
+    """float32 on the CPU path, where LSTM runs nn.LSTM's forward (oneDNN's LSTM, which has no
+    forward mode: nn.LSTM raises there), also with a forget bias folded in: forward mode (jvp, dual
+    tensors) takes LSTM's own path, equal to the float64 nn.LSTM's with that bias."""
+    import torch.autograd.forward_ad as fwAD
+    ours, ref = make_pair("cpu", seed=6, num_layers=2, dtype=torch.float64)
+    ours.forget_bias = forget_bias
+    with torch.no_grad():
+        for layer in range(2):
+            getattr(ref, f"bias_ih_l{layer}")[H:2 * H] += forget_bias
+    ours.float()
+    x, v = randn(T, B, D, seed=7), randn(T, B, D, seed=8)
+    want = torch.func.jvp(lambda x: ref(x)[0], (x.double(),), (v.double(),))[1]
+    assert_close("jvp", torch.func.jvp(lambda x: ours(x)[0], (x,), (v,))[1], want, TOL)
+    with fwAD.dual_level():
+        assert_close("dual", fwAD.unpack_dual(ours(fwAD.make_dual(x, v))[0]).tangent, want, TOL)

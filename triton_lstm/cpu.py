@@ -45,8 +45,7 @@ import torch.nn.functional as F
 from triton_lstm.activations import activation_id, activation_name, hard_sigmoid
 from triton_lstm.convert import swap_gates, transposed_view
 from triton_lstm.flops import products, register
-from triton_lstm.higher_order import (differentiable_jvp, differentiable_vjp, reference_options, transformable,
-                                      vmap_by_slices)
+from triton_lstm.higher_order import differentiable_vjp, reference_options, transformable, vmap_by_slices
 from triton_lstm.reference import lstm_sequence_reference
 
 Tensor = torch.Tensor
@@ -593,32 +592,20 @@ def _fwd_setup(ctx, inputs, output):
     ctx.options, ctx.keep, ctx.tf_gates = inputs[11:16], inputs[16], inputs[17]
 
 
-def _fwd_reference(ctx, lengths: Optional[Tensor]) -> Callable[..., tuple[Tensor, Tensor, Tensor]]:
-    """The op in plain PyTorch on its tensor arguments (x, h0, c0, w_x, ..., projection): (hbuf, h_T,
-    c_T), hbuf as the op's (h0, then every step's output)."""
-    def recompute(x, h0, c0, w_x, w_h, bias, *rest):
-        if not ctx.tf_gates:
-            w_x, w_h, bias = swap_gates(w_x), swap_gates(w_h), swap_gates(bias)
-        out, h_T, c_T = lstm_sequence_reference(x, h0, c0, w_x, w_h, bias, *rest, lengths,
-                                                **reference_options(*ctx.options))
-        return torch.cat([h0[None], out]), h_T, c_T
-    return recompute
-
-
-def _fwd_jvp(ctx, *tangents):
-    saved = ctx.saved_tensors
-    hbuf, h_T, c_T = differentiable_jvp(_fwd_reference(ctx, saved[10]), saved[:10], tangents[:10])
-    return (hbuf, None, h_T, c_T) + (None,) * 6
-
-
 def _fwd_backward(ctx, d_hbuf, _d_cbuf, d_h_T, d_c_T, *_):
     *inputs, lengths, hbuf, cbuf, gates, act_c, pre, m, c_in, y_in = ctx.saved_tensors
     x, h0, c0, w_x, w_h, _, w_f_diag, w_i_diag, w_o_diag, projection = inputs
     # Recomputed too: a forward that kept nothing (traced or exported without gradients, then run
     # with them).
     if torch.is_grad_enabled() or not ctx.keep:
-        grads = (d_hbuf, d_h_T, d_c_T)
-        return differentiable_vjp(ctx, _fwd_reference(ctx, lengths), tuple(inputs), grads) + (None,) * 8
+        def recompute(x, h0, c0, w_x, w_h, bias, *rest):
+            if not ctx.tf_gates:
+                w_x, w_h, bias = swap_gates(w_x), swap_gates(w_h), swap_gates(bias)
+            out, h_T, c_T = lstm_sequence_reference(x, h0, c0, w_x, w_h, bias, *rest, lengths,
+                                                    **reference_options(*ctx.options))
+            return torch.cat([h0[None], out]), h_T, c_T
+
+        return differentiable_vjp(ctx, recompute, tuple(inputs), (d_hbuf, d_h_T, d_c_T)) + (None,) * 8
     d_hbuf = torch.zeros_like(hbuf) if d_hbuf is None else d_hbuf
     d_h_T = hbuf.new_zeros(hbuf.shape[1:]) if d_h_T is None else d_h_T
     d_c_T = cbuf.new_zeros(cbuf.shape[1:]) if d_c_T is None else d_c_T
@@ -650,7 +637,7 @@ register("cpu_seq_fwd", _fwd_flops)
 register("cpu_seq_bwd", _bwd_flops)
 
 # ``triton_lstm::cpu_seq_fwd`` (same arguments and results), also under torch.func.
-cpu_sequence = transformable("CpuSequenceFunction", cpu_seq_fwd, _fwd_setup, _fwd_backward, _fwd_jvp)
+cpu_sequence = transformable("CpuSequenceFunction", cpu_seq_fwd, _fwd_setup, _fwd_backward)
 
 
 def traced_or_vmapped() -> bool:

@@ -12,6 +12,7 @@ import torch
 from triton_lstm.activations import (ACTIVATIONS, Activation, activation_id, resolve_activation,
                                      resolve_recurrent_activation)
 from triton_lstm.checks import CELL_NAMES, Names, check_cell_args, check_clip, check_forget_bias
+from triton_lstm.higher_order import forward_mode
 from triton_lstm.kernels.lstm_step import lstm_step_bwd_kernel, lstm_step_fwd_kernel, lstm_step_proj_kernel
 from triton_lstm import launch
 from triton_lstm.launch import Problem, kernel_constants, kernels_run_on
@@ -237,7 +238,8 @@ def named_cell(names: Names, x: Tensor, c: Tensor, h: Tensor, kernel: Tensor, bi
     opts_clip = check_clip("cell_clip", cell_clip), check_clip("proj_clip", proj_clip)
     forget_bias = check_forget_bias(forget_bias)
     ids, (fn, gate_fn) = resolve_activations(activation, recurrent_activation)
-    if ids is None or not kernels_run_on(x.device, x.dtype):
+    # Forward-mode AD takes the reference too (``higher_order.forward_mode``).
+    if ids is None or forward_mode() or not kernels_run_on(x.device, x.dtype):
         return lstm_cell_reference(x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection,
                                    forget_bias=forget_bias, cell_clip=opts_clip[0], proj_clip=opts_clip[1],
                                    activation=fn, recurrent_activation=gate_fn)

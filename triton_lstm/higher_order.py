@@ -3,13 +3,12 @@
 Each op's autograd runs its fast backward op for a first derivative; a backward that must itself be
 differentiable (``create_graph=True``, double backward, ``torch.func.grad``) recomputes the op in
 plain PyTorch from the op's inputs and differentiates that (``differentiable_vjp``). While a
-torch.func transform or forward-mode AD is active the op runs as an autograd.Function with the same
-setup and backward and a forward-mode derivative that recomputes likewise (``transformable``,
-``differentiable_jvp``), and vmap runs it once per slice (``vmap_by_slices``).
+torch.func transform is active the op runs as an autograd.Function with the same setup and backward
+(``transformable``), and vmap runs it once per slice (``vmap_by_slices``).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch.autograd import forward_ad
@@ -48,27 +47,6 @@ def differentiable_vjp(ctx, recompute, inputs: tuple, grads: tuple[Optional[Tens
     return tuple(result)
 
 
-def differentiable_jvp(recompute: Callable[..., tuple], inputs: tuple,
-                       tangents: tuple[Optional[Tensor], ...]) -> tuple[Tensor, ...]:
-    """The tangents of ``recompute(*inputs)``'s outputs (the op in plain PyTorch) along the inputs'
-    ``tangents`` (None: zero), as a graph that can be differentiated further. Found by reverse mode
-    twice: an op's vjp is linear in its cotangent, and the vjp of that map along a tangent is the
-    op's jvp (torch.func.jvp here would nest forward-mode AD, which torch supports only inside
-    torch.func)."""
-    moving = [i for i, t in enumerate(tangents) if t is not None]
-
-    def of_moving(*tensors):
-        args = list(inputs)
-        for i, t in zip(moving, tensors):
-            args[i] = t
-        return recompute(*args)
-
-    outputs, vjp = torch.func.vjp(of_moving, *(inputs[i] for i in moving))
-    _, vjp_of_vjp = torch.func.vjp(vjp, tuple(torch.zeros_like(o) for o in outputs))
-    (found,) = vjp_of_vjp(tuple(tangents[i] for i in moving))
-    return found
-
-
 def vmap_by_slices(op):
     """A vmap rule that runs ``op`` once per slice of the mapped dimension and stacks the results:
     correct for any in_dims (inputs, weights or cotangents mapped), at one call per slice."""
@@ -83,42 +61,24 @@ def vmap_by_slices(op):
 
 def forward_mode() -> bool:
     """Whether forward-mode AD is active: torch.autograd.forward_ad's dual tensors or a torch.func
-    transform of forward mode (jvp, jacfwd, hessian)."""
-    return forward_ad._current_level >= 0 or any(
+    transform of forward mode (jvp, jacfwd, hessian). The entry points then run the plain-PyTorch
+    reference, which torch differentiates forward itself (nested levels included: an
+    autograd.Function's jvp loses an outer forward level's tangent). False while torch.compile traces
+    (Dynamo cannot trace the transform stack's query)."""
+    return not torch.compiler.is_compiling() and (forward_ad._current_level >= 0 or any(
         level.key() == torch._C._functorch.TransformType.Jvp
-        for level in torch._C._functorch.get_interpreter_stack() or ())
+        for level in torch._C._functorch.get_interpreter_stack() or ()))
 
 
-def transformable(name: str, op, setup_context, backward, jvp):
-    """``op`` with the given autograd as an autograd.Function: the form torch.func transforms and
-    forward-mode AD accept, called instead of ``op`` while one is active. ``jvp(ctx, *tangents)``
-    finds the op's tensor arguments in ``ctx.saved_tensors`` (None for the others) and returns one
-    tangent per output, None where it is zero."""
-    def setup(ctx, inputs, output):
-        setup_context(ctx, inputs, output)
-        # Only for forward mode: saved for it under vmap alone, they break a backward run after it.
-        if forward_mode():
-            ctx.save_for_forward(*(a if isinstance(a, Tensor) else None for a in inputs))
-            ctx.output_meta = [(o.shape, o.dtype, o.device) for o in output]
-
-    def jvp_of_outputs(ctx, *tangents):
-        found = jvp(ctx, *tangents)
-        # Zero tangents spelled out for floating outputs (torch.func takes no None for them).
-        return tuple(t.to(dtype) if t is not None else torch.zeros(shape, dtype=dtype, device=device)
-                     if dtype.is_floating_point else None for t, (shape, dtype, device) in zip(found, ctx.output_meta))
-
+def transformable(name: str, op, setup_context, backward):
+    """``op`` with the given autograd as an autograd.Function: the form torch.func transforms accept,
+    called instead of ``op`` while one is active."""
     function = type(name, (torch.autograd.Function,), dict(
         generate_vmap_rule=True, forward=staticmethod(lambda *args: op(*args)),
-        setup_context=staticmethod(setup), backward=staticmethod(backward), jvp=staticmethod(jvp_of_outputs)))
+        setup_context=staticmethod(setup_context), backward=staticmethod(backward)))
 
     def call(*args):
-        if torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0:
+        if torch._C._are_functorch_transforms_active():
             return function.apply(*args)
         return op(*args)
     return call
-
-
-def in_last_row(t: Tensor, rows: int) -> Tensor:
-    """``t`` as the last of ``rows`` rows, the others zero: the tangent of a buffer of every step's
-    state whose callers read only the final one."""
-    return torch.cat([t.new_zeros((rows - 1, *t.shape)), t[None]])

@@ -12,6 +12,7 @@ from triton_lstm.activations import Activation, resolve_activation, resolve_recu
 from triton_lstm.checks import DTypeError, Names, ShapeError, as_number, check_clip, check_forget_bias, shape_of
 from triton_lstm.cpu import block_vector, traced_or_vmapped
 from triton_lstm.functional import autocast_alike, autocast_dtype
+from triton_lstm.higher_order import forward_mode
 from triton_lstm.launch import kernels_run_on
 from triton_lstm.sequence import named_sequence
 
@@ -193,13 +194,15 @@ class LSTM(nn.LSTM):
         # LSTM's path, whose checks name the tensor (and which takes a float32 c_0 for half inputs),
         # but under autocast hx in a dtype it casts alike takes nn.LSTM's. Under CPU float16 autocast
         # nn.LSTM's forward fails where it runs oneDNN (no projection, float32 or bfloat16 input not
-        # packed with differing lengths: oneDNN has no float16 LSTM): LSTM's path there.
+        # packed with differing lengths: oneDNN has no float16 LSTM): LSTM's path there. Forward-mode
+        # AD takes LSTM's path, whose layers then run the reference (oneDNN and cuDNN have no forward
+        # mode).
         self._check_hx_pair(hx)
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input
         on_cpu = isinstance(data, Tensor) and data.device.type == "cpu"
         cast = autocast_dtype(data.device) if on_cpu else None
-        torch_cell = (isinstance(data, Tensor) and not kernels_run_on(data.device, data.dtype)
+        torch_cell = (isinstance(data, Tensor) and not kernels_run_on(data.device, data.dtype) and not forward_mode()
                       and self._torch_lstm_but_forget_bias()
                       and (self.forget_bias == 0
                            or (on_cpu and self.bias and data.dtype in (torch.float32, torch.float64)))
@@ -231,10 +234,11 @@ class LSTM(nn.LSTM):
             order = input.sorted_indices
             padded = output if order is None else output.index_select(1, order)
             # Packed data is the padded output's rows within each step's batch size, step after step
-            # (as pack_padded_sequence packs them, which has no forward-mode derivative).
+            # (as pack_padded_sequence packs them, which has no forward-mode derivative); their indices
+            # are found on the host, where batch_sizes is (no wait for the device).
             sizes = input.batch_sizes
-            within = torch.arange(padded.shape[1]) < sizes[:, None]
-            data = padded[within.to(padded.device)]
+            rows = (torch.arange(padded.shape[1]) < sizes[:, None]).flatten().nonzero().squeeze(1)
+            data = padded.flatten(0, 1).index_select(0, rows.to(padded.device))
             return PackedSequence(data, sizes, input.sorted_indices, input.unsorted_indices), (h_n, c_n)
         if unbatched:
             return output[:, 0], (h_n[:, 0], c_n[:, 0])
@@ -364,7 +368,8 @@ class LSTM(nn.LSTM):
             bias = weight(f"bias_ih{suffix}") + weight(f"bias_hh{suffix}")
         else:
             bias = w_ih.new_zeros(4 * self.hidden_size)
-        peepholes = tuple(weight(f"w_{g}_diag{suffix}") for g in PEEPHOLES) if self.use_peepholes else (None, None, None)
+        peepholes = tuple(weight(f"w_{g}_diag{suffix}") for g in PEEPHOLES) if self.use_peepholes \
+            else (None, None, None)
         proj = weight(f"weight_hr{suffix}").t() if self.proj_size else None
         return w_ih.t(), w_hh.t(), bias, peepholes, proj
 

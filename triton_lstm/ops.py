@@ -15,15 +15,13 @@ and ``sequence`` are the ops in the form torch.func accepts.
 """
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 import torch
 
 from triton_lstm.flops import products, register
 from triton_lstm.functional import CellOptions, contiguous_or_none, step_backward, step_forward, weight_grads
-from triton_lstm.higher_order import (differentiable_jvp, differentiable_vjp, in_last_row, reference_options,
-                                      transformable, vmap_by_slices)
+from triton_lstm.higher_order import differentiable_vjp, reference_options, transformable, vmap_by_slices
 from triton_lstm.reference import lstm_cell_reference, lstm_sequence_reference
 from triton_lstm.sequence import seq_backward, seq_forward
 
@@ -105,21 +103,14 @@ def _step_setup(ctx, inputs, output):
     ctx.options = options
 
 
-def _step_reference(ctx):
-    """The step in plain PyTorch on its tensor arguments (x, c, h, kernel, ..., projection): (h_new, c_new)."""
-    return functools.partial(lstm_cell_reference, **reference_options(*ctx.options))
-
-
-def _step_jvp(ctx, *tangents):
-    h_new, c_new = differentiable_jvp(_step_reference(ctx), ctx.saved_tensors[:9], tangents[:9])
-    return h_new, c_new, None, None, None
-
-
 def _step_backward(ctx, dh_new, dc_new, _dz, _dm, _dy):
     x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection, z, c_new, m, y = ctx.saved_tensors
     if torch.is_grad_enabled():
+        def recompute(*inputs):
+            return lstm_cell_reference(*inputs, **reference_options(*ctx.options))
+
         inputs = (x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection)
-        return differentiable_vjp(ctx, _step_reference(ctx), inputs, (dh_new, dc_new)) + (None,) * 5
+        return differentiable_vjp(ctx, recompute, inputs, (dh_new, dc_new)) + (None,) * 5
     dh_new = _zeros_if_none(dh_new, h.shape, z)
     dc_new = _zeros_if_none(dc_new, c_new.shape, z)
     dz, dc_prev, dx, dh_prev, dy = step_bwd(dh_new, dc_new, z, c, kernel, w_f_diag, w_i_diag, w_o_diag,
@@ -203,28 +194,17 @@ def _seq_setup(ctx, inputs, output):
     ctx.options = options
 
 
-def _seq_reference(ctx, lengths: Optional[Tensor]):
-    """The sequence in plain PyTorch on its tensor arguments (x, h0, c0, w_x, ..., projection):
-    (out, h_T, c_T)."""
-    return functools.partial(lstm_sequence_reference, lengths=lengths, **reference_options(*ctx.options))
-
-
-def _seq_jvp(ctx, *tangents):
-    saved = ctx.saved_tensors
-    out, h_T, c_T = differentiable_jvp(_seq_reference(ctx, saved[10]), saved[:10], tangents[:10])
-    # Callers see the last rows of hbuf and cbuf as the final state (as in the backward).
-    rows = ctx.output_meta[1][0][0]
-    return out, in_last_row(h_T, rows), in_last_row(c_T, rows), None, None, None
-
-
 def _seq_backward(ctx, dout, d_hbuf, d_cbuf, _dz, _dm, _dy):
     x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, lengths, hbuf, cbuf, z, m, y = \
         ctx.saved_tensors
     inputs = (x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection)
     T = z.shape[0]
     if torch.is_grad_enabled():
+        def recompute(*tensors):
+            return lstm_sequence_reference(*tensors, lengths, **reference_options(*ctx.options))
+
         grads = (dout, None if d_hbuf is None else d_hbuf[-1], None if d_cbuf is None else d_cbuf[-1])
-        return differentiable_vjp(ctx, _seq_reference(ctx, lengths), inputs, grads) + (None,) * 6
+        return differentiable_vjp(ctx, recompute, inputs, grads) + (None,) * 6
     # Callers see the last rows of hbuf and cbuf as the final state; only those carry gradients.
     # (Indexing with -1 rather than T keeps T symbolic under torch.compile.)
     dh_T = _zeros_if_none(None if d_hbuf is None else d_hbuf[-1], hbuf.shape[1:], z)
@@ -282,5 +262,5 @@ for _op in (step_fwd, step_bwd, seq_fwd, seq_bwd):
 
 
 # ``triton_lstm::step_fwd`` and ``seq_fwd`` (same arguments and results), also under torch.func.
-step = transformable("StepFunction", step_fwd, _step_setup, _step_backward, _step_jvp)
-sequence = transformable("SequenceFunction", seq_fwd, _seq_setup, _seq_backward, _seq_jvp)
+step = transformable("StepFunction", step_fwd, _step_setup, _step_backward)
+sequence = transformable("SequenceFunction", seq_fwd, _seq_setup, _seq_backward)

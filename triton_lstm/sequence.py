@@ -13,6 +13,7 @@ from triton_lstm.checks import (SEQUENCE_NAMES, Names, check_clip, check_forget_
 from triton_lstm.convert import swap_gates
 from triton_lstm.cpu import GATE_ORDERS, lstm_sequence_cpu
 from triton_lstm.functional import CellOptions, autocast, autocast_state, resolve_activations
+from triton_lstm.higher_order import forward_mode
 from triton_lstm.kernels.lstm_sequence import BARRIER_FAILED, lstm_seq_bwd_kernel, lstm_seq_fwd_kernel
 from triton_lstm import launch, tune
 from triton_lstm.launch import Problem, interpreting, kernel_constants, kernels_run_on, programs
@@ -256,9 +257,11 @@ def named_sequence(names: Names, x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor,
     clips = check_clip("cell_clip", cell_clip), check_clip("proj_clip", proj_clip)
     forget_bias = check_forget_bias(forget_bias)
     ids, (fn, gate_fn) = resolve_activations(activation, recurrent_activation)
-    on_kernels = ids is not None and kernels_run_on(x.device, x.dtype)
+    # Forward-mode AD takes the reference, on any device (``higher_order.forward_mode``).
+    reference = ids is None or forward_mode()
+    on_kernels = not reference and kernels_run_on(x.device, x.dtype)
     lengths = check_lengths(lengths, T, B, x.device, on_kernels)
-    if ids is not None and not on_kernels and x.device.type == "cpu":
+    if not reference and not on_kernels and x.device.type == "cpu":
         return lstm_sequence_cpu(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, lengths,
                                  forget_bias=forget_bias, cell_clip=clips[0], proj_clip=clips[1],
                                  activation=activation_name(ids[0]), recurrent_activation=activation_name(ids[1]),
