@@ -270,15 +270,41 @@ def test_loop_op_schema_fake_and_autograd(keep, tf_gates, weights_t):
         x, _, _, w_x, w_h, _, *weights = (v.detach() for v in seq_args(t))
         g = torch.Generator().manual_seed(1)
         grads = [torch.randn(v.shape, generator=g) for v in (hbuf, h_T, c_T)]
-        torch.library.opcheck(torch.ops.triton_lstm.cpu_seq_bwd.default,
-                              (*grads, x, w_x, w_h, *weights, lengths, hbuf, cbuf, *kept, *acts, tf_gates,
-                               weights_t))
+        for wanted in ([True] * 4, [False, True, False, True], [True, False, True, False]):
+            torch.library.opcheck(torch.ops.triton_lstm.cpu_seq_bwd.default,
+                                  (*grads, x, w_x, w_h, *weights, lengths, hbuf, cbuf, *kept, *acts, tf_gates,
+                                   weights_t, wanted))
+
+
+@pytest.mark.parametrize("wanted", [["x"], ["w_x", "w_h", "projection"], ["w_h"], ["h0", "c0", "bias"]],
+                         ids=["x", "weights", "w_h", "state"])
+def test_loop_computes_only_the_gradients_wanted(wanted):
+    """The loop's backward computes dx and the matrix weights' gradients only where they are wanted
+    (a first layer's input, frozen weights): those wanted equal a backward's that wants every one
+    (checked against the reference above), with fewer FLOPs counted (FlopCounterMode)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    t, options = tensors_for(dict(EXTRAS, projection="proj+clip"))
+    names = ["x", "h0", "c0", "w_x", "w_h", "bias", "w_f_diag", "w_i_diag", "w_o_diag", "projection"]
+    lengths = torch.tensor([3, 5, 0, 2])
+
+    def backward(wants):
+        args = [t[k].detach().requires_grad_(k in wants) for k in names]
+        outs = loop_sequence(*args, lengths, **options)
+        with FlopCounterMode(display=False) as count:
+            grads = torch.autograd.grad(sum(o.square().sum() for o in outs), [args[names.index(k)] for k in wanted])
+        return grads, count.get_total_flops()
+
+    got, flops = backward(wanted)
+    want, all_flops = backward(names)
+    for name, a, b in zip(wanted, got, want):
+        assert torch.equal(a, b), name
+    assert flops < all_flops
 
 
 def test_loop_ops_without_their_newer_arguments_mean_what_they_did():
     """A graph compiled (Inductor's on-disk cache) or a program exported against the ops before
-    they took tf_gates and weights_t calls them without those: the defaults are what the ops did
-    then (TF's gate order, the weight gradients untransposed)."""
+    they took tf_gates, weights_t and wanted calls them without those: the defaults are what the ops
+    did then (TF's gate order, the weight gradients untransposed, every gradient computed)."""
     t, _ = tensors_for(dict(EXTRAS, projection="proj+clip"))
     x, h0, c0, w_x, w_h, bias, *weights = (None if v is None else v.detach() for v in seq_args(t))
     lengths = torch.tensor([3, 5, 0, 2])
@@ -291,7 +317,7 @@ def test_loop_ops_without_their_newer_arguments_mean_what_they_did():
     bwd_args = (*grads, x, w_x, w_h, *weights, lengths, new[0], new[1], *new[4:], activation_id("tanh"),
                 activation_id("sigmoid"))
     bwd = torch.ops.triton_lstm.cpu_seq_bwd
-    old, new = bwd(*bwd_args), bwd(*bwd_args, True, False)
+    old, new = bwd(*bwd_args), bwd(*bwd_args, True, False, [True] * 4)
     assert all(torch.equal(a, b) for a, b in zip(old, new))
 
 

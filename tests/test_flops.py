@@ -54,3 +54,16 @@ def test_cell_counts_what_the_reference_counts(proj):
     want = counted(lambda: lstm_cell_reference(*[a.detach().double().requires_grad_() for a in args], **opts))
     assert min(want) > 0
     assert counted(lambda: lstm_cell(*args, **opts)) == want
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_backward_counts_the_initial_states_product_also_where_not_wanted(dtype):
+    """An input that wants no gradient (and hx None): the backward counts what nn.LSTM counts plus,
+    per layer, the product of the initial state's gradient, which the kernels and the loop compute
+    whether wanted or not (nn.LSTM skips it)."""
+    x = torch.randn(T, B, D, dtype=dtype)
+    ours = LSTM(D, H, num_layers=2, proj_size=P, use_peepholes=True, dtype=dtype)
+    ref = torch.nn.LSTM(D, H, num_layers=2, proj_size=P, dtype=torch.float64)
+    _, ours_backward = counted(lambda: ours(x)[0:1])
+    _, ref_backward = counted(lambda: ref(x.double())[0:1])
+    assert ours_backward == ref_backward + 2 * (2 * B * P * 4 * H)

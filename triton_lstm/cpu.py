@@ -37,7 +37,7 @@ from __future__ import annotations
 import functools
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -362,12 +362,12 @@ def _backward(d_hbuf: Tensor, d_h_T: Tensor, d_c_T: Tensor, x: Tensor, w_x: Tens
               gates: Tensor, act_c: Tensor, pre: Optional[Tensor], m: Optional[Tensor], c_in: Optional[Tensor],
               y_in: Optional[Tensor], w_h: Tensor, w_if: Optional[Tensor], w_o: Optional[Tensor],
               projection: Optional[Tensor], lengths: Optional[Tensor], act: str, gate_act: str, weights_t: bool,
-              places: tuple[int, int, int, int]):
+              places: tuple[int, int, int, int], wanted: tuple[bool, bool, bool, bool]):
     """The reverse recurrence, then the weight gradients as GEMMs over all steps, in the loop's layout
     (the gate blocks at ``places``) and batch order (``_forward``'s arguments). d_hbuf's row 0 is
     h0's. Returns (dx, dh0, dc0, d_wx, d_wh, d_bias, then d_w_f_diag, d_w_i_diag, d_w_o_diag,
     d_projection or None); with ``weights_t`` d_wx, d_wh and d_projection transposed (contiguous
-    [4N, D], [4N, P], [P, N])."""
+    [4N, D], [4N, P], [P, N]); dx, d_wx, d_wh and d_projection None unless ``wanted``."""
     T, B, N4 = gates.shape
     N, P, D = N4 // 4, hbuf.shape[2], x.shape[2]
     sizes = _sizes(lengths, T)
@@ -435,14 +435,15 @@ def _backward(d_hbuf: Tensor, d_h_T: Tensor, d_c_T: Tensor, x: Tensor, w_x: Tens
         dh[ends[0]:], dc[ends[0]:] = d_h_T[ends[0]:], d_c_T[ends[0]:]      # rows of length 0
         dh += d_out[0]
     rows = dz.reshape(T * B, N4)
-    dx = right_product(w_x.t(), T * B)(rows).view(T, B, D)
-    d_wx = _summed_product(x.reshape(T * B, D), rows, weights_t)
-    d_wh = _summed_product(hbuf[:T].reshape(T * B, P), rows, weights_t)
+    want_x, want_wx, want_wh, want_proj = wanted
+    dx = right_product(w_x.t(), T * B)(rows).view(T, B, D) if want_x else None
+    d_wx = _summed_product(x.reshape(T * B, D), rows, weights_t) if want_wx else None
+    d_wh = _summed_product(hbuf[:T].reshape(T * B, P), rows, weights_t) if want_wh else None
     d_wf = d_wi = d_wo = d_proj = None
     if w_if is not None:
         d_wi, d_wf = ((_block(dz, g) * cbuf[:T]).sum((0, 1)) for g in places[:2])
         d_wo = (_block(dz, places[3]) * cbuf[1:]).sum((0, 1))
-    if projection is not None:
+    if projection is not None and want_proj:
         d_proj = _summed_product(m.reshape(T * B, N), dy.reshape(T * B, P), weights_t)
     return dx, dh, dc, d_wx, d_wh, rows.sum(0), d_wf, d_wi, d_wo, d_proj
 
@@ -544,16 +545,17 @@ def cpu_seq_bwd(d_hbuf: Tensor, d_h_T: Tensor, d_c_T: Tensor, x: Tensor, w_x: Te
                 w_f_diag: Optional[Tensor], w_i_diag: Optional[Tensor], w_o_diag: Optional[Tensor],
                 projection: Optional[Tensor], lengths: Optional[Tensor], hbuf: Tensor, cbuf: Tensor, gates: Tensor,
                 act_c: Tensor, pre: Tensor, m: Tensor, c_in: Tensor, y_in: Tensor, act: int, gate_act: int,
-                tf_gates: bool = True,
-                weights_t: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
-                                          Tensor]:
+                tf_gates: bool = True, weights_t: bool = False,
+                wanted: Optional[Sequence[bool]] = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                                                                  Tensor, Tensor, Tensor, Tensor]:
     """The loop's backward: the gradients of hbuf [T+1, B, P], h_T and c_T (the batch's order), then
     ``cpu_seq_fwd``'s tensor arguments and what it returned for the backward. Returns the gradients
     of its tensor arguments in their layout (``tf_gates``: the gate order) and batch order: (dx, dh0,
     dc0, d_w_x, d_w_h, d_bias, then d_w_f_diag, d_w_i_diag, d_w_o_diag, d_projection or empty); with
     ``weights_t`` the transposes of d_w_x, d_w_h and d_projection, contiguous: the gradients of
     weights passed as ``transposed_view`` s (LSTM passes nn.LSTM's so), which then reach them
-    contiguous without a transposing copy, as nn.LSTM's do.
+    contiguous without a transposing copy, as nn.LSTM's do. ``wanted``: whether dx, d_w_x, d_w_h and
+    d_projection are (None: all), each a product over every step; one not wanted is empty.
     The weights are never doubled here (``doubles_j`` is for the forward's sigmoid): the j gate's
     derivative reads only its value, whichever way the forward computed it."""
     act, gate_act = activation_name(act), activation_name(gate_act)
@@ -564,22 +566,23 @@ def cpu_seq_bwd(d_hbuf: Tensor, d_h_T: Tensor, d_c_T: Tensor, x: Tensor, w_x: Te
     dx, dh0, dc0, *d_weights = _backward(
         d_hbuf, d_h_T, d_c_T, x, w_x, hbuf, cbuf, gates, act_c, _present(pre), _present(m), _present(c_in),
         _present(y_in), w_h, _stacked(w_i_diag, w_f_diag), w_o_diag, projection, lengths, act, gate_act, weights_t,
-        gate_places(tf_gates))
+        gate_places(tf_gates), (True,) * 4 if wanted is None else tuple(wanted))
     if order is not None:
         back = torch.argsort(order)
-        dx, dh0, dc0 = dx[:, back], dh0[back], dc0[back]
-    return (dx, dh0, dc0, *(_or_empty(g, gates) for g in d_weights))
+        dx, dh0, dc0 = None if dx is None else dx[:, back], dh0[back], dc0[back]
+    return (_or_empty(dx, gates), dh0, dc0, *(_or_empty(g, gates) for g in d_weights))
 
 
 @cpu_seq_bwd.register_fake
 def _(d_hbuf, d_h_T, d_c_T, x, w_x, w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, hbuf, cbuf, gates,
-      act_c, pre, m, c_in, y_in, act, gate_act, tf_gates=True, weights_t=False):
-    def like(t: Optional[Tensor], transposed: bool = False) -> Tensor:
-        return _empty(gates) if t is None else gates.new_empty(t.shape[::-1] if transposed else t.shape)
+      act_c, pre, m, c_in, y_in, act, gate_act, tf_gates=True, weights_t=False, wanted=None):
+    def like(t: Optional[Tensor], transposed: bool = False, want: bool = True) -> Tensor:
+        return _empty(gates) if t is None or not want else gates.new_empty(t.shape[::-1] if transposed else t.shape)
 
-    return (like(x), like(d_h_T), like(d_c_T), like(w_x, weights_t), like(w_h, weights_t),
-            gates.new_empty(gates.shape[2]), like(w_f_diag), like(w_i_diag), like(w_o_diag),
-            like(projection, weights_t))
+    want_x, want_wx, want_wh, want_proj = (True,) * 4 if wanted is None else wanted
+    return (like(x, want=want_x), like(d_h_T), like(d_c_T), like(w_x, weights_t, want_wx),
+            like(w_h, weights_t, want_wh), gates.new_empty(gates.shape[2]), like(w_f_diag), like(w_i_diag),
+            like(w_o_diag), like(projection, weights_t, want_proj))
 
 
 def _fwd_setup(ctx, inputs, output):
@@ -611,12 +614,14 @@ def _fwd_backward(ctx, d_hbuf, _d_cbuf, d_h_T, d_c_T, *_):
     d_c_T = cbuf.new_zeros(cbuf.shape[1:]) if d_c_T is None else d_c_T
     # Weights passed as transposed views get their gradients so (nn.LSTM's then contiguous).
     weights_t = all(w is None or transposed_view(w) for w in (w_x, w_h, projection))
+    needs = ctx.needs_input_grad
     dx, dh0, dc0, *d_weights = cpu_seq_bwd(
         d_hbuf, d_h_T, d_c_T, x, w_x, w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, hbuf, cbuf, gates,
-        act_c, pre, m, c_in, y_in, *ctx.options[:2], ctx.tf_gates, weights_t)
+        act_c, pre, m, c_in, y_in, *ctx.options[:2], ctx.tf_gates, weights_t, [needs[0], needs[3], needs[4], needs[9]])
     transposed = (weights_t, weights_t, False, False, False, False, weights_t)
-    d_weights = (None if w is None else g.t() if t else g for w, g, t in zip(inputs[3:], d_weights, transposed))
-    return (dx, dh0.to(h0.dtype), dc0.to(c0.dtype), *d_weights) + (None,) * 8
+    d_weights = (None if w is None or g.numel() == 0 else g.t() if t else g
+                 for w, g, t in zip(inputs[3:], d_weights, transposed))
+    return (_present(dx), dh0.to(h0.dtype), dc0.to(c0.dtype), *d_weights) + (None,) * 8
 
 
 cpu_seq_fwd.register_autograd(_fwd_backward, setup_context=_fwd_setup)
@@ -628,9 +633,13 @@ def _fwd_flops(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projecti
     return sum(products(T * B, D, w_h[1], w_h[0], 0 if projection is None else projection[0]))
 
 
-def _bwd_flops(d_hbuf, d_h_T, d_c_T, x, w_x, w_h, w_f_diag, w_i_diag, w_o_diag, projection, *_, **__):
-    # Each product's gradients of its input and of its weight.
-    return 2 * _fwd_flops(x, None, None, w_x, w_h, None, None, None, None, projection)
+def _bwd_flops(d_hbuf, d_h_T, d_c_T, x, w_x, w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, hbuf, cbuf,
+               gates, act_c, pre, m, c_in, y_in, act, gate_act, tf_gates=True, weights_t=False, wanted=None, **__):
+    # Each step's gradients of h and m, then the wanted ones over every step: dx and the weights'.
+    wanted = (True,) * 4 if wanted is None else wanted
+    T, B, D = x
+    per_x, per_h, per_m = products(T * B, D, w_h[1], w_h[0], 0 if projection is None else projection[0])
+    return per_h + per_m + wanted[0] * per_x + wanted[1] * per_x + wanted[2] * per_h + wanted[3] * per_m
 
 
 register("cpu_seq_fwd", _fwd_flops)

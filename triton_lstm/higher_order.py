@@ -52,7 +52,8 @@ def vmap_by_slices(op):
     correct for any in_dims (inputs, weights or cotangents mapped), at one call per slice."""
     def rule(info, in_dims, *args):
         def nth(i):
-            return [a.select(d, i) if d is not None else a for a, d in zip(args, in_dims)]
+            # (A list argument's in_dims is a list: of Nones, for the ops' lists of flags.)
+            return [a.select(d, i) if isinstance(a, Tensor) and d is not None else a for a, d in zip(args, in_dims)]
 
         results = [op(*nth(i)) for i in range(info.batch_size)]
         return tuple(torch.stack(outs) for outs in zip(*results)), (0,) * len(results[0])
