@@ -514,6 +514,32 @@ def test_forward_mode_on_the_cpu_path(case):
                      FP64_GRAD)
 
 
+def test_only_dual_tensors_take_forward_modes_path():
+    """forward_ad's dual level is process-wide: inside it, and in another thread meanwhile, a call
+    whose tensors carry no tangent runs its ordinary path (here the loop's op), not the reference;
+    one with a dual tensor (the input, or only a weight) runs the reference."""
+    import threading
+    import torch.autograd.forward_ad as fwAD
+    inputs = [t.detach() for t in tiny_inputs()]
+
+    def run(*args):
+        return lstm_sequence(*args, None, **HIGHER_OPTIONS)
+
+    def runs_loop(args):
+        return "triton_lstm::cpu_seq_fwd" in ops_run(lambda: run(*args))
+
+    assert runs_loop(inputs)
+    with fwAD.dual_level():
+        assert runs_loop(inputs)
+        elsewhere = []
+        thread = threading.Thread(target=lambda: elsewhere.append(runs_loop(inputs)))
+        thread.start()
+        thread.join()
+        assert elsewhere == [True]
+        assert not runs_loop([fwAD.make_dual(inputs[0], torch.ones_like(inputs[0])), *inputs[1:]])
+        assert not runs_loop([*inputs[:4], fwAD.make_dual(inputs[4], torch.ones_like(inputs[4])), *inputs[5:]])
+
+
 @pytest.mark.parametrize("case", HIGHER_CASES, ids=higher_id)
 def test_loop_per_sample_gradients(case):
     """vmap over grad (the loop's op runs once per row), against the reference's gradient of each row."""

@@ -884,3 +884,22 @@ def test_forward_mode_where_the_cpu_path_runs_onednn(cpu_path, forget_bias):
     assert_close("jvp", torch.func.jvp(lambda x: ours(x)[0], (x,), (v,))[1], want, TOL)
     with fwAD.dual_level():
         assert_close("dual", fwAD.unpack_dual(ours(fwAD.make_dual(x, v))[0]).tangent, want, TOL)
+
+
+def test_forward_mode_keeps_the_dtypes_of_nn_lstms_packed_path_under_cpu_autocast(cpu_path):
+    """Under CPU autocast, where LSTM runs in place of nn.LSTM's packed path (differing lengths, with
+    gradients wanted) it returns nn.LSTM's dtypes there; in forward mode too."""
+    import torch.autograd.forward_ad as fwAD
+    lstm = LSTM(D, H)
+    x = randn(T, B, D, seed=9)
+    packed = pack_padded_sequence(x, [T, 2, 4], enforce_sorted=False)
+
+    def dtypes(data):
+        out, (h_n, c_n) = lstm(PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices))
+        return [t.dtype for t in (out.data, h_n, c_n)]
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = dtypes(packed.data)
+        with fwAD.dual_level():
+            got = dtypes(fwAD.make_dual(packed.data, torch.ones_like(packed.data)))
+    assert want == [torch.float32] * 3 and got == want

@@ -239,7 +239,8 @@ def named_cell(names: Names, x: Tensor, c: Tensor, h: Tensor, kernel: Tensor, bi
     forget_bias = check_forget_bias(forget_bias)
     ids, (fn, gate_fn) = resolve_activations(activation, recurrent_activation)
     # Forward-mode AD takes the reference too (``higher_order.forward_mode``).
-    if ids is None or forward_mode() or not kernels_run_on(x.device, x.dtype):
+    if ids is None or forward_mode((x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection)) \
+            or not kernels_run_on(x.device, x.dtype):
         return lstm_cell_reference(x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection,
                                    forget_bias=forget_bias, cell_clip=opts_clip[0], proj_clip=opts_clip[1],
                                    activation=fn, recurrent_activation=gate_fn)

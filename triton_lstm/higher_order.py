@@ -8,7 +8,7 @@ torch.func transform is active the op runs as an autograd.Function with the same
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterable, Optional
 
 import torch
 from torch.autograd import forward_ad
@@ -60,15 +60,21 @@ def vmap_by_slices(op):
     return rule
 
 
-def forward_mode() -> bool:
-    """Whether forward-mode AD is active: torch.autograd.forward_ad's dual tensors or a torch.func
-    transform of forward mode (jvp, jacfwd, hessian). The entry points then run the plain-PyTorch
-    reference, which torch differentiates forward itself (nested levels included: an
-    autograd.Function's jvp loses an outer forward level's tangent). False while torch.compile traces
-    (Dynamo cannot trace the transform stack's query)."""
-    return not torch.compiler.is_compiling() and (forward_ad._current_level >= 0 or any(
-        level.key() == torch._C._functorch.TransformType.Jvp
-        for level in torch._C._functorch.get_interpreter_stack() or ()))
+def forward_mode(tensors: Iterable[Optional[Tensor]]) -> bool:
+    """Whether forward-mode AD reaches this call: a torch.func transform of forward mode (jvp,
+    jacfwd, hessian), or one of ``tensors`` (iterated only then) a dual tensor of
+    torch.autograd.forward_ad (its level is
+    process-wide: other threads, and calls without dual tensors, are not in forward mode). The entry
+    points then run the plain-PyTorch reference, which torch differentiates forward itself (nested
+    levels included: an autograd.Function's jvp loses an outer forward level's tangent). While
+    torch.compile traces, any dual level counts (Dynamo cannot trace the transform stack's query)."""
+    if forward_ad._current_level < 0 and not torch._C._are_functorch_transforms_active():
+        return False
+    if torch.compiler.is_compiling():
+        return forward_ad._current_level >= 0
+    return any(level.key() == torch._C._functorch.TransformType.Jvp
+               for level in torch._C._functorch.get_interpreter_stack() or ()) or any(
+        isinstance(t, Tensor) and forward_ad.unpack_dual(t).tangent is not None for t in tensors)
 
 
 def transformable(name: str, op, setup_context, backward):

@@ -1,6 +1,7 @@
 """``LSTM``: ``torch.nn.LSTM`` itself, extended with TF's LSTMCell options and run on the kernels."""
 from __future__ import annotations
 
+import itertools
 from typing import Optional, Union
 
 import torch
@@ -202,7 +203,7 @@ class LSTM(nn.LSTM):
         data = input.data if packed else input
         on_cpu = isinstance(data, Tensor) and data.device.type == "cpu"
         cast = autocast_dtype(data.device) if on_cpu else None
-        torch_cell = (isinstance(data, Tensor) and not kernels_run_on(data.device, data.dtype) and not forward_mode()
+        torch_cell = (isinstance(data, Tensor) and not kernels_run_on(data.device, data.dtype)
                       and self._torch_lstm_but_forget_bias()
                       and (self.forget_bias == 0
                            or (on_cpu and self.bias and data.dtype in (torch.float32, torch.float64)))
@@ -210,8 +211,8 @@ class LSTM(nn.LSTM):
                                              for t in hx)))
         onednn_fails = (cast == torch.float16 and not self.proj_size and data.dtype in (torch.float32, torch.bfloat16)
                         and not (packed and bool(input.batch_sizes[0] != input.batch_sizes[-1])))
-        if torch_cell and not (on_cpu and (traced_or_vmapped() or onednn_fails
-                                           or self._loop_packs_faster(input, hx))):
+        if torch_cell and not forward_mode(itertools.chain((data,), hx or (), self.parameters())) \
+                and not (on_cpu and (traced_or_vmapped() or onednn_fails or self._loop_packs_faster(input, hx))):
             if packed:
                 self._check_packed(input, hx)
             else:

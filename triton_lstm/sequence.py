@@ -258,7 +258,7 @@ def named_sequence(names: Names, x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor,
     forget_bias = check_forget_bias(forget_bias)
     ids, (fn, gate_fn) = resolve_activations(activation, recurrent_activation)
     # Forward-mode AD takes the reference, on any device (``higher_order.forward_mode``).
-    reference = ids is None or forward_mode()
+    reference = ids is None or forward_mode((x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection))
     on_kernels = not reference and kernels_run_on(x.device, x.dtype)
     lengths = check_lengths(lengths, T, B, x.device, on_kernels)
     if not reference and not on_kernels and x.device.type == "cpu":
