@@ -79,9 +79,11 @@ def test_cell_and_dynamic_rnn_name_their_own_arguments(which, width):
                                          rf"from inputs, .*got {_shape(B, width + 1)}"):
         dynamic_rnn(cell, torch.randn(B, 2, D), initial_state=LSTMStateTuple(state["c"], state["h"]))
     state[which] = torch.zeros(B, width, dtype=torch.float64)
-    with pytest.raises(TypeError, match=rf"^initial_state\.{which}: dtype torch.float64.* inputs' (dtype )?torch.float32"):
+    with pytest.raises(TypeError, match=rf"^initial_state\.{which}: dtype torch.float64.* inputs' "
+                                        rf"(dtype )?torch.float32"):
         dynamic_rnn(cell, torch.randn(B, 2, D), initial_state=LSTMStateTuple(state["c"], state["h"]))
-    with pytest.raises(TypeError, match=r"^initial_state: expected an LSTMStateTuple \(c, h\) since state_is_tuple=True"):
+    with pytest.raises(TypeError, match=r"^initial_state: expected an LSTMStateTuple \(c, h\) since "
+                                        r"state_is_tuple=True"):
         dynamic_rnn(cell, torch.randn(B, 2, D), initial_state=torch.zeros(B, N + P))
     concatenated = LSTMCell(N, num_proj=P, input_size=D, state_is_tuple=False)
     with pytest.raises(TypeError, match=r"^initial_state: dtype torch.float16 differs from inputs' torch.float32"):

@@ -800,8 +800,8 @@ for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
 def test_forget_bias_folded_only_where_the_cpu_path_would_not_be_more_precise():
     """On the CPU as users run it (no interpreter), with spies on the two paths (each still runs):
     float32 and float64 with a forget bias run nn.LSTM's forward with the bias folded; half precision
-    keeps the CPU path (named_sequence, lstm_sequence's body), which computes it in float32 (nn.LSTM's forward would in half
-    precision, the forget bias added to the bias rounded too)."""
+    keeps the CPU path (named_sequence, lstm_sequence's body), which computes it in float32 (nn.LSTM's
+    forward would in half precision, the forget bias added to the bias rounded too)."""
     run = fresh_python("-c", FOLDED_DTYPES, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split()[:12] == "float32 1 0 float64 1 0 bfloat16 0 1 float16 0 1".split(), run.stdout

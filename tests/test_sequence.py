@@ -486,8 +486,8 @@ def test_initial_state_wrong_shape(which):
                                          rf"{_shape(B, width + 1)}"):
         dynamic_rnn(cell, inputs, initial_state=bad)
     bad = state._replace(**{which: torch.zeros(B + 1, width)})
-    with pytest.raises(ValueError, match=rf"^initial_state\.{which}: expected shape {_shape(B, width)} \(batch {B} from "
-                                         rf"inputs, .*got {_shape(B + 1, width)}"):
+    with pytest.raises(ValueError, match=rf"^initial_state\.{which}: expected shape {_shape(B, width)} "
+                                         rf"\(batch {B} from inputs, .*got {_shape(B + 1, width)}"):
         dynamic_rnn(cell, inputs, initial_state=bad)
 
 

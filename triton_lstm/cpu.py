@@ -628,6 +628,7 @@ cpu_seq_fwd.register_autograd(_fwd_backward, setup_context=_fwd_setup)
 for _op in (cpu_seq_fwd, cpu_seq_bwd):
     torch.library.register_vmap(_op, vmap_by_slices(_op))
 
+
 def _fwd_flops(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, *_, **__):
     T, B, D = x
     return sum(products(T * B, D, w_h[1], w_h[0], 0 if projection is None else projection[0]))

@@ -1,6 +1,6 @@
 """FLOP counts of the custom ops for ``torch.utils.flop_counter.FlopCounterMode``, counted as it counts
 aten's: two per multiply-add of a matrix product, pointwise math not counted, from the shapes alone
-(rows past a sequence's length count too, as the kernels' products cover them)."""
+(rows past a sequence's length count too: the kernels' products cover them, the CPU loop's skip them)."""
 from __future__ import annotations
 
 import torch
