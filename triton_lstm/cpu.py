@@ -631,7 +631,7 @@ for _op in (cpu_seq_fwd, cpu_seq_bwd):
 
 def _fwd_flops(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, *_, **__):
     T, B, D = x
-    return sum(products(T * B, D, w_h[1], w_h[0], 0 if projection is None else projection[0]))
+    return sum(products(T * B, D, w_h[1], w_h[0], projection))
 
 
 def _bwd_flops(d_hbuf, d_h_T, d_c_T, x, w_x, w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, hbuf, cbuf,
@@ -639,7 +639,7 @@ def _bwd_flops(d_hbuf, d_h_T, d_c_T, x, w_x, w_h, w_f_diag, w_i_diag, w_o_diag, 
     # Each step's gradients of h and m, then the wanted ones over every step: dx and the weights'.
     wanted = (True,) * 4 if wanted is None else wanted
     T, B, D = x
-    per_x, per_h, per_m = products(T * B, D, w_h[1], w_h[0], 0 if projection is None else projection[0])
+    per_x, per_h, per_m = products(T * B, D, w_h[1], w_h[0], projection)
     return per_h + per_m + wanted[0] * per_x + wanted[1] * per_x + wanted[2] * per_h + wanted[3] * per_m
 
 

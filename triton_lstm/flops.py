@@ -7,11 +7,12 @@ import torch
 from torch.utils.flop_counter import register_flop_formula
 
 
-def products(rows, D, N4, P, N_proj: int) -> tuple:
+def products(rows, D, N4, P, projection) -> tuple:
     """FLOPs over ``rows`` rows of the input product (x @ W_x, W_x [D, N4]), the recurrent one
-    (h @ W_h, W_h [P, N4]) and the projection (m @ projection, [N_proj, P]; N_proj 0 without one).
-    The same numbers count each product's two backward products (input and weight gradients)."""
-    return 2 * rows * D * N4, 2 * rows * P * N4, 2 * rows * N_proj * P
+    (h @ W_h, W_h [P, N4]) and the projection (m @ projection, ``projection`` its shape [N, P] or
+    None: 0). The same numbers count each product's two backward products (input and weight
+    gradients)."""
+    return 2 * rows * D * N4, 2 * rows * P * N4, 0 if projection is None else 2 * rows * projection[0] * P
 
 
 def register(name: str, formula) -> None:

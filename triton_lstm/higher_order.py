@@ -63,9 +63,8 @@ def vmap_by_slices(op):
 def forward_mode(tensors: Iterable[Optional[Tensor]]) -> bool:
     """Whether forward-mode AD reaches this call: a torch.func transform of forward mode (jvp,
     jacfwd, hessian), or one of ``tensors`` (iterated only then) a dual tensor of
-    torch.autograd.forward_ad (its level is
-    process-wide: other threads, and calls without dual tensors, are not in forward mode). The entry
-    points then run the plain-PyTorch reference, which torch differentiates forward itself (nested
+    torch.autograd.forward_ad (its level is process-wide: other threads, and calls without dual
+    tensors, are not in forward mode). The entry points then run the plain-PyTorch reference, which torch differentiates forward itself (nested
     levels included: an autograd.Function's jvp loses an outer forward level's tangent). While
     torch.compile traces, any dual level counts (Dynamo cannot trace the transform stack's query)."""
     if forward_ad._current_level < 0 and not torch._C._are_functorch_transforms_active():

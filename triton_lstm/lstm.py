@@ -196,8 +196,7 @@ class LSTM(nn.LSTM):
         # but under autocast hx in a dtype it casts alike takes nn.LSTM's. Under CPU float16 autocast
         # nn.LSTM's forward fails where it runs oneDNN (no projection, float32 or bfloat16 input not
         # packed with differing lengths: oneDNN has no float16 LSTM): LSTM's path there. Forward-mode
-        # AD takes LSTM's path, whose layers then run the reference (oneDNN and cuDNN have no forward
-        # mode).
+        # AD takes LSTM's path, whose layers then run the reference (oneDNN's LSTM has no forward mode).
         self._check_hx_pair(hx)
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input

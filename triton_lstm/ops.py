@@ -225,30 +225,26 @@ seq_fwd.register_autograd(_seq_backward, setup_context=_seq_setup)
 
 
 # -- FLOP counts --------------------------------------------------------------------------------------
-def _width(projection) -> int:
-    return 0 if projection is None else projection[0]
-
-
 def _step_fwd_flops(x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection, *_, **__):
     B, D = x
-    return sum(products(B, D, kernel[1], kernel[0] - D, _width(projection)))
+    return sum(products(B, D, kernel[1], kernel[0] - D, projection))
 
 
 def _step_bwd_flops(dh_new, dc_new, z, c, kernel, w_f_diag, w_i_diag, w_o_diag, projection, y, *options, **__):
     # dx, dh_prev and, with a projection, the gradient of m (the weights' gradients are aten's).
     B, D = z[0], options[-1]
-    return sum(products(B, D, kernel[1], kernel[0] - D, _width(projection)))
+    return sum(products(B, D, kernel[1], kernel[0] - D, projection))
 
 
 def _seq_fwd_flops(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, *_, **__):
     T, B, D = x
-    return sum(products(T * B, D, w_h[1], w_h[0], _width(projection)))
+    return sum(products(T * B, D, w_h[1], w_h[0], projection))
 
 
 def _seq_bwd_flops(dout, dh_T, dc_T, z, cbuf, w_h, w_f_diag, w_i_diag, w_o_diag, projection, *_, **__):
     # The recurrence's own: the gradients of h and, with a projection, of m (dx and the weights' are aten's).
     T, B, _ = z
-    return sum(products(T * B, 0, w_h[1], w_h[0], _width(projection)))
+    return sum(products(T * B, 0, w_h[1], w_h[0], projection))
 
 
 for _name, _flops in (("step_fwd", _step_fwd_flops), ("step_bwd", _step_bwd_flops), ("seq_fwd", _seq_fwd_flops),
