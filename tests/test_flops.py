@@ -56,6 +56,20 @@ def test_cell_counts_what_the_reference_counts(proj):
     assert counted(lambda: lstm_cell(*args, **opts)) == want
 
 
+@pytest.mark.parametrize("wants", [(True, True), (False, True), (True, False), (False, False)],
+                         ids=["x,h", "h", "x", "weights"])
+def test_step_backward_counts_what_nn_lstm_cell_counts(wants):
+    """One step (the step kernels) with its input x and state h wanting a gradient or not: the
+    backward computes dx and dh only where wanted, as nn.LSTMCell's does, and counts as much."""
+    x, c, h, kernel, bias = leaves((B, D), (B, H), (B, H), (D + H, 4 * H), (4 * H,), dtype=torch.float32)
+    x.requires_grad_(wants[0])
+    h.requires_grad_(wants[1])
+    ref = torch.nn.LSTMCell(D, H, dtype=torch.float64)
+    want = counted(lambda: ref(x.detach().double().requires_grad_(wants[0]),
+                               (h.detach().double().requires_grad_(wants[1]), c.detach().double())))
+    assert counted(lambda: lstm_cell(x, c, h, kernel, bias)) == want
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_backward_counts_the_initial_states_product_also_where_not_wanted(dtype):
     """An input that wants no gradient (and hx None): the backward counts what nn.LSTM counts plus,

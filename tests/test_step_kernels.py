@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from helpers import CELL_AXES, TOLERANCES, assert_close, cell_args, cell_tensors, reference_fp32
+from triton_lstm.activations import activation_id
 from triton_lstm.pairwise import case_id, pairwise
 from triton_lstm import lstm_cell
 from triton_lstm.launch import interpreting, kernels_run_on
@@ -67,3 +68,41 @@ def test_strided_inputs_and_half_state(device):
     _, (h_ref, c_ref) = reference_fp32(t)
     assert_close("h", h, h_ref, TOLERANCES[torch.float16]["fwd"])
     assert_close("c", c, c_ref, TOLERANCES[torch.float16]["fwd"])
+
+
+@pytest.mark.parametrize("wanted", [["x"], ["h"], ["c", "kernel"], ["x", "h", "projection"]],
+                         ids=["x", "h", "neither", "both"])
+def test_step_backward_computes_only_the_input_gradients_wanted(wanted, device):
+    """The step's backward computes dx and dh only where they are wanted (a decoder's data input,
+    a zero first state): those wanted equal a backward's that wants every one (checked against the
+    reference above)."""
+    t = cell_tensors(3, 7, 10, 5, True, torch.float32, device)
+    options = dict(cell_clip=1.0, proj_clip=0.25)
+
+    def grads(wants):
+        args = {k: None if v is None else v.detach().requires_grad_(k in wants) for k, v in t.items()}
+        h, c = lstm_cell(*cell_args(args), **options)
+        return torch.autograd.grad(h.square().sum() + c.square().sum(), [args[k] for k in wanted])
+
+    for name, got, want in zip(wanted, grads(wanted), grads([k for k, v in t.items() if v is not None])):
+        assert torch.equal(got, want), name
+
+
+def test_step_backward_op_schema_and_fake(device):
+    """torch.library.opcheck of the step's backward op with each choice of the gradients wanted, and
+    without that argument (a graph compiled against the op before it took it): every one computed."""
+    t = cell_tensors(3, 7, 10, 5, True, torch.float32, device)
+    acts = activation_id("tanh"), activation_id("sigmoid")
+    options = (*acts, 1.0, 1.0, 0.25)
+    with torch.no_grad():
+        _, c_new, z, m, y = torch.ops.triton_lstm.step_fwd(*cell_args(t), *options)
+        g = torch.Generator().manual_seed(1)
+        dh, dc = torch.randn(3, 5, generator=g).to(device), torch.randn(c_new.shape, generator=g).to(device)
+        args = (dh, dc, z, t["c"], t["kernel"], t["w_f_diag"], t["w_i_diag"], t["w_o_diag"], t["projection"], y,
+                *options, 7)
+        full = torch.ops.triton_lstm.step_bwd(*args)
+        for wanted in ([True, True], [True, False], [False, True], [False, False]):
+            torch.library.opcheck(torch.ops.triton_lstm.step_bwd.default, (*args, wanted))
+            got = torch.ops.triton_lstm.step_bwd(*args, wanted)
+            for i, want in zip((2, 3), wanted):
+                assert torch.equal(got[i], full[i]) if want else got[i].numel() == 0

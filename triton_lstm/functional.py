@@ -75,9 +75,9 @@ def step_forward(x: Tensor, c: Tensor, h: Tensor, kernel: Tensor, bias: Tensor,
 
 def step_backward(dh_new: Tensor, dc_new: Tensor, z: Tensor, c: Tensor, kernel: Tensor,
                   peepholes: tuple[Optional[Tensor], ...], projection: Optional[Tensor], y: Optional[Tensor],
-                  x_dtype: torch.dtype, D: int, opts: CellOptions):
-    """Launch the backward kernel (dz, dc_prev); dx and dh_prev are GEMMs of dz. Returns
-    (dz fp32, dc_prev fp32, dx, dh_prev, dy fp32 or None)."""
+                  x_dtype: torch.dtype, D: int, opts: CellOptions, wanted: tuple[bool, bool] = (True, True)):
+    """Launch the backward kernel (dz, dc_prev); dx and dh_prev are GEMMs of dz, each computed where
+    ``wanted`` says (None where not). Returns (dz fp32, dc_prev fp32, dx, dh_prev, dy fp32 or None)."""
     B, N = c.shape
     P = dh_new.shape[1]
     dev = c.device
@@ -93,8 +93,8 @@ def step_backward(dh_new: Tensor, dc_new: Tensor, z: Tensor, c: Tensor, kernel: 
            kernel_constants(opts, x_dtype, lstm_step_bwd_kernel, USE_PEEPHOLES=wf is not None,
                             HAS_PROJ=projection is not None), dev)
     dz_w = dz.to(kernel.dtype)
-    dx = (dz_w @ kernel[:D].t()).to(x_dtype)
-    dh_prev = (dz_w @ kernel[D:].t()).to(x_dtype)
+    dx = (dz_w @ kernel[:D].t()).to(x_dtype) if wanted[0] else None
+    dh_prev = (dz_w @ kernel[D:].t()).to(x_dtype) if wanted[1] else None
     if projection is None:
         return dz, dc_prev, dx, dh_prev, None
     # An op's outputs may not alias its inputs: without proj_clip, dy would be dh_new itself.

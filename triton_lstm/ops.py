@@ -15,7 +15,7 @@ and ``sequence`` are the ops in the form torch.func accepts.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -76,22 +76,29 @@ def _(x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection, act, gate
 def step_bwd(dh_new: Tensor, dc_new: Tensor, z: Tensor, c: Tensor, kernel: Tensor, w_f_diag: Optional[Tensor],
              w_i_diag: Optional[Tensor], w_o_diag: Optional[Tensor], projection: Optional[Tensor], y: Tensor,
              act: int, gate_act: int, forget_bias: float, cell_clip: Optional[float], proj_clip: Optional[float],
-             input_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Returns (dz fp32, dc_prev fp32, dx, dh_prev, dy fp32 or empty)."""
+             input_size: int, wanted: Optional[Sequence[bool]] = None) -> tuple[Tensor, Tensor, Tensor, Tensor,
+                                                                                Tensor]:
+    """Returns (dz fp32, dc_prev fp32, dx, dh_prev, dy fp32 or empty). ``wanted``: whether dx and
+    dh_prev are (None: both), each a product; one not wanted is empty."""
     kernel, w_f_diag, w_i_diag, w_o_diag, projection = contiguous_or_none(
         kernel, w_f_diag, w_i_diag, w_o_diag, projection)
     dz, dc_prev, dx, dh_prev, dy = step_backward(dh_new, dc_new, z, c, kernel, (w_f_diag, w_i_diag, w_o_diag),
                                                  projection, _present(y), kernel.dtype, input_size,
-                                                 CellOptions(act, gate_act, forget_bias, cell_clip, proj_clip))
-    return dz, dc_prev, dx, dh_prev, _or_empty(dy, z, F32)
+                                                 CellOptions(act, gate_act, forget_bias, cell_clip, proj_clip),
+                                                 (True, True) if wanted is None else tuple(wanted))
+    return (dz, dc_prev, _or_empty(dx, kernel, kernel.dtype), _or_empty(dh_prev, kernel, kernel.dtype),
+            _or_empty(dy, z, F32))
 
 
 @step_bwd.register_fake
 def _(dh_new, dc_new, z, c, kernel, w_f_diag, w_i_diag, w_o_diag, projection, y, act, gate_act, forget_bias,
-      cell_clip, proj_clip, input_size):
+      cell_clip, proj_clip, input_size, wanted=None):
     B, N, P = c.shape[0], c.shape[1], dh_new.shape[1]
+    want_x, want_h = (True, True) if wanted is None else wanted
+    dx = kernel.new_empty(B, input_size) if want_x else kernel.new_empty(0)
+    dh_prev = kernel.new_empty(B, P) if want_h else kernel.new_empty(0)
     dy = z.new_empty(B, P) if projection is not None else z.new_empty(0)
-    return (z.new_empty(B, 4 * N), z.new_empty(B, N), kernel.new_empty(B, input_size), kernel.new_empty(B, P), dy)
+    return z.new_empty(B, 4 * N), z.new_empty(B, N), dx, dh_prev, dy
 
 
 def _step_setup(ctx, inputs, output):
@@ -113,14 +120,14 @@ def _step_backward(ctx, dh_new, dc_new, _dz, _dm, _dy):
         return differentiable_vjp(ctx, recompute, inputs, (dh_new, dc_new)) + (None,) * 5
     dh_new = _zeros_if_none(dh_new, h.shape, z)
     dc_new = _zeros_if_none(dc_new, c_new.shape, z)
-    dz, dc_prev, dx, dh_prev, dy = step_bwd(dh_new, dc_new, z, c, kernel, w_f_diag, w_i_diag, w_o_diag,
-                                            projection, y, *ctx.options, x.shape[1])
     needs = ctx.needs_input_grad
+    dz, dc_prev, dx, dh_prev, dy = step_bwd(dh_new, dc_new, z, c, kernel, w_f_diag, w_i_diag, w_o_diag,
+                                            projection, y, *ctx.options, x.shape[1], [needs[0], needs[2]])
     d_wx, d_wh, d_bias, d_wf, d_wi, d_wo, d_proj = weight_grads(
         (needs[3], needs[3], needs[4], needs[5], needs[6], needs[7], needs[8]),
         dz, x, h, c, c_new, _present(m), dy, kernel.dtype)
     d_kernel = torch.cat([d_wx, d_wh]) if needs[3] else None
-    grads = (dx, dc_prev.to(c.dtype), dh_prev, d_kernel, d_bias, d_wf, d_wi, d_wo, d_proj)
+    grads = (_present(dx), dc_prev.to(c.dtype), _present(dh_prev), d_kernel, d_bias, d_wf, d_wi, d_wo, d_proj)
     return _laid_out_like(grads, (x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection)) + (None,) * 5
 
 
@@ -230,10 +237,12 @@ def _step_fwd_flops(x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, project
     return sum(products(B, D, kernel[1], kernel[0] - D, projection))
 
 
-def _step_bwd_flops(dh_new, dc_new, z, c, kernel, w_f_diag, w_i_diag, w_o_diag, projection, y, *options, **__):
-    # dx, dh_prev and, with a projection, the gradient of m (the weights' gradients are aten's).
-    B, D = z[0], options[-1]
-    return sum(products(B, D, kernel[1], kernel[0] - D, projection))
+def _step_bwd_flops(dh_new, dc_new, z, c, kernel, w_f_diag, w_i_diag, w_o_diag, projection, y, act, gate_act,
+                    forget_bias, cell_clip, proj_clip, input_size, wanted=None, **__):
+    # With a projection the gradient of m, then dx and dh_prev where wanted (the weights' are aten's).
+    want_x, want_h = (True, True) if wanted is None else wanted
+    per_x, per_h, per_m = products(z[0], input_size, kernel[1], kernel[0] - input_size, projection)
+    return per_m + want_x * per_x + want_h * per_h
 
 
 def _seq_fwd_flops(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, *_, **__):
