@@ -324,6 +324,19 @@ def test_load_tf_weights_round_trip():
     _assert_same_weights(src, dst)
 
 
+@pytest.mark.parametrize("dtype, array_dtype", [(torch.float64, np.float64), (torch.float16, np.float16),
+                                                 (torch.bfloat16, np.float32)])
+def test_tf_weights_keep_the_cells_dtype(dtype, array_dtype):
+    """A float64 (or float16) cell's variables come back in its dtype, so that they round-trip
+    exactly; numpy has no bfloat16, whose values float32 holds exactly."""
+    src = _full_cell(seed=7, dtype=dtype)
+    w = src.tf_weights()
+    assert all(v.dtype == array_dtype for v in w.values())
+    dst = _full_cell(seed=8, dtype=dtype)
+    dst.load_tf_weights(w)
+    _assert_same_weights(src, dst)
+
+
 def test_load_tf_weights_builds_an_unbuilt_cell():
     src = _full_cell()
     dst = LSTMCell(N, use_peepholes=True, num_proj=P)

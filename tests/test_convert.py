@@ -45,6 +45,27 @@ def test_round_trip_tf_ours_torch_ours(P):
     torch.testing.assert_close(dynamic_rnn(cell2, x)[0], ours, **TOL)
 
 
+@pytest.mark.parametrize("dtype, array_dtype", [(torch.float64, np.float64), (torch.float16, np.float16),
+                                                 (torch.bfloat16, np.float32)])
+def test_converters_keep_the_weights_dtype(dtype, array_dtype):
+    """TF and Keras layouts of a float64 (or float16) module come back in its dtype and round-trip
+    exactly (forget bias 0: nothing to fold); numpy has no bfloat16, whose values float32 holds."""
+    lstm = LSTM(5, 8, proj_size=3, use_peepholes=True, dtype=dtype)
+    sd = lstm.state_dict()
+    tf = torch_lstm_to_tf(sd, forget_bias=0.0, scope="")
+    assert all(v.dtype == array_dtype for v in tf.values())
+    back = tf_to_torch_lstm(tf["kernel"], tf["bias"], tf["projection/kernel"], forget_bias=0.0)
+    for name in ("weight_ih_l0", "weight_hh_l0", "weight_hr_l0"):
+        assert torch.equal(back[name].to(dtype), sd[name]), name
+    assert torch.equal(back["bias_ih_l0"].to(dtype), sd["bias_ih_l0"] + sd["bias_hh_l0"])
+    plain = LSTM(5, 8, dtype=dtype).state_dict()
+    keras = torch_lstm_to_keras(plain)
+    assert all(v.dtype == array_dtype for v in keras.values())
+    again = keras_to_torch_lstm(keras["kernel"], keras["recurrent_kernel"], keras["bias"])
+    assert torch.equal(again["weight_ih_l0"].to(dtype), plain["weight_ih_l0"])
+    assert torch.equal(again["weight_hh_l0"].to(dtype), plain["weight_hh_l0"])
+
+
 def test_our_lstm_exports_peepholes_per_layer():
     lstm = LSTM(5, 8, num_layers=2, bidirectional=True, use_peepholes=True, proj_size=3)
     tf = torch_lstm_to_tf(lstm.state_dict(), suffix="_l1_reverse", scope="")

@@ -12,7 +12,7 @@ from torch import nn
 from triton_lstm.activations import Activation, resolve_activation
 from triton_lstm.checks import (FLOAT_DTYPES, DTypeError, Names, ShapeError, check_clip, check_forget_bias,
                                 check_int, check_tensor, shape_of)
-from triton_lstm.convert import as_tensor, keras_as_tf_variables
+from triton_lstm.convert import as_array, as_tensor, keras_as_tf_variables
 from triton_lstm.functional import autocast_alike, named_cell
 
 Tensor = torch.Tensor
@@ -307,10 +307,11 @@ class LSTMCell(nn.Module):
         return names
 
     def tf_weights(self, scope: str = "rnn/lstm_cell") -> dict[str, np.ndarray]:
-        """The weights under TF's variable names (``scope/kernel`` ...), as float numpy arrays."""
+        """The weights under TF's variable names (``scope/kernel`` ...), as numpy arrays in the cell's
+        dtype (bfloat16, which numpy lacks, as float32)."""
         self._require_built("tf_weights")
         prefix = f"{scope}/" if scope else ""
-        return {prefix + tf: getattr(self, attr).detach().float().cpu().numpy()
+        return {prefix + tf: as_array(getattr(self, attr))
                 for tf, attr in self._tf_variables().items()}
 
     def load_tf_weights(self, weights: Mapping[str, Any], scope: Optional[str] = None) -> None:

@@ -52,6 +52,12 @@ def as_tensor(value: Any, name: str = "value") -> Tensor:
     return torch.as_tensor(array)
 
 
+def as_array(t: Tensor) -> np.ndarray:
+    """A weight as a numpy array in its dtype (bfloat16, which numpy lacks, as float32)."""
+    t = t.detach().cpu()
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+
+
 def _matrix(name: str, value: Any, rows: Optional[int], cols: Optional[int], meaning: str) -> Tensor:
     """``value`` as a floating rank-2 tensor of shape [rows, cols] (None: any size >= 1)."""
     t = as_tensor(value, name)
@@ -112,7 +118,7 @@ def _torch_layer(state_dict: Mapping[str, Any], suffix: str) -> dict[str, Tensor
     if name not in state_dict:
         layers = sorted(k[len("weight_ih"):] for k in state_dict if isinstance(k, str) and k.startswith("weight_ih"))
         raise ValueError(f"state_dict: no {name!r}; layers/directions present: {layers}")
-    sd = {k: as_tensor(v, f"state_dict[{k!r}]").detach().float().cpu()
+    sd = {k: as_tensor(v, f"state_dict[{k!r}]").detach().cpu()
           for k, v in state_dict.items() if isinstance(k, str) and k.endswith(suffix)}
     w_ih = _matrix(f"state_dict[{name!r}]", sd[name], None, None, "4 * hidden_size, input_size")
     n = _num_units(f"state_dict[{name!r}]", w_ih, 0)
@@ -148,17 +154,17 @@ def torch_lstm_to_tf(state_dict: Mapping[str, Any], suffix: str = "_l0", forget_
     forget_bias = check_forget_bias(forget_bias)
     layer = _torch_layer(state_dict, suffix)
     n = layer["weight_ih"].shape[0] // 4
-    bias = swap_gates(layer["bias"]) if "bias" in layer else torch.zeros(4 * n)
+    bias = swap_gates(layer["bias"]) if "bias" in layer else layer["weight_ih"].new_zeros(4 * n)
     bias[2 * n:3 * n] -= forget_bias
     prefix = f"{scope}/" if scope else ""
-    out = {prefix + "kernel": torch.cat([swap_gates(layer["weight_ih"], 0).t(),
-                                         swap_gates(layer["weight_hh"], 0).t()]).numpy(),
-           prefix + "bias": bias.numpy()}
+    out = {prefix + "kernel": as_array(torch.cat([swap_gates(layer["weight_ih"], 0).t(),
+                                                  swap_gates(layer["weight_hh"], 0).t()])),
+           prefix + "bias": as_array(bias)}
     if "weight_hr" in layer:
-        out[prefix + "projection/kernel"] = layer["weight_hr"].t().numpy()
+        out[prefix + "projection/kernel"] = as_array(layer["weight_hr"].t())
     for gate in ("f", "i", "o"):
         if f"w_{gate}_diag" in layer:
-            out[prefix + f"w_{gate}_diag"] = layer[f"w_{gate}_diag"].numpy()
+            out[prefix + f"w_{gate}_diag"] = as_array(layer[f"w_{gate}_diag"])
     return out
 
 
@@ -189,10 +195,10 @@ def torch_lstm_to_keras(state_dict: Mapping[str, Any], suffix: str = "_l0",
         raise ValueError(f"state_dict: Keras' LSTM cannot express {extra} (layer{suffix}); it has no peepholes "
                          f"and no projection")
     n = layer["weight_ih"].shape[0] // 4
-    bias = layer["bias"].clone() if "bias" in layer else torch.zeros(4 * n)
+    bias = layer["bias"].clone() if "bias" in layer else layer["weight_ih"].new_zeros(4 * n)
     bias[n:2 * n] += forget_bias
-    return {"kernel": layer["weight_ih"].t().numpy(), "recurrent_kernel": layer["weight_hh"].t().numpy(),
-            "bias": bias.numpy()}
+    return {"kernel": as_array(layer["weight_ih"].t()), "recurrent_kernel": as_array(layer["weight_hh"].t()),
+            "bias": as_array(bias)}
 
 
 def keras_to_tf_lstm(kernel: Any, recurrent_kernel: Any, bias: Optional[Any] = None,
