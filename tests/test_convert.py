@@ -1,12 +1,14 @@
 """Weight migration: TF variables -> LSTMCell -> torch.nn.LSTM -> TF variables -> LSTMCell; Keras
 layouts; every converter's shape checks."""
 import os
+import re
 import sys
 
 import numpy as np
 import pytest
 import torch
 
+import triton_lstm
 from triton_lstm import LSTM, LSTMCell, dynamic_rnn
 from triton_lstm.convert import (cell_to_torch_lstm, keras_to_torch_lstm, read_tf_checkpoint, tf_to_torch_lstm,
                                  torch_lstm_to_keras, torch_lstm_to_tf)
@@ -82,6 +84,20 @@ def test_to_torch_refuses_what_torch_cannot_express(kwargs, named):
     cell = LSTMCell(8, input_size=4, **kwargs)
     with pytest.raises(ValueError, match=f"cell: torch.nn.LSTM cannot express .*{named}"):
         cell_to_torch_lstm(cell)
+
+
+def test_to_torch_refusal_names_a_call_that_builds_the_module():
+    """The refusal's advice, followed as written, builds a triton_lstm.LSTM computing the cell."""
+    torch.manual_seed(0)
+    cell = LSTMCell(8, input_size=5, num_proj=4, use_peepholes=True, cell_clip=2.0, proj_clip=1.5,
+                    forget_bias=1.0, activation="relu")
+    with pytest.raises(ValueError, match=r"triton_lstm.porting.tf_to_module\(.*\) builds one") as info:
+        cell_to_torch_lstm(cell)
+    call = re.search(r"(triton_lstm\.porting\.tf_to_module\(.*\)) builds one", str(info.value)).group(1)
+    module = eval(call, {"triton_lstm": triton_lstm, "cell": cell})
+    assert isinstance(module, LSTM)
+    x = torch.randn(3, 6, 5) * 3
+    torch.testing.assert_close(module(x)[0], dynamic_rnn(cell, x)[0], **TOL)
 
 
 def test_missing_layer_is_named():

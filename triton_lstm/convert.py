@@ -247,8 +247,10 @@ def cell_to_torch_lstm(cell) -> torch.nn.LSTM:
                                                       resolve_activation(cell.activation)[0] != "tanh"),
         ("num_proj >= num_units", cell.num_proj is not None and cell.num_proj >= cell.num_units)) if bad]
     if unsupported:
-        raise ValueError(f"cell: torch.nn.LSTM cannot express {', '.join(unsupported)}; "
-                         f"use triton_lstm.LSTM, which has these options")
+        raise ValueError(f"cell: torch.nn.LSTM cannot express {', '.join(unsupported)}; triton_lstm.LSTM "
+                         f"has these options: triton_lstm.porting.tf_to_module(cell.tf_weights(), "
+                         f"forget_bias=cell.forget_bias, cell_clip=cell.cell_clip, proj_clip=cell.proj_clip, "
+                         f"activation=cell.activation) builds one (batch-first)")
     lstm = torch.nn.LSTM(cell.input_size, cell.num_units, proj_size=cell.num_proj or 0,
                          device=cell.kernel.device, dtype=cell.kernel.dtype)
     lstm.load_state_dict(tf_to_torch_lstm(cell.kernel, cell.bias, cell.projection(), cell.forget_bias))
