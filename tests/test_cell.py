@@ -91,6 +91,17 @@ def test_zero_state_tuple_keeps_c_float32_for_half():
     assert c.dtype == h.dtype == torch.float64
 
 
+@pytest.mark.parametrize("given, dtype", [(np.float64, torch.float64), (np.dtype("float16"), torch.float16),
+                                          (np.float32, torch.float32)])
+def test_zero_state_takes_numpy_dtypes(given, dtype):
+    """As TF's zero_state (a checkpoint array's dtype at hand); the state's dtype is h's, as TF's."""
+    cell = LSTMCell(N, num_proj=P, input_size=D)
+    state = cell.zero_state(2, given)
+    assert state.h.dtype == dtype and state.dtype == dtype
+    assert state.c.dtype == (torch.float32 if dtype == torch.float16 else dtype)
+    assert cell.get_initial_state(batch_size=2, dtype=given).h.dtype == dtype
+
+
 def test_zero_state_concatenated():
     cell = LSTMCell(N, num_proj=P, state_is_tuple=False)
     s = cell.zero_state(3, "float16")
@@ -683,3 +694,23 @@ def test_autocast_takes_a_half_precision_state_in_float32(name, device):
     assert [t.dtype for t in got] == [t.dtype for t in want]
     for i, (a, b) in enumerate(zip(got, want)):
         assert torch.equal(a, b), f"result {i}"
+
+
+T_TF = 4
+
+
+def test_dynamic_rnn_takes_tfs_signature():
+    """TF1's calls, positional in TF's order (dtype before time_major) or with TF's keywords, compute
+    what the call without them computes; the cell's call takes TF's scope."""
+    torch.manual_seed(0)
+    cell = LSTMCell(N, num_proj=P, use_peepholes=True, input_size=D)
+    x, lengths = torch.randn(T_TF, 3, D), torch.tensor([4, 1, 3])
+    want, want_state = dynamic_rnn(cell, x, sequence_length=lengths, time_major=True)
+    for got, state in (dynamic_rnn(cell, x, lengths, None, torch.float32, 32, True, True, "rnn"),
+                       dynamic_rnn(cell, x, sequence_length=lengths, dtype=np.float32, parallel_iterations=None,
+                                   swap_memory=False, time_major=True, scope=None),
+                       dynamic_rnn(cell, x, lengths, dtype="float32", time_major=True)):
+        assert torch.equal(got, want)
+        assert torch.equal(state.c, want_state.c) and torch.equal(state.h, want_state.h)
+    step, _ = cell(x[0], None, "rnn/lstm_cell")
+    assert torch.equal(step, cell(x[0])[0])

@@ -90,6 +90,60 @@ def test_cell_and_dynamic_rnn_name_their_own_arguments(which, width):
         dynamic_rnn(concatenated, torch.randn(B, 2, D), initial_state=torch.zeros(B, N + P, dtype=torch.float16))
 
 
+def test_a_state_in_h_c_order_is_named_so():
+    """(h, c) passed for TF's (c, h), with num_proj != num_units: the error says the order is swapped."""
+    cell = LSTMCell(N, num_proj=P, input_size=D)
+    with pytest.raises(ValueError, match=rf"^state: c has shape {_shape(B, P)} and h {_shape(B, N)}, which is "
+                                         rf"\(h, c\): the state is LSTMStateTuple\(c, h\)"):
+        cell(torch.randn(B, D), (torch.zeros(B, P), torch.zeros(B, N)))
+    with pytest.raises(ValueError, match=r"^initial_state: c has shape .* which is \(h, c\)"):
+        dynamic_rnn(cell, torch.randn(B, 2, D), initial_state=(torch.zeros(B, P), torch.zeros(B, N)))
+
+
+@pytest.mark.parametrize("time_major", [False, True])
+def test_dynamic_rnn_names_the_layout_when_a_batch_is_the_time_dimension(time_major):
+    """An initial state or sequence_length whose batch is the inputs' time dimension: inputs laid out
+    the other way, which the error says, naming the argument and time_major."""
+    cell = LSTMCell(N, num_proj=P, input_size=D)
+    T = 6
+    x = torch.randn(T, B, D) if time_major else torch.randn(B, T, D)
+    flip = "time_major=False" if time_major else "time_major=True"
+    with pytest.raises(ValueError, match=rf"^sequence_length: batch {T}, which is the inputs' time dimension.*"
+                                         rf"pass {flip}$"):
+        dynamic_rnn(cell, x, sequence_length=[1] * T, time_major=time_major)
+    with pytest.raises(ValueError, match=rf"^initial_state\.c: batch {T}, .*pass {flip}$"):
+        dynamic_rnn(cell, x, initial_state=cell.zero_state(T), time_major=time_major)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(dtype=torch.float64), r"^dtype: torch.float64 differs from the inputs' dtype torch.float32"),
+    (dict(dtype="int8"), r"^dtype: expected None, a floating dtype"),
+    (dict(parallel_iterations=0), r"^parallel_iterations: expected an int >= 1 or None, got 0"),
+    (dict(swap_memory="yes"), r"^swap_memory: expected a bool, got 'yes'"),
+    (dict(scope=1), r"^scope: expected None or a variable scope's name"),
+    (dict(time_major=torch.float32), r"^time_major: expected a bool, got torch.float32")])
+def test_dynamic_rnn_checks_tfs_arguments(kwargs, match):
+    """TF's arguments dynamic_rnn takes: a dtype that is not the inputs' (TF computes in it) and bad
+    values of the settings without effect here are errors naming them; TF's positional order puts
+    dtype before time_major, so a dtype passed there is one too."""
+    cell = LSTMCell(N, input_size=D)
+    with pytest.raises((TypeError, ValueError), match=match):
+        dynamic_rnn(cell, torch.randn(B, 2, D), **kwargs)
+
+
+def test_cell_call_checks_scope():
+    cell = LSTMCell(N, input_size=D)
+    with pytest.raises(TypeError, match=r"^scope: expected None or a variable scope's name \(str\), got int"):
+        cell(torch.randn(B, D), None, 3)
+
+
+def test_load_tf_weights_scope_that_matches_nothing():
+    src = LSTMCell(N, input_size=D)
+    with pytest.raises(ValueError, match=r"^scope: no variable of weights is under 'rnn/lstm_cell_1/'; got names "
+                                         r"\['rnn/lstm_cell/bias', 'rnn/lstm_cell/kernel'\]"):
+        LSTMCell(N, input_size=D).load_tf_weights(src.tf_weights(), scope="rnn/lstm_cell_1")
+
+
 def test_concatenated_state_wrong_width():
     cell = LSTMCell(N, num_proj=P, input_size=D, state_is_tuple=False)
     with pytest.raises(ValueError, match=rf"^state: expected shape {_shape(B, N + P)} .*state_is_tuple=False, "
@@ -166,6 +220,8 @@ def test_bad_dtype_string():
     cell = LSTMCell(N)
     with pytest.raises(TypeError, match=r"^dtype: .*got 'fp32'"):
         cell.zero_state(2, "fp32")
+    with pytest.raises(TypeError, match=r"^dtype: .*got <class 'numpy.int32'>"):
+        cell.zero_state(2, np.int32)
 
 
 # -- options ----------------------------------------------------------------------------------------

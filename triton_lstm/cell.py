@@ -11,7 +11,7 @@ from torch import nn
 
 from triton_lstm.activations import Activation, resolve_activation
 from triton_lstm.checks import (FLOAT_DTYPES, DTypeError, Names, ShapeError, check_clip, check_forget_bias,
-                                check_int, check_tensor, shape_of)
+                                check_int, check_scope, check_tensor, shape_of)
 from triton_lstm.convert import as_array, as_tensor, keras_as_tf_variables
 from triton_lstm.functional import autocast_alike, named_cell
 
@@ -28,18 +28,27 @@ class LSTMStateTuple(NamedTuple):
     c: Any
     h: Any
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The state's dtype, as TF's: h's (a half-precision state keeps c in float32)."""
+        return self.h.dtype
+
 
 # torch.export.save writes a program's output structure by type name: a namedtuple needs one.
 torch.utils._pytree._register_namedtuple(LSTMStateTuple, serialized_type_name="triton_lstm.LSTMStateTuple")
 
 
-def _as_dtype(name: str, dtype: Union[str, torch.dtype, None]) -> Optional[torch.dtype]:
+def as_dtype(name: str, dtype: Union[str, torch.dtype, np.dtype, type, None]) -> Optional[torch.dtype]:
+    """A torch dtype from a torch dtype, its name or a numpy dtype (``np.float32``, an array's
+    ``.dtype``), as TF takes them; ``name`` is the argument's, for the error."""
     if isinstance(dtype, str) and dtype in _DTYPE_NAMES:
         dtype = _DTYPE_NAMES[dtype]
+    elif isinstance(dtype, np.dtype) or (isinstance(dtype, type) and issubclass(dtype, np.floating)):
+        dtype = _DTYPE_NAMES.get(np.dtype(dtype).name, dtype)
     if dtype is None or dtype in FLOAT_DTYPES:
         return dtype
-    raise TypeError(f"{name}: expected None, a floating dtype {FLOAT_DTYPES} or one of {sorted(_DTYPE_NAMES)}, "
-                    f"got {dtype!r}")
+    raise TypeError(f"{name}: expected None, a floating dtype {FLOAT_DTYPES} (or its numpy dtype) or one of "
+                    f"{sorted(_DTYPE_NAMES)}, got {dtype!r}")
 
 
 def _tf_name(key: str) -> str:
@@ -100,7 +109,7 @@ class LSTMCell(nn.Module):
         self.name = name
         # Where and in which dtype the weights will be built: a tensor, so that .to(), .double() or
         # .cuda() on a cell not built yet move it as they would move the weights.
-        dtype = _as_dtype("dtype", dtype)
+        dtype = as_dtype("dtype", dtype)
         self.register_buffer("weights_like", torch.zeros(0, device=device, dtype=dtype or torch.get_default_dtype()),
                              persistent=False)
         # Without a dtype, a cell built at its first call takes the inputs' dtype (TF: "None means use
@@ -211,7 +220,7 @@ class LSTMCell(nn.Module):
                    device: Union[str, torch.device, None] = None) -> Union[LSTMStateTuple, Tensor]:
         """Zeros shaped like ``state_size``. With a half dtype the tuple's c is float32."""
         batch_size = check_int("batch_size", batch_size, 0)
-        dtype = _as_dtype("dtype", dtype) or self._param_dtype()
+        dtype = as_dtype("dtype", dtype) or self._param_dtype()
         device = device if device is not None else self._param_device()
         N, P = self.num_units, self.output_size
         if not self.state_is_tuple:
@@ -228,7 +237,7 @@ class LSTMCell(nn.Module):
                 raise ValueError("inputs: expected a tensor whose first dimension is the batch")
             if batch_size is not None and batch_size != inputs.shape[0]:
                 raise ValueError(f"batch_size: {batch_size} disagrees with inputs' batch {inputs.shape[0]}")
-            dtype = _as_dtype("dtype", dtype)
+            dtype = as_dtype("dtype", dtype)
             if dtype is not None and dtype != inputs.dtype:
                 raise ValueError(f"dtype: {dtype} differs from the inputs' dtype {inputs.dtype}; pass one of them")
             return self.zero_state(inputs.shape[0], inputs.dtype, inputs.device)
@@ -252,7 +261,13 @@ class LSTMCell(nn.Module):
             if not isinstance(state, (tuple, list)) or len(state) != 2:
                 raise TypeError(f"{name}: expected an LSTMStateTuple (c, h) since state_is_tuple=True, "
                                 f"got {type(state).__name__}")
-            return state[0], state[1]
+            c, h = state
+            if N != P and all(isinstance(t, Tensor) and t.dim() == 2 for t in state) \
+                    and (c.shape[1], h.shape[1]) == (P, N):
+                raise ShapeError(f"{name}: c has shape {shape_of(c)} and h {shape_of(h)}, which is (h, c): the "
+                                 f"state is LSTMStateTuple(c, h), in TF's order, with c [batch, num_units {N}] "
+                                 f"and h [batch, output size {P}]")
+            return c, h
         if isinstance(state, (tuple, list)):
             raise TypeError(f"{name}: expected one tensor [batch, num_units + output size] since "
                             f"state_is_tuple=False, got {type(state).__name__}")
@@ -269,8 +284,11 @@ class LSTMCell(nn.Module):
             return Names("inputs", f"{name}.h", f"{name}.c")
         return Names("inputs", name, name)
 
-    def forward(self, inputs: Tensor, state=None):
-        """One step. inputs [B, D]; state (c [B, N], h [B, P]) or [B, N + P]; returns (output, new state)."""
+    def forward(self, inputs: Tensor, state=None, scope: Optional[str] = None):
+        """One step. inputs [B, D]; state (c [B, N], h [B, P]) or [B, N + P]; returns (output, new state).
+        ``scope`` (TF's variable scope) is taken for TF's signature and has no effect: the weights are
+        this module's."""
+        check_scope(scope)
         check_tensor("inputs", inputs, 2)
         self.check_inputs(inputs)
         if state is None:
@@ -337,6 +355,8 @@ class LSTMCell(nn.Module):
             tf = _tf_name(key)
             if tf in ("kernel", "bias", "w_f_diag", "w_i_diag", "w_o_diag", "projection/kernel"):
                 found.setdefault(tf, []).append(key)
+        if prefix is not None and not any(isinstance(k, str) and k.startswith(prefix) for k in weights):
+            raise ValueError(f"scope: no variable of weights is under {prefix!r}; got names {sorted(weights)}")
         unexpected = sorted(set(found) - set(wanted))
         if unexpected:
             raise ValueError(f"weights: the checkpoint has {unexpected} ({[found[u] for u in unexpected]}) which "

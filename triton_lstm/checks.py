@@ -47,6 +47,12 @@ def check_int(name: str, value: Any, low: int, none_ok: bool = False) -> Optiona
     return value
 
 
+def check_scope(scope: Any) -> None:
+    """TF's variable scope, taken for TF's signatures (no effect here): None or a name."""
+    if scope is not None and not isinstance(scope, str):
+        raise TypeError(f"scope: expected None or a variable scope's name (str), got {type(scope).__name__}")
+
+
 def shape_of(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(t.shape)
 

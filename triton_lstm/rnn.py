@@ -5,17 +5,18 @@ from typing import Optional, Union
 
 import torch
 
-from triton_lstm.cell import LSTMCell, LSTMStateTuple
-from triton_lstm.checks import check_tensor
+from triton_lstm.cell import LSTMCell, LSTMStateTuple, as_dtype
+from triton_lstm.checks import DTypeError, ShapeError, check_int, check_scope, check_tensor
 from triton_lstm.sequence import named_sequence
 
 Tensor = torch.Tensor
 
 
 def dynamic_rnn(cell: LSTMCell, inputs: Tensor, sequence_length: Optional[Tensor] = None,
-                initial_state: Union[LSTMStateTuple, tuple, Tensor, None] = None,
-                time_major: bool = False) -> tuple[Tensor, Union[LSTMStateTuple, Tensor]]:
-    """Run ``cell`` over a sequence, with TF's semantics.
+                initial_state: Union[LSTMStateTuple, tuple, Tensor, None] = None, dtype=None,
+                parallel_iterations: Optional[int] = None, swap_memory: bool = False, time_major: bool = False,
+                scope: Optional[str] = None) -> tuple[Tensor, Union[LSTMStateTuple, Tensor]]:
+    """Run ``cell`` over a sequence, with TF's semantics and TF's signature.
 
     Args:
         cell: an ``LSTMCell`` (built lazily from the inputs' width if needed).
@@ -24,21 +25,51 @@ def dynamic_rnn(cell: LSTMCell, inputs: Tensor, sequence_length: Optional[Tensor
             a numpy array); rows past their length output exactly 0 and carry the state through.
             None means every row runs T steps.
         initial_state: the cell's state layout (``LSTMStateTuple(c, h)`` or [B, N + P]); zeros if None.
+        dtype: None, or the inputs' dtype (a torch or numpy dtype or its name), as TF's calls pass it
+            for the zero initial state; another is an error (convert the inputs).
+        parallel_iterations, swap_memory, scope: TF's while-loop and variable-scope settings, taken
+            for TF's signature and checked; they have no effect here.
     Returns:
         (outputs [B, T, P] or [T, B, P], final state in the cell's layout).
     """
     if not isinstance(cell, LSTMCell):
         raise TypeError(f"cell: expected a triton_lstm.LSTMCell, got {type(cell).__name__}")
+    check_int("parallel_iterations", parallel_iterations, 1, none_ok=True)
+    if not isinstance(swap_memory, bool):
+        raise TypeError(f"swap_memory: expected a bool, got {swap_memory!r}")
+    check_scope(scope)
+    if not isinstance(time_major, bool):
+        raise TypeError(f"time_major: expected a bool, got {time_major!r}")
     check_tensor("inputs", inputs, 3)
+    dtype = as_dtype("dtype", dtype)
+    if dtype is not None and dtype != inputs.dtype:
+        raise DTypeError(f"dtype: {dtype} differs from the inputs' dtype {inputs.dtype}; convert inputs: "
+                         f"inputs.to({dtype})")
     cell.check_inputs(inputs)
     x = inputs if time_major else inputs.transpose(0, 1)
     T, B, D = x.shape
     if initial_state is None:
         initial_state = cell.zero_state(B, inputs.dtype, inputs.device)
     c0, h0 = cell.split_state(initial_state, B, "initial_state")
-    out, h_T, c_T = named_sequence(cell.state_names("initial_state"), x, h0, c0, cell.kernel[:D], cell.kernel[D:],
+    names = cell.state_names("initial_state")
+    _check_batch_axis(time_major, B, T, ((names.c, c0), (names.h, h0), ("sequence_length", sequence_length)))
+    out, h_T, c_T = named_sequence(names, x, h0, c0, cell.kernel[:D], cell.kernel[D:],
                                    cell.bias, *cell.peepholes(), cell.projection(), sequence_length,
                                    forget_bias=cell.forget_bias, cell_clip=cell.cell_clip, proj_clip=cell.proj_clip,
                                    activation=cell.activation, recurrent_activation=None, gate_order="tf")
     outputs = out if time_major else out.transpose(0, 1)
     return outputs, cell.join_state(c_T, h_T)
+
+
+def _check_batch_axis(time_major: bool, B: int, T: int, given) -> None:
+    """An argument whose batch is the inputs' time dimension (B != T) means inputs laid out the other
+    way: an error saying so, before the shape checks' (which blame the argument)."""
+    if B == T:
+        return
+    for name, value in given:
+        shape = tuple(getattr(value, "shape", ())) if not isinstance(value, (list, tuple)) else (len(value),)
+        batch = shape[0] if shape else None
+        if batch == T:
+            layout, other = ("[T, B, D]", "time_major=False") if time_major else ("[B, T, D]", "time_major=True")
+            raise ShapeError(f"{name}: batch {batch}, which is the inputs' time dimension: inputs are read as "
+                             f"{layout} (batch {B}, {T} steps); for the other layout pass {other}")
