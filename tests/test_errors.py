@@ -191,6 +191,22 @@ def test_mixed_dtypes():
         _call({k: (v.double() if v is not None else None) for k, v in t.items()} | {"c": t["c"].half()})
 
 
+def test_a_float32_bias_only_for_a_half_precision_sequence():
+    """lstm_sequence takes a float32 bias for half-precision x (LSTM sums nn.LSTM's two biases so);
+    any other bias dtype that is not x's is an error, and a single step takes only x's."""
+    t = _t(num_proj=None)
+    seq = dict(x=t["x"][None].half(), h0=t["h"].half(), c0=t["c"], w_x=t["kernel"][:D].half(),
+               w_h=t["kernel"][D:].half(), bias=t["bias"])
+    lstm_sequence(**seq)
+    with pytest.raises(TypeError, match=r"^bias: dtype torch.float64 differs from x's torch.float16"):
+        lstm_sequence(**{**seq, "bias": t["bias"].double()})
+    doubled = {k: v.double() for k, v in seq.items()}
+    with pytest.raises(TypeError, match=r"^bias: dtype torch.float32 differs from x's torch.float64"):
+        lstm_sequence(**{**doubled, "bias": t["bias"]})
+    with pytest.raises(TypeError, match=r"^bias: dtype torch.float32 differs from x's torch.float16"):
+        _call({**{k: (v.half() if v is not None and k != "c" else v) for k, v in t.items()}, "bias": t["bias"]})
+
+
 def test_non_float_or_non_tensor_inputs():
     with pytest.raises(TypeError, match="^x: expected a floating dtype"):
         _call(_t(x=torch.ones(B, D, dtype=torch.int64)))

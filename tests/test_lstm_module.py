@@ -457,6 +457,30 @@ def cpu_path(monkeypatch):
     monkeypatch.setattr(sequence_module, "kernels_run_on", lambda device, dtype: False)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cpu_path_computes_half_precision_in_float32(cpu_path, dtype):
+    """The CPU path computes half precision in float32: an LSTM with TF's extras in half precision
+    gives a float32 one's results on the same (half-exact) weights and input, rounded once at the
+    end; nn.LSTM's two biases are summed unrounded (large ones, where that rounding would show)."""
+    torch.manual_seed(0)
+    options = dict(use_peepholes=True, cell_clip=1.0, forget_bias=1.0, activation="linear",
+                   recurrent_activation="tanh")
+    half = LSTM(6, 12, **options)
+    with torch.no_grad():
+        for p in half.parameters():
+            p.uniform_(-1, 1)
+    half = half.to(dtype)
+    full = LSTM(6, 12, **options)
+    full.load_state_dict({k: v.float() for k, v in half.state_dict().items()})
+    x, h0, c0 = torch.randn(5, 4, 6).to(dtype), torch.randn(1, 4, 12).to(dtype), torch.randn(1, 4, 12).to(dtype)
+    with torch.no_grad():
+        got = half(x, (h0, c0))
+        want = full(x.float(), (h0.float(), c0.float()))
+    for a, b in zip(*(torch.utils._pytree.tree_leaves(r) for r in (got, want))):
+        assert a.dtype == dtype
+        assert torch.equal(a, b.to(dtype))
+
+
 AUTOCASTS = {"float32-in-bfloat16": (torch.float32, torch.bfloat16),
              "bfloat16-in-float16": (torch.bfloat16, torch.float16), "float32-in-float16": (torch.float32, torch.float16)}
 

@@ -138,7 +138,10 @@ SEQUENCE_NAMES = Names("x", "h0", "c0")      # lstm_sequence's
 
 def _check_state_and_weights(x: torch.Tensor, B: int, N: int, P: int, c: torch.Tensor, h: torch.Tensor,
                              names: Names, bias: torch.Tensor, peepholes: tuple[Optional[torch.Tensor], ...],
-                             weights: dict[str, Optional[torch.Tensor]]) -> None:
+                             weights: dict[str, Optional[torch.Tensor]], float32_bias: bool = False) -> None:
+    """The state's and the weights' shapes, devices and dtypes: the weights in x's dtype (with
+    ``float32_bias``, a float32 bias also for half-precision x: a sum of two biases kept unrounded),
+    c in it or float32."""
     check_tensor(names.c, c, 2)
     check_shape(names.c, c, (B, N), lambda: f"batch {B} from {names.x}, num_units {N}")
     check_tensor(names.h, h, 2)
@@ -157,6 +160,8 @@ def _check_state_and_weights(x: torch.Tensor, B: int, N: int, P: int, c: torch.T
         if t is not None and t.device != x.device:
             raise ValueError(f"{name}: on device {t.device}, but {names.x} on {x.device}; move all tensors "
                              f"to one device")
+    if float32_bias and x.dtype in (torch.float16, torch.bfloat16) and bias.dtype == torch.float32:
+        del named["bias"]
     for name, t in named.items():
         if t is not None and t.dtype != x.dtype:
             raise DTypeError(f"{name}: dtype {t.dtype} differs from {names.of_x()} {x.dtype}; use one dtype")
@@ -193,7 +198,7 @@ def check_sequence_args(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_x
     check_shape("w_x", w_x, (D, 4 * N), lambda: f"input_size {D}, 4 * num_units {N}")
     check_shape("w_h", w_h, (P, 4 * N), lambda: f"output size {P}, 4 * num_units {N}")
     _check_state_and_weights(x, B, N, P, c0, h0, names, bias, peepholes,
-                             {"w_x": w_x, "w_h": w_h, "projection": projection})
+                             {"w_x": w_x, "w_h": w_h, "projection": projection}, float32_bias=True)
     return T, B, D, N, P
 
 

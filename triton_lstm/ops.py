@@ -146,7 +146,7 @@ def seq_fwd(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bias: T
     w_h, w_f_diag, w_i_diag, w_o_diag, projection = contiguous_or_none(
         w_h, w_f_diag, w_i_diag, w_o_diag, projection)
     # The input half of the gate GEMM for all steps at once, off the serial path.
-    xw = torch.addmm(bias, x.reshape(T * B, D), w_x).reshape(T, B, N4)
+    xw = torch.addmm(bias.to(x.dtype), x.reshape(T * B, D), w_x).reshape(T, B, N4)
     out, hbuf, cbuf, z, m, y = seq_forward(xw, h0, c0, w_h, (w_f_diag, w_i_diag, w_o_diag), projection, lengths,
                                            CellOptions(act, gate_act, forget_bias, cell_clip, proj_clip))
     return out, hbuf, cbuf, z, _or_empty(m, x, h0.dtype), _or_empty(y, x, F32)
