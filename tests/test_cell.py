@@ -336,7 +336,7 @@ def test_load_tf_weights_round_trip():
 
 
 @pytest.mark.parametrize("dtype, array_dtype", [(torch.float64, np.float64), (torch.float16, np.float16),
-                                                 (torch.bfloat16, np.float32)])
+                                                 (torch.bfloat16, np.float32), (torch.float32, np.float32)])
 def test_tf_weights_keep_the_cells_dtype(dtype, array_dtype):
     """A float64 (or float16) cell's variables come back in its dtype, so that they round-trip
     exactly; numpy has no bfloat16, whose values float32 holds exactly."""
@@ -346,6 +346,9 @@ def test_tf_weights_keep_the_cells_dtype(dtype, array_dtype):
     dst = _full_cell(seed=8, dtype=dtype)
     dst.load_tf_weights(w)
     _assert_same_weights(src, dst)
+    for array in w.values():
+        array += 1
+    _assert_same_weights(src, dst)   # the arrays are copies
 
 
 def test_load_tf_weights_builds_an_unbuilt_cell():
@@ -709,7 +712,9 @@ def test_dynamic_rnn_takes_tfs_signature():
     for got, state in (dynamic_rnn(cell, x, lengths, None, torch.float32, 32, True, True, "rnn"),
                        dynamic_rnn(cell, x, sequence_length=lengths, dtype=np.float32, parallel_iterations=None,
                                    swap_memory=False, time_major=True, scope=None),
-                       dynamic_rnn(cell, x, lengths, dtype="float32", time_major=True)):
+                       dynamic_rnn(cell, x, lengths, dtype="float32", time_major=True),
+                       dynamic_rnn(cell, x, lengths, swap_memory=np.bool_(False), time_major=np.bool_(True)),
+                       dynamic_rnn(cell, x, lengths, swap_memory=0, time_major=1)):
         assert torch.equal(got, want)
         assert torch.equal(state.c, want_state.c) and torch.equal(state.h, want_state.h)
     step, _ = cell(x[0], None, "rnn/lstm_cell")

@@ -51,15 +51,27 @@ def test_round_trip_tf_ours_torch_ours(P):
                                                  (torch.bfloat16, np.float32)])
 def test_converters_keep_the_weights_dtype(dtype, array_dtype):
     """TF and Keras layouts of a float64 (or float16) module come back in its dtype and round-trip
-    exactly (forget bias 0: nothing to fold); numpy has no bfloat16, whose values float32 holds."""
+    exactly; numpy has no bfloat16, whose values float32 holds. The two biases' sum and the folded
+    forget bias are computed in float32 and rounded once, to the weights' dtype (large biases, where
+    a half-precision sum would round twice)."""
+    torch.manual_seed(0)
     lstm = LSTM(5, 8, proj_size=3, use_peepholes=True, dtype=dtype)
+    with torch.no_grad():
+        lstm.bias_ih_l0.uniform_(-40, 40)
+        lstm.bias_hh_l0.uniform_(-40, 40)
     sd = lstm.state_dict()
-    tf = torch_lstm_to_tf(sd, forget_bias=0.0, scope="")
+    tf = torch_lstm_to_tf(sd, forget_bias=1.0, scope="")
     assert all(v.dtype == array_dtype for v in tf.values())
     back = tf_to_torch_lstm(tf["kernel"], tf["bias"], tf["projection/kernel"], forget_bias=0.0)
     for name in ("weight_ih_l0", "weight_hh_l0", "weight_hr_l0"):
         assert torch.equal(back[name].to(dtype), sd[name]), name
-    assert torch.equal(back["bias_ih_l0"].to(dtype), sd["bias_ih_l0"] + sd["bias_hh_l0"])
+    f = slice(8, 16)   # torch's f block
+    want = sd["bias_ih_l0"].double() + sd["bias_hh_l0"].double()
+    want[f] -= 1.0
+    assert torch.equal(back["bias_ih_l0"], want.to(back["bias_ih_l0"].dtype))
+    before = lstm.weight_hr_l0.detach().clone()
+    tf["projection/kernel"] += 1
+    assert torch.equal(lstm.weight_hr_l0, before), "the arrays are copies"
     plain = LSTM(5, 8, dtype=dtype).state_dict()
     keras = torch_lstm_to_keras(plain)
     assert all(v.dtype == array_dtype for v in keras.values())
@@ -86,17 +98,19 @@ def test_to_torch_refuses_what_torch_cannot_express(kwargs, named):
         cell_to_torch_lstm(cell)
 
 
-def test_to_torch_refusal_names_a_call_that_builds_the_module():
-    """The refusal's advice, followed as written, builds a triton_lstm.LSTM computing the cell."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_to_torch_refusal_names_a_call_that_builds_the_module(dtype):
+    """The refusal's advice, followed as written, builds a triton_lstm.LSTM computing the cell, in
+    the cell's dtype."""
     torch.manual_seed(0)
     cell = LSTMCell(8, input_size=5, num_proj=4, use_peepholes=True, cell_clip=2.0, proj_clip=1.5,
-                    forget_bias=1.0, activation="relu")
+                    forget_bias=1.0, activation="relu", dtype=dtype)
     with pytest.raises(ValueError, match=r"triton_lstm.porting.tf_to_module\(.*\) builds one") as info:
         cell_to_torch_lstm(cell)
     call = re.search(r"(triton_lstm\.porting\.tf_to_module\(.*\)) builds one", str(info.value)).group(1)
     module = eval(call, {"triton_lstm": triton_lstm, "cell": cell})
     assert isinstance(module, LSTM)
-    x = torch.randn(3, 6, 5) * 3
+    x = torch.randn(3, 6, 5, dtype=dtype) * 3
     torch.testing.assert_close(module(x)[0], dynamic_rnn(cell, x)[0], **TOL)
 
 

@@ -113,6 +113,12 @@ def test_dynamic_rnn_names_the_layout_when_a_batch_is_the_time_dimension(time_ma
         dynamic_rnn(cell, x, sequence_length=[1] * T, time_major=time_major)
     with pytest.raises(ValueError, match=rf"^initial_state\.c: batch {T}, .*pass {flip}$"):
         dynamic_rnn(cell, x, initial_state=cell.zero_state(T), time_major=time_major)
+    concatenated = LSTMCell(N, num_proj=P, input_size=D, state_is_tuple=False)
+    with pytest.raises(ValueError, match=rf"^initial_state: batch {T}, .*pass {flip}$"):
+        dynamic_rnn(concatenated, x, initial_state=concatenated.zero_state(T), time_major=time_major)
+    # The lengths fit this layout: only the state is wrong, and its own shape error says so.
+    with pytest.raises(ValueError, match=rf"^initial_state\.c: expected shape {_shape(B, N)}"):
+        dynamic_rnn(cell, x, sequence_length=[1] * B, initial_state=cell.zero_state(T), time_major=time_major)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -121,7 +127,8 @@ def test_dynamic_rnn_names_the_layout_when_a_batch_is_the_time_dimension(time_ma
     (dict(parallel_iterations=0), r"^parallel_iterations: expected an int >= 1 or None, got 0"),
     (dict(swap_memory="yes"), r"^swap_memory: expected a bool, got 'yes'"),
     (dict(scope=1), r"^scope: expected None or a variable scope's name"),
-    (dict(time_major=torch.float32), r"^time_major: expected a bool, got torch.float32")])
+    (dict(time_major=torch.float32), r"^time_major: expected a bool, got torch.float32"),
+    (dict(time_major=2), r"^time_major: expected a bool, got 2")])
 def test_dynamic_rnn_checks_tfs_arguments(kwargs, match):
     """TF's arguments dynamic_rnn takes: a dtype that is not the inputs' (TF computes in it) and bad
     values of the settings without effect here are errors naming them; TF's positional order puts
@@ -129,6 +136,15 @@ def test_dynamic_rnn_checks_tfs_arguments(kwargs, match):
     cell = LSTMCell(N, input_size=D)
     with pytest.raises((TypeError, ValueError), match=match):
         dynamic_rnn(cell, torch.randn(B, 2, D), **kwargs)
+
+
+def test_dynamic_rnn_says_where_time_major_went():
+    """time_major passed fifth, where it was before dynamic_rnn took TF's signature: the error names
+    dtype, which TF puts there, and says to pass time_major by name."""
+    cell = LSTMCell(N, input_size=D)
+    with pytest.raises(TypeError, match=r"^dtype: expected None or the inputs' dtype, got True: the fifth argument "
+                                        r"is dtype, as in TF \(time_major is the eighth\); pass time_major=True$"):
+        dynamic_rnn(cell, torch.randn(2, B, D), None, None, True)
 
 
 def test_cell_call_checks_scope():

@@ -30,7 +30,8 @@ class LSTMStateTuple(NamedTuple):
 
     @property
     def dtype(self) -> torch.dtype:
-        """The state's dtype, as TF's: h's (a half-precision state keeps c in float32)."""
+        """The state's dtype: h's (a half-precision state keeps c in float32, where TF's LSTMStateTuple
+        would raise for c and h in different dtypes)."""
         return self.h.dtype
 
 
@@ -355,8 +356,8 @@ class LSTMCell(nn.Module):
             tf = _tf_name(key)
             if tf in ("kernel", "bias", "w_f_diag", "w_i_diag", "w_o_diag", "projection/kernel"):
                 found.setdefault(tf, []).append(key)
-        if prefix is not None and not any(isinstance(k, str) and k.startswith(prefix) for k in weights):
-            raise ValueError(f"scope: no variable of weights is under {prefix!r}; got names {sorted(weights)}")
+        if prefix is not None and not any(k.startswith(prefix) for k in weights):
+            raise ValueError(f"scope: no variable of weights is under {prefix!r}; got names {sorted(weights)[:20]}")
         unexpected = sorted(set(found) - set(wanted))
         if unexpected:
             raise ValueError(f"weights: the checkpoint has {unexpected} ({[found[u] for u in unexpected]}) which "

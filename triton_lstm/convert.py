@@ -52,10 +52,11 @@ def as_tensor(value: Any, name: str = "value") -> Tensor:
     return torch.as_tensor(array)
 
 
-def as_array(t: Tensor) -> np.ndarray:
-    """A weight as a numpy array in its dtype (bfloat16, which numpy lacks, as float32)."""
-    t = t.detach().cpu()
-    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+def as_array(t: Tensor, dtype: Optional[torch.dtype] = None) -> np.ndarray:
+    """A weight as a numpy array of its own, in ``dtype`` (None: its dtype; bfloat16, which numpy
+    lacks, as float32)."""
+    dtype = dtype or t.dtype
+    return t.detach().to(device="cpu", dtype=torch.float32 if dtype == torch.bfloat16 else dtype).numpy().copy()
 
 
 def _matrix(name: str, value: Any, rows: Optional[int], cols: Optional[int], meaning: str) -> Tensor:
@@ -108,9 +109,11 @@ def tf_to_torch_lstm(kernel: Any, bias: Any, projection: Optional[Any] = None,
     return out
 
 
-def _torch_layer(state_dict: Mapping[str, Any], suffix: str) -> dict[str, Tensor]:
+def _torch_layer(state_dict: Mapping[str, Any], suffix: str) -> tuple[dict[str, Tensor], torch.dtype]:
     """One layer/direction of an nn.LSTM-style state dict, every shape checked: weight_ih [4N, D],
-    weight_hh [4N, P], optional bias_ih/bias_hh [4N], weight_hr [P, N], peepholes w_*_diag [N]."""
+    weight_hh [4N, P], bias (bias_ih + bias_hh) [4N] if present, weight_hr [P, N], peepholes w_*_diag
+    [N]; half precision in float32, so that sums and folded forget biases round once, at the end, to
+    the returned dtype (weight_ih's)."""
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict: expected a mapping of parameter names to tensors, got "
                         f"{type(state_dict).__name__}")
@@ -120,6 +123,8 @@ def _torch_layer(state_dict: Mapping[str, Any], suffix: str) -> dict[str, Tensor
         raise ValueError(f"state_dict: no {name!r}; layers/directions present: {layers}")
     sd = {k: as_tensor(v, f"state_dict[{k!r}]").detach().cpu()
           for k, v in state_dict.items() if isinstance(k, str) and k.endswith(suffix)}
+    dtype = sd[name].dtype if sd[name].is_floating_point() else torch.float32
+    sd = {k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for k, v in sd.items()}
     w_ih = _matrix(f"state_dict[{name!r}]", sd[name], None, None, "4 * hidden_size, input_size")
     n = _num_units(f"state_dict[{name!r}]", w_ih, 0)
     proj = sd.get(f"weight_hr{suffix}")
@@ -143,7 +148,7 @@ def _torch_layer(state_dict: Mapping[str, Any], suffix: str) -> dict[str, Tensor
         key = f"w_{gate}_diag{suffix}"
         if key in sd:
             out[f"w_{gate}_diag"] = _vector(f"state_dict[{key!r}]", sd[key], n, f"hidden_size {n}")
-    return out
+    return out, dtype
 
 
 def torch_lstm_to_tf(state_dict: Mapping[str, Any], suffix: str = "_l0", forget_bias: float = 1.0,
@@ -152,19 +157,19 @@ def torch_lstm_to_tf(state_dict: Mapping[str, Any], suffix: str = "_l0", forget_
     peepholes of a triton_lstm.LSTM) from one layer/direction of an nn.LSTM state dict; forget_bias is
     subtracted from the f block so that a TF cell built with the same forget_bias computes the same function."""
     forget_bias = check_forget_bias(forget_bias)
-    layer = _torch_layer(state_dict, suffix)
+    layer, dtype = _torch_layer(state_dict, suffix)
     n = layer["weight_ih"].shape[0] // 4
     bias = swap_gates(layer["bias"]) if "bias" in layer else layer["weight_ih"].new_zeros(4 * n)
     bias[2 * n:3 * n] -= forget_bias
     prefix = f"{scope}/" if scope else ""
     out = {prefix + "kernel": as_array(torch.cat([swap_gates(layer["weight_ih"], 0).t(),
-                                                  swap_gates(layer["weight_hh"], 0).t()])),
-           prefix + "bias": as_array(bias)}
+                                                  swap_gates(layer["weight_hh"], 0).t()]), dtype),
+           prefix + "bias": as_array(bias, dtype)}
     if "weight_hr" in layer:
-        out[prefix + "projection/kernel"] = as_array(layer["weight_hr"].t())
+        out[prefix + "projection/kernel"] = as_array(layer["weight_hr"].t(), dtype)
     for gate in ("f", "i", "o"):
         if f"w_{gate}_diag" in layer:
-            out[prefix + f"w_{gate}_diag"] = as_array(layer[f"w_{gate}_diag"])
+            out[prefix + f"w_{gate}_diag"] = as_array(layer[f"w_{gate}_diag"], dtype)
     return out
 
 
@@ -189,7 +194,7 @@ def torch_lstm_to_keras(state_dict: Mapping[str, Any], suffix: str = "_l0",
     nn.LSTM-style state dict. ``forget_bias`` (a module's run-time one) is folded into the f block, since
     Keras has none. Peepholes and projections have no Keras equivalent and are refused."""
     forget_bias = check_forget_bias(forget_bias)
-    layer = _torch_layer(state_dict, suffix)
+    layer, dtype = _torch_layer(state_dict, suffix)
     extra = sorted(k for k in layer if k.startswith("w_") or k == "weight_hr")
     if extra:
         raise ValueError(f"state_dict: Keras' LSTM cannot express {extra} (layer{suffix}); it has no peepholes "
@@ -197,8 +202,8 @@ def torch_lstm_to_keras(state_dict: Mapping[str, Any], suffix: str = "_l0",
     n = layer["weight_ih"].shape[0] // 4
     bias = layer["bias"].clone() if "bias" in layer else layer["weight_ih"].new_zeros(4 * n)
     bias[n:2 * n] += forget_bias
-    return {"kernel": as_array(layer["weight_ih"].t()), "recurrent_kernel": as_array(layer["weight_hh"].t()),
-            "bias": as_array(bias)}
+    return {"kernel": as_array(layer["weight_ih"].t(), dtype),
+            "recurrent_kernel": as_array(layer["weight_hh"].t(), dtype), "bias": as_array(bias, dtype)}
 
 
 def keras_to_tf_lstm(kernel: Any, recurrent_kernel: Any, bias: Optional[Any] = None,
@@ -250,7 +255,7 @@ def cell_to_torch_lstm(cell) -> torch.nn.LSTM:
         raise ValueError(f"cell: torch.nn.LSTM cannot express {', '.join(unsupported)}; triton_lstm.LSTM "
                          f"has these options: triton_lstm.porting.tf_to_module(cell.tf_weights(), "
                          f"forget_bias=cell.forget_bias, cell_clip=cell.cell_clip, proj_clip=cell.proj_clip, "
-                         f"activation=cell.activation) builds one (batch-first)")
+                         f"activation=cell.activation).to(cell.kernel) builds one (batch-first)")
     lstm = torch.nn.LSTM(cell.input_size, cell.num_units, proj_size=cell.num_proj or 0,
                          device=cell.kernel.device, dtype=cell.kernel.dtype)
     lstm.load_state_dict(tf_to_torch_lstm(cell.kernel, cell.bias, cell.projection(), cell.forget_bias))

@@ -366,8 +366,8 @@ class LSTM(nn.LSTM):
         w_ih, w_hh = weight(f"weight_ih{suffix}"), weight(f"weight_hh{suffix}")
         if self.bias:
             b_ih, b_hh = weight(f"bias_ih{suffix}"), weight(f"bias_hh{suffix}")
-            # Half-precision biases are summed in float32 (the CPU path computes in it; the kernels
-            # round the input product with the bias to the input dtype, as before).
+            # Half-precision biases are summed in float32: the CPU path computes in it (the kernels
+            # round it to the input dtype, as a sum in that dtype was).
             bias = b_ih.float() + b_hh.float() if b_ih.dtype in (torch.float16, torch.bfloat16) else b_ih + b_hh
         else:
             bias = w_ih.new_zeros(4 * self.hidden_size)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
+import numpy as np
 import torch
 
 from triton_lstm.cell import LSTMCell, LSTMStateTuple, as_dtype
@@ -35,12 +36,13 @@ def dynamic_rnn(cell: LSTMCell, inputs: Tensor, sequence_length: Optional[Tensor
     if not isinstance(cell, LSTMCell):
         raise TypeError(f"cell: expected a triton_lstm.LSTMCell, got {type(cell).__name__}")
     check_int("parallel_iterations", parallel_iterations, 1, none_ok=True)
-    if not isinstance(swap_memory, bool):
-        raise TypeError(f"swap_memory: expected a bool, got {swap_memory!r}")
+    _check_flag("swap_memory", swap_memory)
     check_scope(scope)
-    if not isinstance(time_major, bool):
-        raise TypeError(f"time_major: expected a bool, got {time_major!r}")
+    time_major = _check_flag("time_major", time_major)
     check_tensor("inputs", inputs, 3)
+    if isinstance(dtype, (bool, np.bool_)):
+        raise TypeError(f"dtype: expected None or the inputs' dtype, got {dtype!r}: the fifth argument is dtype, "
+                        f"as in TF (time_major is the eighth); pass time_major={dtype!r}")
     dtype = as_dtype("dtype", dtype)
     if dtype is not None and dtype != inputs.dtype:
         raise DTypeError(f"dtype: {dtype} differs from the inputs' dtype {inputs.dtype}; convert inputs: "
@@ -48,11 +50,14 @@ def dynamic_rnn(cell: LSTMCell, inputs: Tensor, sequence_length: Optional[Tensor
     cell.check_inputs(inputs)
     x = inputs if time_major else inputs.transpose(0, 1)
     T, B, D = x.shape
+    names = cell.state_names("initial_state")
+    if not torch.compiler.is_compiling():   # a hint only: no guards on the shapes when compiling
+        parts = (() if initial_state is None else zip((names.c, names.h), initial_state)
+                 if isinstance(initial_state, (tuple, list)) else ((names.c, initial_state),))
+        _check_batch_axis(time_major, B, T, (*parts, ("sequence_length", sequence_length)))
     if initial_state is None:
         initial_state = cell.zero_state(B, inputs.dtype, inputs.device)
     c0, h0 = cell.split_state(initial_state, B, "initial_state")
-    names = cell.state_names("initial_state")
-    _check_batch_axis(time_major, B, T, ((names.c, c0), (names.h, h0), ("sequence_length", sequence_length)))
     out, h_T, c_T = named_sequence(names, x, h0, c0, cell.kernel[:D], cell.kernel[D:],
                                    cell.bias, *cell.peepholes(), cell.projection(), sequence_length,
                                    forget_bias=cell.forget_bias, cell_clip=cell.cell_clip, proj_clip=cell.proj_clip,
@@ -61,15 +66,24 @@ def dynamic_rnn(cell: LSTMCell, inputs: Tensor, sequence_length: Optional[Tensor
     return outputs, cell.join_state(c_T, h_T)
 
 
+def _check_flag(name: str, value) -> bool:
+    """A bool (numpy's and the ints 0 and 1 too, as TF takes them)."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, int) and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"{name}: expected a bool, got {value!r}")
+
+
 def _check_batch_axis(time_major: bool, B: int, T: int, given) -> None:
-    """An argument whose batch is the inputs' time dimension (B != T) means inputs laid out the other
-    way: an error saying so, before the shape checks' (which blame the argument)."""
-    if B == T:
-        return
+    """Arguments whose batch is the inputs' time dimension, none the inputs' batch (B != T): inputs
+    laid out the other way, an error saying so before the shape checks' (which blame an argument)."""
+    batches = {}
     for name, value in given:
-        shape = tuple(getattr(value, "shape", ())) if not isinstance(value, (list, tuple)) else (len(value),)
-        batch = shape[0] if shape else None
-        if batch == T:
-            layout, other = ("[T, B, D]", "time_major=False") if time_major else ("[B, T, D]", "time_major=True")
-            raise ShapeError(f"{name}: batch {batch}, which is the inputs' time dimension: inputs are read as "
-                             f"{layout} (batch {B}, {T} steps); for the other layout pass {other}")
+        if value is not None:
+            shape = (len(value),) if isinstance(value, (list, tuple)) else tuple(getattr(value, "shape", ()))
+            batches[name] = shape[0] if shape else None
+    if B == T or not batches or any(b == B for b in batches.values()) or T not in batches.values():
+        return
+    layout, other = ("[T, B, D]", "time_major=False") if time_major else ("[B, T, D]", "time_major=True")
+    name = next(n for n, b in batches.items() if b == T)
+    raise ShapeError(f"{name}: batch {T}, which is the inputs' time dimension: inputs are read as {layout} "
+                     f"(batch {B}, {T} steps); for the other layout pass {other}")

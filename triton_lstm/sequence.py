@@ -224,8 +224,8 @@ def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, b
         x: [T, B, D].  h0: [B, P].  c0: [B, N] (float32 or x's dtype).
         w_x: [D, 4N] and w_h: [P, 4N], the two row blocks of TF's kernel (or nn.LSTM's weights
             transposed); bias: [4N], in x's dtype or, for half-precision x, float32 (nn.LSTM's two
-            biases summed unrounded: the CPU path computes in float32; the kernels round the input
-            product with the bias to x's dtype).
+            biases summed unrounded: the CPU path computes in float32; the kernels round it to x's
+            dtype, as a sum in x's dtype was).
         gate_order: the order of the four gate blocks in w_x, w_h and bias: "tf" (i, j, f, o: TF's
             kernel) or "torch" (i, f, g, o: nn.LSTM's, as w_x = weight_ih.t(), w_h = weight_hh.t() and
             bias = bias_ih + bias_hh; the CPU path's loop computes in either order without a copy).
