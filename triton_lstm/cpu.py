@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from triton_lstm.activations import activation_id, activation_name, hard_sigmoid
 from triton_lstm.convert import swap_gates, transposed_view
-from triton_lstm.flops import products, register
+from triton_lstm.flops import products, register, sequence_forward
 from triton_lstm.higher_order import differentiable_vjp, reference_options, transformable, vmap_by_slices
 from triton_lstm.reference import lstm_sequence_reference
 
@@ -629,11 +629,6 @@ for _op in (cpu_seq_fwd, cpu_seq_bwd):
     torch.library.register_vmap(_op, vmap_by_slices(_op))
 
 
-def _fwd_flops(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, *_, **__):
-    T, B, D = x
-    return sum(products(T * B, D, w_h[1], w_h[0], projection))
-
-
 def _bwd_flops(d_hbuf, d_h_T, d_c_T, x, w_x, w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, hbuf, cbuf,
                gates, act_c, pre, m, c_in, y_in, act, gate_act, tf_gates=True, weights_t=False, wanted=None, **__):
     # Each step's gradients of h and m, then the wanted ones over every step: dx and the weights'.
@@ -643,7 +638,7 @@ def _bwd_flops(d_hbuf, d_h_T, d_c_T, x, w_x, w_h, w_f_diag, w_i_diag, w_o_diag, 
     return per_h + per_m + wanted[0] * per_x + wanted[1] * per_x + wanted[2] * per_h + wanted[3] * per_m
 
 
-register("cpu_seq_fwd", _fwd_flops)
+register("cpu_seq_fwd", sequence_forward)
 register("cpu_seq_bwd", _bwd_flops)
 
 # ``triton_lstm::cpu_seq_fwd`` (same arguments and results), also under torch.func.

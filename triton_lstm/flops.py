@@ -15,6 +15,13 @@ def products(rows, D, N4, P, projection) -> tuple:
     return 2 * rows * D * N4, 2 * rows * P * N4, 0 if projection is None else 2 * rows * projection[0] * P
 
 
+def sequence_forward(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, *_, **__):
+    """The count of a sequence op's forward (``seq_fwd`` and ``cpu_seq_fwd`` take these arguments
+    first; x [T, B, D], w_h [P, 4N]): its three products over every step."""
+    T, B, D = x
+    return sum(products(T * B, D, w_h[1], w_h[0], projection))
+
+
 def register(name: str, formula) -> None:
     """``formula(*shapes of the op's arguments, out_shape=...)`` as the count of ``triton_lstm::name``."""
     register_flop_formula(getattr(torch.ops.triton_lstm, name))(formula)

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from triton_lstm.flops import products, register
+from triton_lstm.flops import products, register, sequence_forward
 from triton_lstm.functional import CellOptions, contiguous_or_none, step_backward, step_forward, weight_grads
 from triton_lstm.higher_order import differentiable_vjp, reference_options, transformable, vmap_by_slices
 from triton_lstm.reference import lstm_cell_reference, lstm_sequence_reference
@@ -245,18 +245,13 @@ def _step_bwd_flops(dh_new, dc_new, z, c, kernel, w_f_diag, w_i_diag, w_o_diag, 
     return per_m + want_x * per_x + want_h * per_h
 
 
-def _seq_fwd_flops(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, *_, **__):
-    T, B, D = x
-    return sum(products(T * B, D, w_h[1], w_h[0], projection))
-
-
 def _seq_bwd_flops(dout, dh_T, dc_T, z, cbuf, w_h, w_f_diag, w_i_diag, w_o_diag, projection, *_, **__):
     # The recurrence's own: the gradients of h and, with a projection, of m (dx and the weights' are aten's).
     T, B, _ = z
     return sum(products(T * B, 0, w_h[1], w_h[0], projection))
 
 
-for _name, _flops in (("step_fwd", _step_fwd_flops), ("step_bwd", _step_bwd_flops), ("seq_fwd", _seq_fwd_flops),
+for _name, _flops in (("step_fwd", _step_fwd_flops), ("step_bwd", _step_bwd_flops), ("seq_fwd", sequence_forward),
                       ("seq_bwd", _seq_bwd_flops)):
     register(_name, _flops)
 
