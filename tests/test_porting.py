@@ -456,9 +456,14 @@ def test_keras_inputs_a_packed_sequence_cannot_answer_or_lengths_must_be_integer
 
 
 def test_keras_layers_chain_checked_at_load():
-    with pytest.raises(ValueError, match=r"^layers: 'lstm_b' takes inputs of width 6, but 'lstm_c' before it "
-                                         r"outputs 4"):
+    with pytest.raises(ValueError, match=r"^layers: \['lstm_c', 'lstm_b', 'lstm_a'\] are not in the order the model "
+                                         r"runs them: \['lstm_a', 'lstm_b', 'lstm_c'\]"):
         triton_lstm.load_keras(fixture("keras_stacked.keras"), layers=["lstm_c", "lstm_b", "lstm_a"])
+    with pytest.raises(ValueError, match=r"^layers: 'lstm_b' takes inputs of width 6, but 'lstm_c' before it "
+                                         r"outputs 4"):  # without a config, only the widths tell
+        keras_to_module(read_keras_weights(fixture("keras_stacked.keras")), layers=["lstm_c", "lstm_b", "lstm_a"])
+    with pytest.raises(ValueError, match=r"^layers: an empty list"):
+        triton_lstm.load_keras(fixture("keras_stacked.keras"), layers=[])
     with pytest.raises(ValueError, match=r"^layers: \['lstm_a'\] given more than once"):
         triton_lstm.load_keras(fixture("keras_stacked.keras"), layers=["lstm_a", "lstm_a"])
     weights = dict(read_keras_weights(fixture("keras_stacked.keras")))
@@ -469,6 +474,82 @@ def test_keras_layers_chain_checked_at_load():
     with pytest.raises(ValueError, match=r"^weights: no lstm_b/kernel; layers with both LSTM kernels: "
                                          r"\['lstm_a', 'lstm_c'\]"):
         keras_to_module(weights, read_keras_config(fixture("keras_stacked.keras")))
+
+
+@pytest.mark.parametrize("name", ["keras_nested.keras", "keras_nested.h5", "keras2_names.keras", "keras2_names.h5"])
+def test_keras_nested_model_and_layers_named_against_their_order(name, path):
+    """A nested Sequential's LSTMs (Keras 3's .keras and legacy .h5; tf-keras' .keras, whose weights file
+    names layers by class and place, and .h5) against Keras' outputs; in keras2_names the first LSTM is
+    named "lstm_1" and the second "lstm", the names the weights file gives the other one."""
+    ref = expected(name.split(".")[0])
+    module = triton_lstm.load_keras(fixture(name))
+    nested = name.startswith("keras_nested")
+    assert [layer.name for layer in module.layers] == (["inner_a", "inner_b", "top"] if nested
+                                                       else ["lstm_1", "lstm", "top"])
+    assert module.mask_value == (0.0 if nested else None)
+    close(module(torch.as_tensor(ref["x"]))[0], ref["y"], name)
+
+
+def test_keras_weights_files_of_nested_models():
+    """Keras 3's .weights.h5 keeps each layer's own name: the same weights as its .keras and legacy .h5.
+    tf-keras' names nested layers by class alone: the nested "lstm" meets the outer one, an error."""
+    want = read_keras_weights(fixture("keras_nested.keras"))
+    for other in ("keras_nested.weights.h5", "keras_nested.h5"):
+        got = read_keras_weights(fixture(other))
+        assert sorted(got) == sorted(want), other
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=f"{other} {key}")
+    tf_keras = read_keras_weights(fixture("keras2_names.h5"))  # keyed by the weights' own names
+    for key, value in read_keras_weights(fixture("keras2_names.keras")).items():
+        np.testing.assert_array_equal(value, tf_keras[key], err_msg=key)
+    with pytest.raises(ValueError, match=r"keras2_names\.weights\.h5: two layers' weights read as 'lstm/.*': a nested "
+                                         r"model's layers"):
+        read_keras_weights(fixture("keras2_names.weights.h5"))
+
+
+def test_keras_rnn_of_lstm_cells(path):
+    ref = expected("keras_rnn_cell")
+    module = triton_lstm.load_keras(fixture("keras_rnn_cell.keras"))
+    assert module.layers[0].lstm.activation == "relu" and module.layers[1].merge_mode == "sum"
+    close(module(torch.as_tensor(ref["x"]))[0], ref["y"], "RNN(LSTMCell) then Bidirectional(RNN(LSTMCell))")
+
+
+def test_keras_mask_made_before_other_layers_must_be_given():
+    """Masking -> Dense -> LSTM: Keras carries the mask through the Dense, whose outputs are not zero on
+    the padded steps; the stack cannot find that mask in its input and says so."""
+    ref = expected("keras_masked_dense")
+    module = triton_lstm.load_keras(fixture("keras_masked_dense.keras"))
+    x = torch.as_tensor(ref["x"])
+    dense = x @ torch.as_tensor(ref["weights/dense/0"]) + torch.as_tensor(ref["weights/dense/1"])
+    with pytest.raises(ValueError, match=r"^mask: the model's Masking layer 'masking' makes the mask from its input "
+                                         r"and \['dense'\] follow it: pass mask=\(x != 0\.0\)\.any\(-1\)"):
+        module(dense)
+    close(module(dense, mask=(x != 0).any(-1))[0], ref["y"], "mask given")
+    close(module(dense, lengths=torch.as_tensor(ref["lengths"]))[0], ref["y"], "lengths given")
+    config = read_keras_config(fixture("keras_masked_dense.keras"))
+    embedding = {"name": "tokens", "class_name": "Embedding", "config": {"name": "tokens", "mask_zero": True}}
+    config["layers"] = [embedding if e["class_name"] == "Dense" else e for e in config["layers"]
+                        if e["class_name"] != "Masking"]
+    weights = read_keras_weights(fixture("keras_masked_dense.keras"))
+    with pytest.raises(ValueError, match=r"^mask: the model's Embedding layer 'tokens' makes the mask from the token "
+                                         r"ids \(mask_zero\): pass mask=tokens != 0"):
+        keras_to_module(weights, config)(dense)
+
+
+def test_keras_port_keeps_float64_and_explains_weights_only_guesses():
+    lstm = LSTM(3, 4, batch_first=True, dtype=torch.float64)
+    module = keras_to_module(module_to_keras(lstm), layers=["lstm"])
+    assert module.layers[0].lstm.weight_ih_l0.dtype == torch.float64
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    torch.testing.assert_close(module(x)[0], lstm(x)[0], rtol=1e-12, atol=1e-12)
+    gru = {"gru/kernel": np.zeros((3, 12)), "gru/recurrent_kernel": np.zeros((4, 12)), "gru/bias": np.zeros(12)}
+    with pytest.raises(ValueError, match=r"^weights: layer gru: recurrent_kernel: .* \(without a model config every layer with "
+                                         r"these weights is taken as an LSTM\)"):
+        keras_to_module(gru)
+    halves = {f"bi/{d}/{w}": np.zeros(shape) for d, n in (("forward", 4), ("backward", 2))
+              for w, shape in (("kernel", (3, 4 * n)), ("recurrent_kernel", (n, 4 * n)), ("bias", (4 * n,)))}
+    with pytest.raises(ValueError, match=r"^weights: 'bi' is a Bidirectional whose backward layer differs"):
+        keras_to_module(halves)
 
 
 def test_stack_of_lstms_to_keras_names_each_layer_and_loads_back():

@@ -1,11 +1,15 @@
 """Keras model files read without Keras or TensorFlow (h5py reads the HDF5 inside).
 
 - Keras 3 ``.keras``: a zip of ``config.json``, ``metadata.json`` and ``model.weights.h5``.
-- Keras 3 ``.weights.h5``: ``layers/<class path>/.../vars/<k>`` datasets; the path uses class names
-  (``lstm_1``), and a ``vars`` group's ``name`` attribute keeps the layer's own name.
-- Keras 2 ``.h5`` (``model.save``): the config in the ``model_config`` attribute and the weights under
-  ``model_weights/<layer>/`` listed by each layer's ``weight_names``; ``save_weights`` files hold the
-  layer groups at the root.
+- Keras 3 ``.weights.h5`` (also tf-keras' ``.keras`` and ``.weights.h5``): ``layers/<class path>/.../vars/<k>``
+  datasets; the path names each layer of a model's list by its class and place (``lstm``, ``lstm_1``:
+  ``saved_paths``), a nested model's layers under ``layers/<its path>/layers/``. Keras 3 keeps the
+  layer's own name in its ``vars`` group's ``name`` attribute; tf-keras does not, and the model config
+  (same order) names them.
+- Keras 2 ``.h5`` (``model.save``; Keras 3's legacy ``.h5`` too): the config in the ``model_config``
+  attribute and the weights under ``model_weights/<layer>/`` listed by each layer's ``weight_names``
+  (a nested model's group holds its layers' weights, each name with its layer's name in its path);
+  ``save_weights`` files hold the layer groups at the root.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import zipfile
 import zlib
 from typing import Any, Iterator, Optional
@@ -43,8 +48,8 @@ _DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSErr
 
 
 @contextlib.contextmanager
-def _open(path: str) -> Iterator[tuple[Any, str, Optional[list[dict]], str]]:
-    """(h5py.File, the path as a str, the model config's layers or None, Keras version) of a Keras file,
+def _open(path: str) -> Iterator[tuple[Any, str, Optional[dict], str]]:
+    """(h5py.File, the path as a str, the model config or None, Keras version) of a Keras file,
     open for the ``with`` body; the zip and HDF5 libraries' errors on a damaged file, there too, become a
     ValueError naming it (errors of code of our own pass unchanged)."""
     h5py = _h5py()
@@ -79,7 +84,9 @@ def _open(path: str) -> Iterator[tuple[Any, str, Optional[list[dict]], str]]:
                     if "model_config" in f.attrs else None
                 version = _text(f.attrs["keras_version"]) if "keras_version" in f.attrs \
                     else "2" if config is not None or "layers" not in f else "3"
-            yield f, path, keras_layers(config, path) if config is not None else None, version
+            if config is not None:
+                keras_layers(config, path)  # checked here, where its errors name the file
+            yield f, path, config, version
     except _DAMAGED as e:
         if not _damaged_file(e):  # an error of code of our own, not a damaged file's
             raise
@@ -113,9 +120,9 @@ def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def keras_layers(config: dict, where: str = "config") -> list[dict]:
-    """The layers of a model config in order, each ``{"name", "class_name", "config"}``; ``where`` names
-    the config in errors."""
+def _entries(config: dict, where: str) -> list[dict]:
+    """One model's own layers in order, each ``{"name", "class_name", "config"}`` (a nested model is one
+    entry here)."""
     body = config.get("config", config)
     layers = body.get("layers", []) if isinstance(body, dict) else body
     if not isinstance(layers, list):
@@ -130,73 +137,142 @@ def keras_layers(config: dict, where: str = "config") -> list[dict]:
     return out
 
 
-def _keras3_weights(f, where: str, layers: Optional[list[dict]]) -> dict[str, np.ndarray]:
-    classes = {layer["name"]: layer["class_name"] for layer in layers or []}
-    out: dict[str, np.ndarray] = {}
+def _nested(entry: Optional[dict]) -> bool:
+    """Whether a layer entry is a model of its own (Sequential, Functional), with layers of its own."""
+    return entry is not None and isinstance(entry["config"].get("layers"), list)
+
+
+def keras_layers(config: dict, where: str = "config") -> list[dict]:
+    """The layers of a model config in order, each ``{"name", "class_name", "config"}``, a nested model's
+    layers in its place; ``where`` names the config in errors."""
+    out = []
+    for entry in _entries(config, where):
+        out += keras_layers(entry["config"], where) if _nested(entry) else [entry]
+    return out
+
+
+def _snake_case(name: str) -> str:
+    """Keras' ``to_snake_case`` of a class name (``LSTM`` -> ``lstm``, ``InputLayer`` -> ``input_layer``)."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def saved_paths(entries: list[dict]) -> dict[str, dict]:
+    """Where Keras' saving library (Keras 3 and tf-keras) puts each layer of one model's list: its class
+    in snake case, with ``_1``, ``_2`` ... for the second and later layers of that class."""
+    out, used = {}, {}
+    for entry in entries:
+        base = _snake_case(entry["class_name"])
+        used[base] = used.get(base, -1) + 1
+        out[base + (f"_{used[base]}" if used[base] else "")] = entry
+    return out
+
+
+def _keep(out: dict[str, np.ndarray], key: str, value, where: str) -> None:
+    if key in out:
+        raise ValueError(f"{where}: two layers' weights read as {key!r}: a nested model's layers, which a file "
+                         f"without the model config names by class alone; read a file with the config (.keras or "
+                         f"a model .h5)")
+    out[key] = value
+
+
+def _keras3_weights(f, where: str, config: Optional[dict]) -> dict[str, np.ndarray]:
     if "layers" not in f:
         raise ValueError(f"{where}: no 'layers' group: not a Keras weights file")
-    h5py = _h5py()
-    for path, group in f["layers"].items():
-        if not isinstance(group, h5py.Group):
-            raise ValueError(f"{where}: layers/{path} is not a group: corrupt file")
-        own = group.get("vars")
-        name = _text(own.attrs["name"]) if own is not None and "name" in own.attrs else path
+    out: dict[str, np.ndarray] = {}
+    _keras3_level(f["layers"], "layers", where, None if config is None else _entries(config, where), out)
+    return out
 
-        def visit(sub: str, obj, name=name) -> None:
+
+def _keras3_level(layers, at: str, where: str, entries: Optional[list[dict]], out: dict) -> None:
+    """The weights under one model's ``layers`` group (at ``at`` in the file) into ``out``; ``entries``: that
+    model's layers from its config, or None."""
+    h5py = _h5py()
+    by_path = saved_paths(entries) if entries is not None else {}
+    by_name = {e["name"]: e for e in entries or []}
+    for path, group in layers.items():
+        if not isinstance(group, h5py.Group):
+            raise ValueError(f"{where}: {at}/{path} is not a group: corrupt file")
+        own = group.get("vars")
+        entry = by_path.get(path)
+        if own is not None and "name" in own.attrs:
+            name = _text(own.attrs["name"])
+            entry = by_name.get(name, entry)
+        else:
+            name = entry["name"] if entry is not None else path
+        if isinstance(group.get("layers"), h5py.Group):  # a nested model
+            _keras3_level(group["layers"], f"{at}/{path}/layers", where,
+                          _entries(entry["config"], where) if _nested(entry) else None, out)
+            continue
+        names_of = _VAR_NAMES.get(entry["class_name"] if entry else "", ())
+
+        def visit(sub: str, obj, name=name, names_of=names_of) -> None:
             parts = _text(sub).split("/")  # bytes when not UTF-8
             if len(parts) < 2 or parts[-2] != "vars" or not hasattr(obj, "shape"):
                 return
             owner = parts[-3] if len(parts) >= 3 else None
-            names = _VAR_NAMES.get("cell" if owner == "cell" else classes.get(name, ""), ())
+            names = _VAR_NAMES["cell"] if owner == "cell" else names_of
             k = int(parts[-1]) if parts[-1].isdigit() else len(names)
             weight = names[k] if k < len(names) else parts[-1]
             direction = [_DIRECTIONS[p] for p in parts if p in _DIRECTIONS]
-            out["/".join([name, *direction, weight])] = obj[()]
+            _keep(out, "/".join([name, *direction, weight]), obj[()], where)
 
         group.visititems(visit)
-    return out
 
 
-def _keras2_weights(f, where: str) -> dict[str, np.ndarray]:
+def _keras2_weights(f, where: str, config: Optional[dict]) -> dict[str, np.ndarray]:
     h5py = _h5py()
     root = f["model_weights"] if "model_weights" in f else f
     if "layer_names" not in root.attrs:
         raise ValueError(f"{where}: no 'layer_names' attribute: not a Keras 2 model or weights file")
+    entries = {e["name"]: e for e in _entries(config, where)} if config is not None else {}
     out: dict[str, np.ndarray] = {}
     for layer in root.attrs["layer_names"]:
         layer = _text(layer)
         group = root.get(layer)
         if not isinstance(group, h5py.Group):
             raise ValueError(f"{where}: layer {layer!r} is in layer_names but has no group: corrupt file")
+        entry = entries.get(layer)
+        inner = {e["name"] for e in keras_layers(entry["config"], where)} if _nested(entry) else set()
         for weight in group.attrs.get("weight_names", []):
             weight = _text(weight)
             parts = weight.split(":")[0].split("/")
+            owner = layer
+            if inner:  # a nested model: the weight's path names its own layer
+                owner = next((p for p in parts[:-1] if p in inner), None)
+                if owner is None:
+                    raise ValueError(f"{where}: weight {weight!r} of the nested model {layer!r} names none of its "
+                                     f"layers {sorted(inner)}")
             direction = ["forward" if p.startswith("forward_") else "backward" for p in parts[:-1]
                          if p.startswith(("forward_", "backward_"))]
             if not isinstance(group.get(weight), h5py.Dataset):
                 raise ValueError(f"{where}: weight {weight!r} of layer {layer!r} is in its weight_names but has no "
                                  f"dataset: corrupt file")
-            out["/".join([layer, *direction, parts[-1]])] = group[weight][()]
+            _keep(out, "/".join([owner, *direction, parts[-1]]), group[weight][()], where)
     return out
 
 
 def read_keras_weights(path: str) -> dict[str, np.ndarray]:
     """Every weight of a Keras file as ``{"<layer name>/<weight name>": array}``.
 
-    ``path``: a Keras 3 ``.keras`` or ``.weights.h5`` file, or a Keras 2 ``.h5`` (model or weights).
-    Layers carry the names given to them (``"encoder_lstm/kernel"``); an LSTM's weights are
+    ``path``: a ``.keras`` or ``.weights.h5`` file (Keras 3 or tf-keras), or an ``.h5`` (Keras 2's model or
+    weights, Keras 3's legacy model). Layers carry the names given to them (``"encoder_lstm/kernel"``),
+    a nested model's layers too, except in a tf-keras file without its config, which names them by
+    class and place (``lstm``, ``lstm_1``); an LSTM's weights are
     ``kernel`` [D, 4U], ``recurrent_kernel`` [U, 4U] and ``bias`` [4U] (gates i, f, c, o), a
     Bidirectional's ``<name>/forward/...`` and ``<name>/backward/...``. Needs h5py.
     """
-    with _open(path) as (f, path, layers, version):
-        if version.startswith("3") or "layers" in f:
-            return _keras3_weights(f, path, layers)
-        return _keras2_weights(f, path)
+    with _open(path) as (f, path, config, version):
+        if "model_weights" in f or "layer_names" in f.attrs:  # Keras 2's layout (also Keras 3's legacy .h5)
+            return _keras2_weights(f, path, config)
+        return _keras3_weights(f, path, config)
 
 
 def read_keras_config(path: str) -> Optional[dict]:
     """``{"keras_version", "layers": [{"name", "class_name", "config"}, ...]}`` from a ``.keras`` file or a
     Keras 2 model ``.h5`` (layer options such as units, activation, recurrent_activation, use_bias,
-    go_backwards, return_sequences, Bidirectional's merge_mode); None for a weights-only file."""
-    with _open(path) as (_, _, layers, version):
-        return None if layers is None else {"keras_version": version, "layers": layers}
+    go_backwards, return_sequences, Bidirectional's merge_mode; a nested model's layers in its place);
+    None for a weights-only file."""
+    with _open(path) as (_, path, config, version):
+        return None if config is None else {"keras_version": version, "layers": keras_layers(config, path)}

@@ -169,20 +169,29 @@ class LSTMStack(nn.Module):
     ``forward(input [B, T, D] or PackedSequence, hx=None, *, lengths=None, mask=None)`` returns
     ``(output, (h_n, c_n))``; ``mask`` [B, T] (a Keras mask, valid steps first) or ``lengths`` [B] give
     sequence lengths; with ``mask_value`` (a Keras Masking layer) the mask comes from the input.
+    ``requires_mask``: why the stack cannot tell the mask from its input (the model masked an earlier
+    input: an Embedding's ``mask_zero``, a Masking layer before a Dense); a call without ``mask``,
+    ``lengths`` or a PackedSequence is then an error that says so.
     """
 
-    def __init__(self, layers: Sequence[nn.Module], mask_value: Optional[float] = None) -> None:
+    def __init__(self, layers: Sequence[nn.Module], mask_value: Optional[float] = None, *,
+                 requires_mask: Optional[str] = None) -> None:
         super().__init__()
         if not layers:
             raise ValueError("layers: expected at least one layer")
+        if mask_value is not None and requires_mask is not None:
+            raise ValueError("mask_value, requires_mask: the mask comes from the input or from the caller, not both")
         self.layers = nn.ModuleList(layers)
-        self.mask_value = mask_value
+        self.mask_value, self.requires_mask = mask_value, requires_mask
 
     @property
     def state_count(self) -> int:
         return sum(_state_count(layer) for layer in self.layers)
 
     def forward(self, input, hx=None, *, lengths=None, mask=None):
+        if self.requires_mask is not None and mask is None and lengths is None \
+                and not isinstance(input, PackedSequence):
+            raise ValueError(f"mask: {self.requires_mask}")
         x, lengths, packed = _inputs(self, input, lengths, mask)
         _check_packable(self.layers[-1], packed)
         if lengths is not None:
@@ -561,18 +570,38 @@ def keras_activation(name: Any, keras_version: str, arg: str) -> str:
     return name
 
 
+def _lstm_options(layer: Any) -> Optional[dict]:
+    """The options of a Keras layer ``{"class_name", "config"}`` that is an LSTM, or an RNN of an LSTMCell
+    (the RNN's options with the cell's); None for any other layer."""
+    if not isinstance(layer, dict) or not isinstance(layer.get("config"), dict):
+        return None
+    options = layer["config"]
+    if layer.get("class_name") == "LSTM":
+        return options
+    cell = options.get("cell")
+    if layer.get("class_name") == "RNN" and isinstance(cell, dict) and cell.get("class_name") == "LSTMCell":
+        return {**options, **(cell.get("config") or {})}
+    return None
+
+
+def _is_lstm(entry: dict) -> bool:
+    """Whether a model config's layer is an LSTM, RNN(LSTMCell) or a Bidirectional of one."""
+    return _lstm_options(entry["config"].get("layer") if entry["class_name"] == "Bidirectional" else entry) is not None
+
+
 def _keras_layer(name: str, weights: Mapping[str, Any], entry: Optional[dict], keras_version: str,
                  last: bool) -> KerasRNN:
     config = entry["config"] if entry else {}
     bidirectional = entry["class_name"] == "Bidirectional" if entry else f"{name}/forward/kernel" in weights
-    inner = config["layer"]["config"] if bidirectional and "layer" in config else config
-    if entry and (entry["class_name"] if not bidirectional else config["layer"]["class_name"]) != "LSTM":
-        raise ValueError(f"layers: {name!r} is a {entry['class_name']}, not an LSTM or Bidirectional(LSTM)")
+    if entry and not _is_lstm(entry):
+        what = entry["class_name"] + (f"({config['layer'].get('class_name')})" if bidirectional else "")
+        raise ValueError(f"layers: {name!r} is a {what}, not an LSTM, RNN(LSTMCell) or a Bidirectional of one")
+    inner = (_lstm_options(config["layer"]) if bidirectional else _lstm_options(entry)) if entry else {}
     if inner.get("time_major"):
         raise ValueError(f"layers: {name!r} has time_major=True; not supported")
+    backward = _lstm_options(config.get("backward_layer")) or {} if bidirectional else {}
     if bidirectional and (inner.get("go_backwards") or "backward_layer" in config and any(
-            config["backward_layer"]["config"].get(k) != inner.get(k)
-            for k in ("units", "activation", "recurrent_activation", "use_bias"))):
+            backward.get(k) != inner.get(k) for k in ("units", "activation", "recurrent_activation", "use_bias"))):
         raise ValueError(f"layers: {name!r} is a Bidirectional whose backward layer is not the forward one "
                          f"run backwards; not supported")
     directions = ("forward/", "backward/") if bidirectional else ("",)
@@ -592,7 +621,14 @@ def _keras_layer(name: str, weights: Mapping[str, Any], entry: Optional[dict], k
             state.update(keras_to_torch_lstm(f["kernel"], f["recurrent_kernel"], f["bias"],
                                              "_l0_reverse" if d else "_l0"))
         except ValueError as e:
-            raise ValueError(f"weights: layer {(name + '/' + directions[d]).rstrip('/')}: {e}") from None
+            guess = "" if entry else " (without a model config every layer with these weights is taken as an LSTM)"
+            raise ValueError(f"weights: layer {(name + '/' + directions[d]).rstrip('/')}: {e}{guess}") from None
+    if bidirectional:
+        differ = [k for k in ("weight_ih", "weight_hh", "bias_ih") if k + "_l0" in state
+                  and (k + "_l0_reverse" not in state or state[k + "_l0"].shape != state[k + "_l0_reverse"].shape)]
+        if differ or ("bias_ih_l0" in state) != ("bias_ih_l0_reverse" in state):
+            raise ValueError(f"weights: {name!r} is a Bidirectional whose backward layer differs from its forward "
+                             f"one (units, inputs or bias); not supported")
     units = state["weight_hh_l0"].shape[1]
     if inner.get("units", units) != units:
         raise ValueError(f"weights: {name!r} is configured with units={inner['units']} but its weights have {units}")
@@ -600,6 +636,7 @@ def _keras_layer(name: str, weights: Mapping[str, Any], entry: Optional[dict], k
     if not last and not return_sequences:
         raise ValueError(f"layers: {name!r} has return_sequences=False but another LSTM layer follows it")
     lstm = LSTM(state["weight_ih_l0"].shape[1], units, bias=use_bias, batch_first=True, bidirectional=bidirectional,
+                dtype=state["weight_ih_l0"].dtype,
                 activation=keras_activation(inner.get("activation", "tanh"), keras_version, f"{name}: activation"),
                 recurrent_activation=keras_activation(inner.get("recurrent_activation", "sigmoid"), keras_version,
                                                       f"{name}: recurrent_activation"))
@@ -613,16 +650,20 @@ def keras_to_module(weights: Mapping[str, Any], config: Optional[dict] = None,
                     layers: Union[str, Sequence[str], None] = None) -> LSTMStack:
     """An ``LSTMStack`` of ``KerasRNN`` layers from ``read_keras_weights``/``read_keras_config`` output.
 
-    ``layers``: the LSTM / Bidirectional(LSTM) layers to chain, by name, in the order they run; by
-    default every such layer of the model, which must then follow one another (only layers that
-    compute nothing at inference, such as Dropout or Masking, between them). A Masking layer before
-    them becomes the stack's ``mask_value``. Without a config (weights-only files) Keras' defaults
-    are assumed (tanh, sigmoid gates, return_sequences, merge "concat").
+    ``layers``: the LSTM, RNN(LSTMCell) and Bidirectional layers of them to chain, by name, in the
+    order they run; by default every such layer of the model (nested models' too), which must then
+    follow one another (only layers that compute nothing at inference, such as Dropout or Masking,
+    between them). A Masking layer before them becomes the stack's ``mask_value``; where the model
+    masks an earlier input (an Embedding's ``mask_zero``, a Masking layer with other layers after
+    it), the stack must be given the mask. Without a config (weights-only files) each layer is taken
+    as an LSTM with tanh, sigmoid gates, ``return_sequences=True``, forwards and a Bidirectional's
+    "concat", whatever the model had: give the config of a file that has one to keep the model's.
+    The modules take the weights' dtype.
     """
     entries = config["layers"] if config else []
     version = config["keras_version"] if config else "3"
     by_name = {e["name"]: e for e in entries}
-    recurrent = [e["name"] for e in entries if e["class_name"] in ("LSTM", "Bidirectional")]
+    recurrent = [e["name"] for e in entries if _is_lstm(e)]
     if layers is None:
         if config is None:
             recurrent = list(dict.fromkeys(k.split("/")[0] for k in weights if k.endswith("/recurrent_kernel")))
@@ -636,25 +677,51 @@ def keras_to_module(weights: Mapping[str, Any], config: Optional[dict] = None,
         if between:
             raise ValueError(f"layers: {[e['name'] for e in between]} ({between[0]['class_name']}) sit between the "
                              f"LSTM layers {layers}; pass layers=[...] to pick a chain")
+        if not layers:
+            raise ValueError(f"layers: the file has no LSTM layer; its layers: {[e['name'] for e in entries]}")
     elif isinstance(layers, str):
         layers = [layers]
-    if not layers:
-        raise ValueError(f"layers: the file has no LSTM layer; its layers: {[e['name'] for e in entries]}")
+    else:
+        layers = list(layers)
+        if not layers:
+            raise ValueError("layers: an empty list; name at least one layer, or pass None for all of them")
     missing = [n for n in layers if config and n not in by_name]
     if missing:
         raise ValueError(f"layers: no layer named {missing}; the model's layers: {list(by_name)}")
     repeated = sorted({n for n in layers if layers.count(n) > 1})
     if repeated:
         raise ValueError(f"layers: {repeated} given more than once")
-    first = entries.index(by_name[layers[0]]) if config else 0
-    masking = [e for e in entries[:first] if e["class_name"] == "Masking"]
+    if config and [entries.index(by_name[n]) for n in layers] != sorted(entries.index(by_name[n]) for n in layers):
+        raise ValueError(f"layers: {layers} are not in the order the model runs them: "
+                         f"{[n for n in by_name if n in layers]}")
     modules = [_keras_layer(n, weights, by_name.get(n), version, k == len(layers) - 1) for k, n in enumerate(layers)]
     for before, after in zip(modules, modules[1:]):
         width = _keras_output_width(before)
         if after.lstm.input_size != width:
             raise ValueError(f"layers: {after.name!r} takes inputs of width {after.lstm.input_size}, but "
                              f"{before.name!r} before it outputs {width}; pass layers=[...] in the order they run")
-    return LSTMStack(modules, mask_value=masking[-1]["config"].get("mask_value", 0.0) if masking else None)
+    mask_value, requires_mask = _keras_mask(entries[:entries.index(by_name[layers[0]])] if config else [])
+    return LSTMStack(modules, mask_value, requires_mask=requires_mask)
+
+
+def _keras_mask(before: list[dict]) -> tuple[Optional[float], Optional[str]]:
+    """(mask_value, requires_mask) of a stack whose first layer comes after the layers ``before``: the
+    mask of the last layer there that makes one, a Masking layer's value where only layers that
+    compute nothing follow it, else the reason the caller must pass the mask."""
+    makers = [k for k, e in enumerate(before) if e["class_name"] == "Masking"
+              or e["class_name"] == "Embedding" and (e["config"] or {}).get("mask_zero")]
+    if not makers:
+        return None, None
+    maker = before[makers[-1]]
+    after = [e["name"] for e in before[makers[-1] + 1:] if e["class_name"] not in _PASS_THROUGH]
+    if maker["class_name"] == "Masking" and not after:
+        return maker["config"].get("mask_value", 0.0), None
+    if maker["class_name"] == "Embedding":
+        made = "makes the mask from the token ids (mask_zero): pass mask=tokens != 0"
+    else:
+        made = (f"makes the mask from its input and {after} follow it: pass mask=(x != "
+                f"{maker['config'].get('mask_value', 0.0)}).any(-1) of that layer's input x")
+    return None, f"the model's {maker['class_name']} layer {maker['name']!r} {made}, or lengths="
 
 
 def _keras_output_width(layer: KerasRNN) -> Optional[int]:
