@@ -260,6 +260,23 @@ def test_module_back_to_tf_names(name):
         np.testing.assert_allclose(back[key], variables[key], atol=1e-7, err_msg=key)
 
 
+def test_float64_checkpoint_gives_a_float64_module():
+    """TF's variables in float64 (a cell built with dtype=tf.float64): the module keeps them, peepholes
+    included, and computes what an LSTM with those weights computes in float64."""
+    lstm = LSTM(3, 5, batch_first=True, proj_size=2, use_peepholes=True, forget_bias=1.0, dtype=torch.float64)
+    with torch.no_grad():
+        for name in ("w_f_diag_l0", "w_i_diag_l0", "w_o_diag_l0"):
+            getattr(lstm, name).uniform_(-1, 1)
+    variables = module_to_tf(lstm)
+    assert {v.dtype for v in variables.values()} == {np.dtype(np.float64)}
+    module = tf_to_module(variables)
+    assert {p.dtype for p in module.parameters()} == {torch.float64}
+    for name in ("w_f_diag_l0", "w_i_diag_l0", "w_o_diag_l0", "weight_hr_l0"):
+        assert torch.equal(getattr(module, name), getattr(lstm, name)), name
+    x = torch.randn(2, 4, 3, dtype=torch.float64)
+    torch.testing.assert_close(module(x)[0], lstm(x)[0], rtol=1e-12, atol=1e-12)
+
+
 def random_tf_variables(scopes, seed=0):
     """TF variables {scope: (D, N, P)} with random values, for layouts no fixture covers."""
     rng = np.random.default_rng(seed)

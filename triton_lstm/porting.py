@@ -392,9 +392,11 @@ def _cell_shapes(cell: str, v: dict[str, Any]) -> dict:
 def _lstm_from_cells(layers: list[list[dict]], cells: Mapping[str, dict], options: dict) -> LSTM:
     """One triton_lstm.LSTM holding ``layers`` (each a list of 1 or 2 directions' cell shapes)."""
     first = layers[0][0]
+    kernel = as_tensor(cells[first["scope"]]["kernel"])
     module = LSTM(first["d"], first["n"], num_layers=len(layers), batch_first=True,
                   bidirectional=len(layers[0]) == 2, proj_size=first["p"] if first["projection"] else 0,
-                  use_peepholes=first["peepholes"], **options)
+                  use_peepholes=first["peepholes"], dtype=kernel.dtype if kernel.is_floating_point() else None,
+                  **options)
     state = {}
     for k, layer in enumerate(layers):
         for d, shape in enumerate(layer):
@@ -403,7 +405,7 @@ def _lstm_from_cells(layers: list[list[dict]], cells: Mapping[str, dict], option
             state.update(tf_to_torch_lstm(v["kernel"], v["bias"], v.get("projection/kernel"), 0.0, suffix))
             for gate in ("f", "i", "o"):
                 if f"w_{gate}_diag" in v:
-                    state[f"w_{gate}_diag{suffix}"] = as_tensor(v[f"w_{gate}_diag"]).float()
+                    state[f"w_{gate}_diag{suffix}"] = as_tensor(v[f"w_{gate}_diag"])
     module.load_state_dict(state)
     return module
 
@@ -435,7 +437,8 @@ def tf_to_module(variables: Mapping[str, Any], scope: Optional[str] = None, *, f
     ``activation``, each one value or a list with one per layer (a layer without a projection ignores
     ``proj_clip``, as TF's cell does). ``scope`` picks one stack when the
     variables hold several. Returns a ``triton_lstm.LSTM`` when one can hold the stack, else an
-    ``LSTMStack`` or a ``Bidirectional`` (fw and bw ``MultiRNNCell`` stacks) with the same call.
+    ``LSTMStack`` or a ``Bidirectional`` (fw and bw ``MultiRNNCell`` stacks) with the same call; in the
+    kernels' dtype (a float64 checkpoint gives a float64 module).
     """
     if not isinstance(variables, Mapping):
         raise TypeError(f"variables: expected a mapping of TF names to arrays, got {type(variables).__name__}")
