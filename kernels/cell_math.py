@@ -59,30 +59,32 @@ def activation(x, ACT: tl.constexpr):
 
 
 @triton.jit
-def activation_grad(x, ACT: tl.constexpr):
-    """d activation(x) / dx with TF's conventions at the kinks (relu: 0 at 0; clip bounds pass)."""
+def activation_vjp(dy, x, ACT: tl.constexpr):
+    """dy * d activation(x) / dx as torch's derivatives compute it, NaN included: relu passes dy where
+    x > 0 or x is NaN, the hard sigmoids select dy inside their clip bounds (inclusive for Keras 2's,
+    open for torch's) and 0 elsewhere and at NaN; elu multiplies by exp(x) where x > 0 is false, NaN
+    too (aten's vectorised elu_backward: NaN even for dy = 0)."""
     if ACT == ACT_TANH:
         t = tanh(x)
-        d = 1.0 - t * t
+        g = dy * (1.0 - t * t)
     elif ACT == ACT_RELU:
-        d = tl.where(x > 0.0, 1.0, 0.0)
+        g = tl.where(x <= 0.0, 0.0, dy)
     elif ACT == ACT_SIGMOID:
         s = sigmoid(x)
-        d = s * (1.0 - s)
+        g = dy * (s * (1.0 - s))
     elif ACT == ACT_LINEAR:
-        d = tl.full(x.shape, 1.0, tl.float32)
+        g = dy
     elif ACT == ACT_SOFTSIGN:
         a = 1.0 + tl.abs(x)
-        d = 1.0 / (a * a)
+        g = dy * (1.0 / (a * a))
     elif ACT == ACT_HARD_SIGMOID:
         lin = 0.2 * x + 0.5
-        d = tl.where((lin >= 0.0) & (lin <= 1.0), 0.2, 0.0)
+        g = tl.where((lin >= 0.0) & (lin <= 1.0), dy * 0.2, 0.0)
     elif ACT == ACT_HARDSIGMOID:
-        # torch's hardsigmoid_backward: open interval.
-        d = tl.where((x > -3.0) & (x < 3.0), 1.0 / 6.0, 0.0)
+        g = tl.where((x > -3.0) & (x < 3.0), dy * (1.0 / 6.0), 0.0)
     else:
-        d = tl.where(x > 0.0, 1.0, tl.exp(x))
-    return d
+        g = dy * tl.where(x > 0.0, 1.0, tl.exp(x))
+    return g
 
 
 @triton.jit
@@ -102,13 +104,13 @@ def clip_grad(dy, x, bound):
 
 
 @triton.jit
-def gate_grad(a, s, GATE_ACT: tl.constexpr):
-    """d gate / d pre-activation a, given the gate value s = GATE_ACT(a)."""
+def gate_vjp(dy, a, s, GATE_ACT: tl.constexpr):
+    """dy * d gate / d pre-activation a, given the gate value s = GATE_ACT(a)."""
     if GATE_ACT == ACT_SIGMOID:
-        d = s * (1.0 - s)
+        g = dy * (s * (1.0 - s))
     else:
-        d = activation_grad(a, GATE_ACT)
-    return d
+        g = activation_vjp(dy, a, GATE_ACT)
+    return g
 
 
 @triton.jit
@@ -165,15 +167,15 @@ def cell_backward(dm, dc_next, zi, zj, zf, zo, c_prev, wi, wf, wo, forget_bias, 
     ao = output_preactivation(zo, c, wo, USE_PEEPHOLES)
     so = activation(ao, GATE_ACT)
     ac = activation(c, ACT)
-    dzo = dm * ac * gate_grad(ao, so, GATE_ACT)
-    dc = dc_next + dm * so * activation_grad(c, ACT)
+    dzo = gate_vjp(dm * ac, ao, so, GATE_ACT)
+    dc = dc_next + activation_vjp(dm * so, c, ACT)
     if USE_PEEPHOLES:
         dc += dzo * wo[None, :]
     if HAS_CELL_CLIP:
         dc = clip_grad(dc, c_raw, cell_clip)
-    dzf = dc * c_prev * gate_grad(af, sf, GATE_ACT)
-    dzi = dc * aj * gate_grad(ai, si, GATE_ACT)
-    dzj = dc * si * activation_grad(zj, ACT)
+    dzf = gate_vjp(dc * c_prev, af, sf, GATE_ACT)
+    dzi = gate_vjp(dc * aj, ai, si, GATE_ACT)
+    dzj = activation_vjp(dc * si, zj, ACT)
     dc_prev = dc * sf
     if USE_PEEPHOLES:
         dc_prev += dzf * wf[None, :] + dzi * wi[None, :]

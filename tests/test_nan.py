@@ -1,10 +1,12 @@
 """NaN and inf propagate the same way on the kernel path as on the reference: no clip, relu or hard
-sigmoid inside the kernels may turn a NaN into a finite number."""
+sigmoid inside the kernels may turn a NaN into a finite number, and a NaN row adds to the gradients
+what it adds in torch's derivatives (which select for relu and the hard sigmoids)."""
 import pytest
 import torch
 
 from helpers import TOLERANCES, cell_args, cell_tensors, reference_fp32
 from triton_lstm import lstm_cell, lstm_sequence, lstm_sequence_reference
+from triton_lstm import sequence as sequence_module
 from triton_lstm.activations import resolve_activation, resolve_recurrent_activation
 
 # Every kernel min/max: both clips, relu, Keras' and torch's hard sigmoids (cell and gates).
@@ -64,3 +66,71 @@ def test_sequence_propagates_nan_and_inf(case, grid_name, device, grid):
     tol = TOLERANCES[torch.float32]["fwd"]
     for name, got, want in zip(("out", "h_T", "c_T"), out, ref):
         assert_same_nonfinite(name, got, want, tol)
+
+
+# Every activation as the cell's and as the gates': the kernels' derivatives select where torch's do
+# (relu, the hard sigmoids, elu), so a NaN row adds to a weight's gradient what it adds in torch.
+GRAD_CASES = CASES + [dict(activation="elu", recurrent_activation="relu"),
+                      dict(activation="softsign", recurrent_activation="elu"),
+                      dict(activation="linear", recurrent_activation="softsign"),
+                      dict(activation="hardsigmoid", recurrent_activation="linear"),
+                      dict(activation="sigmoid", recurrent_activation="tanh")]
+
+
+def assert_same_gradients(names, got, want, tol) -> None:
+    """Gradients with non-finite entries: the same NaN and inf positions, the finite ones close."""
+    for name, g, w in zip(names, got, want):
+        g, w = g.float(), w.float()
+        assert torch.equal(torch.isnan(g), torch.isnan(w)), f"d{name}: NaN positions differ"
+        assert torch.equal(torch.isinf(g), torch.isinf(w)), f"d{name}: inf positions differ"
+        finite = torch.isfinite(w)
+        torch.testing.assert_close(g[finite], w[finite], atol=tol[0], rtol=tol[1], msg=lambda m: f"d{name}: {m}")
+
+
+@pytest.mark.parametrize("case", GRAD_CASES, ids=lambda c: f"{c['activation']}-{c['recurrent_activation']}")
+def test_step_gradients_with_a_nan_row(case, device):
+    t = cell_tensors(4, 6, 12, 5, True, torch.float32, device)
+    t["x"][0] = float("nan")
+    names = [k for k, v in t.items() if v is not None]
+    for k in names:
+        t[k].requires_grad_()
+    options = dict(forget_bias=1.0, cell_clip=0.5, proj_clip=0.1, **case)
+    h, c = lstm_cell(*cell_args(t), **options)
+    up, (h_ref, c_ref) = reference_fp32(t, **options)
+    g = torch.Generator().manual_seed(5)
+    dh, dc = (torch.randn(v.shape, generator=g).to(device) for v in (h_ref, c_ref))
+    got = torch.autograd.grad((h * dh).sum() + (c * dc).sum(), [t[k] for k in names])
+    want = torch.autograd.grad((h_ref * dh).sum() + (c_ref * dc).sum(), [up[k] for k in names])
+    assert_same_gradients(names, got, want, TOLERANCES[torch.float32]["grad"])
+
+
+@pytest.mark.parametrize("on", ["kernels", "cpu loop"])
+@pytest.mark.parametrize("case", GRAD_CASES, ids=lambda c: f"{c['activation']}-{c['recurrent_activation']}")
+def test_sequence_gradients_with_a_nan_row(case, on, device, grid, monkeypatch):
+    """The persistent kernels (under the interpreter on CPU) and the CPU path's loop."""
+    if on == "kernels":
+        grid.use("one")
+    else:
+        monkeypatch.setattr(sequence_module, "kernels_run_on", lambda device, dtype: False)
+    T, B, D, N, P = 3, 4, 6, 20, 5
+    t = cell_tensors(B, D, N, P, True, torch.float32, device)
+    x = torch.randn(T, B, D, generator=torch.Generator().manual_seed(3)).to(device)
+    x[1, 0] = float("nan")
+    kernel = t["kernel"].detach()
+    args = [x, t["h"], t["c"], kernel[:D], kernel[D:], t["bias"], t["w_f_diag"], t["w_i_diag"], t["w_o_diag"],
+            t["projection"]]
+    names = ["x", "h0", "c0", "w_x", "w_h", "bias", "w_f_diag", "w_i_diag", "w_o_diag", "projection"]
+    leaves = [a.detach().clone().requires_grad_() for a in args]
+    ref_leaves = [a.detach().clone().requires_grad_() for a in args]
+    options = dict(forget_bias=1.0, cell_clip=0.5, proj_clip=0.1)
+    out = lstm_sequence(*leaves, **options, **case)
+    if on == "kernels":
+        grid.check()
+    ref = lstm_sequence_reference(*ref_leaves, activation=resolve_activation(case["activation"])[1],
+                                  recurrent_activation=resolve_recurrent_activation(case["recurrent_activation"])[1],
+                                  **options)
+    g = torch.Generator().manual_seed(6)
+    seeds = [torch.randn(v.shape, generator=g).to(device) for v in ref]
+    got = torch.autograd.grad(sum((v * s).sum() for v, s in zip(out, seeds)), leaves)
+    want = torch.autograd.grad(sum((v * s).sum() for v, s in zip(ref, seeds)), ref_leaves)
+    assert_same_gradients(names, got, want, TOLERANCES[torch.float32]["grad"])
