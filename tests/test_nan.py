@@ -134,3 +134,44 @@ def test_sequence_gradients_with_a_nan_row(case, on, device, grid, monkeypatch):
     got = torch.autograd.grad(sum((v * s).sum() for v, s in zip(out, seeds)), leaves)
     want = torch.autograd.grad(sum((v * s).sum() for v, s in zip(ref, seeds)), ref_leaves)
     assert_same_gradients(names, got, want, TOLERANCES[torch.float32]["grad"])
+
+
+@pytest.mark.parametrize("on", ["kernels", "several programs", "cpu loop", "reference"])
+def test_padding_enters_no_gradient(on, device, grid, monkeypatch):
+    """What a batch holds past each row's length (NaN here, and a NaN initial state in a row of length
+    0) enters nothing: every gradient equals that of the same batch with zeros there, as nn.LSTM's
+    packed sequences, which hold no padding at all."""
+    if on == "cpu loop":
+        monkeypatch.setattr(sequence_module, "kernels_run_on", lambda device, dtype: False)
+    elif on != "reference":
+        grid.use("one" if on == "kernels" else "several")
+    T, B, D, N, P = 4, 4, 6, 20, 5
+    lengths = torch.tensor([4, 2, 0, 3])
+    t = cell_tensors(B, D, N, P, True, torch.float32, device)
+    x = torch.randn(T, B, D, generator=torch.Generator().manual_seed(7)).to(device)
+    padding = (torch.arange(T)[:, None] >= lengths[None, :]).to(device)
+    x_nan, h_nan, c_nan = x.masked_fill(padding[..., None], float("nan")), t["h"].clone(), t["c"].clone()
+    h_nan[2], c_nan[2] = float("nan"), float("nan")
+    kernel = t["kernel"].detach()
+    weights = [kernel[:D], kernel[D:], t["bias"], t["w_f_diag"], t["w_i_diag"], t["w_o_diag"], t["projection"]]
+    options = dict(forget_bias=1.0, cell_clip=0.5, proj_clip=0.1, activation="relu", recurrent_activation="sigmoid")
+    g = torch.Generator().manual_seed(8)
+    seeds = [torch.randn(shape, generator=g).to(device) for shape in ((T, B, P), (B, P), (B, N))]
+
+    def gradients(x, h0, c0):
+        leaves = [v.detach().clone().requires_grad_() for v in (x, h0, c0, *weights)]
+        if on == "reference":
+            out = lstm_sequence_reference(*leaves, lengths.to(device), **options | dict(activation=torch.relu, recurrent_activation=torch.sigmoid))
+        else:
+            out = lstm_sequence(*leaves, lengths.to(device), **options)
+            if on != "cpu loop":
+                grid.check()
+        return torch.autograd.grad(sum((v.float() * s).sum() for v, s in zip(out, seeds)), leaves)
+
+    got = gradients(x_nan, h_nan, c_nan)
+    want = gradients(x.masked_fill(padding[..., None], 0.0), t["h"], t["c"])
+    names = ["x", "h0", "c0", "w_x", "w_h", "bias", "w_f_diag", "w_i_diag", "w_o_diag", "projection"]
+    for name, a, b in zip(names, got, want):
+        assert torch.isfinite(a).all(), f"d{name}: not finite"
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6, msg=lambda m: f"d{name}: {m}")
+    assert not got[0][padding].any(), "dx past the lengths"

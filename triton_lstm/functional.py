@@ -101,16 +101,32 @@ def step_backward(dh_new: Tensor, dc_new: Tensor, z: Tensor, c: Tensor, kernel: 
     return dz, dc_prev, dx, dh_prev, (dy if y is not None else dy.clone())
 
 
+def within_lengths(lengths: Optional[Tensor], T: int, device: torch.device) -> Optional[Tensor]:
+    """[T, B, 1] bool: whether step t is inside row b's sequence (None without lengths)."""
+    if lengths is None:
+        return None
+    return (torch.arange(T, device=device)[:, None] < lengths.to(device)[None, :])[..., None]
+
+
+def padding_zeroed(t: Tensor, valid: Optional[Tensor]) -> Tensor:
+    """t [T, B, ...] with zeros at the steps past each row's length (``within_lengths``; None: t), so
+    that what a batch holds there, NaN included, adds nothing to a sum over rows and steps (the
+    gradients there are zeros: 0 * NaN would be NaN)."""
+    return t if valid is None else torch.where(valid, t, 0)
+
+
 def weight_grads(needs: tuple[bool, ...], dz: Tensor, x: Tensor, h: Tensor, c_prev: Tensor, c_new: Tensor,
-                 m: Optional[Tensor], dy: Optional[Tensor], dtype: torch.dtype):
+                 m: Optional[Tensor], dy: Optional[Tensor], dtype: torch.dtype, valid: Optional[Tensor] = None):
     """Batch reductions as GEMMs (deterministic): W_x, W_h, bias, w_f/w_i/w_o_diag, projection.
 
-    x, h, c_prev, c_new, m, dz, dy may carry leading dimensions (time steps); all are reduced.
+    x, h, c_prev, c_new, m, dz, dy may carry leading dimensions (time steps); all are reduced. ``valid``
+    (``within_lengths``): the steps past a row's length, whose gradients are zeros, take nothing from
+    the values x, h, c and m hold there.
     """
     need_wx, need_wh, need_bias, need_wf, need_wi, need_wo, need_proj = needs
 
     def rows(t: Tensor) -> Tensor:
-        return t.reshape(-1, t.shape[-1]).float()
+        return padding_zeroed(t, valid).reshape(-1, t.shape[-1]).float()
 
     dz2 = rows(dz)
     d_wx = (rows(x).t() @ dz2).to(dtype) if need_wx else None

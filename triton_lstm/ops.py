@@ -20,7 +20,8 @@ from typing import Optional, Sequence
 import torch
 
 from triton_lstm.flops import products, register, sequence_forward
-from triton_lstm.functional import CellOptions, contiguous_or_none, step_backward, step_forward, weight_grads
+from triton_lstm.functional import (CellOptions, contiguous_or_none, step_backward, step_forward, weight_grads,
+                                    within_lengths)
 from triton_lstm.higher_order import differentiable_vjp, reference_options, transformable, vmap_by_slices
 from triton_lstm.reference import lstm_cell_reference, lstm_sequence_reference
 from triton_lstm.sequence import seq_backward, seq_forward
@@ -222,7 +223,8 @@ def _seq_backward(ctx, dout, d_hbuf, d_cbuf, _dz, _dm, _dy):
     needs = ctx.needs_input_grad
     d_wx, d_wh, d_bias, d_wf, d_wi, d_wo, d_proj = weight_grads(
         (needs[3], needs[4], needs[5], needs[6], needs[7], needs[8], needs[9]),
-        dz, x, hbuf[:T], cbuf[:T], cbuf[1:], _present(m), _present(dy), w_h.dtype)
+        dz, x, hbuf[:T], cbuf[:T], cbuf[1:], _present(m), _present(dy), w_h.dtype,
+        within_lengths(lengths, T, x.device))
     dx = (dz.reshape(-1, dz.shape[-1]).to(w_x.dtype) @ w_x.t()).reshape(x.shape).to(x.dtype) if needs[0] else None
     grads = (dx, dh0.to(h0.dtype), dc0.to(c0.dtype), d_wx, d_wh, d_bias, d_wf, d_wi, d_wo, d_proj)
     return _laid_out_like(grads, inputs) + (None,) * 6

@@ -63,20 +63,23 @@ def lstm_sequence_reference(
     """TF's dynamic_rnn over a time-major sequence, step by step.
 
     Shapes: x [T, B, D], h0 [B, P], c0 [B, N], w_x [D, 4N], w_h [P, 4N], lengths [B] or None.
-    Rows past their length output 0 and carry the state. Returns (outputs [T, B, P], h_T, c_T).
+    Rows past their length output 0 and carry the state; what x holds there enters nothing, not even
+    a gradient (the cell runs on zeros there, whose results are dropped). Returns (outputs [T, B, P],
+    h_T, c_T).
     """
     kernel = torch.cat([w_x, w_h], dim=0)
     h, c = h0, c0
     outputs = []
     for t in range(x.shape[0]):
-        h_new, c_new = lstm_cell_reference(x[t], c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection,
+        valid = None if lengths is None else (lengths.to(x.device) > t)[:, None]
+        x_t, c_in, h_in = (v if valid is None else torch.where(valid, v, 0) for v in (x[t], c, h))
+        h_new, c_new = lstm_cell_reference(x_t, c_in, h_in, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection,
                                            forget_bias=forget_bias, cell_clip=cell_clip, proj_clip=proj_clip,
                                            activation=activation, recurrent_activation=recurrent_activation)
-        if lengths is None:
+        if valid is None:
             h, c = h_new, c_new
             outputs.append(h_new)
         else:
-            valid = (lengths.to(x.device) > t)[:, None]
             h = torch.where(valid, h_new, h.to(h_new.dtype))
             c = torch.where(valid, c_new, c.to(c_new.dtype))
             outputs.append(torch.where(valid, h_new, torch.zeros_like(h_new)))
