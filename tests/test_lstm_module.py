@@ -495,9 +495,9 @@ def test_cpu_autocast_gives_nn_lstms_dtypes(cpu_path, form, proj_size, dtypes, h
     c_n (and without a projection its output and h_n) follows type promotion of the autocast dtype
     with c_0's (or the input's). Values within half precision's rounding of nn.LSTM's."""
     dtype, cast = AUTOCASTS[dtypes]
-    if form == "padded" and not proj_size and cast == torch.float16:
-        pytest.skip("nn.LSTM's forward fails there (oneDNN has no float16 LSTM): "
-                    "test_cpu_float16_autocast_runs_where_nn_lstm_fails")
+    if form == "padded" and not proj_size and cast in lstm_module.ONEDNN_LSTM_MISSING:
+        pytest.skip(f"nn.LSTM's forward fails there (oneDNN has no {cast} LSTM here): "
+                    "test_cpu_autocast_runs_where_nn_lstm_fails")
     ours, ref = (m.to(dtype) for m in make_pair("cpu", num_layers=2, proj_size=proj_size))
     x = randn(T, B, D, seed=1).to(dtype)
     state = None
@@ -522,27 +522,32 @@ def test_cpu_autocast_gives_nn_lstms_dtypes(cpu_path, form, proj_size, dtypes, h
         assert all(p.grad.dtype == dtype for p in ours.parameters())
 
 
+@pytest.mark.parametrize("cast", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
 @pytest.mark.parametrize("forget_bias", [0.0, 1.0])
-def test_cpu_float16_autocast_runs_where_nn_lstm_fails(cpu_path, forget_bias):
+def test_cpu_autocast_runs_where_nn_lstm_fails(cpu_path, forget_bias, cast):
     """nn.LSTM's forward fails under CPU float16 autocast for a cell without a projection in another
-    dtype (oneDNN has no float16 LSTM): LSTM runs its loop there, in float16 as autocast asks, close
-    to nn.LSTM on the float16-rounded input and weights."""
+    dtype (oneDNN has no float16 LSTM), and so under bfloat16 autocast on a CPU without oneDNN's
+    bfloat16: LSTM runs its loop there, in the autocast dtype as autocast asks, close to nn.LSTM on
+    the rounded input and weights."""
+    if cast not in lstm_module.ONEDNN_LSTM_MISSING:
+        pytest.skip(f"oneDNN has a {cast} LSTM on this CPU: test_cpu_autocast_gives_nn_lstms_dtypes")
     ours, ref = make_pair("cpu", num_layers=2)
     ours.forget_bias = forget_bias
     with torch.no_grad():
         for p in ref.parameters():
-            p.copy_(p.half())
+            p.copy_(p.to(cast))
         for name, p in ref.named_parameters():
             if name.startswith("bias_ih"):
                 p[H:2 * H] += forget_bias
     x = randn(T, B, D, seed=1)
-    with torch.autocast("cpu", dtype=torch.float16):
+    with torch.autocast("cpu", dtype=cast):
         got = ours(x)
-    want = ref(x.half().float())
+    want = ref(x.to(cast).float())
+    tol = (5e-3, 5e-3) if cast == torch.float16 else (4e-2, 4e-2)
     for name, a, b in zip(("output", "h_n", "c_n"), torch.utils._pytree.tree_leaves(got),
                           torch.utils._pytree.tree_leaves(want)):
-        assert a.dtype == torch.float16, name
-        assert_close(name, a, b, (5e-3, 5e-3))
+        assert a.dtype == cast, name
+        assert_close(name, a, b, tol)
 
 
 @pytest.mark.parametrize("case", ["float64", "packed-differing-lengths"])
