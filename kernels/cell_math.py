@@ -63,7 +63,8 @@ def activation_vjp(dy, x, ACT: tl.constexpr):
     """dy * d activation(x) / dx as torch's derivatives compute it, NaN included: relu passes dy where
     x > 0 or x is NaN, the hard sigmoids select dy inside their clip bounds (inclusive for Keras 2's,
     open for torch's) and 0 elsewhere and at NaN; elu multiplies by exp(x) where x > 0 is false, NaN
-    too (aten's vectorised elu_backward: NaN even for dy = 0)."""
+    too, as aten's vectorised CPU elu_backward (NaN even for dy = 0; its CUDA and scalar forms pass dy
+    at NaN: torch differs from itself there, and this keeps the NaN)."""
     if ACT == ACT_TANH:
         t = tanh(x)
         g = dy * (1.0 - t * t)

@@ -549,8 +549,19 @@ def test_keras_mask_made_before_other_layers_must_be_given():
                         if e["class_name"] != "Masking"]
     weights = read_keras_weights(fixture("keras_masked_dense.keras"))
     with pytest.raises(ValueError, match=r"^mask: the model's Embedding layer 'tokens' makes the mask from the token "
-                                         r"ids \(mask_zero\): pass mask=tokens != 0"):
+                                         r"ids \(mask_zero\): pass mask=tokens != 0, or lengths=$"):
         keras_to_module(weights, config)(dense)
+    # A layer that drops Keras' mask (Conv1D) leaves the LSTMs none; one we do not know, a hint.
+    for cls, outcome in (("Conv1D", None), ("MyLayer", r"\['dense'\] drop Keras' mask, .* pass the full lengths\)$")):
+        config = read_keras_config(fixture("keras_masked_dense.keras"))
+        config["layers"] = [dict(e, class_name=cls) if e["class_name"] == "Dense" else e for e in config["layers"]]
+        module = keras_to_module(weights, config)
+        assert module.mask_value is None
+        if outcome is None:
+            assert module.requires_mask is None
+        else:
+            with pytest.raises(ValueError, match=outcome):
+                module(dense)
 
 
 def test_keras_port_keeps_float64_and_explains_weights_only_guesses():

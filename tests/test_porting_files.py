@@ -28,6 +28,17 @@ def keras_copy(tmp_path, name="keras_stacked.keras", members=None):
     return path
 
 
+def test_keras_layer_names_repeated_across_nested_models(tmp_path):
+    """tf-keras' .keras names its weights by class and place, the config by the layers' names: the outer
+    LSTM renamed "lstm", as one inside the nested model is named, is an error, not one set of weights."""
+    config = zipfile.ZipFile(fixture("keras2_names.keras")).read("config.json").decode()
+    assert config.count('"name": "top"') == 2  # the layer's own entry and its entry's config
+    path = keras_copy(tmp_path, "keras2_names.keras", {"config.json": config.replace('"name": "top"', '"name": "lstm"')})
+    with pytest.raises(ValueError, match=r"two layers' weights read as 'lstm/.*': two layers of its nested models "
+                                         r"share a name; not supported"):
+        read_keras_weights(str(path))
+
+
 def flipped_keras(tmp_path):
     path = keras_copy(tmp_path)
     data = bytearray(path.read_bytes())

@@ -45,9 +45,8 @@ import torch.nn.functional as F
 from triton_lstm.activations import activation_id, activation_name, hard_sigmoid
 from triton_lstm.convert import swap_gates, transposed_view
 from triton_lstm.flops import products, register, sequence_forward
-from triton_lstm.functional import padding_zeroed, within_lengths
 from triton_lstm.higher_order import differentiable_vjp, reference_options, transformable, vmap_by_slices
-from triton_lstm.reference import lstm_sequence_reference
+from triton_lstm.reference import lstm_sequence_reference, padding_zeroed, within_lengths
 
 Tensor = torch.Tensor
 aten = torch.ops.aten
@@ -444,7 +443,8 @@ def _backward(d_hbuf: Tensor, d_h_T: Tensor, d_c_T: Tensor, x: Tensor, w_x: Tens
     d_wh = _summed_product(padding_zeroed(hbuf[:T], valid).reshape(T * B, P), rows, weights_t) if want_wh else None
     d_wf = d_wi = d_wo = d_proj = None
     if w_if is not None:
-        d_wi, d_wf = ((_block(dz, g) * padding_zeroed(cbuf[:T], valid)).sum((0, 1)) for g in places[:2])
+        c = padding_zeroed(cbuf[:T], valid)
+        d_wi, d_wf = ((_block(dz, g) * c).sum((0, 1)) for g in places[:2])
         d_wo = (_block(dz, places[3]) * cbuf[1:]).sum((0, 1))
     if projection is not None and want_proj:
         d_proj = _summed_product(m.reshape(T * B, N), dy.reshape(T * B, P), weights_t)

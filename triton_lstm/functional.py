@@ -16,7 +16,7 @@ from triton_lstm.higher_order import forward_mode
 from triton_lstm.kernels.lstm_step import lstm_step_bwd_kernel, lstm_step_fwd_kernel, lstm_step_proj_kernel
 from triton_lstm import launch
 from triton_lstm.launch import Problem, kernel_constants, kernels_run_on
-from triton_lstm.reference import lstm_cell_reference
+from triton_lstm.reference import lstm_cell_reference, padding_zeroed
 
 Tensor = torch.Tensor
 
@@ -101,20 +101,6 @@ def step_backward(dh_new: Tensor, dc_new: Tensor, z: Tensor, c: Tensor, kernel: 
     return dz, dc_prev, dx, dh_prev, (dy if y is not None else dy.clone())
 
 
-def within_lengths(lengths: Optional[Tensor], T: int, device: torch.device) -> Optional[Tensor]:
-    """[T, B, 1] bool: whether step t is inside row b's sequence (None without lengths)."""
-    if lengths is None:
-        return None
-    return (torch.arange(T, device=device)[:, None] < lengths.to(device)[None, :])[..., None]
-
-
-def padding_zeroed(t: Tensor, valid: Optional[Tensor]) -> Tensor:
-    """t [T, B, ...] with zeros at the steps past each row's length (``within_lengths``; None: t), so
-    that what a batch holds there, NaN included, adds nothing to a sum over rows and steps (the
-    gradients there are zeros: 0 * NaN would be NaN)."""
-    return t if valid is None else torch.where(valid, t, 0)
-
-
 def weight_grads(needs: tuple[bool, ...], dz: Tensor, x: Tensor, h: Tensor, c_prev: Tensor, c_new: Tensor,
                  m: Optional[Tensor], dy: Optional[Tensor], dtype: torch.dtype, valid: Optional[Tensor] = None):
     """Batch reductions as GEMMs (deterministic): W_x, W_h, bias, w_f/w_i/w_o_diag, projection.
@@ -125,21 +111,22 @@ def weight_grads(needs: tuple[bool, ...], dz: Tensor, x: Tensor, h: Tensor, c_pr
     """
     need_wx, need_wh, need_bias, need_wf, need_wi, need_wo, need_proj = needs
 
-    def rows(t: Tensor) -> Tensor:
-        return padding_zeroed(t, valid).reshape(-1, t.shape[-1]).float()
+    def rows(t: Tensor, masked: bool = False) -> Tensor:
+        return (padding_zeroed(t, valid) if masked else t).reshape(-1, t.shape[-1]).float()
 
-    dz2 = rows(dz)
-    d_wx = (rows(x).t() @ dz2).to(dtype) if need_wx else None
-    d_wh = (rows(h).t() @ dz2).to(dtype) if need_wh else None
+    dz2 = rows(dz)   # zeros past the lengths already, as dy
+    d_wx = (rows(x, True).t() @ dz2).to(dtype) if need_wx else None
+    d_wh = (rows(h, True).t() @ dz2).to(dtype) if need_wh else None
     d_bias = dz2.sum(0).to(dtype) if need_bias else None
     d_wf = d_wi = d_wo = d_proj = None
     if need_wf or need_wi or need_wo:
         dzi, _, dzf, dzo = dz2.chunk(4, dim=1)
-        d_wf = (dzf * rows(c_prev)).sum(0).to(dtype)
-        d_wi = (dzi * rows(c_prev)).sum(0).to(dtype)
-        d_wo = (dzo * rows(c_new)).sum(0).to(dtype)
+        c = rows(c_prev, True)
+        d_wf = (dzf * c).sum(0).to(dtype)
+        d_wi = (dzi * c).sum(0).to(dtype)
+        d_wo = (dzo * rows(c_new, True)).sum(0).to(dtype)
     if need_proj:
-        d_proj = (rows(m).t() @ rows(dy)).to(dtype)
+        d_proj = (rows(m, True).t() @ rows(dy)).to(dtype)
     return d_wx, d_wh, d_bias, d_wf, d_wi, d_wo, d_proj
 
 

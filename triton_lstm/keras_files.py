@@ -169,11 +169,12 @@ def saved_paths(entries: list[dict]) -> dict[str, dict]:
     return out
 
 
-def _keep(out: dict[str, np.ndarray], key: str, value, where: str) -> None:
+def _keep(out: dict[str, np.ndarray], key: str, value, where: str, has_config: bool) -> None:
     if key in out:
-        raise ValueError(f"{where}: two layers' weights read as {key!r}: a nested model's layers, which a file "
-                         f"without the model config names by class alone; read a file with the config (.keras or "
-                         f"a model .h5)")
+        why = ("two layers of its nested models share a name; not supported" if has_config else
+               "a nested model's layers, which a file without the model config names by class alone (or its "
+               "group holds them all); read a file with the config (.keras or a model .h5)")
+        raise ValueError(f"{where}: two layers' weights read as {key!r}: {why}")
     out[key] = value
 
 
@@ -216,7 +217,7 @@ def _keras3_level(layers, at: str, where: str, entries: Optional[list[dict]], ou
             k = int(parts[-1]) if parts[-1].isdigit() else len(names)
             weight = names[k] if k < len(names) else parts[-1]
             direction = [_DIRECTIONS[p] for p in parts if p in _DIRECTIONS]
-            _keep(out, "/".join([name, *direction, weight]), obj[()], where)
+            _keep(out, "/".join([name, *direction, weight]), obj[()], where, entries is not None)
 
         group.visititems(visit)
 
@@ -249,7 +250,7 @@ def _keras2_weights(f, where: str, config: Optional[dict]) -> dict[str, np.ndarr
             if not isinstance(group.get(weight), h5py.Dataset):
                 raise ValueError(f"{where}: weight {weight!r} of layer {layer!r} is in its weight_names but has no "
                                  f"dataset: corrupt file")
-            _keep(out, "/".join([owner, *direction, parts[-1]]), group[weight][()], where)
+            _keep(out, "/".join([owner, *direction, parts[-1]]), group[weight][()], where, config is not None)
     return out
 
 

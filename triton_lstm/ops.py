@@ -20,10 +20,9 @@ from typing import Optional, Sequence
 import torch
 
 from triton_lstm.flops import products, register, sequence_forward
-from triton_lstm.functional import (CellOptions, contiguous_or_none, step_backward, step_forward, weight_grads,
-                                    within_lengths)
+from triton_lstm.functional import CellOptions, contiguous_or_none, step_backward, step_forward, weight_grads
 from triton_lstm.higher_order import differentiable_vjp, reference_options, transformable, vmap_by_slices
-from triton_lstm.reference import lstm_cell_reference, lstm_sequence_reference
+from triton_lstm.reference import lstm_cell_reference, lstm_sequence_reference, within_lengths
 from triton_lstm.sequence import seq_backward, seq_forward
 
 Tensor = torch.Tensor

@@ -560,6 +560,15 @@ _PASS_THROUGH = {"InputLayer", "Masking", "Dropout", "SpatialDropout1D", "Gaussi
                  "ActivityRegularization", "NotEqual", "Any"}
 
 
+# Layers that hand Keras' mask on (supports_masking) and layers that drop it, between a mask and the LSTMs.
+_KEEP_MASK = _PASS_THROUGH | {"Dense", "EinsumDense", "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax",
+                              "BatchNormalization", "LayerNormalization", "UnitNormalization", "GroupNormalization",
+                              "TimeDistributed"}
+_DROP_MASK = {"Conv1D", "SeparableConv1D", "DepthwiseConv1D", "Conv1DTranspose", "Lambda", "Flatten", "Reshape",
+              "Permute", "RepeatVector", "MaxPooling1D", "AveragePooling1D", "GlobalMaxPooling1D",
+              "GlobalAveragePooling1D", "UpSampling1D", "ZeroPadding1D", "Cropping1D"}
+
+
 def keras_activation(name: Any, keras_version: str, arg: str) -> str:
     """Our activation name for a Keras one: Keras 3's hard_sigmoid is relu6(x + 3) / 6 (torch's
     hardsigmoid), Keras 2's is clip(0.2x + 0.5, 0, 1) (our "hard_sigmoid")."""
@@ -658,7 +667,7 @@ def keras_to_module(weights: Mapping[str, Any], config: Optional[dict] = None,
     follow one another (only layers that compute nothing at inference, such as Dropout or Masking,
     between them). A Masking layer before them becomes the stack's ``mask_value``; where the model
     masks an earlier input (an Embedding's ``mask_zero``, a Masking layer with other layers after
-    it), the stack must be given the mask. Without a config (weights-only files) each layer is taken
+    it), the stack must be given the mask, unless a layer between drops it (Conv1D, Lambda, ...). Without a config (weights-only files) each layer is taken
     as an LSTM with tanh, sigmoid gates, ``return_sequences=True``, forwards and a Bidirectional's
     "concat", whatever the model had: give the config of a file that has one to keep the model's.
     The modules take the weights' dtype.
@@ -710,21 +719,27 @@ def keras_to_module(weights: Mapping[str, Any], config: Optional[dict] = None,
 def _keras_mask(before: list[dict]) -> tuple[Optional[float], Optional[str]]:
     """(mask_value, requires_mask) of a stack whose first layer comes after the layers ``before``: the
     mask of the last layer there that makes one, a Masking layer's value where only layers that
-    compute nothing follow it, else the reason the caller must pass the mask."""
+    compute nothing follow it, none where a layer that drops Keras' mask follows it, else the reason
+    the caller must pass the mask."""
     makers = [k for k, e in enumerate(before) if e["class_name"] == "Masking"
               or e["class_name"] == "Embedding" and (e["config"] or {}).get("mask_zero")]
     if not makers:
         return None, None
     maker = before[makers[-1]]
-    after = [e["name"] for e in before[makers[-1] + 1:] if e["class_name"] not in _PASS_THROUGH]
+    after = [e for e in before[makers[-1] + 1:] if e["class_name"] not in _PASS_THROUGH]
     if maker["class_name"] == "Masking" and not after:
         return maker["config"].get("mask_value", 0.0), None
+    unknown = [e["name"] for e in after if e["class_name"] not in _KEEP_MASK]
+    if any(e["class_name"] in _DROP_MASK for e in after):
+        return None, None
     if maker["class_name"] == "Embedding":
         made = "makes the mask from the token ids (mask_zero): pass mask=tokens != 0"
     else:
-        made = (f"makes the mask from its input and {after} follow it: pass mask=(x != "
+        made = (f"makes the mask from its input and {[e['name'] for e in after]} follow it: pass mask=(x != "
                 f"{maker['config'].get('mask_value', 0.0)}).any(-1) of that layer's input x")
-    return None, f"the model's {maker['class_name']} layer {maker['name']!r} {made}, or lengths="
+    dropped = (f" (if {unknown} drop Keras' mask, as layers without supports_masking do, the LSTMs get none: pass "
+               f"the full lengths)" if unknown else "")
+    return None, f"the model's {maker['class_name']} layer {maker['name']!r} {made}, or lengths={dropped}"
 
 
 def _keras_output_width(layer: KerasRNN) -> Optional[int]:

@@ -53,6 +53,21 @@ def lstm_cell_reference(
     return m.to(out_dtype), c_new
 
 
+def within_lengths(lengths: Optional[Tensor], T: int, device: torch.device) -> Optional[Tensor]:
+    """[T, B, 1] bool: whether step t is inside row b's sequence (None without lengths)."""
+    if lengths is None:
+        return None
+    return (torch.arange(T, device=device)[:, None] < lengths.to(device)[None, :])[..., None]
+
+
+def padding_zeroed(t: Tensor, valid: Optional[Tensor]) -> Tensor:
+    """t [T, B, ...] (or one step's [B, ...]) with zeros past each row's length, where ``valid``
+    (``within_lengths``, or one step of it) is False; None: t itself. So
+    that what a batch holds there, NaN included, adds nothing to a sum over rows and steps (the
+    gradients there are zeros: 0 * NaN would be NaN)."""
+    return t if valid is None else torch.where(valid, t, 0)
+
+
 def lstm_sequence_reference(
     x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bias: Tensor,
     w_f_diag: Optional[Tensor] = None, w_i_diag: Optional[Tensor] = None, w_o_diag: Optional[Tensor] = None,
@@ -70,9 +85,10 @@ def lstm_sequence_reference(
     kernel = torch.cat([w_x, w_h], dim=0)
     h, c = h0, c0
     outputs = []
+    within = within_lengths(lengths, x.shape[0], x.device)
     for t in range(x.shape[0]):
-        valid = None if lengths is None else (lengths.to(x.device) > t)[:, None]
-        x_t, c_in, h_in = (v if valid is None else torch.where(valid, v, 0) for v in (x[t], c, h))
+        valid = None if within is None else within[t]
+        x_t, c_in, h_in = (padding_zeroed(v, valid) for v in (x[t], c, h))
         h_new, c_new = lstm_cell_reference(x_t, c_in, h_in, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection,
                                            forget_bias=forget_bias, cell_clip=cell_clip, proj_clip=proj_clip,
                                            activation=activation, recurrent_activation=recurrent_activation)
