@@ -220,7 +220,8 @@ class LSTM(nn.LSTM):
                            or (on_cpu and self.bias and data.dtype in (torch.float32, torch.float64)))
                       and (hx is None or all(t.device == data.device and autocast_alike(t.dtype, data.dtype, t.device)
                                              for t in hx)))
-        onednn_fails = (cast in ONEDNN_LSTM_MISSING and not self.proj_size and data.dtype in (torch.float32, torch.bfloat16)
+        onednn_fails = (cast in ONEDNN_LSTM_MISSING and not self.proj_size
+                        and data.dtype in (torch.float32, torch.bfloat16)
                         and not (packed and bool(input.batch_sizes[0] != input.batch_sizes[-1])))
         if torch_cell and not forward_mode(itertools.chain((data,), hx or (), self.parameters())) \
                 and not (on_cpu and (traced_or_vmapped() or onednn_fails or self._loop_packs_faster(input, hx))):

@@ -667,14 +667,15 @@ def keras_to_module(weights: Mapping[str, Any], config: Optional[dict] = None,
     follow one another (only layers that compute nothing at inference, such as Dropout or Masking,
     between them). A Masking layer before them becomes the stack's ``mask_value``; where the model
     masks an earlier input (an Embedding's ``mask_zero``, a Masking layer with other layers after
-    it), the stack must be given the mask, unless a layer between drops it (Conv1D, Lambda, ...). Without a config (weights-only files) each layer is taken
-    as an LSTM with tanh, sigmoid gates, ``return_sequences=True``, forwards and a Bidirectional's
-    "concat", whatever the model had: give the config of a file that has one to keep the model's.
-    The modules take the weights' dtype.
+    it), the stack must be given the mask, unless a layer between drops it (Conv1D, Lambda, ...).
+    Without a config (weights-only files) each layer is taken as an LSTM with tanh, sigmoid gates,
+    ``return_sequences=True``, forwards and a Bidirectional's "concat", whatever the model had: give
+    the config of a file that has one to keep the model's. The modules take the weights' dtype.
     """
     entries = config["layers"] if config else []
     version = config["keras_version"] if config else "3"
     by_name = {e["name"]: e for e in entries}
+    place = {e["name"]: k for k, e in enumerate(entries)}
     recurrent = [e["name"] for e in entries if _is_lstm(e)]
     if layers is None:
         if config is None:
@@ -683,7 +684,7 @@ def keras_to_module(weights: Mapping[str, Any], config: Optional[dict] = None,
                 raise ValueError(f"layers: the file has no model config, so the order of {recurrent} is unknown; "
                                  f"pass layers=[...] in the order they run")
         layers = recurrent
-        positions = [entries.index(by_name[n]) for n in layers] if config else []
+        positions = [place[n] for n in layers] if config else []
         between = [e for a, b in zip(positions, positions[1:]) for e in entries[a + 1:b]
                    if e["class_name"] not in _PASS_THROUGH]
         if between:
@@ -703,7 +704,7 @@ def keras_to_module(weights: Mapping[str, Any], config: Optional[dict] = None,
     repeated = sorted({n for n in layers if layers.count(n) > 1})
     if repeated:
         raise ValueError(f"layers: {repeated} given more than once")
-    if config and [entries.index(by_name[n]) for n in layers] != sorted(entries.index(by_name[n]) for n in layers):
+    if config and [place[n] for n in layers] != sorted(place[n] for n in layers):
         raise ValueError(f"layers: {layers} are not in the order the model runs them: "
                          f"{[n for n in by_name if n in layers]}")
     modules = [_keras_layer(n, weights, by_name.get(n), version, k == len(layers) - 1) for k, n in enumerate(layers)]
@@ -712,7 +713,7 @@ def keras_to_module(weights: Mapping[str, Any], config: Optional[dict] = None,
         if after.lstm.input_size != width:
             raise ValueError(f"layers: {after.name!r} takes inputs of width {after.lstm.input_size}, but "
                              f"{before.name!r} before it outputs {width}; pass layers=[...] in the order they run")
-    mask_value, requires_mask = _keras_mask(entries[:entries.index(by_name[layers[0]])] if config else [])
+    mask_value, requires_mask = _keras_mask(entries[:place[layers[0]]] if config else [])
     return LSTMStack(modules, mask_value, requires_mask=requires_mask)
 
 
@@ -729,9 +730,9 @@ def _keras_mask(before: list[dict]) -> tuple[Optional[float], Optional[str]]:
     after = [e for e in before[makers[-1] + 1:] if e["class_name"] not in _PASS_THROUGH]
     if maker["class_name"] == "Masking" and not after:
         return maker["config"].get("mask_value", 0.0), None
-    unknown = [e["name"] for e in after if e["class_name"] not in _KEEP_MASK]
     if any(e["class_name"] in _DROP_MASK for e in after):
         return None, None
+    unknown = [e["name"] for e in after if e["class_name"] not in _KEEP_MASK]
     if maker["class_name"] == "Embedding":
         made = "makes the mask from the token ids (mask_zero): pass mask=tokens != 0"
     else:
