@@ -21,7 +21,7 @@ test: $(VENV)/.ready
 	$(PY) -m pytest -q -n auto
 
 # The GPU machines run sm_90: the ahead-of-time check compiles for it alone here. PyTorch's nn.LSTM
-# tests, run in full by `make test`, take every few cases here (see tests/test_torch_nn_lstm_port.py).
+# tests take every few cases here (see tests/test_torch_nn_lstm_port.py).
 test-triton36:
 	TRITON_LSTM_AOT_ARCH=90 TRITON_LSTM_PORT_THIN=1 $(MAKE) test VENV=.venv-triton36 TRITON_SPEC="triton==3.6.0" NUMPY_SPEC="numpy<2.4"
 

@@ -37,6 +37,11 @@ def _nan_empty(*args, **kwargs):
     return t
 
 
+def pytest_collection_modifyitems(items):
+    """The long tests first (stable otherwise): a parallel session (-n auto) then ends on short ones."""
+    items.sort(key=lambda item: item.get_closest_marker("runs_long") is None)
+
+
 @pytest.fixture(autouse=True)
 def poison_empty(monkeypatch):
     monkeypatch.setattr(torch, "empty", _nan_empty)

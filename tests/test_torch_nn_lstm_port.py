@@ -24,12 +24,15 @@ test_RNN_dropout, whose expected values hold for a ReLU RNN only.
 
 The test session runs this file twice: with the kernels under Triton's interpreter (the session
 itself), and on the CPU path in a subprocess without the interpreter (test_cpu_path_in_a_fresh_process:
-nn.LSTM's forward, torch's LSTM or the loop of triton_lstm.cpu, as users run); every case runs on both. TRITON_LSTM_PORT_THIN=1 (the
-second Triton version's run in CI, the quick GPU session) takes every STRIDE-th case of the loops
-over many cases (ModuleInfo samples, the CPU-vs-cuDNN and variable-sequence cases): 11 under the
-interpreter, where one kernel launch costs about half a second whatever the size, 3 otherwise; either
-way each flag (bias, batch_first, bidirectional, projection, hx given or not) is covered. gradcheck
-and gradgradcheck (float64) then take every GRADCHECK_STRIDE-th ModuleInfo sample.
+nn.LSTM's forward, torch's LSTM or the loop of triton_lstm.cpu, as users run). The loops over many
+cases (ModuleInfo samples, the CPU-vs-cuDNN and variable-sequence cases: each a full product of its
+flags) run every case on the CPU path and on a GPU; under the interpreter, where one kernel launch
+costs about half a second whatever the size, they run the cases that hold every pair of their flags'
+values (bias, batch_first, bidirectional, projection, hx given or not; 7 of the 32 ModuleInfo
+samples). TRITON_LSTM_PORT_THIN=1 (the second Triton version's run in CI, the quick GPU session)
+takes every STRIDE-th case instead: 11 under the interpreter, 3 otherwise; either way each flag's
+values are covered. gradcheck and gradgradcheck (float64) then take every GRADCHECK_STRIDE-th
+ModuleInfo sample.
 """
 import io
 import os
@@ -60,6 +63,7 @@ from torch.testing._internal.common_utils import (TestCase, dtype2prec_DONTUSE, 
 from helpers import fresh_python
 import triton_lstm
 from triton_lstm.launch import interpreting, kernels_run_on
+from triton_lstm.pairwise import pairwise_subset
 
 TEST_CUDA = torch.cuda.is_available()
 THIN = os.environ.get("TRITON_LSTM_PORT_THIN") == "1"
@@ -67,9 +71,21 @@ STRIDE = (11 if interpreting() else 3) if THIN else 1
 GRADCHECK_STRIDE = 7 if THIN else 1
 
 
-def thinned(cases, stride=STRIDE):
-    """Every stride-th case (see the header)."""
-    return list(cases)[::stride]
+def thinned(cases, stride=STRIDE, flags=lambda case: case):
+    """The cases this session runs (see the header): every stride-th when thin; under the interpreter
+    those that hold every pair of the values of their flags (``flags(case)``, a tuple); all otherwise."""
+    cases = list(cases)
+    if THIN:
+        return cases[::stride]
+    if not interpreting():
+        return cases
+    return [cases[n] for n in pairwise_subset([flags(case) for case in cases])]
+
+
+def sample_flags(module_input):
+    """A ModuleInfo sample's flags: the constructor's options and how many tensors its forward takes."""
+    forward = module_input.forward_input
+    return (*module_input.constructor_input.kwargs.values(), len(forward.args) if forward is not None else 0)
 DEVICE = "cuda" if TEST_CUDA else "cpu"
 LSTM_CLASSES = [pytest.param(nn.LSTM, id="torch"), pytest.param(triton_lstm.LSTM, id="triton_lstm")]
 MODULE_INFO = next(info for info in module_db if info.module_cls is nn.LSTM)
@@ -725,9 +741,10 @@ def test_variable_sequence(self, LSTM):
         [False, [2, 1, 3, 2, 10, 5, 3]],
     ]
 
+    cases = [(*test, use_default_hiddens, proj_size) for test in tests
+             for use_default_hiddens in (True, False) for proj_size in [0, 2]]
     for enforce_sorted, seq_lens, use_default_hiddens, proj_size in thinned(
-            (*test, use_default_hiddens, proj_size) for test in tests
-            for use_default_hiddens in (True, False) for proj_size in [0, 2]):
+            cases, flags=lambda case: (case[0], tuple(case[1]), *case[2:])):
         # On CUDA the float32 tolerances hold with cuDNN's TF32 off (torch allows it by default;
         # upstream runs its CUDA variant with TF32 off and, at a looser tolerance, on).
         with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
@@ -845,7 +862,7 @@ def test_forward(module_self, LSTM, dtype, training):
         torch.float32: methodcaller("float"),
         torch.float64: methodcaller("double"),
     }
-    for module_input in thinned(module_inputs):
+    for module_input in thinned(module_inputs, flags=sample_flags):
         if module_input.forward_input is None:
             continue
 
@@ -881,7 +898,7 @@ def test_factory_kwargs(module_self, LSTM, dtype, training):
     module_cls = module_info.module_cls
     module_inputs = module_info.module_inputs_func(module_info, device=device, dtype=dtype,
                                                    requires_grad=False, training=training)
-    for module_input in thinned(module_inputs):
+    for module_input in thinned(module_inputs, flags=sample_flags):
         args, kwargs = module_input.constructor_input.args, module_input.constructor_input.kwargs
 
         # Check if this module creates parameters or registers buffers.
@@ -941,7 +958,7 @@ def test_repr(module_self, LSTM, dtype, training):
     module_cls = module_info.module_cls
     module_inputs = module_info.module_inputs_func(module_info, device=device, dtype=dtype,
                                                    requires_grad=False, training=training)
-    for module_input in thinned(module_inputs):
+    for module_input in thinned(module_inputs, flags=sample_flags):
         args, kwargs = module_input.constructor_input.args, module_input.constructor_input.kwargs
         m = module_cls(*args, **kwargs)
         m.to(device).to(dtype)
@@ -960,7 +977,7 @@ def test_save_load(module_self, LSTM, dtype, training):
     module_cls = module_info.module_cls
     module_inputs = module_info.module_inputs_func(module_info, device=device, dtype=dtype,
                                                    requires_grad=False, training=training)
-    for module_input in thinned(module_inputs):
+    for module_input in thinned(module_inputs, flags=sample_flags):
         if module_input.forward_input is None:
             continue
 
@@ -1066,7 +1083,7 @@ def test_non_contiguous_tensors(module_self, LSTM, dtype, training, request):
         # scalar tensors can not be non-contiguous
         return isinstance(obj, torch.Tensor) and obj.dim() != 0
 
-    for module_input in thinned(module_inputs):
+    for module_input in thinned(module_inputs, flags=sample_flags):
         if module_input.forward_input is None:
             continue
 
@@ -1143,7 +1160,7 @@ def _test_gradients_helper(self, device, dtype, module_info, training, check):
     if (torch.device(device).type == 'cuda' and torch.backends.cudnn.enabled):
         gradcheck_nondet_tol = module_info.gradcheck_nondet_tol
 
-    for module_input in thinned(module_inputs, GRADCHECK_STRIDE):
+    for module_input in thinned(module_inputs, GRADCHECK_STRIDE, sample_flags):
         if module_input.forward_input is None:
             continue
 
@@ -1291,7 +1308,7 @@ def test_memory_format(module_self, LSTM, dtype, training):
     def _req_grad(t):
         return isinstance(t, torch.Tensor) and t.requires_grad
 
-    for module_input in thinned(module_inputs):
+    for module_input in thinned(module_inputs, flags=sample_flags):
         if module_input.forward_input is None:
             continue
 
@@ -1407,7 +1424,7 @@ def test_if_train_and_eval_modes_differ(module_self, LSTM, dtype, training):
                                                    requires_grad=False, training=training)
 
     # Run forward inputs through to see if the training flag is accessed during forward.
-    for module_input in thinned(module_inputs):
+    for module_input in thinned(module_inputs, flags=sample_flags):
         if module_input.forward_input is None:
             continue
 
@@ -1509,7 +1526,7 @@ def test_to(module_self, LSTM, training, swap, set_grad, swap_module_params_on_c
                                                    requires_grad=False, training=training)
     torch.__future__.set_swap_module_params_on_conversion(swap)
 
-    for module_input in thinned(module_inputs):
+    for module_input in thinned(module_inputs, flags=sample_flags):
         c_args, c_kwargs = module_input.constructor_input.args, module_input.constructor_input.kwargs
         args, kwargs = module_input.forward_input.args, module_input.forward_input.kwargs
 
@@ -1598,7 +1615,7 @@ def test_to_empty(module_self, LSTM, swap, training, swap_module_params_on_conve
     torch.__future__.set_swap_module_params_on_conversion(swap)
     device_ = torch.device(device)
 
-    for module_input in thinned(module_inputs):
+    for module_input in thinned(module_inputs, flags=sample_flags):
         c_args, c_kwargs = module_input.constructor_input.args, module_input.constructor_input.kwargs
 
         with torch.device("meta"):
@@ -1630,6 +1647,7 @@ def test_to_empty(module_self, LSTM, swap, training, swap_module_params_on_conve
 
 @pytest.mark.skipif(os.environ.get("TRITON_LSTM_TEST_CPU_PATH") == "1" or TEST_CUDA,
                     reason="this run is the CPU-path run (or has a GPU, where CPU runs no kernels)")
+@pytest.mark.runs_long
 def test_cpu_path_in_a_fresh_process():
     """The interpreter is chosen when triton_lstm is imported, so the CPU path needs its own
     process: this file again, without TRITON_INTERPRET (see conftest.py)."""

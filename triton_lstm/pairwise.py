@@ -9,6 +9,8 @@ from typing import Any, Sequence
 def pairwise(axes: dict[str, Sequence[Any]]) -> list[dict[str, Any]]:
     """A small list of cases covering each pair of (axis, value) at least once (greedy, deterministic)."""
     names = list(axes)
+    if len(names) < 2:
+        return product(axes)
     uncovered = {((a, va), (b, vb))
                  for a, b in itertools.combinations(range(len(names)), 2)
                  for va in range(len(axes[names[a]])) for vb in range(len(axes[names[b]]))}
@@ -36,3 +38,17 @@ def product(axes: dict[str, Sequence[Any]]) -> list[dict[str, Any]]:
 def case_id(case: dict[str, Any]) -> str:
     """A readable pytest id for one case: its values joined by dashes."""
     return "-".join(str(v).replace("torch.", "") for v in case.values())
+
+
+def pairwise_subset(cases: Sequence[Sequence[Any]]) -> list[int]:
+    """The indices, in order, of a few of ``cases`` (each a sequence of hashable values, one per axis)
+    that together hold every (axis, value) and every pair of them that any of them holds (greedy,
+    deterministic): ``pairwise`` for cases given as a list rather than as axes."""
+    held = [set(enumerate(case)) | set(itertools.combinations(enumerate(case), 2)) for case in cases]
+    uncovered = set().union(*held)
+    chosen: list[int] = []
+    while uncovered:
+        best = max(range(len(cases)), key=lambda n: len(held[n] & uncovered))
+        chosen.append(best)
+        uncovered -= held[best]
+    return sorted(chosen)
