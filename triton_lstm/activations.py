@@ -66,6 +66,46 @@ ACTIVATIONS: dict[str, tuple[int, Callable[[torch.Tensor], torch.Tensor]]] = {
     "hardsigmoid": (7, hardsigmoid),
 }
 
+def leaky_relu(x: torch.Tensor) -> torch.Tensor:
+    """Keras' leaky_relu (and TF's tf.nn.leaky_relu): slope 0.2 below zero."""
+    return F.leaky_relu(x, 0.2)
+
+
+def squareplus(x: torch.Tensor) -> torch.Tensor:
+    """Keras' squareplus with its default b = 4: (x + sqrt(x^2 + 4)) / 2."""
+    return (x + torch.sqrt(x * x + 4.0)) / 2
+
+
+def soft_shrink(x: torch.Tensor) -> torch.Tensor:
+    """Keras' soft_shrink with its default threshold 0.5."""
+    return F.softshrink(x, 0.5)
+
+
+def hard_shrink(x: torch.Tensor) -> torch.Tensor:
+    """Keras' hard_shrink with its default threshold 0.5."""
+    return F.hardshrink(x, 0.5)
+
+
+def sparse_plus(x: torch.Tensor) -> torch.Tensor:
+    """Keras' sparse_plus: 0 up to -1, (x + 1)^2 / 4 on (-1, 1), x from 1 (NaN stays NaN)."""
+    return torch.where(x <= -1, 0.0, torch.where(x >= 1, x, 0.25 * (x + 1) ** 2))
+
+
+def sparse_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """Keras' sparse_sigmoid: clip((x + 1) / 2, 0, 1)."""
+    return torch.clamp(0.5 * (x + 1), 0.0, 1.0)
+
+
+# Keras' other elementwise activations, by their names in Keras 3 and tf-keras (TF1's LSTMCell takes
+# these names too): no kernel computes them, so a cell with one runs on the reference path.
+KERAS_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu6": F.relu6, "leaky_relu": leaky_relu, "celu": F.celu, "selu": F.selu, "softplus": F.softplus,
+    "squareplus": squareplus, "soft_shrink": soft_shrink, "sparse_plus": sparse_plus, "silu": F.silu,
+    "swish": F.silu, "gelu": F.gelu, "tanh_shrink": F.tanhshrink, "sparse_sigmoid": sparse_sigmoid,
+    "exponential": torch.exp, "hard_silu": F.hardswish, "hard_swish": F.hardswish, "hard_tanh": F.hardtanh,
+    "hard_shrink": hard_shrink, "mish": F.mish, "log_sigmoid": F.logsigmoid,
+}
+
 # Torch callables that compute exactly one of the named activations.
 _CALLABLE_NAMES = {
     torch.tanh: "tanh", F.tanh: "tanh", torch.relu: "relu", F.relu: "relu",
@@ -81,16 +121,19 @@ def resolve_activation(activation: Activation, arg: str = "activation",
     """Return (kernel name or None, torch function) of the argument named ``arg``; None means
     ``default`` (TF: tanh for the cell activation, sigmoid for the gates).
 
-    A callable that is not one of the known functions gets name None: it runs on the reference path.
-    One of them gets the named activation's function (the same values, differentiable as often).
+    A name in ``KERAS_ACTIVATIONS``, or a callable that is not one of the kernels' functions, gets name
+    None: it runs on the reference path. One of them gets the named activation's function (the same
+    values, differentiable as often).
     """
     if activation is None:
         activation = default
     if isinstance(activation, str):
         key = activation.lower()
+        if key in KERAS_ACTIVATIONS:
+            return None, KERAS_ACTIVATIONS[key]
         if key not in ACTIVATIONS:
-            raise ValueError(f"{arg}: unknown name {activation!r}; known names are "
-                             f"{sorted(ACTIVATIONS)} (or pass a callable)")
+            raise ValueError(f"{arg}: unknown name {activation!r}; known names are {sorted(ACTIVATIONS)} (in the "
+                             f"kernels), {sorted(KERAS_ACTIVATIONS)} (on the reference path), or pass a callable")
         return key, ACTIVATIONS[key][1]
     if not callable(activation):
         raise TypeError(f"{arg}: expected None, a name or a callable, got {type(activation).__name__}")

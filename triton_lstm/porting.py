@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from triton_lstm.activations import ACTIVATIONS
+from triton_lstm.activations import ACTIVATIONS, KERAS_ACTIVATIONS
 from triton_lstm.checks import check_forget_bias, check_integers, shape_of
 from triton_lstm.convert import (as_tensor, keras_to_torch_lstm, tf_to_torch_lstm, torch_lstm_to_keras,
                                  torch_lstm_to_tf)
@@ -576,10 +576,10 @@ def keras_activation(name: Any, keras_version: str, arg: str) -> str:
         raise ValueError(f"{arg}: a custom activation {name!r} from the file has no equivalent here")
     if name == "hard_sigmoid":
         return "hard_sigmoid" if keras_version.startswith(("1", "2")) else "hardsigmoid"
-    if name not in ACTIVATIONS or name == "hardsigmoid":
-        raise ValueError(f"{arg}: Keras activation {name!r} has no kernel here; supported: tanh, sigmoid, relu, "
-                         f"linear, softsign, elu, hard_sigmoid")
-    return name
+    if name in KERAS_ACTIVATIONS or (name in ACTIVATIONS and name != "hardsigmoid"):
+        return name
+    raise ValueError(f"{arg}: Keras activation {name!r} is not supported (not elementwise, or unknown); "
+                     f"supported: {', '.join(sorted({*ACTIVATIONS, *KERAS_ACTIVATIONS} - {'hardsigmoid'}))}")
 
 
 def _lstm_options(layer: Any) -> Optional[dict]:
