@@ -932,3 +932,20 @@ def test_forward_mode_keeps_the_dtypes_of_nn_lstms_packed_path_under_cpu_autocas
         with fwAD.dual_level():
             got = dtypes(fwAD.make_dual(packed.data, torch.ones_like(packed.data)))
     assert want == [torch.float32] * 3 and got == want
+
+
+@pytest.mark.filterwarnings("ignore:activation .* has no kernel implementation")
+@pytest.mark.parametrize("path", ["kernels", "reference"])
+@pytest.mark.parametrize("weight", ["weight_ih_l0", "weight_hh_l0", "weight_hr_l0"])
+def test_a_weight_changed_in_place_before_backward_raises_as_in_nn_lstm(device, path, weight):
+    """The backward reads the forward's weights: one changed in place in between (an optimizer step too
+    early) is autograd's error, as in nn.LSTM, not gradients of other weights. The reference path runs
+    here for an activation no kernel has."""
+    activation = "tanh" if path == "kernels" else (lambda x: torch.tanh(x))
+    for m in (torch.nn.LSTM(3, 4, proj_size=2), LSTM(3, 4, proj_size=2, activation=activation)):
+        m.to(device)
+        y, _ = m(torch.randn(5, 2, 3, device=device, requires_grad=True))
+        with torch.no_grad():
+            getattr(m, weight).add_(1.0)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            y.sum().backward()
