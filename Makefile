@@ -18,7 +18,7 @@ $(VENV)/.ready: pyproject.toml
 	touch $@
 
 test: $(VENV)/.ready
-	$(PY) -m pytest -q -n auto
+	$(PY) -m pytest -q -n auto --dist worksteal
 
 # The GPU machines run sm_90: the ahead-of-time check compiles for it alone here. PyTorch's nn.LSTM
 # tests take every few cases here (see tests/test_torch_nn_lstm_port.py).

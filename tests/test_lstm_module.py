@@ -13,7 +13,9 @@ from helpers import assert_close, fresh_python
 from triton_lstm import DTypeError, LSTM, LSTMCell, ShapeError, dynamic_rnn, lstm_sequence_reference
 from triton_lstm.activations import resolve_activation
 from triton_lstm.convert import swap_gates
+from triton_lstm.cpu import lstm_sequence_cpu, torch_lstm_computes
 import triton_lstm.lstm as lstm_module
+import triton_lstm.ops
 import triton_lstm.sequence as sequence_module
 
 # Our kernels fold the two biases into one and sum the gate GEMM in another order than torch: the
@@ -949,3 +951,37 @@ def test_a_weight_changed_in_place_before_backward_raises_as_in_nn_lstm(device, 
             getattr(m, weight).add_(1.0)
         with pytest.raises(RuntimeError, match="modified by an inplace operation"):
             y.sum().backward()
+
+
+@pytest.mark.parametrize("gate_order", ["tf", "torch"])
+def test_a_weight_changed_in_place_before_backward_raises_on_the_cpu_path(gate_order):
+    """The CPU path's torch LSTM tier (a plain cell) reads gate-swapped copies of TF's layout too."""
+    kernel = torch.randn(7, 16, requires_grad=True)
+    w_x, w_h = kernel[:3], kernel[3:]
+    out, _, _ = lstm_sequence_cpu(torch.randn(5, 2, 3, requires_grad=True), torch.zeros(2, 4), torch.zeros(2, 4),
+                                  w_x, w_h, torch.zeros(16), forget_bias=1.0, gate_order=gate_order)
+    assert torch_lstm_computes(False, None, 4, forget_bias=1.0, cell_clip=None, proj_clip=None, activation="tanh",
+                               recurrent_activation="sigmoid")
+    with torch.no_grad():
+        kernel.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
+def test_frozen_weights_take_no_gradient_through_the_gate_swap(device, monkeypatch):
+    """Only the weights that require grad are differentiable once their gates are swapped: a frozen
+    weight_ih (or the zeros of bias=False) adds no weight-gradient product to the backward."""
+    seen = []
+
+    def recording(x, h0, c0, w_x, w_h, bias, *rest):
+        seen.append((w_x.requires_grad, w_h.requires_grad, bias.requires_grad))
+        return ops_sequence(x, h0, c0, w_x, w_h, bias, *rest)
+
+    ops_sequence = triton_lstm.ops.sequence
+    monkeypatch.setattr(triton_lstm.ops, "sequence", recording)    # records, then runs the kernels' op
+    for bias in (True, False):
+        m = LSTM(3, 4, bias=bias).to(device)
+        m.weight_ih_l0.requires_grad_(False)
+        m(torch.randn(5, 2, 3, device=device))[0].sum().backward()
+        assert m.weight_ih_l0.grad is None and m.weight_hh_l0.grad is not None
+    assert seen == [(False, True, True), (False, True, False)]

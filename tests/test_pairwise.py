@@ -41,3 +41,7 @@ def test_pairwise_subset_of_a_full_product_is_small():
     chosen = pairwise_subset(cases)
     assert held([cases[n] for n in chosen]) == held(cases)
     assert len(chosen) <= 8
+
+
+def test_pairwise_subset_of_cases_without_axes_keeps_one():
+    assert pairwise_subset([(), ()]) == [0] and pairwise_subset([]) == []

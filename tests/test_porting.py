@@ -11,6 +11,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import triton_lstm
 from triton_lstm import LSTM, LSTMCell, dynamic_rnn
+from triton_lstm.activations import KERAS_ACTIVATIONS
 from triton_lstm import sequence as sequence_module
 from triton_lstm.convert import read_keras_config, read_keras_weights, read_tf_checkpoint
 from triton_lstm.porting import (Bidirectional, KerasRNN, LSTMStack, keras_activation, keras_to_module,
@@ -400,6 +401,16 @@ def test_keras_activations_without_a_kernel(name):
     for branch in branches:
         y, _ = triton_lstm.load_keras(fixture(name), layers=[branch])(x)
         close(y, ref[f"y/{branch}"], branch)
+
+
+def test_keras_piecewise_activations_at_their_break_points():
+    """sparse_plus and sparse_sigmoid as Keras writes them (nested wheres: the outer piece from the break
+    point on, so their gradients there are the outer pieces'), values and gradients at -1 and 1."""
+    x = torch.tensor([-1.0, 1.0], dtype=torch.float64, requires_grad=True)
+    for name, values, grads in (("sparse_plus", [0.0, 1.0], [0.0, 1.0]), ("sparse_sigmoid", [0.0, 1.0], [0.0, 0.0])):
+        y = KERAS_ACTIVATIONS[name](x)
+        (grad,) = torch.autograd.grad(y.sum(), x)
+        assert y.tolist() == values and grad.tolist() == grads, name
 
 
 def test_keras_module_back_to_keras_weights():

@@ -25,14 +25,15 @@ test_RNN_dropout, whose expected values hold for a ReLU RNN only.
 The test session runs this file twice: with the kernels under Triton's interpreter (the session
 itself), and on the CPU path in a subprocess without the interpreter (test_cpu_path_in_a_fresh_process:
 nn.LSTM's forward, torch's LSTM or the loop of triton_lstm.cpu, as users run). The loops over many
-cases (ModuleInfo samples, the CPU-vs-cuDNN and variable-sequence cases: each a full product of its
-flags) run every case on the CPU path and on a GPU; under the interpreter, where one kernel launch
-costs about half a second whatever the size, they run the cases that hold every pair of their flags'
-values (bias, batch_first, bidirectional, projection, hx given or not; 7 of the 32 ModuleInfo
-samples). TRITON_LSTM_PORT_THIN=1 (the second Triton version's run in CI, the quick GPU session)
-takes every STRIDE-th case instead: 11 under the interpreter, 3 otherwise; either way each flag's
-values are covered. gradcheck and gradgradcheck (float64) then take every GRADCHECK_STRIDE-th
-ModuleInfo sample.
+cases (the ModuleInfo samples and the CPU-vs-cuDNN cases, full products of their flags; the
+variable-sequence cases, five (enforce_sorted, lengths) rows by two flags) run every case on the
+CPU path and on a GPU; under the interpreter, where one kernel launch costs about half a second
+whatever the size, they run the cases that hold every pair of their flags' values (bias,
+batch_first, bidirectional, projection, hx given or not; 7 of the 32 ModuleInfo samples).
+TRITON_LSTM_PORT_THIN=1 (the second Triton version's run in CI, the quick GPU session) takes every
+STRIDE-th case instead: 11 under the interpreter, 3 otherwise, which covers each value of the
+ModuleInfo and CPU-vs-cuDNN flags (not every variable-sequence row). gradcheck and gradgradcheck
+(float64) then take every GRADCHECK_STRIDE-th ModuleInfo sample.
 """
 import io
 import os

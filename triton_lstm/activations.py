@@ -92,12 +92,14 @@ def sparse_plus(x: torch.Tensor) -> torch.Tensor:
 
 
 def sparse_sigmoid(x: torch.Tensor) -> torch.Tensor:
-    """Keras' sparse_sigmoid: clip((x + 1) / 2, 0, 1)."""
-    return torch.clamp(0.5 * (x + 1), 0.0, 1.0)
+    """Keras' sparse_sigmoid: 0 up to -1, (x + 1) / 2 on (-1, 1), 1 from 1 (its gradient 0 at +-1, as
+    Keras'; NaN stays NaN)."""
+    return torch.where(x <= -1, 0.0, torch.where(x >= 1, 1.0, 0.5 * (x + 1)))
 
 
-# Keras' other elementwise activations, by their names in Keras 3 and tf-keras (TF1's LSTMCell takes
-# these names too): no kernel computes them, so a cell with one runs on the reference path.
+# Keras' other elementwise activations by their names, with Keras' default parameters: Keras 3 has them
+# all; tf-keras, and TF1's LSTMCell through it, relu6, leaky_relu, selu, softplus, silu/swish, gelu,
+# exponential and mish. No kernel computes them: a cell with one runs on the reference path.
 KERAS_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu6": F.relu6, "leaky_relu": leaky_relu, "celu": F.celu, "selu": F.selu, "softplus": F.softplus,
     "squareplus": squareplus, "soft_shrink": soft_shrink, "sparse_plus": sparse_plus, "silu": F.silu,

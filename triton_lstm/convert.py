@@ -42,6 +42,40 @@ def swap_gates(w: Tensor, dim: int = -1) -> Tensor:
     return torch.cat([i, f, j, o], dim)
 
 
+class _SwapGatesKept(torch.autograd.Function):
+    """``swap_gates_kept``: the weights kept for backward, where reading them runs autograd's version
+    check; an output is differentiable only where its weight requires grad."""
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(dim: int, *weights: Tensor) -> tuple[Tensor, ...]:
+        return tuple(swap_gates(w, dim) for w in weights)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.dim, weights = inputs[0], inputs[1:]
+        ctx.save_for_backward(*weights)
+        ctx.mark_non_differentiable(*(out for w, out in zip(weights, output) if not w.requires_grad))
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor) -> tuple[Optional[Tensor], ...]:
+        ctx.saved_tensors  # noqa: B018 (the version check: raises if a weight changed since the forward)
+        return (None, *(swap_gates(g, ctx.dim) if needed else None
+                         for g, needed in zip(grads, ctx.needs_input_grad[1:])))
+
+
+def swap_gates_kept(*weights: Tensor, dim: int = -1) -> tuple[Tensor, ...]:
+    """``swap_gates`` of each weight for a forward whose backward reads the copies: the weights are kept
+    for backward, so that one changed in place in between is autograd's error, as in torch's own
+    LSTM, rather than gradients of other weights. Plain copies where no weight takes a gradient (no
+    backward reads them; torch.func.functionalize takes no autograd.Function). No forward-mode
+    derivative (torch.compile cannot trace an autograd.Function's): under forward-mode AD, take
+    ``swap_gates``."""
+    if not (torch.is_grad_enabled() and any(w.requires_grad for w in weights)):
+        return tuple(swap_gates(w, dim) for w in weights)
+    return _SwapGatesKept.apply(dim, *weights)
+
+
 def as_tensor(value: Any, name: str = "value") -> Tensor:
     """A checkpoint value (numpy array, list or tensor) as a tensor; tensors are taken as they are."""
     if isinstance(value, Tensor):

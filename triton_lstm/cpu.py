@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from triton_lstm.activations import activation_id, activation_name, hard_sigmoid
-from triton_lstm.convert import swap_gates, transposed_view
+from triton_lstm.convert import swap_gates, swap_gates_kept, transposed_view
 from triton_lstm.flops import products, register, sequence_forward
 from triton_lstm.higher_order import differentiable_vjp, reference_options, transformable, vmap_by_slices
 from triton_lstm.reference import lstm_sequence_reference, padding_zeroed, within_lengths
@@ -680,7 +680,7 @@ def torch_lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Ten
     and direction; shapes as ``lstm_sequence_cpu``'s, ``tf_gates`` as ``cpu_seq_fwd``'s. Returns
     (out, h_T, c_T)."""
     N = w_h.shape[1] // 4
-    w_ih, w_hh = (swap_gates(w.t(), 0) if tf_gates else w.t() for w in (w_x, w_h))
+    w_ih, w_hh = swap_gates_kept(w_x.t(), w_h.t(), dim=0) if tf_gates else (w_x.t(), w_h.t())
     b_ih = (swap_gates(bias) if tf_gates else bias) + block_vector(N, (0.0, forget_bias, 0.0, 0.0), bias)
     params = [w_ih, w_hh, b_ih, torch.zeros_like(b_ih)]
     if projection is not None:

@@ -51,4 +51,4 @@ def pairwise_subset(cases: Sequence[Sequence[Any]]) -> list[int]:
         best = max(range(len(cases)), key=lambda n: len(held[n] & uncovered))
         chosen.append(best)
         uncovered -= held[best]
-    return sorted(chosen)
+    return sorted(chosen) or list(range(min(len(cases), 1)))     # cases without axes: any one

@@ -10,7 +10,7 @@ import triton
 from triton_lstm.activations import Activation, activation_name
 from triton_lstm.checks import (SEQUENCE_NAMES, Names, check_clip, check_forget_bias, check_integers,
                                 check_sequence_args, shape_of)
-from triton_lstm.convert import swap_gates
+from triton_lstm.convert import swap_gates, swap_gates_kept
 from triton_lstm.cpu import GATE_ORDERS, lstm_sequence_cpu
 from triton_lstm.functional import CellOptions, autocast, autocast_state, resolve_activations
 from triton_lstm.higher_order import forward_mode
@@ -243,26 +243,6 @@ def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, b
                           activation=activation, recurrent_activation=recurrent_activation, gate_order=gate_order)
 
 
-class _SwapGates(torch.autograd.Function):
-    """``swap_gates`` of (w_x, w_h, bias), keeping them for backward: autograd's version check then
-    raises, as nn.LSTM's backward does, when one of them was changed in place after the forward,
-    which the swapped copies the backward reads would otherwise hide (wrong gradients)."""
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(*weights: Tensor) -> tuple[Tensor, ...]:
-        return tuple(swap_gates(w) for w in weights)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(*inputs)
-
-    @staticmethod
-    def backward(ctx, *grads: Optional[Tensor]) -> tuple[Optional[Tensor], ...]:
-        ctx.saved_tensors  # noqa: B018 (the version check: raises if a weight changed since the forward)
-        return tuple(None if g is None else swap_gates(g) for g in grads)
-
-
 def named_sequence(names: Names, x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bias: Tensor,
                    w_f_diag: Optional[Tensor], w_i_diag: Optional[Tensor], w_o_diag: Optional[Tensor],
                    projection: Optional[Tensor], lengths: Optional[Tensor], *, forget_bias: float,
@@ -291,9 +271,9 @@ def named_sequence(names: Names, x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor,
                                  gate_order=gate_order)
     if not GATE_ORDERS[gate_order]:
         # Forward-mode AD computes its tangents now, with nothing to check later: plain copies there
-        # (_SwapGates has no jvp, which torch.compile could not trace).
+        # (swap_gates_kept has no jvp, which torch.compile could not trace).
         w_x, w_h, bias = (swap_gates(w_x), swap_gates(w_h), swap_gates(bias)) if tangents \
-            else _SwapGates.apply(w_x, w_h, bias)
+            else swap_gates_kept(w_x, w_h, bias)
     if not on_kernels:
         return lstm_sequence_reference(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection,
                                        lengths, forget_bias=forget_bias, cell_clip=clips[0], proj_clip=clips[1],
