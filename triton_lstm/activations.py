@@ -66,6 +66,7 @@ ACTIVATIONS: dict[str, tuple[int, Callable[[torch.Tensor], torch.Tensor]]] = {
     "hardsigmoid": (7, hardsigmoid),
 }
 
+
 def leaky_relu(x: torch.Tensor) -> torch.Tensor:
     """Keras' leaky_relu (and TF's tf.nn.leaky_relu): slope 0.2 below zero."""
     return F.leaky_relu(x, 0.2)
