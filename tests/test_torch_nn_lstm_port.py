@@ -87,6 +87,8 @@ def sample_flags(module_input):
     """A ModuleInfo sample's flags: the constructor's options and how many tensors its forward takes."""
     forward = module_input.forward_input
     return (*module_input.constructor_input.kwargs.values(), len(forward.args) if forward is not None else 0)
+
+
 DEVICE = "cuda" if TEST_CUDA else "cpu"
 LSTM_CLASSES = [pytest.param(nn.LSTM, id="torch"), pytest.param(triton_lstm.LSTM, id="triton_lstm")]
 MODULE_INFO = next(info for info in module_db if info.module_cls is nn.LSTM)
