@@ -207,8 +207,8 @@ class LSTM(nn.LSTM):
         # but under autocast hx in a dtype it casts alike takes nn.LSTM's. Under CPU float16 autocast
         # (bfloat16 too on a CPU without oneDNN's bfloat16: ONEDNN_LSTM_MISSING) nn.LSTM's forward fails
         # where it runs oneDNN (no projection, float32 or bfloat16 input not packed with differing
-        # lengths): LSTM's path there. Forward-mode
-        # AD takes LSTM's path, whose layers then run the reference (oneDNN's LSTM has no forward mode).
+        # lengths): LSTM's path there. Forward-mode AD takes LSTM's path, whose layers then run the
+        # reference (oneDNN's LSTM has no forward mode).
         self._check_hx_pair(hx)
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input

@@ -62,9 +62,9 @@ def within_lengths(lengths: Optional[Tensor], T: int, device: torch.device) -> O
 
 def padding_zeroed(t: Tensor, valid: Optional[Tensor]) -> Tensor:
     """t [T, B, ...] (or one step's [B, ...]) with zeros past each row's length, where ``valid``
-    (``within_lengths``, or one step of it) is False; None: t itself. So
-    that what a batch holds there, NaN included, adds nothing to a sum over rows and steps (the
-    gradients there are zeros: 0 * NaN would be NaN)."""
+    (``within_lengths``, or one step of it) is False; None: t itself. So that what a batch holds
+    there, NaN included, adds nothing to a sum over rows and steps (the gradients there are zeros:
+    0 * NaN would be NaN)."""
     return t if valid is None else torch.where(valid, t, 0)
 
 
