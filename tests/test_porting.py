@@ -69,7 +69,7 @@ def test_crc32c_against_bitwise_definition():
     assert mask_crc(0) == 0xA282EAD8
 
 
-@pytest.mark.parametrize("name", ["tf1_multi", "tf1_bidi", "tf1_adam"])
+@pytest.mark.parametrize("name", ["tf1_multi", "tf1_bidi", "tf1_adam", "tf1_stack_bidi", "tf1_bidi_uneven"])
 def test_read_tf_checkpoint_returns_what_tf_reads(name):
     want = {k[len("variables/"):]: v for k, v in expected(name).items() if k.startswith("variables/")}
     got = read_tf_checkpoint(fixture(name))
@@ -227,6 +227,33 @@ def test_bidirectional_dynamic_rnn_with_lengths(path):
     close(out, ref["output"], "output")
     close(h, ref["h"], "h_n")
     close(c, ref["c"], "c_n")
+
+
+@pytest.mark.parametrize("name", ["tf1_stack_bidi", "tf1_bidi_uneven"])
+def test_bidirectional_layers_whose_directions_differ(name, path):
+    """TF lets a bidirectional layer's fw and bw cells differ (size, peepholes, projection): such a layer
+    is a Bidirectional of two LSTMs, alone or in an LSTMStack, against TF's outputs and final states
+    (h_n, c_n: fw then bw for each layer), given as a PackedSequence and as lengths."""
+    ref = expected(name)
+    module = triton_lstm.load_tf_checkpoint(fixture(name))
+    if name == "tf1_stack_bidi":
+        assert isinstance(module, LSTMStack) and isinstance(module.layers[0], Bidirectional)
+        assert isinstance(module.layers[1], LSTM) and module.layers[1].bidirectional
+    else:
+        assert isinstance(module, Bidirectional)
+    out, (h, c) = module(torch.as_tensor(ref["x"]), lengths=torch.as_tensor(ref["lengths"]))
+    states = len([k for k in ref.files if k.startswith("h")])
+    for how, (out, h, c) in [("lengths", (out, h, c)), ("packed", packed_run(module, ref["x"], ref["lengths"]))]:
+        close(out, ref["output"], f"{how}: output")
+        assert len(h) == len(c) == states
+        for k in range(states):
+            close(h[k], ref[f"h{k}"], f"{how}: h_n[{k}]")
+            close(c[k], ref[f"c{k}"], f"{how}: c_n[{k}]")
+    variables = {k[len("variables/"):]: v for k, v in ref.items() if k.startswith("variables/")}
+    back = module_to_tf(module)
+    assert sorted(back) == sorted(variables)
+    for key in variables:
+        np.testing.assert_allclose(back[key], variables[key], atol=1e-7, err_msg=key)
 
 
 def test_adam_checkpoint_scopes(path):

@@ -5,7 +5,8 @@ A uniform TF1 stack becomes one ``triton_lstm.LSTM`` (torch.nn.LSTM's parameters
 ``batch_first=True`` as in TF). What one ``LSTM`` cannot hold becomes a module with the same call:
 ``LSTMStack`` (layers that differ in size, peepholes, projection or options; Keras layers),
 ``Bidirectional`` (two stacks over the sequence and over it reversed within lengths, TF's
-``bidirectional_dynamic_rnn`` of ``MultiRNNCell``s and Keras' merge modes) and ``KerasRNN`` (one
+``bidirectional_dynamic_rnn`` of ``MultiRNNCell``s or of fw and bw cells that differ, and Keras' merge
+modes) and ``KerasRNN`` (one
 Keras layer with its ``return_sequences``, ``go_backwards`` and masked outputs).
 
 Final states are (h_n, c_n) as in nn.LSTM, [layers * directions, B, width], layer by layer and
@@ -410,21 +411,31 @@ def _lstm_from_cells(layers: list[list[dict]], cells: Mapping[str, dict], option
     return module
 
 
+def _shape_key(shape: dict) -> tuple:
+    return shape["n"], shape["p"], shape["peepholes"], shape["projection"]
+
+
+def _layer_module(layer: list[dict], cells: Mapping[str, dict], options: dict) -> nn.Module:
+    """One layer of a stack: an LSTM (bidirectional when its two directions agree in size, peepholes and
+    projection), else a Bidirectional of two one-layer LSTMs (TF lets fw and bw cells differ)."""
+    if len({_shape_key(s) for s in layer}) == 1:
+        return _lstm_from_cells([layer], cells, options)
+    return Bidirectional(*(_lstm_from_cells([[s]], cells, options) for s in layer))
+
+
 def _build_stack(layers: list[list[dict]], cells: Mapping[str, dict], options: list[dict]) -> nn.Module:
-    """A uniform stack as one LSTM; else an LSTMStack of one-layer LSTMs. Checks how layers chain."""
+    """A uniform stack as one LSTM; else an LSTMStack of one-layer modules (``_layer_module``; a single
+    layer is returned as itself). Checks how layers chain."""
     for k in range(1, len(layers)):
-        want = layers[k - 1][0]["p"] * len(layers[k - 1])
+        want = sum(s["p"] for s in layers[k - 1])
         for shape in layers[k]:
             if shape["d"] != want:
                 raise ValueError(f"{shape['scope']}/kernel: layer {k} takes input width {shape['d']}, but layer "
                                  f"{k - 1} outputs {want}")
-    for shape in (s for layer in layers for s in layer[1:]):
-        if any(shape[f] != layers[0][0][f] for f in ("n", "p", "peepholes", "projection")):
-            raise ValueError(f"{shape['scope']}: the directions of a layer differ in size, peepholes or projection")
-    signature = {(s["n"], s["p"], s["peepholes"], s["projection"]) for layer in layers for s in layer}
-    if len(signature) == 1 and all(o == options[0] for o in options):
+    if len({_shape_key(s) for layer in layers for s in layer}) == 1 and all(o == options[0] for o in options):
         return _lstm_from_cells(layers, cells, options[0])
-    return LSTMStack([_lstm_from_cells([layer], cells, opts) for layer, opts in zip(layers, options)])
+    modules = [_layer_module(layer, cells, opts) for layer, opts in zip(layers, options)]
+    return modules[0] if len(modules) == 1 else LSTMStack(modules)
 
 
 def tf_to_module(variables: Mapping[str, Any], scope: Optional[str] = None, *, forget_bias=1.0,
@@ -437,8 +448,9 @@ def tf_to_module(variables: Mapping[str, Any], scope: Optional[str] = None, *, f
     ``activation``, each one value or a list with one per layer (a layer without a projection ignores
     ``proj_clip``, as TF's cell does). ``scope`` picks one stack when the
     variables hold several. Returns a ``triton_lstm.LSTM`` when one can hold the stack, else an
-    ``LSTMStack`` or a ``Bidirectional`` (fw and bw ``MultiRNNCell`` stacks) with the same call; in the
-    kernels' dtype (a float64 checkpoint gives a float64 module).
+    ``LSTMStack`` or a ``Bidirectional`` (fw and bw ``MultiRNNCell`` stacks, or a layer whose fw and bw
+    cells differ) with the same call; in the kernels' dtype (a float64 checkpoint gives a float64
+    module).
     """
     if not isinstance(variables, Mapping):
         raise TypeError(f"variables: expected a mapping of TF names to arrays, got {type(variables).__name__}")
@@ -505,6 +517,19 @@ def _directions(lstm: LSTM) -> list[tuple[Optional[str], str]]:
     return [("fw", ""), ("bw", "_reverse")] if lstm.bidirectional else [(None, "")]
 
 
+def _layer_directions(layer: nn.Module) -> Optional[list[tuple[Optional[str], LSTM, str]]]:
+    """(direction fw/bw/None, LSTM, parameter suffix) of each cell of a stack's layer that TF1 can hold:
+    a one-layer LSTM, or a concat Bidirectional of two one-way one-layer LSTMs (``_layer_module``);
+    None for any other module."""
+    if isinstance(layer, LSTM):
+        return [(d, layer, "_l0" + s) for d, s in _directions(layer)] if layer.num_layers == 1 else None
+    halves = (layer.forward_module, layer.backward_module) \
+        if isinstance(layer, Bidirectional) and layer.merge_mode == "concat" else ()
+    if halves and all(isinstance(m, LSTM) and m.num_layers == 1 and not m.bidirectional for m in halves):
+        return [("fw", halves[0], "_l0"), ("bw", halves[1], "_l0")]
+    return None
+
+
 def _tf_cells(module: nn.Module) -> list[tuple[str, LSTM, str, int]]:
     """(cell scope under the stack's scope, LSTM, parameter suffix, layer) for every TF cell of a module."""
     def stacked(k: int, direction: Optional[str]) -> str:
@@ -512,15 +537,16 @@ def _tf_cells(module: nn.Module) -> list[tuple[str, LSTM, str, int]]:
             f"cell_{k}/bidirectional_rnn/{direction}/lstm_cell"
 
     if isinstance(module, LSTM) and module.num_layers == 1:
-        return [("lstm_cell" if d is None else f"{d}/lstm_cell", module, "_l0" + s, 0) for d, s in _directions(module)]
+        return [("lstm_cell" if d is None else f"{d}/lstm_cell", m, s, 0) for d, m, s in _layer_directions(module)]
     if isinstance(module, LSTM):
         return [(stacked(k, d), module, f"_l{k}" + s, k) for k in range(module.num_layers)
                 for d, s in _directions(module)]
-    if isinstance(module, LSTMStack) and all(isinstance(m, LSTM) and m.num_layers == 1 for m in module.layers):
-        if len({m.bidirectional for m in module.layers}) > 1:
+    layers = [_layer_directions(m) for m in module.layers] if isinstance(module, LSTMStack) else [None]
+    if all(layers):
+        if len({layer[0][0] is None for layer in layers}) > 1:
             raise ValueError("module: an LSTMStack whose layers differ in direction has no TF1 layout (a "
                              "MultiRNNCell's layers run one way, stack_bidirectional_rnn's both)")
-        return [(stacked(k, d), m, "_l0" + s, k) for k, m in enumerate(module.layers) for d, s in _directions(m)]
+        return [(stacked(k, d), m, s, k) for k, layer in enumerate(layers) for d, m, s in layer]
     if isinstance(module, Bidirectional) and module.merge_mode == "concat":
         out = []
         for direction, sub in (("fw", module.forward_module), ("bw", module.backward_module)):
@@ -529,8 +555,9 @@ def _tf_cells(module: nn.Module) -> list[tuple[str, LSTM, str, int]]:
                 raise ValueError("module: a Bidirectional of bidirectional stacks has no TF1 layout")
             out += [(f"{direction}/{c}", m, s, k) for c, m, s, k in cells]
         return out
-    raise ValueError(f"module: expected a triton_lstm.LSTM, an LSTMStack of one-layer LSTMs or a concat "
-                     f"Bidirectional of them, got {type(module).__name__}; TF1 has no layout for the rest")
+    raise ValueError(f"module: expected a triton_lstm.LSTM, an LSTMStack of one-layer LSTMs (or of concat "
+                     f"Bidirectionals of two one-way ones) or a concat Bidirectional of them, got "
+                     f"{type(module).__name__}; TF1 has no layout for the rest")
 
 
 def module_to_tf(module: nn.Module, scope: Optional[str] = None, forget_bias=1.0) -> dict:
