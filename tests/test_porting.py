@@ -524,6 +524,30 @@ def test_keras_inputs_a_packed_sequence_cannot_answer_or_lengths_must_be_integer
         torch.arange(5)[None, :, None] < torch.tensor([5, 2, 1])[:, None, None]), **TOL)
 
 
+@pytest.mark.parametrize("ext", ["keras", "h5"])
+@pytest.mark.parametrize("stem", ["keras_layouts", "keras2_layouts"])
+def test_keras_layouts_that_misled_the_loader(stem, ext):
+    """Against Keras' outputs (make_tf_fixtures.write_layouts), from .keras and .h5 files alike: layer
+    names that start with forward_/backward_ (a nested model's too) and a custom backward layer (whose
+    name Keras 3's .h5 keeps) are no directions but their own; a Masking layer between two LSTMs makes
+    a new mask from the first one's outputs; two LSTMs on one input are no chain."""
+    weights = read_keras_weights(fixture(f"{stem}_names.{ext}"))
+    assert sorted(k for k in weights if k.endswith("/kernel")) == [
+        "backward_bi/backward/kernel", "backward_bi/forward/kernel", "forward_enc/kernel"]
+    for name in ("names", "mid_mask"):
+        ref = expected(f"{stem}_{name}")
+        module = triton_lstm.load_keras(fixture(f"{stem}_{name}.{ext}"))
+        close(module(torch.as_tensor(ref["x"]))[0], ref["y0"], name)
+    assert [layer.mask_value for layer in module.layers] == [None, 0.0] and module.mask_value == 0.0
+    with pytest.raises(ValueError, match=r"^layers: 'branch_b' takes its inputs from 'input\w*', not from 'branch_a' "
+                                         r"before it; pass layers=\[...\]"):
+        triton_lstm.load_keras(fixture(f"{stem}_branches.{ext}"))
+    ref = expected(f"{stem}_branches")
+    for k, name in enumerate(("branch_a", "branch_b")):
+        branch = triton_lstm.load_keras(fixture(f"{stem}_branches.{ext}"), layers=name)
+        close(branch(torch.as_tensor(ref["x"]))[0], ref[f"y{k}"], name)
+
+
 def test_keras_layers_chain_checked_at_load():
     with pytest.raises(ValueError, match=r"^layers: \['lstm_c', 'lstm_b', 'lstm_a'\] are not in the order the model "
                                          r"runs them: \['lstm_a', 'lstm_b', 'lstm_c'\]"):
@@ -543,6 +567,25 @@ def test_keras_layers_chain_checked_at_load():
     with pytest.raises(ValueError, match=r"^weights: no lstm_b/kernel; layers with both LSTM kernels: "
                                          r"\['lstm_a', 'lstm_c'\]"):
         keras_to_module(weights, read_keras_config(fixture("keras_stacked.keras")))
+
+
+def test_keras_layers_between_two_lstms_that_make_a_mask_or_another_branch():
+    """The Masking layer between l1 and l2 followed by a Dense (a config edited so): a Dense fed by the
+    Masking layer feeds l2 (no chain of l1 and l2), or, where the config does not say what feeds l2,
+    l2 gets a mask the stack cannot make from l1's outputs."""
+    config = read_keras_config(fixture("keras_layouts_mid_mask.keras"))
+    weights = read_keras_weights(fixture("keras_layouts_mid_mask.keras"))
+    names = [e["name"] for e in config["layers"]]
+    config["layers"].insert(names.index("m2") + 1, {"name": "dense", "class_name": "Dense", "config": {"units": 4},
+                                                   "inbound": ["m2"], "depth": 0})
+    l2 = config["layers"][names.index("l2") + 1]
+    l2["inbound"] = ["dense"]
+    with pytest.raises(ValueError, match=r"^layers: 'l2' takes its inputs from 'dense', not from 'l1' before it"):
+        keras_to_module(weights, config, layers=["l1", "l2"])
+    l2["inbound"] = None
+    with pytest.raises(ValueError, match=r"^layers: 'l2' gets a mask that layers between it and 'l1' make "
+                                         r"\(\['m2', 'dense'\]\)"):
+        keras_to_module(weights, config, layers=["l1", "l2"])
 
 
 @pytest.mark.parametrize("name", ["keras_nested.keras", "keras_nested.h5", "keras2_names.keras", "keras2_names.h5"])

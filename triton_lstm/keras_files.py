@@ -120,9 +120,36 @@ def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+def _inbound(layer: dict) -> Optional[list[str]]:
+    """The names of the layers whose outputs a Functional model's layer takes as its inputs (Keras 3:
+    its node's args; tf-keras: its node's tensors), or None where the config does not say (a
+    Sequential model's layers, a layer called more than once)."""
+    nodes = layer.get("inbound_nodes")
+    if not isinstance(nodes, list) or len(nodes) != 1:
+        return None
+    names: list[str] = []
+
+    def visit(value: Any) -> None:
+        if isinstance(value, dict):
+            history = (value.get("config") or {}).get("keras_history") if value.get("class_name") == \
+                "__keras_tensor__" else None
+            if isinstance(history, list) and history and isinstance(history[0], str):
+                names.append(history[0])
+        elif isinstance(value, list):
+            if len(value) >= 3 and isinstance(value[0], str) and isinstance(value[1], int):  # tf-keras
+                names.append(value[0])
+            else:
+                for item in value:
+                    visit(item)
+
+    node = nodes[0]
+    visit(node.get("args", []) if isinstance(node, dict) else node)
+    return names
+
+
 def _entries(config: dict, where: str) -> list[dict]:
-    """One model's own layers in order, each ``{"name", "class_name", "config"}`` (a nested model is one
-    entry here)."""
+    """One model's own layers in order, each ``{"name", "class_name", "config", "inbound"}`` (a nested
+    model is one entry here; ``inbound``: ``_inbound``)."""
     body = config.get("config", config)
     layers = body.get("layers", []) if isinstance(body, dict) else body
     if not isinstance(layers, list):
@@ -133,7 +160,7 @@ def _entries(config: dict, where: str) -> list[dict]:
         name = (layer.get("name") or options.get("name")) if isinstance(options, dict) else None
         if not isinstance(name, str) or not isinstance(layer.get("class_name"), str):
             raise ValueError(f"{where}: layer {k} of the model config has no name, class_name or config")
-        out.append({"name": name, "class_name": layer["class_name"], "config": options})
+        out.append({"name": name, "class_name": layer["class_name"], "config": options, "inbound": _inbound(layer)})
     return out
 
 
@@ -142,12 +169,14 @@ def _nested(entry: Optional[dict]) -> bool:
     return entry is not None and isinstance(entry["config"].get("layers"), list)
 
 
-def keras_layers(config: dict, where: str = "config") -> list[dict]:
-    """The layers of a model config in order, each ``{"name", "class_name", "config"}``, a nested model's
+def keras_layers(config: dict, where: str = "config", depth: int = 0) -> list[dict]:
+    """The layers of a model config in order, each ``{"name", "class_name", "config", "inbound",
+    "depth"}`` (``inbound``: the names of the layers it takes its inputs from, None where the config
+    does not say; ``depth``: 0 for the model's own layers, 1 in a nested model, ...), a nested model's
     layers in its place; ``where`` names the config in errors."""
     out = []
     for entry in _entries(config, where):
-        out += keras_layers(entry["config"], where) if _nested(entry) else [entry]
+        out += keras_layers(entry["config"], where, depth + 1) if _nested(entry) else [{**entry, "depth": depth}]
     return out
 
 
@@ -222,6 +251,25 @@ def _keras3_level(layers, at: str, where: str, entries: Optional[list[dict]], ou
         group.visititems(visit)
 
 
+def _keras2_direction(parts: list[str], owner: str, entry: Optional[dict]) -> list[str]:
+    """``["forward"]`` or ``["backward"]`` for a Bidirectional's weight in Keras 2's layout
+    (``<owner>/<direction's layer>/<cell>/<weight>``), else ``[]``. The direction's layer is the part
+    right after the owner's name: tf-keras names it ``forward_<name>`` / ``backward_<name>``, Keras 3's
+    legacy .h5 so only the forward one, a custom backward_layer keeping its name from the config."""
+    at = parts.index(owner) + 1 if owner in parts[:-3] else None
+    if at is None:
+        return []
+    sub = parts[at]
+    if sub.startswith("forward_"):
+        return ["forward"]
+    if sub.startswith("backward_"):
+        return ["backward"]
+    config = entry["config"] if entry is not None and entry["class_name"] == "Bidirectional" else {}
+    backward = config.get("backward_layer")
+    named = backward.get("config", {}).get("name") if isinstance(backward, dict) else None
+    return ["backward"] if named is not None and sub == named else []
+
+
 def _keras2_weights(f, where: str, config: Optional[dict]) -> dict[str, np.ndarray]:
     h5py = _h5py()
     root = f["model_weights"] if "model_weights" in f else f
@@ -235,7 +283,7 @@ def _keras2_weights(f, where: str, config: Optional[dict]) -> dict[str, np.ndarr
         if not isinstance(group, h5py.Group):
             raise ValueError(f"{where}: layer {layer!r} is in layer_names but has no group: corrupt file")
         entry = entries.get(layer)
-        inner = {e["name"] for e in keras_layers(entry["config"], where)} if _nested(entry) else set()
+        inner = {e["name"]: e for e in keras_layers(entry["config"], where)} if _nested(entry) else {}
         for weight in group.attrs.get("weight_names", []):
             weight = _text(weight)
             parts = weight.split(":")[0].split("/")
@@ -245,8 +293,7 @@ def _keras2_weights(f, where: str, config: Optional[dict]) -> dict[str, np.ndarr
                 if owner is None:
                     raise ValueError(f"{where}: weight {weight!r} of the nested model {layer!r} names none of its "
                                      f"layers {sorted(inner)}")
-            direction = ["forward" if p.startswith("forward_") else "backward" for p in parts[:-1]
-                         if p.startswith(("forward_", "backward_"))]
+            direction = _keras2_direction(parts, owner, inner.get(owner) if inner else entry)
             if not isinstance(group.get(weight), h5py.Dataset):
                 raise ValueError(f"{where}: weight {weight!r} of layer {layer!r} is in its weight_names but has no "
                                  f"dataset: corrupt file")
@@ -271,9 +318,10 @@ def read_keras_weights(path: str) -> dict[str, np.ndarray]:
 
 
 def read_keras_config(path: str) -> Optional[dict]:
-    """``{"keras_version", "layers": [{"name", "class_name", "config"}, ...]}`` from a ``.keras`` file or a
-    Keras 2 model ``.h5`` (layer options such as units, activation, recurrent_activation, use_bias,
-    go_backwards, return_sequences, Bidirectional's merge_mode; a nested model's layers in its place);
-    None for a weights-only file."""
+    """``{"keras_version", "layers": [{"name", "class_name", "config", "inbound", "depth"}, ...]}`` from a
+    ``.keras`` file or a Keras 2 model ``.h5`` (layer options such as units, activation,
+    recurrent_activation, use_bias, go_backwards, return_sequences, Bidirectional's merge_mode; a nested
+    model's layers in its place; ``inbound`` and ``depth`` as ``keras_layers``); None for a weights-only
+    file."""
     with _open(path) as (_, path, config, version):
         return None if config is None else {"keras_version": version, "layers": keras_layers(config, path)}

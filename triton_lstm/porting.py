@@ -204,6 +204,8 @@ class LSTMStack(nn.Module):
         hs, cs = [], []
         out = x
         for layer, state in zip(self.layers, _split(hx, [_state_count(layer) for layer in self.layers])):
+            if getattr(layer, "mask_value", None) is not None:
+                lengths = lengths_from_mask((out != layer.mask_value).any(-1))
             out, h, c = _run(layer, out, lengths, state)
             hs += h
             cs += c
@@ -241,13 +243,16 @@ class KerasRNN(nn.Module):
     """One Keras ``LSTM`` layer, or ``Bidirectional(LSTM)`` (``lstm`` bidirectional, ``merge_mode``), as
     Keras computes it: ``go_backwards`` returns outputs in the reversed order; masked steps output
     zeros (``zero_output_for_mask``, as in Bidirectional with sequences) or repeat the last valid
-    output; ``return_sequences=False`` gives the last output [B, F].
+    output; ``return_sequences=False`` gives the last output [B, F]. ``mask_value``: a Keras Masking
+    layer's right before this one: the mask comes from the input, as in ``LSTMStack``, and in a stack
+    it replaces the mask of the layers before (Keras' Masking makes a new one from their outputs).
 
     ``forward(input [B, T, D] or PackedSequence, hx=None, *, lengths=None, mask=None)``: as ``LSTMStack``'s.
     """
 
     def __init__(self, lstm: LSTM, name: str, merge_mode: Optional[str] = "concat", go_backwards: bool = False,
-                 return_sequences: bool = True, zero_output_for_mask: bool = False) -> None:
+                 return_sequences: bool = True, zero_output_for_mask: bool = False,
+                 mask_value: Optional[float] = None) -> None:
         super().__init__()
         if not isinstance(lstm, LSTM) or lstm.num_layers != 1 or not lstm.batch_first:
             raise ValueError("lstm: expected a one-layer triton_lstm.LSTM with batch_first=True")
@@ -257,7 +262,7 @@ class KerasRNN(nn.Module):
             raise ValueError("go_backwards: a Bidirectional layer's forward LSTM must run forwards")
         self.lstm, self.name, self.merge_mode = lstm, name, merge_mode
         self.go_backwards, self.return_sequences = go_backwards, return_sequences
-        self.zero_output_for_mask = zero_output_for_mask
+        self.zero_output_for_mask, self.mask_value = zero_output_for_mask, mask_value
 
     @property
     def state_count(self) -> int:
@@ -629,7 +634,7 @@ def _is_lstm(entry: dict) -> bool:
 
 
 def _keras_layer(name: str, weights: Mapping[str, Any], entry: Optional[dict], keras_version: str,
-                 last: bool) -> KerasRNN:
+                 last: bool, mask_value: Optional[float] = None) -> KerasRNN:
     config = entry["config"] if entry else {}
     bidirectional = entry["class_name"] == "Bidirectional" if entry else f"{name}/forward/kernel" in weights
     if entry and not _is_lstm(entry):
@@ -682,7 +687,7 @@ def _keras_layer(name: str, weights: Mapping[str, Any], entry: Optional[dict], k
     lstm.load_state_dict(state)
     return KerasRNN(lstm, name, merge_mode=config.get("merge_mode", "concat") if bidirectional else "concat",
                     go_backwards=bool(inner.get("go_backwards", False)), return_sequences=return_sequences,
-                    zero_output_for_mask=bool(inner.get("zero_output_for_mask", False)))
+                    zero_output_for_mask=bool(inner.get("zero_output_for_mask", False)), mask_value=mask_value)
 
 
 def keras_to_module(weights: Mapping[str, Any], config: Optional[dict] = None,
@@ -692,7 +697,9 @@ def keras_to_module(weights: Mapping[str, Any], config: Optional[dict] = None,
     ``layers``: the LSTM, RNN(LSTMCell) and Bidirectional layers of them to chain, by name, in the
     order they run; by default every such layer of the model (nested models' too), which must then
     follow one another (only layers that compute nothing at inference, such as Dropout or Masking,
-    between them). A Masking layer before them becomes the stack's ``mask_value``; where the model
+    between them; in a Functional model each must take the outputs of the one before). A Masking
+    layer before them becomes the stack's ``mask_value``, one between two of them the ``mask_value``
+    of the layer after it (its mask is made from the outputs before it, as Keras does); where the model
     masks an earlier input (an Embedding's ``mask_zero``, a Masking layer with other layers after
     it), the stack must be given the mask, unless a layer between drops it (Conv1D, Lambda, ...).
     Without a config (weights-only files) each layer is taken as an LSTM with tanh, sigmoid gates,
@@ -734,7 +741,10 @@ def keras_to_module(weights: Mapping[str, Any], config: Optional[dict] = None,
     if config and [place[n] for n in layers] != sorted(place[n] for n in layers):
         raise ValueError(f"layers: {layers} are not in the order the model runs them: "
                          f"{[n for n in by_name if n in layers]}")
-    modules = [_keras_layer(n, weights, by_name.get(n), version, k == len(layers) - 1) for k, n in enumerate(layers)]
+    masks = [None] + [_mask_between(a, b, entries[place[a] + 1:place[b]], by_name) if config else None
+                      for a, b in zip(layers, layers[1:])]
+    modules = [_keras_layer(n, weights, by_name.get(n), version, k == len(layers) - 1, mask)
+               for k, (n, mask) in enumerate(zip(layers, masks))]
     for before, after in zip(modules, modules[1:]):
         width = _keras_output_width(before)
         if after.lstm.input_size != width:
@@ -742,6 +752,40 @@ def keras_to_module(weights: Mapping[str, Any], config: Optional[dict] = None,
                              f"{before.name!r} before it outputs {width}; pass layers=[...] in the order they run")
     mask_value, requires_mask = _keras_mask(entries[:place[layers[0]]] if config else [])
     return LSTMStack(modules, mask_value, requires_mask=requires_mask)
+
+
+def _source(name: str, by_name: Mapping[str, dict]) -> Optional[str]:
+    """The layer whose outputs reach layer ``name`` through layers that compute nothing (a Functional
+    model's input layer included), or None where the config does not tell (a Sequential model, several
+    inputs, an input layer of a nested model, which takes the outer model's tensors)."""
+    seen = {name}
+    inbound = by_name[name].get("inbound")
+    while inbound is not None and len(inbound) == 1 and inbound[0] in by_name and inbound[0] not in seen:
+        entry = by_name[inbound[0]]
+        if entry["class_name"] == "InputLayer":
+            return entry["name"] if entry.get("depth") == 0 else None
+        if entry["class_name"] not in _PASS_THROUGH:
+            return entry["name"]
+        seen.add(entry["name"])
+        inbound = entry.get("inbound")
+    return None
+
+
+def _mask_between(before: str, after: str, between: list[dict], by_name: Mapping[str, dict]) -> Optional[float]:
+    """The mask_value of a Masking layer between the LSTM layers ``before`` and ``after`` (the model's
+    layers ``between`` them), which makes a new mask from ``before``'s outputs; None without one. Checks
+    that ``after`` takes ``before``'s outputs (not another branch's)."""
+    source = _source(after, by_name)
+    if source is not None and source != before:
+        raise ValueError(f"layers: {after!r} takes its inputs from {source!r}, not from {before!r} before it; "
+                         f"pass layers=[...] to pick a chain of layers that feed one another")
+    mask_value, requires_mask = _keras_mask(between)
+    if requires_mask is not None:
+        makers = [e["name"] for e in between if e["class_name"] == "Masking" or e["class_name"] not in _PASS_THROUGH]
+        raise ValueError(f"layers: {after!r} gets a mask that layers between it and {before!r} make ({makers}), "
+                         f"which lengths cannot follow; load the layers from {after!r} on as a stack of their "
+                         f"own (layers=[...]) and give it that mask")
+    return mask_value
 
 
 def _keras_mask(before: list[dict]) -> tuple[Optional[float], Optional[str]]:
