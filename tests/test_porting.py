@@ -569,6 +569,37 @@ def test_keras_layers_chain_checked_at_load():
         keras_to_module(weights, read_keras_config(fixture("keras_stacked.keras")))
 
 
+@pytest.mark.parametrize("ext", ["keras", "h5"])
+@pytest.mark.parametrize("stem", ["keras_layouts", "keras2_layouts"])
+def test_keras_rnn_of_stacked_cells(stem, ext):
+    """RNN([LSTMCell(4), LSTMCell(3, activation="relu")]) after a Masking layer, then an LSTM: each cell is
+    a layer of the stack (named <layer>/cells/<k>, as the reader names its weights), against Keras'
+    outputs of the RNN and of the LSTM after it; module_to_keras gives the file's weights back."""
+    ref = expected(f"{stem}_stacked_cells")
+    path = fixture(f"{stem}_stacked_cells.{ext}")
+    x, lengths = torch.as_tensor(ref["x"]), torch.as_tensor(ref["lengths"])
+    module = triton_lstm.load_keras(path)
+    assert [layer.name for layer in module.layers] == ["stacked/cells/0", "stacked/cells/1", "after"]
+    assert module.layers[1].lstm.activation == "relu" and module.mask_value == 0.0
+    close(module(x)[0], ref["y1"], "through the LSTM after it")
+    stacked = triton_lstm.load_keras(path, layers="stacked")
+    out, (h, c) = stacked(x)
+    close(out, ref["y0"], "the stacked cells' outputs")
+    assert not torch.allclose(out, stacked(x, lengths=torch.full_like(lengths, x.shape[1]))[0])  # the mask matters
+    weights = read_keras_weights(path)
+    back = module_to_keras(module)
+    assert sorted(back) == sorted(weights)
+    for key, value in weights.items():
+        np.testing.assert_allclose(back[key], value, atol=1e-7, err_msg=key)
+    # Without the config (the weights alone), each cell is taken as an LSTM with tanh: only the shapes agree.
+    plain = keras_to_module(weights, layers="stacked")
+    assert [layer.lstm.hidden_size for layer in plain.layers] == [4, 3]
+    config = read_keras_config(path)  # edited: Keras reverses the input once for all the cells
+    next(e for e in config["layers"] if e["name"] == "stacked")["config"]["go_backwards"] = True
+    with pytest.raises(ValueError, match=r"^layers: 'stacked' runs stacked cells backwards \(go_backwards\); not"):
+        keras_to_module(weights, config)
+
+
 def test_keras_layers_between_two_lstms_that_make_a_mask_or_another_branch():
     """The Masking layer between l1 and l2 followed by a Dense (a config edited so): a Dense fed by the
     Masking layer feeds l2 (no chain of l1 and l2), or, where the config does not say what feeds l2,

@@ -242,13 +242,33 @@ def _keras3_level(layers, at: str, where: str, entries: Optional[list[dict]], ou
             if len(parts) < 2 or parts[-2] != "vars" or not hasattr(obj, "shape"):
                 return
             owner = parts[-3] if len(parts) >= 3 else None
-            names = _VAR_NAMES["cell"] if owner == "cell" else names_of
+            # A cell of stacked cells (StackedRNNCells): .../cells/<the k-th LSTMCell: lstm_cell[_k]>/vars
+            stacked = len(parts) >= 4 and parts[-4] == "cells"
+            names = _VAR_NAMES["cell"] if owner == "cell" or stacked else names_of
             k = int(parts[-1]) if parts[-1].isdigit() else len(names)
             weight = names[k] if k < len(names) else parts[-1]
             direction = [_DIRECTIONS[p] for p in parts if p in _DIRECTIONS]
-            _keep(out, "/".join([name, *direction, weight]), obj[()], where, entries is not None)
+            cell = ["cells", _saved_cell(owner)] if stacked else []
+            _keep(out, "/".join([name, *direction, *cell, weight]), obj[()], where, entries is not None)
 
         group.visititems(visit)
+
+
+def _saved_cell(path: str) -> str:
+    """The place of an LSTMCell among stacked cells from its path in a Keras 3 file (the k-th is saved as
+    ``lstm_cell_k``, the first as ``lstm_cell``); another cell's path as it is."""
+    match = re.fullmatch(r"lstm_cell(?:_(\d+))?", path)
+    return str(int(match.group(1) or 0)) if match else path
+
+
+def stacked_cells(entry: Optional[dict]) -> Optional[list[dict]]:
+    """The cells ``{"class_name", "config"}`` of an RNN layer of stacked cells (``RNN([cell, ...])``, a
+    StackedRNNCells) in a model config, else None."""
+    cell = (entry["config"] or {}).get("cell") if entry is not None and entry["class_name"] == "RNN" else None
+    if not isinstance(cell, dict) or cell.get("class_name") != "StackedRNNCells":
+        return None
+    cells = (cell.get("config") or {}).get("cells")
+    return [c for c in cells if isinstance(c, dict)] if isinstance(cells, list) else []
 
 
 def _keras2_direction(parts: list[str], owner: str, entry: Optional[dict]) -> list[str]:
@@ -277,6 +297,7 @@ def _keras2_weights(f, where: str, config: Optional[dict]) -> dict[str, np.ndarr
         raise ValueError(f"{where}: no 'layer_names' attribute: not a Keras 2 model or weights file")
     entries = {e["name"]: e for e in _entries(config, where)} if config is not None else {}
     out: dict[str, np.ndarray] = {}
+    cells: dict[str, dict[str, int]] = {}  # the places of stacked cells seen, by layer
     for layer in root.attrs["layer_names"]:
         layer = _text(layer)
         group = root.get(layer)
@@ -293,11 +314,20 @@ def _keras2_weights(f, where: str, config: Optional[dict]) -> dict[str, np.ndarr
                 if owner is None:
                     raise ValueError(f"{where}: weight {weight!r} of the nested model {layer!r} names none of its "
                                      f"layers {sorted(inner)}")
-            direction = _keras2_direction(parts, owner, inner.get(owner) if inner else entry)
+            owner_entry = inner.get(owner) if inner else entry
+            direction = _keras2_direction(parts, owner, owner_entry)
+            # A cell of stacked cells: <owner>/<the StackedRNNCells' name>/<the cell's name>/<weight>; its
+            # place from the config's list of cells, or (without one) the order the weights come in.
+            cell = []
+            names = [(c.get("config") or {}).get("name") for c in stacked_cells(owner_entry) or []]
+            if names or len(parts) >= 4 and parts[-3].startswith("stacked_rnn_cells"):
+                order = cells.setdefault(owner, {})
+                place = names.index(parts[-2]) if parts[-2] in names else order.setdefault(parts[-2], len(order))
+                cell = ["cells", str(place)]
             if not isinstance(group.get(weight), h5py.Dataset):
                 raise ValueError(f"{where}: weight {weight!r} of layer {layer!r} is in its weight_names but has no "
                                  f"dataset: corrupt file")
-            _keep(out, "/".join([owner, *direction, parts[-1]]), group[weight][()], where, config is not None)
+            _keep(out, "/".join([owner, *direction, *cell, parts[-1]]), group[weight][()], where, config is not None)
     return out
 
 
@@ -309,7 +339,8 @@ def read_keras_weights(path: str) -> dict[str, np.ndarray]:
     a nested model's layers too, except in a tf-keras file without its config, which names them by
     class and place (``lstm``, ``lstm_1``); an LSTM's weights are
     ``kernel`` [D, 4U], ``recurrent_kernel`` [U, 4U] and ``bias`` [4U] (gates i, f, c, o), a
-    Bidirectional's ``<name>/forward/...`` and ``<name>/backward/...``. Needs h5py.
+    Bidirectional's ``<name>/forward/...`` and ``<name>/backward/...``, the k-th cell of an RNN of
+    stacked cells ``<name>/cells/<k>/...``. Needs h5py.
     """
     with _open(path) as (f, path, config, version):
         if "model_weights" in f or "layer_names" in f.attrs:  # Keras 2's layout (also Keras 3's legacy .h5)

@@ -16,6 +16,7 @@ tensors instead.
 """
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -28,7 +29,7 @@ from triton_lstm.activations import ACTIVATIONS, KERAS_ACTIVATIONS
 from triton_lstm.checks import check_forget_bias, check_integers, shape_of
 from triton_lstm.convert import (as_tensor, keras_to_torch_lstm, tf_to_torch_lstm, torch_lstm_to_keras,
                                  torch_lstm_to_tf)
-from triton_lstm.keras_files import read_keras_config, read_keras_weights
+from triton_lstm.keras_files import read_keras_config, read_keras_weights, stacked_cells
 from triton_lstm.lstm import LSTM, reverse_within_lengths
 from triton_lstm.tf_checkpoint import read_tf_checkpoint
 
@@ -629,8 +630,31 @@ def _lstm_options(layer: Any) -> Optional[dict]:
 
 
 def _is_lstm(entry: dict) -> bool:
-    """Whether a model config's layer is an LSTM, RNN(LSTMCell) or a Bidirectional of one."""
+    """Whether a model config's layer is an LSTM, RNN(LSTMCell), a Bidirectional of one, or an RNN of
+    stacked LSTMCells."""
+    cells = stacked_cells(entry)
+    if cells is not None:
+        return bool(cells) and all(c.get("class_name") == "LSTMCell" for c in cells)
     return _lstm_options(entry["config"].get("layer") if entry["class_name"] == "Bidirectional" else entry) is not None
+
+
+def _cell_layers(name: str, weights: Mapping[str, Any], entry: Optional[dict]) -> list[tuple[str, Optional[dict]]]:
+    """(name, config entry) of each LSTM a Keras layer holds: the layer itself, or for an RNN of stacked
+    cells (``RNN([LSTMCell, ...])``) each cell as an RNN of that cell alone, named ``<layer>/cells/<k>``
+    as ``read_keras_weights`` names its weights (each returns sequences to the next, the last as the
+    layer does; without a config the cells come from the weights)."""
+    cells = stacked_cells(entry)
+    if entry is None:
+        count = next(k for k in itertools.count() if f"{name}/cells/{k}/kernel" not in weights)
+        return [(f"{name}/cells/{k}", None) for k in range(count)] or [(name, None)]
+    if cells is None or not _is_lstm(entry):
+        return [(name, entry)]
+    options = entry["config"]
+    if options.get("go_backwards") and len(cells) > 1:
+        raise ValueError(f"layers: {name!r} runs stacked cells backwards (go_backwards); not supported")
+    return [(f"{name}/cells/{k}", {"name": f"{name}/cells/{k}", "class_name": "RNN", "config": {
+        **options, "cell": cell, "return_sequences": options.get("return_sequences", False) or k < len(cells) - 1}})
+        for k, cell in enumerate(cells)]
 
 
 def _keras_layer(name: str, weights: Mapping[str, Any], entry: Optional[dict], keras_version: str,
@@ -639,7 +663,8 @@ def _keras_layer(name: str, weights: Mapping[str, Any], entry: Optional[dict], k
     bidirectional = entry["class_name"] == "Bidirectional" if entry else f"{name}/forward/kernel" in weights
     if entry and not _is_lstm(entry):
         what = entry["class_name"] + (f"({config['layer'].get('class_name')})" if bidirectional else "")
-        raise ValueError(f"layers: {name!r} is a {what}, not an LSTM, RNN(LSTMCell) or a Bidirectional of one")
+        raise ValueError(f"layers: {name!r} is a {what}, not an LSTM, RNN(LSTMCell), RNN of LSTMCells or a "
+                         f"Bidirectional of one")
     inner = (_lstm_options(config["layer"]) if bidirectional else _lstm_options(entry)) if entry else {}
     if inner.get("time_major"):
         raise ValueError(f"layers: {name!r} has time_major=True; not supported")
@@ -694,12 +719,13 @@ def keras_to_module(weights: Mapping[str, Any], config: Optional[dict] = None,
                     layers: Union[str, Sequence[str], None] = None) -> LSTMStack:
     """An ``LSTMStack`` of ``KerasRNN`` layers from ``read_keras_weights``/``read_keras_config`` output.
 
-    ``layers``: the LSTM, RNN(LSTMCell) and Bidirectional layers of them to chain, by name, in the
-    order they run; by default every such layer of the model (nested models' too), which must then
-    follow one another (only layers that compute nothing at inference, such as Dropout or Masking,
-    between them; in a Functional model each must take the outputs of the one before). A Masking
-    layer before them becomes the stack's ``mask_value``, one between two of them the ``mask_value``
-    of the layer after it (its mask is made from the outputs before it, as Keras does); where the model
+    ``layers``: the LSTM, RNN(LSTMCell) and Bidirectional layers of them (and RNNs of stacked
+    LSTMCells, each cell a KerasRNN ``<layer>/cells/<k>``) to chain, by name, in the order they run;
+    by default every such layer of the model (nested models' too), which must then follow one
+    another (only layers that compute nothing at inference, such as Dropout or Masking, between
+    them; in a Functional model each must take the outputs of the one before). A Masking layer
+    before them becomes the stack's ``mask_value``, one between two of them the ``mask_value`` of
+    the layer after it (its mask is made from the outputs before it, as Keras does); where the model
     masks an earlier input (an Embedding's ``mask_zero``, a Masking layer with other layers after
     it), the stack must be given the mask, unless a layer between drops it (Conv1D, Lambda, ...).
     Without a config (weights-only files) each layer is taken as an LSTM with tanh, sigmoid gates,
@@ -743,8 +769,11 @@ def keras_to_module(weights: Mapping[str, Any], config: Optional[dict] = None,
                          f"{[n for n in by_name if n in layers]}")
     masks = [None] + [_mask_between(a, b, entries[place[a] + 1:place[b]], by_name) if config else None
                       for a, b in zip(layers, layers[1:])]
-    modules = [_keras_layer(n, weights, by_name.get(n), version, k == len(layers) - 1, mask)
-               for k, (n, mask) in enumerate(zip(layers, masks))]
+    modules = []
+    for k, (n, mask) in enumerate(zip(layers, masks)):
+        cells = _cell_layers(n, weights, by_name.get(n))
+        modules += [_keras_layer(cell, weights, entry, version, k == len(layers) - 1 and j == len(cells) - 1,
+                                 mask if j == 0 else None) for j, (cell, entry) in enumerate(cells)]
     for before, after in zip(modules, modules[1:]):
         width = _keras_output_width(before)
         if after.lstm.input_size != width:
