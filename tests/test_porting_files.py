@@ -53,9 +53,10 @@ def truncated(tmp_path, name, size):
     return path
 
 
-def keras2_edited(tmp_path, edit):
+def h5_edited(tmp_path, edit, name="keras2.h5"):
+    """The .h5 fixture ``name`` (Keras 2's layout; keras_nested.weights.h5: Keras 3's) edited by ``edit``."""
     h5py = pytest.importorskip("h5py")
-    path = keras_copy(tmp_path, "keras2.h5")
+    path = keras_copy(tmp_path, name)
     with h5py.File(path, "a") as f:
         edit(f)
     return path
@@ -71,6 +72,45 @@ def delete_layer(f):
 
 def delete_weight(f):
     del f["model_weights/top/top/lstm_cell/kernel:0"]
+
+
+def scalar_layer_names(f):
+    f["model_weights"].attrs["layer_names"] = 5
+
+
+def scalar_weight_names(f):
+    f["model_weights/top"].attrs["weight_names"] = 7
+
+
+def huge_weight(name):
+    """The weight at ``name`` replaced by a dataset that declares 10 GB (50000 x 50000 float32) in chunks
+    never written: HDF5 reads them as zeros, the file stays small."""
+    def edit(f):
+        del f[name]
+        f.create_dataset(name, shape=(50000, 50000), dtype="f4", chunks=(1000, 1000))
+    return edit
+
+
+def layers_a_dataset(f):
+    del f["layers"]
+    f["layers"] = np.zeros(3)
+
+
+def nested_layers_linked_back(f):
+    """A model of one nested model whose layers group is the model's own (a soft link): a cycle."""
+    h5py = pytest.importorskip("h5py")
+    for name in list(f["layers"]):
+        del f["layers"][name]
+    f["layers"].create_group("seq")
+    f["layers/seq/layers"] = h5py.SoftLink("/layers")
+
+
+def bad_inbound_config(tmp_path):
+    """keras_stacked.keras with a layer's input tensor's config a string."""
+    config = json.loads(zipfile.ZipFile(fixture("keras_stacked.keras")).read("config.json"))
+    layer = next(layer for layer in config["config"]["layers"] if layer["name"] == "lstm_b")
+    layer["inbound_nodes"][0]["args"][0]["config"] = "broken"
+    return keras_copy(tmp_path, members={"config.json": json.dumps(config)})
 
 
 @pytest.mark.parametrize("make, reader, message", [
@@ -90,22 +130,71 @@ def delete_weight(f):
     pytest.param(lambda t: keras_copy(t, members={"config.json": json.dumps({"config": {"layers": [{}]}})}),
                  read_keras_config, r": layer 0 of the model config has no name, class_name or config",
                  id="config-layer"),
-    pytest.param(lambda t: keras2_edited(t, set_model_config), read_keras_config,
+    pytest.param(lambda t: h5_edited(t, set_model_config), read_keras_config,
                  r": the model_config attribute is not valid JSON", id="keras2-model-config"),
     pytest.param(lambda t: truncated(t, "keras2.h5", 11308), read_keras_weights,
                  r": the HDF5 \(\.h5\) file cannot be read: corrupt or truncated\? \(OSError: .*truncated file",
                  id="truncated-h5"),
-    pytest.param(lambda t: keras2_edited(t, delete_layer), read_keras_weights,
+    pytest.param(lambda t: h5_edited(t, delete_layer), read_keras_weights,
                  r": layer 'bi' is in layer_names but has no group: corrupt file", id="keras2-no-layer"),
-    pytest.param(lambda t: keras2_edited(t, delete_weight), read_keras_weights,
+    pytest.param(lambda t: h5_edited(t, delete_weight), read_keras_weights,
                  r": weight 'top/lstm_cell/kernel:0' of layer 'top' is in its weight_names but has no dataset",
                  id="keras2-no-weight"),
+    pytest.param(lambda t: keras_copy(t, members={"config.json": b"[" * 100000 + b"]" * 100000}), read_keras_config,
+                 r": config\.json is not valid JSON: corrupt file\? \(RecursionError: ", id="config-nested-deep"),
+    pytest.param(lambda t: keras_copy(t, members={"metadata.json": b'{"keras_version": ' + b"9" * 5000 + b"}"}),
+                 read_keras_weights, r": metadata\.json is not valid JSON: corrupt file\? \(ValueError: Exceeds",
+                 id="metadata-huge-integer"),
+    pytest.param(lambda t: h5_edited(t, scalar_layer_names), read_keras_weights,
+                 r": the 'layer_names' attribute is not a list of names: corrupt file", id="keras2-layer-names"),
+    pytest.param(lambda t: h5_edited(t, scalar_weight_names), read_keras_weights,
+                 r": the 'weight_names' of layer 'top' are not a list of names: corrupt file",
+                 id="keras2-weight-names"),
+    pytest.param(lambda t: h5_edited(t, huge_weight("model_weights/top/top/lstm_cell/kernel:0")),
+                 read_keras_weights, r": weight 'top/lstm_cell/kernel:0' declares shape \(50000, 50000\) "
+                 r"\(10000000000 bytes\) but the file stores 0 bytes of it: corrupt file", id="keras2-huge-weight"),
+    pytest.param(lambda t: h5_edited(t, huge_weight("layers/lstm/cell/vars/0"), "keras_nested.weights.h5"),
+                 read_keras_weights,
+                 r": weight 'cell/vars/0' declares shape \(50000, 50000\)", id="keras3-huge-weight"),
+    pytest.param(lambda t: h5_edited(t, layers_a_dataset, "keras_nested.weights.h5"), read_keras_weights,
+                 r": no 'layers' group: not a Keras weights file", id="keras3-layers-dataset"),
+    pytest.param(lambda t: h5_edited(t, nested_layers_linked_back, "keras_nested.weights.h5"), read_keras_weights,
+                 r": models nested more than 64 deep at 'layers/seq/layers/seq/", id="keras3-cycle"),
+    pytest.param(bad_inbound_config, read_keras_config,
+                 r": layer 'lstm_b': an input of its inbound node is no Keras tensor \(no keras_history\): "
+                 r"corrupt file",
+                 id="inbound-not-a-tensor"),
 ])
 def test_keras_file_errors_name_the_file(make, reader, message, tmp_path):
     pytest.importorskip("h5py")
     path = make(tmp_path)
     with pytest.raises(ValueError, match=re.escape(str(path)) + message):
         reader(path)
+
+
+def config_edited(tmp_path, name, layer, edit):
+    """The .keras fixture ``name`` with ``edit(config)`` applied to its layer ``layer``'s config."""
+    config = json.loads(zipfile.ZipFile(fixture(name)).read("config.json"))
+    edit(next(entry for entry in config["config"]["layers"] if entry["name"] == layer)["config"])
+    return keras_copy(tmp_path, name, {"config.json": json.dumps(config)})
+
+
+@pytest.mark.parametrize("name, layer, edit, message", [
+    ("keras_bidi.keras", "bi_a", lambda c: c.pop("layer"),
+     r"^layers: 'bi_a' is a Bidirectional\(None\), not an LSTM"),
+    ("keras_bidi.keras", "bi_a", lambda c: c.update(layer="lstm"),
+     r"^layers: 'bi_a' is a Bidirectional\(lstm\), not an LSTM"),
+    ("keras_rnn_cell.keras", "cell_rnn", lambda c: c["cell"].update(config="lstm_cell"),
+     r"^config: the LSTMCell of layer 'cell_rnn' has a config that is not a mapping: corrupt file"),
+    ("keras_bidi.keras", "masking", lambda c: c.update(mask_value="abc"),
+     r"^config: the Masking layer 'masking' has mask_value 'abc', not a number: corrupt file"),
+])
+def test_keras_config_entries_of_the_wrong_kind(name, layer, edit, message, tmp_path):
+    pytest.importorskip("h5py")
+    from triton_lstm import load_keras
+    path = config_edited(tmp_path, name, layer, edit)
+    with pytest.raises(ValueError, match=message):
+        load_keras(path, layers=["bi_a"] if layer == "bi_a" else None)
 
 
 # ------------------------------------------------------------------------------ TF checkpoints
@@ -130,6 +219,55 @@ def index_edit(offset, bit):
     return make
 
 
+def restart_count(count):
+    """tf1_multi with its data block's count of restart points (1) set to ``count``, checksum recomputed:
+    with 9, the block's last entry reads as restart points and parses as if the block ended before it."""
+    def make(tmp_path):
+        folder, index, _ = checkpoint_copy(tmp_path)
+        data = bytearray(index.read_bytes())
+        assert int.from_bytes(data[DATA_BLOCK - 4:DATA_BLOCK], "little") == 1
+        data[DATA_BLOCK - 4:DATA_BLOCK] = count.to_bytes(4, "little")
+        data[DATA_BLOCK + 1:DATA_BLOCK + 5] = mask_crc(crc32c(bytes(data[:DATA_BLOCK + 1]))).to_bytes(4, "little")
+        index.write_bytes(bytes(data))
+        return folder, index
+    return make
+
+
+def varint(n):
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    return bytes(out + bytes([n]))
+
+
+def one_tensor(dtype, dims, data):
+    """A checkpoint of one tensor 'w' (TF DataType ``dtype``, shape ``dims``, stored bytes ``data``), its
+    index written here from TF's formats (a LevelDB table of BundleEntryProtos) with valid checksums."""
+    def field(number, value):  # a varint field, or a length-delimited one for bytes
+        return varint(number << 3 | 2) + varint(len(value)) + value if isinstance(value, bytes) \
+            else varint(number << 3) + varint(value)
+
+    def block(entries):  # keys stored whole, one restart point at 0, then the type byte and checksum
+        body = b"".join(varint(0) + varint(len(k)) + varint(len(v)) + k + v for k, v in entries)
+        body += (0).to_bytes(4, "little") + (1).to_bytes(4, "little") + b"\x00"
+        return body + mask_crc(crc32c(body)).to_bytes(4, "little")
+
+    def make(tmp_path):
+        shape = b"".join(field(2, field(1, d)) for d in dims)
+        entry = (field(1, dtype) + field(2, shape) + field(3, 0) + field(4, 0) + field(5, len(data))
+                 + varint(6 << 3 | 5) + mask_crc(crc32c(data)).to_bytes(4, "little"))
+        data_block = block([(b"", field(1, 1)), (b"w", entry)])
+        index_block = block([(b"x", varint(0) + varint(len(data_block) - 5))])  # the data block's handle
+        table = data_block + index_block
+        footer = varint(0) + varint(0) + varint(len(data_block)) + varint(len(index_block) - 5)
+        table += footer + bytes(40 - len(footer)) + (0xDB4775248B80FB57).to_bytes(8, "little")
+        (tmp_path / "one.index").write_bytes(table)
+        (tmp_path / "one.data-00000-of-00001").write_bytes(data)
+        return tmp_path / "one", tmp_path / "one.data-00000-of-00001"
+    return make
+
+
 def state_file(text):
     def make(tmp_path):
         folder, _, state = checkpoint_copy(tmp_path)
@@ -149,11 +287,28 @@ def state_file(text):
                  id="entry-shard"),
     pytest.param(index_edit(5, 0x10), r": header: malformed protobuf \(field 1 has the wrong wire type",
                  id="header-num-shards"),
+    pytest.param(restart_count(9), r": a data block at byte 0 has 9 restart points that are not where its entries "
+                 r"start: the file is corrupt", id="restart-points"),
+    pytest.param(restart_count(2**32 - 1), r": a data block at byte 0 has 4294967295 restart points, more than fit "
+                 r"in its 327 bytes", id="restart-count"),
+    pytest.param(one_tensor(9, [2**63 - 1, 2**63 - 1], bytes(8)), r": tensor 'w': 8 bytes for shape "
+                 r"\(9223372036854775807, 9223372036854775807\) of int64: corrupt entry", id="shape-overflow"),
+    pytest.param(one_tensor(9, [2**64 - 1], bytes(8)), r": tensor 'w': shape \(18446744073709551615,\) has a "
+                 r"negative dimension: corrupt entry", id="shape-negative"),
+    pytest.param(one_tensor(7, [2**62, 2], mask_crc(0).to_bytes(4, "little")),
+                 r": tensor 'w': 9223372036854775808 strings in 4 bytes: the file is corrupt", id="strings-count"),
 ])
 def test_checkpoint_errors_name_the_file(make, message, tmp_path):
     folder, path = make(tmp_path)
     with pytest.raises(ValueError, match=re.escape(str(path)) + message):
         read_tf_checkpoint(folder)
+
+
+def test_one_tensor_checkpoint_written_here_reads_back(tmp_path):
+    """The index writer the cases above use, on a well-formed tensor."""
+    folder, _ = one_tensor(1, [2, 3], np.arange(6, dtype="<f4").tobytes())(tmp_path)
+    got = read_tf_checkpoint(folder)
+    assert list(got) == ["w"] and np.array_equal(got["w"], np.arange(6, dtype=np.float32).reshape(2, 3))
 
 
 def test_checkpoint_state_path_escapes_and_path_types(tmp_path):

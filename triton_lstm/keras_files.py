@@ -108,8 +108,8 @@ def _json_object(path: str, what: str, text: bytes | str) -> dict:
     """``what`` in the file ``path``, a JSON object, parsed."""
     try:
         value = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: {what} is not valid JSON: corrupt file? ({e})") from e
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # ValueError: JSONDecodeError, a huge integer
+        raise ValueError(f"{path}: {what} is not valid JSON: corrupt file? ({type(e).__name__}: {e})") from e
     if not isinstance(value, dict):
         raise ValueError(f"{path}: {what} holds a JSON {type(value).__name__} where Keras writes an object: "
                          f"corrupt file?")
@@ -120,7 +120,7 @@ def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def _inbound(layer: dict) -> Optional[list[str]]:
+def _inbound(layer: dict, where: str) -> Optional[list[str]]:
     """The names of the layers whose outputs a Functional model's layer takes as its inputs (Keras 3:
     its node's args; tf-keras: its node's tensors), or None where the config does not say (a
     Sequential model's layers, a layer called more than once)."""
@@ -131,10 +131,14 @@ def _inbound(layer: dict) -> Optional[list[str]]:
 
     def visit(value: Any) -> None:
         if isinstance(value, dict):
-            history = (value.get("config") or {}).get("keras_history") if value.get("class_name") == \
-                "__keras_tensor__" else None
-            if isinstance(history, list) and history and isinstance(history[0], str):
-                names.append(history[0])
+            if value.get("class_name") != "__keras_tensor__":
+                return
+            tensor = value.get("config")
+            history = tensor.get("keras_history") if isinstance(tensor, dict) else None
+            if not (isinstance(history, list) and history and isinstance(history[0], str)):
+                raise ValueError(f"{where}: layer {layer.get('name')!r}: an input of its inbound node is no Keras "
+                                 f"tensor (no keras_history): corrupt file")
+            names.append(history[0])
         elif isinstance(value, list):
             if len(value) >= 3 and isinstance(value[0], str) and isinstance(value[1], int):  # tf-keras
                 names.append(value[0])
@@ -160,7 +164,8 @@ def _entries(config: dict, where: str) -> list[dict]:
         name = (layer.get("name") or options.get("name")) if isinstance(options, dict) else None
         if not isinstance(name, str) or not isinstance(layer.get("class_name"), str):
             raise ValueError(f"{where}: layer {k} of the model config has no name, class_name or config")
-        out.append({"name": name, "class_name": layer["class_name"], "config": options, "inbound": _inbound(layer)})
+        out.append({"name": name, "class_name": layer["class_name"], "config": options,
+                    "inbound": _inbound(layer, where)})
     return out
 
 
@@ -207,18 +212,39 @@ def _keep(out: dict[str, np.ndarray], key: str, value, where: str, has_config: b
     out[key] = value
 
 
+# A weight of more bytes than this is read only where the file stores at least 1/_STORED_RATIO of them.
+_CHECKED_BYTES, _STORED_RATIO = 1 << 24, 1024
+
+
+def _array(dataset, where: str, name: str) -> np.ndarray:
+    """A weight's values. HDF5 lets a dataset declare a shape whose chunks were never written (they read
+    as fill values): one that declares far more bytes than the file stores for it is refused before
+    they are allocated, as a corrupt file."""
+    stored = dataset.id.get_storage_size()
+    if dataset.nbytes > _CHECKED_BYTES and dataset.nbytes > _STORED_RATIO * stored:
+        raise ValueError(f"{where}: weight {name!r} declares shape {dataset.shape} ({dataset.nbytes} bytes) but "
+                         f"the file stores {stored} bytes of it: corrupt file")
+    return dataset[()]
+
+
 def _keras3_weights(f, where: str, config: Optional[dict]) -> dict[str, np.ndarray]:
-    if "layers" not in f:
+    if not isinstance(f.get("layers"), _h5py().Group):
         raise ValueError(f"{where}: no 'layers' group: not a Keras weights file")
     out: dict[str, np.ndarray] = {}
     _keras3_level(f["layers"], "layers", where, None if config is None else _entries(config, where), out)
     return out
 
 
+_MAX_NESTING = 64
+
+
 def _keras3_level(layers, at: str, where: str, entries: Optional[list[dict]], out: dict) -> None:
     """The weights under one model's ``layers`` group (at ``at`` in the file) into ``out``; ``entries``: that
     model's layers from its config, or None."""
     h5py = _h5py()
+    if at.count("/layers") >= _MAX_NESTING:
+        raise ValueError(f"{where}: models nested more than {_MAX_NESTING} deep at {at!r}: corrupt file (a group "
+                         f"linked into itself?)")
     by_path = saved_paths(entries) if entries is not None else {}
     by_name = {e["name"]: e for e in entries or []}
     for path, group in layers.items():
@@ -245,11 +271,12 @@ def _keras3_level(layers, at: str, where: str, entries: Optional[list[dict]], ou
             # A cell of stacked cells (StackedRNNCells): .../cells/<the k-th LSTMCell: lstm_cell[_k]>/vars
             stacked = len(parts) >= 4 and parts[-4] == "cells"
             names = _VAR_NAMES["cell"] if owner == "cell" or stacked else names_of
-            k = int(parts[-1]) if parts[-1].isdigit() else len(names)
+            k = int(parts[-1]) if re.fullmatch(r"[0-9]+", parts[-1]) else len(names)
             weight = names[k] if k < len(names) else parts[-1]
             direction = [_DIRECTIONS[p] for p in parts if p in _DIRECTIONS]
             cell = ["cells", _saved_cell(owner)] if stacked else []
-            _keep(out, "/".join([name, *direction, *cell, weight]), obj[()], where, entries is not None)
+            _keep(out, "/".join([name, *direction, *cell, weight]), _array(obj, where, _text(sub)), where,
+                  entries is not None)
 
         group.visititems(visit)
 
@@ -295,6 +322,8 @@ def _keras2_weights(f, where: str, config: Optional[dict]) -> dict[str, np.ndarr
     root = f["model_weights"] if "model_weights" in f else f
     if "layer_names" not in root.attrs:
         raise ValueError(f"{where}: no 'layer_names' attribute: not a Keras 2 model or weights file")
+    if np.ndim(root.attrs["layer_names"]) != 1:
+        raise ValueError(f"{where}: the 'layer_names' attribute is not a list of names: corrupt file")
     entries = {e["name"]: e for e in _entries(config, where)} if config is not None else {}
     out: dict[str, np.ndarray] = {}
     cells: dict[str, dict[str, int]] = {}  # the places of stacked cells seen, by layer
@@ -305,7 +334,10 @@ def _keras2_weights(f, where: str, config: Optional[dict]) -> dict[str, np.ndarr
             raise ValueError(f"{where}: layer {layer!r} is in layer_names but has no group: corrupt file")
         entry = entries.get(layer)
         inner = {e["name"]: e for e in keras_layers(entry["config"], where)} if _nested(entry) else {}
-        for weight in group.attrs.get("weight_names", []):
+        weight_names = group.attrs.get("weight_names", [])
+        if np.ndim(weight_names) != 1:
+            raise ValueError(f"{where}: the 'weight_names' of layer {layer!r} are not a list of names: corrupt file")
+        for weight in weight_names:
             weight = _text(weight)
             parts = weight.split(":")[0].split("/")
             owner = layer
@@ -327,7 +359,8 @@ def _keras2_weights(f, where: str, config: Optional[dict]) -> dict[str, np.ndarr
             if not isinstance(group.get(weight), h5py.Dataset):
                 raise ValueError(f"{where}: weight {weight!r} of layer {layer!r} is in its weight_names but has no "
                                  f"dataset: corrupt file")
-            _keep(out, "/".join([owner, *direction, *cell, parts[-1]]), group[weight][()], where, config is not None)
+            _keep(out, "/".join([owner, *direction, *cell, parts[-1]]), _array(group[weight], where, weight), where,
+                  config is not None)
     return out
 
 

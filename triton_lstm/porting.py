@@ -625,6 +625,9 @@ def _lstm_options(layer: Any) -> Optional[dict]:
         return options
     cell = options.get("cell")
     if layer.get("class_name") == "RNN" and isinstance(cell, dict) and cell.get("class_name") == "LSTMCell":
+        if not isinstance(cell.get("config") or {}, dict):
+            raise ValueError(f"config: the LSTMCell of layer {options.get('name')!r} has a config that is not a "
+                             f"mapping: corrupt file")
         return {**options, **(cell.get("config") or {})}
     return None
 
@@ -662,7 +665,9 @@ def _keras_layer(name: str, weights: Mapping[str, Any], entry: Optional[dict], k
     config = entry["config"] if entry else {}
     bidirectional = entry["class_name"] == "Bidirectional" if entry else f"{name}/forward/kernel" in weights
     if entry and not _is_lstm(entry):
-        what = entry["class_name"] + (f"({config['layer'].get('class_name')})" if bidirectional else "")
+        inner = config.get("layer") if bidirectional else None
+        what = entry["class_name"] + (f"({inner.get('class_name') if isinstance(inner, dict) else inner})"
+                                      if bidirectional else "")
         raise ValueError(f"layers: {name!r} is a {what}, not an LSTM, RNN(LSTMCell), RNN of LSTMCells or a "
                          f"Bidirectional of one")
     inner = (_lstm_options(config["layer"]) if bidirectional else _lstm_options(entry)) if entry else {}
@@ -829,7 +834,11 @@ def _keras_mask(before: list[dict]) -> tuple[Optional[float], Optional[str]]:
     maker = before[makers[-1]]
     after = [e for e in before[makers[-1] + 1:] if e["class_name"] not in _PASS_THROUGH]
     if maker["class_name"] == "Masking" and not after:
-        return maker["config"].get("mask_value", 0.0), None
+        value = maker["config"].get("mask_value", 0.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"config: the Masking layer {maker['name']!r} has mask_value {value!r}, not a number: "
+                             f"corrupt file")
+        return value, None
     if any(e["class_name"] in _DROP_MASK for e in after):
         return None, None
     unknown = [e["name"] for e in after if e["class_name"] not in _KEEP_MASK]

@@ -9,6 +9,7 @@ Every block and every tensor is checked against its checksum.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import struct
@@ -159,15 +160,28 @@ def _read_block(data: bytes, handle: bytes, filename: str, what: str) -> list[tu
         raise ValueError(f"{filename}: {what} too short")
     restarts = int.from_bytes(block[-4:], "little")
     end = size - 4 * (restarts + 1)
-    entries, key, pos = [], b"", 0
+    if end < 0:
+        raise ValueError(f"{filename}: {what} at byte {offset} has {restarts} restart points, more than fit in "
+                         f"its {size} bytes: the file is corrupt")
+    entries, key, pos, starts = [], b"", 0, set()  # starts: where entries with no shared key prefix start
     while pos < end:
+        start = pos
         shared, pos = _varint(block, pos, filename)
+        if shared == 0:
+            starts.add(start)
         unshared, pos = _varint(block, pos, filename)
         value_size, pos = _varint(block, pos, filename)
+        if shared > len(key) or pos + unshared + value_size > end:
+            raise ValueError(f"{filename}: {what} at byte {offset} has an entry that runs past its end: the "
+                             f"file is corrupt")
         key = key[:shared] + block[pos:pos + unshared]
         pos += unshared
         entries.append((key, block[pos:pos + value_size]))
         pos += value_size
+    points = [int.from_bytes(block[end + 4 * k:end + 4 * k + 4], "little") for k in range(restarts)]
+    if pos != end or not set(points) <= starts:
+        raise ValueError(f"{filename}: {what} at byte {offset} has {restarts} restart points that are not where its "
+                         f"entries start: the file is corrupt")
     return entries
 
 
@@ -240,12 +254,13 @@ def _entry(name: str, value: bytes, filename: str) -> dict:
 def _decode_strings(raw: bytes, count: int, where: str, entry_crc: int) -> np.ndarray:
     """TF's string tensor layout: varint lengths, a masked CRC of the lengths, then the bytes. The
     entry's CRC covers the lengths as fixed-width integers, the length CRC and the bytes."""
+    if count > len(raw):  # each string's length takes a byte at least
+        raise ValueError(f"{where}: {count} strings in {len(raw)} bytes: the file is corrupt")
     lengths, pos = [], 0
-    crc = 0
     for _ in range(count):
         n, pos = _varint(raw, pos, where)
         lengths.append(n)
-        crc = crc32c(struct.pack("<I", n) if n <= 0xFFFFFFFF else struct.pack("<Q", n), crc)
+    crc = crc32c(b"".join(struct.pack("<I", n) if n <= 0xFFFFFFFF else struct.pack("<Q", n) for n in lengths))
     if mask_crc(crc) != int.from_bytes(raw[pos:pos + 4], "little"):
         raise ValueError(f"{where}: checksum mismatch in the string lengths: the file is corrupt")
     crc = crc32c(raw[pos:pos + 4], crc)
@@ -320,7 +335,9 @@ def read_tf_checkpoint(path: str) -> dict[str, np.ndarray]:
 
 
 def _decode(raw: bytes, e: dict, where: str, big_endian: bool) -> np.ndarray:
-    count = int(np.prod(e["shape"], dtype=np.int64))
+    if any(d >= 1 << 63 for d in e["shape"]):  # int64 in TF's proto: a negative dim
+        raise ValueError(f"{where}: shape {e['shape']} has a negative dimension: corrupt entry")
+    count = math.prod(e["shape"])
     if e["dtype"] == _STRING:
         return _decode_strings(raw, count, where, e["crc"]).reshape(e["shape"])
     if e["dtype"] not in _DTYPES:
