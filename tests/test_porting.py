@@ -603,7 +603,8 @@ def test_keras_rnn_of_stacked_cells(stem, ext):
 def test_keras_layers_between_two_lstms_that_make_a_mask_or_another_branch():
     """The Masking layer between l1 and l2 followed by a Dense (a config edited so): a Dense fed by the
     Masking layer feeds l2 (no chain of l1 and l2), or, where the config does not say what feeds l2,
-    l2 gets a mask the stack cannot make from l1's outputs."""
+    l2 gets a mask the stack cannot make from l1's outputs; on a branch of their own they give l2 no
+    mask."""
     config = read_keras_config(fixture("keras_layouts_mid_mask.keras"))
     weights = read_keras_weights(fixture("keras_layouts_mid_mask.keras"))
     names = [e["name"] for e in config["layers"]]
@@ -617,6 +618,12 @@ def test_keras_layers_between_two_lstms_that_make_a_mask_or_another_branch():
     with pytest.raises(ValueError, match=r"^layers: 'l2' gets a mask that layers between it and 'l1' make "
                                          r"\(\['m2', 'dense'\]\)"):
         keras_to_module(weights, config, layers=["l1", "l2"])
+    # l2 fed by l1 again, the Masking layer and the Dense on a branch of their own (from a second input):
+    # the mask between l1 and l2 is the one on the way between them, none.
+    config["layers"].insert(0, {"name": "other", "class_name": "InputLayer", "config": {}, "inbound": [], "depth": 0})
+    next(e for e in config["layers"] if e["name"] == "m2")["inbound"] = ["other"]
+    l2["inbound"] = ["l1"]
+    assert [layer.mask_value for layer in keras_to_module(weights, config, layers=["l1", "l2"]).layers] == [None, None]
 
 
 @pytest.mark.parametrize("name", ["keras_nested.keras", "keras_nested.h5", "keras2_names.keras", "keras2_names.h5"])

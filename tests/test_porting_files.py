@@ -172,6 +172,45 @@ def test_keras_file_errors_name_the_file(make, reader, message, tmp_path):
         reader(path)
 
 
+def older_keras2_names(f):
+    """keras2.h5's weights under the names older writers gave them: standalone Keras 2.2 and TF1's
+    tf.keras have no cell scope (bi/forward_lstm/kernel:0), and TF1's graph mode suffixes a layer's
+    scope (bi_1/...)."""
+    root = f["model_weights"]
+    for layer in ("bi", "top"):
+        group, names = root[layer], []
+        for weight in group.attrs["weight_names"]:
+            weight = weight.decode() if isinstance(weight, bytes) else weight
+            old = weight.replace("/lstm_cell", "").replace(f"{layer}/", f"{layer}_1/", 1)
+            group.move(weight, old)
+            names.append(old.encode())
+        group.attrs["weight_names"] = names
+
+
+def filed_differently(f):
+    """A layer without weights whose weight_names is an empty dataspace, and the top layer's kernel
+    replaced by a gzip-compressed 32 MiB constant (over 1024 times smaller stored)."""
+    pytest.importorskip("h5py")
+    import h5py
+    f["model_weights/input_1"].attrs["weight_names"] = h5py.Empty("S1")
+    name = "model_weights/top/top/lstm_cell/kernel:0"
+    del f[name]
+    f.create_dataset(name, data=np.full((4096, 2048), 0.5, np.float32), chunks=(4096, 2048), compression="gzip",
+                     compression_opts=9)
+
+
+def test_keras2_files_of_other_writers_read_as_their_weights(tmp_path):
+    """The same weights, however the .h5 names or stores them (``older_keras2_names``, ``filed_differently``)."""
+    want = read_keras_weights(fixture("keras2.h5"))
+    (tmp_path / "older").mkdir()
+    (tmp_path / "other").mkdir()
+    older = read_keras_weights(h5_edited(tmp_path / "older", older_keras2_names))
+    assert sorted(older) == sorted(want) and all(np.array_equal(older[k], want[k]) for k in want)
+    other = read_keras_weights(h5_edited(tmp_path / "other", filed_differently))
+    assert np.array_equal(other["top/kernel"], np.full((4096, 2048), 0.5, np.float32))
+    assert all(np.array_equal(other[k], want[k]) for k in want if k != "top/kernel")
+
+
 def config_edited(tmp_path, name, layer, edit):
     """The .keras fixture ``name`` with ``edit(config)`` applied to its layer ``layer``'s config."""
     config = json.loads(zipfile.ZipFile(fixture(name)).read("config.json"))

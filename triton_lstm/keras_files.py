@@ -212,16 +212,18 @@ def _keep(out: dict[str, np.ndarray], key: str, value, where: str, has_config: b
     out[key] = value
 
 
-# A weight of more bytes than this is read only where the file stores at least 1/_STORED_RATIO of them.
+# An uncompressed weight of more bytes than this is read only where the file stores at least
+# 1/_STORED_RATIO of them.
 _CHECKED_BYTES, _STORED_RATIO = 1 << 24, 1024
 
 
 def _array(dataset, where: str, name: str) -> np.ndarray:
     """A weight's values. HDF5 lets a dataset declare a shape whose chunks were never written (they read
-    as fill values): one that declares far more bytes than the file stores for it is refused before
-    they are allocated, as a corrupt file."""
+    as fill values): an uncompressed one that declares far more bytes than the file stores for it is
+    refused before they are allocated, as a corrupt file."""
     stored = dataset.id.get_storage_size()
-    if dataset.nbytes > _CHECKED_BYTES and dataset.nbytes > _STORED_RATIO * stored:
+    filtered = dataset.id.get_create_plist().get_nfilters() > 0  # compressed: any ratio may be real
+    if not filtered and dataset.nbytes > _CHECKED_BYTES and dataset.nbytes > _STORED_RATIO * stored:
         raise ValueError(f"{where}: weight {name!r} declares shape {dataset.shape} ({dataset.nbytes} bytes) but "
                          f"the file stores {stored} bytes of it: corrupt file")
     return dataset[()]
@@ -300,10 +302,14 @@ def stacked_cells(entry: Optional[dict]) -> Optional[list[dict]]:
 
 def _keras2_direction(parts: list[str], owner: str, entry: Optional[dict]) -> list[str]:
     """``["forward"]`` or ``["backward"]`` for a Bidirectional's weight in Keras 2's layout
-    (``<owner>/<direction's layer>/<cell>/<weight>``), else ``[]``. The direction's layer is the part
-    right after the owner's name: tf-keras names it ``forward_<name>`` / ``backward_<name>``, Keras 3's
-    legacy .h5 so only the forward one, a custom backward_layer keeping its name from the config."""
-    at = parts.index(owner) + 1 if owner in parts[:-3] else None
+    (``<owner>/<direction's layer>[/<cell>]/<weight>``; the owner's scope may carry a suffix, ``_1``, as
+    TF1's graph mode gives), else ``[]``. The direction's layer is the part right after the owner's
+    scope: Keras 2 names it ``forward_<name>`` / ``backward_<name>``, Keras 3's legacy .h5 so only the
+    forward one, a custom backward_layer keeping its name from the config."""
+    if entry is not None and entry["class_name"] != "Bidirectional":
+        return []
+    scope = re.compile(re.escape(owner) + r"(_[0-9]+)?")
+    at = next((k + 1 for k, part in enumerate(parts[:-2]) if scope.fullmatch(part)), None)
     if at is None:
         return []
     sub = parts[at]
@@ -335,6 +341,8 @@ def _keras2_weights(f, where: str, config: Optional[dict]) -> dict[str, np.ndarr
         entry = entries.get(layer)
         inner = {e["name"]: e for e in keras_layers(entry["config"], where)} if _nested(entry) else {}
         weight_names = group.attrs.get("weight_names", [])
+        if isinstance(weight_names, h5py.Empty):  # an empty list, as some writers store it
+            weight_names = []
         if np.ndim(weight_names) != 1:
             raise ValueError(f"{where}: the 'weight_names' of layer {layer!r} are not a list of names: corrupt file")
         for weight in weight_names:

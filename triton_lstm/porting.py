@@ -788,31 +788,36 @@ def keras_to_module(weights: Mapping[str, Any], config: Optional[dict] = None,
     return LSTMStack(modules, mask_value, requires_mask=requires_mask)
 
 
-def _source(name: str, by_name: Mapping[str, dict]) -> Optional[str]:
-    """The layer whose outputs reach layer ``name`` through layers that compute nothing (a Functional
-    model's input layer included), or None where the config does not tell (a Sequential model, several
-    inputs, an input layer of a nested model, which takes the outer model's tensors)."""
-    seen = {name}
-    inbound = by_name[name].get("inbound")
-    while inbound is not None and len(inbound) == 1 and inbound[0] in by_name and inbound[0] not in seen:
+def _source(name: str, by_name: Mapping[str, dict]) -> Optional[tuple[str, list[dict]]]:
+    """(the layer whose outputs reach layer ``name`` through layers that compute nothing, a Functional
+    model's input layer included; those layers in the model's order), or None where the config does
+    not tell (a Sequential model, several inputs, an input layer of a nested model, which takes the
+    outer model's tensors)."""
+    walked = [by_name[name]]
+    inbound = walked[0].get("inbound")
+    while inbound is not None and len(inbound) == 1 and inbound[0] in by_name \
+            and all(inbound[0] != e["name"] for e in walked):
         entry = by_name[inbound[0]]
         if entry["class_name"] == "InputLayer":
-            return entry["name"] if entry.get("depth") == 0 else None
+            return (entry["name"], walked[:0:-1]) if entry.get("depth") == 0 else None
         if entry["class_name"] not in _PASS_THROUGH:
-            return entry["name"]
-        seen.add(entry["name"])
+            return entry["name"], walked[:0:-1]
+        walked.append(entry)
         inbound = entry.get("inbound")
     return None
 
 
 def _mask_between(before: str, after: str, between: list[dict], by_name: Mapping[str, dict]) -> Optional[float]:
-    """The mask_value of a Masking layer between the LSTM layers ``before`` and ``after`` (the model's
-    layers ``between`` them), which makes a new mask from ``before``'s outputs; None without one. Checks
-    that ``after`` takes ``before``'s outputs (not another branch's)."""
+    """The mask_value of a Masking layer between the LSTM layers ``before`` and ``after``, which makes a
+    new mask from ``before``'s outputs; None without one. The layers between are those the config's
+    inbound nodes lead through, else (a Sequential model) ``between``, the model's layers between the
+    two. Checks that ``after`` takes ``before``'s outputs (not another branch's)."""
     source = _source(after, by_name)
-    if source is not None and source != before:
-        raise ValueError(f"layers: {after!r} takes its inputs from {source!r}, not from {before!r} before it; "
-                         f"pass layers=[...] to pick a chain of layers that feed one another")
+    if source is not None:
+        if source[0] != before:
+            raise ValueError(f"layers: {after!r} takes its inputs from {source[0]!r}, not from {before!r} before "
+                             f"it; pass layers=[...] to pick a chain of layers that feed one another")
+        between = source[1]
     mask_value, requires_mask = _keras_mask(between)
     if requires_mask is not None:
         makers = [e["name"] for e in between if e["class_name"] == "Masking" or e["class_name"] not in _PASS_THROUGH]

@@ -179,7 +179,7 @@ def _read_block(data: bytes, handle: bytes, filename: str, what: str) -> list[tu
         entries.append((key, block[pos:pos + value_size]))
         pos += value_size
     points = [int.from_bytes(block[end + 4 * k:end + 4 * k + 4], "little") for k in range(restarts)]
-    if pos != end or not set(points) <= starts:
+    if not set(points) <= starts:
         raise ValueError(f"{filename}: {what} at byte {offset} has {restarts} restart points that are not where its "
                          f"entries start: the file is corrupt")
     return entries
