@@ -79,6 +79,30 @@ def test_custom_initializer_skips_bias():
     assert torch.count_nonzero(cell.bias) == 0
 
 
+def test_initializer_that_returns_its_values_or_leaves_a_weight_unset():
+    """TF's initializers return values: they are taken; one that neither fills nor returns a weight is
+    an error (the weights were torch.empty's memory)."""
+    cell = LSTMCell(N, use_peepholes=True, num_proj=P, input_size=D, initializer=lambda t: torch.full(t.shape, 0.1))
+    for name in ("kernel", "w_f_diag", "w_i_diag", "w_o_diag", "projection_kernel"):
+        assert torch.equal(getattr(cell, name).detach(), torch.full_like(getattr(cell, name), 0.1)), name
+    with pytest.raises(ValueError, match=rf"^initializer: left kernel \(shape \({D + N}, {4 * N}\)\) unset or NaN"):
+        LSTMCell(N, input_size=D, initializer=lambda t: None)
+    with pytest.raises(ValueError, match=rf"^initializer: returned \(3,\) for kernel of shape \({D + N}, {4 * N}\)"):
+        LSTMCell(N, input_size=D, initializer=lambda t: torch.zeros(3))
+
+
+def test_cell_built_at_a_first_call_under_inference_mode_still_trains():
+    """A first call under torch.inference_mode builds the weights as ordinary parameters, so a later
+    training step gets their gradients (as nn.LazyLinear's)."""
+    cell = LSTMCell(N, num_proj=P)
+    with torch.inference_mode():
+        dynamic_rnn(cell, torch.randn(2, 3, D))
+    assert not cell.kernel.is_inference()
+    out, _ = dynamic_rnn(cell, torch.randn(2, 3, D))
+    out.sum().backward()
+    assert cell.kernel.grad is not None and cell.kernel.grad.abs().sum() > 0
+
+
 # -- states -----------------------------------------------------------------------------------------
 
 def test_zero_state_tuple_keeps_c_float32_for_half():
@@ -402,6 +426,14 @@ def test_load_tf_weights_errors_and_failed_load_changes_nothing():
     nonfinite = {**good, "rnn/lstm_cell/w_i_diag": np.array([np.inf] + [0.0] * (N - 1), np.float32)}
     with pytest.raises(ValueError, match=r"weights\['rnn/lstm_cell/w_i_diag'\]: contains NaN or infinite"):
         dst.load_tf_weights(nonfinite)
+    too_large = {**good, "rnn/lstm_cell/w_i_diag": np.full(N, 1e39)}  # finite in float64, not in the cell's float32
+    with pytest.raises(ValueError, match=r"weights\['rnn/lstm_cell/w_i_diag'\]: contains NaN or infinite values "
+                                         r"\(in torch\.float32\)"):
+        dst.load_tf_weights(too_large)
+    complex_ = {**good, "rnn/lstm_cell/bias": torch.zeros(4 * N, dtype=torch.complex64)}
+    with pytest.raises(TypeError, match=r"weights\['rnn/lstm_cell/bias'\]: expected a real tensor, got dtype "
+                                        r"torch\.complex64"):
+        dst.load_tf_weights(complex_)
     _assert_same_weights(dst, _state_dict_module(before))
 
     unbuilt = LSTMCell(N, use_peepholes=True, num_proj=P)

@@ -352,6 +352,30 @@ def test_unknown_keyword_argument():
         LSTMCell(N, bogus=1, unitz=2)
 
 
+def test_activation_class_instead_of_an_instance():
+    with pytest.raises(TypeError, match=r"^activation: got the class ReLU; pass an instance \(ReLU\(\)\) or a "
+                                        r"function"):
+        LSTMCell(N, activation=torch.nn.ReLU)
+
+
+def test_sequence_length_that_is_no_list_of_integers():
+    cell = LSTMCell(N, input_size=D)
+    x = torch.randn(2, 4, D)
+    for bad in ("ab", [[4], 2]):
+        with pytest.raises(TypeError, match=r"^lengths \(dynamic_rnn's sequence_length\): expected \[batch\] "
+                                            r"integers"):
+            dynamic_rnn(cell, x, sequence_length=bad)
+    out, _ = dynamic_rnn(cell, x[:0], sequence_length=[])  # no rows: an empty list
+    assert out.shape == (0, 4, N)
+
+
+def test_scope_that_is_not_a_name():
+    cell = LSTMCell(N, input_size=D)
+    for call in (lambda: cell.load_tf_weights(cell.tf_weights(), scope=5), lambda: cell.tf_weights(scope=5)):
+        with pytest.raises(TypeError, match=r"^scope: expected None or a variable scope's name \(str\), got int"):
+            call()
+
+
 def test_non_callable_initializer():
     with pytest.raises(TypeError, match="^initializer: expected a callable"):
         LSTMCell(N, initializer="glorot_uniform")

@@ -194,3 +194,15 @@ def test_lstm_cell_float64_runs_reference(peepholes, num_proj, cell_clip, proj_c
     grads_ref = torch.autograd.grad(h_ref.sum() + (c_ref * c_ref).sum(), [r[k] for k in names])
     for name, got, want in zip(names, grads, grads_ref):
         assert torch.equal(got, want), name
+
+
+def test_empty_sequence_returns_states_of_its_own():
+    """T=0: the final state is the initial one, in new tensors (as the other paths give), so that an
+    in-place update of it leaves h0 and c0 alone."""
+    from triton_lstm.reference import lstm_sequence_reference
+    f64 = dict(dtype=torch.float64)
+    h0, c0 = torch.randn(2, 3, **f64), torch.randn(2, 3, **f64)
+    out, h, c = lstm_sequence_reference(torch.zeros(0, 2, 4, **f64), h0, c0, torch.zeros(4, 12, **f64),
+                                        torch.zeros(3, 12, **f64), torch.zeros(12, **f64))
+    assert out.shape == (0, 2, 3) and torch.equal(h, h0) and torch.equal(c, c0)
+    assert h.data_ptr() != h0.data_ptr() and c.data_ptr() != c0.data_ptr()

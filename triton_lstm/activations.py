@@ -140,6 +140,9 @@ def resolve_activation(activation: Activation, arg: str = "activation",
         return key, ACTIVATIONS[key][1]
     if not callable(activation):
         raise TypeError(f"{arg}: expected None, a name or a callable, got {type(activation).__name__}")
+    if isinstance(activation, type):
+        raise TypeError(f"{arg}: got the class {activation.__name__}; pass an instance ({activation.__name__}()) "
+                        f"or a function")
     # By identity: a callable need not be hashable (a dataclass instance is not).
     name = next((known for fn, known in _CALLABLE_NAMES.items() if fn is activation), None)
     return name, ACTIVATIONS[name][1] if name is not None else activation

@@ -87,7 +87,8 @@ class LSTMCell(nn.Module):
         num_proj = check_int("num_proj", num_proj, 1, none_ok=True)
         input_size = check_int("input_size", input_size, 1, none_ok=True)
         if initializer is not None and not callable(initializer):
-            raise TypeError(f"initializer: expected a callable that fills a tensor in place, got {initializer!r}")
+            raise TypeError(f"initializer: expected a callable that fills a tensor in place (or returns its "
+                            f"values), got {initializer!r}")
         for arg, value in (("num_unit_shards", num_unit_shards), ("num_proj_shards", num_proj_shards),
                            ("reuse", reuse)):
             if value is not None:
@@ -138,6 +139,11 @@ class LSTMCell(nn.Module):
         if self.input_size is not None:
             raise RuntimeError(f"LSTMCell is already built for input_size {self.input_size}")
         N, P, D = self.num_units, self.output_size, check_int("input_size", input_size, 1)
+        with torch.inference_mode(False):  # a first call under inference_mode: weights that can still train
+            self._make_weights(N, P, D)
+        self.input_size = D     # last: a cell with an input_size has its weights
+
+    def _make_weights(self, N: int, P: int, D: int) -> None:
         fac = dict(device=self.weights_like.device, dtype=self.weights_like.dtype)
         self.kernel = nn.Parameter(torch.empty(D + P, 4 * N, **fac))
         self.bias = nn.Parameter(torch.zeros(4 * N, **fac))
@@ -148,7 +154,6 @@ class LSTMCell(nn.Module):
         if self.num_proj is not None:
             self.projection_kernel = nn.Parameter(torch.empty(N, P, **fac))
         self.reset_parameters()
-        self.input_size = D     # last: a cell with an input_size has its weights
 
     def check_inputs(self, inputs: Tensor) -> None:
         """Check ``inputs`` [..., D] of a call against the cell; at the first call of a cell without
@@ -171,16 +176,32 @@ class LSTMCell(nn.Module):
         """TF defaults: glorot uniform over each whole variable, zero bias; ``initializer`` replaces
         glorot. TF gives a vector [N] the fans (N, N): the peepholes take the diagonal of an [N, N]
         matrix so initialised, so that matrix initializers (xavier, kaiming) work on them as in TF."""
-        initializer = self.initializer or nn.init.xavier_uniform_
         with torch.no_grad():
             for name, p in self._initialised_weights():
                 if p.dim() == 1:
                     matrix = p.new_zeros(p.shape[0], p.shape[0])
-                    initializer(matrix)
-                    p.copy_(matrix.diagonal())
+                    p.copy_(self._initialised(matrix, name).diagonal())
                 else:
-                    initializer(p)
+                    self._initialised(p, name)
             self.bias.zero_()
+
+    def _initialised(self, weight: Tensor, name: str) -> Tensor:
+        """``weight`` filled by the initializer, in place or from the tensor it returns (as TF's
+        initializers do); one that leaves any of it unset (NaN here) is an error."""
+        if self.initializer is None:
+            return nn.init.xavier_uniform_(weight)
+        weight.fill_(float("nan"))
+        out = self.initializer(weight)
+        if out is not None and out is not weight:
+            if not isinstance(out, Tensor) or out.shape != weight.shape:
+                raise ValueError(f"initializer: returned {shape_of(out) if isinstance(out, Tensor) else out!r} "
+                                 f"for {name} of shape {tuple(weight.shape)}; fill the tensor in place or return "
+                                 f"one of its shape")
+            weight.copy_(out)
+        if torch.isnan(weight).any():
+            raise ValueError(f"initializer: left {name} (shape {tuple(weight.shape)}) unset or NaN; fill the tensor "
+                             f"in place or return one of its shape")
+        return weight
 
     def _build_from_state_dict(self, state_dict, prefix, *args) -> None:
         """load_state_dict on a cell not built yet builds it for the kernel's input size first, once
@@ -329,6 +350,7 @@ class LSTMCell(nn.Module):
         """The weights under TF's variable names (``scope/kernel`` ...), as numpy arrays in the cell's
         dtype (bfloat16, which numpy lacks, as float32)."""
         self._require_built("tf_weights")
+        check_scope(scope)
         prefix = f"{scope}/" if scope else ""
         return {prefix + tf: as_array(getattr(self, attr))
                 for tf, attr in self._tf_variables().items()}
@@ -343,6 +365,7 @@ class LSTMCell(nn.Module):
         """
         if not isinstance(weights, Mapping):
             raise TypeError(f"weights: expected a mapping of TF names to arrays, got {type(weights).__name__}")
+        check_scope(scope)
         weights = keras_as_tf_variables(weights, scope, self.forget_bias)
         wanted = self._tf_variables()
         # A scope is a whole path prefix: "rnn/lstm_cell" must not also pick "rnn/lstm_cell_1/...".
@@ -368,20 +391,21 @@ class LSTMCell(nn.Module):
         ambiguous = {tf: keys for tf, keys in found.items() if len(keys) > 1}
         if ambiguous:
             raise ValueError(f"weights: several variables match {ambiguous}; pass scope= to pick one cell")
-        arrays = {tf: as_tensor(weights[keys[0]]).detach() for tf, keys in found.items()}
+        arrays = {tf: as_tensor(weights[keys[0]], f"weights[{keys[0]!r}]").detach() for tf, keys in found.items()}
         D = self.input_size if self.input_size is not None else self._input_size_of("weights['kernel']",
                                                                                        arrays["kernel"])
         # Check every variable before building or copying: a failed load leaves the cell as it was.
         self._check_shapes(D, {tf: (f"weights[{found[tf][0]!r}]", arrays[tf]) for tf in wanted})
-        for tf in wanted:
+        dtype = self.weights_like.dtype if self.input_size is None else self.kernel.dtype
+        for tf in wanted:  # in the cell's dtype: a value past its range is infinite there
+            arrays[tf] = arrays[tf].to(dtype)
             if not torch.isfinite(arrays[tf]).all():
-                raise ValueError(f"weights[{found[tf][0]!r}]: contains NaN or infinite values")
+                raise ValueError(f"weights[{found[tf][0]!r}]: contains NaN or infinite values (in {dtype})")
         if self.input_size is None:
             self.build(D)
         with torch.no_grad():
             for tf, attr in wanted.items():
-                param = getattr(self, attr)
-                param.copy_(arrays[tf].to(param.dtype))
+                getattr(self, attr).copy_(arrays[tf])
 
     def _tf_shapes(self, input_size: int) -> dict[str, tuple[int, ...]]:
         N, P = self.num_units, self.output_size

@@ -77,8 +77,10 @@ def swap_gates_kept(*weights: Tensor, dim: int = -1) -> tuple[Tensor, ...]:
 
 
 def as_tensor(value: Any, name: str = "value") -> Tensor:
-    """A checkpoint value (numpy array, list or tensor) as a tensor; tensors are taken as they are."""
+    """A checkpoint value (numpy array, list or tensor) as a tensor; real tensors are taken as they are."""
     if isinstance(value, Tensor):
+        if value.is_complex():
+            raise TypeError(f"{name}: expected a real tensor, got dtype {value.dtype}")
         return value
     array = np.asarray(value)
     if array.dtype.kind not in "fiub":

@@ -99,6 +99,7 @@ def lstm_sequence_reference(
             h = torch.where(valid, h_new, h.to(h_new.dtype))
             c = torch.where(valid, c_new, c.to(c_new.dtype))
             outputs.append(torch.where(valid, h_new, torch.zeros_like(h_new)))
-    if not outputs:     # c_T as the steps return it: float32 (float64 for float64 x)
-        return x.new_zeros(0, *h0.shape), h0, c0.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+    if not outputs:     # new tensors, as the other paths; c_T as the steps return it: float32 (float64 for float64 x)
+        return x.new_zeros(0, *h0.shape), h0.clone(), c0.to(torch.float64 if x.dtype == torch.float64
+                                                            else torch.float32, copy=True)
     return torch.stack(outputs), h, c

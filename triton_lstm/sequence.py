@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 from typing import Optional
 
+import numpy as np
 import torch
 import triton
 
@@ -197,7 +198,11 @@ def check_lengths(lengths: Optional[Tensor], T: int, B: int, device: torch.devic
     if lengths is None:
         return None
     if not isinstance(lengths, Tensor):
-        lengths = torch.as_tensor(lengths)
+        try:  # an empty list: no rows' lengths, int64 as torch gives a list of ints
+            lengths = torch.as_tensor(lengths, dtype=torch.int64 if np.size(lengths) == 0 else None)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{LENGTHS}: expected [batch] integers (a tensor, list or array), got "
+                            f"{lengths!r:.80}") from e
     if lengths.dim() != 1 or lengths.shape[0] != B:
         raise ValueError(f"{LENGTHS}: expected shape ({B},) = [batch], got {shape_of(lengths)}")
     check_integers(LENGTHS, lengths)
