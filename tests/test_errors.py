@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from helpers import cell_args, cell_tensors
-from triton_lstm import DTypeError, LSTMCell, LSTMStateTuple, dynamic_rnn, lstm_cell, lstm_sequence
+from triton_lstm import LSTM, DTypeError, LSTMCell, LSTMStateTuple, dynamic_rnn, lstm_cell, lstm_sequence
 
 B, D, N, P = 3, 7, 5, 4
 
@@ -356,6 +356,20 @@ def test_activation_class_instead_of_an_instance():
     with pytest.raises(TypeError, match=r"^activation: got the class ReLU; pass an instance \(ReLU\(\)\) or a "
                                         r"function"):
         LSTMCell(N, activation=torch.nn.ReLU)
+
+
+@pytest.mark.filterwarnings("ignore:.* has no kernel implementation")
+@pytest.mark.parametrize("arg", ["activation", "recurrent_activation"])
+@pytest.mark.parametrize("fn, got", [(lambda v: torch.tanh(v).mean(), "shape ()"),
+                                     (lambda v: torch.sigmoid(v)[:1], f"shape (1, {N})"),
+                                     (lambda v: 0.5, "float")])
+def test_activation_that_is_not_elementwise(arg, fn, got):
+    """Its result would be broadcast over the gates; a step and a sequence both refuse it."""
+    message = rf"^{arg}: must be elementwise, returning a tensor of its input's shape \({B}, {N}\); got {re.escape(got)}"
+    with pytest.raises(ValueError, match=message):
+        _call(_t(), **{arg: fn})
+    with pytest.raises(ValueError, match=message):
+        LSTM(D, N, **{arg: fn})(torch.randn(2, B, D))
 
 
 def test_sequence_length_that_is_no_list_of_integers():

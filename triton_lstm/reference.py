@@ -14,6 +14,17 @@ import torch
 Tensor = torch.Tensor
 
 
+def _elementwise(fn: Callable[[Tensor], Tensor], t: Tensor, arg: str) -> Tensor:
+    """fn(t), which must be a tensor of t's shape: a function that reduces or reshapes would be
+    broadcast over the gates silently."""
+    out = fn(t)
+    if not isinstance(out, Tensor) or out.shape != t.shape:
+        got = f"shape {tuple(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"{arg}: must be elementwise, returning a tensor of its input's shape {tuple(t.shape)}; "
+                         f"got {got}")
+    return out
+
+
 def lstm_cell_reference(
     x: Tensor, c: Tensor, h: Tensor, kernel: Tensor, bias: Tensor,
     w_f_diag: Optional[Tensor] = None, w_i_diag: Optional[Tensor] = None, w_o_diag: Optional[Tensor] = None,
@@ -24,7 +35,12 @@ def lstm_cell_reference(
     """One step, in TF's order. Shapes: x [B, D], c [B, N], h [B, P], kernel [D+P, 4N], bias [4N],
     peepholes [N], projection [N, P]. ``recurrent_activation`` is the gates' (sigmoid in TF's
     LSTMCell; Keras layers may choose another). Returns (new h [B, P] in x's dtype, new c [B, N])."""
-    gate = recurrent_activation
+    def gate(t: Tensor) -> Tensor:
+        return _elementwise(recurrent_activation, t, "recurrent_activation")
+
+    def act(t: Tensor) -> Tensor:
+        return _elementwise(activation, t, "activation")
+
     out_dtype = x.dtype
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
 
@@ -36,15 +52,15 @@ def lstm_cell_reference(
     z = torch.cat([x, h], dim=1) @ kernel + bias
     i, j, f, o = torch.chunk(z, 4, dim=1)
     if w_f_diag is not None:
-        c_new = gate(f + forget_bias + w_f_diag * c) * c + gate(i + w_i_diag * c) * activation(j)
+        c_new = gate(f + forget_bias + w_f_diag * c) * c + gate(i + w_i_diag * c) * act(j)
     else:
-        c_new = gate(f + forget_bias) * c + gate(i) * activation(j)
+        c_new = gate(f + forget_bias) * c + gate(i) * act(j)
     if cell_clip is not None:
         c_new = torch.clamp(c_new, -cell_clip, cell_clip)
     if w_o_diag is not None:
-        m = gate(o + w_o_diag * c_new) * activation(c_new)
+        m = gate(o + w_o_diag * c_new) * act(c_new)
     else:
-        m = gate(o) * activation(c_new)
+        m = gate(o) * act(c_new)
     if projection is not None:
         # The projection GEMM takes m in the input dtype (what a half-precision nn.Linear would do).
         m = m.to(out_dtype).to(cdt) @ projection
