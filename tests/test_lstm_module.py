@@ -600,6 +600,21 @@ def test_c_n_in_the_input_dtype(device):
     assert out.dtype == h_n.dtype == c_n.dtype == torch.bfloat16
 
 
+def test_a_float32_c_0_for_half_input_gives_a_float32_c_n(device):
+    """The cell state is float32 inside: a float32 c_0 (which nn.LSTM refuses for half input) gets it
+    back unrounded, so a sequence run in two chunks ends with the c_n of one run, to float32 rounding
+    (the h carried between chunks is the input dtype's in both)."""
+    lstm = LSTM(D, H, use_peepholes=True, cell_clip=3.0).to(device, torch.bfloat16)
+    x = torch.randn(T, B, D, device=device, dtype=torch.bfloat16)
+    h_0 = torch.randn(1, B, H, device=device, dtype=torch.bfloat16)
+    c_0 = torch.randn(1, B, H, device=device)
+    _, (h_1, c_1) = lstm(x[:3], (h_0, c_0))
+    _, (_, c_2) = lstm(x[3:], (h_1, c_1))
+    _, (_, c_n) = lstm(x, (h_0, c_0))
+    assert c_1.dtype == c_2.dtype == c_n.dtype == torch.float32
+    torch.testing.assert_close(c_2, c_n, rtol=1e-5, atol=1e-5)
+
+
 def test_dropout_with_one_layer_warns_as_nn_lstm():
     with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1"):
         LSTM(D, H, dropout=0.5)
@@ -735,12 +750,13 @@ print(max(float((got.float() - ref).abs().max()) for got, ref in [(out, want), (
 def test_half_input_with_float32_cell_state_on_an_nn_lstm_cell():
     """A float32 c_0 for bfloat16 input (the cell state's dtype) on the CPU, as users run (no
     interpreter), for a cell nn.LSTM computes, whose forward takes one dtype: LSTM runs it on its
-    own path, returning c_n in the input's dtype as for any cell, equal to the float32 computation
-    on the same bfloat16 values within bfloat16's rounding of h each step and of the results."""
+    own path, returning c_n in float32, as c_0 came (so that chunks carry it unrounded), equal to the
+    float32 computation on the same bfloat16 values within bfloat16's rounding of h each step and of
+    the outputs."""
     run = fresh_python("-c", HALF_WITH_FLOAT32_STATE, timeout=120)
     assert run.returncode == 0, run.stderr
     dtypes, error = run.stdout.splitlines()
-    assert dtypes == str(["torch.bfloat16"] * 3)
+    assert dtypes == str(["torch.bfloat16"] * 2 + ["torch.float32"])
     assert float(error) < 2e-2
 
 
