@@ -177,3 +177,35 @@ def test_padding_enters_no_gradient(on, device, grid, monkeypatch):
         assert torch.isfinite(a).all(), f"d{name}: not finite"
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6, msg=lambda m: f"d{name}: {m}")
     assert not got[0][padding].any(), "dx past the lengths"
+
+
+@pytest.mark.parametrize("on", ["kernels", "several programs", "cpu loop"])
+def test_input_past_the_lengths_gets_a_zero_gradient_next_to_an_infinite_weight(on, device, grid, monkeypatch):
+    """x past a row's length enters nothing, so its gradient is 0 even where a weight it would meet is
+    infinite (not 0 * inf); inside the lengths the gradient is the reference's, NaN where it is."""
+    if on == "cpu loop":
+        monkeypatch.setattr(sequence_module, "kernels_run_on", lambda device, dtype: False)
+    else:
+        grid.use("one" if on == "kernels" else "several")
+    T, B, D, N, P = 4, 4, 6, 20, 5
+    lengths = torch.tensor([4, 2, 0, 3]).to(device)
+    t = cell_tensors(B, D, N, P, True, torch.float32, device)
+    x = torch.randn(T, B, D, generator=torch.Generator().manual_seed(9)).to(device)
+    kernel = t["kernel"].detach().clone()
+    kernel[1, 3] = float("inf")
+    args = [x, t["h"], t["c"], kernel[:D], kernel[D:], t["bias"], t["w_f_diag"], t["w_i_diag"], t["w_o_diag"],
+            t["projection"], lengths]
+    seed = torch.randn(T, B, P, generator=torch.Generator().manual_seed(10)).to(device)
+
+    def dx(run, **activations):
+        x_leaf = x.clone().requires_grad_()
+        out = run(x_leaf, *args[1:], forget_bias=1.0, cell_clip=0.5, **activations)[0]
+        return torch.autograd.grad((out * seed).sum(), x_leaf)[0]
+
+    got = dx(lstm_sequence)
+    if on != "cpu loop":
+        grid.check()
+    want = dx(lstm_sequence_reference, activation=torch.tanh, recurrent_activation=torch.sigmoid)
+    padding = (torch.arange(T)[:, None] >= lengths.cpu()[None, :]).to(device)
+    assert torch.equal(got[padding], torch.zeros_like(got[padding])), "dx past the lengths"
+    assert_same_nonfinite("dx", got, want, TOLERANCES[torch.float32]["grad"])

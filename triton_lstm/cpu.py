@@ -436,9 +436,10 @@ def _backward(d_hbuf: Tensor, d_h_T: Tensor, d_c_T: Tensor, x: Tensor, w_x: Tens
         dh += d_out[0]
     rows = dz.reshape(T * B, N4)
     want_x, want_wx, want_wh, want_proj = wanted
-    dx = right_product(w_x.t(), T * B)(rows).view(T, B, D) if want_x else None
-    # Past a row's length dz is zero: what x (and h0, c0 of a row of length 0) hold there adds nothing.
+    # Past a row's length dz is zero: what x (and h0, c0 of a row of length 0) hold there adds nothing,
+    # and x there gets a zero gradient (not 0 times an infinite weight).
     valid = within_lengths(lengths, T, x.device)
+    dx = padding_zeroed(right_product(w_x.t(), T * B)(rows).view(T, B, D), valid) if want_x else None
     d_wx = _summed_product(padding_zeroed(x, valid).reshape(T * B, D), rows, weights_t) if want_wx else None
     d_wh = _summed_product(padding_zeroed(hbuf[:T], valid).reshape(T * B, P), rows, weights_t) if want_wh else None
     d_wf = d_wi = d_wo = d_proj = None

@@ -22,7 +22,7 @@ import torch
 from triton_lstm.flops import products, register, sequence_forward
 from triton_lstm.functional import CellOptions, contiguous_or_none, step_backward, step_forward, weight_grads
 from triton_lstm.higher_order import differentiable_vjp, reference_options, transformable, vmap_by_slices
-from triton_lstm.reference import lstm_cell_reference, lstm_sequence_reference, within_lengths
+from triton_lstm.reference import lstm_cell_reference, lstm_sequence_reference, padding_zeroed, within_lengths
 from triton_lstm.sequence import seq_backward, seq_forward
 
 Tensor = torch.Tensor
@@ -220,11 +220,13 @@ def _seq_backward(ctx, dout, d_hbuf, d_cbuf, _dz, _dm, _dy):
     dz, dy, dh0, dc0 = seq_bwd(dout, dh_T, dc_T, z, cbuf, w_h, w_f_diag, w_i_diag, w_o_diag, projection, y,
                                lengths, *ctx.options)
     needs = ctx.needs_input_grad
+    valid = within_lengths(lengths, T, x.device)
     d_wx, d_wh, d_bias, d_wf, d_wi, d_wo, d_proj = weight_grads(
         (needs[3], needs[4], needs[5], needs[6], needs[7], needs[8], needs[9]),
-        dz, x, hbuf[:T], cbuf[:T], cbuf[1:], _present(m), _present(dy), w_h.dtype,
-        within_lengths(lengths, T, x.device))
-    dx = (dz.reshape(-1, dz.shape[-1]).to(w_x.dtype) @ w_x.t()).reshape(x.shape).to(x.dtype) if needs[0] else None
+        dz, x, hbuf[:T], cbuf[:T], cbuf[1:], _present(m), _present(dy), w_h.dtype, valid)
+    # Past a row's length x gets a zero gradient (dz is zero there, but not 0 times an infinite weight).
+    dx = padding_zeroed((dz.reshape(-1, dz.shape[-1]).to(w_x.dtype) @ w_x.t()).reshape(x.shape).to(x.dtype),
+                        valid) if needs[0] else None
     grads = (dx, dh0.to(h0.dtype), dc0.to(c0.dtype), d_wx, d_wh, d_bias, d_wf, d_wi, d_wo, d_proj)
     return _laid_out_like(grads, inputs) + (None,) * 6
 
