@@ -62,14 +62,14 @@ def test_pick_prunes_before_timing_times_the_rest_and_persists(cache, monkeypatc
     assert stored["config"] == {f: getattr(best, f) for f in stored["config"]}
     assert stored["candidates"] == 4 and stored["timed"] == 3 and stored["tune_s"] >= 0
     assert tune.tuning_seconds() == {"seq_fwd|k": stored["tune_s"]}
-    # A new process: nothing in memory; the file answers without compiling or running anything,
-    # and it tuned nothing itself.
+    # A new process: nothing in memory; the file answers without timing anything, compiling only
+    # its choice (which the launch compiles anyway) to check that it fits; it tuned nothing itself.
     monkeypatch.setattr(tune, "_memory", {})
     monkeypatch.setattr(tune, "_chosen", {})
     monkeypatch.setattr(tune, "_tuned", {})
     gpu.compiled.clear(), gpu.ran.clear()
     assert gpu.pick() == best
-    assert gpu.compiled == [] and gpu.ran == []
+    assert gpu.compiled == [best] and gpu.ran == []
     assert tune.tuning_seconds() == {}
 
 
@@ -242,6 +242,32 @@ def test_pretune_cli_without_gpu(capsys):
     assert "no CUDA GPU" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("tf32", [False, True])
+def test_pretune_tunes_the_float32_precision_asked_for(tf32, cache, monkeypatch, capsys):
+    """float32 models with TF32 allowed look up keys with INPUT_PRECISION=tf32: ``--tf32`` tunes those.
+    The GPU's part (availability, the tuning runs, its final sync) is replaced; what tune_one runs
+    under is recorded."""
+    from triton_lstm import pretune
+    from triton_lstm.launch import input_precision
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    seen = []
+    monkeypatch.setattr(pretune, "tune_one", lambda N, B, D, P, dtype, args: seen.append(input_precision(dtype)))
+    before = torch.backends.cuda.matmul.allow_tf32
+    assert pretune.main(["--hidden", "64", "--batch", "8", "16"] + ["--tf32"] * tf32) == 0
+    assert seen == ["tf32" if tf32 else "ieee"] * 2
+    assert torch.backends.cuda.matmul.allow_tf32 == before
+
+
+def test_pretune_refuses_to_run_with_a_pin(monkeypatch, capsys):
+    from triton_lstm import pretune
+    monkeypatch.setenv("TRITON_LSTM_CONFIG", "block_b=32")
+    with pytest.raises(SystemExit) as exit_info:
+        pretune.main(["--hidden", "64", "--batch", "8"])
+    assert exit_info.value.code == 2
+    assert "TRITON_LSTM_CONFIG is set: pinned configurations are not tuned" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--hidden", "0", "--batch", "8"], "--hidden: expected an integer >= 1, got '0'"),
     (["--hidden", "abc", "--batch", "8"], "--hidden: expected an integer >= 1, got 'abc'"),
@@ -270,3 +296,120 @@ def test_a_choice_is_kept_per_device(cache, monkeypatch):
     other = tune.pick("seq_fwd", "k", lambda: SPACE[2:], gpu.run, gpu.fits, compiled=True, capturing=False,
                       device=a100)
     assert (first, other) == (SPACE[0], SPACE[2])
+
+
+@pytest.mark.parametrize("entry, problem", [
+    ({"config": {"block_b": 64}}, r"it does not fit this GPU"),                   # FakeGpu: block_b 64 spills
+    ({"config": {"block_b": 16.0}}, r"values the kernels do not compile: \['block_b'\]"),
+    ({"config": {"block_b": 32}}, r"seq_fwd cannot run .*: 99 programs > 98 SMs"),
+], ids=["does-not-fit", "float", "refused"])
+def test_a_cached_entry_that_cannot_run_here_is_tuned_again(cache, monkeypatch, entry, problem):
+    """The file names the GPU model and Triton version, but not the SM count, MPS limits or the release
+    of triton_lstm that wrote it: a cached choice is checked as a candidate is before it is used."""
+    cache.write_text(json.dumps({"seq_fwd|k": entry}))
+    gpu = FakeGpu(monkeypatch)
+
+    def finish(cfg):
+        if cfg.block_b == 32:
+            raise ValueError(f"seq_fwd cannot run {cfg} for B=64: 99 programs > 98 SMs")
+        return cfg
+
+    with pytest.warns(UserWarning, match=rf"^ignoring the tuning cache's entry 'seq_fwd\|k' in .*\((ValueError: )?{problem}"):
+        best = tune.pick("seq_fwd", "k", lambda: SPACE, gpu.run, gpu.fits, compiled=True, capturing=False,
+                         finish=finish)
+    assert best == SPACE[0] and gpu.ran
+    assert json.loads(cache.read_text())["seq_fwd|k"]["config"]["block_b"] == 16
+
+
+def test_a_candidate_that_fails_to_launch_is_skipped(cache, monkeypatch):
+    """A launch the driver refuses while timing (a cooperative grid over an MPS limit) drops that
+    candidate, with a warning; the others are still timed. Only the timed run is replaced."""
+    gpu = FakeGpu(monkeypatch)
+
+    def run(cfg, warmup):
+        if not warmup and cfg.block_k == 64:
+            raise RuntimeError("too many blocks in cooperative launch")
+        return gpu.run(cfg, warmup)
+
+    with pytest.warns(UserWarning, match=r"^seq_fwd: 2 of 3 launch configurations failed to run for k and were "
+                                         r"skipped; the first, .*too many blocks in cooperative launch"):
+        best = tune.pick("seq_fwd", "k", lambda: SPACE, run, gpu.fits, compiled=True, capturing=False)
+    assert best == SPACE[3]
+    monkeypatch.setattr(tune, "_chosen", {})
+    monkeypatch.setattr(tune, "_memory", {})
+    cache.unlink()
+    with pytest.warns(UserWarning, match="failed to run"), \
+            pytest.raises(RuntimeError, match="^seq_fwd: no launch configuration ran on this GPU for k$") as info:
+        tune.pick("seq_fwd", "k", lambda: SPACE[:3], run, gpu.fits, compiled=True, capturing=False)
+    assert "cooperative" in str(info.value.__cause__)
+
+
+_WRITER = """
+import sys, warnings
+from pathlib import Path
+warnings.simplefilter("error")
+from triton_lstm import tune
+path, who = Path(sys.argv[1]), sys.argv[2]
+for i in range(40):
+    tune._write(path, f"seq_fwd|{who}-{i}", {"config": {"block_b": 16}})
+"""
+
+
+def test_processes_writing_the_cache_at_once_keep_every_entry(cache):
+    import subprocess
+    import sys
+    writers = [subprocess.Popen([sys.executable, "-c", _WRITER, str(cache), str(w)]) for w in range(4)]
+    assert [p.wait(timeout=120) for p in writers] == [0] * 4
+    assert len(json.loads(cache.read_text())) == 4 * 40
+
+
+def test_the_cache_file_takes_the_umask_and_a_failed_write_leaves_no_temporary_file(cache, monkeypatch):
+    import os
+    old = os.umask(0o022)
+    try:
+        tune._write(cache, "seq_fwd|a", {"config": {}})
+    finally:
+        os.umask(old)
+    assert cache.stat().st_mode & 0o777 == 0o644  # as any file this user makes, readable by the group
+
+    def full_disk(*args, **kwargs):  # only the JSON dump is replaced
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(json, "dump", full_disk)
+    with pytest.warns(UserWarning, match=r"^could not write the tuning cache .*No space left on device\); set"):
+        tune._write(cache, "seq_fwd|b", {"config": {}})
+    assert sorted(p.name for p in cache.parent.iterdir()) == ["gpu-triton.json", "gpu-triton.json.lock"]
+    assert list(json.loads(cache.read_text())) == ["seq_fwd|a"]
+
+
+def test_a_cache_this_user_cannot_read_is_not_overwritten(cache, monkeypatch):
+    """Another user's file in a shared TRITON_LSTM_CACHE_DIR: used for nothing and left as it is, with a
+    warning. Only reading the file is replaced (by a PermissionError, as for a file mode 0600 of
+    another user; a test run as root could read it)."""
+    cache.write_text(json.dumps({"seq_fwd|theirs": {"config": {"block_b": 16}}}))
+    before = cache.read_text()
+
+    def refused(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(tune, "_read", refused)
+    gpu = FakeGpu(monkeypatch)
+    with pytest.warns(UserWarning) as warned:
+        assert gpu.pick() == SPACE[0]
+    messages = [str(w.message) for w in warned]
+    assert len(messages) == 2 and messages[0].startswith("cannot read the tuning cache"), messages
+    assert messages[1].startswith("could not write the tuning cache"), messages
+    assert cache.read_text() == before
+
+
+def test_gpu_models_with_the_same_limits_choose_apart(cache, monkeypatch, tmp_path):
+    """An H100 and an H200 have the same SMs, registers and shared memory; their choices and cache
+    files are their own."""
+    gpu = FakeGpu(monkeypatch)
+    h200 = tmp_path / "h200-triton.json"
+    first = tune.pick("seq_fwd", "k", lambda: SPACE, gpu.run, gpu.fits, compiled=True, capturing=False, device=H100)
+    monkeypatch.setattr(tune, "cache_file", lambda: h200)
+    other = tune.pick("seq_fwd", "k", lambda: SPACE[2:], gpu.run, gpu.fits, compiled=True, capturing=False,
+                      device=H100)
+    assert (first, other) == (SPACE[0], SPACE[2])
+    assert list(json.loads(h200.read_text())) == ["seq_fwd|k"]

@@ -454,7 +454,7 @@ def pick_config(kernel, pb: Problem, launches, key_consts: dict, device: torch.d
 
 
 def check_config(cfg: Config, pb: Problem, limits: DeviceLimits) -> None:
-    """A pinned configuration the kernel cannot run is an error naming the field."""
+    """A configuration the kernel cannot run (a pin, a cached entry) is a ValueError naming the field."""
     spec = KERNELS[pb.kernel]
     problems = [f"{name}={value} < 16 (tl.dot's minimum)" for name, value in
                 (("block_b", cfg.block_b), ("block_k", cfg.block_k), ("block_p", cfg.block_p)) if value < 16]
@@ -463,7 +463,7 @@ def check_config(cfg: Config, pb: Problem, limits: DeviceLimits) -> None:
     if co_resident(cfg, pb) and limits is not INTERPRETER_LIMITS and programs(cfg, pb) > limits.sms:
         problems.append(f"{programs(cfg, pb)} programs > {limits.sms} SMs (all must be resident at once)")
     if problems:
-        raise ValueError(f"TRITON_LSTM_CONFIG: {pb.kernel} cannot run {cfg} for B={pb.B}, N={pb.N}, P={pb.P}: "
+        raise ValueError(f"{pb.kernel} cannot run {cfg} for B={pb.B}, N={pb.N}, P={pb.P}: "
                          + "; ".join(problems))
 
 

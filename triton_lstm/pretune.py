@@ -2,10 +2,10 @@
 
     python -m triton_lstm.pretune --hidden 512 1024 --batch 32 64 [--input 80] [--proj 0 256]
         [--dtype float16 bfloat16] [--peepholes] [--cell-clip 3.0] [--proj-clip 1.0]
-        [--activation tanh] [--recurrent-activation sigmoid] [--lengths] [--steps 64]
+        [--activation tanh] [--recurrent-activation sigmoid] [--lengths] [--tf32] [--steps 64]
 
 Every option that is part of a tuning key (sizes, dtype, peepholes, clips, activations, variable
-lengths) can be given, so the cached choices are the ones your model's launches look up. Runs
+lengths, TF32 for float32) can be given, so the cached choices are the ones your model's launches look up. Runs
 ``lstm_sequence`` and ``lstm_cell``, forward and backward, once per combination with tuning on,
 then prints each new cache entry: its time, the seconds tuning took, and the configuration.
 """
@@ -66,6 +66,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--recurrent-activation", default="sigmoid", choices=sorted(ACTIVATIONS),
                    help="gate activation")
     p.add_argument("--lengths", action="store_true", help="variable sequence lengths (sequence_length)")
+    p.add_argument("--tf32", action="store_true",
+                   help="float32 products in TF32, for models run with torch.backends.cuda.matmul.allow_tf32 = True "
+                        "(or torch.set_float32_matmul_precision('high'))")
     p.add_argument("--steps", type=_positive, default=64, help="sequence length used while tuning (default: 64)")
     return p
 
@@ -97,15 +100,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = p.parse_args(argv)
     if args.proj_clip is not None and not any(args.proj):
         p.error("--proj-clip needs a projection: give --proj with a value > 0")
+    if os.environ.get("TRITON_LSTM_CONFIG"):
+        p.error("TRITON_LSTM_CONFIG is set: pinned configurations are not tuned; unset it to tune")
     if not torch.cuda.is_available():
         print("no CUDA GPU found: nothing to tune (CPU runs use fixed configurations)")
         return 0
     os.environ["TRITON_LSTM_AUTOTUNE"] = "1"
     before = set(tune._read(tune.cache_file()))
     shapes = list(itertools.product(args.hidden, args.batch, args.proj, args.dtype))
-    for i, (N, B, P, dtype_name) in enumerate(shapes, 1):
-        print(f"[{i}/{len(shapes)}] hidden={N} batch={B} proj={P or '-'} {dtype_name}", file=sys.stderr, flush=True)
-        tune_one(N, B, args.input or N, P, getattr(torch, dtype_name), args)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    try:
+        for i, (N, B, P, dtype_name) in enumerate(shapes, 1):
+            print(f"[{i}/{len(shapes)}] hidden={N} batch={B} proj={P or '-'} {dtype_name}", file=sys.stderr,
+                  flush=True)
+            tune_one(N, B, args.input or N, P, getattr(torch, dtype_name), args)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.cuda.synchronize()
     table = tune._read(tune.cache_file())
     print(f"{'kernel | key':90s} {'ms':>8s} {'tune s':>7s}  config")

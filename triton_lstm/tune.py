@@ -5,9 +5,10 @@ first launch of a shape compiles a handful of candidates (``launch.candidates`` 
 static model), drops those that spill, exceed the register file or shared memory, or would not
 all be resident at once, times the rest and keeps the fastest. Winners are cached in memory and in
 ``$TRITON_LSTM_CACHE_DIR`` (default ``~/.cache/triton_lstm``), one JSON file per GPU name and
-Triton version, keyed by kernel, dtype, shape and options, with the time the tuning took. A
-corrupt or half-written file is ignored and rewritten. Cached choices are used during CUDA-graph
-capture too; nothing is timed then.
+Triton version, keyed by kernel, dtype, shape and options, with the time the tuning took, merged
+under a file lock. A corrupt file is ignored and rewritten; a cached choice is checked as a
+candidate is (it compiles, fits and passes ``finish``) before it is used, else tuned again. Cached
+choices are used during CUDA-graph capture too; nothing is timed then.
 
 Environment:
     TRITON_LSTM_AUTOTUNE=0         no timing and no cache: the first candidate that fits is used
@@ -20,12 +21,14 @@ Environment:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
 import json
 import os
 import re
+import secrets
 import subprocess
 import tempfile
 import time
@@ -36,6 +39,11 @@ from typing import Any, Callable, Hashable, Optional, Sequence, TypeVar
 import torch
 import triton
 from triton.runtime.errors import OutOfResources
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: cache writes there are not locked
+    fcntl = None
 
 C = TypeVar("C")
 
@@ -75,15 +83,25 @@ def _gpu_slug(index: int) -> str:
 
 
 def cache_file() -> Path:
-    return cache_dir() / f"{_gpu_slug(torch.cuda.current_device())}-triton-{triton.__version__}.json"
+    return _cache_file(torch.cuda.current_device(), os.environ.get("TRITON_LSTM_CACHE_DIR"))
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_file(index: int, _folder: Optional[str]) -> Path:
+    """Made once per GPU and folder: each launch asks for it."""
+    return cache_dir() / f"{_gpu_slug(index)}-triton-{triton.__version__}.json"
 
 
 def _read(path: Path) -> dict:
+    """The cache file's entries; {} for none or a corrupt file (with a warning). A file this user may
+    not read raises PermissionError: it is someone else's, not to be rewritten."""
     try:
         with open(path) as f:
             data = json.load(f)
     except (FileNotFoundError, NotADirectoryError):  # no file there (yet)
         return {}
+    except PermissionError:
+        raise
     except (OSError, ValueError) as e:
         warnings.warn(f"ignoring unreadable tuning cache {path} ({e}); it will be rewritten")
         return {}
@@ -93,20 +111,40 @@ def _read(path: Path) -> dict:
     return data
 
 
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on ``<path>.lock`` while the file is read, merged and replaced, so that
+    processes tuning at once (one per GPU, DDP ranks) keep each other's entries."""
+    with open(path.with_name(path.name + ".lock"), "a") as f:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def _write(path: Path, key: str, value: dict) -> None:
-    """Merge one entry into the file; written to a temporary file and renamed, so readers never see
-    half a file. A cache that cannot be written is a warning: the choice still holds in this process."""
+    """Merge one entry into the file, under a lock; written to a temporary file (with the umask's
+    permissions, as the file itself) and renamed, so readers never see half a file. A cache that
+    cannot be written (or read: another user's) is a warning and is left as it is: the choice still
+    holds in this process."""
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = _read(path)
-        data[key] = value
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        with _locked(path):
+            data = _read(path)
+            data[key] = value
+            tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "w") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+            os.replace(tmp, path)
     except OSError as e:
-        warnings.warn(f"could not write the tuning cache {path} ({e}); set TRITON_LSTM_CACHE_DIR to a writable "
-                      f"folder to keep tuned choices across processes")
+        left = ""
+        if tmp is not None and tmp.exists():
+            try:
+                tmp.unlink()
+            except OSError:
+                left = f"; {tmp} is left behind"
+        warnings.warn(f"could not write the tuning cache {path} ({e}){left}; set TRITON_LSTM_CACHE_DIR to a "
+                      f"writable folder to keep tuned choices across processes")
 
 
 def _cached(entry: Any, default: C, path: Path, key: str) -> Optional[C]:
@@ -114,7 +152,8 @@ def _cached(entry: Any, default: C, path: Path, key: str) -> Optional[C]:
     another version of triton_lstm wrote, or one edited by hand."""
     try:
         config = entry["config"]
-        bad = [name for name, value in config.items() if value not in PIN_CHOICES.get(name, ())]
+        bad = [name for name, value in config.items()
+               if not isinstance(value, int) or value not in PIN_CHOICES.get(name, ())]
         if bad:
             raise ValueError(f"values the kernels do not compile: {bad}")
         cfg = dataclasses.replace(default, **config)
@@ -206,48 +245,88 @@ def pick(kernel: str, key: str, candidates: Callable[[], Sequence[C]], run: Call
     running when warmup is True (returning what it compiled) and runs the kernel otherwise;
     running it repeatedly must be harmless. fits(compiled, cfg) is the resource check.
     compiled: kernels are compiled for a GPU (else the interpreter runs the default). finish(cfg)
-    completes and validates the choice (it may raise). A choice is made once per process, device and
-    key; later launches, captured or not, get the same one.
+    completes and validates the choice (a ValueError for one that cannot run). A choice is made once
+    per process, device (and GPU model) and key; later launches, captured or not, get the same one.
     """
-    memo_key = (kernel, key, compiled, device, os.environ.get("TRITON_LSTM_CONFIG"),
-                os.environ.get("TRITON_LSTM_AUTOTUNE"))
+    autotune = env_flag("TRITON_LSTM_AUTOTUNE", True)
+    # The cache file names the GPU model: two models with the same limits (H100 and H200) choose apart.
+    memo_key = (kernel, key, compiled, device, cache_file() if compiled and autotune else None,
+                os.environ.get("TRITON_LSTM_CONFIG"), autotune)
     choice = _chosen.get(memo_key)
     if choice is None:
-        choice = _chosen[memo_key] = finish(_choose(kernel, key, candidates, run, fits, compiled, capturing))
+        choice = _chosen[memo_key] = _choose(kernel, key, candidates, run, fits, compiled, capturing, autotune,
+                                             finish)
     return choice
 
 
-def _choose(kernel, key, candidates, run, fits, compiled, capturing):
+def _choose(kernel, key, candidates, run, fits, compiled, capturing, autotune, finish):
     space = candidates()
     pin = pinned(space[0], kernel)
-    if pin is not None or not compiled:
-        return pin or space[0]
-    autotune = env_flag("TRITON_LSTM_AUTOTUNE", True)
+    if pin is not None:
+        try:
+            return finish(pin)
+        except ValueError as e:
+            raise ValueError(f"TRITON_LSTM_CONFIG: {e}") from None
+    if not compiled:
+        return finish(space[0])
     if autotune:
         full_key = f"{kernel}|{key}"
         path = cache_file()
         memo = _memory.get(str(path))
         if memo is None:  # the file is read once per process
-            memo = _memory[str(path)] = _read(path)
+            try:
+                memo = _read(path)
+            except PermissionError as e:
+                warnings.warn(f"cannot read the tuning cache {path} ({e}); choices are tuned in this process")
+                memo = {}
+            _memory[str(path)] = memo
         cached = _cached(memo[full_key], space[0], path, full_key) if full_key in memo else None
         if cached is not None:
-            return cached
+            usable = _usable(cached, run, fits, finish, path, full_key)
+            if usable is not None:
+                return usable
     start = time.perf_counter()
     fitting = (cfg for cfg in space if fits(run(cfg, True), cfg))
     first = next(fitting, None)
     if first is None:
         raise RuntimeError(f"{kernel}: no launch configuration fits this GPU for {key}")
     if not autotune or capturing:
-        return first
-    timings = [(triton.testing.do_bench(lambda: run(cfg, False), warmup=5, rep=20, return_mode="median"), cfg)
-               for cfg in itertools.chain([first], fitting)]
+        return finish(first)
+    timings, failed = [], []
+    for cfg in itertools.chain([first], fitting):
+        try:
+            timings.append((triton.testing.do_bench(lambda: run(cfg, False), warmup=5, rep=20,
+                                                    return_mode="median"), cfg))
+        except RuntimeError as e:  # a launch the driver refuses (a cooperative grid under an SM limit, as MPS's)
+            failed.append((cfg, e))
+    if failed:
+        warnings.warn(f"{kernel}: {len(failed)} of {len(failed) + len(timings)} launch configurations failed to "
+                      f"run for {key} and were skipped; the first, {failed[0][0]}: {failed[0][1]}")
+    if not timings:
+        raise RuntimeError(f"{kernel}: no launch configuration ran on this GPU for {key}") from failed[0][1]
     ms, best = min(timings, key=lambda item: item[0])
     entry = {"config": dataclasses.asdict(best), "ms": ms, "candidates": len(space), "timed": len(timings),
              "tune_s": round(time.perf_counter() - start, 3)}
     memo[full_key] = entry
     _tuned[full_key] = entry["tune_s"]
     _write(path, full_key, entry)
-    return best
+    return finish(best)
+
+
+def _usable(cfg: C, run, fits, finish, path: Path, key: str) -> Optional[C]:
+    """A cached configuration completed by ``finish`` if it runs here: one another GPU, another release
+    or a hand edit left (too many programs for this GPU's SMs, more shared memory than it has) is
+    tuned again, with a warning."""
+    try:
+        done = finish(cfg)
+    except ValueError as e:
+        problem = str(e)
+    else:
+        if fits(run(cfg, True), cfg):
+            return done
+        problem = "it does not fit this GPU (spills, registers or shared memory)"
+    warnings.warn(f"ignoring the tuning cache's entry {key!r} in {path} ({problem}); tuning again")
+    return None
 
 
 def tuning_seconds() -> dict[str, float]:
