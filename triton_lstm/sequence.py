@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Optional
 
 import numpy as np
@@ -29,8 +30,10 @@ MAX_SPINS = 1 << 21
 # How errors name the lengths: lstm_sequence's argument, dynamic_rnn's sequence_length.
 LENGTHS = "lengths (dynamic_rnn's sequence_length)"
 
-# Barrier counters of launches not yet known to have finished: (event, host copy of the counter).
+# Barrier counters of launches not yet known to have finished: (event, host copy of the counter),
+# shared by the threads that launch (nn.DataParallel runs one a GPU): taken and read under the lock.
 _pending: list = []
+_pending_lock = threading.Lock()
 
 
 def _raise_on_flags(flags: Tensor, deferred: bool) -> None:
@@ -52,9 +55,10 @@ def check_earlier_launches(device: torch.device) -> None:
     nothing while ``device``'s stream is being captured (querying an event is not allowed then)."""
     if launch.capturing(device):
         return
-    while _pending and _pending[0][0].query():
-        _, flags = _pending.pop(0)
-        _raise_on_flags(flags, deferred=True)
+    with _pending_lock:
+        while _pending and _pending[0][0].query():
+            _, flags = _pending.pop(0)
+            _raise_on_flags(flags, deferred=True)
 
 
 def watch(sync: Tensor) -> None:
@@ -65,13 +69,16 @@ def watch(sync: Tensor) -> None:
     if not launch.gpu_device(sync.device) or interpreting() or launch.capturing(sync.device):
         return
     if tune.env_flag("TRITON_LSTM_CHECK_BARRIER", False):
-        _raise_on_flags(sync.cpu(), deferred=False)
+        flags = sync.cpu()
+        with _pending_lock:
+            _raise_on_flags(flags, deferred=False)
         return
     flags = launch.host_buffer(sync)
     flags.copy_(sync, non_blocking=True)
     done = torch.cuda.Event()
     done.record()
-    _pending.append((done, flags))
+    with _pending_lock:
+        _pending.append((done, flags))
 
 
 def _persistent_launch(kernel, pb: Problem, args, consts: dict, T: int, t_first: int, schedule, sync: Tensor,

@@ -327,3 +327,37 @@ def test_time_loop_keeps_weights_on_chip(gpu, dtype, shape, projection):
         rows = resident.block_b if pb.kernel == "seq_fwd" else resident.block_k
         assert on_chip["mma"] == ("fma" if dtype == "float32" else ("wgmma" if rows >= 64 else "mma.sync")), \
             (pb.kernel, resident, on_chip)
+
+
+def test_threads_checking_earlier_launches_take_each_one_once(monkeypatch):
+    """Two threads launching at once (nn.DataParallel runs one a GPU) check the pending launches: each
+    finished one is taken and read once, and one not finished is left, whatever the interleaving.
+    The events are stand-ins whose query lets the other thread run before it answers."""
+    import threading
+    import time
+
+    class Event:
+        def __init__(self, done):
+            self.done = done
+
+        def query(self):
+            time.sleep(0.05)
+            return self.done
+
+    flags = torch.zeros(2, dtype=torch.int32)
+    running = (Event(False), torch.tensor([BARRIER_FAILED.value, 0], dtype=torch.int32))  # not copied back yet
+    monkeypatch.setattr(sequence, "_pending", [(Event(True), flags), running])
+    errors = []
+
+    def check():
+        try:
+            sequence.check_earlier_launches(torch.device("cpu"))
+        except Exception as e:  # reported below: the test fails on any
+            errors.append(e)
+
+    threads = [threading.Thread(target=check) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and sequence._pending == [running]
