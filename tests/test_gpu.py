@@ -159,6 +159,26 @@ def test_cuda_graph_capture_forward_and_backward(dtype, monkeypatch):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.timeout(300)
+def test_a_shape_first_seen_inside_a_capture():
+    """No eager call before the capture: the launch configuration is chosen (the first candidate that
+    fits, untimed) and its kernels compiled and loaded while the stream is capturing; the graph must
+    replay what an eager call computes."""
+    T, B, D, N = 8, 8, 12, 48   # sizes no other test runs, so nothing is compiled or chosen yet
+    t = cell_tensors(B, D, N, None, True, torch.float32, "cuda", 12)
+    x = torch.randn(T, B, D, device="cuda")
+    k = t["kernel"]
+    args = (t["h"], t["c"], k[:D], k[D:], t["bias"], t["w_f_diag"], t["w_i_diag"], t["w_o_diag"], None)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        g_out, _, g_c = lstm_sequence(x, *args, cell_clip=2.0)
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    out, _, c = lstm_sequence(x, *args, cell_clip=2.0)
+    torch.testing.assert_close(g_out, out)
+    torch.testing.assert_close(g_c, c)
+
+
 class BusyGPU:
     """Keeps ``stream`` busy with large matrix products, queued in batches, until ``stop()`` (at most
     about ``seconds``); ``batches`` counts the batches queued so far."""
