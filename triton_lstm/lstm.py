@@ -29,6 +29,8 @@ def _onednn_has_bfloat16() -> bool:
 # The autocast dtypes oneDNN has no LSTM for on this CPU: float16 always, bfloat16 without the AVX-512
 # instructions its bfloat16 kernels need (nn.LSTM's forward under such autocast fails there).
 ONEDNN_LSTM_MISSING = frozenset({torch.float16} | (set() if _onednn_has_bfloat16() else {torch.bfloat16}))
+# The input dtypes nn.LSTM runs on oneDNN on this CPU (others run aten's loop, under any autocast).
+ONEDNN_LSTM_INPUTS = frozenset({torch.float32} | ({torch.bfloat16} if _onednn_has_bfloat16() else set()))
 
 # How errors name the input and the state: nn.LSTM's forward(input, hx=(h_0, c_0)).
 NAMES = Names("input", "h_0", "c_0")
@@ -207,7 +209,7 @@ class LSTM(nn.LSTM):
         # LSTM's path, whose checks name the tensor (and which takes a float32 c_0 for half inputs),
         # but under autocast hx in a dtype it casts alike takes nn.LSTM's. Under CPU float16 autocast
         # (bfloat16 too on a CPU without oneDNN's bfloat16: ONEDNN_LSTM_MISSING) nn.LSTM's forward fails
-        # where it runs oneDNN (no projection, float32 or bfloat16 input not packed with differing
+        # where it runs oneDNN (no projection, input in ONEDNN_LSTM_INPUTS not packed with differing
         # lengths): LSTM's path there. Forward-mode AD takes LSTM's path, whose layers then run the
         # reference (oneDNN's LSTM has no forward mode).
         self._check_hx_pair(hx)
@@ -222,7 +224,7 @@ class LSTM(nn.LSTM):
                       and (hx is None or all(t.device == data.device and autocast_alike(t.dtype, data.dtype, t.device)
                                              for t in hx)))
         onednn_fails = (cast in ONEDNN_LSTM_MISSING and not self.proj_size
-                        and data.dtype in (torch.float32, torch.bfloat16)
+                        and data.dtype in ONEDNN_LSTM_INPUTS
                         and not (packed and bool(input.batch_sizes[0] != input.batch_sizes[-1])))
         if torch_cell and not forward_mode(itertools.chain((data,), hx or (), self.parameters())) \
                 and not (on_cpu and (traced_or_vmapped() or onednn_fails or self._loop_packs_faster(input, hx))):
