@@ -390,6 +390,17 @@ def test_torch_jit_script_runs_the_nn_lstm_it_equals():
     assert scripted.lstm.weight_hh_l0 is model.lstm.weight_hh_l0
 
 
+@pytest.mark.parametrize("hook", ["forward", "forward_pre"])
+def test_torch_jit_script_refuses_forward_hooks(hook):
+    """The nn.LSTM scripted in its place would run without them (an nn.LSTM with them fails to script)."""
+    for module in (torch.nn.LSTM(D, H), LSTM(D, H)):
+        getattr(module, f"register_{hook}_hook")(lambda *args: None)
+        with pytest.raises(RuntimeError):
+            torch.jit.script(torch.nn.Sequential(module))
+    with pytest.raises(RuntimeError, match=r"^torch.jit.script: this LSTM has forward hooks or pre-hooks"):
+        torch.jit.script(torch.nn.Sequential(module))
+
+
 def test_wide_projection_has_nn_lstm_names_and_shapes():
     """proj_size >= hidden_size (which nn.LSTM refuses) builds weight_hr as nn.LSTM would."""
     lstm = LSTM(D, H, num_layers=2, bidirectional=True, proj_size=12)
