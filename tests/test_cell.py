@@ -751,3 +751,20 @@ def test_dynamic_rnn_takes_tfs_signature():
         assert torch.equal(state.c, want_state.c) and torch.equal(state.h, want_state.h)
     step, _ = cell(x[0], None, "rnn/lstm_cell")
     assert torch.equal(step, cell(x[0])[0])
+
+
+@pytest.mark.parametrize("built", [True, False], ids=["built", "lazy"])
+def test_a_saved_cell_loads_with_weights_only_allowing_just_its_class(built, tmp_path):
+    """torch.load(weights_only=True) of a whole saved cell needs only LSTMCell allowed (as nn.LSTMCell
+    needs only itself): the cell holds no bound method. A lazy cell loads lazy, and builds from a
+    state dict as any."""
+    cell = LSTMCell(5, use_peepholes=True, num_proj=3, input_size=4 if built else None)
+    torch.save(cell, tmp_path / "cell.pt")
+    with torch.serialization.safe_globals([LSTMCell]):
+        loaded = torch.load(tmp_path / "cell.pt", weights_only=True)
+    assert loaded.input_size == cell.input_size
+    if not built:
+        cell(torch.randn(2, 4), cell.zero_state(2, torch.float32))
+        loaded.load_state_dict(cell.state_dict())
+    for name, value in cell.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name

@@ -118,7 +118,6 @@ class LSTMCell(nn.Module):
         # the type of the first input"), unless .to() changed it before (a .to() to the default dtype
         # leaves it unchanged, and so unchosen).
         self._dtype_from_inputs = None if dtype is not None else self.weights_like.dtype
-        self._register_load_state_dict_pre_hook(self._build_from_state_dict)
         self.input_size: Optional[int] = None
         if input_size is not None:
             self.build(input_size)
@@ -203,10 +202,12 @@ class LSTMCell(nn.Module):
                              f"in place or return one of its shape")
         return weight
 
-    def _build_from_state_dict(self, state_dict, prefix, *args) -> None:
+    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
         """load_state_dict on a cell not built yet builds it for the kernel's input size first, once
         every weight there has its shape for that size: a shape error leaves the cell unbuilt. (A
-        missing weight is torch's error after the build: a hook cannot tell a strict load.)"""
+        missing weight is torch's error after the build.) An override, not a load_state_dict hook: a
+        saved cell then holds no bound method, and torch.load(weights_only=True) needs only the
+        class allowed."""
         kernel = state_dict.get(prefix + "kernel")
         if self.input_size is None and isinstance(kernel, Tensor):
             D = self._input_size_of(f"state_dict[{prefix + 'kernel'!r}]", kernel)
@@ -214,6 +215,7 @@ class LSTMCell(nn.Module):
             self._check_shapes(D, {tf: (f"state_dict[{key!r}]", state_dict[key]) for tf, key in keys.items()
                                    if isinstance(state_dict.get(key), Tensor)})
             self.build(D)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def _input_size_of(self, label: str, kernel: Tensor) -> int:
         """input_size from the rows of a kernel [input_size + output size, 4 num_units]."""
