@@ -169,15 +169,16 @@ class LSTM(nn.LSTM):
         """torch.jit.script compiles nn.LSTM, not this module's Python: a cell nn.LSTM computes is
         scripted as that nn.LSTM (``to_torch_lstm``), any other is an error, and so are forward hooks
         (that nn.LSTM would not carry them; an nn.LSTM with them fails to script too)."""
+        try:
+            torch_lstm = self.to_torch_lstm()
+        except ValueError as e:
+            raise RuntimeError(f"torch.jit.script: TorchScript runs a triton_lstm.LSTM only as nn.LSTM: {e}. "
+                               f"Use torch.compile or torch.export") from None
         if self._forward_hooks or self._forward_pre_hooks:
             raise RuntimeError("torch.jit.script: this LSTM has forward hooks or pre-hooks, which TorchScript "
                                "cannot run with nn.LSTM's scripted forward (nor can nn.LSTM). Remove them, or "
                                "use torch.compile or torch.export")
-        try:
-            return self.to_torch_lstm()
-        except ValueError as e:
-            raise RuntimeError(f"torch.jit.script: TorchScript runs a triton_lstm.LSTM only as nn.LSTM: {e}. "
-                               f"Use torch.compile or torch.export") from None
+        return torch_lstm
 
     # -- torch's argument checks, raising errors that are both nn.LSTM's and ours ---------------------
     def check_input(self, input: Tensor, batch_sizes: Optional[Tensor]) -> None:
