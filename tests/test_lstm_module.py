@@ -625,6 +625,10 @@ def test_a_float32_c_0_for_half_input_gives_a_float32_c_n(device):
     _, (_, c_n) = lstm(x, (h_0, c_0))
     assert c_1.dtype == c_2.dtype == c_n.dtype == torch.float32
     torch.testing.assert_close(c_2, c_n, rtol=1e-5, atol=1e-5)
+    # Under autocast c_n is in the autocast dtype whatever the input's (as nn.LSTM's on CUDA).
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+        _, (_, c_cast) = lstm(x, (h_0, c_0))
+    assert c_cast.dtype == torch.bfloat16
 
 
 def test_dropout_with_one_layer_warns_as_nn_lstm():

@@ -65,7 +65,7 @@ class LSTM(nn.LSTM):
     ``c_n`` comes back in the input's dtype, as nn.LSTM's (under CPU autocast, where LSTM runs in
     place of nn.LSTM's packed path, in nn.LSTM's dtypes there); inside, the cell state is float32
     for half inputs, and a float32 ``c_0`` with half inputs (which nn.LSTM refuses) gives a float32
-    ``c_n``, so that a sequence run in chunks keeps its cell state unrounded.
+    ``c_n`` outside autocast, so that a sequence run in chunks keeps its cell state unrounded.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
@@ -250,7 +250,8 @@ class LSTM(nn.LSTM):
             c_n = c_n.to(kept)
             if not self.proj_size:
                 output, h_n = output.to(kept), h_n.to(kept)
-        elif hx is not None and hx[1].dtype == torch.float32 and data.dtype in (torch.float16, torch.bfloat16):
+        elif (hx is not None and hx[1].dtype == torch.float32 and data.dtype in (torch.float16, torch.bfloat16)
+              and autocast_dtype(data.device) is None):
             c_n = c_n.to(torch.float32)  # a float32 c_0 (nn.LSTM refuses it) carries on as one, unrounded
         else:
             c_n = c_n.to(output.dtype)
