@@ -768,3 +768,17 @@ def test_a_saved_cell_loads_with_weights_only_allowing_just_its_class(built, tmp
         loaded.load_state_dict(cell.state_dict())
     for name, value in cell.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value), name
+
+
+def test_cells_saved_whole_by_0_1_0_still_load():
+    """A cell pickled whole by triton_lstm 0.1.0 holds its load_state_dict pre-hook as a bound method
+    (``LSTMCell(5, use_peepholes=True, num_proj=3)``, built for input 4 and lazy): both load, and the
+    lazy one still builds from a state dict."""
+    from pathlib import Path
+    saved = torch.load(Path(__file__).parent / "fixtures" / "cells_saved_whole_0_1_0.pt", weights_only=False)
+    built, lazy = saved["built"], saved["lazy"]
+    assert built.input_size == 4 and lazy.input_size is None
+    lazy.load_state_dict(built.state_dict())
+    x = torch.randn(2, 4)
+    for a, b in zip(built(x, built.zero_state(2, torch.float32))[0], lazy(x, lazy.zero_state(2, torch.float32))[0]):
+        assert torch.equal(a, b)

@@ -217,6 +217,11 @@ class LSTMCell(nn.Module):
             self.build(D)
         super()._load_from_state_dict(state_dict, prefix, *args)
 
+    def _build_from_state_dict(self, *args: Any) -> None:
+        """Does nothing: a cell saved whole by triton_lstm 0.1.0 holds this bound method as a
+        load_state_dict pre-hook (it built the cell then; ``_load_from_state_dict`` does now), and
+        unpickling looks it up."""
+
     def _input_size_of(self, label: str, kernel: Tensor) -> int:
         """input_size from the rows of a kernel [input_size + output size, 4 num_units]."""
         if kernel.dim() != 2 or kernel.shape[0] <= self.output_size:
