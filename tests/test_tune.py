@@ -4,6 +4,7 @@ Here ``run`` and ``fits`` are plain functions standing in for compiling, checkin
 kernel, and ``triton.testing.do_bench`` is replaced by a function of the configuration (nothing is
 timed without a GPU). The real resource check on real sm_90 builds is in test_host_path.py.
 """
+import dataclasses
 import json
 import re
 
@@ -259,6 +260,25 @@ def test_pretune_tunes_the_float32_precision_asked_for(tf32, cache, monkeypatch,
     assert torch.backends.cuda.matmul.allow_tf32 == before
 
 
+def unreadable(path):
+    """Reading a cache file another user owns (mode 0600): a test run as root could read a real one."""
+    raise PermissionError(13, "Permission denied", str(path))
+
+
+def test_pretune_says_when_it_cannot_read_the_cache(cache, monkeypatch, capsys):
+    """Another user's cache file: a usage error naming the file, before any tuning. Reading it is
+    replaced by the PermissionError such a file gives; the GPU's availability is stubbed."""
+    from triton_lstm import pretune
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(tune, "_read", unreadable)
+    monkeypatch.setattr(pretune, "tune_one", lambda *args: pytest.fail("tuned"))
+    with pytest.raises(SystemExit) as exit_info:
+        pretune.main(["--hidden", "64", "--batch", "8"])
+    assert exit_info.value.code == 2
+    assert re.search(r"cannot read the tuning cache \(.*Permission denied.*gpu-triton.json'\); set "
+                     r"TRITON_LSTM_CACHE_DIR", capsys.readouterr().err)
+
+
 def test_pretune_refuses_to_run_with_a_pin(monkeypatch, capsys):
     from triton_lstm import pretune
     monkeypatch.setenv("TRITON_LSTM_CONFIG", "block_b=32")
@@ -389,10 +409,7 @@ def test_a_cache_this_user_cannot_read_is_not_overwritten(cache, monkeypatch):
     cache.write_text(json.dumps({"seq_fwd|theirs": {"config": {"block_b": 16}}}))
     before = cache.read_text()
 
-    def refused(path):
-        raise PermissionError(13, "Permission denied", str(path))
-
-    monkeypatch.setattr(tune, "_read", refused)
+    monkeypatch.setattr(tune, "_read", unreadable)
     gpu = FakeGpu(monkeypatch)
     with pytest.warns(UserWarning) as warned:
         assert gpu.pick() == SPACE[0]
@@ -413,3 +430,29 @@ def test_gpu_models_with_the_same_limits_choose_apart(cache, monkeypatch, tmp_pa
                       device=H100)
     assert (first, other) == (SPACE[0], SPACE[2])
     assert list(json.loads(h200.read_text())) == ["seq_fwd|k"]
+
+
+def test_a_cached_entry_is_checked_as_it_will_launch(cache, monkeypatch):
+    """finish completes a choice (seq_bwd without a projection takes block_p = block_n): the cached
+    entry is compiled and checked in that form, the one launched."""
+    cache.write_text(json.dumps({"seq_fwd|k": {"config": {"block_b": 64}}}))   # 64 "spills" in FakeGpu
+    gpu = FakeGpu(monkeypatch)
+    finished = dataclasses.replace(SPACE[0], block_b=32)
+    best = tune.pick("seq_fwd", "k", lambda: SPACE, gpu.run, gpu.fits, compiled=True, capturing=False,
+                     finish=lambda cfg: dataclasses.replace(cfg, block_b=32))
+    assert best == finished and gpu.compiled == [finished] and gpu.ran == []
+
+
+def test_a_cached_entry_that_fails_to_compile_is_tuned_again(cache, monkeypatch):
+    cache.write_text(json.dumps({"seq_fwd|k": {"config": {"block_k": 256}}}))   # no candidate has it
+    gpu = FakeGpu(monkeypatch)
+
+    def run(cfg, warmup):
+        if warmup and cfg.block_k == 256:
+            raise RuntimeError("PassManager::run failed")
+        return gpu.run(cfg, warmup)
+
+    with pytest.warns(UserWarning, match=r"^ignoring the tuning cache's entry .*\(RuntimeError: PassManager::run "
+                                         r"failed\); tuning again"):
+        best = tune.pick("seq_fwd", "k", lambda: SPACE, run, gpu.fits, compiled=True, capturing=False)
+    assert best == SPACE[0]

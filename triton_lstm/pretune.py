@@ -106,7 +106,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("no CUDA GPU found: nothing to tune (CPU runs use fixed configurations)")
         return 0
     os.environ["TRITON_LSTM_AUTOTUNE"] = "1"
-    before = set(tune._read(tune.cache_file()))
+    try:
+        before = set(tune._read(tune.cache_file()))
+    except PermissionError as e:
+        p.error(f"cannot read the tuning cache ({e}); set TRITON_LSTM_CACHE_DIR to a folder of your own")
     shapes = list(itertools.product(args.hidden, args.batch, args.proj, args.dtype))
     tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = args.tf32

@@ -38,6 +38,7 @@ from typing import Any, Callable, Hashable, Optional, Sequence, TypeVar
 
 import torch
 import triton
+from triton.compiler.errors import CompilationError
 from triton.runtime.errors import OutOfResources
 
 try:
@@ -117,7 +118,10 @@ def _locked(path: Path):
     processes tuning at once (one per GPU, DDP ranks) keep each other's entries."""
     with open(path.with_name(path.name + ".lock"), "a") as f:
         if fcntl is not None:
-            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX)
+            except OSError:  # a file system without locks (NFS without its lock daemon): written unlocked
+                pass
         yield
 
 
@@ -147,17 +151,21 @@ def _write(path: Path, key: str, value: dict) -> None:
                       f"writable folder to keep tuned choices across processes")
 
 
-def _cached(entry: Any, default: C, path: Path, key: str) -> Optional[C]:
-    """A cache entry's configuration, or None (with a warning) for one this version cannot use: a file
-    another version of triton_lstm wrote, or one edited by hand."""
+def _cached(entry: Any, default: C, run, fits, finish, path: Path, key: str) -> Optional[C]:
+    """A cache entry's configuration completed by ``finish``, checked as a candidate is; None (with a
+    warning: it is tuned again) for one that cannot run here: a file another version of triton_lstm
+    or another GPU wrote (too many programs for this GPU's SMs, more shared memory than it has), or
+    one edited by hand."""
     try:
         config = entry["config"]
         bad = [name for name, value in config.items()
                if not isinstance(value, int) or value not in PIN_CHOICES.get(name, ())]
         if bad:
             raise ValueError(f"values the kernels do not compile: {bad}")
-        cfg = dataclasses.replace(default, **config)
-    except (TypeError, KeyError, ValueError, AttributeError) as e:
+        cfg = finish(dataclasses.replace(default, **config))
+        if not fits(run(cfg, True), cfg):
+            raise ValueError("it does not fit this GPU (spills, registers or shared memory)")
+    except (TypeError, KeyError, ValueError, AttributeError, CompilationError, RuntimeError) as e:
         warnings.warn(f"ignoring the tuning cache's entry {key!r} in {path} ({type(e).__name__}: {e}); "
                       f"tuning again")
         return None
@@ -280,11 +288,9 @@ def _choose(kernel, key, candidates, run, fits, compiled, capturing, autotune, f
                 warnings.warn(f"cannot read the tuning cache {path} ({e}); choices are tuned in this process")
                 memo = {}
             _memory[str(path)] = memo
-        cached = _cached(memo[full_key], space[0], path, full_key) if full_key in memo else None
+        cached = _cached(memo[full_key], space[0], run, fits, finish, path, full_key) if full_key in memo else None
         if cached is not None:
-            usable = _usable(cached, run, fits, finish, path, full_key)
-            if usable is not None:
-                return usable
+            return cached
     start = time.perf_counter()
     fitting = (cfg for cfg in space if fits(run(cfg, True), cfg))
     first = next(fitting, None)
@@ -311,22 +317,6 @@ def _choose(kernel, key, candidates, run, fits, compiled, capturing, autotune, f
     _tuned[full_key] = entry["tune_s"]
     _write(path, full_key, entry)
     return finish(best)
-
-
-def _usable(cfg: C, run, fits, finish, path: Path, key: str) -> Optional[C]:
-    """A cached configuration completed by ``finish`` if it runs here: one another GPU, another release
-    or a hand edit left (too many programs for this GPU's SMs, more shared memory than it has) is
-    tuned again, with a warning."""
-    try:
-        done = finish(cfg)
-    except ValueError as e:
-        problem = str(e)
-    else:
-        if fits(run(cfg, True), cfg):
-            return done
-        problem = "it does not fit this GPU (spills, registers or shared memory)"
-    warnings.warn(f"ignoring the tuning cache's entry {key!r} in {path} ({problem}); tuning again")
-    return None
 
 
 def tuning_seconds() -> dict[str, float]:
