@@ -28,7 +28,7 @@ test-triton36:
 bench: $(VENV)/.ready
 	$(PY) -m benchmarks.run
 
-# On a GPU machine, with its own torch and Triton (no venv): tests, AOT check, benchmark, plots.
+# On a GPU machine, with its own torch and Triton (no venv): tests, benchmark, plots.
 # SESSION=full runs the full option product and the standard suite instead (resumable; see
 # benchmarks/gpu_session.sh).
 SESSION ?= quick

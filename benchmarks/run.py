@@ -308,6 +308,9 @@ def environment(device: torch.device, suite: str) -> dict:
     if commit is not None:
         dirty, _ = _command_output(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO)
         commit += "+dirty" if dirty else ""
+    elif os.environ.get("TRITON_LSTM_GIT"):
+        # A tree copied without .git (a GPU machine): the caller names the commit it was copied from.
+        commit, why = os.environ["TRITON_LSTM_GIT"], f"from TRITON_LSTM_GIT ({why})"
     env.update(git=commit, git_note=why or None)
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

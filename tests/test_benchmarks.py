@@ -139,3 +139,20 @@ def test_quick_is_the_quick_suite_either_way():
     """--suite quick and --quick are the same run (the quick suite with its shorter timing windows)."""
     assert bench_run.parse_args(["--suite", "quick"]).quick and bench_run.parse_args(["--quick"]).quick
     assert not bench_run.parse_args(["--suite", "standard"]).quick
+
+
+@pytest.mark.parametrize("named", [True, False])
+def test_rows_from_a_tree_without_git_carry_the_commit_the_caller_names(named, tmp_path, monkeypatch):
+    """A GPU machine gets the working tree without .git: TRITON_LSTM_GIT names the commit, which the
+    rows carry (and --resume matches); without it the rows say why they name none."""
+    monkeypatch.setattr(bench_run, "REPO", tmp_path)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))   # no repository above tmp_path
+    if named:
+        monkeypatch.setenv("TRITON_LSTM_GIT", "0123456789ab")
+    else:
+        monkeypatch.delenv("TRITON_LSTM_GIT", raising=False)
+    env = bench_run.environment(torch.device("cpu"), "smoke")
+    if named:
+        assert env["git"] == "0123456789ab" and env["git_note"].startswith("from TRITON_LSTM_GIT (")
+    else:
+        assert env["git"] is None and "not a git repository" in env["git_note"]

@@ -392,6 +392,7 @@ def main(argv=None) -> int:
                 rows += 1
                 if args.json:
                     report.write(json.dumps(row) + "\n")
+                    report.flush()  # a run stopped by a time limit keeps what it compiled
                 cfg, v = row["config"], todo[i - 1][0]
                 print(f"[{i}/{len(todo)}] {row['kernel']:9s} sm_{v.arch} {v.dtype:8s} {v.act}/{v.gate_act} "
                       f"peep={v.peepholes:d} clip={v.cell_clip:d} {v.projection:9s} shape={v.shape} "
