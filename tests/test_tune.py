@@ -45,6 +45,15 @@ class FakeGpu:
         (self.compiled if warmup else self.ran).append(cfg)
         return cfg if warmup else None
 
+    def failing(self, when, message):
+        """run, raising RuntimeError(message) where when(cfg, warmup) holds: a build the compiler or a
+        launch the driver refuses."""
+        def run(cfg, warmup):
+            if when(cfg, warmup):
+                raise RuntimeError(message)
+            return self.run(cfg, warmup)
+        return run
+
     @staticmethod
     def fits(compiled, cfg):
         return compiled.block_b != 64
@@ -346,10 +355,7 @@ def test_a_candidate_that_fails_to_launch_is_skipped(cache, monkeypatch):
     candidate, with a warning; the others are still timed. Only the timed run is replaced."""
     gpu = FakeGpu(monkeypatch)
 
-    def run(cfg, warmup):
-        if not warmup and cfg.block_k == 64:
-            raise RuntimeError("too many blocks in cooperative launch")
-        return gpu.run(cfg, warmup)
+    run = gpu.failing(lambda cfg, warmup: not warmup and cfg.block_k == 64, "too many blocks in cooperative launch")
 
     with pytest.warns(UserWarning, match=r"^seq_fwd: 2 of 3 launch configurations failed to run for k and were "
                                          r"skipped; the first, .*too many blocks in cooperative launch"):
@@ -447,10 +453,7 @@ def test_a_cached_entry_that_fails_to_compile_is_tuned_again(cache, monkeypatch)
     cache.write_text(json.dumps({"seq_fwd|k": {"config": {"block_k": 256}}}))   # no candidate has it
     gpu = FakeGpu(monkeypatch)
 
-    def run(cfg, warmup):
-        if warmup and cfg.block_k == 256:
-            raise RuntimeError("PassManager::run failed")
-        return gpu.run(cfg, warmup)
+    run = gpu.failing(lambda cfg, warmup: warmup and cfg.block_k == 256, "PassManager::run failed")
 
     with pytest.warns(UserWarning, match=r"^ignoring the tuning cache's entry .*\(RuntimeError: PassManager::run "
                                          r"failed\); tuning again"):
