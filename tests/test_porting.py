@@ -7,6 +7,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+import torch.nn.utils.prune
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import triton_lstm
@@ -776,6 +777,43 @@ def test_per_layer_forget_bias_both_ways():
     mixed = LSTMStack([LSTM(3, 4, batch_first=True), LSTM(4, 2, batch_first=True, bidirectional=True)])
     with pytest.raises(ValueError, match=r"^module: an LSTMStack whose layers differ in direction"):
         module_to_tf(mixed)
+
+
+def _pruned(lstm):
+    torch.nn.utils.prune.l1_unstructured(lstm, "weight_ih_l0", 0.3)
+    return lstm
+
+
+def _weight_normed(lstm):
+    torch.nn.utils.parametrizations.weight_norm(lstm, "weight_hh_l0")
+    return lstm
+
+
+@pytest.mark.parametrize("module, message", [
+    (lambda: LSTM(3, 4, recurrent_activation="hard_sigmoid"),
+     r"^module_to_tf: recurrent_activation='hard_sigmoid' \(cell 'lstm_cell'\); TF1's LSTMCell computes its gates "
+     r"with sigmoid only"),
+    (lambda: _pruned(LSTM(3, 4)), r"^module_to_tf: weight_ih_l0 computed from other parameters \(pruned or "
+                                  r"parametrized\)"),
+    (lambda: _weight_normed(LSTM(3, 4)), r"^module_to_tf: weight_hh_l0 computed from other parameters"),
+    (lambda: LSTMStack([KerasRNN(LSTM(3, 4, batch_first=True), "enc")]),
+     r"got LSTMStack; TF1 has no layout for its layer 0, a Keras layer \('enc'; module_to_keras exports it"),
+    (lambda: LSTMStack([LSTM(3, 4, num_layers=2, batch_first=True), LSTM(4, 4, batch_first=True)]),
+     r"got LSTMStack; TF1 has no layout for its layer 0, an LSTM of num_layers=2 inside a stack"),
+    (lambda: Bidirectional(LSTM(3, 4, batch_first=True), LSTM(3, 4, batch_first=True), merge_mode="sum"),
+     r"got Bidirectional; TF1 has no layout for a Bidirectional with merge_mode='sum'"),
+], ids=["gates", "pruned", "parametrized", "keras-layer", "multi-layer-in-stack", "sum-merge"])
+def test_module_to_tf_names_what_has_no_tf1_form(module, message):
+    """Each of these exported silently wrong (TF computes sigmoid gates; the weights of a pruned or
+    parametrized LSTM are not under their names) or with an error that named only the class."""
+    with pytest.raises(ValueError, match=message):
+        module_to_tf(module())
+
+
+@pytest.mark.parametrize("edit", [_pruned, _weight_normed])
+def test_module_to_keras_refuses_computed_weights(edit):
+    with pytest.raises(ValueError, match=r"^module_to_keras: weight_.._l0 computed from other parameters"):
+        module_to_keras(edit(LSTM(3, 4, batch_first=True)))
 
 
 @pytest.mark.parametrize("kind", ["LSTMStack", "Bidirectional", "KerasRNN"])

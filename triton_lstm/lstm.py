@@ -144,6 +144,16 @@ class LSTM(nn.LSTM):
                 and resolve_activation(self.activation)[0] == "tanh"
                 and resolve_recurrent_activation(self.recurrent_activation)[0] == "sigmoid")
 
+    def check_stored_weights(self, what: str) -> None:
+        """A ValueError (its message starting with ``what``) if a weight is computed from other parameters
+        (pruned or parametrized): what reads the weights by name, as a copy or export does, would miss
+        them."""
+        computed = [name for name in self._flat_weights_names if not isinstance(getattr(self, name), nn.Parameter)]
+        if computed:
+            raise ValueError(f"{what}: {', '.join(computed)} computed from other parameters (pruned or "
+                             f"parametrized); make them parameters again first (torch.nn.utils.prune.remove, "
+                             f"torch.nn.utils.parametrize.remove_parametrizations)")
+
     def to_torch_lstm(self) -> nn.LSTM:
         """This module as a plain ``torch.nn.LSTM`` sharing its parameters (not copies), for tools that
         take only nn.LSTM itself: ``torch.ao.quantization.quantize_dynamic``, the ONNX exporter,
@@ -153,11 +163,7 @@ class LSTM(nn.LSTM):
             extras = self._tf_options() + ([f"proj_size={self.proj_size} >= hidden_size"]
                                            if self.proj_size >= self.hidden_size else [])
             raise ValueError(f"to_torch_lstm: nn.LSTM cannot compute this cell ({', '.join(extras)})")
-        computed = [name for name in self._flat_weights_names if not isinstance(getattr(self, name), nn.Parameter)]
-        if computed:
-            raise ValueError(f"to_torch_lstm: {', '.join(computed)} computed from other parameters (pruned or "
-                             f"parametrized); make them parameters again first (torch.nn.utils.prune.remove, "
-                             f"torch.nn.utils.parametrize.remove_parametrizations)")
+        self.check_stored_weights("to_torch_lstm")
         plain = nn.LSTM(self.input_size, self.hidden_size, self.num_layers, self.bias, self.batch_first,
                         float(self.dropout), self.bidirectional, self.proj_size, device="meta")
         for name in self._flat_weights_names:

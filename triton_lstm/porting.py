@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from triton_lstm.activations import ACTIVATIONS, KERAS_ACTIVATIONS
+from triton_lstm.activations import ACTIVATIONS, KERAS_ACTIVATIONS, resolve_recurrent_activation
 from triton_lstm.checks import check_forget_bias, check_integers, shape_of
 from triton_lstm.convert import (as_tensor, keras_to_torch_lstm, tf_to_torch_lstm, torch_lstm_to_keras,
                                  torch_lstm_to_tf)
@@ -563,7 +563,24 @@ def _tf_cells(module: nn.Module) -> list[tuple[str, LSTM, str, int]]:
         return out
     raise ValueError(f"module: expected a triton_lstm.LSTM, an LSTMStack of one-layer LSTMs (or of concat "
                      f"Bidirectionals of two one-way ones) or a concat Bidirectional of them, got "
-                     f"{type(module).__name__}; TF1 has no layout for the rest")
+                     f"{type(module).__name__}; TF1 has no layout for {_no_tf_layout(module)}")
+
+
+def _no_tf_layout(module: nn.Module) -> str:
+    """What in a module ``_tf_cells`` refuses stands in the way, for its error."""
+    if isinstance(module, LSTMStack):
+        k, layer = next((k, layer) for k, layer in enumerate(module.layers) if _layer_directions(layer) is None)
+        return f"its layer {k}, {_no_tf_layout(layer)}"
+    if isinstance(module, KerasRNN):
+        return (f"a Keras layer ({module.name!r}; module_to_keras exports it, keras_to_tf_lstm converts its "
+                f"Keras weights to a TF1 cell's)")
+    if isinstance(module, LSTM):
+        return f"an LSTM of num_layers={module.num_layers} inside a stack (its layers are one-layer LSTMs)"
+    if isinstance(module, Bidirectional) and module.merge_mode != "concat":
+        return f"a Bidirectional with merge_mode={module.merge_mode!r} (TF1 concatenates the directions)"
+    if isinstance(module, Bidirectional):
+        return "a Bidirectional whose directions are not two one-way one-layer LSTMs"
+    return f"a {type(module).__name__}"
 
 
 def module_to_tf(module: nn.Module, scope: Optional[str] = None, forget_bias=1.0) -> dict:
@@ -582,6 +599,12 @@ def module_to_tf(module: nn.Module, scope: Optional[str] = None, forget_bias=1.0
     per_layer = [check_forget_bias(f) for f in _per_layer("forget_bias", forget_bias, max(k for *_, k in cells) + 1)]
     out = {}
     for cell, lstm, suffix, k in cells:
+        lstm.check_stored_weights("module_to_tf")
+        gate = resolve_recurrent_activation(lstm.recurrent_activation)[0]
+        if gate != "sigmoid":
+            raise ValueError(f"module_to_tf: recurrent_activation={lstm.recurrent_activation!r} (cell {cell!r}); TF1's "
+                             f"LSTMCell computes its gates with sigmoid only (module_to_keras exports other gate "
+                             f"activations)")
         out.update(torch_lstm_to_tf(lstm.state_dict(), suffix, per_layer[k] - lstm.forget_bias,
                                     f"{scope}/{cell}" if scope else cell))
     return out
@@ -899,6 +922,7 @@ def module_to_keras(module: nn.Module) -> dict:
         layers.append((name, lstm, k))
     out = {}
     for name, lstm, k in layers:
+        lstm.check_stored_weights("module_to_keras")
         if lstm.cell_clip is not None or lstm.proj_clip is not None:
             raise ValueError(f"module: Keras' LSTM has no cell_clip or proj_clip (layer {name!r})")
         for direction, suffix in ((("forward/", f"_l{k}"), ("backward/", f"_l{k}_reverse")) if lstm.bidirectional
