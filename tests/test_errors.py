@@ -372,6 +372,24 @@ def test_activation_that_is_not_elementwise(arg, fn, got):
         LSTM(D, N, **{arg: fn})(torch.randn(2, B, D))
 
 
+@pytest.mark.parametrize("form", ["reversed-array", "uint32", "uint64"])
+def test_sequence_lengths_in_any_integer_layout(form):
+    """A reversed numpy view and the wide unsigned dtypes hold integers as well as any: taken, and
+    checked for their range as any."""
+    cell = LSTMCell(N, input_size=D)
+    x = torch.randn(3, 4, D)
+    lens = np.array([1, 4, 2])
+    given = {"reversed-array": lens[::-1], "uint32": torch.tensor([2, 4, 1]).to(torch.uint32),
+             "uint64": lens[::-1].astype(np.uint64)}[form]
+    out, _ = dynamic_rnn(cell, x, sequence_length=given)
+    want, _ = dynamic_rnn(cell, x, sequence_length=[2, 4, 1])
+    assert torch.equal(out, want)
+    too_long = {"reversed-array": np.array([1, 5, 2])[::-1], "uint32": torch.tensor([2, 5, 1]).to(torch.uint32),
+                "uint64": np.array([2, 5, 1], dtype=np.uint64)}[form]
+    with pytest.raises(ValueError, match=r"values must lie in \[0, T=4\], got min 1 and max 5"):
+        dynamic_rnn(cell, x, sequence_length=too_long)
+
+
 def test_sequence_length_that_is_no_list_of_integers():
     cell = LSTMCell(N, input_size=D)
     x = torch.randn(2, 4, D)

@@ -206,7 +206,8 @@ def check_lengths(lengths: Optional[Tensor], T: int, B: int, device: torch.devic
         return None
     if not isinstance(lengths, Tensor):
         try:  # an empty list: no rows' lengths, int64 as torch gives a list of ints
-            lengths = torch.as_tensor(lengths, dtype=torch.int64 if np.size(lengths) == 0 else None)
+            lengths = torch.as_tensor(np.ascontiguousarray(lengths) if isinstance(lengths, np.ndarray) else lengths,
+                                      dtype=torch.int64 if np.size(lengths) == 0 else None)
         except (TypeError, ValueError) as e:
             raise TypeError(f"{LENGTHS}: expected [batch] integers (a tensor, list or array), got "
                             f"{lengths!r:.80}") from e
@@ -218,9 +219,11 @@ def check_lengths(lengths: Optional[Tensor], T: int, B: int, device: torch.devic
     # Values cannot be read while tracing or capturing a CUDA graph.
     readable = not torch.compiler.is_compiling() and not (lengths.device == device and launch.capturing(device))
     host_check = not launch.gpu_device(lengths.device) or not on_device_check
-    if B and readable and host_check and (bool((lengths < 0).any()) or bool((lengths > T).any())):
-        raise ValueError(f"{LENGTHS}: values must lie in [0, T={T}], got min {int(lengths.min())} "
-                         f"and max {int(lengths.max())}")
+    # torch compares no wider unsigned dtype than uint8: those are compared as int64.
+    values = lengths.long() if lengths.dtype in (torch.uint16, torch.uint32, torch.uint64) else lengths
+    if B and readable and host_check and (bool((values < 0).any()) or bool((values > T).any())):
+        raise ValueError(f"{LENGTHS}: values must lie in [0, T={T}], got min {int(values.min())} "
+                         f"and max {int(values.max())}")
     return lengths.to(device=device, dtype=torch.int32, non_blocking=True).contiguous()
 
 
