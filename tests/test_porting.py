@@ -779,6 +779,21 @@ def test_per_layer_forget_bias_both_ways():
         module_to_tf(mixed)
 
 
+@pytest.mark.parametrize("form", ["reversed-array", "uint32"])
+def test_keras_modules_take_lengths_in_any_integer_layout(form):
+    """As the sequence op takes them: a reversed numpy view, an unsigned tensor wider than 8 bits."""
+    torch.manual_seed(0)
+    layer = KerasRNN(LSTM(3, 4, batch_first=True), "a")
+    x = torch.randn(3, 5, 3)
+    given = {"reversed-array": np.array([1, 5, 2])[::-1], "uint32": torch.tensor([2, 5, 1]).to(torch.uint32)}[form]
+    out, _ = layer(x, lengths=given)
+    want, _ = layer(x, lengths=torch.tensor([2, 5, 1]))
+    assert torch.equal(out, want)
+    too_long = {"reversed-array": np.array([1, 6, 2])[::-1], "uint32": torch.tensor([2, 6, 1]).to(torch.uint32)}[form]
+    with pytest.raises(ValueError, match=r"^lengths: expected 3 values in \[0, 5\], got \[2, 6, 1\]"):
+        layer(x, lengths=too_long)
+
+
 def _pruned(lstm):
     torch.nn.utils.prune.l1_unstructured(lstm, "weight_ih_l0", 0.3)
     return lstm

@@ -202,6 +202,18 @@ def check_sequence_args(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_x
     return T, B, D, N, P
 
 
+def integer_tensor(values: Any, **kwargs: Any) -> torch.Tensor:
+    """``torch.as_tensor(values, **kwargs)`` of integers given as a tensor, list or numpy array, a numpy
+    view with negative strides (``a[::-1]``, which torch refuses) included."""
+    return torch.as_tensor(np.ascontiguousarray(values) if isinstance(values, np.ndarray) else values, **kwargs)
+
+
+def comparable(t: torch.Tensor) -> torch.Tensor:
+    """t, or its int64 values for the unsigned dtypes wider than 8 bits, which torch's comparisons and
+    clamps do not take."""
+    return t.long() if t.dtype in (torch.uint16, torch.uint32, torch.uint64) else t
+
+
 def check_integers(name: str, t: torch.Tensor) -> None:
     """t holds integers (not floats, complex numbers or bools)."""
     if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:

@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from triton_lstm.activations import ACTIVATIONS, KERAS_ACTIVATIONS, resolve_recurrent_activation
-from triton_lstm.checks import check_forget_bias, check_integers, shape_of
+from triton_lstm.checks import check_forget_bias, check_integers, comparable, integer_tensor, shape_of
 from triton_lstm.convert import (as_tensor, keras_to_torch_lstm, tf_to_torch_lstm, torch_lstm_to_keras,
                                  torch_lstm_to_tf)
 from triton_lstm.keras_files import read_keras_config, read_keras_weights, stacked_cells
@@ -141,8 +141,9 @@ def _inputs(module: nn.Module, input, lengths, mask):
                              f"{shape_of(mask)}")
         lengths = lengths_from_mask(mask)
     if lengths is not None:
-        lengths = torch.as_tensor(lengths, device=input.device)
+        lengths = integer_tensor(lengths, device=input.device)
         check_integers("lengths", lengths)
+        lengths = comparable(lengths)  # what follows compares and clamps them
         if shape_of(lengths) != (input.shape[0],) or bool(((lengths < 0) | (lengths > input.shape[1])).any()):
             raise ValueError(f"lengths: expected {input.shape[0]} values in [0, {input.shape[1]}], got {lengths.tolist()}")
     return input, lengths, False

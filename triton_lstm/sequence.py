@@ -11,7 +11,7 @@ import triton
 
 from triton_lstm.activations import Activation, activation_name
 from triton_lstm.checks import (SEQUENCE_NAMES, Names, check_clip, check_forget_bias, check_integers,
-                                check_sequence_args, shape_of)
+                                check_sequence_args, comparable, integer_tensor, shape_of)
 from triton_lstm.convert import swap_gates, swap_gates_kept
 from triton_lstm.cpu import GATE_ORDERS, lstm_sequence_cpu
 from triton_lstm.functional import CellOptions, autocast, autocast_state, resolve_activations
@@ -206,8 +206,7 @@ def check_lengths(lengths: Optional[Tensor], T: int, B: int, device: torch.devic
         return None
     if not isinstance(lengths, Tensor):
         try:  # an empty list: no rows' lengths, int64 as torch gives a list of ints
-            lengths = torch.as_tensor(np.ascontiguousarray(lengths) if isinstance(lengths, np.ndarray) else lengths,
-                                      dtype=torch.int64 if np.size(lengths) == 0 else None)
+            lengths = integer_tensor(lengths, dtype=torch.int64 if np.size(lengths) == 0 else None)
         except (TypeError, ValueError) as e:
             raise TypeError(f"{LENGTHS}: expected [batch] integers (a tensor, list or array), got "
                             f"{lengths!r:.80}") from e
@@ -219,8 +218,7 @@ def check_lengths(lengths: Optional[Tensor], T: int, B: int, device: torch.devic
     # Values cannot be read while tracing or capturing a CUDA graph.
     readable = not torch.compiler.is_compiling() and not (lengths.device == device and launch.capturing(device))
     host_check = not launch.gpu_device(lengths.device) or not on_device_check
-    # torch compares no wider unsigned dtype than uint8: those are compared as int64.
-    values = lengths.long() if lengths.dtype in (torch.uint16, torch.uint32, torch.uint64) else lengths
+    values = comparable(lengths)
     if B and readable and host_check and (bool((values < 0).any()) or bool((values > T).any())):
         raise ValueError(f"{LENGTHS}: values must lie in [0, T={T}], got min {int(values.min())} "
                          f"and max {int(values.max())}")
