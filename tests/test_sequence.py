@@ -188,6 +188,13 @@ def test_sequence_single_unit(device, grid):
 
 
 @pytest.mark.parametrize("grid_name", ["one", "several"])
+def test_sequence_without_inputs(grid_name, device, grid):
+    """Input width 0: the recurrence alone, as a TF cell on [B, 0] inputs computes it."""
+    run_sequence_case(dict(FULL_OPTIONS, grid=grid_name), 4, 3, 0, 20, 5, device, grid,
+                      lengths=torch.tensor([4, 0, 2], device=device), seed=5)
+
+
+@pytest.mark.parametrize("grid_name", ["one", "several"])
 def test_sequence_one_step(grid_name, device, grid):
     T, B = 1, 3
     case = dict(FULL_OPTIONS, grid=grid_name)

@@ -112,7 +112,7 @@ def weight_grads(needs: tuple[bool, ...], dz: Tensor, x: Tensor, h: Tensor, c_pr
     need_wx, need_wh, need_bias, need_wf, need_wi, need_wo, need_proj = needs
 
     def rows(t: Tensor, masked: bool = False) -> Tensor:
-        return (padding_zeroed(t, valid) if masked else t).reshape(-1, t.shape[-1]).float()
+        return (padding_zeroed(t, valid) if masked else t).flatten(0, -2).float()
 
     dz2 = rows(dz)   # zeros past the lengths already, as dy
     d_wx = (rows(x, True).t() @ dz2).to(dtype) if need_wx else None
