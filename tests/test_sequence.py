@@ -20,6 +20,7 @@ from triton_lstm import (LSTMCell, LSTMStateTuple, dynamic_rnn, lstm_cell, lstm_
 from triton_lstm.activations import resolve_activation, resolve_recurrent_activation
 from triton_lstm.kernels.lstm_sequence import BARRIER_FAILED, grid_barrier, mark_barrier_failed
 from triton_lstm.launch import interpreting, kernels_run_on
+import triton_lstm.sequence
 from triton_lstm.sequence import _raise_on_flags
 
 WEIGHTS = ("w_x", "w_h", "bias", "w_f_diag", "w_i_diag", "w_o_diag", "projection")
@@ -224,6 +225,42 @@ def test_sequence_zero_steps_returns_initial_state(projection, grid_name, device
     for name in names:
         if name not in ("x", "h0", "c0"):
             assert grads[name].shape == t[name].shape and (grads[name] == 0).all(), name
+
+
+@pytest.mark.parametrize("steps", [0, 4])
+@pytest.mark.parametrize("lengths", [None, "variable"])
+@pytest.mark.parametrize("path", ["kernels", "without-kernels", "float64"])
+def test_final_state_is_a_tensor_of_its_own(path, lengths, steps, device, monkeypatch):
+    """h_T and c_T take ``detach_()`` and in-place ops before the backward, as any output (and as
+    nn.LSTM's h_n and c_n): neither is a view of a buffer the backward keeps nor the caller's h0. On
+    every path: the kernels; without them (stubbed as not running on the device: float32 on the CPU
+    path as users run it: torch's LSTM, the loop with lengths); float64 (the loop, the reference on a GPU)."""
+    if path == "without-kernels":
+        monkeypatch.setattr(triton_lstm.sequence, "kernels_run_on", lambda *_: False)
+    dtype = torch.float64 if path == "float64" else torch.float32
+    B, D, N = 3, 7, 10
+    t = seq_tensors(steps, B, D, N, None, False, dtype, device)
+    t["c0"] = t["c0"].to(dtype)
+    lengths = None if lengths is None else torch.tensor([steps, 0, steps // 2], device=device)
+    for v in t.values():
+        if v is not None:
+            v.requires_grad_()
+    out, h_T, c_T = lstm_sequence(*seq_args(t), lengths)
+    h_T.detach_()
+    c_T.detach_()
+    assert not h_T.requires_grad and not c_T.requires_grad
+    out, h_T, c_T = lstm_sequence(*seq_args(t), lengths)
+    h_T.mul_(2)
+    c_T.add_(1)
+    assert not torch.equal(h_T, t["h0"]), "h0 was changed in place"
+    names = [k for k, v in t.items() if v is not None]
+    grads = torch.autograd.grad(out.sum() + (h_T * h_T).sum() + (c_T * c_T).sum(), [t[k] for k in names])
+    up = {k: (None if v is None else v.detach().double().requires_grad_()) for k, v in t.items()}
+    r_out, r_h, r_c = lstm_sequence_reference(*seq_args(up), lengths)
+    want = torch.autograd.grad(r_out.sum() + (4 * r_h * r_h).sum() + ((r_c + 1) ** 2).sum(), [up[k] for k in names],
+                               materialize_grads=True)
+    for name, got, w in zip(names, grads, want):
+        assert_close(f"d{name}", got, w.to(got.dtype), TOLERANCES[torch.float32]["grad"])
 
 
 @pytest.mark.filterwarnings("ignore:activation .* has no kernel implementation")

@@ -278,10 +278,10 @@ def named_sequence(names: Names, x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor,
     on_kernels = not reference and kernels_run_on(x.device, x.dtype)
     lengths = check_lengths(lengths, T, B, x.device, on_kernels)
     if not reference and not on_kernels and x.device.type == "cpu":
-        return lstm_sequence_cpu(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, lengths,
-                                 forget_bias=forget_bias, cell_clip=clips[0], proj_clip=clips[1],
-                                 activation=activation_name(ids[0]), recurrent_activation=activation_name(ids[1]),
-                                 gate_order=gate_order)
+        return own_final_state(*lstm_sequence_cpu(
+            x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, lengths, forget_bias=forget_bias,
+            cell_clip=clips[0], proj_clip=clips[1], activation=activation_name(ids[0]),
+            recurrent_activation=activation_name(ids[1]), gate_order=gate_order))
     if not GATE_ORDERS[gate_order]:
         # Forward-mode AD computes its tangents now, with nothing to check later: plain copies there
         # (swap_gates_kept has no jvp, which torch.compile could not trace).
@@ -294,4 +294,11 @@ def named_sequence(names: Names, x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor,
     from triton_lstm.ops import sequence  # ops builds on this module's launchers
     out, hbuf, cbuf, *_ = sequence(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, lengths,
                                    *ids, forget_bias, *clips)
-    return out, hbuf[-1], cbuf[-1]
+    return own_final_state(out, hbuf[-1], cbuf[-1])
+
+
+def own_final_state(out: Tensor, h_T: Tensor, c_T: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(out, h_T, c_T) with h_T and c_T copied out of the larger tensors they are the last steps of
+    (the kernels' [T + 1]-step buffers, which their backward keeps; torch's LSTM's [1, B, .] states):
+    an in-place op or ``detach_()`` on them then acts as on any output of its own."""
+    return out, h_T.clone(), c_T.clone()
