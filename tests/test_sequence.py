@@ -188,11 +188,19 @@ def test_sequence_single_unit(device, grid):
     run_sequence_case(dict(FULL_OPTIONS, grid="one"), 4, 2, 1, 1, 1, device, grid, seed=4)
 
 
-@pytest.mark.parametrize("grid_name", ["one", "several"])
-def test_sequence_without_inputs(grid_name, device, grid):
-    """Input width 0: the recurrence alone, as a TF cell on [B, 0] inputs computes it."""
-    run_sequence_case(dict(FULL_OPTIONS, grid=grid_name), 4, 3, 0, 20, 5, device, grid,
-                      lengths=torch.tensor([4, 0, 2], device=device), seed=5)
+@pytest.mark.parametrize("path", ["one", "several", "without-kernels"])
+def test_sequence_without_inputs(path, device, grid, monkeypatch):
+    """Input width 0: the recurrence alone, as a TF cell on [B, 0] inputs computes it (w_x [0, 4N] gets
+    its empty gradient); on the kernels with one program or several, and without them (stubbed as
+    not running on the device: the CPU path's loop)."""
+    lengths = torch.tensor([4, 0, 2], device=device)
+    if path != "without-kernels":
+        run_sequence_case(dict(FULL_OPTIONS, grid=path), 4, 3, 0, 20, 5, device, grid, lengths=lengths, seed=5)
+        return
+    monkeypatch.setattr(triton_lstm.sequence, "kernels_run_on", lambda *_: False)
+    case = dict(FULL_OPTIONS, grid="one")
+    t, options = case_tensors(case, 4, 3, 0, 20, 5, device, 5)
+    check_case(lstm_sequence, case, t, options, lengths, TOLERANCES[torch.float32], 5)
 
 
 @pytest.mark.parametrize("grid_name", ["one", "several"])
@@ -203,15 +211,21 @@ def test_sequence_one_step(grid_name, device, grid):
                       lengths=torch.tensor([1, 0, 1], device=device))
 
 
+@pytest.mark.parametrize("D", [7, 0])
 @pytest.mark.parametrize("projection", [None, 5])
-@pytest.mark.parametrize("grid_name", ["one", "several"])
-def test_sequence_zero_steps_returns_initial_state(projection, grid_name, device, grid):
-    B, D, N = 3, 7, 10
+@pytest.mark.parametrize("path", ["one", "several", "without-kernels"])
+def test_sequence_zero_steps_returns_initial_state(projection, path, D, device, grid, monkeypatch):
+    """No step: the final state is the initial one, its gradients pass straight through and every
+    weight gets a zero gradient of its shape (an empty one for inputs of width 0); on the kernels
+    with one program or several, and without them (stubbed as not running on the device)."""
+    if path == "without-kernels":
+        monkeypatch.setattr(triton_lstm.sequence, "kernels_run_on", lambda *_: False)
+    B, N = 3, 10
     t = seq_tensors(0, B, D, N, projection, True, torch.float32, device)
     for v in t.values():
         if v is not None:
             v.requires_grad_()
-    grid.use(grid_name)
+    grid.use("one" if path == "without-kernels" else path)
     out, h_T, c_T = lstm_sequence(*seq_args(t), torch.zeros(B, dtype=torch.long, device=device), cell_clip=0.8)
     width = projection or N
     assert out.shape == (0, B, width) and out.dtype == torch.float32
@@ -230,9 +244,10 @@ def test_sequence_zero_steps_returns_initial_state(projection, grid_name, device
 @pytest.mark.parametrize("steps", [0, 4])
 @pytest.mark.parametrize("lengths", [None, "variable"])
 @pytest.mark.parametrize("path", ["kernels", "without-kernels", "float64"])
-def test_final_state_is_a_tensor_of_its_own(path, lengths, steps, device, monkeypatch):
-    """h_T and c_T take ``detach_()`` and in-place ops before the backward, as any output (and as
-    nn.LSTM's h_n and c_n): neither is a view of a buffer the backward keeps nor the caller's h0. On
+def test_results_are_tensors_of_their_own(path, lengths, steps, device, monkeypatch):
+    """The outputs, h_T and c_T take ``detach_()``, h_T and c_T in-place ops before the backward too, as
+    nn.LSTM's output, h_n and c_n do: none is a view of a buffer (the backward keeps some) or the
+    caller's h0. On
     every path: the kernels; without them (stubbed as not running on the device: float32 on the CPU
     path as users run it: torch's LSTM, the loop with lengths); float64 (the loop, the reference on a GPU)."""
     if path == "without-kernels":
@@ -246,9 +261,9 @@ def test_final_state_is_a_tensor_of_its_own(path, lengths, steps, device, monkey
         if v is not None:
             v.requires_grad_()
     out, h_T, c_T = lstm_sequence(*seq_args(t), lengths)
-    h_T.detach_()
-    c_T.detach_()
-    assert not h_T.requires_grad and not c_T.requires_grad
+    for result in (out, h_T, c_T):
+        result.detach_()
+        assert not result.requires_grad
     out, h_T, c_T = lstm_sequence(*seq_args(t), lengths)
     h_T.mul_(2)
     c_T.add_(1)

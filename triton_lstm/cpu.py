@@ -623,8 +623,15 @@ def _fwd_backward(ctx, d_hbuf, _d_cbuf, d_h_T, d_c_T, *_):
         d_hbuf, d_h_T, d_c_T, x, w_x, w_h, w_f_diag, w_i_diag, w_o_diag, projection, lengths, hbuf, cbuf, gates,
         act_c, pre, m, c_in, y_in, *ctx.options[:2], ctx.tf_gates, weights_t, [needs[0], needs[3], needs[4], needs[9]])
     transposed = (weights_t, weights_t, False, False, False, False, weights_t)
-    d_weights = (None if w is None or g.numel() == 0 else g.t() if t else g
-                 for w, g, t in zip(inputs[3:], d_weights, transposed))
+
+    def weight_grad(w: Optional[Tensor], g: Tensor, t: bool) -> Optional[Tensor]:
+        if w is None:
+            return None
+        if w.numel() == 0:              # w_x of inputs of width 0: nothing to sum
+            return torch.zeros_like(w)
+        return None if g.numel() == 0 else g.t() if t else g      # empty: not wanted
+
+    d_weights = (weight_grad(w, g, t) for w, g, t in zip(inputs[3:], d_weights, transposed))
     return (_present(dx), dh0.to(h0.dtype), dc0.to(c0.dtype), *d_weights) + (None,) * 8
 
 
@@ -706,7 +713,8 @@ def loop_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, b
     hbuf, _, h_T, c_T, *_ = cpu_sequence(*tensors, None if lengths is None else lengths.long(),
                                          activation_id(activation), activation_id(recurrent_activation),
                                          forget_bias, cell_clip, proj_clip, keep, GATE_ORDERS[gate_order])
-    return hbuf[1:], h_T, c_T
+    # A copy: as a view of hbuf the outputs could not be detached in place (nn.LSTM's can).
+    return hbuf[1:].clone(), h_T, c_T
 
 
 def lstm_sequence_cpu(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bias: Tensor,
