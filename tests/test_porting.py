@@ -849,3 +849,35 @@ def test_ported_modules_take_a_mask_as_the_lengths_it_holds(kind):
     assert not torch.equal(want, module(x)[0])  # the lengths matter here
     for name, a, b in [("output", got, want), ("h_n", h, h_want), ("c_n", c, c_want)]:
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("kind", ["stack", "bidirectional", "keras-bi", "keras-backwards"])
+def test_an_empty_row_takes_no_gradient_from_its_padding_or_state(kind, path):
+    """A row of length 0 runs no step: NaN in its padding and initial state (never read) leaves every
+    other gradient as with zeros there; its padding gets a zero gradient and its initial state the
+    final state's, passed straight through."""
+    torch.manual_seed(0)
+
+    def lstm(bidirectional=False):
+        return LSTM(3, 4, batch_first=True, use_peepholes=True, cell_clip=2.0, bidirectional=bidirectional)
+
+    module = {"stack": lambda: LSTMStack([lstm()]), "bidirectional": lambda: Bidirectional(lstm(), lstm()),
+              "keras-bi": lambda: KerasRNN(lstm(True), "bi"),
+              "keras-backwards": lambda: KerasRNN(lstm(), "rev", go_backwards=True)}[kind]()
+    states = module.state_count
+    lengths = torch.tensor([3, 0, 2])
+    x, h0, c0 = torch.randn(3, 3, 3), torch.randn(states, 3, 4), torch.randn(states, 3, 4)
+
+    def grads(fill):
+        leaves = [v.clone() for v in (x, h0, c0)]
+        leaves[0][1], leaves[1][:, 1], leaves[2][:, 1] = fill, fill, fill
+        leaves = [v.requires_grad_() for v in leaves]
+        out, (h, c) = module(leaves[0], (leaves[1], leaves[2]), lengths=lengths)
+        given = torch.Generator().manual_seed(1)
+        return torch.autograd.grad((out, h, c), leaves + list(module.parameters()),
+                                   [torch.randn(r.shape, generator=given) for r in (out, h, c)])
+
+    with_nan, with_zeros = grads(float("nan")), grads(0.0)
+    for k, (a, b) in enumerate(zip(with_nan, with_zeros)):
+        torch.testing.assert_close(a, b, **TOL, msg=lambda m: f"gradient {k}: {m}")
+    assert (with_nan[0][1] == 0).all()

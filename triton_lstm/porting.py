@@ -82,12 +82,20 @@ def _run(module: nn.Module, x: Tensor, lengths: Optional[Tensor], hx: Optional[t
     if lengths is None:
         out, (h, c) = module(x, state)
         return out, list(h), list(c)
-    # PackedSequence has no empty rows: run them one step and put back zeros and the initial state.
+    # PackedSequence has no empty rows: run them one step on zeros (not on their padding and initial
+    # state: the backward multiplies what that step read by zero, and NaN there would turn up in
+    # every weight's gradient), then put back zeros and the initial state.
     empty = lengths == 0
-    packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
-    out, (h, c) = module(packed, state)
+    any_empty = bool(empty.any())
+    run_x, run_state = x, state
+    if any_empty:
+        run_x = x.masked_fill(empty[:, None, None], 0.0)
+        if state is not None:
+            run_state = tuple(s.masked_fill(empty[None, :, None], 0.0) for s in state)
+    packed = pack_padded_sequence(run_x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+    out, (h, c) = module(packed, run_state)
     out = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
-    if bool(empty.any()):
+    if any_empty:
         out = out.masked_fill(empty[:, None, None], 0.0)
         h0, c0 = state if state is not None else (torch.zeros_like(h), torch.zeros_like(c))
         h, c = torch.where(empty[None, :, None], h0, h), torch.where(empty[None, :, None], c0, c)
