@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from helpers import TOLERANCES, assert_close, cell_args, cell_tensors
+from helpers import TOLERANCES, assert_close, cell_args, cell_tensors, reference_fp32
 from triton_lstm import (DTypeError, LSTM, LSTMCell, LSTMStateTuple, dynamic_rnn, lstm_cell, lstm_cell_reference,
                          lstm_sequence)
 from triton_lstm.launch import kernels_run_on
+import triton_lstm.functional
 
 B, D, N, P = 4, 6, 10, 5
 FWD, GRAD = TOLERANCES[torch.float32]["fwd"], TOLERANCES[torch.float32]["grad"]
@@ -782,3 +783,32 @@ def test_cells_saved_whole_by_0_1_0_still_load():
     x = torch.randn(2, 4)
     for a, b in zip(built(x, built.zero_state(2, torch.float32))[0], lazy(x, lazy.zero_state(2, torch.float32))[0]):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("peepholes", [False, True])
+@pytest.mark.parametrize("path", ["kernels", "reference"])
+def test_new_state_takes_in_place_ops_before_the_backward(path, peepholes, device, monkeypatch):
+    """A step's new h and c take in-place ops before the backward (a state reset: c.mul_(keep)), as
+    nn.LSTMCell's do, with gradients as if computed out of place: the kernels keep neither for the
+    backward, unless c feeds the output gate's peephole (then, as in the reference's graph, the
+    backward needs it and autograd says it was modified)."""
+    if path == "reference":
+        monkeypatch.setattr(triton_lstm.functional, "kernels_run_on", lambda *_: False)
+    t = cell_tensors(3, 5, 6, 4, peepholes, torch.float32, device)
+    names = [k for k, v in t.items() if v is not None]
+    for k in names:
+        t[k].requires_grad_()
+    keep = torch.tensor([[1.0], [0.0], [1.0]], device=device)
+    h, c = lstm_cell(*cell_args(t), cell_clip=0.8)
+    h.mul_(keep)
+    c.mul_(keep)
+    loss = (h * h).sum() + (c * c).sum()
+    if peepholes:
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            torch.autograd.grad(loss, [t[k] for k in names])
+        return
+    got = torch.autograd.grad(loss, [t[k] for k in names])
+    up, (h_ref, c_ref) = reference_fp32(t, cell_clip=0.8)
+    want = torch.autograd.grad(((h_ref * keep) ** 2).sum() + ((c_ref * keep) ** 2).sum(), [up[k] for k in names])
+    for name, a, b in zip(names, got, want):
+        assert_close(f"d{name}", a, b, TOLERANCES[torch.float32]["grad"])

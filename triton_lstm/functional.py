@@ -101,11 +101,12 @@ def step_backward(dh_new: Tensor, dc_new: Tensor, z: Tensor, c: Tensor, kernel: 
     return dz, dc_prev, dx, dh_prev, (dy if y is not None else dy.clone())
 
 
-def weight_grads(needs: tuple[bool, ...], dz: Tensor, x: Tensor, h: Tensor, c_prev: Tensor, c_new: Tensor,
+def weight_grads(needs: tuple[bool, ...], dz: Tensor, x: Tensor, h: Tensor, c_prev: Tensor, c_new: Optional[Tensor],
                  m: Optional[Tensor], dy: Optional[Tensor], dtype: torch.dtype, valid: Optional[Tensor] = None):
     """Batch reductions as GEMMs (deterministic): W_x, W_h, bias, w_f/w_i/w_o_diag, projection.
 
-    x, h, c_prev, c_new, m, dz, dy may carry leading dimensions (time steps); all are reduced. ``valid``
+    x, h, c_prev, c_new, m, dz, dy may carry leading dimensions (time steps); all are reduced (c_new
+    only for w_o_diag's, m and dy only for the projection's: None otherwise). ``valid``
     (``within_lengths``): the steps past a row's length, whose gradients are zeros, take nothing from
     the values x, h, c and m hold there.
     """
@@ -122,9 +123,9 @@ def weight_grads(needs: tuple[bool, ...], dz: Tensor, x: Tensor, h: Tensor, c_pr
     if need_wf or need_wi or need_wo:
         dzi, _, dzf, dzo = dz2.chunk(4, dim=1)
         c = rows(c_prev, True)
-        d_wf = (dzf * c).sum(0).to(dtype)
-        d_wi = (dzi * c).sum(0).to(dtype)
-        d_wo = (dzo * rows(c_new, True)).sum(0).to(dtype)
+        d_wf = (dzf * c).sum(0).to(dtype) if need_wf else None
+        d_wi = (dzi * c).sum(0).to(dtype) if need_wi else None
+        d_wo = (dzo * rows(c_new, True)).sum(0).to(dtype) if need_wo else None
     if need_proj:
         d_proj = (rows(m, True).t() @ rows(dy)).to(dtype)
     return d_wx, d_wh, d_bias, d_wf, d_wi, d_wo, d_proj

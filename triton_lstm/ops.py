@@ -105,8 +105,10 @@ def _step_setup(ctx, inputs, output):
     x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection, *options = inputs
     _, c_new, z, m, y = output
     # Store the gate pre-activations z (4N floats a row) and recompute every pointwise value in
-    # backward: recomputing z would cost the step's whole GEMM, the rest is a few flops.
-    ctx.save_for_backward(x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection, z, c_new, m, y)
+    # backward: recomputing z would cost the step's whole GEMM, the rest is a few flops. c_new only
+    # for w_o_diag's gradient: the caller's c_new then takes in-place ops, as the reference's does.
+    ctx.save_for_backward(x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection, z,
+                          c_new if w_o_diag is not None else None, m, y)
     ctx.options = options
 
 
@@ -119,7 +121,7 @@ def _step_backward(ctx, dh_new, dc_new, _dz, _dm, _dy):
         inputs = (x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection)
         return differentiable_vjp(ctx, recompute, inputs, (dh_new, dc_new)) + (None,) * 5
     dh_new = _zeros_if_none(dh_new, h.shape, z)
-    dc_new = _zeros_if_none(dc_new, c_new.shape, z)
+    dc_new = _zeros_if_none(dc_new, c.shape, z)
     needs = ctx.needs_input_grad
     dz, dc_prev, dx, dh_prev, dy = step_bwd(dh_new, dc_new, z, c, kernel, w_f_diag, w_i_diag, w_o_diag,
                                             projection, y, *ctx.options, x.shape[1], [needs[0], needs[2]])
