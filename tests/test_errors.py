@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from helpers import cell_args, cell_tensors
+import triton_lstm.launch
 from triton_lstm import LSTM, DTypeError, LSTMCell, LSTMStateTuple, dynamic_rnn, lstm_cell, lstm_sequence
+from triton_lstm.porting import KerasRNN
+from triton_lstm.sequence import check_lengths
 
 B, D, N, P = 3, 7, 5, 4
 
@@ -388,6 +391,37 @@ def test_sequence_lengths_in_any_integer_layout(form):
                 "uint64": np.array([2, 5, 1], dtype=np.uint64)}[form]
     with pytest.raises(ValueError, match=r"values must lie in \[0, T=4\], got min 1 and max 5"):
         dynamic_rnn(cell, x, sequence_length=too_long)
+
+
+def test_sequence_lengths_past_int64_are_named_as_given():
+    """uint64 lengths past int64's range are refused with their own values (compared as int64 they
+    wrap to negative numbers)."""
+    cell = LSTMCell(N, input_size=D)
+    x = torch.randn(3, 4, D)
+    huge = np.array([2, 2**64 - 1, 1], dtype=np.uint64)
+    with pytest.raises(ValueError, match=r"values must lie in \[0, T=4\], got min 1 and max 18446744073709551615$"):
+        dynamic_rnn(cell, x, sequence_length=huge)
+    with pytest.raises(ValueError, match=r"^lengths: expected 3 values in \[0, 4\], got \[2, 18446744073709551615, 1\]$"):
+        KerasRNN(LSTM(D, N, batch_first=True), "a")(x, lengths=huge)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.uint32, torch.uint64])
+def test_lengths_left_to_the_kernels_check_stay_out_of_range(dtype, monkeypatch):
+    """Lengths on the GPU are not read on the host: the kernels check them in int32. A value out of
+    range must stay out of range there, not wrap into it (2**32 + 3 would run 3 steps); values in
+    range are passed unchanged. Stubbed: the CPU device stands for a GPU (launch.gpu_device) with
+    no graph capture under way (launch.capturing)."""
+    monkeypatch.setattr(triton_lstm.launch, "gpu_device", lambda device: True)
+    monkeypatch.setattr(triton_lstm.launch, "capturing", lambda device: False)
+    T = 5
+    big = {torch.int64: [2**32 + 3, -2**32 + 1, 2**63 - 1], torch.uint32: [2**32 - 1, 2**31, 6],
+           torch.uint64: [2**64 - 1, 2**63 + 3, 2**32 + 3]}[dtype]
+    lengths = torch.tensor(big + [0, 2, T]).to(dtype) if dtype != torch.uint64 else \
+        torch.from_numpy(np.array(big + [0, 2, T], dtype=np.uint64))
+    got = check_lengths(lengths, T, lengths.shape[0], torch.device("cpu"), True)
+    assert got.dtype == torch.int32
+    assert all(not 0 <= v <= T for v in got[:3].tolist()), got
+    assert got[3:].tolist() == [0, 2, T]
 
 
 def test_sequence_length_that_is_no_list_of_integers():

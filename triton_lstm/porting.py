@@ -149,11 +149,11 @@ def _inputs(module: nn.Module, input, lengths, mask):
                              f"{shape_of(mask)}")
         lengths = lengths_from_mask(mask)
     if lengths is not None:
-        lengths = integer_tensor(lengths, device=input.device)
-        check_integers("lengths", lengths)
-        lengths = comparable(lengths)  # what follows compares and clamps them
+        given = integer_tensor(lengths, device=input.device)
+        check_integers("lengths", given)
+        lengths = comparable(given)  # what follows compares and clamps them
         if shape_of(lengths) != (input.shape[0],) or bool(((lengths < 0) | (lengths > input.shape[1])).any()):
-            raise ValueError(f"lengths: expected {input.shape[0]} values in [0, {input.shape[1]}], got {lengths.tolist()}")
+            raise ValueError(f"lengths: expected {input.shape[0]} values in [0, {input.shape[1]}], got {given.tolist()}")
     return input, lengths, False
 
 

@@ -219,10 +219,15 @@ def check_lengths(lengths: Optional[Tensor], T: int, B: int, device: torch.devic
     readable = not torch.compiler.is_compiling() and not (lengths.device == device and launch.capturing(device))
     host_check = not launch.gpu_device(lengths.device) or not on_device_check
     values = comparable(lengths)
-    if B and readable and host_check and (bool((values < 0).any()) or bool((values > T).any())):
-        raise ValueError(f"{LENGTHS}: values must lie in [0, T={T}], got min {int(values.min())} "
-                         f"and max {int(values.max())}")
-    return lengths.to(device=device, dtype=torch.int32, non_blocking=True).contiguous()
+    checked_here = readable and host_check
+    if B and checked_here and (bool((values < 0).any()) or bool((values > T).any())):
+        given = lengths.tolist()   # exact: values wraps uint64 past int64's range
+        raise ValueError(f"{LENGTHS}: values must lie in [0, T={T}], got min {min(given)} and max {max(given)}")
+    if not checked_here and values.dtype == torch.int64:
+        # Out-of-range values must stay out of range for the kernels' check, not wrap into it in
+        # int32 (2**32 + 3 would run 3 steps). Values in range are unchanged.
+        values = values.clamp(-1, T + 1)
+    return values.to(device=device, dtype=torch.int32, non_blocking=True).contiguous()
 
 
 def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bias: Tensor,
