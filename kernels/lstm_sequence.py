@@ -300,7 +300,9 @@ def bwd_gate_phase(t, dy, dc, z_ptr, cbuf_ptr, dz_ptr, dy_ptr, len_ptr, pt_tiles
                      RESIDENT, NUM_K, BLOCK_K, DOT_DTYPE, INPUT_PRECISION)
     else:
         dm = dy
-    valid = row_valid(t, o_b, mask_b, len_ptr, T, HAS_LENGTHS)[:, None]
+    # Unit lanes past N too: dm there is 0 * NaN for a NaN dy (the projection's padding), and what
+    # they keep reaches every column of dh through W_h's zero padding in the next product.
+    valid = row_valid(t, o_b, mask_b, len_ptr, T, HAS_LENGTHS)[:, None] & mask_n[None, :]
     p_z = t64 * B * 4 * N + o_b[:, None] * (4 * N) + o_n[None, :]
     zi, zj, zf, zo = load_gates(z_ptr + p_z, N, mask)
     c_prev = tl.load(cbuf_ptr + t64 * B * N + o_b[:, None] * N + o_n[None, :], mask=mask, other=0.0).to(tl.float32)

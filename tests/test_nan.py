@@ -209,3 +209,35 @@ def test_input_past_the_lengths_gets_a_zero_gradient_next_to_an_infinite_weight(
     padding = (torch.arange(T)[:, None] >= lengths.cpu()[None, :]).to(device)
     assert torch.equal(got[padding], torch.zeros_like(got[padding])), "dx past the lengths"
     assert_same_nonfinite("dx", got, want, TOLERANCES[torch.float32]["grad"])
+
+
+@pytest.mark.parametrize("on", ["kernels", "several programs", "cpu loop"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c['activation']}-{c['recurrent_activation']}")
+def test_sequence_gradients_with_an_infinite_projection_weight(case, on, device, grid, monkeypatch):
+    """An infinite projection weight makes some of dy NaN: the units past N in a program's slice
+    (N=6 fills none of them) must not turn that into NaN in every column of dh through their zero
+    weights, so every gradient has the reference's NaN positions."""
+    if on == "cpu loop":
+        monkeypatch.setattr(sequence_module, "kernels_run_on", lambda device, dtype: False)
+    else:
+        grid.use("one" if on == "kernels" else "several")
+    T, B, D, N, P = 3, 2, 3, 6, 3
+    t = cell_tensors(B, D, N, P, True, torch.float32, device)
+    x = torch.randn(T, B, D, generator=torch.Generator().manual_seed(11)).to(device)
+    kernel, projection = t["kernel"].detach(), t["projection"].detach().clone()
+    projection[0, 1] = float("inf")
+    args = [x, t["h"], t["c"], kernel[:D], kernel[D:], t["bias"], t["w_f_diag"], t["w_i_diag"], t["w_o_diag"],
+            projection]
+    names = ["x", "h0", "c0", "w_x", "w_h", "bias", "w_f_diag", "w_i_diag", "w_o_diag", "projection"]
+    leaves = [a.detach().clone().requires_grad_() for a in args]
+    ref_leaves = [a.detach().clone().requires_grad_() for a in args]
+    out = lstm_sequence(*leaves, cell_clip=0.5, **case)[0]
+    if on != "cpu loop":
+        grid.check()
+    ref = lstm_sequence_reference(*ref_leaves, cell_clip=0.5, activation=resolve_activation(case["activation"])[1],
+                                  recurrent_activation=resolve_recurrent_activation(case["recurrent_activation"])[1])[0]
+    seed = torch.randn(out.shape, generator=torch.Generator().manual_seed(12)).to(device)
+    got = torch.autograd.grad((out * seed).sum(), leaves)
+    want = torch.autograd.grad((ref * seed).sum(), ref_leaves)
+    assert any(torch.isnan(w).any() for w in want)
+    assert_same_gradients(names, got, want, TOLERANCES[torch.float32]["grad"])
