@@ -31,10 +31,10 @@ CPU path and on a GPU; under the interpreter, where one kernel launch costs abou
 whatever the size, they run the cases that hold every pair of their flags' values (bias,
 batch_first, bidirectional, projection, hx given or not; 7 of the 32 ModuleInfo samples).
 TRITON_LSTM_PORT_THIN=1 (the second Triton version's run in CI, the quick GPU session) takes every
-STRIDE-th case instead, 11 under the interpreter and 3 on a GPU, which covers each value of the
-ModuleInfo and CPU-vs-cuDNN flags (not every variable-sequence row), and leaves out the CPU-path run
-(it runs no Triton code). gradcheck and gradgradcheck (float64) then take every GRADCHECK_STRIDE-th
-ModuleInfo sample.
+STRIDE-th case instead, 11 under the interpreter and 3 otherwise, which covers each value of the
+ModuleInfo and CPU-vs-cuDNN flags (not every variable-sequence row). gradcheck and gradgradcheck
+(float64) then take every GRADCHECK_STRIDE-th ModuleInfo sample. TRITON_LSTM_PORT_CPU_PATH=0 leaves
+out the CPU-path run (`make test-triton36` with `make test`'s torch: that path runs no Triton code).
 """
 import io
 import os
@@ -1649,9 +1649,11 @@ def test_to_empty(module_self, LSTM, swap, training, swap_module_params_on_conve
 
 # ==== the same tests on the CPU path ==================================================================
 
-@pytest.mark.skipif(os.environ.get("TRITON_LSTM_TEST_CPU_PATH") == "1" or TEST_CUDA or THIN,
-                    reason="this run is the CPU-path run, or has a GPU (where CPU runs no kernels), or is thin "
-                           "(a second Triton version's run: the CPU path runs no Triton code)")
+@pytest.mark.skipif(os.environ.get("TRITON_LSTM_TEST_CPU_PATH") == "1" or TEST_CUDA
+                    or os.environ.get("TRITON_LSTM_PORT_CPU_PATH") == "0",
+                    reason="this run is the CPU-path run, or has a GPU (where CPU runs no kernels), or leaves "
+                           "it out (a second Triton version's run with the same torch: the CPU path runs no "
+                           "Triton code)")
 @pytest.mark.runs_long
 def test_cpu_path_in_a_fresh_process():
     """The interpreter is chosen when triton_lstm is imported, so the CPU path needs its own

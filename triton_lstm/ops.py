@@ -106,9 +106,10 @@ def _step_setup(ctx, inputs, output):
     _, c_new, z, m, y = output
     # Store the gate pre-activations z (4N floats a row) and recompute every pointwise value in
     # backward: recomputing z would cost the step's whole GEMM, the rest is a few flops. c_new only
-    # for w_o_diag's gradient: the caller's c_new then takes in-place ops, as the reference's does.
+    # for w_o_diag's gradient, when wanted: the caller's c_new otherwise takes in-place ops, as the
+    # reference's does.
     ctx.save_for_backward(x, c, h, kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection, z,
-                          c_new if w_o_diag is not None else None, m, y)
+                          c_new if ctx.needs_input_grad[7] else None, m, y)
     ctx.options = options
 
 
