@@ -881,3 +881,18 @@ def test_an_empty_row_takes_no_gradient_from_its_padding_or_state(kind, path):
     for k, (a, b) in enumerate(zip(with_nan, with_zeros)):
         torch.testing.assert_close(a, b, **TOL, msg=lambda m: f"gradient {k}: {m}")
     assert (with_nan[0][1] == 0).all()
+
+
+@pytest.mark.parametrize("given", ["tensor", "list", "array"])
+@pytest.mark.parametrize("kind", ["stack", "bidirectional", "keras-last"])
+def test_keras_modules_take_a_batch_without_rows_with_lengths(kind, given):
+    """Zero rows with their (zero) lengths: empty outputs and states, as without lengths (a
+    PackedSequence cannot hold no rows; an empty list or array is no float tensor of lengths)."""
+    module = {"stack": lambda: LSTMStack([LSTM(3, 4, batch_first=True)]),
+              "bidirectional": lambda: Bidirectional(LSTM(3, 4, batch_first=True), LSTM(3, 4, batch_first=True)),
+              "keras-last": lambda: KerasRNN(LSTM(3, 4, batch_first=True), "a", return_sequences=False)}[kind]()
+    x = torch.randn(0, 5, 3)
+    lengths = {"tensor": torch.zeros(0, dtype=torch.long), "list": [], "array": np.array([])}[given]
+    out, (h, c) = module(x, lengths=lengths)
+    want, (h_want, c_want) = module(x)
+    assert out.shape == want.shape and h.shape == h_want.shape and c.shape == c_want.shape

@@ -79,7 +79,7 @@ def _run(module: nn.Module, x: Tensor, lengths: Optional[Tensor], hx: Optional[t
         out, (h, c) = module(x, hx, lengths=lengths)
         return out, _as_list(h), _as_list(c)
     state = None if hx is None else (torch.stack(hx[0]), torch.stack(hx[1]))
-    if lengths is None:
+    if lengths is None or x.shape[0] == 0:      # no rows: no lengths to pack (and no empty pack)
         out, (h, c) = module(x, state)
         return out, list(h), list(c)
     # PackedSequence has no empty rows: run them one step on zeros (not on their padding and initial

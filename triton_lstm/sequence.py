@@ -5,7 +5,6 @@ import functools
 import threading
 from typing import Optional
 
-import numpy as np
 import torch
 import triton
 
@@ -205,8 +204,8 @@ def check_lengths(lengths: Optional[Tensor], T: int, B: int, device: torch.devic
     if lengths is None:
         return None
     if not isinstance(lengths, Tensor):
-        try:  # an empty list: no rows' lengths, int64 as torch gives a list of ints
-            lengths = integer_tensor(lengths, dtype=torch.int64 if np.size(lengths) == 0 else None)
+        try:
+            lengths = integer_tensor(lengths)
         except (TypeError, ValueError) as e:
             raise TypeError(f"{LENGTHS}: expected [batch] integers (a tensor, list or array), got "
                             f"{lengths!r:.80}") from e
