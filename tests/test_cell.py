@@ -162,6 +162,21 @@ def test_lazy_build_takes_the_inputs_width(device):
         cell(torch.randn(2, 4, device=device))
 
 
+@pytest.mark.parametrize("call", ["cell", "dynamic_rnn"])
+def test_lazy_build_refuses_inputs_without_features(call, device):
+    """Inputs of width 0 leave nothing to build the cell for (nn.LSTM refuses input_size 0 too): an
+    error naming the inputs' shape (the caller passed no input_size), and the cell stays unbuilt
+    in its dtype."""
+    cell = LSTMCell(N, device=device)
+    x = torch.randn(3, 2, 0, dtype=torch.float64, device=device)
+    with pytest.raises(ValueError, match=r"^inputs: expected a last dimension >= 1 to build the cell for \(its "
+                                         r"input_size\), got shape \((3, )?2, 0\)$"):
+        cell(x[0]) if call == "cell" else dynamic_rnn(cell, x)
+    assert cell.input_size is None and len(list(cell.parameters())) == 0
+    cell(torch.randn(2, 3, device=device))
+    assert cell.kernel.dtype == torch.float32
+
+
 # -- the step ---------------------------------------------------------------------------------------
 
 OPTIONS = dict(use_peepholes=True, cell_clip=0.8, num_proj=P, proj_clip=0.3, activation="relu")

@@ -159,6 +159,9 @@ class LSTMCell(nn.Module):
         weights, build it for their width and, without a dtype chosen, their dtype (once, also when
         threads make their first calls together: ``build`` sets input_size last)."""
         if self.input_size is None:
+            if inputs.shape[-1] < 1:
+                raise ValueError(f"inputs: expected a last dimension >= 1 to build the cell for (its input_size), "
+                                 f"got shape {shape_of(inputs)}")
             with _LAZY_BUILD:
                 if self.input_size is None:
                     if self.weights_like.dtype == self._dtype_from_inputs and inputs.dtype in FLOAT_DTYPES:
