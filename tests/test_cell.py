@@ -2,6 +2,7 @@
 reference, TF checkpoint loading, and the clip gradients at exactly the bound."""
 import dataclasses
 import math
+import re
 import warnings
 
 import numpy as np
@@ -175,6 +176,70 @@ def test_lazy_build_refuses_inputs_without_features(call, device):
     assert cell.input_size is None and len(list(cell.parameters())) == 0
     cell(torch.randn(2, 3, device=device))
     assert cell.kernel.dtype == torch.float32
+
+
+@pytest.mark.parametrize("given, warned", [
+    (dict(num_unit_shards=4), r"^num_unit_shards=4: the weight is one tensor here, not 4 TF variables"),
+    (dict(num_proj_shards=2, num_proj=3), r"^num_proj_shards=2: the weight is one tensor here"),
+    (dict(reuse=True), r"^reuse=True: variables are never shared by name or scope here; to share weights, call "
+                       r"the same cell"),
+    (dict(num_unit_shards=1, num_proj_shards=None, reuse=False), None)])
+def test_tf_arguments_without_an_effect_here_warn_where_users_see_it(given, warned):
+    """TF's shards and reuse: a UserWarning (shown by default, unlike a library's DeprecationWarning)
+    where TF would have done something else, silence where it would not."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        LSTMCell(N, input_size=3, **given)
+    messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    if warned is None:
+        assert messages == []
+    else:
+        assert len(messages) == 1 and re.match(warned, messages[0]), messages
+
+
+@pytest.mark.parametrize("given, error, message", [
+    (dict(num_unit_shards="x"), TypeError, r"^num_unit_shards: expected an int >= 1 or None, got 'x'"),
+    (dict(num_proj_shards=0), ValueError, r"^num_proj_shards: expected an int >= 1 or None, got 0"),
+    (dict(trainable="no"), TypeError, r"^trainable: expected a bool, got 'no'"),
+    (dict(name=3), TypeError, r"^name: expected a str or None, got 3")])
+def test_tf_arguments_are_checked(given, error, message):
+    with pytest.raises(error, match=message):
+        LSTMCell(N, **given)
+
+
+@pytest.mark.parametrize("built", ["at construction", "at the first call"])
+def test_trainable_false_freezes_the_weights(built, device):
+    """TF's trainable=False (one of its Layer keyword arguments): the weights take no gradient."""
+    cell = LSTMCell(N, use_peepholes=True, num_proj=P, trainable=False, device=device,
+                    input_size=3 if built == "at construction" else None)
+    x = torch.randn(2, 3, device=device, requires_grad=True)
+    out, _ = cell(x)
+    params = list(cell.parameters())
+    assert len(params) == 6 and not any(p.requires_grad for p in params)
+    out.sum().backward()
+    assert x.grad is not None and all(p.grad is None for p in params)
+
+
+def test_apply_is_a_call_given_inputs_and_module_apply_given_a_function(device):
+    """TF's Layer.apply(inputs, ...) is its call; nn.Module.apply(fn) stays what it is."""
+    cell = LSTMCell(N, input_size=3, device=device)
+    x = torch.randn(2, 3, device=device)
+    state = cell.zero_state(2, torch.float32, device)
+    out, (c, h) = cell.apply(x, state)
+    want, (c_want, h_want) = cell(x, state)
+    assert torch.equal(out, want) and torch.equal(c, c_want) and torch.equal(h, h_want)
+    seen = []
+    assert cell.apply(seen.append) is cell and seen == [cell]
+
+
+def test_initializer_in_tf_style_is_an_error_that_says_what_to_pass():
+    """A TF initializer takes a shape, ours a tensor to fill: the error names the argument, the weight
+    and the wrapper; one that returns a numpy array of the weight's shape is taken."""
+    with pytest.raises(TypeError, match=rf"^initializer: failed on kernel \(a tensor of shape \({3 + N}, {4 * N}\)\): .*; "
+                                        r"expected a callable that fills the tensor .* lambda w: init\(tuple\(w.shape\)\)$"):
+        LSTMCell(N, input_size=3, initializer=lambda shape, dtype=None, partition_info=None: torch.zeros(shape))
+    cell = LSTMCell(N, input_size=3, initializer=lambda w: np.full(tuple(w.shape), 0.25, dtype=np.float32))
+    assert (cell.kernel == 0.25).all() and (cell.bias == 0).all()
 
 
 # -- the step ---------------------------------------------------------------------------------------

@@ -73,6 +73,8 @@ class LSTMCell(nn.Module):
     a state tuple stays float32.
     """
 
+    trainable: bool = True      # TF's keyword argument (a class default for cells pickled before it)
+
     def __init__(self, num_units: int, use_peepholes: bool = False, cell_clip: Optional[float] = None,
                  initializer: Optional[Callable[[Tensor], Any]] = None, num_proj: Optional[int] = None,
                  proj_clip: Optional[float] = None, num_unit_shards: Optional[int] = None,
@@ -81,19 +83,29 @@ class LSTMCell(nn.Module):
                  dtype: Union[str, torch.dtype, None] = None, *, input_size: Optional[int] = None,
                  device: Union[str, torch.device, None] = None, **kwargs: Any) -> None:
         super().__init__()
+        # TF's **kwargs are a Layer's common attributes: trainable is one a cell means something by.
+        trainable = kwargs.pop("trainable", True)
         if kwargs:
             raise TypeError(f"LSTMCell: unexpected keyword arguments {sorted(kwargs)}")
+        if not isinstance(trainable, bool):
+            raise TypeError(f"trainable: expected a bool, got {trainable!r}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name: expected a str or None, got {name!r}")
         num_units = check_int("num_units", num_units, 1)
         num_proj = check_int("num_proj", num_proj, 1, none_ok=True)
         input_size = check_int("input_size", input_size, 1, none_ok=True)
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer: expected a callable that fills a tensor in place (or returns its "
                             f"values), got {initializer!r}")
-        for arg, value in (("num_unit_shards", num_unit_shards), ("num_proj_shards", num_proj_shards),
-                           ("reuse", reuse)):
-            if value is not None:
-                warnings.warn(f"{arg} is deprecated in TF and has no effect here (variables are never "
-                              f"sharded or reused by scope)", DeprecationWarning, stacklevel=2)
+        # Warnings users see (a DeprecationWarning raised in a library is hidden by default).
+        for arg, value in (("num_unit_shards", num_unit_shards), ("num_proj_shards", num_proj_shards)):
+            if check_int(arg, value, 1, none_ok=True) not in (None, 1):
+                warnings.warn(f"{arg}={value}: the weight is one tensor here, not {value} TF variables "
+                              f"(load_tf_weights reads partitioned ones; tf_weights writes one)", UserWarning,
+                              stacklevel=2)
+        if reuse not in (None, False):
+            warnings.warn(f"reuse={reuse!r}: variables are never shared by name or scope here; to share "
+                          f"weights, call the same cell", UserWarning, stacklevel=2)
         self.num_units = num_units
         self.use_peepholes = bool(use_peepholes)
         self.cell_clip = check_clip("cell_clip", cell_clip)
@@ -109,6 +121,7 @@ class LSTMCell(nn.Module):
         self.activation = activation
         self.initializer = initializer
         self.name = name
+        self.trainable = trainable
         # Where and in which dtype the weights will be built: a tensor, so that .to(), .double() or
         # .cuda() on a cell not built yet move it as they would move the weights.
         dtype = as_dtype("dtype", dtype)
@@ -152,6 +165,7 @@ class LSTMCell(nn.Module):
             self.w_o_diag = nn.Parameter(torch.empty(N, **fac))
         if self.num_proj is not None:
             self.projection_kernel = nn.Parameter(torch.empty(N, P, **fac))
+        self.requires_grad_(self.trainable)
         self.reset_parameters()
 
     def check_inputs(self, inputs: Tensor) -> None:
@@ -193,7 +207,15 @@ class LSTMCell(nn.Module):
         if self.initializer is None:
             return nn.init.xavier_uniform_(weight)
         weight.fill_(float("nan"))
-        out = self.initializer(weight)
+        try:
+            out = self.initializer(weight)
+        except TypeError as e:
+            raise TypeError(f"initializer: failed on {name} (a tensor of shape {tuple(weight.shape)}): {e}; expected "
+                            f"a callable that fills the tensor it is given in place (as torch.nn.init's do) or "
+                            f"returns its values; wrap a TF-style initializer(shape, dtype) as "
+                            f"lambda w: init(tuple(w.shape))") from e
+        if isinstance(out, np.ndarray):
+            out = torch.as_tensor(out)
         if out is not None and out is not weight:
             if not isinstance(out, Tensor) or out.shape != weight.shape:
                 raise ValueError(f"initializer: returned {shape_of(out) if isinstance(out, Tensor) else out!r} "
@@ -315,6 +337,13 @@ class LSTMCell(nn.Module):
         if self.state_is_tuple:
             return Names("inputs", f"{name}.h", f"{name}.c")
         return Names("inputs", name, name)
+
+    def apply(self, *args, **kwargs):
+        """``nn.Module.apply(fn)``, or with inputs first TF's alias of a call: ``cell.apply(inputs,
+        state)`` is ``cell(inputs, state)``."""
+        if args and isinstance(args[0], Tensor):
+            return self(*args, **kwargs)
+        return super().apply(*args, **kwargs)
 
     def forward(self, inputs: Tensor, state=None, scope: Optional[str] = None):
         """One step. inputs [B, D]; state (c [B, N], h [B, P]) or [B, N + P]; returns (output, new state).
