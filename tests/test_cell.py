@@ -430,8 +430,6 @@ def test_tf_weights_names_and_values():
     assert np.array_equal(w[pre + "w_o_diag"], cell.w_o_diag.detach().numpy())
     plain = LSTMCell(N, input_size=D).tf_weights(scope="model/lstm_cell_2")
     assert set(plain) == {"model/lstm_cell_2/kernel", "model/lstm_cell_2/bias"}
-    # A named cell's variables are under its name, as TF's dynamic_rnn puts them.
-    assert set(LSTMCell(N, input_size=D, name="encoder").tf_weights()) == {"rnn/encoder/kernel", "rnn/encoder/bias"}
 
 
 def test_load_tf_weights_round_trip():
