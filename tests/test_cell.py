@@ -15,6 +15,7 @@ from triton_lstm import (DTypeError, LSTM, LSTMCell, LSTMStateTuple, dynamic_rnn
                          lstm_sequence)
 from triton_lstm.launch import kernels_run_on
 import triton_lstm.functional
+import triton_lstm.porting
 
 B, D, N, P = 4, 6, 10, 5
 FWD, GRAD = TOLERANCES[torch.float32]["fwd"], TOLERANCES[torch.float32]["grad"]
@@ -179,7 +180,8 @@ def test_lazy_build_refuses_inputs_without_features(call, device):
 
 
 @pytest.mark.parametrize("given, warned", [
-    (dict(num_unit_shards=4), r"^num_unit_shards=4: the weight is one tensor here, not 4 TF variables"),
+    (dict(num_unit_shards=4), r"^num_unit_shards=4: the weight is one tensor here, not 4 TF partitions "
+                              r"\(tf_weights writes it whole; checkpoints of partitioned variables are not read\)$"),
     (dict(num_proj_shards=2, num_proj=3), r"^num_proj_shards=2: the weight is one tensor here"),
     (dict(reuse=True), r"^reuse=True: variables are never shared by name or scope here; to share weights, call "
                        r"the same cell"),
@@ -228,18 +230,39 @@ def test_apply_is_a_call_given_inputs_and_module_apply_given_a_function(device):
     out, (c, h) = cell.apply(x, state)
     want, (c_want, h_want) = cell(x, state)
     assert torch.equal(out, want) and torch.equal(c, c_want) and torch.equal(h, h_want)
+    out_kw, _ = cell.apply(inputs=x, state=state)
+    assert torch.equal(out_kw, want)
+    with pytest.raises(TypeError, match=r"^inputs: expected a torch.Tensor, got ndarray"):
+        cell.apply(x.numpy(), state)
     seen = []
     assert cell.apply(seen.append) is cell and seen == [cell]
 
 
+class _ArrayLike:
+    """What a TF initializer returns (a tf.Tensor): no torch tensor, but convertible by numpy."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.values, dtype=dtype)
+
+
 def test_initializer_in_tf_style_is_an_error_that_says_what_to_pass():
     """A TF initializer takes a shape, ours a tensor to fill: the error names the argument, the weight
-    and the wrapper; one that returns a numpy array of the weight's shape is taken."""
-    with pytest.raises(TypeError, match=rf"^initializer: failed on kernel \(a tensor of shape \({3 + N}, {4 * N}\)\): .*; "
-                                        r"expected a callable that fills the tensor .* lambda w: init\(tuple\(w.shape\)\)$"):
+    and the wrapper; values returned as a numpy array or an array-like (a TF tensor) are taken."""
+    with pytest.raises(TypeError, match=rf"^initializer: failed on kernel \(a tensor of shape \({3 + N}, {4 * N}\)\): "
+                                        r".*; expected a callable that fills the tensor .* "
+                                        r"lambda w: init\(tuple\(w.shape\)\)$"):
         LSTMCell(N, input_size=3, initializer=lambda shape, dtype=None, partition_info=None: torch.zeros(shape))
     cell = LSTMCell(N, input_size=3, initializer=lambda w: np.full(tuple(w.shape), 0.25, dtype=np.float32))
     assert (cell.kernel == 0.25).all() and (cell.bias == 0).all()
+
+    def tf_style(shape, dtype=None, partition_info=None):
+        return _ArrayLike(np.full(shape, 0.5, dtype=np.float32))
+
+    cell = LSTMCell(N, input_size=3, initializer=lambda w: tf_style(tuple(w.shape)))
+    assert (cell.kernel == 0.5).all()
 
 
 # -- the step ---------------------------------------------------------------------------------------
@@ -430,6 +453,12 @@ def test_tf_weights_names_and_values():
     assert np.array_equal(w[pre + "w_o_diag"], cell.w_o_diag.detach().numpy())
     plain = LSTMCell(N, input_size=D).tf_weights(scope="model/lstm_cell_2")
     assert set(plain) == {"model/lstm_cell_2/kernel", "model/lstm_cell_2/bias"}
+    # A named cell writes TF's default cell scope too: its weights convert as any cell's.
+    named = LSTMCell(N, input_size=D, name="encoder", cell_clip=1.0)
+    assert set(named.tf_weights()) == {"rnn/lstm_cell/kernel", "rnn/lstm_cell/bias"}
+    module = triton_lstm.porting.tf_to_module(named.tf_weights(), cell_clip=1.0)
+    assert torch.equal(module.weight_hh_l0, named.kernel[D:].detach().t()[[*range(N), *range(2 * N, 3 * N),
+                                                                           *range(N, 2 * N), *range(3 * N, 4 * N)]])
 
 
 def test_load_tf_weights_round_trip():

@@ -883,7 +883,7 @@ def test_an_empty_row_takes_no_gradient_from_its_padding_or_state(kind, path):
     assert (with_nan[0][1] == 0).all()
 
 
-@pytest.mark.parametrize("given", ["tensor", "list", "array"])
+@pytest.mark.parametrize("given", ["tensor", "list", "array", "range"])
 @pytest.mark.parametrize("kind", ["stack", "bidirectional", "keras-last"])
 def test_keras_modules_take_a_batch_without_rows_with_lengths(kind, given):
     """Zero rows with their (zero) lengths: empty outputs and states, as without lengths (a
@@ -892,7 +892,7 @@ def test_keras_modules_take_a_batch_without_rows_with_lengths(kind, given):
               "bidirectional": lambda: Bidirectional(LSTM(3, 4, batch_first=True), LSTM(3, 4, batch_first=True)),
               "keras-last": lambda: KerasRNN(LSTM(3, 4, batch_first=True), "a", return_sequences=False)}[kind]()
     x = torch.randn(0, 5, 3)
-    lengths = {"tensor": torch.zeros(0, dtype=torch.long), "list": [], "array": np.array([])}[given]
+    lengths = {"tensor": torch.zeros(0, dtype=torch.long), "list": [], "array": np.array([]), "range": range(0)}[given]
     out, (h, c) = module(x, lengths=lengths)
     want, (h_want, c_want) = module(x)
     assert out.shape == want.shape and h.shape == h_want.shape and c.shape == c_want.shape

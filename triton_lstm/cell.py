@@ -100,9 +100,9 @@ class LSTMCell(nn.Module):
         # Warnings users see (a DeprecationWarning raised in a library is hidden by default).
         for arg, value in (("num_unit_shards", num_unit_shards), ("num_proj_shards", num_proj_shards)):
             if check_int(arg, value, 1, none_ok=True) not in (None, 1):
-                warnings.warn(f"{arg}={value}: the weight is one tensor here, not {value} TF variables "
-                              f"(load_tf_weights reads partitioned ones; tf_weights writes one)", UserWarning,
-                              stacklevel=2)
+                warnings.warn(f"{arg}={value}: the weight is one tensor here, not {value} TF partitions "
+                              f"(tf_weights writes it whole; checkpoints of partitioned variables are not read)",
+                              UserWarning, stacklevel=2)
         if reuse not in (None, False):
             warnings.warn(f"reuse={reuse!r}: variables are never shared by name or scope here; to share "
                           f"weights, call the same cell", UserWarning, stacklevel=2)
@@ -214,8 +214,8 @@ class LSTMCell(nn.Module):
                             f"a callable that fills the tensor it is given in place (as torch.nn.init's do) or "
                             f"returns its values; wrap a TF-style initializer(shape, dtype) as "
                             f"lambda w: init(tuple(w.shape))") from e
-        if isinstance(out, np.ndarray):
-            out = torch.as_tensor(out)
+        if out is not None and not isinstance(out, Tensor) and hasattr(out, "__array__"):
+            out = torch.as_tensor(np.asarray(out))     # numpy values, or a TF tensor
         if out is not None and out is not weight:
             if not isinstance(out, Tensor) or out.shape != weight.shape:
                 raise ValueError(f"initializer: returned {shape_of(out) if isinstance(out, Tensor) else out!r} "
@@ -339,11 +339,11 @@ class LSTMCell(nn.Module):
         return Names("inputs", name, name)
 
     def apply(self, *args, **kwargs):
-        """``nn.Module.apply(fn)``, or with inputs first TF's alias of a call: ``cell.apply(inputs,
-        state)`` is ``cell(inputs, state)``."""
-        if args and isinstance(args[0], Tensor):
-            return self(*args, **kwargs)
-        return super().apply(*args, **kwargs)
+        """``nn.Module.apply(fn)`` given a function, else TF's alias of a call: ``cell.apply(inputs,
+        state)`` (or ``inputs=``) is ``cell(inputs, state)``."""
+        if args and callable(args[0]) and "inputs" not in kwargs:
+            return super().apply(*args, **kwargs)
+        return self(*args, **kwargs)
 
     def forward(self, inputs: Tensor, state=None, scope: Optional[str] = None):
         """One step. inputs [B, D]; state (c [B, N], h [B, P]) or [B, N + P]; returns (output, new state).

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sized
 from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
@@ -204,11 +205,13 @@ def check_sequence_args(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_x
 
 def integer_tensor(values: Any, **kwargs: Any) -> torch.Tensor:
     """``torch.as_tensor(values, **kwargs)`` of integers given as a tensor, list or numpy array: a numpy
-    view with negative strides (``a[::-1]``, which torch refuses) included, and an empty list, tuple or array
+    view with negative strides (``a[::-1]``, which torch refuses) included, and an empty list, range or array
     as int64 (torch makes them float32; numpy float64), as a list of ints."""
     if isinstance(values, np.ndarray):
         values = np.ascontiguousarray(values)
-    empty = values.size == 0 if isinstance(values, np.ndarray) else isinstance(values, (list, tuple)) and not values
+        empty = values.size == 0
+    else:
+        empty = not isinstance(values, torch.Tensor) and isinstance(values, Sized) and len(values) == 0
     if empty:
         kwargs.setdefault("dtype", torch.int64)
     return torch.as_tensor(values, **kwargs)
