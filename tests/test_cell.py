@@ -203,7 +203,7 @@ def test_tf_arguments_without_an_effect_here_warn_where_users_see_it(given, warn
     (dict(num_unit_shards="x"), TypeError, r"^num_unit_shards: expected an int >= 1 or None, got 'x'"),
     (dict(num_proj_shards=0), ValueError, r"^num_proj_shards: expected an int >= 1 or None, got 0"),
     (dict(trainable="no"), TypeError, r"^trainable: expected a bool, got 'no'"),
-    (dict(name=3), TypeError, r"^name: expected a str or None, got 3")])
+    (dict(name=3), TypeError, r"^name: expected None or a variable scope's name \(str\), got int$")])
 def test_tf_arguments_are_checked(given, error, message):
     with pytest.raises(error, match=message):
         LSTMCell(N, **given)

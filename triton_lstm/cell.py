@@ -89,8 +89,7 @@ class LSTMCell(nn.Module):
             raise TypeError(f"LSTMCell: unexpected keyword arguments {sorted(kwargs)}")
         if not isinstance(trainable, bool):
             raise TypeError(f"trainable: expected a bool, got {trainable!r}")
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"name: expected a str or None, got {name!r}")
+        check_scope(name, "name")
         num_units = check_int("num_units", num_units, 1)
         num_proj = check_int("num_proj", num_proj, 1, none_ok=True)
         input_size = check_int("input_size", input_size, 1, none_ok=True)

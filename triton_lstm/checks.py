@@ -48,10 +48,10 @@ def check_int(name: str, value: Any, low: int, none_ok: bool = False) -> Optiona
     return value
 
 
-def check_scope(scope: Any) -> None:
-    """TF's variable scope, taken for TF's signatures (no effect here): None or a name."""
+def check_scope(scope: Any, arg: str = "scope") -> None:
+    """A TF variable scope's name (``arg``: a call's ``scope``, a cell's ``name``): None or a str."""
     if scope is not None and not isinstance(scope, str):
-        raise TypeError(f"scope: expected None or a variable scope's name (str), got {type(scope).__name__}")
+        raise TypeError(f"{arg}: expected None or a variable scope's name (str), got {type(scope).__name__}")
 
 
 def shape_of(t: torch.Tensor) -> tuple[int, ...]:

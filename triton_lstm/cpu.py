@@ -713,8 +713,7 @@ def loop_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, b
     hbuf, _, h_T, c_T, *_ = cpu_sequence(*tensors, None if lengths is None else lengths.long(),
                                          activation_id(activation), activation_id(recurrent_activation),
                                          forget_bias, cell_clip, proj_clip, keep, GATE_ORDERS[gate_order])
-    # A copy: as a view of hbuf the outputs could not be detached in place (nn.LSTM's can).
-    return hbuf[1:].clone(), h_T, c_T
+    return hbuf[1:], h_T, c_T
 
 
 def lstm_sequence_cpu(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bias: Tensor,
@@ -755,4 +754,7 @@ def lstm_sequence_cpu(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tenso
     else:
         out, h_T, c_T = loop_sequence(x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, lengths,
                                       **options, gate_order=gate_order)
+        # A copy (the one a half-precision dtype makes anyway): as a view of the loop's state buffer
+        # the outputs could not be detached in place (nn.LSTM's can).
+        out = out.to(out_dtype, copy=True)
     return out.to(out_dtype), h_T.to(out_dtype), c_T
