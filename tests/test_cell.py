@@ -181,7 +181,7 @@ def test_lazy_build_refuses_inputs_without_features(call, device):
 
 @pytest.mark.parametrize("given, warned", [
     (dict(num_unit_shards=4), r"^num_unit_shards=4: the weight is one tensor here, not 4 TF partitions "
-                              r"\(tf_weights writes it whole; checkpoints of partitioned variables are not read\)$"),
+                              r"\(tf_weights writes it whole; checkpoints of partitioned variables are read whole\)$"),
     (dict(num_proj_shards=2, num_proj=3), r"^num_proj_shards=2: the weight is one tensor here"),
     (dict(reuse=True), r"^reuse=True: variables are never shared by name or scope here; to share weights, call "
                        r"the same cell"),

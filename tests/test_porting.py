@@ -17,7 +17,7 @@ from triton_lstm import sequence as sequence_module
 from triton_lstm.convert import read_keras_config, read_keras_weights, read_tf_checkpoint
 from triton_lstm.porting import (Bidirectional, KerasRNN, LSTMStack, keras_activation, keras_to_module,
                                  lengths_from_mask, module_to_keras, module_to_tf, tf_to_module)
-from triton_lstm.tf_checkpoint import crc32c, mask_crc
+from triton_lstm.tf_checkpoint import _entry, _read_table, _slice_key, crc32c, mask_crc
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -70,7 +70,8 @@ def test_crc32c_against_bitwise_definition():
     assert mask_crc(0) == 0xA282EAD8
 
 
-@pytest.mark.parametrize("name", ["tf1_multi", "tf1_bidi", "tf1_adam", "tf1_stack_bidi", "tf1_bidi_uneven"])
+@pytest.mark.parametrize("name", ["tf1_multi", "tf1_bidi", "tf1_adam", "tf1_stack_bidi", "tf1_bidi_uneven",
+                                  "tf1_partitioned"])
 def test_read_tf_checkpoint_returns_what_tf_reads(name):
     want = {k[len("variables/"):]: v for k, v in expected(name).items() if k.startswith("variables/")}
     got = read_tf_checkpoint(fixture(name))
@@ -78,6 +79,19 @@ def test_read_tf_checkpoint_returns_what_tf_reads(name):
     for key, value in want.items():
         assert got[key].dtype == value.dtype and got[key].shape == value.shape, key
         assert (got[key] == value).all(), key
+
+
+def test_slice_keys_are_the_keys_tf_writes():
+    """The keys of large slices, whose starts and lengths take 3 and 4 bytes to encode, as TF wrote
+    them (the index of a checkpoint of partitioned variables [100000, 3] in 7 row blocks and
+    [1, 3000000] in 3 column blocks; its data not kept)."""
+    table = dict(_read_table(fixture("tf1_partitioned_keys.index")))
+    made = set()
+    for name in (b"rows", b"columns"):
+        slices = _entry(name.decode(), table[name], "index")["slices"]
+        assert len(slices) == (7 if name == b"rows" else 3)
+        made |= {_slice_key(name.decode(), extents) for extents in slices}
+    assert made == {key for key in table if key.startswith(b"\x00")}
 
 
 def test_checkpoint_path_forms_and_latest():
@@ -218,6 +232,20 @@ def test_forgetting_what_tf_does_not_store_changes_the_result():
     module = triton_lstm.load_tf_checkpoint(fixture("tf1_multi"))
     out, _ = module(torch.as_tensor(ref["x"]), lengths=torch.as_tensor(ref["lengths"]))
     assert not torch.allclose(out, torch.as_tensor(ref["output"]), atol=1e-3)
+
+
+@pytest.mark.parametrize("scope, options", [("shards", dict(cell_clip=0.8)), ("partitioner", {})])
+def test_partitioned_variables(scope, options, path):
+    """A cell whose variables TF saved in slices (num_unit_shards / num_proj_shards: uneven row blocks;
+    a scope's partitioner: column blocks of the kernel, halves of the bias and peepholes) against TF's
+    outputs and final states."""
+    ref = expected("tf1_partitioned")
+    module = triton_lstm.load_tf_checkpoint(fixture("tf1_partitioned"), scope, **options)
+    assert module.use_peepholes and module.proj_size == (4 if scope == "shards" else 0)
+    out, h, c = packed_run(module, ref["x"], ref["lengths"])
+    close(out, ref[scope + "_output"], "output")
+    close(h[0], ref[scope + "_h"], "h_n")
+    close(c[0], ref[scope + "_c"], "c_n")
 
 
 def test_bidirectional_dynamic_rnn_with_lengths(path):

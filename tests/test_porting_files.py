@@ -10,7 +10,7 @@ import pytest
 
 from test_porting import fixture
 from triton_lstm.convert import read_keras_config, read_keras_weights, read_tf_checkpoint
-from triton_lstm.tf_checkpoint import crc32c, mask_crc
+from triton_lstm.tf_checkpoint import _proto_fields, _read_table, crc32c, mask_crc
 
 DATA_BLOCK = 327  # bytes in the one data block of tf1_multi/model.ckpt-7.index, which starts the file
 
@@ -280,31 +280,65 @@ def varint(n):
     return bytes(out + bytes([n]))
 
 
-def one_tensor(dtype, dims, data):
-    """A checkpoint of one tensor 'w' (TF DataType ``dtype``, shape ``dims``, stored bytes ``data``), its
-    index written here from TF's formats (a LevelDB table of BundleEntryProtos) with valid checksums."""
-    def field(number, value):  # a varint field, or a length-delimited one for bytes
-        return varint(number << 3 | 2) + varint(len(value)) + value if isinstance(value, bytes) \
-            else varint(number << 3) + varint(value)
+def field(number, value, wire=None):
+    """One protobuf field: a varint, bytes (length-delimited), or with ``wire=5`` a fixed 32-bit int."""
+    if wire == 5:
+        return varint(number << 3 | 5) + value.to_bytes(4, "little")
+    return varint(number << 3 | 2) + varint(len(value)) + value if isinstance(value, bytes) \
+        else varint(number << 3) + varint(value)
 
+
+def index_table(entries):
+    """A checkpoint index (a LevelDB table) written here from TF's formats, with valid checksums: the
+    (key, value) pairs, sorted, stored whole in one data block with one restart point."""
     def block(entries):  # keys stored whole, one restart point at 0, then the type byte and checksum
         body = b"".join(varint(0) + varint(len(k)) + varint(len(v)) + k + v for k, v in entries)
         body += (0).to_bytes(4, "little") + (1).to_bytes(4, "little") + b"\x00"
         return body + mask_crc(crc32c(body)).to_bytes(4, "little")
 
+    data_block = block(entries)
+    index_block = block([(b"\xff", varint(0) + varint(len(data_block) - 5))])  # the data block's handle
+    table = data_block + index_block
+    footer = varint(0) + varint(0) + varint(len(data_block)) + varint(len(index_block) - 5)
+    return table + footer + bytes(40 - len(footer)) + (0xDB4775248B80FB57).to_bytes(8, "little")
+
+
+def one_tensor(dtype, dims, data):
+    """A checkpoint of one tensor 'w' (TF DataType ``dtype``, shape ``dims``, stored bytes ``data``)."""
     def make(tmp_path):
         shape = b"".join(field(2, field(1, d)) for d in dims)
         entry = (field(1, dtype) + field(2, shape) + field(3, 0) + field(4, 0) + field(5, len(data))
-                 + varint(6 << 3 | 5) + mask_crc(crc32c(data)).to_bytes(4, "little"))
-        data_block = block([(b"", field(1, 1)), (b"w", entry)])
-        index_block = block([(b"x", varint(0) + varint(len(data_block) - 5))])  # the data block's handle
-        table = data_block + index_block
-        footer = varint(0) + varint(0) + varint(len(data_block)) + varint(len(index_block) - 5)
-        table += footer + bytes(40 - len(footer)) + (0xDB4775248B80FB57).to_bytes(8, "little")
-        (tmp_path / "one.index").write_bytes(table)
+                 + field(6, mask_crc(crc32c(data)), wire=5))
+        (tmp_path / "one.index").write_bytes(index_table([(b"", field(1, 1)), (b"w", entry)]))
         (tmp_path / "one.data-00000-of-00001").write_bytes(data)
         return tmp_path / "one", tmp_path / "one.data-00000-of-00001"
     return make
+
+
+KERNEL = b"shards/rnn/lstm_cell/kernel"  # in tf1_partitioned: [7, 24] in row slices 0:3, 3:5, 5:7
+
+
+def partitioned_edit(key, number, edit):
+    """tf1_partitioned with its index rewritten here: field ``number`` of the entry ``key`` (a list of its
+    values) replaced by ``edit(values)``. key None: the first slice of KERNEL."""
+    def make(tmp_path):
+        folder = tmp_path / "tf1_partitioned"
+        shutil.copytree(fixture("tf1_partitioned"), folder)
+        index = folder / "model.ckpt.index"
+        entries = dict(_read_table(str(index)))
+        name = key or min(k for k in entries if k.startswith(b"\x00" + KERNEL + b"\x00"))
+        fields = _proto_fields(entries[name], "entry")
+        fields[number] = edit(fields[number])
+        entries[name] = b"".join(field(n, v, wire=5 if n == 6 else None) for n in sorted(fields) for v in fields[n])
+        index.write_bytes(index_table(sorted(entries.items())))
+        return folder, index
+    return make
+
+
+def slice_proto(*extents):
+    """A TensorSliceProto of (start, length) extents (length None: all of the dimension)."""
+    return b"".join(field(1, field(1, start) + (b"" if length is None else field(2, length)))
+                    for start, length in extents)
 
 
 def state_file(text):
@@ -334,6 +368,19 @@ def state_file(text):
                  r"\(9223372036854775807, 9223372036854775807\) of int64: corrupt entry", id="shape-overflow"),
     pytest.param(one_tensor(9, [2**64 - 1], bytes(8)), r": tensor 'w': shape \(18446744073709551615,\) has a "
                  r"negative dimension: corrupt entry", id="shape-negative"),
+    pytest.param(partitioned_edit(KERNEL, 7, lambda slices: slices[:2]), r": partitioned variable 'shards/rnn/lstm_cell/kernel': "
+                 r"its slices hold 120 elements, not the 168 of its shape \(7, 24\): corrupt index", id="slices-short"),
+    pytest.param(partitioned_edit(KERNEL, 7, lambda slices: slices[:2] + slices[1:2]), r": partitioned variable "
+                 r"'shards/rnn/lstm_cell/kernel': the slice \[3:5, 0:24\] overlaps another: corrupt index",
+                 id="slices-overlap"),
+    pytest.param(partitioned_edit(KERNEL, 7, lambda slices: slices[:2] + [slice_proto((5, 3), (0, None))]),
+                 r": partitioned variable 'shards/rnn/lstm_cell/kernel': slice \[\(5, 3\), \(0, None\)\] does not "
+                 r"fit its shape \(7, 24\): corrupt entry", id="slice-outside"),
+    pytest.param(partitioned_edit(KERNEL, 7, lambda slices: slices[:2] + [slice_proto((5, 2), (0, None))]),
+                 r": partitioned variable 'shards/rnn/lstm_cell/kernel': the slice \[5:7, :\] it lists is missing: "
+                 r"corrupt index", id="slice-missing"),
+    pytest.param(partitioned_edit(None, 1, lambda dtype: [2]), r": partitioned variable 'shards/rnn/lstm_cell/kernel': "
+                 r"the slice \[0:3, 0:24\] holds TF dtype 2 of shape \(3, 24\), not 1 of shape \(3, 24\): corrupt entry", id="slice-dtype"),
     pytest.param(one_tensor(7, [2**62, 2], mask_crc(0).to_bytes(4, "little")),
                  r": tensor 'w': 9223372036854775808 strings in 4 bytes: the file is corrupt", id="strings-count"),
 ])

@@ -100,7 +100,7 @@ class LSTMCell(nn.Module):
         for arg, value in (("num_unit_shards", num_unit_shards), ("num_proj_shards", num_proj_shards)):
             if check_int(arg, value, 1, none_ok=True) not in (None, 1):
                 warnings.warn(f"{arg}={value}: the weight is one tensor here, not {value} TF partitions "
-                              f"(tf_weights writes it whole; checkpoints of partitioned variables are not read)",
+                              f"(tf_weights writes it whole; checkpoints of partitioned variables are read whole)",
                               UserWarning, stacklevel=2)
         if reuse not in (None, False):
             warnings.warn(f"reuse={reuse!r}: variables are never shared by name or scope here; to share "

@@ -5,7 +5,10 @@ A checkpoint ``<prefix>`` is ``<prefix>.index``, a LevelDB-style table (blocks o
 keys, each block followed by a compression byte and a masked CRC32C, an index block and a 48-byte
 footer) that maps every tensor name to a ``BundleEntryProto`` (dtype, shape, shard, offset, size,
 masked CRC32C of the bytes), and the shards ``<prefix>.data-0000k-of-0000n`` holding the raw bytes.
-Every block and every tensor is checked against its checksum.
+Every block and every tensor is checked against its checksum. A partitioned variable (saved by a
+``tf.compat.v1`` variable scope with a partitioner, or an LSTMCell with ``num_unit_shards``) has an
+entry of its full shape that lists its slices, each stored under a key of its own (``_slice_key``),
+and is read whole.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import math
 import os
 import re
 import struct
+from typing import Optional
 
 import numpy as np
 
@@ -246,9 +250,38 @@ def _entry(name: str, value: bytes, filename: str) -> dict:
     fields = _proto_fields(value, where)
     shape_fields = _proto_fields(_field(fields, 2, where, b""), where)
     dims = [_field(_proto_fields(d, where), 1, where) for d in shape_fields.get(2, [])]
+    # TensorSliceProto: one extent per dimension (start, and a length unless the extent is all of it).
+    slices = [[(_field(extent, 1, where), _field(extent, 2, where) if 2 in extent else None)
+               for extent in (_proto_fields(x, where) for x in _proto_fields(s, where).get(1, []))]
+              for s in fields.get(7, [])]
     return dict(dtype=_field(fields, 1, where), shape=tuple(dims), shard=_field(fields, 3, where),
                 offset=_field(fields, 4, where), size=_field(fields, 5, where), crc=_field(fields, 6, where),
-                sliced=bool(fields.get(7)))
+                slices=slices)
+
+
+def _ordered_num(value: int) -> bytes:
+    """TF's OrderedCode for a non-negative number: a byte of its length, then its big-endian bytes."""
+    body = value.to_bytes((value.bit_length() + 7) // 8, "big")
+    return bytes([len(body)]) + body
+
+
+def _ordered_signed(value: int) -> bytes:
+    """TF's OrderedCode for a signed number: L bytes of two's complement whose top L bits are flipped,
+    L the fewest bytes that hold the value's bits and its sign in 7 bits a byte."""
+    size = (~value if value < 0 else value).bit_length() // 7 + 1
+    header = ((1 << size) - 1) << (7 * size)
+    return (int.from_bytes(value.to_bytes(size, "big", signed=True), "big") ^ header).to_bytes(size, "big")
+
+
+def _slice_key(name: str, extents: list[tuple[int, Optional[int]]]) -> bytes:
+    """The key of one slice of a partitioned variable (TF's ``EncodeTensorNameSlice``): 0, the name
+    (0x00 and 0xff escaped, then 0x00 0x01), the number of dimensions, then each dimension's start
+    and length (-1 for all of it)."""
+    escaped = re.sub(rb"[\x00\xff]", lambda m: b"\x00\xff" if m[0] == b"\x00" else b"\xff\x00", name.encode("utf-8"))
+    key = _ordered_num(0) + escaped + b"\x00\x01" + _ordered_num(len(extents))
+    for start, length in extents:
+        key += _ordered_signed(start) + _ordered_signed(-1 if length is None else length)
+    return key
 
 
 def _decode_strings(raw: bytes, count: int, where: str, entry_crc: int) -> np.ndarray:
@@ -302,36 +335,81 @@ def read_tf_checkpoint(path: str) -> dict[str, np.ndarray]:
     header = _proto_fields(entries[0][1], where)
     num_shards, big_endian = _field(header, 1, where), _field(header, 2, where) == 1
     shards: dict[int, tuple[object, int]] = {}
+
+    def stored(name: str, e: dict) -> np.ndarray:
+        """The tensor (or slice) an entry's bytes hold."""
+        if e["shard"] not in shards:
+            if not 0 <= e["shard"] < num_shards:
+                raise ValueError(f"{index}: {name!r} names shard {e['shard']} of {num_shards}: corrupt index")
+            shard_file = f"{prefix}.data-{e['shard']:05d}-of-{num_shards:05d}"
+            if not os.path.isfile(shard_file):
+                raise FileNotFoundError(f"{shard_file}: missing data shard of the checkpoint {prefix!r} "
+                                        f"(needed for {name!r})")
+            shards[e["shard"]] = (open(shard_file, "rb"), os.path.getsize(shard_file))
+        f, file_size = shards[e["shard"]]
+        where = f"{f.name}: tensor {name!r}"
+        if e["offset"] + e["size"] > file_size:
+            raise ValueError(f"{where}: bytes [{e['offset']}, {e['offset'] + e['size']}) lie past the end of "
+                             f"the file ({file_size} bytes): truncated shard")
+        f.seek(e["offset"])
+        raw = f.read(e["size"])
+        if e["dtype"] != _STRING and mask_crc(crc32c(raw)) != e["crc"]:
+            raise ValueError(f"{where}: checksum mismatch: the file is corrupt")
+        return _decode(raw, e, where, big_endian)
+
     out: dict[str, np.ndarray] = {}
+    slice_entries = {key: value for key, value in entries[1:] if key.startswith(_SLICE_PREFIX)}
     try:
         for key, value in entries[1:]:
+            if key.startswith(_SLICE_PREFIX):  # read with its variable
+                continue
             name = key.decode("utf-8", errors="backslashreplace")
             e = _entry(name, value, index)
-            if e["sliced"]:
-                raise ValueError(f"{index}: {name!r} is a partitioned variable (saved in slices), which is not "
-                                 f"supported; save it unpartitioned")
-            if e["shard"] not in shards:
-                if not 0 <= e["shard"] < num_shards:
-                    raise ValueError(f"{index}: {name!r} names shard {e['shard']} of {num_shards}: corrupt index")
-                shard_file = f"{prefix}.data-{e['shard']:05d}-of-{num_shards:05d}"
-                if not os.path.isfile(shard_file):
-                    raise FileNotFoundError(f"{shard_file}: missing data shard of the checkpoint {prefix!r} "
-                                            f"(needed for {name!r})")
-                shards[e["shard"]] = (open(shard_file, "rb"), os.path.getsize(shard_file))
-            f, file_size = shards[e["shard"]]
-            where = f"{f.name}: tensor {name!r}"
-            if e["offset"] + e["size"] > file_size:
-                raise ValueError(f"{where}: bytes [{e['offset']}, {e['offset'] + e['size']}) lie past the end of "
-                                 f"the file ({file_size} bytes): truncated shard")
-            f.seek(e["offset"])
-            raw = f.read(e["size"])
-            if e["dtype"] != _STRING and mask_crc(crc32c(raw)) != e["crc"]:
-                raise ValueError(f"{where}: checksum mismatch: the file is corrupt")
-            out[name] = _decode(raw, e, where, big_endian)
+            out[name] = _assembled(name, e, slice_entries, stored, index) if e["slices"] else stored(name, e)
     finally:
         for f, _ in shards.values():
             f.close()
     return out
+
+
+# Slice keys begin with OrderedCode's 0; a variable's name never begins with a 0 byte.
+_SLICE_PREFIX = b"\x00"
+
+
+def _assembled(name: str, e: dict, slice_entries: dict[bytes, bytes], stored, index: str) -> np.ndarray:
+    """A partitioned variable whole, from its slices: each must lie inside its shape and hold its
+    extents' shape and the variable's dtype, and together they must cover it once."""
+    where = f"{index}: partitioned variable {name!r}"
+    shape = e["shape"]
+    if any(d >= 1 << 63 for d in shape):
+        raise ValueError(f"{where}: shape {shape} has a negative dimension: corrupt entry")
+    parts = []
+    for extents in e["slices"]:
+        if len(extents) != len(shape) or any(start + (length or 0) > dim or (length is None and start)
+                                             for (start, length), dim in zip(extents, shape)):
+            raise ValueError(f"{where}: slice {extents} does not fit its shape {shape}: corrupt entry")
+        label = ", ".join(":" if n is None else f"{s}:{s + n}" for s, n in extents)
+        value = slice_entries.get(_slice_key(name, extents))
+        if value is None:
+            raise ValueError(f"{where}: the slice [{label}] it lists is missing: corrupt index")
+        part = _entry(f"{name}[{label}]", value, index)
+        size = tuple(dim if n is None else n for (_, n), dim in zip(extents, shape))
+        if part["dtype"] != e["dtype"] or part["shape"] != size:
+            raise ValueError(f"{where}: the slice [{label}] holds TF dtype {part['dtype']} of shape {part['shape']}, "
+                             f"not {e['dtype']} of shape {size}: corrupt entry")
+        region = tuple(slice(None) if n is None else slice(s, s + n) for s, n in extents)
+        parts.append((f"{name}[{label}]", label, region, part))
+    held = sum(math.prod(part["shape"]) for *_, part in parts)
+    if held != math.prod(shape):
+        raise ValueError(f"{where}: its slices hold {held} elements, not the {math.prod(shape)} of its shape "
+                         f"{shape}: corrupt index")
+    values = [stored(tensor, part) for tensor, _, _, part in parts]
+    whole, covered = np.empty(shape, dtype=values[0].dtype), np.zeros(shape, dtype=bool)
+    for (_, label, region, _), value in zip(parts, values):
+        if covered[region].any():
+            raise ValueError(f"{where}: the slice [{label}] overlaps another: corrupt index")
+        whole[region], covered[region] = value, True
+    return whole
 
 
 def _decode(raw: bytes, e: dict, where: str, big_endian: bool) -> np.ndarray:
