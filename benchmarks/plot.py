@@ -34,12 +34,14 @@ CPU_LABELS = dict(LABELS, lstm_sequence="triton_lstm.lstm_sequence", nn_lstm="nn
 COLORS = dict(lstm_sequence="tab:blue", lstm_module="tab:purple", step_loop="tab:cyan", nn_lstm="tab:green",
               torch_compile="tab:orange", flashrnn="tab:red")
 MODES = ("fwd", "bwd", "fwd+bwd")
-DTYPES = ("fp32", "fp16", "bf16")
+# "tf32": fp32 rows measured with TF32 allowed in torch's matmuls and cuDNN (benchmarks.run --tf32).
+DTYPES = ("fp32", "tf32", "fp16", "bf16")
 CASE_FIELDS = ("group", "T", "B", "D", "N", "P", "peepholes", "cell_clip", "proj_clip", "lengths")
 # What every row benchmarks.run writes carries (and the plots read without a default).
 ROW_FIELDS = (*CASE_FIELDS, "machine", "dtype", "provider", "mode", "missing", "date")
 DEFAULT_SHAPE = dict(group="default", T=100, B=64, D=512, N=512, P=None)
 GRID_T = 256
+MISSING_SHOWN = 20  # distinct (provider, reason) pairs listed in headline.md
 # Time relative to nn.LSTM that the CPU path aims for: a cell nn.LSTM computes runs nn.LSTM's own kernel.
 CPU_TARGETS = {"plain": 1.05, "extras": 1.5}
 
@@ -76,13 +78,22 @@ def job_key(row: dict) -> tuple:
     return (machine(row), *(row.get(k) for k in CASE_FIELDS), row["dtype"], row["provider"], row["mode"])
 
 
+def with_precision(row: dict) -> dict:
+    """The row, an fp32 one measured with TF32 allowed (``--tf32``) under dtype "tf32": a precision of
+    its own, never in place of full fp32."""
+    if row["dtype"] == "fp32" and (row.get("tf32_matmul") or row.get("tf32_cudnn")):
+        return {**row, "dtype": "tf32"}
+    return row
+
+
 def latest(rows: list[dict]) -> list[dict]:
-    """One row per job (machine, case, dtype, provider, mode): the last one in file order.
+    """One row per job (machine, case, dtype, provider, mode; fp32 with TF32 allowed is dtype "tf32"):
+    the last one in file order.
 
     Args:
         rows: rows as ``load_rows`` returns them, possibly from several runs.
     """
-    return list({job_key(r): r for r in rows}.values())
+    return list({job_key(r): r for r in map(with_precision, rows)}.values())
 
 
 def by_machine(rows: list[dict]) -> dict[str, list[dict]]:
@@ -105,10 +116,11 @@ def _versions(rows: list[dict], field: str) -> str:
 
 
 def caption(rows: list[dict]) -> str:
-    """'machine · torch X · triton Y · triton_lstm Z (git) · driver or oneDNN · date(s)' for the rows."""
+    """'machine · torch X · triton Y · triton_lstm Z (git) · oneDNN, or driver, CUDA and cuDNN · date(s)'."""
     dates = sorted({r["date"][:10] for r in rows})
     when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
-    library = (f"oneDNN {_versions(rows, 'onednn')}" if is_cpu(rows) else f"driver {_versions(rows, 'driver')}")
+    library = (f"oneDNN {_versions(rows, 'onednn')}" if is_cpu(rows) else
+               f"driver {_versions(rows, 'driver')} · CUDA {_versions(rows, 'cuda')} · cuDNN {_versions(rows, 'cudnn')}")
     return (f"{machine(rows[0])} · torch {_versions(rows, 'torch')} · triton {_versions(rows, 'triton')} · "
             f"triton_lstm {_versions(rows, 'triton_lstm')} ({_versions(rows, 'git')}) · {library} · {when}")
 
@@ -257,9 +269,13 @@ def lines(rows: list[dict], path: Path, x: str, title: str, y: str = "tokens_per
         y: the row field plotted, "tokens_per_s" or "step_us".
         floor: also draw the floor per step and its two parts (with y="step_us").
     Returns:
-        path, or None when fewer than two x values were timed (nothing is written).
+        path, or None when no (mode, dtype) has two x values timed (nothing is written); such a panel
+        (a single point) is left out.
     """
-    if len({r[x] for r in rows if timed(r)}) < 2:
+    swept = {(r["mode"], r["dtype"]) for r in rows
+             if len({q[x] for q in pick(rows, mode=r["mode"], dtype=r["dtype"]) if timed(q)}) >= 2}
+    rows = [r for r in rows if (r["mode"], r["dtype"]) in swept]
+    if not rows:
         return None
     plt = _pyplot()
     from matplotlib.ticker import NullFormatter, NullLocator
@@ -270,6 +286,10 @@ def lines(rows: list[dict], path: Path, x: str, title: str, y: str = "tokens_per
         for j, d in enumerate(dtypes):
             ax = axes[i][j]
             panel = pick(rows, mode=m, dtype=d)
+            if (m, d) not in swept:
+                ax.set_title(f"{d} {m}: not swept", fontsize=9)
+                ax.axis("off")
+                continue
             for p in _present(panel, "provider", PROVIDERS):
                 pts = sorted((r[x], r[y]) for r in pick(panel, provider=p) if timed(r))
                 # A provider without a point stays in the legend, marked missing, instead of vanishing.
@@ -288,11 +308,13 @@ def lines(rows: list[dict], path: Path, x: str, title: str, y: str = "tokens_per
             xs = sorted({r[x] for r in panel})
             ax.set_xticks(xs, [str(v) for v in xs])
             ax.xaxis.set_minor_locator(NullLocator())
-            ax.yaxis.set_minor_formatter(NullFormatter())
+            low, high = ax.get_ylim()
+            if high >= 10 * low:  # labelled decades; within one, the minor ticks carry the numbers
+                ax.yaxis.set_minor_formatter(NullFormatter())
             ax.set_title(f"{d} {m}", fontsize=9)
             ax.set_xlabel({"B": "batch", "N": "hidden (num_units)", "T": "sequence length"}[x], fontsize=8)
             ax.set_ylabel("tokens / s" if y == "tokens_per_s" else "us per step", fontsize=8)
-            ax.tick_params(labelsize=7)
+            ax.tick_params(which="both", labelsize=7)
             ax.grid(True, which="both", alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     for row_axes in axes:
@@ -486,15 +508,17 @@ def _ratio(s: Optional[float]) -> str:
 
 
 def grid_wins(rows: list[dict], dtype: str, mode: str) -> tuple[int, int]:
-    """(cells where lstm_sequence beats nn.LSTM, cells where both ran) in the GPU grid.
+    """(cells where lstm_sequence beats nn.LSTM, cells counted) in the GPU grid: every cell where nn.LSTM
+    ran; one where lstm_sequence is missing (failed, wrong result) counts as a loss.
 
     Args:
-        rows: rows of one GPU, deduplicated.  dtype: "fp32", "fp16" or "bf16".  mode: "fwd", "bwd" or "fwd+bwd".
+        rows: rows of one GPU, deduplicated.  dtype: a DTYPES value.  mode: "fwd", "bwd" or "fwd+bwd".
     """
     cells = {(r["B"], r["N"]) for r in pick(rows, group="grid", dtype=dtype, mode=mode)}
-    ratios = [speedup(rows, group="grid", dtype=dtype, mode=mode, B=b, N=n) for b, n in cells]
-    ratios = [s for s in ratios if s is not None]
-    return sum(s > 1.0 for s in ratios), len(ratios)
+    ran = [(b, n) for b, n in cells if timed(one(rows, provider="nn_lstm", group="grid", dtype=dtype, mode=mode,
+                                                 B=b, N=n))]
+    ratios = [speedup(rows, group="grid", dtype=dtype, mode=mode, B=b, N=n) for b, n in ran]
+    return sum(s is not None and s > 1.0 for s in ratios), len(ran)
 
 
 def why_no_ratio(rows: list[dict], ours: str = "lstm_sequence", **match) -> str:
@@ -602,12 +626,13 @@ def headline_markdown(rows: list[dict]) -> str:
             continue
         parts += [f"{caption(g)}. Median of `triton.testing.do_bench`, ms per call "
                   f"(the whole sequence); speedup = nn.LSTM time / ours; floor = recurrent matmuls at the "
-                  f"measured dense rate + measured grid barriers, per step.", ""]
+                  f"measured dense rate + measured grid barriers, per step; fp32 in IEEE precision, tf32: "
+                  f"fp32 with TF32 allowed in torch's matmuls and cuDNN (`--tf32`).", ""]
         default = pick(g, **DEFAULT_SHAPE)
         if default:
             parts += ["**fastrnns default shape** (T=100, B=64, input = hidden = 512)", "",
                       "| dtype | mode | triton_lstm persistent (ms) | us/step (floor) | nn.LSTM cuDNN (ms) | speedup "
-                      "| step loop (ms) | torch.compile (ms) |", "|---|---|---|---|---|---|---|---|"]
+                      "| step loop (ms) | torch.compile (ms) | FlashRNN (ms) |", "|---|---|---|---|---|---|---|---|---|"]
             for d in _present(default, "dtype", DTYPES):
                 for m in _present(pick(default, dtype=d), "mode", MODES):
                     ours = one(default, provider="lstm_sequence", dtype=d, mode=m)
@@ -617,7 +642,8 @@ def headline_markdown(rows: list[dict]) -> str:
                         f"{_ms(one(default, provider='nn_lstm', dtype=d, mode=m))} | "
                         f"{_ratio(speedup(default, dtype=d, mode=m))} | "
                         f"{_ms(one(default, provider='step_loop', dtype=d, mode=m))} | "
-                        f"{_ms(one(default, provider='torch_compile', dtype=d, mode=m))} |")
+                        f"{_ms(one(default, provider='torch_compile', dtype=d, mode=m))} | "
+                        f"{_ms(one(default, provider='flashrnn', dtype=d, mode=m))} |")
             parts.append("")
         lstmp = pick(g, group="lstmp")
         if lstmp:
@@ -636,7 +662,7 @@ def headline_markdown(rows: list[dict]) -> str:
         grid = pick(g, group="grid")
         if grid:
             parts += [f"**Grid** (T={GRID_T}, batch {sorted({r['B'] for r in grid})} x hidden "
-                      f"{sorted({r['N'] for r in grid})}): cells where ours beats nn.LSTM, of those where both ran",
+                      f"{sorted({r['N'] for r in grid})}): cells where ours beats nn.LSTM, of those where nn.LSTM ran (ours missing: a loss)",
                       "", "| dtype | fwd | bwd | fwd+bwd |", "|---|---|---|---|"]
             for d in _present(grid, "dtype", DTYPES):
                 cells = []
@@ -647,12 +673,16 @@ def headline_markdown(rows: list[dict]) -> str:
             parts.append("")
         parts += ["**Targets** (forward+backward against nn.LSTM on cuDNN):", ""]
         parts += [f"- {line}" for line in target_lines(g)]
-        missing = sorted({(r["provider"], r["missing"]) for r in g if r.get("missing")})
-        if missing:
-            parts += ["", "Missing (provider: reason):", ""]
-            parts += [f"- {p}: {reason}" for p, reason in missing[:12]]
-            if len(missing) > 12:
-                parts.append(f"- ... and {len(missing) - 12} more reasons in the results file")
+        jobs: dict[tuple, int] = {}
+        for r in g:
+            if r.get("missing"):
+                jobs[r["provider"], r["missing"]] = jobs.get((r["provider"], r["missing"]), 0) + 1
+        if jobs:  # triton_lstm's own first
+            missing = sorted(jobs, key=lambda k: (PROVIDERS.index(k[0]), k[1]))
+            parts += ["", "Missing (provider: reason, jobs):", ""]
+            parts += [f"- {p}: {reason} ({jobs[p, reason]})" for p, reason in missing[:MISSING_SHOWN]]
+            if len(missing) > MISSING_SHOWN:
+                parts.append(f"- ... and {len(missing) - MISSING_SHOWN} more reasons in the results file")
         parts.append("")
     return "\n".join(parts)
 
@@ -721,7 +751,7 @@ def _gpu_summary(rows: list[dict]) -> str:
         for m in _present(pick(grid, dtype=d), "mode", MODES):
             wins, n = grid_wins(rows, d, m)
             lines_out.append(f"grid T{GRID_T} {d} {m}: ours faster than nn.LSTM in {wins} of {n} cells"
-                             + ("" if n else " (no cell has both: see the missing rows)"))
+                             + ("" if n else " (nn.LSTM ran in none: see the missing rows)"))
     lines_out.append("ms per call (median); speedup = nn_lstm / lstm_sequence")
     if any(r["group"] in ("default", "lstmp", "grid") for r in rows):
         lines_out += ["targets:"] + [f"  {line}" for line in target_lines(rows)]

@@ -156,3 +156,59 @@ def test_rows_from_a_tree_without_git_carry_the_commit_the_caller_names(named, t
         assert env["git"] == "0123456789ab" and env["git_note"].startswith("from TRITON_LSTM_GIT (")
     else:
         assert env["git"] is None and "not a git repository" in env["git_note"]
+
+
+# --------------------------------------------------------------------------------- GPU rows, plotted
+def gpu_row(provider="lstm_sequence", dtype="fp32", mode="fwd+bwd", ms=1.0, **case):
+    """A row as benchmarks.run writes one on a GPU, with the fields the plots and tables read (a timed
+    row; ``missing`` set: one that failed)."""
+    fields = dict(group="grid", T=256, B=64, D=512, N=512, P=None, peepholes=False, cell_clip=None, proj_clip=None,
+                  lengths=False)
+    fields.update(case)
+    tokens = fields["T"] * fields["B"] / (ms / 1e3) if ms else None
+    return dict(fields, machine="NVIDIA H200", device="cuda", dtype=dtype, provider=provider, mode=mode,
+                missing=None, date="2026-12-01T10:00:00+00:00", ms=ms, tokens_per_s=tokens, torch="2.11.0",
+                triton="3.6.0", triton_lstm="0.1.0", git="0123456789ab", driver="570.124.06", cuda="12.8",
+                cudnn=91002, tf32_matmul=False, tf32_cudnn=False, step_us=ms * 1e3 / fields["T"] if ms else None,
+                floor_us=1.0)
+
+
+def test_tf32_rows_are_a_precision_of_their_own_and_captions_name_cuda_and_cudnn():
+    """A --tf32 run of a job does not replace its full-fp32 row: its rows are dtype "tf32"."""
+    ieee = [gpu_row(p, ms=ms) for p, ms in (("lstm_sequence", 2.0), ("nn_lstm", 3.0))]
+    tf32 = [dict(gpu_row(p, ms=ms), tf32_matmul=True, tf32_cudnn=True) for p, ms in (("lstm_sequence", 1.5),
+                                                                                       ("nn_lstm", 1.0))]
+    rows = plot.latest(ieee + tf32)
+    assert sorted((r["dtype"], r["provider"], r["ms"]) for r in rows) == [
+        ("fp32", "lstm_sequence", 2.0), ("fp32", "nn_lstm", 3.0), ("tf32", "lstm_sequence", 1.5),
+        ("tf32", "nn_lstm", 1.0)]
+    assert plot.grid_wins(rows, "fp32", "fwd+bwd") == (1, 1) and plot.grid_wins(rows, "tf32", "fwd+bwd") == (0, 1)
+    assert "driver 570.124.06 · CUDA 12.8 · cuDNN 91002 ·" in plot.caption(rows)
+    assert "| tf32 | not run | not run | 0/1 |" in plot.headline_markdown(ieee + tf32)
+
+
+def test_grid_target_counts_a_cell_where_ours_failed_as_a_loss():
+    rows = []
+    for b in (8, 64):
+        for n in (256, 512):
+            rows.append(gpu_row("nn_lstm", B=b, N=n, ms=2.0))
+            ours = gpu_row(B=b, N=n, ms=1.0)
+            rows.append(ours if b == 8 else dict(ours, ms=None, missing="wrong result"))
+    rows.append(gpu_row(B=256, N=256, ms=1.0))   # nn.LSTM not run here: no comparison
+    assert plot.grid_wins(rows, "fp32", "fwd+bwd") == (2, 4)
+    assert "fp32 faster in >= 80% of the grid: 2/4 cells (NOT reached)" in plot.target_lines(rows)
+
+
+def test_sweep_panels_leave_single_points_out_and_label_narrow_axes(tmp_path, monkeypatch):
+    """A panel with one x value is left out of a sweep's figure; a panel whose values span less than
+    a decade keeps the numbers on its y axis (its minor ticks). ``_save`` is replaced to keep the figure."""
+    from matplotlib.ticker import NullFormatter
+    saved = []
+    monkeypatch.setattr(plot, "_save", lambda fig, path: saved.append(fig) or path)
+    rows = [gpu_row(p, T=t, ms=t * f / 100, group="seq_len") for t in (64, 256, 1024)
+            for p, f in (("lstm_sequence", 1.0), ("nn_lstm", 1.3))]
+    rows += [gpu_row(p, dtype="fp16", T=100, ms=0.5, group="seq_len") for p in ("lstm_sequence", "nn_lstm")]
+    assert plot.lines(rows[-2:], tmp_path / "none.png", "T", "sweep") is None
+    assert plot.lines(rows, tmp_path / "t.png", "T", "sweep") == tmp_path / "t.png"
+    (ax,) = [a for a in saved[0].axes if a.get_visible() and a.axison]
+    assert ax.get_title() == "fp32 fwd+bwd" and not isinstance(ax.yaxis.get_minor_formatter(), NullFormatter)
