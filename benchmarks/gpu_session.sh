@@ -8,12 +8,13 @@
 # in TRITON_LSTM_GIT: the benchmark rows carry it, and --resume matches rows by it.
 # The GPU machines have no network: `make gpu-wheels` first (here), and carry .whl/ with the call, for
 # the test package they lack (expecttest, which PyTorch's test helpers import).
-# quick  (default, under ~9 minutes): editable install without dependencies (the machine's torch and
-#        Triton stay), nvidia-smi and versions, the test suite on the GPU (pytest -n 8 -v, tuning off,
-#        the step kernels' option pairs; the CPU-only compile checks, which CI runs on Triton 3.6 too,
-#        are left out), `python -m benchmarks.run --quick` (it prints the first-call tuning time per
-#        shape), the plots from benchmarks/results/*.jsonl (the committed rows that travelled with the
-#        tree plus this run's).
+# quick  (default, under ~8 minutes): editable install without dependencies (the machine's torch and
+#        Triton stay), nvidia-smi and versions, the GPU tests (tests/test_gpu.py: pytest -n 8 -v, tuning
+#        off, the step kernels' option pairs), then the rest of the test suite on the GPU for what time
+#        its phase leaves (the CPU-only checks, which CI runs on Triton 3.6 too, left out: the AOT and
+#        host-path builds, the CPU path, the CPU benchmark), `python -m benchmarks.run --quick` (it
+#        prints the first-call tuning time per shape), the plots from benchmarks/results/*.jsonl (the
+#        committed rows that travelled with the tree plus this run's).
 # full   the step kernels' full option product (pytest -n 16; TESTS=0 leaves it out, for the calls
 #        after the first), then the standard suite with --resume under a time budget, then the plots.
 #        The suite is longer than one call: copy the returned results.jsonl onto
@@ -24,8 +25,8 @@
 #   session_log.txt  everything printed;      results.jsonl  this run's benchmark rows;
 #   bench_log.txt    the benchmark's log;     summary.txt    the benchmark's table;
 #   plots.tar        the PNGs and headline.md; phases.txt    the phase table printed last.
-# Time limits per phase (seconds) can be overridden: TESTS_TIMEOUT, TEST_TIMEOUT (one test), BENCH_BUDGET,
-# BENCH_TIMEOUT.
+# Time limits per phase (seconds) can be overridden: GPU_TESTS_TIMEOUT (quick), TESTS_TIMEOUT,
+# TEST_TIMEOUT (one test), BENCH_BUDGET, BENCH_TIMEOUT.
 set -u -o pipefail
 
 SESSION=${1:-quick}
@@ -41,13 +42,14 @@ PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 TEST_TIMEOUT=${TEST_TIMEOUT:-90}
 # Worst cases after the install (two offline pip calls of seconds, each stopped at 30 s), every phase
-# at its limit plus 5 s to kill it: quick 175 + 235 + 65 = 475 s, full 205 + 265 + 65 = 535 s, under
-# the device call's 600 s. The benchmark starts no job after its budget, then finishes the case in
-# hand and writes its table before its limit.
+# at its limit plus 5 s to kill it: quick 125 + 75 + 195 + 65 = 460 s, full 205 + 265 + 65 = 535 s,
+# under the device call's 600 s. The benchmark starts no job after its budget, then finishes the case
+# in hand and writes its table before its limit.
 if [ "$SESSION" = quick ]; then
-    TESTS_TIMEOUT=${TESTS_TIMEOUT:-170}
-    BENCH_BUDGET=${BENCH_BUDGET:-170}
-    BENCH_TIMEOUT=${BENCH_TIMEOUT:-230}
+    GPU_TESTS_TIMEOUT=${GPU_TESTS_TIMEOUT:-120}
+    TESTS_TIMEOUT=${TESTS_TIMEOUT:-70}
+    BENCH_BUDGET=${BENCH_BUDGET:-130}
+    BENCH_TIMEOUT=${BENCH_TIMEOUT:-190}
 else
     TESTS_TIMEOUT=${TESTS_TIMEOUT:-200}
     BENCH_BUDGET=${BENCH_BUDGET:-200}
@@ -154,34 +156,44 @@ main() {
             xdist=()
             echo "pytest-xdist is not installed: the tests run in one process"
         fi
-        # Stop starting tests before the phase's limit, so that pytest still prints which failed; a
-        # test that hangs (a CUDA sync never returning) is stopped by a thread, its worker replaced.
+        # Stop starting tests before a phase's limit (stop_early LIMIT sets it), so that pytest still
+        # prints which failed; a test that hangs (a CUDA sync never returning) is stopped by a thread,
+        # its worker replaced.
         local stop_early=() per_test=()
         local options
         options=$($PY -m pytest --help 2>/dev/null)
-        if grep -q -- --session-timeout <<< "$options"; then
-            stop_early=(--session-timeout $((TESTS_TIMEOUT - 25)))
-        fi
+        stop_early() {
+            stop_early=()
+            if grep -q -- --session-timeout <<< "$options"; then stop_early=(--session-timeout $(($1 - 25))); fi
+        }
         if grep -q -- --timeout-method <<< "$options"; then
             per_test=(--timeout "$TEST_TIMEOUT" --timeout-method=thread)
         else
             echo "pytest-timeout is not installed: no test is stopped on its own"
         fi
         if [ "$SESSION" = quick ]; then
-            # The GPU tests run with tuning off (the first configuration that fits; the tuner's own test
+            # The tests run with tuning off (the first configuration that fits; the tuner's own test
             # turns it on); the benchmark tunes, and reports what each shape's first call cost.
             # Inductor compiles in each test process (its default pool would start 16 workers in each of 8).
             # Each result is printed as it comes (-v), so that a phase stopped at its limit still shows
-            # which tests failed.
-            phase tests "$TESTS_TIMEOUT" env TRITON_LSTM_AUTOTUNE=0 TRITON_LSTM_PORT_THIN=1 TORCHINDUCTOR_COMPILE_THREADS=1 \
-                $PY -m pytest -v \
-                "${xdist[@]}" "${stop_early[@]}" "${per_test[@]}" --durations=5 --continue-on-collection-errors tests/ \
-                --deselect tests/test_aot_compile.py --deselect tests/test_host_path.py || failed=1
+            # which tests failed. The GPU tests first, in a phase of their own: the suite's other tests
+            # (the kernels against the reference on the GPU) get the time left after them.
+            local run_tests=(env TRITON_LSTM_AUTOTUNE=0 TRITON_LSTM_PORT_THIN=1 TORCHINDUCTOR_COMPILE_THREADS=1
+                             $PY -m pytest -v "${xdist[@]}")
+            stop_early "$GPU_TESTS_TIMEOUT"
+            phase gpu-tests "$GPU_TESTS_TIMEOUT" "${run_tests[@]}" "${stop_early[@]}" "${per_test[@]}" --durations=5 \
+                tests/test_gpu.py || failed=1
+            stop_early "$TESTS_TIMEOUT"
+            phase tests "$TESTS_TIMEOUT" "${run_tests[@]}" "${stop_early[@]}" "${per_test[@]}" --durations=5 \
+                --continue-on-collection-errors tests/ --deselect tests/test_gpu.py \
+                --deselect tests/test_aot_compile.py --deselect tests/test_host_path.py --deselect tests/test_cpu.py \
+                --deselect tests/test_benchmarks.py || failed=1
             phase bench "$BENCH_TIMEOUT" $PY -m benchmarks.run --quick "${bench_args[@]}" || failed=1
         else
             [ ${#xdist[@]} -gt 0 ] && xdist=(-n 16)
             export TRITON_LSTM_GPU_FULL=1
             if [ "${TESTS:-1}" != 0 ]; then
+                stop_early "$TESTS_TIMEOUT"
                 phase tests "$TESTS_TIMEOUT" env TRITON_LSTM_AUTOTUNE=0 $PY -m pytest -v "${xdist[@]}" "${stop_early[@]}" \
                     "${per_test[@]}" --continue-on-collection-errors tests/test_gpu.py -k step_option_matrix || failed=1
             fi
