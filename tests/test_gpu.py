@@ -185,7 +185,8 @@ class BusyGPU:
 
     def __init__(self, seconds: float, stream: torch.cuda.Stream):
         self.batches, self._stop, started = 0, threading.Event(), threading.Event()
-        a = torch.randn(8192, 8192, device="cuda", dtype=torch.float16)
+        with torch.cuda.stream(stream):
+            a = torch.randn(8192, 8192, device="cuda", dtype=torch.float16)
         deadline = time.monotonic() + seconds
 
         def work():
@@ -197,11 +198,14 @@ class BusyGPU:
                     started.set()
                     stream.synchronize()
             started.set()
-        threading.Thread(target=work, daemon=True).start()
+        self._thread = threading.Thread(target=work, daemon=True)
+        self._thread.start()
         started.wait()
 
     def stop(self):
+        """No batch is queued after this returns."""
         self._stop.set()
+        self._thread.join()
 
 
 @pytest.mark.timeout(120)
