@@ -45,13 +45,15 @@ class TargetDriver:
     """A Triton driver for a GPU target that is not there: the JIT compiles real cubins for it, a
     "load" reads registers and spills from the cubin (as the CUDA driver reports them), and a
     launch calls ``on_launch(kernel_name, grid, metadata, {argument name: value})`` instead of
-    running anything."""
+    running anything. The thread's stream-capture mode is kept, and each load records it."""
 
     def __init__(self, arch: int, on_launch: Optional[Callable] = None):
         self.arch = arch
         self.limits = TARGETS[arch]
         self.on_launch = on_launch
         self.launcher_cls = self._launcher
+        self.capture_mode = launch.CAPTURE_GLOBAL
+        self.load_modes: list[int] = []        # the capture mode at each module load
         self.utils = SimpleNamespace(load_binary=self._load_binary, unload_module=lambda module: None,
                                      get_device_properties=self._properties)
 
@@ -60,7 +62,13 @@ class TargetDriver:
                     max_num_regs=self.limits.regs_per_sm, warpSize=32, sm_clock_rate=1_755_000,
                     mem_clock_rate=2_619_000, mem_bus_width=5120)
 
+    def exchange_capture_mode(self, mode: int) -> int:
+        """As cuThreadExchangeStreamCaptureMode, for the one thread that launches here."""
+        previous, self.capture_mode = self.capture_mode, mode
+        return previous
+
     def _load_binary(self, name, cubin, shared, device):
+        self.load_modes.append(self.capture_mode)
         usage = tune.resource_usage(cubin)
         # As cuFuncGetAttribute: NUM_REGS, LOCAL_SIZE_BYTES / 4, MAX_THREADS_PER_BLOCK.
         max_threads = min(1024, self.limits.regs_per_sm // max(usage["reg"], 1) // 32 * 32)
@@ -105,8 +113,8 @@ def stand_in_gpu(arch: int, on_launch: Optional[Callable] = None, kernels=None):
     kernels = kernels if kernels is not None else all_kernels()
     target = TargetDriver(arch, on_launch)
     stand_ins = dict(gpu_device=lambda device: True, device_limits=lambda device: target.limits,
-                     capturing=lambda device: False, device_guard=lambda device: contextlib.nullcontext(),
-                     host_buffer=lambda t: torch.empty_like(t))
+                     capturing=lambda device: False, select_device=lambda device: contextlib.nullcontext(),
+                     exchange_capture_mode=target.exchange_capture_mode, host_buffer=lambda t: torch.empty_like(t))
     saved = {name: getattr(launch, name) for name in stand_ins}
     event = torch.cuda.Event
     previous = driver._active

@@ -1,11 +1,13 @@
 """Where kernels run, with which launch configuration, and how they are launched: the one place that decides.
 
-Device queries (``gpu_device``, ``device_limits``, ``capturing``) and the launch itself go through
-this module only, so that the CUDA host path can be tested without a GPU by replacing them.
+Device queries (``gpu_device``, ``device_limits``, ``capturing``), the driver calls around a launch
+(``select_device``, ``exchange_capture_mode``) and the launch itself go through this module only, so
+that the CUDA host path can be tested without a GPU by replacing them.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import functools
 import re
@@ -74,9 +76,54 @@ def capturing(device: torch.device) -> bool:
     return gpu_device(device) and torch.cuda.is_current_stream_capturing()
 
 
+def select_device(device: torch.device):
+    return torch.cuda.device(device)
+
+
+# CUstreamCaptureMode: what a thread may call while a stream captures (GLOBAL is torch.cuda.graph's default).
+CAPTURE_GLOBAL, CAPTURE_RELAXED = 0, 2
+
+
+@functools.lru_cache(maxsize=None)
+def _libcuda() -> ctypes.CDLL:
+    return ctypes.CDLL("libcuda.so.1")
+
+
+def exchange_capture_mode(mode: int) -> int:
+    """Sets this thread's stream-capture mode (``cuThreadExchangeStreamCaptureMode``); returns the
+    mode it replaced."""
+    value = ctypes.c_int(mode)
+    error = _libcuda().cuThreadExchangeStreamCaptureMode(ctypes.byref(value))
+    if error:
+        raise RuntimeError(f"cuThreadExchangeStreamCaptureMode failed (CUDA error {error})")
+    return value.value
+
+
+@contextlib.contextmanager
+def loads_allowed(device: torch.device):
+    """While the current stream captures a CUDA graph, this thread in relaxed capture mode: a kernel
+    first launched inside the capture is compiled and loaded (``cuModuleLoadData``, which the default
+    global mode refuses then) at once, outside the graph, as torch's allocator makes its cudaMalloc
+    calls; the launches themselves are captured as ever."""
+    if not capturing(device):
+        yield
+        return
+    previous = exchange_capture_mode(CAPTURE_RELAXED)
+    try:
+        yield
+    finally:
+        exchange_capture_mode(previous)
+
+
+@contextlib.contextmanager
 def device_guard(device: torch.device):
-    """Launches go to the tensors' GPU, also when another GPU is current."""
-    return torch.cuda.device(device) if gpu_device(device) else contextlib.nullcontext()
+    """Launches go to the tensors' GPU, also when another GPU is current (and may load kernels
+    during a capture: ``loads_allowed``)."""
+    if not gpu_device(device):
+        yield
+        return
+    with select_device(device), loads_allowed(device):
+        yield
 
 
 def host_buffer(t: Tensor) -> Tensor:

@@ -3,8 +3,8 @@
 What is stubbed, and only that (``triton_lstm.aot.stand_in_gpu``): Triton's driver, by a
 ``TargetDriver`` that compiles real cubins for sm_90, reports registers and spills from them where
 the CUDA driver would load them, and records each launch instead of running it; the device queries
-of ``triton_lstm.launch`` (is this a GPU, its limits, capturing, the device guard, pinned host
-memory) and CUDA events. CPU tensors stand in for GPU tensors. Everything else runs as on a GPU:
+of ``triton_lstm.launch`` (is this a GPU, its limits, capturing, selecting the device, the thread's
+capture mode, pinned host memory) and CUDA events. CPU tensors stand in for GPU tensors. Everything else runs as on a GPU:
 the launchers, their arguments, the JIT's specialisation and compilation, the tuner and its
 resource check, cooperative launch options, the barrier and sequence-length flags. Nothing is
 computed: outputs of the stubbed launches are never looked at.
@@ -63,7 +63,7 @@ def gpu(tmp_path, monkeypatch):
 
     with aot.stand_in_gpu(90, state.launch) as target:
         state.target = target
-        monkeypatch.setattr(launch, "device_guard", state.guard)
+        monkeypatch.setattr(launch, "select_device", state.guard)
         monkeypatch.setattr(aot._CompleteEvent, "record", record)
         yield state
 

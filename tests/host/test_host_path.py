@@ -219,6 +219,25 @@ def test_capture_after_eager_calls_queries_no_event(gpu, monkeypatch):
     assert queried == [False] and len(sequence._pending) == 1, "the eager call checks the earlier one, then waits"
 
 
+def test_kernels_first_launched_inside_a_capture_load_in_relaxed_mode(gpu, monkeypatch):
+    """A shape (and dtype) first seen inside a CUDA-graph capture: the tuner's check and the first launch
+    load their modules there, which the default global capture mode refuses; each load runs with the
+    thread in relaxed mode, restored after the call. Outside a capture the mode is left alone."""
+    monkeypatch.setattr(launch, "capturing", lambda device: True)
+    args = sequence_args(dtype=torch.float32)
+    lstm_sequence(*args)[0].float().sum().backward()
+    x, h, c, w_x, w_h, bias, w_f, w_i, w_o, _ = args
+    lstm_cell(x[0], c, h, torch.cat([w_x, w_h]), bias, w_f, w_i, w_o)
+    names = {launch_["name"] for launch_ in gpu.launches}
+    assert {"lstm_seq_fwd_kernel", "lstm_seq_bwd_kernel", "lstm_step_fwd_kernel"} <= names
+    assert gpu.target.load_modes and set(gpu.target.load_modes) == {launch.CAPTURE_RELAXED}
+    assert gpu.target.capture_mode == launch.CAPTURE_GLOBAL
+    monkeypatch.setattr(launch, "capturing", lambda device: False)
+    gpu.target.load_modes.clear()
+    lstm_sequence(*sequence_args(dtype=torch.bfloat16))
+    assert gpu.target.load_modes and set(gpu.target.load_modes) == {launch.CAPTURE_GLOBAL}
+
+
 def test_cooperative_launch_refused_is_a_clear_error(gpu):
     def refuse(name, args):
         if name.startswith("lstm_seq"):
