@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torch.nn.utils.prune
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from helpers import TOLERANCES, assert_close, cell_args, cell_tensors, reference_fp32
@@ -483,6 +484,27 @@ def test_tf_weights_keep_the_cells_dtype(dtype, array_dtype):
     for array in w.values():
         array += 1
     _assert_same_weights(src, dst)   # the arrays are copies
+
+
+@pytest.mark.parametrize("compute", ["parametrize", "weight_norm", "prune"])
+def test_load_tf_weights_refuses_a_weight_computed_from_others(compute):
+    """A pruned or parametrized kernel is recomputed from other parameters: a copy into it would be
+    dropped (or written into a computed tensor) without a word. The load is refused, nothing changed."""
+    import torch.nn.utils.parametrize as parametrize
+    dst = _full_cell(seed=8)
+    if compute == "parametrize":
+        parametrize.register_parametrization(dst, "kernel", torch.nn.Tanh())
+    elif compute == "weight_norm":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)   # torch's own deprecation of weight_norm
+            torch.nn.utils.weight_norm(dst, "kernel")
+    else:
+        torch.nn.utils.prune.l1_unstructured(dst, "kernel", amount=0.3)
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    with pytest.raises(ValueError, match=r"^load_tf_weights: kernel computed from other parameters \(pruned or "
+                                         r"parametrized\); make them parameters again first"):
+        dst.load_tf_weights(_full_cell(seed=7).tf_weights())
+    assert all(torch.equal(v, before[k]) for k, v in dst.state_dict().items())
 
 
 def test_load_tf_weights_builds_an_unbuilt_cell():

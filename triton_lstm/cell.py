@@ -11,7 +11,7 @@ from torch import nn
 
 from triton_lstm.activations import Activation, resolve_activation
 from triton_lstm.checks import (FLOAT_DTYPES, DTypeError, Names, ShapeError, check_clip, check_forget_bias,
-                                check_int, check_scope, check_tensor, shape_of)
+                                check_int, check_scope, check_stored_weights, check_tensor, shape_of)
 from triton_lstm.convert import as_array, as_tensor, keras_as_tf_variables
 from triton_lstm.functional import autocast_alike, named_cell
 
@@ -441,6 +441,8 @@ class LSTMCell(nn.Module):
                 raise ValueError(f"weights[{found[tf][0]!r}]: contains NaN or infinite values (in {dtype})")
         if self.input_size is None:
             self.build(D)
+        else:  # a weight computed from others (pruned, parametrized) would take the copy and drop it
+            check_stored_weights(self, wanted.values(), "load_tf_weights")
         with torch.no_grad():
             for tf, attr in wanted.items():
                 getattr(self, attr).copy_(arrays[tf])

@@ -234,3 +234,14 @@ def check_path(name: str, path: Any) -> str:
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"{name}: expected a file path (str or os.PathLike), got {type(path).__name__}")
     return os.fsdecode(path)
+
+
+def check_stored_weights(module: torch.nn.Module, names, what: str) -> None:
+    """A ValueError (its message starting with ``what``) if a weight of ``names`` is computed from
+    other parameters (pruned or parametrized): what reads or writes the weights by name, as a copy,
+    export or load does, would miss them."""
+    computed = [name for name in names if not isinstance(getattr(module, name), torch.nn.Parameter)]
+    if computed:
+        raise ValueError(f"{what}: {', '.join(computed)} computed from other parameters (pruned or "
+                         f"parametrized); make them parameters again first (torch.nn.utils.prune.remove, "
+                         f"torch.nn.utils.parametrize.remove_parametrizations)")

@@ -10,7 +10,8 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from triton_lstm.activations import Activation, resolve_activation, resolve_recurrent_activation
-from triton_lstm.checks import DTypeError, Names, ShapeError, as_number, check_clip, check_forget_bias, shape_of
+from triton_lstm.checks import (DTypeError, Names, ShapeError, as_number, check_clip, check_forget_bias,
+                                check_stored_weights, shape_of)
 from triton_lstm.cpu import block_vector, traced_or_vmapped
 from triton_lstm.functional import autocast_alike, autocast_dtype
 from triton_lstm.higher_order import forward_mode
@@ -148,11 +149,7 @@ class LSTM(nn.LSTM):
         """A ValueError (its message starting with ``what``) if a weight is computed from other parameters
         (pruned or parametrized): what reads the weights by name, as a copy or export does, would miss
         them."""
-        computed = [name for name in self._flat_weights_names if not isinstance(getattr(self, name), nn.Parameter)]
-        if computed:
-            raise ValueError(f"{what}: {', '.join(computed)} computed from other parameters (pruned or "
-                             f"parametrized); make them parameters again first (torch.nn.utils.prune.remove, "
-                             f"torch.nn.utils.parametrize.remove_parametrizations)")
+        check_stored_weights(self, self._flat_weights_names, what)
 
     def to_torch_lstm(self) -> nn.LSTM:
         """This module as a plain ``torch.nn.LSTM`` sharing its parameters (not copies), for tools that
