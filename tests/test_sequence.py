@@ -10,6 +10,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.utils.parametrize
 import triton
 import triton.language as tl
 
@@ -444,6 +445,75 @@ def test_dynamic_rnn_matches_stepping_the_cell_with_tf_masking(device):
     for name, got, want in zip(["inputs", "c0", "h0"] + list(params), grads, grads_ref):
         assert want.abs().sum() > 0, f"d{name} is zero: the test would not see a missing gradient"
         assert_close(f"d{name}", got, want, FP32["grad"])
+
+
+class HalfInputs(LSTMCell):
+    """A subclass whose forward halves its inputs."""
+    def forward(self, inputs, state=None, scope=None):
+        return super().forward(inputs * 0.5, state, scope)
+
+
+@pytest.mark.parametrize("how", ["pre-hook", "subclass", "global hook", "weight_norm"])
+def test_dynamic_rnn_calls_a_cell_with_hooks_or_its_own_forward_at_each_step(how, device):
+    """TF's dynamic_rnn calls the cell at each step: a forward of its own or forward hooks (old-style
+    weight_norm recomputes the kernel in one) apply as they do to a call. Each case against the
+    sequence op on a plain cell computing the same (inputs halved, or the normalised kernel), with
+    NaN in the padding, which enters no gradient."""
+    plain = make_cell(device, state_is_tuple=False)
+    cell = (HalfInputs if how == "subclass" else LSTMCell)(
+        N, use_peepholes=True, cell_clip=0.8, num_proj=P, proj_clip=0.25, forget_bias=0.5, state_is_tuple=False,
+        activation="softsign", input_size=D, device=device)
+    cell.load_state_dict(plain.state_dict())
+    halved = how != "weight_norm"
+    if how == "pre-hook":
+        cell.register_forward_pre_hook(lambda module, args: (args[0] * 0.5, *args[1:]))
+    elif how == "global hook":
+        handle = torch.nn.modules.module.register_module_forward_pre_hook(
+            lambda module, args: (args[0] * 0.5, *args[1:]) if module is cell else None)
+    elif how == "weight_norm":
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.nn.utils.weight_norm(cell, "kernel")
+        with torch.no_grad():
+            cell.kernel_g.mul_(1.5)    # a kernel the hook recomputes, 1.5 x the plain one
+            plain.kernel.mul_(1.5)
+    inputs, state = sequence_inputs(device)
+    lengths = torch.tensor(LENGTHS, device=device)
+    padded = inputs.clone()
+    padded[0, LENGTHS[0]:] = float("nan")
+    try:
+        for step in range(2):   # twice: weight_norm's recomputed kernel must not be reused
+            out, final = dynamic_rnn(cell, padded, lengths, torch.cat([state.c, state.h], 1))
+            want, want_final = dynamic_rnn(plain, inputs * 0.5 if halved else inputs, lengths,
+                                           torch.cat([state.c, state.h], 1))
+            assert_close("outputs", out, want, FP32["fwd"])
+            assert_close("final state", final, want_final, FP32["fwd"])
+            got = torch.autograd.grad(out.square().sum() + final.sum(), cell.bias)[0]
+            assert_close("dbias", got, torch.autograd.grad(want.square().sum() + want_final.sum(), plain.bias)[0],
+                         FP32["grad"])
+    finally:
+        if how == "global hook":
+            handle.remove()
+
+
+def test_dynamic_rnn_computes_a_parametrized_kernel_once_a_call(device):
+    calls = []
+
+    class Counted(torch.nn.Module):
+        def forward(self, w):
+            calls.append(1)
+            return w * 1.5
+
+    cell = make_cell(device)
+    torch.nn.utils.parametrize.register_parametrization(cell, "kernel", Counted())
+    inputs, state = sequence_inputs(device)
+    calls.clear()
+    dynamic_rnn(cell, inputs, None, state)
+    assert len(calls) == 1
+    calls.clear()
+    cell(inputs[:, 0], state)
+    assert len(calls) == 1
 
 
 def test_dynamic_rnn_time_major_is_the_transpose(device):

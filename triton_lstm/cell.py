@@ -167,10 +167,11 @@ class LSTMCell(nn.Module):
         self.requires_grad_(self.trainable)
         self.reset_parameters()
 
-    def check_inputs(self, inputs: Tensor) -> None:
+    def check_inputs(self, inputs: Tensor) -> Tensor:
         """Check ``inputs`` [..., D] of a call against the cell; at the first call of a cell without
         weights, build it for their width and, without a dtype chosen, their dtype (once, also when
-        threads make their first calls together: ``build`` sets input_size last)."""
+        threads make their first calls together: ``build`` sets input_size last). Returns the kernel,
+        read once for the call (a parametrized one is computed at each read)."""
         if self.input_size is None:
             if inputs.shape[-1] < 1:
                 raise ValueError(f"inputs: expected a last dimension >= 1 to build the cell for (its input_size), "
@@ -183,9 +184,11 @@ class LSTMCell(nn.Module):
         if inputs.shape[-1] != self.input_size:
             raise ValueError(f"inputs: expected last dimension {self.input_size} (the cell's input_size), "
                              f"got shape {shape_of(inputs)}")
-        if not autocast_alike(inputs.dtype, self.kernel.dtype, inputs.device):
-            raise DTypeError(f"inputs: dtype {inputs.dtype} differs from the cell's weights ({self.kernel.dtype}); "
+        kernel = self.kernel
+        if not autocast_alike(inputs.dtype, kernel.dtype, inputs.device):
+            raise DTypeError(f"inputs: dtype {inputs.dtype} differs from the cell's weights ({kernel.dtype}); "
                             f"convert the inputs or the cell (cell.to({inputs.dtype}))")
+        return kernel
 
     def reset_parameters(self) -> None:
         """TF defaults: glorot uniform over each whole variable, zero bias; ``initializer`` replaces
@@ -350,11 +353,11 @@ class LSTMCell(nn.Module):
         this module's."""
         check_scope(scope)
         check_tensor("inputs", inputs, 2)
-        self.check_inputs(inputs)
+        kernel = self.check_inputs(inputs)
         if state is None:
             state = self.zero_state(inputs.shape[0], inputs.dtype, inputs.device)
         c, h = self.split_state(state, inputs.shape[0])
-        h_new, c_new = named_cell(self.state_names("state"), inputs, c, h, self.kernel, self.bias,
+        h_new, c_new = named_cell(self.state_names("state"), inputs, c, h, kernel, self.bias,
                                   *self.peepholes(), self.projection(), forget_bias=self.forget_bias,
                                   cell_clip=self.cell_clip, proj_clip=self.proj_clip, activation=self.activation,
                                   recurrent_activation=None)

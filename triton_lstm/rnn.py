@@ -5,10 +5,11 @@ from typing import Optional, Union
 
 import numpy as np
 import torch
+from torch.nn.modules import module as module_hooks
 
 from triton_lstm.cell import LSTMCell, LSTMStateTuple, as_dtype
 from triton_lstm.checks import DTypeError, ShapeError, check_int, check_scope, check_tensor
-from triton_lstm.sequence import named_sequence
+from triton_lstm.sequence import check_lengths, named_sequence
 
 Tensor = torch.Tensor
 
@@ -47,7 +48,10 @@ def dynamic_rnn(cell: LSTMCell, inputs: Tensor, sequence_length: Optional[Tensor
     if dtype is not None and dtype != inputs.dtype:
         raise DTypeError(f"dtype: {dtype} differs from the inputs' dtype {inputs.dtype}; convert inputs: "
                          f"inputs.to({dtype})")
-    cell.check_inputs(inputs)
+    if calls_the_cell(cell):
+        cell.check_inputs(inputs)   # builds a lazy cell; the calls read the weights
+    else:
+        kernel = cell.check_inputs(inputs)
     x = inputs if time_major else inputs.transpose(0, 1)
     T, B, D = x.shape
     names = cell.state_names("initial_state")
@@ -58,12 +62,45 @@ def dynamic_rnn(cell: LSTMCell, inputs: Tensor, sequence_length: Optional[Tensor
     if initial_state is None:
         initial_state = cell.zero_state(B, inputs.dtype, inputs.device)
     c0, h0 = cell.split_state(initial_state, B, "initial_state")
-    out, h_T, c_T = named_sequence(names, x, h0, c0, cell.kernel[:D], cell.kernel[D:],
-                                   cell.bias, *cell.peepholes(), cell.projection(), sequence_length,
-                                   forget_bias=cell.forget_bias, cell_clip=cell.cell_clip, proj_clip=cell.proj_clip,
-                                   activation=cell.activation, recurrent_activation=None, gate_order="tf")
+    if calls_the_cell(cell):
+        out, h_T, c_T = _called_each_step(cell, x, c0, h0, sequence_length)
+    else:
+        out, h_T, c_T = named_sequence(names, x, h0, c0, kernel[:D], kernel[D:],
+                                       cell.bias, *cell.peepholes(), cell.projection(), sequence_length,
+                                       forget_bias=cell.forget_bias, cell_clip=cell.cell_clip,
+                                       proj_clip=cell.proj_clip, activation=cell.activation, recurrent_activation=None,
+                                       gate_order="tf")
     outputs = out if time_major else out.transpose(0, 1)
     return outputs, cell.join_state(c_T, h_T)
+
+
+def calls_the_cell(cell: LSTMCell) -> bool:
+    """Whether the sequence must call the cell as a module at each step, as TF's dynamic_rnn does: a
+    subclass overrides its forward, or forward hooks (its own or global ones; old-style weight_norm
+    and pruning recompute a weight in one) must see each call. Else one sequence op runs it all."""
+    return (type(cell).forward is not LSTMCell.forward or bool(cell._forward_hooks or cell._forward_pre_hooks)
+            or bool(module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks))
+
+
+def _called_each_step(cell: LSTMCell, x: Tensor, c0: Tensor, h0: Tensor,
+                      sequence_length) -> tuple[Tensor, Tensor, Tensor]:
+    """(outputs [T, B, P], h_T, c_T) of ``cell(x_t, state)`` called for each step, with TF's masking:
+    a row past its length outputs 0 and keeps its state; its input is zeroed before the call, so that
+    what the padding holds (NaN) enters no gradient."""
+    T, B, _ = x.shape
+    lengths = check_lengths(sequence_length, T, B, x.device, on_device_check=False)
+    c, h, outs = c0, h0, []
+    for t in range(T):
+        live = None if lengths is None else (lengths > t)[:, None]
+        x_t = x[t] if live is None else torch.where(live, x[t], 0)
+        out, state = cell(x_t, cell.join_state(c, h))
+        c_new, h_new = cell.split_state(state, B)
+        if live is not None:
+            out, c_new, h_new = torch.where(live, out, 0), torch.where(live, c_new, c), torch.where(live, h_new, h)
+        outs.append(out)
+        c, h = c_new, h_new
+    out = torch.stack(outs) if outs else x.new_zeros(0, B, cell.output_size)
+    return out, h, c
 
 
 def _check_flag(name: str, value) -> bool:
