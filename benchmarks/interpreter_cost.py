@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.plot import check_writable
+
 # A folder of its own: benchmarks/results/*.jsonl holds the GPU suite's rows, which the plots read.
 RESULTS = Path(__file__).resolve().parent / "results" / "interpreter" / "cost.jsonl"
 T, B, D, N = 16, 8, 32, 32
@@ -58,8 +60,7 @@ def main(argv=None) -> int:
     if args.one:  # one timing, in the process the parent set up
         print(json.dumps(time_one_path(args.one)))
         return 0
-    if args.results.is_dir():
-        parser.error(f"--results: {args.results} is a folder; give a file")
+    check_writable(parser, "--results", args.results, folder=False)
     seconds = {}
     for name, (interpret, function) in PATHS.items():
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -77,7 +78,6 @@ def main(argv=None) -> int:
                machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
                python=platform.python_version(), torch=torch.__version__, triton=triton.__version__,
                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-    args.results.parent.mkdir(parents=True, exist_ok=True)
     with args.results.open("a") as f:
         f.write(json.dumps(row) + "\n")
     print(json.dumps(row, indent=1))

@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import sys
+import tempfile
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -758,6 +759,29 @@ def _gpu_summary(rows: list[dict]) -> str:
     return "\n".join(lines_out)
 
 
+def check_writable(parser: argparse.ArgumentParser, flag: str, path: Path, folder: bool) -> None:
+    """A usage error naming ``flag`` (exit 2) unless ``path``, a folder or a file to append to, can be
+    written; a missing folder is made (checked before anything is measured or drawn)."""
+    if folder and path.exists() and not path.is_dir():
+        parser.error(f"{flag}: {path} is a file, not a folder")
+    if not folder:
+        if path.is_dir():
+            parser.error(f"{flag}: {path} is a folder; give a file")
+        if path.parent.exists() and not path.parent.is_dir():
+            parser.error(f"{flag}: {path.parent} is a file, not a folder")
+    try:
+        (path if folder else path.parent).mkdir(parents=True, exist_ok=True)
+        if folder:
+            tempfile.TemporaryFile(dir=path).close()
+        else:
+            existed = path.exists()
+            path.open("a").close()
+            if not existed:
+                path.unlink()
+    except OSError as e:
+        parser.error(f"{flag}: cannot write {e.filename or path} ({e.strerror})")
+
+
 def main(argv=None) -> int:
     """Command line (see the module docstring). Args: argv: arguments, default sys.argv[1:]."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.plot", description=__doc__.splitlines()[0])
@@ -772,8 +796,8 @@ def main(argv=None) -> int:
     if absent:
         print(f"benchmarks.plot: not a results file: {', '.join(absent)}", file=sys.stderr)
         return 2
-    if args.plots_dir.exists() and not args.plots_dir.is_dir():
-        parser.error(f"--plots-dir: {args.plots_dir} is a file, not a folder")
+    if not args.table:
+        check_writable(parser, "--plots-dir", args.plots_dir, folder=True)
     try:
         rows = load_rows(paths)
     except ValueError as e:

@@ -1034,21 +1034,11 @@ def parse_args(argv):
 
 
 def check_output_paths(parser: argparse.ArgumentParser, args) -> None:
-    """Folders and files the run writes, checked before it measures anything."""
-    for name, folder in (("--out", args.out), ("--plots-dir", None if args.no_plots else args.plots_dir)):
-        if folder is not None and folder.exists() and not folder.is_dir():
-            parser.error(f"{name}: {folder} is a file, not a folder")
-    if args.results is not None:
-        if args.results.is_dir():
-            parser.error(f"--results: {args.results} is a folder; give a file")
-        if args.results.parent.exists() and not args.results.parent.is_dir():
-            parser.error(f"--results: {args.results.parent} is a file, not a folder")
-    try:
-        for folder in (args.out, None if args.results is None else args.results.parent):
-            if folder is not None:
-                folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        parser.error(f"cannot create {e.filename} ({e.strerror})")
+    """Folders and files the run writes, checked (and folders made) before it measures anything."""
+    for flag, path, folder in (("--out", args.out, True), ("--results", args.results, False),
+                               ("--plots-dir", None if args.no_plots else args.plots_dir, True)):
+        if path is not None:
+            plot.check_writable(parser, flag, path, folder)
 
 
 def main(argv=None) -> int:

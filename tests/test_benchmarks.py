@@ -124,8 +124,12 @@ def test_plot_cli_usage_and_missing_file(tmp_path):
     (["--out", "{file}"], "--out: {file} is a file, not a folder"),
     (["--plots-dir", "{file}"], "--plots-dir: {file} is a file, not a folder"),
     (["--results", "{folder}"], "--results: {folder} is a folder; give a file"),
-    (["--results", "{file}/rows.jsonl"], "--results: {file} is a file, not a folder")],
-    ids=["budget", "out-file", "plots-file", "results-folder", "results-under-file"])
+    (["--results", "{file}/rows.jsonl"], "--results: {file} is a file, not a folder"),
+    (["--results", "/proc/triton_lstm/rows.jsonl"], "--results: cannot write /proc/triton_lstm (No such file or "
+                                                   "directory)"),
+    (["--plots-dir", "/proc/triton_lstm"], "--plots-dir: cannot write /proc/triton_lstm (No such file or directory)")],
+    ids=["budget", "out-file", "plots-file", "results-folder", "results-under-file", "results-unwritable",
+         "plots-unwritable"])
 def test_run_checks_its_arguments_before_measuring(tmp_path, capsys, args, message):
     file = tmp_path / "a-file"
     file.write_text("")
@@ -133,6 +137,18 @@ def test_run_checks_its_arguments_before_measuring(tmp_path, capsys, args, messa
     with pytest.raises(SystemExit) as exit_:
         bench_run.parse_args([a.format(**names) for a in args])
     assert exit_.value.code == 2 and capsys.readouterr().err.rstrip().endswith(message.format(**names))
+
+
+@pytest.mark.parametrize("args, message", [
+    (("benchmarks.plot", "--plots-dir", "/proc/triton_lstm"), "--plots-dir: cannot write /proc/triton_lstm"),
+    (("benchmarks.interpreter_cost", "--results", "{file}/cost.jsonl"), "--results: {file} is a file, not a folder")],
+    ids=["plot", "interpreter_cost"])
+def test_other_clis_check_where_they_write_first(args, message, tmp_path):
+    """A usage error (exit 2) before any work, not a traceback after it."""
+    file = tmp_path / "a-file"
+    file.write_text("")
+    err = run(*(a.format(file=file) for a in args), interpret=False, expect=2).stderr
+    assert message.format(file=file) in err and "Traceback" not in err
 
 
 def test_quick_is_the_quick_suite_either_way():
