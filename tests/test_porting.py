@@ -1,6 +1,7 @@
 """Porting from files: TF1 checkpoints and Keras files written by real TensorFlow/Keras
 (tests/fixtures/make_tf_fixtures.py), read without TensorFlow, against the arrays and outputs TF computed."""
 import os
+import re
 import shutil
 import zipfile
 
@@ -667,6 +668,44 @@ def test_keras_nested_model_and_layers_named_against_their_order(name, path):
                                                        else ["lstm_1", "lstm", "top"])
     assert module.mask_value == (0.0 if nested else None)
     close(module(torch.as_tensor(ref["x"]))[0], ref["y"], name)
+
+
+def test_keras2_savedmodel_and_tf_format_weights(path):
+    """tf-keras in TensorFlow's format: a SavedModel folder (the config from keras_metadata.pb: a Masking
+    layer, a nested Sequential's LSTM with hard_sigmoid gates, a Bidirectional sum, softsign) against Keras'
+    outputs; save_weights' checkpoint (folder, prefix or .index) holds the same weights, as Keras'
+    get_weights gave them, and builds with layers= (no config, so Keras' defaults: a concat merge)."""
+    ref = expected("keras2_tf_format")
+    module = triton_lstm.load_keras(fixture("keras2_savedmodel"))
+    assert [layer.name for layer in module.layers] == ["inner", "bi", "top"] and module.mask_value == 0.0
+    assert module.layers[0].lstm.recurrent_activation == "hard_sigmoid" and module.layers[1].merge_mode == "sum"
+    y, _ = module(torch.as_tensor(ref["x"]))
+    assert torch.as_tensor(ref["y"]).abs().max() > 0.05
+    close(y, ref["y"], "output")
+    assert read_keras_config(fixture("keras2_savedmodel"))["keras_version"].startswith("2.")
+    saved = read_keras_weights(fixture("keras2_savedmodel"))
+    keras_order = [ref[f"weights/{k}"] for k in range(len(saved))]
+    assert all(np.array_equal(got, want) for got, want in zip(saved.values(), keras_order))
+    for form in ("keras2_tf_weights", "keras2_tf_weights/weights", "keras2_tf_weights/weights.index"):
+        assert read_keras_config(fixture(form)) is None
+        weights = read_keras_weights(fixture(form))
+        assert list(weights) == list(saved) and all(np.array_equal(weights[k], saved[k]) for k in saved), form
+    plain = triton_lstm.load_keras(fixture("keras2_tf_weights"), layers=["inner", "bi"])
+    assert [layer.lstm.hidden_size for layer in plain.layers] == [4, 3]
+
+
+def test_tf_format_errors_name_the_file(tmp_path):
+    with pytest.raises(ValueError, match=r"tf1_multi: a TensorFlow checkpoint without an object graph \(a TF1 "
+                                         r"Saver's, its variables named by scope\): read it with "
+                                         r"triton_lstm.load_tf_checkpoint"):
+        read_keras_weights(fixture("tf1_multi"))
+    folder = tmp_path / "saved"
+    shutil.copytree(fixture("keras2_savedmodel"), folder)
+    metadata = folder / "keras_metadata.pb"
+    metadata.write_bytes(metadata.read_bytes().replace(b'"model_config": {', b'"model_config": ['))
+    for read in (read_keras_weights, read_keras_config):
+        with pytest.raises(ValueError, match=re.escape(str(metadata)) + r": the model's metadata is not valid JSON"):
+            read(folder)
 
 
 def test_keras_weights_files_of_nested_models():

@@ -10,6 +10,12 @@
   attribute and the weights under ``model_weights/<layer>/`` listed by each layer's ``weight_names``
   (a nested model's group holds its layers' weights, each name with its layer's name in its path);
   ``save_weights`` files hold the layer groups at the root.
+- tf-keras in TensorFlow's format (Keras 2's default where a path has no .h5 or .keras): a SavedModel
+  folder (``model.save(folder)``: the weights in ``variables/variables``, a TF checkpoint, the model
+  config in ``keras_metadata.pb``), or a checkpoint of ``save_weights(prefix)``. The checkpoint's object
+  graph (``_CHECKPOINTABLE_OBJECT_GRAPH``) gives each variable its TF name (``enc/lstm_cell/kernel``,
+  Keras 2's weight names) and the model's layer it belongs to (``layer-<k>``, the k-th of the config's
+  layers); read by ``tf_checkpoint``, without TensorFlow.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from triton_lstm.checks import check_path
+from triton_lstm.tf_checkpoint import _field, _proto_fields, checkpoint_prefix, read_tf_checkpoint
 
 # Names of a Keras 3 object's variables, in their saved order (the file stores only indices).
 _VAR_NAMES = {"cell": ("kernel", "recurrent_kernel", "bias"), "Dense": ("kernel", "bias"),
@@ -330,23 +337,38 @@ def _keras2_weights(f, where: str, config: Optional[dict]) -> dict[str, np.ndarr
         raise ValueError(f"{where}: no 'layer_names' attribute: not a Keras 2 model or weights file")
     if np.ndim(root.attrs["layer_names"]) != 1:
         raise ValueError(f"{where}: the 'layer_names' attribute is not a list of names: corrupt file")
-    entries = {e["name"]: e for e in _entries(config, where)} if config is not None else {}
-    out: dict[str, np.ndarray] = {}
-    cells: dict[str, dict[str, int]] = {}  # the places of stacked cells seen, by layer
+    layers = []
     for layer in root.attrs["layer_names"]:
         layer = _text(layer)
         group = root.get(layer)
         if not isinstance(group, h5py.Group):
             raise ValueError(f"{where}: layer {layer!r} is in layer_names but has no group: corrupt file")
-        entry = entries.get(layer)
-        inner = {e["name"]: e for e in keras_layers(entry["config"], where)} if _nested(entry) else {}
         weight_names = group.attrs.get("weight_names", [])
         if isinstance(weight_names, h5py.Empty):  # an empty list, as some writers store it
             weight_names = []
         if np.ndim(weight_names) != 1:
             raise ValueError(f"{where}: the 'weight_names' of layer {layer!r} are not a list of names: corrupt file")
-        for weight in weight_names:
-            weight = _text(weight)
+        weights = []
+        for weight in map(_text, weight_names):
+            if not isinstance(group.get(weight), h5py.Dataset):
+                raise ValueError(f"{where}: weight {weight!r} of layer {layer!r} is in its weight_names but has no "
+                                 f"dataset: corrupt file")
+            weights.append((weight, _array(group[weight], where, weight)))
+        layers.append((layer, weights))
+    return _keras2_layout(layers, where, config)
+
+
+def _keras2_layout(layers: list[tuple[str, list[tuple[str, np.ndarray]]]], where: str,
+                   config: Optional[dict]) -> dict[str, np.ndarray]:
+    """``read_keras_weights``' dict from Keras 2's layout: each layer's (or nested model's) name with its
+    weights' TF names (``<layer>[/<direction's layer>][/<cell>]/<weight>[:0]``) and values."""
+    entries = {e["name"]: e for e in _entries(config, where)} if config is not None else {}
+    out: dict[str, np.ndarray] = {}
+    cells: dict[str, dict[str, int]] = {}  # the places of stacked cells seen, by layer
+    for layer, weights in layers:
+        entry = entries.get(layer)
+        inner = {e["name"]: e for e in keras_layers(entry["config"], where)} if _nested(entry) else {}
+        for weight, value in weights:
             parts = weight.split(":")[0].split("/")
             owner = layer
             if inner:  # a nested model: the weight's path names its own layer
@@ -364,25 +386,123 @@ def _keras2_weights(f, where: str, config: Optional[dict]) -> dict[str, np.ndarr
                 order = cells.setdefault(owner, {})
                 place = names.index(parts[-2]) if parts[-2] in names else order.setdefault(parts[-2], len(order))
                 cell = ["cells", str(place)]
-            if not isinstance(group.get(weight), h5py.Dataset):
-                raise ValueError(f"{where}: weight {weight!r} of layer {layer!r} is in its weight_names but has no "
-                                 f"dataset: corrupt file")
-            _keep(out, "/".join([owner, *direction, *cell, parts[-1]]), _array(group[weight], where, weight), where,
-                  config is not None)
+            _keep(out, "/".join([owner, *direction, *cell, parts[-1]]), value, where, config is not None)
     return out
+
+
+# ------------------------------------------------------------------------- TensorFlow's format
+def _tf_format(path: str) -> Optional[tuple[str, Optional[str]]]:
+    """(checkpoint prefix, its keras_metadata.pb or None) where ``path`` is in TensorFlow's format: a
+    SavedModel folder, or a checkpoint (a prefix, its .index or .data file, or its folder with a
+    ``checkpoint`` file); else None."""
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, "saved_model.pb")):
+            meta = os.path.join(path, "keras_metadata.pb")
+            return os.path.join(path, "variables", "variables"), meta if os.path.isfile(meta) else None
+        return (checkpoint_prefix(path), None) if os.path.isfile(os.path.join(path, "checkpoint")) else None
+    prefix = checkpoint_prefix(path)
+    return (prefix, None) if os.path.isfile(prefix + ".index") else None
+
+
+def _keras_metadata(path: str) -> tuple[Optional[dict], str]:
+    """(model config or None, Keras version) from a SavedModel's keras_metadata.pb (a SavedMetadata: one
+    node per object, the model's, node_path "root", with its metadata JSON)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    for node in _proto_fields(data, path).get(1, []):
+        fields = _proto_fields(node, path)
+        if _field(fields, 3, path, b"") == b"root":
+            meta = _json_object(path, "the model's metadata", _field(fields, 5, path, b""))
+            config = meta.get("model_config")
+            if config is not None and not isinstance(config, dict):
+                raise ValueError(f"{path}: the model's metadata holds a model_config that is not an object: corrupt "
+                                 f"file?")
+            if config is not None:
+                keras_layers(config, path)  # checked here, where its errors name the file
+            return config, str(meta.get("keras_version", "2"))
+    raise ValueError(f"{path}: no metadata of the model (node 'root'): not a Keras SavedModel's keras_metadata.pb")
+
+
+def _object_graph(raw: bytes, where: str) -> list[tuple[list[tuple[int, str]], list[tuple[str, str]]]]:
+    """A TrackableObjectGraph: for each node, its children (node, local name) and its variables (TF
+    name, checkpoint key)."""
+    nodes = []
+    for node in _proto_fields(raw, where).get(1, []):
+        fields = _proto_fields(node, where)
+        children = [(_field(r, 1, where), _text(_field(r, 2, where, b"")))
+                    for r in (_proto_fields(ref, where) for ref in fields.get(1, []))]
+        variables = [(_text(_field(a, 2, where, b"")), _text(_field(a, 3, where, b"")))
+                     for a in (_proto_fields(attr, where) for attr in fields.get(2, []))
+                     if _field(a, 1, where, b"") == b"VARIABLE_VALUE"]
+        nodes.append((children, variables))
+    if any(child >= len(nodes) for children, _ in nodes for child, _ in children):
+        raise ValueError(f"{where}: the object graph refers to a node it does not have: corrupt checkpoint")
+    return nodes
+
+
+def _tf_format_layers(prefix: str, meta: Optional[str],
+                      where: str) -> tuple[list[tuple[str, list[tuple[str, np.ndarray]]]], Optional[dict], str]:
+    """(layers as ``_keras2_layout`` takes them, model config or None, Keras version) of a checkpoint
+    in TensorFlow's format: the variables reachable from each of the model's layers (``layer-<k>`` of
+    the root), named by the config (without one, by their TF names' first part)."""
+    tensors = read_tf_checkpoint(prefix)
+    if "_CHECKPOINTABLE_OBJECT_GRAPH" not in tensors:
+        raise ValueError(f"{where}: a TensorFlow checkpoint without an object graph (a TF1 Saver's, its variables "
+                         f"named by scope): read it with triton_lstm.load_tf_checkpoint")
+    nodes = _object_graph(bytes(tensors["_CHECKPOINTABLE_OBJECT_GRAPH"].item()), where)
+    config, version = _keras_metadata(meta) if meta is not None else (None, "2")
+    entries = _entries(config, where) if config is not None else None
+    layers: list[tuple[str, list[tuple[str, np.ndarray]]]] = []
+    for node, name in (nodes[0][0] if nodes else []):
+        place = re.fullmatch(r"layer-(\d+)", name)
+        if place is None:
+            continue
+        seen, todo, found = {0, node}, [node], []
+        while todo:   # every variable reachable from the layer (a nested model's, a Bidirectional's too)
+            at = todo.pop()
+            found += [(at, variable) for variable in nodes[at][1]]
+            todo += [child for child, _ in nodes[at][0] if child not in seen]
+            seen.update(child for child, _ in nodes[at][0])
+        weights = []
+        for _, (tf_name, key) in sorted(found):   # in the order the variables were made
+            if key not in tensors:
+                raise ValueError(f"{where}: the object graph names the variable {key!r}, which the checkpoint "
+                                 f"does not hold: corrupt checkpoint")
+            weights.append((tf_name, tensors[key]))
+        if not weights:
+            continue
+        if entries is not None:
+            k = int(place.group(1))
+            if k >= len(entries):
+                raise ValueError(f"{where}: the object graph has layer {k}, the model config {len(entries)} layers: "
+                                 f"they do not belong together")
+            layers.append((entries[k]["name"], weights))
+        else:
+            for tf_name, value in weights:
+                owner = tf_name.split("/")[0]
+                if not layers or layers[-1][0] != owner:
+                    layers.append((owner, []))
+                layers[-1][1].append((tf_name, value))
+    return layers, config, version
 
 
 def read_keras_weights(path: str) -> dict[str, np.ndarray]:
     """Every weight of a Keras file as ``{"<layer name>/<weight name>": array}``.
 
-    ``path``: a ``.keras`` or ``.weights.h5`` file (Keras 3 or tf-keras), or an ``.h5`` (Keras 2's model or
-    weights, Keras 3's legacy model). Layers carry the names given to them (``"encoder_lstm/kernel"``),
+    ``path``: a ``.keras`` or ``.weights.h5`` file (Keras 3 or tf-keras), an ``.h5`` (Keras 2's model or
+    weights, Keras 3's legacy model), or tf-keras in TensorFlow's format: a SavedModel folder or a
+    ``save_weights`` checkpoint (its folder, prefix or .index). Layers carry the names given to them (``"encoder_lstm/kernel"``),
     a nested model's layers too, except in a tf-keras file without its config, which names them by
     class and place (``lstm``, ``lstm_1``); an LSTM's weights are
     ``kernel`` [D, 4U], ``recurrent_kernel`` [U, 4U] and ``bias`` [4U] (gates i, f, c, o), a
     Bidirectional's ``<name>/forward/...`` and ``<name>/backward/...``, the k-th cell of an RNN of
-    stacked cells ``<name>/cells/<k>/...``. Needs h5py.
+    stacked cells ``<name>/cells/<k>/...``. HDF5 files need h5py.
     """
+    path = check_path("path", path)
+    tf_format = _tf_format(path)
+    if tf_format is not None:
+        layers, config, _ = _tf_format_layers(*tf_format, path)
+        return _keras2_layout(layers, path, config)
     with _open(path) as (f, path, config, version):
         if "model_weights" in f or "layer_names" in f.attrs:  # Keras 2's layout (also Keras 3's legacy .h5)
             return _keras2_weights(f, path, config)
@@ -391,9 +511,15 @@ def read_keras_weights(path: str) -> dict[str, np.ndarray]:
 
 def read_keras_config(path: str) -> Optional[dict]:
     """``{"keras_version", "layers": [{"name", "class_name", "config", "inbound", "depth"}, ...]}`` from a
-    ``.keras`` file or a Keras 2 model ``.h5`` (layer options such as units, activation,
+    ``.keras`` file, a Keras 2 model ``.h5`` or SavedModel folder (layer options such as units, activation,
     recurrent_activation, use_bias, go_backwards, return_sequences, Bidirectional's merge_mode; a nested
     model's layers in its place; ``inbound`` and ``depth`` as ``keras_layers``); None for a weights-only
     file."""
-    with _open(path) as (_, path, config, version):
-        return None if config is None else {"keras_version": version, "layers": keras_layers(config, path)}
+    path = check_path("path", path)
+    tf_format = _tf_format(path)
+    if tf_format is not None:
+        config, version = _keras_metadata(tf_format[1]) if tf_format[1] is not None else (None, "2")
+    else:
+        with _open(path) as (_, path, config, version):
+            pass
+    return None if config is None else {"keras_version": version, "layers": keras_layers(config, path)}
