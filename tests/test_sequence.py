@@ -453,10 +453,11 @@ class HalfInputs(LSTMCell):
         return super().forward(inputs * 0.5, state, scope)
 
 
-@pytest.mark.parametrize("how", ["pre-hook", "subclass", "global hook", "weight_norm"])
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing when gradients are computed with respect to module")
+@pytest.mark.parametrize("how", ["pre-hook", "subclass", "weight_norm", "backward hook"])
 def test_dynamic_rnn_calls_a_cell_with_hooks_or_its_own_forward_at_each_step(how, device):
-    """TF's dynamic_rnn calls the cell at each step: a forward of its own or forward hooks (old-style
-    weight_norm recomputes the kernel in one) apply as they do to a call. Each case against the
+    """TF's dynamic_rnn calls the cell at each step: a forward of its own or the cell's hooks (old-style
+    weight_norm recomputes the kernel in a pre-hook) apply as they do to a call. Each case against the
     sequence op on a plain cell computing the same (inputs halved, or the normalised kernel), with
     NaN in the padding, which enters no gradient."""
     plain = make_cell(device, state_is_tuple=False)
@@ -464,12 +465,12 @@ def test_dynamic_rnn_calls_a_cell_with_hooks_or_its_own_forward_at_each_step(how
         N, use_peepholes=True, cell_clip=0.8, num_proj=P, proj_clip=0.25, forget_bias=0.5, state_is_tuple=False,
         activation="softsign", input_size=D, device=device)
     cell.load_state_dict(plain.state_dict())
-    halved = how != "weight_norm"
+    halved = how in ("pre-hook", "subclass")
+    backward_calls = []
     if how == "pre-hook":
         cell.register_forward_pre_hook(lambda module, args: (args[0] * 0.5, *args[1:]))
-    elif how == "global hook":
-        handle = torch.nn.modules.module.register_module_forward_pre_hook(
-            lambda module, args: (args[0] * 0.5, *args[1:]) if module is cell else None)
+    elif how == "backward hook":
+        cell.register_full_backward_hook(lambda module, grad_in, grad_out: backward_calls.append(1))
     elif how == "weight_norm":
         import warnings
         with warnings.catch_warnings():
@@ -482,19 +483,28 @@ def test_dynamic_rnn_calls_a_cell_with_hooks_or_its_own_forward_at_each_step(how
     lengths = torch.tensor(LENGTHS, device=device)
     padded = inputs.clone()
     padded[0, LENGTHS[0]:] = float("nan")
-    try:
-        for step in range(2):   # twice: weight_norm's recomputed kernel must not be reused
-            out, final = dynamic_rnn(cell, padded, lengths, torch.cat([state.c, state.h], 1))
-            want, want_final = dynamic_rnn(plain, inputs * 0.5 if halved else inputs, lengths,
-                                           torch.cat([state.c, state.h], 1))
-            assert_close("outputs", out, want, FP32["fwd"])
-            assert_close("final state", final, want_final, FP32["fwd"])
-            got = torch.autograd.grad(out.square().sum() + final.sum(), cell.bias)[0]
-            assert_close("dbias", got, torch.autograd.grad(want.square().sum() + want_final.sum(), plain.bias)[0],
-                         FP32["grad"])
-    finally:
-        if how == "global hook":
-            handle.remove()
+    for step in range(2):   # twice: weight_norm's recomputed kernel must not be reused
+        out, final = dynamic_rnn(cell, padded, lengths, torch.cat([state.c, state.h], 1))
+        want, want_final = dynamic_rnn(plain, inputs * 0.5 if halved else inputs, lengths,
+                                       torch.cat([state.c, state.h], 1))
+        assert_close("outputs", out, want, FP32["fwd"])
+        assert_close("final state", final, want_final, FP32["fwd"])
+        got = torch.autograd.grad(out.square().sum() + final.sum(), cell.bias)[0]
+        assert_close("dbias", got, torch.autograd.grad(want.square().sum() + want_final.sum(), plain.bias)[0],
+                     FP32["grad"])
+    assert len(backward_calls) == (2 * T if how == "backward hook" else 0)
+
+
+def test_dynamic_rnn_calling_the_cell_checks_the_initial_state_and_copies_it_for_no_steps(device):
+    cell = LSTMCell(N, num_proj=P, input_size=D, dtype=torch.bfloat16, device=device)
+    cell.register_forward_pre_hook(lambda module, args: None)
+    inputs, state = sequence_inputs(device)
+    inputs, c0, h0 = inputs.bfloat16(), state.c.bfloat16(), state.h.bfloat16()
+    with pytest.raises(ValueError, match=r"^initial_state\.c: expected shape \(3, 10\)"):
+        dynamic_rnn(cell, inputs, None, LSTMStateTuple(c0[:, 1:], h0))
+    out, final = dynamic_rnn(cell, inputs[:, :0], None, LSTMStateTuple(c0, h0))
+    assert out.shape == (B, 0, P) and final.c.dtype == torch.float32 and final.h.data_ptr() != h0.data_ptr()
+    assert torch.equal(final.c, c0.float()) and torch.equal(final.h, h0)
 
 
 def test_dynamic_rnn_computes_a_parametrized_kernel_once_a_call(device):

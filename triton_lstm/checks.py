@@ -137,16 +137,21 @@ CELL_NAMES = Names("x", "h", "c")            # lstm_cell's arguments
 SEQUENCE_NAMES = Names("x", "h0", "c0")      # lstm_sequence's
 
 
+def check_state_shapes(B: int, N: int, P: int, c: torch.Tensor, h: torch.Tensor, names: Names) -> None:
+    """c [B, N] and h [B, P], tensors, named as ``names`` says."""
+    check_tensor(names.c, c, 2)
+    check_shape(names.c, c, (B, N), lambda: f"batch {B} from {names.x}, num_units {N}")
+    check_tensor(names.h, h, 2)
+    check_shape(names.h, h, (B, P), lambda: f"batch {B} from {names.x}, output size {P}")
+
+
 def _check_state_and_weights(x: torch.Tensor, B: int, N: int, P: int, c: torch.Tensor, h: torch.Tensor,
                              names: Names, bias: torch.Tensor, peepholes: tuple[Optional[torch.Tensor], ...],
                              weights: dict[str, Optional[torch.Tensor]], float32_bias: bool = False) -> None:
     """The state's and the weights' shapes, devices and dtypes: the weights in x's dtype (with
     ``float32_bias``, a float32 bias also for half-precision x: a sum of two biases kept unrounded),
     c in it or float32."""
-    check_tensor(names.c, c, 2)
-    check_shape(names.c, c, (B, N), lambda: f"batch {B} from {names.x}, num_units {N}")
-    check_tensor(names.h, h, 2)
-    check_shape(names.h, h, (B, P), lambda: f"batch {B} from {names.x}, output size {P}")
+    check_state_shapes(B, N, P, c, h, names)
     check_tensor("bias", bias, 1)
     check_shape("bias", bias, (4 * N,), lambda: f"4 * num_units {N}")
     present = [p is not None for p in peepholes]

@@ -5,10 +5,9 @@ from typing import Optional, Union
 
 import numpy as np
 import torch
-from torch.nn.modules import module as module_hooks
 
 from triton_lstm.cell import LSTMCell, LSTMStateTuple, as_dtype
-from triton_lstm.checks import DTypeError, ShapeError, check_int, check_scope, check_tensor
+from triton_lstm.checks import DTypeError, ShapeError, check_int, check_scope, check_state_shapes, check_tensor
 from triton_lstm.sequence import check_lengths, named_sequence
 
 Tensor = torch.Tensor
@@ -48,9 +47,8 @@ def dynamic_rnn(cell: LSTMCell, inputs: Tensor, sequence_length: Optional[Tensor
     if dtype is not None and dtype != inputs.dtype:
         raise DTypeError(f"dtype: {dtype} differs from the inputs' dtype {inputs.dtype}; convert inputs: "
                          f"inputs.to({dtype})")
-    if calls_the_cell(cell):
-        cell.check_inputs(inputs)   # builds a lazy cell; the calls read the weights
-    else:
+    called = calls_the_cell(cell)
+    if not called:   # a called cell checks (and a lazy one builds for) what its forward is given
         kernel = cell.check_inputs(inputs)
     x = inputs if time_major else inputs.transpose(0, 1)
     T, B, D = x.shape
@@ -62,7 +60,8 @@ def dynamic_rnn(cell: LSTMCell, inputs: Tensor, sequence_length: Optional[Tensor
     if initial_state is None:
         initial_state = cell.zero_state(B, inputs.dtype, inputs.device)
     c0, h0 = cell.split_state(initial_state, B, "initial_state")
-    if calls_the_cell(cell):
+    if called:
+        check_state_shapes(B, cell.num_units, cell.output_size, c0, h0, names)
         out, h_T, c_T = _called_each_step(cell, x, c0, h0, sequence_length)
     else:
         out, h_T, c_T = named_sequence(names, x, h0, c0, kernel[:D], kernel[D:],
@@ -76,10 +75,12 @@ def dynamic_rnn(cell: LSTMCell, inputs: Tensor, sequence_length: Optional[Tensor
 
 def calls_the_cell(cell: LSTMCell) -> bool:
     """Whether the sequence must call the cell as a module at each step, as TF's dynamic_rnn does: a
-    subclass overrides its forward, or forward hooks (its own or global ones; old-style weight_norm
-    and pruning recompute a weight in one) must see each call. Else one sequence op runs it all."""
-    return (type(cell).forward is not LSTMCell.forward or bool(cell._forward_hooks or cell._forward_pre_hooks)
-            or bool(module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks))
+    subclass overrides its forward, or the cell's own hooks (old-style weight_norm and pruning
+    recompute a weight in a forward pre-hook) must see each call. Else one sequence op runs it all.
+    Global hooks (torch's module trackers: FlopCounterMode's) do not count: they see no step of
+    nn.LSTM either."""
+    return type(cell).forward is not LSTMCell.forward or bool(
+        cell._forward_hooks or cell._forward_pre_hooks or cell._backward_hooks or cell._backward_pre_hooks)
 
 
 def _called_each_step(cell: LSTMCell, x: Tensor, c0: Tensor, h0: Tensor,
@@ -99,8 +100,10 @@ def _called_each_step(cell: LSTMCell, x: Tensor, c0: Tensor, h0: Tensor,
             out, c_new, h_new = torch.where(live, out, 0), torch.where(live, c_new, c), torch.where(live, h_new, h)
         outs.append(out)
         c, h = c_new, h_new
-    out = torch.stack(outs) if outs else x.new_zeros(0, B, cell.output_size)
-    return out, h, c
+    if not outs:   # T = 0: the initial state, copied, c in float32 for half precision as a step gives it
+        c = c.float() if c.dtype in (torch.float16, torch.bfloat16) else c.clone()
+        return x.new_zeros(0, B, cell.output_size), h.clone(), c
+    return torch.stack(outs), h, c
 
 
 def _check_flag(name: str, value) -> bool:
