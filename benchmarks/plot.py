@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -510,14 +511,15 @@ def _ratio(s: Optional[float]) -> str:
 
 def grid_wins(rows: list[dict], dtype: str, mode: str) -> tuple[int, int]:
     """(cells where lstm_sequence beats nn.LSTM, cells counted) in the GPU grid: every cell where nn.LSTM
-    ran; one where lstm_sequence is missing (failed, wrong result) counts as a loss.
+    ran and lstm_sequence has a row; one where its row is missing (failed, wrong result) counts as a loss.
 
     Args:
         rows: rows of one GPU, deduplicated.  dtype: a DTYPES value.  mode: "fwd", "bwd" or "fwd+bwd".
     """
     cells = {(r["B"], r["N"]) for r in pick(rows, group="grid", dtype=dtype, mode=mode)}
     ran = [(b, n) for b, n in cells if timed(one(rows, provider="nn_lstm", group="grid", dtype=dtype, mode=mode,
-                                                 B=b, N=n))]
+                                                 B=b, N=n))
+           and one(rows, provider="lstm_sequence", group="grid", dtype=dtype, mode=mode, B=b, N=n) is not None]
     ratios = [speedup(rows, group="grid", dtype=dtype, mode=mode, B=b, N=n) for b, n in ran]
     return sum(s is not None and s > 1.0 for s in ratios), len(ran)
 
@@ -679,7 +681,8 @@ def headline_markdown(rows: list[dict]) -> str:
             if r.get("missing"):
                 jobs[r["provider"], r["missing"]] = jobs.get((r["provider"], r["missing"]), 0) + 1
         if jobs:  # triton_lstm's own first
-            missing = sorted(jobs, key=lambda k: (PROVIDERS.index(k[0]), k[1]))
+            missing = sorted(jobs, key=lambda k: (PROVIDERS.index(k[0]) if k[0] in PROVIDERS else len(PROVIDERS),
+                                                  str(k[0]), k[1]))
             parts += ["", "Missing (provider: reason, jobs):", ""]
             parts += [f"- {p}: {reason} ({jobs[p, reason]})" for p, reason in missing[:MISSING_SHOWN]]
             if len(missing) > MISSING_SHOWN:
@@ -774,7 +777,7 @@ def check_writable(parser: argparse.ArgumentParser, flag: str, path: Path, folde
         if folder:
             tempfile.TemporaryFile(dir=path).close()
         else:
-            existed = path.exists()
+            existed = os.path.lexists(path)   # a link to nowhere: its target is made, and kept
             path.open("a").close()
             if not existed:
                 path.unlink()

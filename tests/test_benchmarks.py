@@ -211,6 +211,7 @@ def test_grid_target_counts_a_cell_where_ours_failed_as_a_loss():
             ours = gpu_row(B=b, N=n, ms=1.0)
             rows.append(ours if b == 8 else dict(ours, ms=None, missing="wrong result"))
     rows.append(gpu_row(B=256, N=256, ms=1.0))   # nn.LSTM not run here: no comparison
+    rows.append(gpu_row("nn_lstm", B=256, N=512, ms=1.0))   # nor where ours was not run
     assert plot.grid_wins(rows, "fp32", "fwd+bwd") == (2, 4)
     assert "fp32 faster in >= 80% of the grid: 2/4 cells (NOT reached)" in plot.target_lines(rows)
 
