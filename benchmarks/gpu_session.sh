@@ -16,7 +16,9 @@
 #        prints the first-call tuning time per shape), the plots from benchmarks/results/*.jsonl (the
 #        committed rows that travelled with the tree plus this run's).
 # full   the step kernels' full option product (pytest -n 16; TESTS=0 leaves it out, for the calls
-#        after the first), then the standard suite with --resume under a time budget, then the plots.
+#        after the first; SHARD=k/n runs its k-th of n slices, e.g. 1/8 to 8/8 over eight calls: the 1728
+#        cases take longer than one call), then the standard suite with --resume under a time budget,
+#        then the plots.
 #        The suite is longer than one call: copy the returned results.jsonl onto
 #        benchmarks/results/<gpu>.jsonl (append) and call again, with the same TRITON_LSTM_GIT, until
 #        it reports no jobs left.
@@ -192,6 +194,7 @@ main() {
         else
             [ ${#xdist[@]} -gt 0 ] && xdist=(-n 16)
             export TRITON_LSTM_GPU_FULL=1
+            [ -n "${SHARD:-}" ] && export TRITON_LSTM_GPU_SHARD=$SHARD
             if [ "${TESTS:-1}" != 0 ]; then
                 stop_early "$TESTS_TIMEOUT"
                 phase tests "$TESTS_TIMEOUT" env TRITON_LSTM_AUTOTUNE=0 $PY -m pytest -v "${xdist[@]}" "${stop_early[@]}" \

@@ -3,9 +3,11 @@ CUDA graphs and the tuner on hardware.
 
 Skipped without a CUDA device. Tuning is off (the first configuration that fits runs) except in the
 tuner's own test. The step kernels run all pairs of the option axes, or their full product with
-TRITON_LSTM_GPU_FULL=1 (the full GPU session).
+TRITON_LSTM_GPU_FULL=1 (the full GPU session), or one of n slices of it with TRITON_LSTM_GPU_SHARD=k/n
+(k = 1..n: every n-th case from the k-th), for a product longer than one call.
 """
 import os
+import re
 import threading
 import time
 
@@ -27,7 +29,17 @@ def check_barriers(monkeypatch):
     monkeypatch.setenv("TRITON_LSTM_AUTOTUNE", "0")
 
 
-STEP_CASES = product(CELL_AXES) if os.environ.get("TRITON_LSTM_GPU_FULL") == "1" else pairwise(CELL_AXES)
+def step_cases() -> list:
+    if os.environ.get("TRITON_LSTM_GPU_FULL") != "1":
+        return pairwise(CELL_AXES)
+    shard = os.environ.get("TRITON_LSTM_GPU_SHARD", "1/1")
+    k, n = (int(v) for v in shard.split("/")) if re.fullmatch(r"\d+/\d+", shard) else (0, 0)
+    if not 1 <= k <= n:
+        raise ValueError(f"TRITON_LSTM_GPU_SHARD: expected k/n with 1 <= k <= n, got {shard!r}")
+    return product(CELL_AXES)[k - 1::n]
+
+
+STEP_CASES = step_cases()
 
 
 @pytest.mark.parametrize("case", STEP_CASES, ids=case_id)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON_STUB = """#!/bin/bash
-echo "$*" >> "$CALLS"
+echo "${TRITON_LSTM_GPU_SHARD:+shard $TRITON_LSTM_GPU_SHARD: }$*" >> "$CALLS"
 case "$*" in
     "-m pytest --help") echo "  --session-timeout=SECONDS  --timeout-method=METHOD" ;;
     "-") cat > /dev/null; echo "torch x, triton y" ;;
@@ -59,6 +59,14 @@ def test_full_session_resumes_and_tests_only_on_request(tmp_path):
     runs = [c for c in calls if c.startswith(("-m pytest -v", "-m benchmarks"))]
     assert runs[0].startswith("-m benchmarks.run --resume --out ") and runs[0].endswith("--budget-s 200")
     assert [p.split()[0] for p in phases] == ["install", "versions", "bench", "plots"]
+
+
+def test_full_session_tests_a_slice_of_the_option_product(tmp_path):
+    proc, calls, phases = session(tmp_path, "full", SHARD="3/8")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    tests = [c for c in calls if "-m pytest -v" in c]
+    assert len(tests) == 1 and tests[0].startswith("shard 3/8: -m pytest -v -n 16 --session-timeout 175 ")
+    assert tests[0].endswith("tests/test_gpu.py -k step_option_matrix")
 
 
 def test_a_failed_phase_is_reported_and_the_session_goes_on(tmp_path):
