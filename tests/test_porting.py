@@ -694,7 +694,19 @@ def test_keras2_savedmodel_and_tf_format_weights(path):
     assert [layer.lstm.hidden_size for layer in plain.layers] == [4, 3]
 
 
+def test_keras2_savedmodel_of_a_sequential(path):
+    """A Sequential's config lists its InputLayer, its list of layers (layer-<k> in the checkpoint) does
+    not: each layer's weights under its own name, against Keras' outputs."""
+    ref = expected("keras2_tf_format")
+    module = triton_lstm.load_keras(fixture("keras2_savedmodel_sequential"))
+    assert [layer.name for layer in module.layers] == ["first", "second"] and module.mask_value == 0.0
+    close(module(torch.as_tensor(ref["x"]))[0], ref["y_sequential"], "output")
+
+
 def test_tf_format_errors_name_the_file(tmp_path):
+    with pytest.raises(ValueError, match=r"keras2_subclassed_weights: no variable belongs to a layer of the model's "
+                                         r"list \(layer-<k>\): a subclassed model's or a tf.train.Checkpoint's"):
+        read_keras_weights(fixture("keras2_subclassed_weights"))
     with pytest.raises(ValueError, match=r"tf1_multi: a TensorFlow checkpoint without an object graph \(a TF1 "
                                          r"Saver's, its variables named by scope\): read it with "
                                          r"triton_lstm.load_tf_checkpoint"):

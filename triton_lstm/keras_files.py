@@ -452,6 +452,8 @@ def _tf_format_layers(prefix: str, meta: Optional[str],
     nodes = _object_graph(bytes(tensors["_CHECKPOINTABLE_OBJECT_GRAPH"].item()), where)
     config, version = _keras_metadata(meta) if meta is not None else (None, "2")
     entries = _entries(config, where) if config is not None else None
+    if entries and config.get("class_name") == "Sequential" and entries[0]["class_name"] == "InputLayer":
+        entries = entries[1:]   # a Sequential's list of layers (layer-<k>) leaves its input out; its config not
     layers: list[tuple[str, list[tuple[str, np.ndarray]]]] = []
     for node, name in (nodes[0][0] if nodes else []):
         place = re.fullmatch(r"layer-(\d+)", name)
@@ -483,6 +485,10 @@ def _tf_format_layers(prefix: str, meta: Optional[str],
                 if not layers or layers[-1][0] != owner:
                     layers.append((owner, []))
                 layers[-1][1].append((tf_name, value))
+    if not layers and any(variables for _, variables in nodes):
+        raise ValueError(f"{where}: no variable belongs to a layer of the model's list (layer-<k>): a subclassed "
+                         f"model's or a tf.train.Checkpoint's, which are not read; save the model as a Functional "
+                         f"or Sequential one")
     return layers, config, version
 
 
