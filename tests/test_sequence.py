@@ -505,6 +505,10 @@ def test_dynamic_rnn_calling_the_cell_checks_the_initial_state_and_copies_it_for
     out, final = dynamic_rnn(cell, inputs[:, :0], None, LSTMStateTuple(c0, h0))
     assert out.shape == (B, 0, P) and final.c.dtype == torch.float32 and final.h.data_ptr() != h0.data_ptr()
     assert torch.equal(final.c, c0.float()) and torch.equal(final.h, h0)
+    lazy = LSTMCell(N, num_proj=P, device=device)   # built by no steps too, as without the hook
+    lazy.register_forward_pre_hook(lambda module, args: None)
+    dynamic_rnn(lazy, inputs[:, :0].float())
+    assert lazy.input_size == D
 
 
 def test_dynamic_rnn_computes_a_parametrized_kernel_once_a_call(device):

@@ -101,6 +101,8 @@ def _called_each_step(cell: LSTMCell, x: Tensor, c0: Tensor, h0: Tensor,
         outs.append(out)
         c, h = c_new, h_new
     if not outs:   # T = 0: the initial state, copied, c in float32 for half precision as a step gives it
+        if cell.input_size is None:
+            cell.check_inputs(x)   # a lazy cell is built as a step would build it
         c = c.float() if c.dtype in (torch.float16, torch.bfloat16) else c.clone()
         return x.new_zeros(0, B, cell.output_size), h.clone(), c
     return torch.stack(outs), h, c
