@@ -34,7 +34,7 @@ def session(tmp_path, *args, **env):
     proc = subprocess.run(["bash", str(tree / "benchmarks" / "gpu_session.sh"), *args], capture_output=True, text=True,
                           timeout=120, env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}",
                                                 PYTHON=str(bin_dir / "python"), OUT=str(out), CALLS=str(calls),
-                                                TRITON_LSTM_GIT="0123456789ab", **env))
+                                                TRITON_LSTM_GIT="0123456789ab", TMPDIR=str(tmp_path), **env))
     lines = calls.read_text().splitlines() if calls.exists() else []
     phases = out / "phases.txt"
     return proc, lines, phases.read_text().splitlines() if phases.exists() else []
