@@ -694,6 +694,14 @@ def test_keras2_savedmodel_and_tf_format_weights(path):
     assert [layer.lstm.hidden_size for layer in plain.layers] == [4, 3]
 
 
+def test_keras_layer_called_twice_is_refused():
+    """A model that calls one LSTM twice (lstm(lstm(x))): a module runs each layer once, and computed
+    something else without a word."""
+    with pytest.raises(ValueError, match=r"^layers: \['twice'\] called 2 times in the model \(a shared layer\); a "
+                                         r"module runs each layer once, so this model is not supported$"):
+        triton_lstm.load_keras(fixture("keras2_shared.h5"))
+
+
 def test_keras2_savedmodel_of_a_sequential(path):
     """A Sequential's config lists its InputLayer, its list of layers (layer-<k> in the checkpoint) does
     not: each layer's weights under its own name, against Keras' outputs."""

@@ -159,8 +159,9 @@ def _inbound(layer: dict, where: str) -> Optional[list[str]]:
 
 
 def _entries(config: dict, where: str) -> list[dict]:
-    """One model's own layers in order, each ``{"name", "class_name", "config", "inbound"}`` (a nested
-    model is one entry here; ``inbound``: ``_inbound``)."""
+    """One model's own layers in order, each ``{"name", "class_name", "config", "inbound", "calls"}`` (a
+    nested model is one entry here; ``inbound``: ``_inbound``; ``calls``: how many times a Functional
+    model calls it, None where the config does not say)."""
     body = config.get("config", config)
     layers = body.get("layers", []) if isinstance(body, dict) else body
     if not isinstance(layers, list):
@@ -171,8 +172,9 @@ def _entries(config: dict, where: str) -> list[dict]:
         name = (layer.get("name") or options.get("name")) if isinstance(options, dict) else None
         if not isinstance(name, str) or not isinstance(layer.get("class_name"), str):
             raise ValueError(f"{where}: layer {k} of the model config has no name, class_name or config")
+        nodes = layer.get("inbound_nodes")
         out.append({"name": name, "class_name": layer["class_name"], "config": options,
-                    "inbound": _inbound(layer, where)})
+                    "inbound": _inbound(layer, where), "calls": len(nodes) if isinstance(nodes, list) else None})
     return out
 
 

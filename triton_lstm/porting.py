@@ -798,6 +798,10 @@ def keras_to_module(weights: Mapping[str, Any], config: Optional[dict] = None,
     missing = [n for n in layers if config and n not in by_name]
     if missing:
         raise ValueError(f"layers: no layer named {missing}; the model's layers: {list(by_name)}")
+    shared = [n for n in layers if config and (by_name[n].get("calls") or 1) > 1]
+    if shared:
+        raise ValueError(f"layers: {shared} called {by_name[shared[0]]['calls']} times in the model (a shared layer); "
+                         f"a module runs each layer once, so this model is not supported")
     repeated = sorted({n for n in layers if layers.count(n) > 1})
     if repeated:
         raise ValueError(f"layers: {repeated} given more than once")
