@@ -712,6 +712,10 @@ def test_keras2_savedmodel_of_a_sequential(path):
 
 
 def test_tf_format_errors_name_the_file(tmp_path):
+    for keras_checkpoint in ("keras2_tf_weights", "keras2_savedmodel/variables/variables"):
+        with pytest.raises(ValueError, match=r"this checkpoint is object-based \(TF2\): for a Keras model's "
+                                             r".*use triton_lstm.load_keras"):
+            triton_lstm.load_tf_checkpoint(fixture(keras_checkpoint))
     with pytest.raises(ValueError, match=r"keras2_subclassed_weights: no variable belongs to a layer of the model's "
                                          r"list \(layer-<k>\): a subclassed model's or a tf.train.Checkpoint's"):
         read_keras_weights(fixture("keras2_subclassed_weights"))

@@ -472,8 +472,13 @@ def tf_to_module(variables: Mapping[str, Any], scope: Optional[str] = None, *, f
     cells = find_lstm_cells(variables, scope)
     if not cells:
         where = f" under scope {scope!r}" if scope else ""
+        # TF2's object-based checkpoints (tf.train.Checkpoint, Keras' save_weights and SavedModels) name
+        # their variables by object path and hold the object graph.
+        hint = ("; this checkpoint is object-based (TF2): for a Keras model's (save_weights, or a SavedModel's "
+                "variables), use triton_lstm.load_keras on it or on the SavedModel folder"
+                if "_CHECKPOINTABLE_OBJECT_GRAPH" in variables else "")
         raise ValueError(f"variables: no LSTM cell (a '.../kernel' with its '.../bias'){where}; names seen: "
-                         f"{sorted(variables)[:20]}")
+                         f"{sorted(variables)[:20]}{hint}")
     places = {cell: _place(cell) for cell in cells}
     roots = sorted({p[0] for p in places.values()})
     if len(roots) > 1:
