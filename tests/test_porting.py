@@ -711,6 +711,19 @@ def test_keras2_savedmodel_of_a_sequential(path):
     close(module(torch.as_tensor(ref["x"]))[0], ref["y_sequential"], "output")
 
 
+def test_object_graph_variables_are_read_once_each():
+    """A node may list a child twice (under two names) and several nodes the same variable: each
+    variable reachable from the layer comes once, in its nodes' order, never through the root."""
+    from triton_lstm.keras_files import _reachable_variables
+    nodes = [([(1, "layer-0")], [("root_var", "r")]),            # 0: the root
+             ([(3, "variables"), (2, "cell"), (2, "alias"), (0, "root")], []),
+             ([(4, "kernel"), (4, "kernel_alias"), (5, "bias")], []),
+             ([(5, "0"), (4, "1")], []),
+             ([], [("enc/kernel", "k")]),
+             ([], [("enc/bias", "b")])]
+    assert _reachable_variables(nodes, 1) == [("enc/kernel", "k"), ("enc/bias", "b")]
+
+
 def test_tf_format_errors_name_the_file(tmp_path):
     for keras_checkpoint in ("keras2_tf_weights", "keras2_savedmodel/variables/variables"):
         with pytest.raises(ValueError, match=r"this checkpoint is object-based \(TF2\): for a Keras model's "

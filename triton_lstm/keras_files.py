@@ -13,7 +13,7 @@
 - tf-keras in TensorFlow's format (Keras 2's default where a path has no .h5 or .keras): a SavedModel
   folder (``model.save(folder)``: the weights in ``variables/variables``, a TF checkpoint, the model
   config in ``keras_metadata.pb``), or a checkpoint of ``save_weights(prefix)``. The checkpoint's object
-  graph (``_CHECKPOINTABLE_OBJECT_GRAPH``) gives each variable its TF name (``enc/lstm_cell/kernel``,
+  graph (``OBJECT_GRAPH``) gives each variable its TF name (``enc/lstm_cell/kernel``,
   Keras 2's weight names) and the model's layer it belongs to (``layer-<k>``, the k-th of the config's
   layers); read by ``tf_checkpoint``, without TensorFlow.
 """
@@ -31,7 +31,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from triton_lstm.checks import check_path
-from triton_lstm.tf_checkpoint import _field, _proto_fields, checkpoint_prefix, read_tf_checkpoint
+from triton_lstm.tf_checkpoint import OBJECT_GRAPH, _field, _proto_fields, checkpoint_prefix, read_tf_checkpoint
 
 # Names of a Keras 3 object's variables, in their saved order (the file stores only indices).
 _VAR_NAMES = {"cell": ("kernel", "recurrent_kernel", "bias"), "Dense": ("kernel", "bias"),
@@ -442,16 +442,32 @@ def _object_graph(raw: bytes, where: str) -> list[tuple[list[tuple[int, str]], l
     return nodes
 
 
+def _reachable_variables(nodes: list[tuple[list[tuple[int, str]], list[tuple[str, str]]]],
+                         start: int) -> list[tuple[str, str]]:
+    """The variables (TF name, checkpoint key) of every node reachable from ``start`` (a layer: a nested
+    model's, a Bidirectional's too), each once, in the order they were made (their nodes' order), not
+    through the root (node 0, which every object can reach)."""
+    seen, todo, found = {0, start}, [start], []
+    while todo:
+        at = todo.pop()
+        found += [(at, variable) for variable in nodes[at][1]]
+        for child, _ in nodes[at][0]:
+            if child not in seen:   # a node may list a child twice, under two names
+                seen.add(child)
+                todo.append(child)
+    return [variable for _, variable in sorted(found)]
+
+
 def _tf_format_layers(prefix: str, meta: Optional[str],
                       where: str) -> tuple[list[tuple[str, list[tuple[str, np.ndarray]]]], Optional[dict], str]:
     """(layers as ``_keras2_layout`` takes them, model config or None, Keras version) of a checkpoint
     in TensorFlow's format: the variables reachable from each of the model's layers (``layer-<k>`` of
     the root), named by the config (without one, by their TF names' first part)."""
     tensors = read_tf_checkpoint(prefix)
-    if "_CHECKPOINTABLE_OBJECT_GRAPH" not in tensors:
+    if OBJECT_GRAPH not in tensors:
         raise ValueError(f"{where}: a TensorFlow checkpoint without an object graph (a TF1 Saver's, its variables "
                          f"named by scope): read it with triton_lstm.load_tf_checkpoint")
-    nodes = _object_graph(bytes(tensors["_CHECKPOINTABLE_OBJECT_GRAPH"].item()), where)
+    nodes = _object_graph(bytes(tensors[OBJECT_GRAPH].item()), where)
     config, version = _keras_metadata(meta) if meta is not None else (None, "2")
     entries = _entries(config, where) if config is not None else None
     if entries and config.get("class_name") == "Sequential" and entries[0]["class_name"] == "InputLayer":
@@ -461,14 +477,8 @@ def _tf_format_layers(prefix: str, meta: Optional[str],
         place = re.fullmatch(r"layer-(\d+)", name)
         if place is None:
             continue
-        seen, todo, found = {0, node}, [node], []
-        while todo:   # every variable reachable from the layer (a nested model's, a Bidirectional's too)
-            at = todo.pop()
-            found += [(at, variable) for variable in nodes[at][1]]
-            todo += [child for child, _ in nodes[at][0] if child not in seen]
-            seen.update(child for child, _ in nodes[at][0])
         weights = []
-        for _, (tf_name, key) in sorted(found):   # in the order the variables were made
+        for tf_name, key in _reachable_variables(nodes, node):
             if key not in tensors:
                 raise ValueError(f"{where}: the object graph names the variable {key!r}, which the checkpoint "
                                  f"does not hold: corrupt checkpoint")
@@ -499,9 +509,9 @@ def read_keras_weights(path: str) -> dict[str, np.ndarray]:
 
     ``path``: a ``.keras`` or ``.weights.h5`` file (Keras 3 or tf-keras), an ``.h5`` (Keras 2's model or
     weights, Keras 3's legacy model), or tf-keras in TensorFlow's format: a SavedModel folder or a
-    ``save_weights`` checkpoint (its folder, prefix or .index). Layers carry the names given to them (``"encoder_lstm/kernel"``),
-    a nested model's layers too, except in a tf-keras file without its config, which names them by
-    class and place (``lstm``, ``lstm_1``); an LSTM's weights are
+    ``save_weights`` checkpoint (its folder, prefix or .index). Layers carry the names given to them
+    (``"encoder_lstm/kernel"``), a nested model's layers too, except in a tf-keras file without its
+    config, which names them by class and place (``lstm``, ``lstm_1``); an LSTM's weights are
     ``kernel`` [D, 4U], ``recurrent_kernel`` [U, 4U] and ``bias`` [4U] (gates i, f, c, o), a
     Bidirectional's ``<name>/forward/...`` and ``<name>/backward/...``, the k-th cell of an RNN of
     stacked cells ``<name>/cells/<k>/...``. HDF5 files need h5py.

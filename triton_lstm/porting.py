@@ -31,7 +31,7 @@ from triton_lstm.convert import (as_tensor, keras_to_torch_lstm, tf_to_torch_lst
                                  torch_lstm_to_tf)
 from triton_lstm.keras_files import read_keras_config, read_keras_weights, stacked_cells
 from triton_lstm.lstm import LSTM, reverse_within_lengths
-from triton_lstm.tf_checkpoint import read_tf_checkpoint
+from triton_lstm.tf_checkpoint import OBJECT_GRAPH, read_tf_checkpoint
 
 Tensor = torch.Tensor
 States = Union[Tensor, list]
@@ -472,11 +472,9 @@ def tf_to_module(variables: Mapping[str, Any], scope: Optional[str] = None, *, f
     cells = find_lstm_cells(variables, scope)
     if not cells:
         where = f" under scope {scope!r}" if scope else ""
-        # TF2's object-based checkpoints (tf.train.Checkpoint, Keras' save_weights and SavedModels) name
-        # their variables by object path and hold the object graph.
         hint = ("; this checkpoint is object-based (TF2): for a Keras model's (save_weights, or a SavedModel's "
                 "variables), use triton_lstm.load_keras on it or on the SavedModel folder"
-                if "_CHECKPOINTABLE_OBJECT_GRAPH" in variables else "")
+                if OBJECT_GRAPH in variables else "")
         raise ValueError(f"variables: no LSTM cell (a '.../kernel' with its '.../bias'){where}; names seen: "
                          f"{sorted(variables)[:20]}{hint}")
     places = {cell: _place(cell) for cell in cells}
@@ -908,8 +906,8 @@ def _keras_output_width(layer: KerasRNN) -> Optional[int]:
 
 def load_keras(path: str, layers: Union[str, Sequence[str], None] = None) -> LSTMStack:
     """The LSTM layers of a Keras file (``.keras``, ``.weights.h5``, Keras 2 ``.h5``, or tf-keras' SavedModel
-    folder or ``save_weights`` checkpoint) as a ready module, in one call (HDF5 files need h5py). Call it as ``module(x [B, T, D], mask=None | lengths=None)``;
-    it returns ``(output, (h_n, c_n))`` with the last layer's output as Keras gives it."""
+    folder or ``save_weights`` checkpoint) as a ready module, in one call (HDF5 files need h5py). Call
+    it as ``module(x [B, T, D], mask=None | lengths=None)``; it returns ``(output, (h_n, c_n))`` with the last layer's output as Keras gives it."""
     return keras_to_module(read_keras_weights(path), read_keras_config(path), layers)
 
 

@@ -372,6 +372,9 @@ def read_tf_checkpoint(path: str) -> dict[str, np.ndarray]:
     return out
 
 
+# TF2's object-based checkpoints (tf.train.Checkpoint, Keras' save_weights and SavedModels) hold their
+# object graph (a TrackableObjectGraph) as this string tensor, and name variables by object path.
+OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
 # Slice keys begin with OrderedCode's 0; a variable's name never begins with a 0 byte.
 _SLICE_PREFIX = b"\x00"
 
