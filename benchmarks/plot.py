@@ -25,6 +25,7 @@ import math
 import os
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -274,8 +275,11 @@ def lines(rows: list[dict], path: Path, x: str, title: str, y: str = "tokens_per
         path, or None when no (mode, dtype) has two x values timed (nothing is written); such a panel
         (a single point) is left out.
     """
-    swept = {(r["mode"], r["dtype"]) for r in rows
-             if len({q[x] for q in pick(rows, mode=r["mode"], dtype=r["dtype"]) if timed(q)}) >= 2}
+    timed_x: dict[tuple, set] = {}
+    for r in rows:
+        if timed(r):
+            timed_x.setdefault((r["mode"], r["dtype"]), set()).add(r[x])
+    swept = {panel for panel, xs in timed_x.items() if len(xs) >= 2}
     rows = [r for r in rows if (r["mode"], r["dtype"]) in swept]
     if not rows:
         return None
@@ -516,12 +520,14 @@ def grid_wins(rows: list[dict], dtype: str, mode: str) -> tuple[int, int]:
     Args:
         rows: rows of one GPU, deduplicated.  dtype: a DTYPES value.  mode: "fwd", "bwd" or "fwd+bwd".
     """
-    cells = {(r["B"], r["N"]) for r in pick(rows, group="grid", dtype=dtype, mode=mode)}
-    ran = [(b, n) for b, n in cells if timed(one(rows, provider="nn_lstm", group="grid", dtype=dtype, mode=mode,
-                                                 B=b, N=n))
-           and one(rows, provider="lstm_sequence", group="grid", dtype=dtype, mode=mode, B=b, N=n) is not None]
-    ratios = [speedup(rows, group="grid", dtype=dtype, mode=mode, B=b, N=n) for b, n in ran]
-    return sum(s is not None and s > 1.0 for s in ratios), len(ran)
+    grid = pick(rows, group="grid", dtype=dtype, mode=mode)
+    wins = counted = 0
+    for b, n in {(r["B"], r["N"]) for r in grid}:
+        theirs, mine = (one(grid, provider=p, B=b, N=n) for p in ("nn_lstm", "lstm_sequence"))
+        if timed(theirs) and mine is not None:
+            counted += 1
+            wins += timed(mine) and theirs["ms"] / mine["ms"] > 1.0
+    return wins, counted
 
 
 def why_no_ratio(rows: list[dict], ours: str = "lstm_sequence", **match) -> str:
@@ -665,7 +671,8 @@ def headline_markdown(rows: list[dict]) -> str:
         grid = pick(g, group="grid")
         if grid:
             parts += [f"**Grid** (T={GRID_T}, batch {sorted({r['B'] for r in grid})} x hidden "
-                      f"{sorted({r['N'] for r in grid})}): cells where ours beats nn.LSTM, of those where nn.LSTM ran (ours missing: a loss)",
+                      f"{sorted({r['N'] for r in grid})}): cells where ours beats nn.LSTM, of those where nn.LSTM "
+                      f"ran (ours missing: a loss)",
                       "", "| dtype | fwd | bwd | fwd+bwd |", "|---|---|---|---|"]
             for d in _present(grid, "dtype", DTYPES):
                 cells = []
@@ -676,10 +683,7 @@ def headline_markdown(rows: list[dict]) -> str:
             parts.append("")
         parts += ["**Targets** (forward+backward against nn.LSTM on cuDNN):", ""]
         parts += [f"- {line}" for line in target_lines(g)]
-        jobs: dict[tuple, int] = {}
-        for r in g:
-            if r.get("missing"):
-                jobs[r["provider"], r["missing"]] = jobs.get((r["provider"], r["missing"]), 0) + 1
+        jobs = Counter((r["provider"], r["missing"]) for r in g if r.get("missing"))
         if jobs:  # triton_lstm's own first
             missing = sorted(jobs, key=lambda k: (PROVIDERS.index(k[0]) if k[0] in PROVIDERS else len(PROVIDERS),
                                                   str(k[0]), k[1]))
