@@ -70,6 +70,34 @@ def test_dynamic_rnn_fullgraph_without_recompiling_per_length(backend, device):
     assert counter.frame_count == frames, "a new sequence length recompiled"
 
 
+@pytest.mark.filterwarnings("ignore:activation .* has no kernel implementation")
+@pytest.mark.parametrize("path", ["kernels", "cpu loop", "reference", "cell each step"])
+def test_lengths_outside_the_range_give_nan_rows_when_compiled(path):
+    """Traced, lengths cannot be read on the host: on every path, as the kernels do, a row whose
+    length lies outside [0, T] gets NaN outputs and final state, the other rows their own results.
+    CPU tensors: the kernels under the interpreter (the CPU loop in a session with a GPU), the CPU
+    loop for float64, the reference for an activation of the user's, the cell called at each step
+    for a cell with a hook."""
+    T, B, D, N, P = 4, 4, 5, 6, 3
+    cell = triton_lstm.LSTMCell(N, use_peepholes=True, cell_clip=2.0, num_proj=P, input_size=D,
+                                activation=(lambda v: 0.9 * torch.tanh(v)) if path == "reference" else None,
+                                dtype=torch.float64 if path == "cpu loop" else torch.float32)
+    if path == "cell each step":
+        cell.register_forward_pre_hook(lambda module, args: None)
+    x = torch.randn(B, T, D, dtype=cell.kernel.dtype)
+    lengths = torch.tensor([T + 2, 2, -3, 0])
+    good, bad = [1, 3], [0, 2]
+
+    def run(x, lengths):
+        return triton_lstm.dynamic_rnn(cell, x, sequence_length=lengths)
+
+    out, (c, h) = torch.compile(run, backend="aot_eager", fullgraph=path != "cell each step")(x, lengths)
+    want, (want_c, want_h) = run(x[good], lengths[good])
+    for name, got, ref in (("outputs", out, want), ("c", c, want_c), ("h", h, want_h)):
+        assert torch.isnan(got[bad]).all(), f"{name}: rows with lengths outside [0, T] must be NaN"
+        assert_close(name, got[good], ref, TOL)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @torch._dynamo.config.patch(allow_rnn=True)  # Dynamo refuses every nn.LSTM, so this subclass too, without it
 def test_lstm_module_fullgraph(backend, device):

@@ -259,6 +259,22 @@ def test_lengths_on_the_gpu_outside_the_range_give_nan_and_an_error(monkeypatch)
         sequence_case(T, B, D, N, None, torch.float32)
 
 
+def test_lengths_on_the_gpu_outside_the_range_calling_the_cell_each_step(monkeypatch):
+    """dynamic_rnn calling a cell with a hook at each step checks GPU lengths as the kernels do,
+    without reading them on the host: the bad row is NaN, the next call raises."""
+    from triton_lstm import LSTMCell, dynamic_rnn
+    monkeypatch.delenv("TRITON_LSTM_CHECK_BARRIER")
+    cell = LSTMCell(32, use_peepholes=True, input_size=8, device="cuda")
+    cell.register_forward_pre_hook(lambda module, args: None)
+    x = torch.randn(4, 6, 8, device="cuda")
+    out, (c, h) = dynamic_rnn(cell, x, torch.tensor([6, 9, 2, 0], device="cuda"))
+    torch.cuda.synchronize()
+    assert torch.isnan(out[1]).all() and torch.isnan(c[1]).all() and torch.isnan(h[1]).all()
+    assert torch.isfinite(out[[0, 2, 3]]).all() and torch.isfinite(c[[0, 2, 3]]).all()
+    with pytest.raises(ValueError, match=r"^lengths \(dynamic_rnn's sequence_length\): values must lie in \[0, T\];"):
+        dynamic_rnn(cell, x)
+
+
 def test_the_tuner_on_hardware(tmp_path, monkeypatch):
     """Tuning on: candidates compiled, pruned and timed on this GPU, the winner cached; the call that
     tuned returns correct outputs and gradients."""

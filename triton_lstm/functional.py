@@ -182,9 +182,10 @@ _WARNED_ACTIVATIONS: set = set()
 
 
 def _warn_reference_activation(arg: str, activation) -> None:
-    """Once per argument and callable (by identity where it is not hashable, as a dataclass instance)."""
+    """Once per argument and callable (by identity where it is not hashable, as a dataclass instance);
+    not while torch.compile traces (Dynamo cannot trace warnings.warn: fullgraph would fail)."""
     key = (arg, activation if isinstance(activation, Hashable) else id(activation))
-    if key in _WARNED_ACTIVATIONS:
+    if key in _WARNED_ACTIVATIONS or torch.compiler.is_compiling():
         return
     _WARNED_ACTIVATIONS.add(key)
     warnings.warn(f"{arg} {activation!r} has no kernel implementation; this LSTM runs on the "

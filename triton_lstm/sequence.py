@@ -193,16 +193,18 @@ def seq_backward(dout: Tensor, dh_T: Tensor, dc_T: Tensor, z: Tensor, cbuf: Tens
 
 
 def check_lengths(lengths: Optional[Tensor], T: int, B: int, device: torch.device,
-                  on_device_check: bool) -> Optional[Tensor]:
-    """lengths: [B] integers in [0, T], on the CPU or the inputs' device; returned as int32
-    on the inputs' device.
+                  on_device_check: bool) -> tuple[Optional[Tensor], bool]:
+    """lengths: [B] integers in [0, T], on the CPU or the inputs' device. Returns (lengths as int32
+    on the inputs' device, whether their values were checked here).
 
-    Values on the CPU are checked here. Values already on a GPU are checked by the kernels when
-    ``on_device_check`` (reading them here would stall the host until the GPU catches up): a row
-    outside [0, T] then gets NaN outputs and state, and a later call raises.
+    Values on the CPU are checked here. Values already on a GPU are checked on the device when
+    ``on_device_check`` (reading them here would stall the host until the GPU catches up): by the
+    kernels, or by ``poison_bad_lengths`` on other paths; none can be read while compiling or
+    capturing a CUDA graph. A row outside [0, T] then gets NaN outputs and state, and a later call
+    raises (where the values are watched).
     """
     if lengths is None:
-        return None
+        return None, True
     if not isinstance(lengths, Tensor):
         try:
             lengths = integer_tensor(lengths)
@@ -226,7 +228,17 @@ def check_lengths(lengths: Optional[Tensor], T: int, B: int, device: torch.devic
         # Out-of-range values must stay out of range for the kernels' check, not wrap into it in
         # int32 (2**32 + 3 would run 3 steps). Values in range are unchanged.
         values = values.clamp(-1, T + 1)
-    return values.to(device=device, dtype=torch.int32, non_blocking=True).contiguous()
+    return values.to(device=device, dtype=torch.int32, non_blocking=True).contiguous(), checked_here
+
+
+def poison_bad_lengths(lengths: Tensor, T: int, c0: Tensor) -> tuple[Tensor, Tensor]:
+    """Unchecked lengths for a path other than the kernels, checked as the kernels check them: a row
+    outside [0, T] runs every step from a NaN cell state (returned: lengths with T there, and c0),
+    and is reported to a later call where it can be (not while compiling or capturing)."""
+    bad = (lengths < 0) | (lengths > T)
+    if not torch.compiler.is_compiling():
+        watch(torch.stack([lengths.new_zeros(()), bad.sum(dtype=torch.int32)]))
+    return torch.where(bad, T, lengths), torch.where(bad[:, None], float("nan"), c0)
 
 
 def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bias: Tensor,
@@ -280,7 +292,9 @@ def named_sequence(names: Names, x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor,
     tangents = forward_mode((x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection))
     reference = ids is None or tangents
     on_kernels = not reference and kernels_run_on(x.device, x.dtype)
-    lengths = check_lengths(lengths, T, B, x.device, on_kernels)
+    lengths, checked = check_lengths(lengths, T, B, x.device, on_kernels)
+    if not checked and not (on_kernels and T):   # the kernels check them (with no steps, none runs)
+        lengths, c0 = poison_bad_lengths(lengths, T, c0)
     if not reference and not on_kernels and x.device.type == "cpu":
         return own_final_state(*lstm_sequence_cpu(
             x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, lengths, forget_bias=forget_bias,
