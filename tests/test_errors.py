@@ -418,7 +418,7 @@ def test_lengths_left_to_the_kernels_check_stay_out_of_range(dtype, monkeypatch)
            torch.uint64: [2**64 - 1, 2**63 + 3, 2**32 + 3]}[dtype]
     lengths = torch.tensor(big + [0, 2, T]).to(dtype) if dtype != torch.uint64 else \
         torch.from_numpy(np.array(big + [0, 2, T], dtype=np.uint64))
-    got, checked = check_lengths(lengths, T, lengths.shape[0], torch.device("cpu"), True)
+    got, checked = check_lengths(lengths, T, lengths.shape[0], torch.device("cpu"))
     assert got.dtype == torch.int32 and not checked
     assert all(not 0 <= v <= T for v in got[:3].tolist()), got
     assert got[3:].tolist() == [0, 2, T]

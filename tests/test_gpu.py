@@ -259,13 +259,18 @@ def test_lengths_on_the_gpu_outside_the_range_give_nan_and_an_error(monkeypatch)
         sequence_case(T, B, D, N, None, torch.float32)
 
 
-def test_lengths_on_the_gpu_outside_the_range_calling_the_cell_each_step(monkeypatch):
-    """dynamic_rnn calling a cell with a hook at each step checks GPU lengths as the kernels do,
-    without reading them on the host: the bad row is NaN, the next call raises."""
+@pytest.mark.filterwarnings("ignore:activation .* has no kernel implementation")
+@pytest.mark.parametrize("path", ["reference", "cell each step"])
+def test_lengths_on_the_gpu_outside_the_range_off_the_kernels(path, monkeypatch):
+    """The reference (an activation of the user's) and dynamic_rnn calling a cell with a hook at each
+    step check GPU lengths as the kernels do, without reading them on the host: the bad row is NaN,
+    the next call raises."""
     from triton_lstm import LSTMCell, dynamic_rnn
     monkeypatch.delenv("TRITON_LSTM_CHECK_BARRIER")
-    cell = LSTMCell(32, use_peepholes=True, input_size=8, device="cuda")
-    cell.register_forward_pre_hook(lambda module, args: None)
+    cell = LSTMCell(32, use_peepholes=True, input_size=8, device="cuda",
+                    activation=(lambda v: 0.9 * torch.tanh(v)) if path == "reference" else None)
+    if path == "cell each step":
+        cell.register_forward_pre_hook(lambda module, args: None)
     x = torch.randn(4, 6, 8, device="cuda")
     out, (c, h) = dynamic_rnn(cell, x, torch.tensor([6, 9, 2, 0], device="cuda"))
     torch.cuda.synchronize()

@@ -91,7 +91,7 @@ def _called_each_step(cell: LSTMCell, x: Tensor, c0: Tensor, h0: Tensor,
     kernels check them (``check_lengths``)."""
     T, B, _ = x.shape
     check_earlier_launches(x.device)
-    lengths, checked = check_lengths(sequence_length, T, B, x.device, on_device_check=True)
+    lengths, checked = check_lengths(sequence_length, T, B, x.device)
     if not checked:
         lengths, c0 = poison_bad_lengths(lengths, T, c0)
     c, h, outs = c0, h0, []

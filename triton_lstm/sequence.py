@@ -73,9 +73,10 @@ def watch(sync: Tensor) -> None:
             _raise_on_flags(flags, deferred=False)
         return
     flags = launch.host_buffer(sync)
-    flags.copy_(sync, non_blocking=True)
-    done = torch.cuda.Event()
-    done.record()
+    with launch.select_device(sync.device):   # the event on sync's GPU, also when another is current
+        flags.copy_(sync, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
     with _pending_lock:
         _pending.append((done, flags))
 
@@ -192,16 +193,15 @@ def seq_backward(dout: Tensor, dh_T: Tensor, dc_T: Tensor, z: Tensor, cbuf: Tens
     return dz, dy, dh, dc
 
 
-def check_lengths(lengths: Optional[Tensor], T: int, B: int, device: torch.device,
-                  on_device_check: bool) -> tuple[Optional[Tensor], bool]:
+def check_lengths(lengths: Optional[Tensor], T: int, B: int, device: torch.device) -> tuple[Optional[Tensor], bool]:
     """lengths: [B] integers in [0, T], on the CPU or the inputs' device. Returns (lengths as int32
     on the inputs' device, whether their values were checked here).
 
-    Values on the CPU are checked here. Values already on a GPU are checked on the device when
-    ``on_device_check`` (reading them here would stall the host until the GPU catches up): by the
-    kernels, or by ``poison_bad_lengths`` on other paths; none can be read while compiling or
-    capturing a CUDA graph. A row outside [0, T] then gets NaN outputs and state, and a later call
-    raises (where the values are watched).
+    Values on the CPU are checked here. Values already on a GPU are checked on the device (reading
+    them here would stall the host until the GPU catches up): by the kernels, or by
+    ``poison_bad_lengths`` on other paths; none can be read while compiling or capturing a CUDA
+    graph. A row outside [0, T] then gets NaN outputs and state, and a later call raises (where the
+    values are watched).
     """
     if lengths is None:
         return None, True
@@ -218,9 +218,8 @@ def check_lengths(lengths: Optional[Tensor], T: int, B: int, device: torch.devic
         raise ValueError(f"{LENGTHS}: on {lengths.device}, but the inputs are on {device}")
     # Values cannot be read while tracing or capturing a CUDA graph.
     readable = not torch.compiler.is_compiling() and not (lengths.device == device and launch.capturing(device))
-    host_check = not launch.gpu_device(lengths.device) or not on_device_check
     values = comparable(lengths)
-    checked_here = readable and host_check
+    checked_here = readable and not launch.gpu_device(lengths.device)
     if B and checked_here and (bool((values < 0).any()) or bool((values > T).any())):
         given = lengths.tolist()   # exact: values wraps uint64 past int64's range
         raise ValueError(f"{LENGTHS}: values must lie in [0, T={T}], got min {min(given)} and max {max(given)}")
@@ -292,7 +291,8 @@ def named_sequence(names: Names, x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor,
     tangents = forward_mode((x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection))
     reference = ids is None or tangents
     on_kernels = not reference and kernels_run_on(x.device, x.dtype)
-    lengths, checked = check_lengths(lengths, T, B, x.device, on_kernels)
+    check_earlier_launches(x.device)
+    lengths, checked = check_lengths(lengths, T, B, x.device)
     if not checked and not (on_kernels and T):   # the kernels check them (with no steps, none runs)
         lengths, c0 = poison_bad_lengths(lengths, T, c0)
     if not reference and not on_kernels and x.device.type == "cpu":

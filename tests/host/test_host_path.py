@@ -270,9 +270,9 @@ def test_barrier_timeout_with_the_synchronous_check(gpu, monkeypatch):
         lstm_sequence(*sequence_args())
 
 
-def test_lengths_on_the_gpu_are_checked_without_a_host_read(gpu, monkeypatch):
-    """Steady state: no tensor value is read on the host during a call (each read would wait for
-    the GPU); a length outside [0, T] is flagged by the kernel and raised at the next call."""
+def host_reads(monkeypatch) -> list:
+    """The names of the reads of tensor values on the host (each would wait for the GPU) from now
+    on, the host buffers' (``launch.host_buffer``, replaced by plain tensors) excepted."""
     host_copies = []
 
     def host_buffer(t):
@@ -293,6 +293,13 @@ def test_lengths_on_the_gpu_are_checked_without_a_host_read(gpu, monkeypatch):
 
     for name in ("item", "__bool__", "__int__", "__float__", "tolist"):
         no_host_read(name)
+    return reads
+
+
+def test_lengths_on_the_gpu_are_checked_without_a_host_read(gpu, monkeypatch):
+    """Steady state: no tensor value is read on the host during a call (each read would wait for
+    the GPU); a length outside [0, T] is flagged by the kernel and raised at the next call."""
+    reads = host_reads(monkeypatch)
 
     def kernel_flags_bad_lengths(name, args):
         if name == "lstm_seq_fwd_kernel":
@@ -305,6 +312,29 @@ def test_lengths_on_the_gpu_are_checked_without_a_host_read(gpu, monkeypatch):
     with pytest.raises(ValueError, match=r"^lengths \(dynamic_rnn's sequence_length\): values must lie in \[0, T\]; "
                                          r"an earlier call"):
         lstm_sequence(*sequence_args(), torch.tensor([4, 3, 1]))
+
+
+@pytest.mark.filterwarnings("ignore:activation .* has no kernel implementation")
+@pytest.mark.parametrize("path", ["reference", "cell each step"])
+def test_lengths_on_the_gpu_off_the_kernels_are_checked_without_a_host_read(gpu, monkeypatch, path):
+    """The reference (an activation of the user's, computed for real on the stand-in's CPU tensors)
+    and dynamic_rnn calling a cell with a hook at each step (its step kernels stubbed) check GPU
+    lengths as the kernels do: no host read; a length outside [0, T] gives a NaN row (reference)
+    and is raised at the next call."""
+    cell = LSTMCell(24, use_peepholes=True, input_size=5, dtype=torch.float16,
+                    activation=(lambda v: 0.9 * torch.tanh(v)) if path == "reference" else None)
+    if path == "cell each step":
+        cell.register_forward_pre_hook(lambda module, args: None)
+    x = rand(3, 4, 5, grad=False)
+    reads = host_reads(monkeypatch)
+    out, state = dynamic_rnn(cell, x, torch.tensor([4, 9, 1]))
+    assert reads == [], f"host reads of device tensors: {reads}"
+    if path == "reference":
+        assert torch.isnan(out[1]).all() and torch.isnan(state.c[1]).all()
+        assert torch.isfinite(out[[0, 2]]).all() and torch.isfinite(state.c[[0, 2]]).all()
+    with pytest.raises(ValueError, match=r"^lengths \(dynamic_rnn's sequence_length\): values must lie in \[0, T\]; "
+                                         r"an earlier call"):
+        dynamic_rnn(cell, x, torch.tensor([4, 3, 1]))
 
 
 def test_a_pinned_grid_larger_than_the_gpu_is_an_error(gpu, monkeypatch):
