@@ -51,8 +51,9 @@ def _raise_on_flags(flags: Tensor, deferred: bool) -> None:
 
 def check_earlier_launches(device: torch.device) -> None:
     """Raise if a finished earlier launch reported a failure. Never waits for the GPU; looks at
-    nothing while ``device``'s stream is being captured (querying an event is not allowed then)."""
-    if launch.capturing(device):
+    nothing while ``device``'s stream is being captured (querying an event is not allowed then) or
+    while torch.compile traces (the kernels' ops look when they run)."""
+    if torch.compiler.is_compiling() or launch.capturing(device):
         return
     with _pending_lock:
         while _pending and _pending[0][0].query():
