@@ -694,6 +694,26 @@ def test_keras2_savedmodel_and_tf_format_weights(path):
     assert [layer.lstm.hidden_size for layer in plain.layers] == [4, 3]
 
 
+def test_keras2_savedmodel_from_before_tf_2_5(path, tmp_path):
+    """A SavedModel as TF before 2.5 wrote it: no keras_metadata.pb, the config in saved_model.pb's
+    object graph (the fixture's TF itself loaded so), against Keras' outputs; without metadata there
+    (a SavedModel Keras did not write), its weights read without a config, as from save_weights."""
+    ref = expected("keras2_savedmodel_legacy")
+    folder = fixture("keras2_savedmodel_legacy")
+    module = triton_lstm.load_keras(folder)
+    assert [layer.name for layer in module.layers] == ["inner", "bi", "top"] and module.mask_value == 0.0
+    assert module.layers[0].lstm.recurrent_activation == "hard_sigmoid" and module.layers[1].merge_mode == "sum"
+    assert read_keras_config(folder)["keras_version"].startswith("2.")
+    assert torch.as_tensor(ref["y"]).abs().max() > 0.05
+    close(module(torch.as_tensor(ref["x"]))[0], ref["y"], "output")
+    bare = tmp_path / "bare"
+    shutil.copytree(folder, bare)
+    (bare / "saved_model.pb").write_bytes(b"")
+    assert read_keras_config(bare) is None
+    got, want = read_keras_weights(bare), read_keras_weights(folder)
+    assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got.values(), want.values()))
+
+
 def test_keras_layer_called_twice_is_refused():
     """A model that calls one LSTM twice (lstm(lstm(x))): a module runs each layer once, and computed
     something else without a word."""

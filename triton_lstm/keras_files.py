@@ -12,7 +12,7 @@
   ``save_weights`` files hold the layer groups at the root.
 - tf-keras in TensorFlow's format (Keras 2's default where a path has no .h5 or .keras): a SavedModel
   folder (``model.save(folder)``: the weights in ``variables/variables``, a TF checkpoint, the model
-  config in ``keras_metadata.pb``), or a checkpoint of ``save_weights(prefix)``. The checkpoint's object
+  config in ``keras_metadata.pb``, before TF 2.5 in ``saved_model.pb``), or a checkpoint of ``save_weights(prefix)``. The checkpoint's object
   graph (``OBJECT_GRAPH``) gives each variable its TF name (``enc/lstm_cell/kernel``,
   Keras 2's weight names) and the model's layer it belongs to (``layer-<k>``, the k-th of the config's
   layers); read by ``tf_checkpoint``, without TensorFlow.
@@ -394,35 +394,58 @@ def _keras2_layout(layers: list[tuple[str, list[tuple[str, np.ndarray]]]], where
 
 # ------------------------------------------------------------------------- TensorFlow's format
 def _tf_format(path: str) -> Optional[tuple[str, Optional[str]]]:
-    """(checkpoint prefix, its keras_metadata.pb or None) where ``path`` is in TensorFlow's format: a
-    SavedModel folder, or a checkpoint (a prefix, its .index or .data file, or its folder with a
+    """(checkpoint prefix, the file of the model's metadata or None) where ``path`` is in TensorFlow's
+    format: a SavedModel folder (its keras_metadata.pb, or saved before TF 2.5 without one, its
+    saved_model.pb), or a checkpoint (a prefix, its .index or .data file, or its folder with a
     ``checkpoint`` file); else None."""
     if os.path.isdir(path):
-        if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        graph = os.path.join(path, "saved_model.pb")
+        if os.path.isfile(graph):
             meta = os.path.join(path, "keras_metadata.pb")
-            return os.path.join(path, "variables", "variables"), meta if os.path.isfile(meta) else None
+            return os.path.join(path, "variables", "variables"), meta if os.path.isfile(meta) else graph
         return (checkpoint_prefix(path), None) if os.path.isfile(os.path.join(path, "checkpoint")) else None
     prefix = checkpoint_prefix(path)
     return (prefix, None) if os.path.isfile(prefix + ".index") else None
 
 
 def _keras_metadata(path: str) -> tuple[Optional[dict], str]:
-    """(model config or None, Keras version) from a SavedModel's keras_metadata.pb (a SavedMetadata: one
-    node per object, the model's, node_path "root", with its metadata JSON)."""
+    """(model config or None, Keras version) of a SavedModel, from its metadata JSON: in keras_metadata.pb
+    (a SavedMetadata: one node per object, the model's with node_path "root"), or saved before TF 2.5,
+    in saved_model.pb (a SavedModel: the first MetaGraphDef's object graph, whose first node is the
+    model, its SavedUserObject's metadata; none in a SavedModel that Keras did not write)."""
     with open(path, "rb") as f:
         data = f.read()
-    for node in _proto_fields(data, path).get(1, []):
-        fields = _proto_fields(node, path)
-        if _field(fields, 3, path, b"") == b"root":
-            meta = _json_object(path, "the model's metadata", _field(fields, 5, path, b""))
-            config = meta.get("model_config")
-            if config is not None and not isinstance(config, dict):
-                raise ValueError(f"{path}: the model's metadata holds a model_config that is not an object: corrupt "
-                                 f"file?")
-            if config is not None:
-                keras_layers(config, path)  # checked here, where its errors name the file
-            return config, str(meta.get("keras_version", "2"))
-    raise ValueError(f"{path}: no metadata of the model (node 'root'): not a Keras SavedModel's keras_metadata.pb")
+    if os.path.basename(path) == "saved_model.pb":
+        text = _legacy_metadata(data, path)
+        if not text:
+            return None, "2"
+    else:
+        text = next((_field(fields, 5, path, b"") for fields in (_proto_fields(node, path)
+                     for node in _proto_fields(data, path).get(1, [])) if _field(fields, 3, path, b"") == b"root"),
+                    None)
+        if text is None:
+            raise ValueError(f"{path}: no metadata of the model (node 'root'): not a Keras SavedModel's "
+                             f"keras_metadata.pb")
+    meta = _json_object(path, "the model's metadata", text)
+    config = meta.get("model_config")
+    if config is not None and not isinstance(config, dict):
+        raise ValueError(f"{path}: the model's metadata holds a model_config that is not an object: corrupt file?")
+    if config is not None:
+        keras_layers(config, path)  # checked here, where its errors name the file
+    return config, str(meta.get("keras_version", "2"))
+
+
+def _legacy_metadata(data: bytes, where: str) -> bytes:
+    """The root object's metadata (b"" if none) in a SavedModel's saved_model.pb: SavedModel field 2
+    (meta_graphs), MetaGraphDef 7 (object_graph_def), SavedObjectGraph 1 (nodes), SavedObject 4
+    (user_object), SavedUserObject 3 (metadata)."""
+    message = data
+    for number in (2, 7, 1, 4, 3):
+        fields = _proto_fields(message, where)
+        if number not in fields:
+            return b""
+        message = fields[number][0] if number in (2, 1) else _field(fields, number, where, b"")
+    return message
 
 
 def _object_graph(raw: bytes, where: str) -> list[tuple[list[tuple[int, str]], list[tuple[str, str]]]]:
