@@ -55,6 +55,23 @@ def test_x_wrong_feature_size_functional():
         _call(_t(x=torch.randn(B, D + 1)))
 
 
+def test_weights_sized_by_the_projection_say_so():
+    """A projection one column too wide makes the kernel (lstm_cell) or w_h (lstm_sequence) the wrong
+    height: the error says the output size is the projection's, so either can be the one at fault."""
+    t = _t(projection=torch.randn(N, P + 1))
+    with pytest.raises(ValueError, match=rf"^kernel: expected shape {_shape(D + P + 1, 4 * N)} \(input_size {D} "
+                                         rf"\+ output size {P + 1}, the projection's columns; 4 \* num_units {N}\), "
+                                         rf"got {_shape(D + P, 4 * N)}$"):
+        _call(t)
+    with pytest.raises(ValueError, match=rf"^kernel: expected shape {_shape(D + N, 4 * N)} \(input_size {D} \+ "
+                                         rf"output size {N}, num_units: no projection; "):
+        _call(_t(num_proj=None, kernel=torch.randn(D + N + 1, 4 * N)))
+    x, h0, c0 = torch.randn(2, B, D), torch.randn(B, P + 1), torch.randn(B, N)
+    with pytest.raises(ValueError, match=rf"^w_h: expected shape {_shape(P + 1, 4 * N)} \(output size {P + 1}, "
+                                         rf"the projection's columns; 4 \* num_units {N}\), got {_shape(P, 4 * N)}$"):
+        lstm_sequence(x, h0, c0, t["kernel"][:D], t["kernel"][D:], t["bias"], projection=t["projection"])
+
+
 def test_x_wrong_feature_size_module():
     cell = LSTMCell(N, num_proj=P, input_size=D)
     with pytest.raises(ValueError, match=rf"^inputs: expected last dimension {D} \(the cell's input_size\), "
@@ -427,10 +444,14 @@ def test_lengths_left_to_the_kernels_check_stay_out_of_range(dtype, monkeypatch)
 def test_sequence_length_that_is_no_list_of_integers():
     cell = LSTMCell(N, input_size=D)
     x = torch.randn(2, 4, D)
-    for bad in ("ab", [[4], 2]):
+    keras = KerasRNN(LSTM(D, N, batch_first=True), "a")
+    for bad in ("ab", [[4], 2], [True, 2], [4, np.True_], ["a", "b"]):   # booleans too, as in a bool tensor
         with pytest.raises(TypeError, match=r"^lengths \(dynamic_rnn's sequence_length\): expected \[batch\] "
                                             r"integers"):
             dynamic_rnn(cell, x, sequence_length=bad)
+        if len(bad) == 2:
+            with pytest.raises(TypeError, match=r"^lengths: expected \[batch\] integers \(a tensor, list or array\)"):
+                keras(x, lengths=bad)
     out, _ = dynamic_rnn(cell, x[:0], sequence_length=[])  # no rows: an empty list
     assert out.shape == (0, 4, N)
 

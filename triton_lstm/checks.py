@@ -121,6 +121,11 @@ def _output_size(projection: Optional[torch.Tensor], N: int, proj_clip: Optional
     return projection.shape[1]
 
 
+def _output_meaning(P: int, projection: Optional[torch.Tensor]) -> str:
+    """Where the output size comes from, for the errors of the weights it sizes."""
+    return f"output size {P}, " + ("the projection's columns" if projection is not None else "num_units: no projection")
+
+
 class Names(NamedTuple):
     """How errors name the input and the state: by the caller's arguments (``x``, ``h0`` and ``c0``
     for ``lstm_sequence``; ``inputs`` and ``initial_state.c`` for ``dynamic_rnn``; ...)."""
@@ -185,7 +190,8 @@ def check_cell_args(x: torch.Tensor, c: torch.Tensor, h: torch.Tensor, kernel: t
     B, D = x.shape
     N = _num_units("kernel", kernel)
     P = _output_size(projection, N, proj_clip)
-    check_shape("kernel", kernel, (D + P, 4 * N), lambda: f"input_size {D} + output size {P}, 4 * num_units {N}")
+    check_shape("kernel", kernel, (D + P, 4 * N),
+                lambda: f"input_size {D} + {_output_meaning(P, projection)}; 4 * num_units {N}")
     _check_state_and_weights(x, B, N, P, c, h, names, bias, peepholes, {"kernel": kernel, "projection": projection})
     return B, D, N, P
 
@@ -202,16 +208,18 @@ def check_sequence_args(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_x
     N = _num_units("w_h", w_h)
     P = _output_size(projection, N, proj_clip)
     check_shape("w_x", w_x, (D, 4 * N), lambda: f"input_size {D}, 4 * num_units {N}")
-    check_shape("w_h", w_h, (P, 4 * N), lambda: f"output size {P}, 4 * num_units {N}")
+    check_shape("w_h", w_h, (P, 4 * N), lambda: f"{_output_meaning(P, projection)}; 4 * num_units {N}")
     _check_state_and_weights(x, B, N, P, c0, h0, names, bias, peepholes,
                              {"w_x": w_x, "w_h": w_h, "projection": projection}, float32_bias=True)
     return T, B, D, N, P
 
 
-def integer_tensor(values: Any, **kwargs: Any) -> torch.Tensor:
+def integer_tensor(name: str, values: Any, **kwargs: Any) -> torch.Tensor:
     """``torch.as_tensor(values, **kwargs)`` of integers given as a tensor, list or numpy array: a numpy
     view with negative strides (``a[::-1]``, which torch refuses) included, and an empty list, range or array
-    as int64 (torch makes them float32; numpy float64), as a list of ints."""
+    as int64 (torch makes them float32; numpy float64), as a list of ints. What torch cannot make a
+    tensor of, and a list holding booleans (torch makes them 0 and 1; a bool tensor is no integer
+    tensor either), is a TypeError naming ``name``. The dtype is the caller's to check."""
     if isinstance(values, np.ndarray):
         values = np.ascontiguousarray(values)
         empty = values.size == 0
@@ -219,7 +227,15 @@ def integer_tensor(values: Any, **kwargs: Any) -> torch.Tensor:
         empty = not isinstance(values, torch.Tensor) and isinstance(values, Sized) and len(values) == 0
     if empty:
         kwargs.setdefault("dtype", torch.int64)
-    return torch.as_tensor(values, **kwargs)
+    def error() -> TypeError:
+        return TypeError(f"{name}: expected [batch] integers (a tensor, list or array), got {values!r:.80}")
+
+    if isinstance(values, (list, tuple)) and any(isinstance(v, (bool, np.bool_)) for v in values):
+        raise error()
+    try:
+        return torch.as_tensor(values, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise error() from e
 
 
 def comparable(t: torch.Tensor) -> torch.Tensor:

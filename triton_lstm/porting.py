@@ -149,7 +149,7 @@ def _inputs(module: nn.Module, input, lengths, mask):
                              f"{shape_of(mask)}")
         lengths = lengths_from_mask(mask)
     if lengths is not None:
-        given = integer_tensor(lengths, device=input.device)
+        given = integer_tensor("lengths", lengths, device=input.device)
         check_integers("lengths", given)
         lengths = comparable(given)  # what follows compares and clamps them
         if shape_of(lengths) != (input.shape[0],) or bool(((lengths < 0) | (lengths > input.shape[1])).any()):

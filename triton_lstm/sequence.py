@@ -207,11 +207,7 @@ def check_lengths(lengths: Optional[Tensor], T: int, B: int, device: torch.devic
     if lengths is None:
         return None, True
     if not isinstance(lengths, Tensor):
-        try:
-            lengths = integer_tensor(lengths)
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"{LENGTHS}: expected [batch] integers (a tensor, list or array), got "
-                            f"{lengths!r:.80}") from e
+        lengths = integer_tensor(LENGTHS, lengths)
     if lengths.dim() != 1 or lengths.shape[0] != B:
         raise ValueError(f"{LENGTHS}: expected shape ({B},) = [batch], got {shape_of(lengths)}")
     check_integers(LENGTHS, lengths)
