@@ -714,6 +714,20 @@ def test_keras2_savedmodel_from_before_tf_2_5(path, tmp_path):
     assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got.values(), want.values()))
 
 
+def test_keras2_model_in_a_tf_train_checkpoint(path):
+    """TF2's training-loop checkpoint, tf.train.Checkpoint(model=model, optimizer=adam): the model's layers
+    found under the checkpoint's root, the optimizer's variables and slots left out; the same weights as
+    the model's save_weights, which build with layers= (no config). Two models: an error."""
+    got, want = read_keras_weights(fixture("keras2_tf_checkpoint")), read_keras_weights(fixture("keras2_tf_weights"))
+    assert list(got) == list(want) and all(np.array_equal(got[k], want[k]) for k in want)
+    assert read_keras_config(fixture("keras2_tf_checkpoint")) is None
+    module = triton_lstm.load_keras(fixture("keras2_tf_checkpoint/ckpt-1"), layers=["inner", "bi"])
+    assert [layer.lstm.hidden_size for layer in module.layers] == [4, 3]
+    with pytest.raises(ValueError, match=r"keras2_tf_checkpoint_two_models: the checkpoint holds several models "
+                                         r"\(decoder, encoder\); read one model's checkpoint$"):
+        read_keras_weights(fixture("keras2_tf_checkpoint_two_models"))
+
+
 def test_keras_layer_called_twice_is_refused():
     """A model that calls one LSTM twice (lstm(lstm(x))): a module runs each layer once, and computed
     something else without a word."""
@@ -741,7 +755,7 @@ def test_object_graph_variables_are_read_once_each():
              ([(5, "0"), (4, "1")], []),
              ([], [("enc/kernel", "k")]),
              ([], [("enc/bias", "b")])]
-    assert _reachable_variables(nodes, 1) == [("enc/kernel", "k"), ("enc/bias", "b")]
+    assert _reachable_variables(nodes, 1, 0) == [("enc/kernel", "k"), ("enc/bias", "b")]
 
 
 def test_tf_format_errors_name_the_file(tmp_path):
@@ -749,8 +763,8 @@ def test_tf_format_errors_name_the_file(tmp_path):
         with pytest.raises(ValueError, match=r"this checkpoint is object-based \(TF2\): for a Keras model's "
                                              r".*use triton_lstm.load_keras"):
             triton_lstm.load_tf_checkpoint(fixture(keras_checkpoint))
-    with pytest.raises(ValueError, match=r"keras2_subclassed_weights: no variable belongs to a layer of the model's "
-                                         r"list \(layer-<k>\): a subclassed model's or a tf.train.Checkpoint's"):
+    with pytest.raises(ValueError, match=r"keras2_subclassed_weights: no variable belongs to a layer of a model's "
+                                         r"list \(layer-<k>\): a subclassed model's \(also in a tf.train.Checkpoint\)"):
         read_keras_weights(fixture("keras2_subclassed_weights"))
     with pytest.raises(ValueError, match=r"tf1_multi: a TensorFlow checkpoint without an object graph \(a TF1 "
                                          r"Saver's, its variables named by scope\): read it with "

@@ -12,7 +12,9 @@
   ``save_weights`` files hold the layer groups at the root.
 - tf-keras in TensorFlow's format (Keras 2's default where a path has no .h5 or .keras): a SavedModel
   folder (``model.save(folder)``: the weights in ``variables/variables``, a TF checkpoint, the model
-  config in ``keras_metadata.pb``, before TF 2.5 in ``saved_model.pb``), or a checkpoint of ``save_weights(prefix)``. The checkpoint's object
+  config in ``keras_metadata.pb``, before TF 2.5 in ``saved_model.pb``), or a checkpoint of
+  ``save_weights(prefix)`` or of a ``tf.train.Checkpoint`` holding the model (found under its root).
+  The checkpoint's object
   graph (``OBJECT_GRAPH``) gives each variable its TF name (``enc/lstm_cell/kernel``,
   Keras 2's weight names) and the model's layer it belongs to (``layer-<k>``, the k-th of the config's
   layers); read by ``tf_checkpoint``, without TensorFlow.
@@ -465,12 +467,38 @@ def _object_graph(raw: bytes, where: str) -> list[tuple[list[tuple[int, str]], l
     return nodes
 
 
+def _lists_layers(node: tuple[list[tuple[int, str]], list[tuple[str, str]]]) -> bool:
+    return any(re.fullmatch(r"layer-\d+", name) for _, name in node[0])
+
+
+def _model_node(nodes: list[tuple[list[tuple[int, str]], list[tuple[str, str]]]], where: str) -> int:
+    """The model's node: the root (a model's SavedModel or save_weights), or where the root is no model
+    (a ``tf.train.Checkpoint(model=model, optimizer=...)``), the one nearest it whose children list
+    layers (``layer-<k>``); the root where none does."""
+    level, seen = [(0, "")], {0}
+    while level:
+        models = {node: path for node, path in level if _lists_layers(nodes[node])}
+        if len(models) > 1:
+            raise ValueError(f"{where}: the checkpoint holds several models ({', '.join(sorted(models.values()))}); "
+                             f"read one model's checkpoint")
+        if models:
+            return next(iter(models))
+        below = []
+        for node, path in level:
+            for child, name in nodes[node][0]:
+                if child not in seen:
+                    seen.add(child)
+                    below.append((child, f"{path}/{name}".lstrip("/")))
+        level = below
+    return 0
+
+
 def _reachable_variables(nodes: list[tuple[list[tuple[int, str]], list[tuple[str, str]]]],
-                         start: int) -> list[tuple[str, str]]:
+                         start: int, model: int) -> list[tuple[str, str]]:
     """The variables (TF name, checkpoint key) of every node reachable from ``start`` (a layer: a nested
     model's, a Bidirectional's too), each once, in the order they were made (their nodes' order), not
-    through the root (node 0, which every object can reach)."""
-    seen, todo, found = {0, start}, [start], []
+    through the root (node 0, which every object can reach) or the ``model``'s node."""
+    seen, todo, found = {0, model, start}, [start], []
     while todo:
         at = todo.pop()
         found += [(at, variable) for variable in nodes[at][1]]
@@ -496,12 +524,13 @@ def _tf_format_layers(prefix: str, meta: Optional[str],
     if entries and config.get("class_name") == "Sequential" and entries[0]["class_name"] == "InputLayer":
         entries = entries[1:]   # a Sequential's list of layers (layer-<k>) leaves its input out; its config not
     layers: list[tuple[str, list[tuple[str, np.ndarray]]]] = []
-    for node, name in (nodes[0][0] if nodes else []):
+    model = _model_node(nodes, where) if nodes else 0
+    for node, name in (nodes[model][0] if nodes else []):
         place = re.fullmatch(r"layer-(\d+)", name)
         if place is None:
             continue
         weights = []
-        for tf_name, key in _reachable_variables(nodes, node):
+        for tf_name, key in _reachable_variables(nodes, node, model):
             if key not in tensors:
                 raise ValueError(f"{where}: the object graph names the variable {key!r}, which the checkpoint "
                                  f"does not hold: corrupt checkpoint")
@@ -521,9 +550,9 @@ def _tf_format_layers(prefix: str, meta: Optional[str],
                     layers.append((owner, []))
                 layers[-1][1].append((tf_name, value))
     if not layers and any(variables for _, variables in nodes):
-        raise ValueError(f"{where}: no variable belongs to a layer of the model's list (layer-<k>): a subclassed "
-                         f"model's or a tf.train.Checkpoint's, which are not read; save the model as a Functional "
-                         f"or Sequential one")
+        raise ValueError(f"{where}: no variable belongs to a layer of a model's list (layer-<k>): a subclassed "
+                         f"model's (also in a tf.train.Checkpoint), which is not read; save the model as a "
+                         f"Functional or Sequential one")
     return layers, config, version
 
 
@@ -532,8 +561,8 @@ def read_keras_weights(path: str) -> dict[str, np.ndarray]:
 
     ``path``: a ``.keras`` or ``.weights.h5`` file (Keras 3 or tf-keras), an ``.h5`` (Keras 2's model or
     weights, Keras 3's legacy model), or tf-keras in TensorFlow's format: a SavedModel folder or a
-    ``save_weights`` checkpoint (its folder, prefix or .index). Layers carry the names given to them
-    (``"encoder_lstm/kernel"``), a nested model's layers too, except in a tf-keras file without its
+    ``save_weights`` or ``tf.train.Checkpoint`` checkpoint (its folder, prefix or .index). Layers carry
+    the names given to them (``"encoder_lstm/kernel"``), a nested model's layers too, except in a tf-keras file without its
     config, which names them by class and place (``lstm``, ``lstm_1``); an LSTM's weights are
     ``kernel`` [D, 4U], ``recurrent_kernel`` [U, 4U] and ``bias`` [4U] (gates i, f, c, o), a
     Bidirectional's ``<name>/forward/...`` and ``<name>/backward/...``, the k-th cell of an RNN of

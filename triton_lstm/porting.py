@@ -906,7 +906,7 @@ def _keras_output_width(layer: KerasRNN) -> Optional[int]:
 
 def load_keras(path: str, layers: Union[str, Sequence[str], None] = None) -> LSTMStack:
     """The LSTM layers of a Keras file (``.keras``, ``.weights.h5``, Keras 2 ``.h5``, or tf-keras' SavedModel
-    folder or ``save_weights`` checkpoint) as a ready module, in one call (HDF5 files need h5py). Call
+    folder, ``save_weights`` or ``tf.train.Checkpoint`` checkpoint) as a ready module, in one call (HDF5 files need h5py). Call
     it as ``module(x [B, T, D], mask=None | lengths=None)``; it returns ``(output, (h_n, c_n))`` with the last layer's output as Keras gives it."""
     return keras_to_module(read_keras_weights(path), read_keras_config(path), layers)
 
