@@ -724,7 +724,7 @@ def test_keras2_model_in_a_tf_train_checkpoint(path):
     module = triton_lstm.load_keras(fixture("keras2_tf_checkpoint/ckpt-1"), layers=["inner", "bi"])
     assert [layer.lstm.hidden_size for layer in module.layers] == [4, 3]
     with pytest.raises(ValueError, match=r"keras2_tf_checkpoint_two_models: the checkpoint holds several models "
-                                         r"\(decoder, encoder\); read one model's checkpoint$"):
+                                         r"under its root \(decoder, encoder\); one model's checkpoint is read$"):
         read_keras_weights(fixture("keras2_tf_checkpoint_two_models"))
 
 
@@ -756,6 +756,24 @@ def test_object_graph_variables_are_read_once_each():
              ([], [("enc/kernel", "k")]),
              ([], [("enc/bias", "b")])]
     assert _reachable_variables(nodes, 1, 0) == [("enc/kernel", "k"), ("enc/bias", "b")]
+
+
+def test_the_model_under_a_checkpoint_root_and_nothing_beside_it():
+    """The model's node: the root where it lists layers; else the one child that does, with only an
+    optimizer and a save counter beside it. A subclassed model holding a Sequential and a layer of
+    its own: the layer would be left out, an error."""
+    from triton_lstm.keras_files import _model_node
+    layer = ([], [("lstm/kernel", "k")])
+    model = ([(1, "layer-0"), (1, "layer_with_weights-0")], [])
+    assert _model_node([([(1, "layer-0")], []), layer], "f") == 0
+    beside = [(2, "optimizer"), (3, "save_counter")]
+    nodes = [([(4, "model"), *beside], []), layer, ([], [("Adam/iter", "i")]), ([], [("save_counter", "s")]), model]
+    assert _model_node(nodes, "f") == 4
+    subclassed = [([(4, "body"), (2, "head")], []), layer, ([], [("head/kernel", "h")]), ([], []), model]
+    with pytest.raises(ValueError, match=r"^f: the checkpoint holds variables beside the model 'body', under "
+                                         r"\['head'\] \(a subclassed model's own layers\?\), which are not read"):
+        _model_node(subclassed, "f")
+    assert _model_node([([(1, "encoder")], []), layer], "f") == 0   # no model: the root, for its error
 
 
 def test_tf_format_errors_name_the_file(tmp_path):

@@ -471,26 +471,31 @@ def _lists_layers(node: tuple[list[tuple[int, str]], list[tuple[str, str]]]) -> 
     return any(re.fullmatch(r"layer-\d+", name) for _, name in node[0])
 
 
+# What a tf.train.Checkpoint of a training loop holds beside the model, by the names it is given.
+_BESIDE_THE_MODEL = ("optimizer", "save_counter")
+
+
 def _model_node(nodes: list[tuple[list[tuple[int, str]], list[tuple[str, str]]]], where: str) -> int:
-    """The model's node: the root (a model's SavedModel or save_weights), or where the root is no model
-    (a ``tf.train.Checkpoint(model=model, optimizer=...)``), the one nearest it whose children list
-    layers (``layer-<k>``); the root where none does."""
-    level, seen = [(0, "")], {0}
-    while level:
-        models = {node: path for node, path in level if _lists_layers(nodes[node])}
-        if len(models) > 1:
-            raise ValueError(f"{where}: the checkpoint holds several models ({', '.join(sorted(models.values()))}); "
-                             f"read one model's checkpoint")
-        if models:
-            return next(iter(models))
-        below = []
-        for node, path in level:
-            for child, name in nodes[node][0]:
-                if child not in seen:
-                    seen.add(child)
-                    below.append((child, f"{path}/{name}".lstrip("/")))
-        level = below
-    return 0
+    """The model's node: the root (a model's SavedModel or save_weights) or, where the root lists no
+    layers (``layer-<k>``), its one child that does: a ``tf.train.Checkpoint(model=model, optimizer=...)``,
+    which may hold its optimizer and save counter beside the model, no other variables (a subclassed
+    model's other layers, which would be left out without a word). The root where no child lists layers."""
+    if _lists_layers(nodes[0]):
+        return 0
+    models = {child: name for child, name in nodes[0][0] if _lists_layers(nodes[child])}
+    if not models:
+        return 0
+    if len(models) > 1:
+        raise ValueError(f"{where}: the checkpoint holds several models under its root "
+                         f"({', '.join(sorted(models.values()))}); one model's checkpoint is read")
+    [(model, name)] = models.items()
+    others = sorted({other for child, other in nodes[0][0] if child != model and other not in _BESIDE_THE_MODEL
+                     and _reachable_variables(nodes, child, model)})
+    if others:
+        raise ValueError(f"{where}: the checkpoint holds variables beside the model {name!r}, under {others} (a "
+                         f"subclassed model's own layers?), which are not read; save the model as a Functional "
+                         f"or Sequential one, alone or with its optimizer")
+    return model
 
 
 def _reachable_variables(nodes: list[tuple[list[tuple[int, str]], list[tuple[str, str]]]],
