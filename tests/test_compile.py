@@ -96,6 +96,12 @@ def test_lengths_outside_the_range_give_nan_rows_when_compiled(path):
     for name, got, ref in (("outputs", out, want), ("c", c, want_c), ("h", h, want_h)):
         assert torch.isnan(got[bad]).all(), f"{name}: rows with lengths outside [0, T] must be NaN"
         assert_close(name, got[good], ref, TOL)
+    # No steps: a bad row's final state is NaN too, the others' the zero initial state.
+    out, (c, h) = torch.compile(run, backend="aot_eager", fullgraph=path != "cell each step")(
+        x[:, :0], torch.tensor([1, 0, -1, 0]))
+    assert out.shape == (B, 0, P)
+    for name, got in (("c", c), ("h", h)):
+        assert torch.isnan(got[[0, 2]]).all() and torch.equal(got[[1, 3]], torch.zeros_like(got[[1, 3]])), name
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

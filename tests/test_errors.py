@@ -445,7 +445,7 @@ def test_sequence_length_that_is_no_list_of_integers():
     cell = LSTMCell(N, input_size=D)
     x = torch.randn(2, 4, D)
     keras = KerasRNN(LSTM(D, N, batch_first=True), "a")
-    for bad in ("ab", [[4], 2], [True, 2], [4, np.True_], ["a", "b"]):   # booleans too, as in a bool tensor
+    for bad in ("ab", [[4], 2], [True, 2], [4, np.True_], [torch.tensor(True), 3], ["a", "b"]):   # as a bool tensor
         with pytest.raises(TypeError, match=r"^lengths \(dynamic_rnn's sequence_length\): expected \[batch\] "
                                             r"integers"):
             dynamic_rnn(cell, x, sequence_length=bad)

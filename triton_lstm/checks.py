@@ -230,7 +230,8 @@ def integer_tensor(name: str, values: Any, **kwargs: Any) -> torch.Tensor:
     def error() -> TypeError:
         return TypeError(f"{name}: expected [batch] integers (a tensor, list or array), got {values!r:.80}")
 
-    if isinstance(values, (list, tuple)) and any(isinstance(v, (bool, np.bool_)) for v in values):
+    if isinstance(values, (list, tuple)) and any(isinstance(v, (bool, np.bool_)) or (
+            isinstance(v, (torch.Tensor, np.ndarray)) and v.dtype in (torch.bool, np.bool_)) for v in values):
         raise error()
     try:
         return torch.as_tensor(values, **kwargs)

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from triton_lstm.cell import LSTMCell, LSTMStateTuple, as_dtype
+from triton_lstm import launch
 from triton_lstm.checks import DTypeError, ShapeError, check_int, check_scope, check_state_shapes, check_tensor
 from triton_lstm.sequence import check_earlier_launches, check_lengths, named_sequence, poison_bad_lengths
 
@@ -90,10 +91,11 @@ def _called_each_step(cell: LSTMCell, x: Tensor, c0: Tensor, h0: Tensor,
     what the padding holds (NaN) enters no gradient. Lengths on a GPU are checked there, as the
     kernels check them (``check_lengths``)."""
     T, B, _ = x.shape
-    check_earlier_launches(x.device)
+    if launch.gpu_device(x.device):
+        check_earlier_launches(x.device)
     lengths, checked = check_lengths(sequence_length, T, B, x.device)
     if not checked:
-        lengths, c0 = poison_bad_lengths(lengths, T, c0)
+        lengths, h0, c0 = poison_bad_lengths(lengths, T, h0, c0)
     c, h, outs = c0, h0, []
     for t in range(T):
         live = None if lengths is None else (lengths > t)[:, None]

@@ -227,14 +227,16 @@ def check_lengths(lengths: Optional[Tensor], T: int, B: int, device: torch.devic
     return values.to(device=device, dtype=torch.int32, non_blocking=True).contiguous(), checked_here
 
 
-def poison_bad_lengths(lengths: Tensor, T: int, c0: Tensor) -> tuple[Tensor, Tensor]:
+def poison_bad_lengths(lengths: Tensor, T: int, h0: Tensor, c0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Unchecked lengths for a path other than the kernels, checked as the kernels check them: a row
-    outside [0, T] runs every step from a NaN cell state (returned: lengths with T there, and c0),
-    and is reported to a later call where it can be (not while compiling or capturing)."""
+    outside [0, T] runs every step from a NaN state (returned: lengths with T there, h0 and c0; so
+    with no steps its final state is NaN too), and is reported to a later call where it can be (not
+    while compiling or capturing)."""
     bad = (lengths < 0) | (lengths > T)
     if not torch.compiler.is_compiling():
         watch(torch.stack([lengths.new_zeros(()), bad.sum(dtype=torch.int32)]))
-    return torch.where(bad, T, lengths), torch.where(bad[:, None], float("nan"), c0)
+    return (torch.where(bad, T, lengths), torch.where(bad[:, None], float("nan"), h0),
+            torch.where(bad[:, None], float("nan"), c0))
 
 
 def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bias: Tensor,
@@ -288,10 +290,11 @@ def named_sequence(names: Names, x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor,
     tangents = forward_mode((x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection))
     reference = ids is None or tangents
     on_kernels = not reference and kernels_run_on(x.device, x.dtype)
-    check_earlier_launches(x.device)
+    if launch.gpu_device(x.device):
+        check_earlier_launches(x.device)
     lengths, checked = check_lengths(lengths, T, B, x.device)
     if not checked and not (on_kernels and T):   # the kernels check them (with no steps, none runs)
-        lengths, c0 = poison_bad_lengths(lengths, T, c0)
+        lengths, h0, c0 = poison_bad_lengths(lengths, T, h0, c0)
     if not reference and not on_kernels and x.device.type == "cpu":
         return own_final_state(*lstm_sequence_cpu(
             x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, lengths, forget_bias=forget_bias,
