@@ -728,6 +728,35 @@ def test_keras2_model_in_a_tf_train_checkpoint(path):
         read_keras_weights(fixture("keras2_tf_checkpoint_two_models"))
 
 
+@pytest.mark.parametrize("name", ["keras_initial_state.keras", "keras2_initial_state.h5"])
+def test_keras_layer_started_from_another_layers_states(name):
+    """A decoder given the encoder's final states (initial_state=): a chain would run it from zeros
+    (it did, without a word), so the model is refused; loaded alone, it runs as Keras' given those
+    states as hx (against Keras' outputs)."""
+    path = fixture(name)
+    for layers in (None, ["enc", "dec"]):
+        with pytest.raises(ValueError, match=r"^layers: 'dec' takes 3 tensors from \['enc'\]: its input and more "
+                                             r"\(initial_state=\.\.\.\), which a module of the chain does not pass"):
+            triton_lstm.load_keras(path, layers=layers)
+    if name.endswith(".keras"):
+        ref = expected("keras_initial_state")
+        x = torch.as_tensor(ref["x"])
+        encoder, decoder = (triton_lstm.load_keras(path, layers=[n]) for n in ("enc", "dec"))
+        y, states = encoder(x)
+        close(decoder(y, states)[0], ref["y"], "decoder output")
+
+
+@pytest.mark.parametrize("name,layer", [("keras2_nested_rnn.weights.h5", "rnn"), ("keras2_group.h5", "inner")])
+def test_keras_weights_of_two_layers_under_one_name(name, layer):
+    """Weights files without the config: tf-keras names a nested RNN(LSTMCell) and an outer RNN of cells
+    both "rnn" (.weights.h5), and a save_weights .h5 keeps a nested model's layers in its one group.
+    Their keys differ (<name>/kernel, <name>/cells/<k>/...), so no key clashed: one of the layers was
+    read and the other dropped. Now an error."""
+    with pytest.raises(ValueError, match=rf"{re.escape(name)}: two layers' weights read as '{layer}' in several "
+                                         rf"layouts \(cells, its own\): a nested model's layers"):
+        read_keras_weights(fixture(name))
+
+
 def test_keras_layer_called_twice_is_refused():
     """A model that calls one LSTM twice (lstm(lstm(x))): a module runs each layer once, and computed
     something else without a word."""

@@ -130,9 +130,10 @@ def _text(value: Any) -> str:
 
 
 def _inbound(layer: dict, where: str) -> Optional[list[str]]:
-    """The names of the layers whose outputs a Functional model's layer takes as its inputs (Keras 3:
-    its node's args; tf-keras: its node's tensors), or None where the config does not say (a
-    Sequential model's layers, a layer called more than once)."""
+    """The names of the layers whose outputs a Functional model's layer takes (Keras 3: its node's args,
+    then an RNN's initial_state among its keyword arguments, which also hold the mask Keras passes
+    along; tf-keras: its node's tensors, an RNN's initial states after its input), or None where the
+    config does not say (a Sequential model's layers, a layer called more than once)."""
     nodes = layer.get("inbound_nodes")
     if not isinstance(nodes, list) or len(nodes) != 1:
         return None
@@ -156,7 +157,12 @@ def _inbound(layer: dict, where: str) -> Optional[list[str]]:
                     visit(item)
 
     node = nodes[0]
-    visit(node.get("args", []) if isinstance(node, dict) else node)
+    if isinstance(node, dict):
+        visit(node.get("args", []))
+        kwargs = node.get("kwargs")
+        visit(kwargs.get("initial_state", []) if isinstance(kwargs, dict) else [])
+    else:
+        visit(node)
     return names
 
 
@@ -214,13 +220,33 @@ def saved_paths(entries: list[dict]) -> dict[str, dict]:
     return out
 
 
+def _collision(where: str, what: str, has_config: bool) -> ValueError:
+    why = ("two layers of its nested models share a name; not supported" if has_config else
+           "a nested model's layers, which a file without the model config names by class alone (or its "
+           "group holds them all); read a file with the config (.keras or a model .h5)")
+    return ValueError(f"{where}: two layers' weights read as {what}: {why}")
+
+
 def _keep(out: dict[str, np.ndarray], key: str, value, where: str, has_config: bool) -> None:
     if key in out:
-        why = ("two layers of its nested models share a name; not supported" if has_config else
-               "a nested model's layers, which a file without the model config names by class alone (or its "
-               "group holds them all); read a file with the config (.keras or a model .h5)")
-        raise ValueError(f"{where}: two layers' weights read as {key!r}: {why}")
+        raise _collision(where, repr(key), has_config)
     out[key] = value
+
+
+def _check_one_layout(weights: dict[str, np.ndarray], where: str, has_config: bool) -> dict[str, np.ndarray]:
+    """Each layer's weights in one layout: its own (``<layer>/kernel``), a Bidirectional's
+    (``<layer>/forward/...``) or stacked cells' (``<layer>/cells/<k>/...``). Two of them under one name
+    are two layers read under it (a nested RNN(LSTMCell) and an outer RNN of cells, both "rnn"), whose
+    keys differ, so ``_keep`` cannot see them meet."""
+    layouts: dict[str, set[str]] = {}
+    for key in weights:
+        parts = key.split("/")
+        layouts.setdefault(parts[0], set()).add(parts[1] if parts[1] in ("forward", "backward", "cells") else "")
+    for layer, found in layouts.items():
+        if len(found) > 1 and ("" in found or "cells" in found):
+            names = sorted("its own" if layout == "" else layout for layout in found)
+            raise _collision(where, f"{layer!r} in several layouts ({', '.join(names)})", has_config)
+    return weights
 
 
 # An uncompressed weight of more bytes than this is read only where the file stores at least
@@ -577,11 +603,13 @@ def read_keras_weights(path: str) -> dict[str, np.ndarray]:
     tf_format = _tf_format(path)
     if tf_format is not None:
         layers, config, _ = _tf_format_layers(*tf_format, path)
-        return _keras2_layout(layers, path, config)
+        return _check_one_layout(_keras2_layout(layers, path, config), path, config is not None)
     with _open(path) as (f, path, config, version):
         if "model_weights" in f or "layer_names" in f.attrs:  # Keras 2's layout (also Keras 3's legacy .h5)
-            return _keras2_weights(f, path, config)
-        return _keras3_weights(f, path, config)
+            weights = _keras2_weights(f, path, config)
+        else:
+            weights = _keras3_weights(f, path, config)
+    return _check_one_layout(weights, path, config is not None)
 
 
 def read_keras_config(path: str) -> Optional[dict]:

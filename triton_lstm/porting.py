@@ -777,6 +777,7 @@ def keras_to_module(weights: Mapping[str, Any], config: Optional[dict] = None,
     by_name = {e["name"]: e for e in entries}
     place = {e["name"]: k for k, e in enumerate(entries)}
     recurrent = [e["name"] for e in entries if _is_lstm(e)]
+    by_default = layers is None
     if layers is None:
         if config is None:
             recurrent = list(dict.fromkeys(k.split("/")[0] for k in weights if k.endswith("/recurrent_kernel")))
@@ -805,6 +806,15 @@ def keras_to_module(weights: Mapping[str, Any], config: Optional[dict] = None,
     if shared:
         raise ValueError(f"layers: {shared} called {by_name[shared[0]]['calls']} times in the model (a shared layer); "
                          f"a module runs each layer once, so this model is not supported")
+    # A layer given more than its input (initial_state=): only alone or first of the layers named,
+    # its states then the caller's to pass (hx).
+    fed = [n for k, n in enumerate(layers) if config and len(by_name[n].get("inbound") or []) > 1
+           and (by_default or k > 0)]
+    if fed:
+        inbound = by_name[fed[0]]["inbound"]
+        raise ValueError(f"layers: {fed[0]!r} takes {len(inbound)} tensors from {sorted(set(inbound))}: its input "
+                         f"and more (initial_state=...), which a module of the chain does not pass; load it with "
+                         f"layers=[{fed[0]!r}, ...] and pass its initial state as hx")
     repeated = sorted({n for n in layers if layers.count(n) > 1})
     if repeated:
         raise ValueError(f"layers: {repeated} given more than once")
