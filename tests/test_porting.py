@@ -286,6 +286,26 @@ def test_bidirectional_layers_whose_directions_differ(name, path):
         np.testing.assert_allclose(back[key], variables[key], atol=1e-7, err_msg=key)
 
 
+@pytest.mark.parametrize("name", ["tf1_bidi_proj_fw", "tf1_bidi_proj_bw"])
+def test_bidirectional_layer_with_a_projection_on_one_side_and_proj_clip(name, path):
+    """proj_clip given for a layer whose fw or bw cell alone has a projection: that cell clips, the other
+    ignores it, as TF's cells (it was kept or dropped for both by the bw cell: an error, or an unclipped
+    fw projection). Against TF's outputs and final states, the clip reached."""
+    ref = expected(name)
+    module = triton_lstm.load_tf_checkpoint(fixture(name), proj_clip=0.1)
+    out, (h, c) = module(torch.as_tensor(ref["x"]), lengths=torch.as_tensor(ref["lengths"]))
+    projected = ref["output"][..., :2] if name.endswith("fw") else ref["output"][..., 3:]
+    assert np.isclose(np.abs(projected), 0.1).any(), "the clip is not reached: the test would not see it missing"
+    close(out, ref["output"], "output")
+    for k in range(2):
+        close(h[k], ref[f"h{k}"], f"h_n[{k}]")
+        close(c[k], ref[f"c{k}"], f"c_n[{k}]")
+    # No steps: an error naming the input, as nn.LSTM's (with lengths, packing failed on it).
+    for lengths in (None, torch.zeros(3, dtype=torch.long)):
+        with pytest.raises(ValueError, match=r"^input: expected at least one time step, got shape \(3, 0, 4\)$"):
+            module(torch.zeros(3, 0, 4), lengths=lengths)
+
+
 def test_adam_checkpoint_scopes(path):
     ref = expected("tf1_adam")
     with pytest.raises(ValueError, match=r"several LSTM stacks, under the scopes \['decoder/rnn', 'encoder/rnn'\]"):

@@ -139,6 +139,8 @@ def _inputs(module: nn.Module, input, lengths, mask):
     if not isinstance(input, Tensor) or input.dim() != 3:
         raise ValueError(f"input: expected [batch, time, features] (batch_first) or a PackedSequence, got "
                          f"{shape_of(input) if isinstance(input, Tensor) else type(input).__name__}")
+    if input.shape[1] == 0:   # as nn.LSTM, which the layers run (with lengths, packing failed on it)
+        raise ValueError(f"input: expected at least one time step, got shape {shape_of(input)}")
     if lengths is not None and mask is not None:
         raise ValueError("lengths, mask: pass one of them")
     if mask is None and lengths is None and getattr(module, "mask_value", None) is not None:
@@ -406,9 +408,11 @@ def _cell_shapes(cell: str, v: dict[str, Any]) -> dict:
 
 
 def _lstm_from_cells(layers: list[list[dict]], cells: Mapping[str, dict], options: dict) -> LSTM:
-    """One triton_lstm.LSTM holding ``layers`` (each a list of 1 or 2 directions' cell shapes)."""
+    """One triton_lstm.LSTM holding ``layers`` (each a list of 1 or 2 directions' cell shapes, all of one
+    shape). Without a projection it ignores ``proj_clip``, as TF's cell does."""
     first = layers[0][0]
     kernel = as_tensor(cells[first["scope"]]["kernel"])
+    options = dict(options, proj_clip=options["proj_clip"] if first["projection"] else None)
     module = LSTM(first["d"], first["n"], num_layers=len(layers), batch_first=True,
                   bidirectional=len(layers[0]) == 2, proj_size=first["p"] if first["projection"] else 0,
                   use_peepholes=first["peepholes"], dtype=kernel.dtype if kernel.is_floating_point() else None,
@@ -505,9 +509,7 @@ def tf_to_module(variables: Mapping[str, Any], scope: Optional[str] = None, *, f
     first = layer_list(directions[0])
     option_lists = [_per_layer(n, v, len(first)) for n, v in (("forget_bias", forget_bias), ("cell_clip", cell_clip),
                                                               ("proj_clip", proj_clip), ("activation", activation))]
-    # As TF's cell, a layer without a projection ignores proj_clip.
-    options = [dict(forget_bias=f, cell_clip=c, proj_clip=p if shape["projection"] else None, activation=a)
-               for f, c, p, a, shape in zip(*option_lists, first)]
+    options = [dict(forget_bias=f, cell_clip=c, proj_clip=p, activation=a) for f, c, p, a in zip(*option_lists)]
     if directions == [None]:
         return _build_stack([[s] for s in layer_list(None)], cells, options)
     fw, bw = layer_list("fw"), layer_list("bw")
