@@ -609,6 +609,10 @@ def test_keras_layers_chain_checked_at_load():
         triton_lstm.load_keras(fixture("keras_stacked.keras"), layers=[])
     with pytest.raises(ValueError, match=r"^layers: \['lstm_a'\] given more than once"):
         triton_lstm.load_keras(fixture("keras_stacked.keras"), layers=["lstm_a", "lstm_a"])
+    # A Sequential model's Dense between two LSTMs (its config has no inbound nodes): named or not.
+    for layers in (None, ["la", "lb"]):
+        with pytest.raises(ValueError, match=r"^layers: \['dense'\] \(Dense\) sit between "):
+            triton_lstm.load_keras(fixture("keras_between_dense.keras"), layers=layers)
     weights = dict(read_keras_weights(fixture("keras_stacked.keras")))
     weights["lstm_b/recurrent_kernel"] = weights["lstm_b/recurrent_kernel"][:-1]
     with pytest.raises(ValueError, match=r"^weights: layer lstm_b: recurrent_kernel: expected"):
@@ -617,6 +621,20 @@ def test_keras_layers_chain_checked_at_load():
     with pytest.raises(ValueError, match=r"^weights: no lstm_b/kernel; layers with both LSTM kernels: "
                                          r"\['lstm_a', 'lstm_c'\]"):
         keras_to_module(weights, read_keras_config(fixture("keras_stacked.keras")))
+
+
+def test_keras_einsum_dense_drops_the_mask(path):
+    """An EinsumDense after a Masking layer drops Keras' mask (it supports none): the LSTM after it runs
+    every step, as Keras', from the EinsumDense's outputs, without a mask asked for."""
+    ref = expected("keras_einsum_mask")
+    module = triton_lstm.load_keras(fixture("keras_einsum_mask.keras"))
+    assert module.mask_value is None and module.requires_mask is None
+    assert (ref["x"][1, 3:] == 0).all() and not np.allclose(ref["y"][1, 3:], ref["y"][1, 2])
+    close(module(torch.as_tensor(ref["e"]))[0], ref["y"], "output")
+    # AlphaDropout computes nothing at inference and keeps the mask: the mask still comes from the input.
+    from triton_lstm.porting import _keras_mask
+    masking = {"class_name": "Masking", "name": "m", "config": {"mask_value": 0.5}}
+    assert _keras_mask([masking, {"class_name": "AlphaDropout", "name": "a", "config": {}}]) == (0.5, None)
 
 
 @pytest.mark.parametrize("ext", ["keras", "h5"])

@@ -627,14 +627,14 @@ def module_to_tf(module: nn.Module, scope: Optional[str] = None, forget_bias=1.0
 # ---------------------------------------------------------------------------------- Keras files
 # Layers that compute nothing at inference, so LSTM layers around them still form a chain.
 _PASS_THROUGH = {"InputLayer", "Masking", "Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout",
-                 "ActivityRegularization", "NotEqual", "Any"}
+                 "AlphaDropout", "ActivityRegularization", "NotEqual", "Any"}
 
 
 # Layers that hand Keras' mask on (supports_masking) and layers that drop it, between a mask and the LSTMs.
-_KEEP_MASK = _PASS_THROUGH | {"Dense", "EinsumDense", "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax",
+_KEEP_MASK = _PASS_THROUGH | {"Dense", "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax",
                               "BatchNormalization", "LayerNormalization", "UnitNormalization", "GroupNormalization",
                               "TimeDistributed"}
-_DROP_MASK = {"Conv1D", "SeparableConv1D", "DepthwiseConv1D", "Conv1DTranspose", "Lambda", "Flatten", "Reshape",
+_DROP_MASK = {"EinsumDense", "Conv1D", "SeparableConv1D", "DepthwiseConv1D", "Conv1DTranspose", "Lambda", "Flatten", "Reshape",
               "Permute", "RepeatVector", "MaxPooling1D", "AveragePooling1D", "GlobalMaxPooling1D",
               "GlobalAveragePooling1D", "UpSampling1D", "ZeroPadding1D", "Cropping1D"}
 
@@ -869,6 +869,11 @@ def _mask_between(before: str, after: str, between: list[dict], by_name: Mapping
             raise ValueError(f"layers: {after!r} takes its inputs from {source[0]!r}, not from {before!r} before "
                              f"it; pass layers=[...] to pick a chain of layers that feed one another")
         between = source[1]
+    computing = [e["name"] for e in between if e["class_name"] not in _PASS_THROUGH]
+    if computing:   # a Sequential model's layers between (inbound nodes lead through none)
+        raise ValueError(f"layers: {computing} ({by_name[computing[0]]['class_name']}) sit between {before!r} and "
+                         f"{after!r}, which the module would skip; pass layers=[...] to pick a chain of layers "
+                         f"that feed one another")
     mask_value, requires_mask = _keras_mask(between)
     if requires_mask is not None:
         makers = [e["name"] for e in between if e["class_name"] == "Masking" or e["class_name"] not in _PASS_THROUGH]
