@@ -454,10 +454,11 @@ def test_tf_weights_names_and_values():
     assert np.array_equal(w[pre + "w_o_diag"], cell.w_o_diag.detach().numpy())
     plain = LSTMCell(N, input_size=D).tf_weights(scope="model/lstm_cell_2")
     assert set(plain) == {"model/lstm_cell_2/kernel", "model/lstm_cell_2/bias"}
-    # A named cell writes TF's default cell scope too: its weights convert as any cell's.
+    # A named cell's variables are under its name, as TF's dynamic_rnn names them (rnn/encoder/kernel);
+    # such a scope, not named like an LSTM cell, converts with the scope given.
     named = LSTMCell(N, input_size=D, name="encoder", cell_clip=1.0)
-    assert set(named.tf_weights()) == {"rnn/lstm_cell/kernel", "rnn/lstm_cell/bias"}
-    module = triton_lstm.porting.tf_to_module(named.tf_weights(), cell_clip=1.0)
+    assert set(named.tf_weights()) == {"rnn/encoder/kernel", "rnn/encoder/bias"}
+    module = triton_lstm.porting.tf_to_module(named.tf_weights(), scope="rnn", cell_clip=1.0)
     assert torch.equal(module.weight_hh_l0, named.kernel[D:].detach().t()[[*range(N), *range(2 * N, 3 * N),
                                                                            *range(N, 2 * N), *range(3 * N, 4 * N)]])
 

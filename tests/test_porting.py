@@ -1040,7 +1040,10 @@ def _weight_normed(lstm):
      r"got LSTMStack; TF1 has no layout for its layer 0, an LSTM of num_layers=2 inside a stack"),
     (lambda: Bidirectional(LSTM(3, 4, batch_first=True), LSTM(3, 4, batch_first=True), merge_mode="sum"),
      r"got Bidirectional; TF1 has no layout for a Bidirectional with merge_mode='sum'"),
-], ids=["gates", "pruned", "parametrized", "keras-layer", "multi-layer-in-stack", "sum-merge"])
+    (lambda: LSTMStack([LSTMStack([LSTM(3, 4, batch_first=True)])]),   # raised a bare StopIteration
+     r"got LSTMStack; TF1 has no layout for its layer 0, an LSTMStack inside a stack \(give the outer stack its "
+     r"layers: LSTMStack\(\[\*inner.layers, \.\.\.\]\)\)$"),
+], ids=["gates", "pruned", "parametrized", "keras-layer", "multi-layer-in-stack", "sum-merge", "stack-in-stack"])
 def test_module_to_tf_names_what_has_no_tf1_form(module, message):
     """Each of these exported silently wrong (TF computes sigmoid gates; the weights of a pruned or
     parametrized LSTM are not under their names) or with an error that named only the class."""

@@ -387,11 +387,14 @@ class LSTMCell(nn.Module):
             names["projection/kernel"] = "projection_kernel"
         return names
 
-    def tf_weights(self, scope: str = "rnn/lstm_cell") -> dict[str, np.ndarray]:
+    def tf_weights(self, scope: Optional[str] = None) -> dict[str, np.ndarray]:
         """The weights under TF's variable names (``scope/kernel`` ...), as numpy arrays in the cell's
-        dtype (bfloat16, which numpy lacks, as float32)."""
+        dtype (bfloat16, which numpy lacks, as float32). ``scope``: by default dynamic_rnn's,
+        ``rnn/<the cell's name>`` (``rnn/lstm_cell`` for a cell without one), as TF names them."""
         self._require_built("tf_weights")
         check_scope(scope)
+        if scope is None:
+            scope = f"rnn/{self.name or 'lstm_cell'}"
         prefix = f"{scope}/" if scope else ""
         return {prefix + tf: as_array(getattr(self, attr))
                 for tf, attr in self._tf_variables().items()}

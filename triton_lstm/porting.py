@@ -583,7 +583,10 @@ def _tf_cells(module: nn.Module) -> list[tuple[str, LSTM, str, int]]:
 def _no_tf_layout(module: nn.Module) -> str:
     """What in a module ``_tf_cells`` refuses stands in the way, for its error."""
     if isinstance(module, LSTMStack):
-        k, layer = next((k, layer) for k, layer in enumerate(module.layers) if _layer_directions(layer) is None)
+        bad = [(k, layer) for k, layer in enumerate(module.layers) if _layer_directions(layer) is None]
+        if not bad:   # a stack in a stack, whose own layers have one
+            return "an LSTMStack inside a stack (give the outer stack its layers: LSTMStack([*inner.layers, ...]))"
+        k, layer = bad[0]
         return f"its layer {k}, {_no_tf_layout(layer)}"
     if isinstance(module, KerasRNN):
         return (f"a Keras layer ({module.name!r}; module_to_keras exports it, keras_to_tf_lstm converts its "
