@@ -1043,7 +1043,12 @@ def _weight_normed(lstm):
     (lambda: LSTMStack([LSTMStack([LSTM(3, 4, batch_first=True)])]),   # raised a bare StopIteration
      r"got LSTMStack; TF1 has no layout for its layer 0, an LSTMStack inside a stack \(give the outer stack its "
      r"layers: LSTMStack\(\[\*inner.layers, \.\.\.\]\)\)$"),
-], ids=["gates", "pruned", "parametrized", "keras-layer", "multi-layer-in-stack", "sum-merge", "stack-in-stack"])
+    (lambda: torch.nn.LSTM(3, 4), r"got LSTM; TF1 has no layout for torch's nn.LSTM \(load its state dict into a "
+                                  r"triton_lstm.LSTM"),
+    (lambda: triton_lstm.LSTMCell(4, input_size=3), r"got LSTMCell; TF1 has no layout for an LSTMCell as a module of "
+                                                    r"layers \(its own tf_weights\(\) gives TF's variables\)$"),
+], ids=["gates", "pruned", "parametrized", "keras-layer", "multi-layer-in-stack", "sum-merge", "stack-in-stack",
+        "torch-lstm", "cell"])
 def test_module_to_tf_names_what_has_no_tf1_form(module, message):
     """Each of these exported silently wrong (TF computes sigmoid gates; the weights of a pruned or
     parametrized LSTM are not under their names) or with an error that named only the class."""

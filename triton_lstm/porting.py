@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from triton_lstm.activations import ACTIVATIONS, KERAS_ACTIVATIONS, resolve_recurrent_activation
+from triton_lstm.cell import LSTMCell
 from triton_lstm.checks import check_forget_bias, check_integers, comparable, integer_tensor, shape_of
 from triton_lstm.convert import (as_tensor, keras_to_torch_lstm, tf_to_torch_lstm, torch_lstm_to_keras,
                                  torch_lstm_to_tf)
@@ -597,6 +598,10 @@ def _no_tf_layout(module: nn.Module) -> str:
         return f"a Bidirectional with merge_mode={module.merge_mode!r} (TF1 concatenates the directions)"
     if isinstance(module, Bidirectional):
         return "a Bidirectional whose directions are not two one-way one-layer LSTMs"
+    if isinstance(module, nn.LSTM):
+        return "torch's nn.LSTM (load its state dict into a triton_lstm.LSTM, whose layout module_to_tf writes)"
+    if isinstance(module, LSTMCell):
+        return "an LSTMCell as a module of layers (its own tf_weights() gives TF's variables)"
     return f"a {type(module).__name__}"
 
 
