@@ -458,6 +458,9 @@ def test_tf_weights_names_and_values():
     # such a scope, not named like an LSTM cell, converts with the scope given.
     named = LSTMCell(N, input_size=D, name="encoder", cell_clip=1.0)
     assert set(named.tf_weights()) == {"rnn/encoder/kernel", "rnn/encoder/bias"}
+    with pytest.raises(ValueError, match=r"no LSTM cell .*; kernels with a bias in scopes not named like an LSTM "
+                                         r"cell .*: \['rnn/encoder'\]: pass scope= \(e.g. 'rnn'\)"):
+        triton_lstm.porting.tf_to_module(named.tf_weights(), cell_clip=1.0)
     module = triton_lstm.porting.tf_to_module(named.tf_weights(), scope="rnn", cell_clip=1.0)
     assert torch.equal(module.weight_hh_l0, named.kernel[D:].detach().t()[[*range(N), *range(2 * N, 3 * N),
                                                                            *range(N, 2 * N), *range(3 * N, 4 * N)]])

@@ -329,18 +329,20 @@ def find_lstm_cells(variables: Mapping[str, Any], scope: Optional[str] = None) -
     names = {k.split(":")[0]: k for k in variables}
     prefix = scope.rstrip("/") + "/" if scope else None
     cells = {}
-    for name in names:
-        if not name.endswith("/kernel") and name != "kernel":
-            continue
-        cell = name[:-len("kernel")].rstrip("/")
-        if cell.endswith("projection") or _var(cell, "bias") not in names:
-            continue
+    for cell in _kernel_scopes(names):
         if prefix is not None and not (cell + "/").startswith(prefix):
             continue
         if prefix is not None or _lstm_like(cell, names):
             cells[cell] = {v: variables[names[_var(cell, v)]] for v in ("kernel", "bias", *_EXTRAS)
                            if _var(cell, v) in names}
     return cells
+
+
+def _kernel_scopes(names: Mapping[str, Any]) -> list[str]:
+    """The scopes of ``names`` (variable names) that hold a ``kernel`` and its ``bias`` (a projection's
+    kernel is none)."""
+    scopes = [name[:-len("kernel")].rstrip("/") for name in names if name.endswith("/kernel") or name == "kernel"]
+    return [s for s in scopes if not s.endswith("projection") and _var(s, "bias") in names]
 
 
 _EXTRAS = ("w_f_diag", "w_i_diag", "w_o_diag", "projection/kernel")
@@ -477,9 +479,13 @@ def tf_to_module(variables: Mapping[str, Any], scope: Optional[str] = None, *, f
     cells = find_lstm_cells(variables, scope)
     if not cells:
         where = f" under scope {scope!r}" if scope else ""
+        pairs = sorted(_kernel_scopes({k.split(":")[0]: k for k in variables})) if not scope else []
         hint = ("; this checkpoint is object-based (TF2): for a Keras model's (save_weights, or a SavedModel's "
                 "variables), use triton_lstm.load_keras on it or on the SavedModel folder"
-                if OBJECT_GRAPH in variables else "")
+                if OBJECT_GRAPH in variables else
+                f"; kernels with a bias in scopes not named like an LSTM cell (a cell given a name, or a Dense "
+                f"layer's): {pairs[:5]}: pass scope= (e.g. {pairs[0].rsplit('/', 1)[0] or pairs[0]!r}) to read "
+                f"the cells under it" if pairs else "")
         raise ValueError(f"variables: no LSTM cell (a '.../kernel' with its '.../bias'){where}; names seen: "
                          f"{sorted(variables)[:20]}{hint}")
     places = {cell: _place(cell) for cell in cells}
