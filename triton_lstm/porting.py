@@ -876,7 +876,8 @@ def _mask_between(before: str, after: str, between: list[dict], by_name: Mapping
     """The mask_value of a Masking layer between the LSTM layers ``before`` and ``after``, which makes a
     new mask from ``before``'s outputs; None without one. The layers between are those the config's
     inbound nodes lead through, else (a Sequential model) ``between``, the model's layers between the
-    two. Checks that ``after`` takes ``before``'s outputs (not another branch's)."""
+    two. Checks that ``after`` takes ``before``'s outputs (not another branch's, nor those of a layer
+    between that computes)."""
     source = _source(after, by_name)
     if source is not None:
         if source[0] != before:
@@ -888,13 +889,7 @@ def _mask_between(before: str, after: str, between: list[dict], by_name: Mapping
         raise ValueError(f"layers: {computing} ({by_name[computing[0]]['class_name']}) sit between {before!r} and "
                          f"{after!r}, which the module would skip; pass layers=[...] to pick a chain of layers "
                          f"that feed one another")
-    mask_value, requires_mask = _keras_mask(between)
-    if requires_mask is not None:
-        makers = [e["name"] for e in between if e["class_name"] == "Masking" or e["class_name"] not in _PASS_THROUGH]
-        raise ValueError(f"layers: {after!r} gets a mask that layers between it and {before!r} make ({makers}), "
-                         f"which lengths cannot follow; load the layers from {after!r} on as a stack of their "
-                         f"own (layers=[...]) and give it that mask")
-    return mask_value
+    return _keras_mask(between)[0]   # layers that compute nothing: a Masking layer's mask, or none
 
 
 def _keras_mask(before: list[dict]) -> tuple[Optional[float], Optional[str]]:
