@@ -623,6 +623,23 @@ def test_keras_layers_chain_checked_at_load():
         keras_to_module(weights, read_keras_config(fixture("keras_stacked.keras")))
 
 
+@pytest.mark.parametrize("name", ["keras_bf16.keras", "keras_bf16.h5", "keras2_bf16.keras", "keras2_bf16.h5"])
+def test_keras_bfloat16_weights(name, path):
+    """Weights under the bfloat16 dtype policy (2 opaque bytes each in HDF5; a TypeError before): read as
+    float32 exactly, Keras' get_weights; the module in float32, against Keras' bfloat16 outputs within
+    bfloat16's rounding."""
+    ref = expected(name.split(".")[0])
+    weights = read_keras_weights(fixture(name))
+    got = [w for k, w in weights.items() if k.endswith(("/kernel", "/recurrent_kernel", "/bias"))]
+    assert all(w.dtype == np.float32 for w in got) and len(got) == 3
+    for k, w in enumerate(got):
+        np.testing.assert_array_equal(w, ref[f"weights/{k}"])
+    module = triton_lstm.load_keras(fixture(name))
+    y, _ = module(torch.as_tensor(ref["x"]))
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, torch.as_tensor(ref["y"]), atol=2e-2, rtol=0)
+
+
 def test_keras_einsum_dense_drops_the_mask(path):
     """An EinsumDense after a Masking layer drops Keras' mask (it supports none): the LSTM after it runs
     every step, as Keras', from the EinsumDense's outputs, without a mask asked for."""

@@ -33,7 +33,8 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from triton_lstm.checks import check_path
-from triton_lstm.tf_checkpoint import OBJECT_GRAPH, _field, _proto_fields, checkpoint_prefix, read_tf_checkpoint
+from triton_lstm.tf_checkpoint import (OBJECT_GRAPH, _field, _proto_fields, bfloat16_as_float32, checkpoint_prefix,
+                                       read_tf_checkpoint)
 
 # Names of a Keras 3 object's variables, in their saved order (the file stores only indices).
 _VAR_NAMES = {"cell": ("kernel", "recurrent_kernel", "bias"), "Dense": ("kernel", "bias"),
@@ -263,7 +264,10 @@ def _array(dataset, where: str, name: str) -> np.ndarray:
     if not filtered and dataset.nbytes > _CHECKED_BYTES and dataset.nbytes > _STORED_RATIO * stored:
         raise ValueError(f"{where}: weight {name!r} declares shape {dataset.shape} ({dataset.nbytes} bytes) but "
                          f"the file stores {stored} bytes of it: corrupt file")
-    return dataset[()]
+    values = dataset[()]
+    if values.dtype == np.dtype("V2"):   # bfloat16: h5py writes ml_dtypes' bfloat16 as 2 opaque bytes
+        return bfloat16_as_float32(values.view("<u2"))
+    return values
 
 
 def _keras3_weights(f, where: str, config: Optional[dict]) -> dict[str, np.ndarray]:

@@ -429,5 +429,10 @@ def _decode(raw: bytes, e: dict, where: str, big_endian: bool) -> np.ndarray:
         raise ValueError(f"{where}: {len(raw)} bytes for shape {e['shape']} of {dtype}: corrupt entry")
     array = np.frombuffer(raw, dtype=dtype.newbyteorder(">" if big_endian else "<")).astype(dtype)
     if e["dtype"] == _BFLOAT16:
-        array = (array.astype(np.uint32) << np.uint32(16)).view(np.float32)
+        array = bfloat16_as_float32(array)
     return array.reshape(e["shape"])
+
+
+def bfloat16_as_float32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 values, given as their uint16 bit patterns, as float32 (exactly: numpy has no bfloat16)."""
+    return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
