@@ -812,6 +812,17 @@ def test_keras_weights_of_two_layers_under_one_name(name, layer):
         read_keras_weights(fixture(name))
 
 
+def test_keras2_savedmodel_of_a_stateful_lstm(path):
+    """A stateful LSTM's SavedModel saves its states beside its weights (under keras_api): they are no
+    weights (read as a second layer's before, an error). The module keeps no state: from zeros, it
+    gives Keras' outputs after reset_states."""
+    ref = expected("keras2_savedmodel_stateful")
+    assert sorted(read_keras_weights(fixture("keras2_savedmodel_stateful"))) == ["lstm/bias", "lstm/kernel",
+                                                                                  "lstm/recurrent_kernel"]
+    module = triton_lstm.load_keras(fixture("keras2_savedmodel_stateful"))
+    close(module(torch.as_tensor(ref["x"]))[0], ref["y"], "output")
+
+
 def test_keras_layer_called_twice_is_refused():
     """A model that calls one LSTM twice (lstm(lstm(x))): a module runs each layer once, and computed
     something else without a word."""

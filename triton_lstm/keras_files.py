@@ -532,13 +532,15 @@ def _reachable_variables(nodes: list[tuple[list[tuple[int, str]], list[tuple[str
                          start: int, model: int) -> list[tuple[str, str]]:
     """The variables (TF name, checkpoint key) of every node reachable from ``start`` (a layer: a nested
     model's, a Bidirectional's too), each once, in the order they were made (their nodes' order), not
-    through the root (node 0, which every object can reach) or the ``model``'s node."""
+    through the root (node 0, which every object can reach), the ``model``'s node or a SavedModel's
+    ``keras_api`` objects."""
     seen, todo, found = {0, model, start}, [start], []
     while todo:
         at = todo.pop()
         found += [(at, variable) for variable in nodes[at][1]]
-        for child, _ in nodes[at][0]:
-            if child not in seen:   # a node may list a child twice, under two names
+        for child, name in nodes[at][0]:
+            # keras_api lists the layer's variables again, and a stateful layer's states, no weights.
+            if child not in seen and name != "keras_api":   # a node may list a child twice, under two names
                 seen.add(child)
                 todo.append(child)
     return [variable for _, variable in sorted(found)]
