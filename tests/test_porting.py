@@ -640,6 +640,17 @@ def test_keras_bfloat16_weights(name, path):
     torch.testing.assert_close(y, torch.as_tensor(ref["y"]), atol=2e-2, rtol=0)
 
 
+def test_keras_layers_of_different_dtypes(path):
+    """A float32 LSTM, then a float64 one: each takes the outputs before it in its own dtype, as Keras
+    casts them (the module could be called with no input dtype: each layer refused the other's)."""
+    ref = expected("keras_mixed_dtypes")
+    module = triton_lstm.load_keras(fixture("keras_mixed_dtypes.keras"))
+    assert [layer.lstm.weight_ih_l0.dtype for layer in module.layers] == [torch.float32, torch.float64]
+    y, (h, c) = module(torch.as_tensor(ref["x"]))
+    assert y.dtype == torch.float64 and [t.dtype for t in h] == [torch.float32, torch.float64]
+    close(y, ref["y"], "output")
+
+
 def test_keras_einsum_dense_drops_the_mask(path):
     """An EinsumDense after a Masking layer drops Keras' mask (it supports none): the LSTM after it runs
     every step, as Keras', from the EinsumDense's outputs, without a mask asked for."""

@@ -215,10 +215,15 @@ class LSTMStack(nn.Module):
                                  f"but Keras hands the next layer the mask unreversed; sequence lengths "
                                  f"cannot express that")
         hs, cs = [], []
-        out = x
+        out, dtype = x, None
         for layer, state in zip(self.layers, _split(hx, [_state_count(layer) for layer in self.layers])):
             if getattr(layer, "mask_value", None) is not None:
                 lengths = lengths_from_mask((out != layer.mask_value).any(-1))
+            # Layers of other dtypes (a Keras model's per-layer dtype policies): each takes the one
+            # before's outputs in its own, as Keras casts them.
+            previous, dtype = dtype, next(layer.parameters()).dtype
+            if previous is not None and dtype != previous:
+                out = out.to(dtype)
             out, h, c = _run(layer, out, lengths, state)
             hs += h
             cs += c
