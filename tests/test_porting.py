@@ -306,6 +306,35 @@ def test_bidirectional_layer_with_a_projection_on_one_side_and_proj_clip(name, p
             module(torch.zeros(3, 0, 4), lengths=lengths)
 
 
+def test_keras_layer_variables_in_a_tf1_checkpoint_and_keras_peepholes():
+    """A TF1 graph's Keras LSTM layer (kernel [D, 4N], recurrent_kernel [N, 4N]) saved by a Saver: read as
+    a TF1 cell's kernel it built a module of input size D - N (an error only at its first call); now an
+    error naming the layout. Keras' peephole cell's weights: LSTMCell.load_tf_weights takes them as TF1's
+    peepholes (same gates), a cell without peepholes refuses them, and a Keras module refuses them (they
+    were dropped without a word)."""
+    g = np.random.default_rng(0)
+    D, N = 5, 3
+    scope = "rnn/peephole_lstm_cell/"
+    keras = {scope + "kernel": g.normal(size=(D, 4 * N)).astype(np.float32),
+             scope + "recurrent_kernel": g.normal(size=(N, 4 * N)).astype(np.float32),
+             scope + "bias": g.normal(size=4 * N).astype(np.float32)}
+    with pytest.raises(ValueError, match=r"^variables: \['rnn/peephole_lstm_cell'\] hold a recurrent_kernel: a Keras "
+                                         r"LSTM layer's variables .*read one with LSTMCell.load_tf_weights"):
+        triton_lstm.porting.tf_to_module(keras)
+    peep = {scope + f"{gate}_gate_peephole_weights": g.normal(size=N).astype(np.float32)
+            for gate in ("input", "forget", "output")}
+    cell = LSTMCell(N, use_peepholes=True)
+    cell.load_tf_weights({**keras, **peep})
+    for gate, diag in (("input", cell.w_i_diag), ("forget", cell.w_f_diag), ("output", cell.w_o_diag)):
+        assert torch.equal(diag.detach(), torch.as_tensor(peep[scope + f"{gate}_gate_peephole_weights"])), gate
+    with pytest.raises(ValueError, match=r"^weights: the checkpoint has \['w_f_diag', 'w_i_diag', 'w_o_diag'\]"):
+        LSTMCell(N).load_tf_weights({**keras, **peep})
+    layer = {k.replace(scope, "rnn/"): v for k, v in {**keras, **peep}.items()}
+    with pytest.raises(ValueError, match=r"^weights: 'rnn' has weights an LSTM layer has not: "
+                                         r"\['rnn/forget_gate_peephole_weights', "):
+        keras_to_module(layer, layers=["rnn"])
+
+
 def test_adam_checkpoint_scopes(path):
     ref = expected("tf1_adam")
     with pytest.raises(ValueError, match=r"several LSTM stacks, under the scopes \['decoder/rnn', 'encoder/rnn'\]"):

@@ -258,7 +258,9 @@ def _tail(key: str) -> str:
 def keras_as_tf_variables(weights: Mapping[str, Any], scope: Optional[str], forget_bias: float) -> Mapping[str, Any]:
     """``weights`` unchanged when it holds TF LSTMCell variables; a Keras LSTM's weights (names ending in
     ``kernel``, ``recurrent_kernel``, ``bias``, as ``read_keras_weights`` or Keras 2 files name them)
-    as the TF variables of a cell with ``forget_bias``. ``scope`` keeps only names under it."""
+    as the TF variables of a cell with ``forget_bias``, and the peephole weights of Keras' peephole
+    cell (``input_gate_peephole_weights`` ...), which act as TF1's, as ``w_i_diag`` ... ``scope``
+    keeps only names under it."""
     prefix = scope.rstrip("/") + "/" if scope else ""
     recurrent = [k for k in weights if isinstance(k, str) and k.startswith(prefix) and _tail(k) == "recurrent_kernel"]
     if not recurrent:
@@ -272,7 +274,15 @@ def keras_as_tf_variables(weights: Mapping[str, Any], scope: Optional[str], forg
         raise ValueError(f"weights: Keras layout ({recurrent[0]!r}) without its {base + 'kernel'!r}")
     bias = weights[found["bias"]] if "bias" in found else None
     tf = keras_to_tf_lstm(weights[found["kernel"]], weights[recurrent[0]], bias, forget_bias)
+    peepholes = {k.split(":")[0][len(base):]: k for k in weights if isinstance(k, str)
+                 and k.split(":")[0][len(base):] in KERAS_PEEPHOLES and k.startswith(base)}
+    tf.update({KERAS_PEEPHOLES[name]: weights[key] for name, key in peepholes.items()})
     return {base + name: value for name, value in tf.items()}
+
+
+# Keras' peephole LSTM cell's weights and TF1's LSTMCell's for the same gates.
+KERAS_PEEPHOLES = {"input_gate_peephole_weights": "w_i_diag", "forget_gate_peephole_weights": "w_f_diag",
+                   "output_gate_peephole_weights": "w_o_diag"}
 
 
 def cell_to_torch_lstm(cell) -> torch.nn.LSTM:

@@ -493,6 +493,12 @@ def tf_to_module(variables: Mapping[str, Any], scope: Optional[str] = None, *, f
                 f"the cells under it" if pairs else "")
         raise ValueError(f"variables: no LSTM cell (a '.../kernel' with its '.../bias'){where}; names seen: "
                          f"{sorted(variables)[:20]}{hint}")
+    plain = {k.split(":")[0] for k in variables}
+    keras = sorted(cell for cell in cells if _var(cell, "recurrent_kernel") in plain)
+    if keras:
+        raise ValueError(f"variables: {keras} hold a recurrent_kernel: a Keras LSTM layer's variables (kernel [D, 4N] "
+                         f"and recurrent_kernel [N, 4N], gates i, f, c, o), not a TF1 LSTMCell's; read one with "
+                         f"LSTMCell.load_tf_weights(variables, scope=...) or convert.keras_to_torch_lstm")
     places = {cell: _place(cell) for cell in cells}
     roots = sorted({p[0] for p in places.values()})
     if len(roots) > 1:
@@ -736,6 +742,12 @@ def _keras_layer(name: str, weights: Mapping[str, Any], entry: Optional[dict], k
                          f"run backwards; not supported")
     directions = ("forward/", "backward/") if bidirectional else ("",)
     found = [{w: weights.get(f"{name}/{d}{w}") for w in ("kernel", "recurrent_kernel", "bias")} for d in directions]
+    known = {f"{name}/{d}{w}" for d in directions for w in ("kernel", "recurrent_kernel", "bias")}
+    others = sorted(k for k in weights if k.startswith(f"{name}/") and k not in known and "/cells/" not in k)
+    if others:
+        raise ValueError(f"weights: {name!r} has weights an LSTM layer has not: {others} (Keras' peephole LSTM "
+                         f"cell's?); not supported (LSTMCell(use_peepholes=True).load_tf_weights reads a peephole "
+                         f"cell's weights)")
     for d, f in zip(directions, found):
         absent = [f"{name}/{d}{w}" for w in ("kernel", "recurrent_kernel") if f[w] is None]
         if absent:
