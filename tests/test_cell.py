@@ -459,7 +459,8 @@ def test_tf_weights_names_and_values():
     named = LSTMCell(N, input_size=D, name="encoder", cell_clip=1.0)
     assert set(named.tf_weights()) == {"rnn/encoder/kernel", "rnn/encoder/bias"}
     with pytest.raises(ValueError, match=r"no LSTM cell .*; kernels with a bias in scopes not named like an LSTM "
-                                         r"cell .*: \['rnn/encoder'\]: pass scope= \(e.g. 'rnn'\)"):
+                                         r"cell .*: \['rnn/encoder'\]: pass the scope of the LSTM cells among "
+                                         r"them as scope="):
         triton_lstm.porting.tf_to_module(named.tf_weights(), cell_clip=1.0)
     module = triton_lstm.porting.tf_to_module(named.tf_weights(), scope="rnn", cell_clip=1.0)
     assert torch.equal(module.weight_hh_l0, named.kernel[D:].detach().t()[[*range(N), *range(2 * N, 3 * N),

@@ -301,8 +301,8 @@ def test_bidirectional_layer_with_a_projection_on_one_side_and_proj_clip(name, p
         close(h[k], ref[f"h{k}"], f"h_n[{k}]")
         close(c[k], ref[f"c{k}"], f"c_n[{k}]")
     # No steps: an error naming the input, as nn.LSTM's (with lengths, packing failed on it).
-    for lengths in (None, torch.zeros(3, dtype=torch.long)):
-        with pytest.raises(ValueError, match=r"^input: expected at least one time step, got shape \(3, 0, 4\)$"):
+    for lengths in (None, torch.zeros(3, dtype=torch.long)):   # a RuntimeError too, as nn.LSTM's
+        with pytest.raises(RuntimeError, match=r"^input: expected at least one time step, got shape \(3, 0, 4\)$"):
             module(torch.zeros(3, 0, 4), lengths=lengths)
 
 
@@ -638,6 +638,15 @@ def test_keras_layers_chain_checked_at_load():
         triton_lstm.load_keras(fixture("keras_stacked.keras"), layers=[])
     with pytest.raises(ValueError, match=r"^layers: \['lstm_a'\] given more than once"):
         triton_lstm.load_keras(fixture("keras_stacked.keras"), layers=["lstm_a", "lstm_a"])
+    # A Dense on a branch of its own, listed between a nested model's LSTM and the LSTM after the
+    # nested model (which takes the nested model's outputs): no layer between them.
+    config = read_keras_config(fixture("keras_nested.keras"))
+    names = [e["name"] for e in config["layers"]]
+    config["layers"].insert(names.index("top"), {"name": "side", "class_name": "Dense", "config": {"units": 2},
+                                                 "inbound": ["encoder"], "depth": 0})
+    weights = read_keras_weights(fixture("keras_nested.keras"))
+    assert [layer.name for layer in keras_to_module(weights, config, layers=["inner_b", "top"]).layers] == \
+        ["inner_b", "top"]
     # A Sequential model's Dense between two LSTMs (its config has no inbound nodes): named or not.
     for layers in (None, ["la", "lb"]):
         with pytest.raises(ValueError, match=r"^layers: \['dense'\] \(Dense\) sit between "):
@@ -678,6 +687,23 @@ def test_keras_layers_of_different_dtypes(path):
     y, (h, c) = module(torch.as_tensor(ref["x"]))
     assert y.dtype == torch.float64 and [t.dtype for t in h] == [torch.float32, torch.float64]
     close(y, ref["y"], "output")
+
+
+def test_per_layer_proj_clip_without_projections_keeps_one_lstm_and_nested_stacks_cast():
+    """A list of proj_clip for layers without a projection (ignored, as TF's cells do) leaves a uniform
+    stack one LSTM; a stack inside a stack hands its float64 outputs to a float32 layer in its dtype."""
+    lstm = LSTM(3, 4, num_layers=2, batch_first=True)
+    assert isinstance(triton_lstm.porting.tf_to_module(module_to_tf(lstm), proj_clip=[1.0, 2.0]), LSTM)
+    torch.manual_seed(0)
+    f32, f64 = (KerasRNN(LSTM(3, 3, batch_first=True, dtype=dtype), name) for name, dtype in
+                (("a", torch.float32), ("b", torch.float64)))
+    last = KerasRNN(LSTM(3, 2, batch_first=True), "c")
+    x = torch.randn(2, 4, 3)
+    with torch.no_grad():
+        y, _ = LSTMStack([LSTMStack([f32, f64]), last])(x)
+        want = last(f64(f32(x)[0].double())[0].float())[0]
+    assert y.dtype == torch.float32
+    close(y, want, "nested stack")
 
 
 def test_keras_einsum_dense_drops_the_mask(path):

@@ -299,7 +299,7 @@ def cell_to_torch_lstm(cell) -> torch.nn.LSTM:
         ("num_proj >= num_units", cell.num_proj is not None and cell.num_proj >= cell.num_units)) if bad]
     if unsupported:
         raise ValueError(f"cell: torch.nn.LSTM cannot express {', '.join(unsupported)}; triton_lstm.LSTM "
-                         f"has these options: triton_lstm.porting.tf_to_module(cell.tf_weights(), "
+                         f"has these options: triton_lstm.porting.tf_to_module(cell.tf_weights(scope=\"lstm_cell\"), "
                          f"forget_bias=cell.forget_bias, cell_clip=cell.cell_clip, proj_clip=cell.proj_clip, "
                          f"activation=cell.activation).to(cell.kernel) builds one (batch-first)")
     lstm = torch.nn.LSTM(cell.input_size, cell.num_units, proj_size=cell.num_proj or 0,

@@ -27,9 +27,10 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from triton_lstm.activations import ACTIVATIONS, KERAS_ACTIVATIONS, resolve_recurrent_activation
 from triton_lstm.cell import LSTMCell
-from triton_lstm.checks import check_forget_bias, check_integers, comparable, integer_tensor, shape_of
+from triton_lstm.checks import ShapeError, check_forget_bias, check_integers, comparable, integer_tensor, shape_of
 from triton_lstm.convert import (as_tensor, keras_to_torch_lstm, tf_to_torch_lstm, torch_lstm_to_keras,
                                  torch_lstm_to_tf)
+from triton_lstm.functional import autocast_dtype
 from triton_lstm.keras_files import read_keras_config, read_keras_weights, stacked_cells
 from triton_lstm.lstm import LSTM, reverse_within_lengths
 from triton_lstm.tf_checkpoint import OBJECT_GRAPH, read_tf_checkpoint
@@ -141,7 +142,7 @@ def _inputs(module: nn.Module, input, lengths, mask):
         raise ValueError(f"input: expected [batch, time, features] (batch_first) or a PackedSequence, got "
                          f"{shape_of(input) if isinstance(input, Tensor) else type(input).__name__}")
     if input.shape[1] == 0:   # as nn.LSTM, which the layers run (with lengths, packing failed on it)
-        raise ValueError(f"input: expected at least one time step, got shape {shape_of(input)}")
+        raise ShapeError(f"input: expected at least one time step, got shape {shape_of(input)}")
     if lengths is not None and mask is not None:
         raise ValueError("lengths, mask: pass one of them")
     if mask is None and lengths is None and getattr(module, "mask_value", None) is not None:
@@ -215,15 +216,16 @@ class LSTMStack(nn.Module):
                                  f"but Keras hands the next layer the mask unreversed; sequence lengths "
                                  f"cannot express that")
         hs, cs = [], []
-        out, dtype = x, None
-        for layer, state in zip(self.layers, _split(hx, [_state_count(layer) for layer in self.layers])):
+        out = x
+        states = _split(hx, [_state_count(layer) for layer in self.layers])
+        for k, (layer, state) in enumerate(zip(self.layers, states)):
             if getattr(layer, "mask_value", None) is not None:
                 lengths = lengths_from_mask((out != layer.mask_value).any(-1))
             # Layers of other dtypes (a Keras model's per-layer dtype policies): each takes the one
-            # before's outputs in its own, as Keras casts them.
-            previous, dtype = dtype, next(layer.parameters()).dtype
-            if previous is not None and dtype != previous:
-                out = out.to(dtype)
+            # before's outputs in its own, as Keras casts them (the input is the caller's to give).
+            weight = next(layer.parameters(), None)
+            if k and weight is not None and out.dtype != weight.dtype and autocast_dtype(out.device) is None:
+                out = out.to(weight.dtype)
             out, h, c = _run(layer, out, lengths, state)
             hs += h
             cs += c
@@ -489,8 +491,8 @@ def tf_to_module(variables: Mapping[str, Any], scope: Optional[str] = None, *, f
                 "variables), use triton_lstm.load_keras on it or on the SavedModel folder"
                 if OBJECT_GRAPH in variables else
                 f"; kernels with a bias in scopes not named like an LSTM cell (a cell given a name, or a Dense "
-                f"layer's): {pairs[:5]}: pass scope= (e.g. {pairs[0].rsplit('/', 1)[0] or pairs[0]!r}) to read "
-                f"the cells under it" if pairs else "")
+                f"layer's): {pairs[:5]}: pass the scope of the LSTM cells among them as scope= (every kernel "
+                f"with a bias under it is read as a cell)" if pairs else "")
         raise ValueError(f"variables: no LSTM cell (a '.../kernel' with its '.../bias'){where}; names seen: "
                          f"{sorted(variables)[:20]}{hint}")
     plain = {k.split(":")[0] for k in variables}
@@ -527,16 +529,23 @@ def tf_to_module(variables: Mapping[str, Any], scope: Optional[str] = None, *, f
     first = layer_list(directions[0])
     option_lists = [_per_layer(n, v, len(first)) for n, v in (("forget_bias", forget_bias), ("cell_clip", cell_clip),
                                                               ("proj_clip", proj_clip), ("activation", activation))]
-    options = [dict(forget_bias=f, cell_clip=c, proj_clip=p, activation=a) for f, c, p, a in zip(*option_lists)]
     if directions == [None]:
-        return _build_stack([[s] for s in layer_list(None)], cells, options)
-    fw, bw = layer_list("fw"), layer_list("bw")
-    if len(fw) != len(bw):
-        raise ValueError(f"variables: stack {roots[0]!r} has {len(fw)} fw and {len(bw)} bw layers")
+        layers = [[s] for s in layer_list(None)]
+    else:
+        fw, bw = layer_list("fw"), layer_list("bw")
+        if len(fw) != len(bw):
+            raise ValueError(f"variables: stack {roots[0]!r} has {len(fw)} fw and {len(bw)} bw layers")
+        layers = [[f, b] for f, b in zip(fw, bw)]
+    # As TF's cells, a layer without a projection ignores proj_clip (one of two directions with one:
+    # _lstm_from_cells); so layers alike stay one LSTM.
+    options = [dict(forget_bias=f, cell_clip=c, proj_clip=p if any(s["projection"] for s in layer) else None,
+                    activation=a) for f, c, p, a, layer in zip(*option_lists, layers)]
+    if directions == [None]:
+        return _build_stack(layers, cells, options)
     if dir_first and len(first) > 1:
         return Bidirectional(_build_stack([[s] for s in fw], cells, options),
                              _build_stack([[s] for s in bw], cells, options))
-    return _build_stack([[f, b] for f, b in zip(fw, bw)], cells, options)
+    return _build_stack(layers, cells, options)
 
 
 def load_tf_checkpoint(path: str, scope: Optional[str] = None, *, forget_bias=1.0, cell_clip=None,
@@ -902,7 +911,7 @@ def _mask_between(before: str, after: str, between: list[dict], by_name: Mapping
                              f"it; pass layers=[...] to pick a chain of layers that feed one another")
         between = source[1]
     computing = [e["name"] for e in between if e["class_name"] not in _PASS_THROUGH]
-    if computing:   # a Sequential model's layers between (inbound nodes lead through none)
+    if computing and by_name[after].get("inbound") is None:   # a Sequential model's (no inbound nodes)
         raise ValueError(f"layers: {computing} ({by_name[computing[0]]['class_name']}) sit between {before!r} and "
                          f"{after!r}, which the module would skip; pass layers=[...] to pick a chain of layers "
                          f"that feed one another")
