@@ -706,6 +706,18 @@ def test_per_layer_proj_clip_without_projections_keeps_one_lstm_and_nested_stack
     close(y, want, "nested stack")
 
 
+def test_keras_lstm_after_multi_head_attention(path):
+    """MultiHeadAttention's sub-layers save their weights apart (query, key, value, output): they are read
+    under their own paths (all four met as 'mha/0' before, an error for the whole file), and the LSTM
+    after it runs as Keras' on the attention's outputs."""
+    ref = expected("keras_attention")
+    weights = read_keras_weights(fixture("keras_attention.keras"))
+    assert {k for k in weights if k.startswith("mha/")} == {f"mha/{d}_dense/{k}" for d in ("query", "key", "value",
+                                                                                            "output") for k in (0, 1)}
+    module = triton_lstm.load_keras(fixture("keras_attention.keras"))
+    close(module(torch.as_tensor(ref["attended"]))[0], ref["y"], "output")
+
+
 def test_keras_einsum_dense_drops_the_mask(path):
     """An EinsumDense after a Masking layer drops Keras' mask (it supports none): the LSTM after it runs
     every step, as Keras', from the EinsumDense's outputs, without a mask asked for."""

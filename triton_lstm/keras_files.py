@@ -318,7 +318,10 @@ def _keras3_level(layers, at: str, where: str, entries: Optional[list[dict]], ou
             weight = names[k] if k < len(names) else parts[-1]
             direction = [_DIRECTIONS[p] for p in parts if p in _DIRECTIONS]
             cell = ["cells", _saved_cell(owner)] if stacked else []
-            _keep(out, "/".join([name, *direction, *cell, weight]), _array(obj, where, _text(sub)), where,
+            # A sub-layer of another kind of layer (MultiHeadAttention's _query_dense ...) keeps its path:
+            # its weights would meet its siblings' under the layer's name.
+            inner = [] if stacked else [p for p in parts[:-2] if p != "cell" and p not in _DIRECTIONS]
+            _keep(out, "/".join([name, *direction, *inner, *cell, weight]), _array(obj, where, _text(sub)), where,
                   entries is not None)
 
         group.visititems(visit)
@@ -603,7 +606,8 @@ def read_keras_weights(path: str) -> dict[str, np.ndarray]:
     config, which names them by class and place (``lstm``, ``lstm_1``); an LSTM's weights are
     ``kernel`` [D, 4U], ``recurrent_kernel`` [U, 4U] and ``bias`` [4U] (gates i, f, c, o), a
     Bidirectional's ``<name>/forward/...`` and ``<name>/backward/...``, the k-th cell of an RNN of
-    stacked cells ``<name>/cells/<k>/...``. HDF5 files need h5py.
+    stacked cells ``<name>/cells/<k>/...``, a sub-layer's weights of another layer under its path
+    (``mha/query_dense/0``). HDF5 files need h5py.
     """
     path = check_path("path", path)
     tf_format = _tf_format(path)
