@@ -687,6 +687,9 @@ def test_keras_layers_of_different_dtypes(path):
     y, (h, c) = module(torch.as_tensor(ref["x"]))
     assert y.dtype == torch.float64 and [t.dtype for t in h] == [torch.float32, torch.float64]
     close(y, ref["y"], "output")
+    with torch.autocast("cpu", dtype=torch.bfloat16):   # the float64 layer, which autocast leaves, too
+        y, _ = module(torch.as_tensor(ref["x"]))
+    assert y.dtype == torch.float64
 
 
 def test_per_layer_proj_clip_without_projections_keeps_one_lstm_and_nested_stacks_cast():
@@ -706,16 +709,34 @@ def test_per_layer_proj_clip_without_projections_keeps_one_lstm_and_nested_stack
     close(y, want, "nested stack")
 
 
-def test_keras_lstm_after_multi_head_attention(path):
+@pytest.mark.parametrize("ext", ["keras", "h5"])
+def test_keras_lstm_after_multi_head_attention(ext, path):
     """MultiHeadAttention's sub-layers save their weights apart (query, key, value, output): they are read
-    under their own paths (all four met as 'mha/0' before, an error for the whole file), and the LSTM
-    after it runs as Keras' on the attention's outputs."""
+    under their own paths (all four met as 'mha/0' or 'mha/kernel' before, an error for the whole
+    file), and the LSTM after it runs as Keras' on the attention's outputs."""
     ref = expected("keras_attention")
-    weights = read_keras_weights(fixture("keras_attention.keras"))
-    assert {k for k in weights if k.startswith("mha/")} == {f"mha/{d}_dense/{k}" for d in ("query", "key", "value",
-                                                                                            "output") for k in (0, 1)}
-    module = triton_lstm.load_keras(fixture("keras_attention.keras"))
+    weights = read_keras_weights(fixture(f"keras_attention.{ext}"))
+    want = ({f"mha/{d}_dense/{k}" for d in ("query", "key", "value", "output") for k in (0, 1)} if ext == "keras" else
+            {f"mha/{d}/{w}" for d in ("query", "key", "value", "attention_output") for w in ("kernel", "bias")})
+    assert {k for k in weights if k.startswith("mha/")} == want
+    module = triton_lstm.load_keras(fixture(f"keras_attention.{ext}"))
     close(module(torch.as_tensor(ref["attended"]))[0], ref["y"], "output")
+
+
+def test_keras_chains_through_a_nested_model(path):
+    """A nested Functional model's input takes what the model is called on, and its output is its output
+    layer's: an outer LSTM, then the nested model's (a Dense on a branch beside), against Keras'; a Dense
+    between them on either side, or the nested model on the outer LSTM's input, is no chain (each loaded
+    and computed something else with layers= named, or without)."""
+    ref = expected("keras_nested_chain")
+    for layers in (None, ["pre", "inner"]):
+        module = triton_lstm.load_keras(fixture("keras_nested_chain.keras"), layers=layers)
+        close(module(torch.as_tensor(ref["x"]))[0], ref["y"], f"output, layers={layers}")
+    for name, layers, source in (("broken_before", ["pre", "inner"], "proj"), ("broken_after", ["inner", "top"], "d"),
+                                 ("beside", ["pre", "inner"], "input_layer"), ("beside", None, "input_layer")):
+        with pytest.raises(ValueError, match=rf"^layers: '{layers[1] if layers else 'inner'}' takes its inputs from "
+                                             rf"'{source}"):
+            triton_lstm.load_keras(fixture(f"keras_nested_{name}.keras"), layers=layers)
 
 
 def test_keras_einsum_dense_drops_the_mask(path):

@@ -196,11 +196,32 @@ def keras_layers(config: dict, where: str = "config", depth: int = 0) -> list[di
     """The layers of a model config in order, each ``{"name", "class_name", "config", "inbound",
     "depth"}`` (``inbound``: the names of the layers it takes its inputs from, None where the config
     does not say; ``depth``: 0 for the model's own layers, 1 in a nested model, ...), a nested model's
-    layers in its place; ``where`` names the config in errors."""
+    layers in its place, its input layers with ``outer``, the inbound of the nested model itself, and
+    its output layer with the model's name in ``aliases``; ``where`` names the config in errors."""
     out = []
     for entry in _entries(config, where):
-        out += keras_layers(entry["config"], where, depth + 1) if _nested(entry) else [{**entry, "depth": depth}]
+        if not _nested(entry):
+            out.append({**entry, "depth": depth})
+            continue
+        # A nested model's input layers take what the model is called on: their "outer" inbound; its
+        # output layer gives what the model outputs: the model's name among its "aliases".
+        inner = [{**e, "outer": entry["inbound"]} if e["class_name"] == "InputLayer" and e["depth"] == depth + 1
+                 else e for e in keras_layers(entry["config"], where, depth + 1)]
+        output = _output_layer(entry["config"], inner)
+        out += [{**e, "aliases": [*e.get("aliases", ()), entry["name"]]} if e["name"] == output else e for e in inner]
     return out
+
+
+def _output_layer(config: dict, layers: list[dict]) -> Optional[str]:
+    """The name of a nested model's one output layer: a Functional model's ``output_layers`` (Keras 3:
+    one [name, node, tensor]; tf-keras: a list of them), a Sequential model's last layer; None for
+    several outputs."""
+    outputs = config.get("output_layers")
+    if outputs is None:
+        return layers[-1]["name"] if layers else None
+    if isinstance(outputs, list) and len(outputs) == 1 and isinstance(outputs[0], list):
+        outputs = outputs[0]
+    return outputs[0] if isinstance(outputs, list) and outputs and isinstance(outputs[0], str) else None
 
 
 def _snake_case(name: str) -> str:
@@ -423,8 +444,19 @@ def _keras2_layout(layers: list[tuple[str, list[tuple[str, np.ndarray]]]], where
                 order = cells.setdefault(owner, {})
                 place = names.index(parts[-2]) if parts[-2] in names else order.setdefault(parts[-2], len(order))
                 cell = ["cells", str(place)]
-            _keep(out, "/".join([owner, *direction, *cell, parts[-1]]), value, where, config is not None)
+            _keep(out, "/".join([owner, *direction, *cell, *_sub_layers(parts, owner, owner_entry), parts[-1]]),
+                  value, where, config is not None)
     return out
+
+
+def _sub_layers(parts: list[str], owner: str, entry: Optional[dict]) -> list[str]:
+    """The path below its layer's scope of a weight (``parts``: its TF name split) of a layer the config
+    says is no recurrent one (MultiHeadAttention's ``query``, ``key`` ...: their weights would meet
+    under the layer's name); none for an RNN layer, whose cell scopes the reader maps, or without a
+    config."""
+    if entry is None or entry["class_name"] in ("LSTM", "RNN", "Bidirectional") or owner not in parts[:-1]:
+        return []
+    return parts[parts.index(owner) + 1:-1]
 
 
 # ------------------------------------------------------------------------- TensorFlow's format

@@ -30,7 +30,6 @@ from triton_lstm.cell import LSTMCell
 from triton_lstm.checks import ShapeError, check_forget_bias, check_integers, comparable, integer_tensor, shape_of
 from triton_lstm.convert import (as_tensor, keras_to_torch_lstm, tf_to_torch_lstm, torch_lstm_to_keras,
                                  torch_lstm_to_tf)
-from triton_lstm.functional import autocast_dtype
 from triton_lstm.keras_files import read_keras_config, read_keras_weights, stacked_cells
 from triton_lstm.lstm import LSTM, reverse_within_lengths
 from triton_lstm.tf_checkpoint import OBJECT_GRAPH, read_tf_checkpoint
@@ -224,7 +223,7 @@ class LSTMStack(nn.Module):
             # Layers of other dtypes (a Keras model's per-layer dtype policies): each takes the one
             # before's outputs in its own, as Keras casts them (the input is the caller's to give).
             weight = next(layer.parameters(), None)
-            if k and weight is not None and out.dtype != weight.dtype and autocast_dtype(out.device) is None:
+            if k and weight is not None and out.dtype != weight.dtype:
                 out = out.to(weight.dtype)
             out, h, c = _run(layer, out, lengths, state)
             hs += h
@@ -755,7 +754,7 @@ def _keras_layer(name: str, weights: Mapping[str, Any], entry: Optional[dict], k
     others = sorted(k for k in weights if k.startswith(f"{name}/") and k not in known and "/cells/" not in k)
     if others:
         raise ValueError(f"weights: {name!r} has weights an LSTM layer has not: {others} (Keras' peephole LSTM "
-                         f"cell's?); not supported (LSTMCell(use_peepholes=True).load_tf_weights reads a peephole "
+                         f"cell's, or a layer wrapping the LSTM?); not supported (LSTMCell(use_peepholes=True).load_tf_weights reads a peephole "
                          f"cell's weights)")
     for d, f in zip(directions, found):
         absent = [f"{name}/{d}{w}" for w in ("kernel", "recurrent_kernel") if f[w] is None]
@@ -863,7 +862,9 @@ def keras_to_module(weights: Mapping[str, Any], config: Optional[dict] = None,
     if config and [place[n] for n in layers] != sorted(place[n] for n in layers):
         raise ValueError(f"layers: {layers} are not in the order the model runs them: "
                          f"{[n for n in by_name if n in layers]}")
-    masks = [None] + [_mask_between(a, b, entries[place[a] + 1:place[b]], by_name) if config else None
+    # Inbound nodes may name a nested model: its output layer (``keras_layers``' aliases).
+    followed = {**by_name, **{alias: e for e in entries for alias in e.get("aliases", ())}}
+    masks = [None] + [_mask_between(a, b, entries[place[a] + 1:place[b]], followed) if config else None
                       for a, b in zip(layers, layers[1:])]
     modules = []
     for k, (n, mask) in enumerate(zip(layers, masks)):
@@ -881,20 +882,21 @@ def keras_to_module(weights: Mapping[str, Any], config: Optional[dict] = None,
 
 def _source(name: str, by_name: Mapping[str, dict]) -> Optional[tuple[str, list[dict]]]:
     """(the layer whose outputs reach layer ``name`` through layers that compute nothing, a Functional
-    model's input layer included; those layers in the model's order), or None where the config does
-    not tell (a Sequential model, several inputs, an input layer of a nested model, which takes the
-    outer model's tensors)."""
+    model's input layer included, a nested model's followed to what the model is called on; those
+    layers in the model's order), or None where the config does not tell (a Sequential model, several
+    inputs, a nested model's outputs)."""
     walked = [by_name[name]]
     inbound = walked[0].get("inbound")
     while inbound is not None and len(inbound) == 1 and inbound[0] in by_name \
             and all(inbound[0] != e["name"] for e in walked):
         entry = by_name[inbound[0]]
-        if entry["class_name"] == "InputLayer":
-            return (entry["name"], walked[:0:-1]) if entry.get("depth") == 0 else None
+        if entry["class_name"] == "InputLayer" and entry.get("depth") == 0:
+            return entry["name"], walked[:0:-1]
         if entry["class_name"] not in _PASS_THROUGH:
             return entry["name"], walked[:0:-1]
         walked.append(entry)
-        inbound = entry.get("inbound")
+        # A nested model's input layer takes what the model is called on.
+        inbound = entry.get("outer") if entry["class_name"] == "InputLayer" else entry.get("inbound")
     return None
 
 
@@ -911,7 +913,7 @@ def _mask_between(before: str, after: str, between: list[dict], by_name: Mapping
                              f"it; pass layers=[...] to pick a chain of layers that feed one another")
         between = source[1]
     computing = [e["name"] for e in between if e["class_name"] not in _PASS_THROUGH]
-    if computing and by_name[after].get("inbound") is None:   # a Sequential model's (no inbound nodes)
+    if computing:   # where the inbound nodes do not tell (a Sequential model's), the layers listed between
         raise ValueError(f"layers: {computing} ({by_name[computing[0]]['class_name']}) sit between {before!r} and "
                          f"{after!r}, which the module would skip; pass layers=[...] to pick a chain of layers "
                          f"that feed one another")
