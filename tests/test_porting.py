@@ -709,17 +709,19 @@ def test_per_layer_proj_clip_without_projections_keeps_one_lstm_and_nested_stack
     close(y, want, "nested stack")
 
 
-@pytest.mark.parametrize("ext", ["keras", "h5"])
-def test_keras_lstm_after_multi_head_attention(ext, path):
+@pytest.mark.parametrize("name", ["keras_attention.keras", "keras_attention.h5", "keras2_attention_weights.h5"])
+def test_keras_lstm_after_multi_head_attention(name, path):
     """MultiHeadAttention's sub-layers save their weights apart (query, key, value, output): they are read
     under their own paths (all four met as 'mha/0' or 'mha/kernel' before, an error for the whole
-    file), and the LSTM after it runs as Keras' on the attention's outputs."""
-    ref = expected("keras_attention")
-    weights = read_keras_weights(fixture(f"keras_attention.{ext}"))
-    want = ({f"mha/{d}_dense/{k}" for d in ("query", "key", "value", "output") for k in (0, 1)} if ext == "keras" else
+    file), with the model config or (a weights file) without, and the LSTM after it runs as Keras' on
+    the attention's outputs."""
+    ref = expected("keras2_attention" if name.startswith("keras2") else "keras_attention")
+    weights = read_keras_weights(fixture(name))
+    want = ({f"mha/{d}_dense/{k}" for d in ("query", "key", "value", "output") for k in (0, 1)}
+            if name.endswith(".keras") else
             {f"mha/{d}/{w}" for d in ("query", "key", "value", "attention_output") for w in ("kernel", "bias")})
     assert {k for k in weights if k.startswith("mha/")} == want
-    module = triton_lstm.load_keras(fixture(f"keras_attention.{ext}"))
+    module = triton_lstm.load_keras(fixture(name))
     close(module(torch.as_tensor(ref["attended"]))[0], ref["y"], "output")
 
 

@@ -28,7 +28,7 @@ import os
 import re
 import zipfile
 import zlib
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Union
 
 import numpy as np
 
@@ -426,6 +426,7 @@ def _keras2_layout(layers: list[tuple[str, list[tuple[str, np.ndarray]]]], where
     for layer, weights in layers:
         entry = entries.get(layer)
         inner = {e["name"]: e for e in keras_layers(entry["config"], where)} if _nested(entry) else {}
+        recurrent = any(w.split(":")[0].endswith("/recurrent_kernel") for w, _ in weights)
         for weight, value in weights:
             parts = weight.split(":")[0].split("/")
             owner = layer
@@ -444,19 +445,19 @@ def _keras2_layout(layers: list[tuple[str, list[tuple[str, np.ndarray]]]], where
                 order = cells.setdefault(owner, {})
                 place = names.index(parts[-2]) if parts[-2] in names else order.setdefault(parts[-2], len(order))
                 cell = ["cells", str(place)]
-            _keep(out, "/".join([owner, *direction, *cell, *_sub_layers(parts, owner, owner_entry), parts[-1]]),
-                  value, where, config is not None)
+            sub = _sub_layers(parts, owner, owner_entry if config is not None else not recurrent)
+            _keep(out, "/".join([owner, *direction, *cell, *sub, parts[-1]]), value, where, config is not None)
     return out
 
 
-def _sub_layers(parts: list[str], owner: str, entry: Optional[dict]) -> list[str]:
-    """The path below its layer's scope of a weight (``parts``: its TF name split) of a layer the config
-    says is no recurrent one (MultiHeadAttention's ``query``, ``key`` ...: their weights would meet
-    under the layer's name); none for an RNN layer, whose cell scopes the reader maps, or without a
-    config."""
-    if entry is None or entry["class_name"] in ("LSTM", "RNN", "Bidirectional") or owner not in parts[:-1]:
-        return []
-    return parts[parts.index(owner) + 1:-1]
+def _sub_layers(parts: list[str], owner: str, entry: Union[dict, bool, None]) -> list[str]:
+    """The path below its layer's scope of a weight (``parts``: its TF name split) of a layer that is no
+    recurrent one (MultiHeadAttention's ``query``, ``key`` ...: their weights would meet under the
+    layer's name), as its config entry says, or without a config (``entry`` a bool) its weights (no
+    ``recurrent_kernel``); none for an RNN layer, whose cell scopes the reader maps."""
+    plain = entry if isinstance(entry, bool) else entry is not None and entry["class_name"] not in (
+        "LSTM", "RNN", "Bidirectional")
+    return parts[parts.index(owner) + 1:-1] if plain and owner in parts[:-1] else []
 
 
 # ------------------------------------------------------------------------- TensorFlow's format
