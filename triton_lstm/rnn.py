@@ -7,9 +7,8 @@ import numpy as np
 import torch
 
 from triton_lstm.cell import LSTMCell, LSTMStateTuple, as_dtype
-from triton_lstm import launch
 from triton_lstm.checks import DTypeError, ShapeError, check_int, check_scope, check_state_shapes, check_tensor
-from triton_lstm.sequence import check_earlier_launches, check_lengths, named_sequence, poison_bad_lengths
+from triton_lstm.sequence import named_sequence, sequence_lengths
 
 Tensor = torch.Tensor
 
@@ -89,13 +88,9 @@ def _called_each_step(cell: LSTMCell, x: Tensor, c0: Tensor, h0: Tensor,
     """(outputs [T, B, P], h_T, c_T) of ``cell(x_t, state)`` called for each step, with TF's masking:
     a row past its length outputs 0 and keeps its state; its input is zeroed before the call, so that
     what the padding holds (NaN) enters no gradient. Lengths on a GPU are checked there, as the
-    kernels check them (``check_lengths``)."""
+    kernels check them (``sequence_lengths``)."""
     T, B, _ = x.shape
-    if launch.gpu_device(x.device):
-        check_earlier_launches(x.device)
-    lengths, checked = check_lengths(sequence_length, T, B, x.device)
-    if not checked:
-        lengths, h0, c0 = poison_bad_lengths(lengths, T, h0, c0)
+    lengths, h0, c0 = sequence_lengths(sequence_length, T, B, x.device, h0, c0, kernels_check=False)
     c, h, outs = c0, h0, []
     for t in range(T):
         live = None if lengths is None else (lengths > t)[:, None]

@@ -51,9 +51,10 @@ def _raise_on_flags(flags: Tensor, deferred: bool) -> None:
 
 def check_earlier_launches(device: torch.device) -> None:
     """Raise if a finished earlier launch reported a failure. Never waits for the GPU; looks at
-    nothing while ``device``'s stream is being captured (querying an event is not allowed then) or
-    while torch.compile traces (the kernels' ops look when they run)."""
-    if torch.compiler.is_compiling() or launch.capturing(device):
+    nothing for a call off the GPU (only GPU launches are watched; another stream may be capturing,
+    where querying an event is not allowed), while ``device``'s stream is being captured, or while
+    torch.compile traces (the kernels' ops look when they run)."""
+    if not launch.gpu_device(device) or torch.compiler.is_compiling() or launch.capturing(device):
         return
     with _pending_lock:
         while _pending and _pending[0][0].query():
@@ -227,6 +228,19 @@ def check_lengths(lengths: Optional[Tensor], T: int, B: int, device: torch.devic
     return values.to(device=device, dtype=torch.int32, non_blocking=True).contiguous(), checked_here
 
 
+def sequence_lengths(lengths, T: int, B: int, device: torch.device, h0: Tensor, c0: Tensor,
+                     kernels_check: bool) -> tuple[Optional[Tensor], Tensor, Tensor]:
+    """(lengths as ``check_lengths`` gives them, h0, c0) for a sequence call, after raising what an
+    earlier call's launches flagged. Lengths that could not be checked here and that no kernel checks
+    (``kernels_check``: the kernels run, for at least one step) are checked as the kernels check
+    them (``poison_bad_lengths``)."""
+    check_earlier_launches(device)
+    lengths, checked = check_lengths(lengths, T, B, device)
+    if not checked and not (kernels_check and T):
+        lengths, h0, c0 = poison_bad_lengths(lengths, T, h0, c0)
+    return lengths, h0, c0
+
+
 def poison_bad_lengths(lengths: Tensor, T: int, h0: Tensor, c0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Unchecked lengths for a path other than the kernels, checked as the kernels check them: a row
     outside [0, T] runs every step from a NaN state (returned: lengths with T there, h0 and c0; so
@@ -290,11 +304,7 @@ def named_sequence(names: Names, x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor,
     tangents = forward_mode((x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection))
     reference = ids is None or tangents
     on_kernels = not reference and kernels_run_on(x.device, x.dtype)
-    if launch.gpu_device(x.device):
-        check_earlier_launches(x.device)
-    lengths, checked = check_lengths(lengths, T, B, x.device)
-    if not checked and not (on_kernels and T):   # the kernels check them (with no steps, none runs)
-        lengths, h0, c0 = poison_bad_lengths(lengths, T, h0, c0)
+    lengths, h0, c0 = sequence_lengths(lengths, T, B, x.device, h0, c0, kernels_check=on_kernels)
     if not reference and not on_kernels and x.device.type == "cpu":
         return own_final_state(*lstm_sequence_cpu(
             x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection, lengths, forget_bias=forget_bias,

@@ -378,10 +378,11 @@ def test_time_loop_keeps_weights_on_chip(gpu, dtype, shape, projection):
             (pb.kernel, resident, on_chip)
 
 
-def test_threads_checking_earlier_launches_take_each_one_once(monkeypatch):
+def test_threads_checking_earlier_launches_take_each_one_once(gpu, monkeypatch):
     """Two threads launching at once (nn.DataParallel runs one a GPU) check the pending launches: each
     finished one is taken and read once, and one not finished is left, whatever the interleaving.
-    The events are stand-ins whose query lets the other thread run before it answers."""
+    The events are stand-ins whose query lets the other thread run before it answers; the CPU device
+    stands for the GPU (the stand-in driver's device queries)."""
     import threading
     import time
 
