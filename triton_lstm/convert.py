@@ -255,6 +255,11 @@ def _tail(key: str) -> str:
     return key.split(":")[0].rsplit("/", 1)[-1]
 
 
+# Keras' peephole LSTM cell's weights and TF1's LSTMCell's for the same gates.
+KERAS_PEEPHOLES = {"input_gate_peephole_weights": "w_i_diag", "forget_gate_peephole_weights": "w_f_diag",
+                   "output_gate_peephole_weights": "w_o_diag"}
+
+
 def keras_as_tf_variables(weights: Mapping[str, Any], scope: Optional[str], forget_bias: float) -> Mapping[str, Any]:
     """``weights`` unchanged when it holds TF LSTMCell variables; a Keras LSTM's weights (names ending in
     ``kernel``, ``recurrent_kernel``, ``bias``, as ``read_keras_weights`` or Keras 2 files name them)
@@ -269,20 +274,13 @@ def keras_as_tf_variables(weights: Mapping[str, Any], scope: Optional[str], forg
         raise ValueError(f"weights: Keras LSTM weights of several layers {sorted(recurrent)}; pass scope= (the "
                          f"layer's name) to pick one")
     base = recurrent[0].split(":")[0][:-len("recurrent_kernel")]
-    found = {_tail(k): k for k in weights if isinstance(k, str) and k.split(":")[0] in (base + "kernel", base + "bias")}
+    names = {k.split(":")[0]: k for k in weights if isinstance(k, str)}
+    found = {w: weights[names[base + w]] for w in ("kernel", "bias", *KERAS_PEEPHOLES) if base + w in names}
     if "kernel" not in found:
         raise ValueError(f"weights: Keras layout ({recurrent[0]!r}) without its {base + 'kernel'!r}")
-    bias = weights[found["bias"]] if "bias" in found else None
-    tf = keras_to_tf_lstm(weights[found["kernel"]], weights[recurrent[0]], bias, forget_bias)
-    peepholes = {k.split(":")[0][len(base):]: k for k in weights if isinstance(k, str)
-                 and k.split(":")[0][len(base):] in KERAS_PEEPHOLES and k.startswith(base)}
-    tf.update({KERAS_PEEPHOLES[name]: weights[key] for name, key in peepholes.items()})
+    tf = keras_to_tf_lstm(found["kernel"], weights[recurrent[0]], found.get("bias"), forget_bias)
+    tf.update({tf_name: found[keras] for keras, tf_name in KERAS_PEEPHOLES.items() if keras in found})
     return {base + name: value for name, value in tf.items()}
-
-
-# Keras' peephole LSTM cell's weights and TF1's LSTMCell's for the same gates.
-KERAS_PEEPHOLES = {"input_gate_peephole_weights": "w_i_diag", "forget_gate_peephole_weights": "w_f_diag",
-                   "output_gate_peephole_weights": "w_o_diag"}
 
 
 def cell_to_torch_lstm(cell) -> torch.nn.LSTM:

@@ -28,7 +28,7 @@ import os
 import re
 import zipfile
 import zlib
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
@@ -445,19 +445,14 @@ def _keras2_layout(layers: list[tuple[str, list[tuple[str, np.ndarray]]]], where
                 order = cells.setdefault(owner, {})
                 place = names.index(parts[-2]) if parts[-2] in names else order.setdefault(parts[-2], len(order))
                 cell = ["cells", str(place)]
-            sub = _sub_layers(parts, owner, owner_entry if config is not None else not recurrent)
+            # A layer that is no recurrent one (by its config entry; without a config, by its weights:
+            # no recurrent_kernel) keeps its sub-layers' paths (MultiHeadAttention's query, key ...:
+            # their weights would meet under the layer's name); an RNN layer's cell scopes are mapped.
+            plain = owner_entry is not None and owner_entry["class_name"] not in ("LSTM", "RNN", "Bidirectional") \
+                if config is not None else not recurrent
+            sub = parts[parts.index(owner) + 1:-1] if plain and owner in parts[:-1] else []
             _keep(out, "/".join([owner, *direction, *cell, *sub, parts[-1]]), value, where, config is not None)
     return out
-
-
-def _sub_layers(parts: list[str], owner: str, entry: Union[dict, bool, None]) -> list[str]:
-    """The path below its layer's scope of a weight (``parts``: its TF name split) of a layer that is no
-    recurrent one (MultiHeadAttention's ``query``, ``key`` ...: their weights would meet under the
-    layer's name), as its config entry says, or without a config (``entry`` a bool) its weights (no
-    ``recurrent_kernel``); none for an RNN layer, whose cell scopes the reader maps."""
-    plain = entry if isinstance(entry, bool) else entry is not None and entry["class_name"] not in (
-        "LSTM", "RNN", "Bidirectional")
-    return parts[parts.index(owner) + 1:-1] if plain and owner in parts[:-1] else []
 
 
 # ------------------------------------------------------------------------- TensorFlow's format

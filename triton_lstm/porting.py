@@ -483,9 +483,10 @@ def tf_to_module(variables: Mapping[str, Any], scope: Optional[str] = None, *, f
     if not isinstance(variables, Mapping):
         raise TypeError(f"variables: expected a mapping of TF names to arrays, got {type(variables).__name__}")
     cells = find_lstm_cells(variables, scope)
+    names = {k.split(":")[0] for k in variables}
     if not cells:
         where = f" under scope {scope!r}" if scope else ""
-        pairs = sorted(_kernel_scopes({k.split(":")[0]: k for k in variables})) if not scope else []
+        pairs = sorted(_kernel_scopes(names)) if not scope else []
         hint = ("; this checkpoint is object-based (TF2): for a Keras model's (save_weights, or a SavedModel's "
                 "variables), use triton_lstm.load_keras on it or on the SavedModel folder"
                 if OBJECT_GRAPH in variables else
@@ -494,8 +495,7 @@ def tf_to_module(variables: Mapping[str, Any], scope: Optional[str] = None, *, f
                 f"with a bias under it is read as a cell)" if pairs else "")
         raise ValueError(f"variables: no LSTM cell (a '.../kernel' with its '.../bias'){where}; names seen: "
                          f"{sorted(variables)[:20]}{hint}")
-    plain = {k.split(":")[0] for k in variables}
-    keras = sorted(cell for cell in cells if _var(cell, "recurrent_kernel") in plain)
+    keras = sorted(cell for cell in cells if _var(cell, "recurrent_kernel") in names)
     if keras:
         raise ValueError(f"variables: {keras} hold a recurrent_kernel: a Keras LSTM layer's variables (kernel [D, 4N] "
                          f"and recurrent_kernel [N, 4N], gates i, f, c, o), not a TF1 LSTMCell's; read one with "
