@@ -678,6 +678,17 @@ def test_keras_bfloat16_weights(name, path):
     torch.testing.assert_close(y, torch.as_tensor(ref["y"]), atol=2e-2, rtol=0)
 
 
+@pytest.mark.parametrize("name,layers", [("keras2_cudnn.h5", None), ("keras2_cudnn_weights.h5", ["bi", "top"])])
+def test_keras_cudnn_lstm(name, layers, path):
+    """tf-keras' CuDNNLSTM, a Bidirectional of one, then one, in a model file and a weights file: its
+    weights in cuDNN's layout (each gate's kernel flattened as cuDNN reads it, two biases; before, the
+    model had no LSTM layer and the weights a bias of the wrong size), against Keras' LSTMs given
+    those weights by Keras' own conversion."""
+    ref = expected("keras2_cudnn")
+    y, _ = triton_lstm.load_keras(fixture(name), layers=layers)(torch.as_tensor(ref["x"]))
+    close(y, ref["y"], "output")
+
+
 def test_keras_layers_of_different_dtypes(path):
     """A float32 LSTM, then a float64 one: each takes the outputs before it in its own dtype, as Keras
     casts them (the module could be called with no input dtype: each layer refused the other's)."""

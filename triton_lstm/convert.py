@@ -213,14 +213,28 @@ def keras_to_torch_lstm(kernel: Any, recurrent_kernel: Any, bias: Optional[Any] 
                         suffix: str = "_l0") -> dict[str, Tensor]:
     """nn.LSTM parameters (one layer/direction) from a Keras LSTM's weights: kernel [D, 4N],
     recurrent_kernel [N, 4N], bias [4N] or None (``use_bias=False``: no bias entries). Keras and torch
-    share the gate order, so this is a transpose; Keras adds no forget bias at run time."""
+    share the gate order, so this is a transpose; Keras adds no forget bias at run time.
+
+    A bias of 8N is a CuDNNLSTM's (Keras 2's, tf-keras'), as Keras itself tells them apart: cuDNN's
+    two biases, which are torch's (bias_ih, bias_hh), and kernels in the layout cuDNN reads. Each
+    gate's block of the kernel, [D, N], holds the [N, D] matrix cuDNN multiplies the inputs by,
+    flattened; each of the recurrent kernel, [N, N], the matrix cuDNN multiplies h by. Keras converts
+    them alike (``_convert_rnn_weights``) when an LSTM loads a CuDNNLSTM's weights."""
     kernel = _matrix("kernel", kernel, None, None, "input_size, 4 * units")
     n = _num_units("kernel", kernel, 1)
     recurrent = _matrix("recurrent_kernel", recurrent_kernel, n, 4 * n, f"units {n}, 4 * units")
-    out = {f"weight_ih{suffix}": kernel.t().contiguous(), f"weight_hh{suffix}": recurrent.t().contiguous()}
+    cudnn = bias is not None and shape_of(as_tensor(bias, "bias")) == (8 * n,)
+    if cudnn:
+        d = kernel.shape[0]
+        gates = kernel.reshape(d, 4, n).transpose(0, 1).contiguous()     # [4, D, N], each gate's block
+        out = {f"weight_ih{suffix}": gates.reshape(4 * n, d),
+               f"weight_hh{suffix}": recurrent.reshape(n, 4, n).transpose(0, 1).reshape(4 * n, n)}
+    else:
+        out = {f"weight_ih{suffix}": kernel.t().contiguous(), f"weight_hh{suffix}": recurrent.t().contiguous()}
     if bias is not None:
-        b = _vector("bias", bias, 4 * n, f"4 * units {n}")
-        out.update({f"bias_ih{suffix}": b.clone(), f"bias_hh{suffix}": torch.zeros_like(b)})
+        b = _vector("bias", bias, 8 * n if cudnn else 4 * n, f"4 * units {n}, or 8 * units for a CuDNNLSTM")
+        out.update({f"bias_ih{suffix}": b[:4 * n].clone(), f"bias_hh{suffix}": b[4 * n:].clone() if cudnn
+                    else torch.zeros_like(b)})
     return out
 
 

@@ -686,12 +686,13 @@ def keras_activation(name: Any, keras_version: str, arg: str) -> str:
 
 
 def _lstm_options(layer: Any) -> Optional[dict]:
-    """The options of a Keras layer ``{"class_name", "config"}`` that is an LSTM, or an RNN of an LSTMCell
-    (the RNN's options with the cell's); None for any other layer."""
+    """The options of a Keras layer ``{"class_name", "config"}`` that is an LSTM (or Keras 2's
+    CuDNNLSTM: tanh and sigmoid, its weights told apart by ``keras_to_torch_lstm``), or an RNN of an
+    LSTMCell (the RNN's options with the cell's); None for any other layer."""
     if not isinstance(layer, dict) or not isinstance(layer.get("config"), dict):
         return None
     options = layer["config"]
-    if layer.get("class_name") == "LSTM":
+    if layer.get("class_name") in ("LSTM", "CuDNNLSTM"):
         return options
     cell = options.get("cell")
     if layer.get("class_name") == "RNN" and isinstance(cell, dict) and cell.get("class_name") == "LSTMCell":
