@@ -465,6 +465,22 @@ def test_keras_stack_full_and_masked(path, tmp_path):
     close(from_weights(torch.as_tensor(ref["full/x"]))[0], ref["full/y1"], "lstm_a from .weights.h5")
 
 
+def test_keras_weights_without_config_take_their_lstm_layers(path):
+    """Without a config, the layers taken by default are those with an LSTM's recurrent kernel
+    ([N, 4N]): one LSTM beside a GRU ([N, 3N]) and a SimpleRNN ([N, N]) is taken alone (the order of
+    all three was asked for before)."""
+    ref = expected("keras_stacked")
+    weights = {k: v for k, v in read_keras_weights(fixture("keras_stacked.keras")).items() if k.startswith("lstm_a/")}
+    g = np.random.default_rng(5)
+    D = weights["lstm_a/kernel"].shape[0]
+    for name, gates in (("gru", 3), ("simple_rnn", 1)):
+        weights.update({f"{name}/kernel": g.normal(size=(D, 2 * gates)), f"{name}/bias": g.normal(size=2 * gates),
+                        f"{name}/recurrent_kernel": g.normal(size=(2, 2 * gates))})
+    module = keras_to_module(weights)
+    assert [layer.name for layer in module.layers] == ["lstm_a"]
+    close(module(torch.as_tensor(ref["full/x"]))[0], ref["full/y1"], "lstm_a beside a GRU and a SimpleRNN")
+
+
 def test_keras_masked_bidirectional(path):
     ref = expected("keras_bidi")
     module = triton_lstm.load_keras(fixture("keras_bidi.keras"))

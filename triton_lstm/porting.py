@@ -822,7 +822,9 @@ def keras_to_module(weights: Mapping[str, Any], config: Optional[dict] = None,
     by_default = layers is None
     if layers is None:
         if config is None:
-            recurrent = list(dict.fromkeys(k.split("/")[0] for k in weights if k.endswith("/recurrent_kernel")))
+            # An LSTM's recurrent kernel is [N, 4N] (a GRU's [N, 3N], a SimpleRNN's [N, N]).
+            recurrent = list(dict.fromkeys(k.split("/")[0] for k, w in weights.items() if k.endswith("/recurrent_kernel")
+                                           and len(np.shape(w)) == 2 and np.shape(w)[1] == 4 * np.shape(w)[0]))
             if len(recurrent) > 1:
                 raise ValueError(f"layers: the file has no model config, so the order of {recurrent} is unknown; "
                                  f"pass layers=[...] in the order they run")
