@@ -98,13 +98,16 @@ def row_valid(t, o_b, mask_b, len_ptr, T, HAS_LENGTHS: tl.constexpr):
 
 
 @triton.jit
-def poison_bad_lengths(c, o_b, mask_b, len_ptr, sync_ptr, T, HAS_LENGTHS: tl.constexpr):
+def poison_bad_lengths(c, c_ptrs, o_b, mask_b, mask_n, len_ptr, sync_ptr, T, HAS_LENGTHS: tl.constexpr):
     """Rows whose length lies outside [0, T] start from a NaN cell state, so that all their outputs
-    and final state are NaN, and are counted in sync_ptr[1] for the host to raise on."""
+    and final state are NaN, and are counted in sync_ptr[1] for the host to raise on. The NaN state
+    is stored where c was loaded from (c_ptrs), for the backward to start from too: their gradients
+    are NaN as well."""
     if HAS_LENGTHS:
         length = tl.load(len_ptr + o_b, mask=mask_b, other=0)
         bad = mask_b & ((length < 0) | (length > T))
         c = tl.where(bad[:, None], float("nan"), c)
+        tl.store(c_ptrs, c, mask=bad[:, None] & mask_n[None, :])
         n_bad = tl.sum(bad.to(tl.int32), axis=0)
         if n_bad > 0:
             tl.atomic_add(sync_ptr + 1, n_bad, sem="relaxed", scope="gpu")
@@ -215,9 +218,9 @@ def lstm_seq_fwd_kernel(
             p_tiles = load_slice(proj_ptr, P, N, o_p, 1, mask_p, DOT_DTYPE, NUM_K_M, BLOCK_K)
     wi, wf, wo = load_peepholes(wi_ptr, wf_ptr, wo_ptr, o_n, mask_n, USE_PEEPHOLES)
     t0 = t_first + tl.zeros([], tl.int64)
-    c = tl.load(cbuf_ptr + t0 * B * N + o_b[:, None] * N + o_n[None, :],
-                mask=mask_b[:, None] & mask_n[None, :], other=0.0)
-    c = poison_bad_lengths(c, o_b, mask_b, len_ptr, sync_ptr, T, HAS_LENGTHS)
+    c_ptrs = cbuf_ptr + t0 * B * N + o_b[:, None] * N + o_n[None, :]
+    c = tl.load(c_ptrs, mask=mask_b[:, None] & mask_n[None, :], other=0.0)
+    c = poison_bad_lengths(c, c_ptrs, o_b, mask_b, mask_n, len_ptr, sync_ptr, T, HAS_LENGTHS)
     # The program's own columns of h, carried for rows past their length.
     if HAS_PROJ:
         h = tl.load(hbuf_ptr + t0 * B * P + o_bp[:, None] * P + o_p[None, :],

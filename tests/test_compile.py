@@ -74,26 +74,37 @@ def test_dynamic_rnn_fullgraph_without_recompiling_per_length(backend, device):
 @pytest.mark.parametrize("path", ["kernels", "cpu loop", "reference", "cell each step"])
 def test_lengths_outside_the_range_give_nan_rows_when_compiled(path):
     """Traced, lengths cannot be read on the host: on every path, as the kernels do, a row whose
-    length lies outside [0, T] gets NaN outputs and final state, the other rows their own results.
-    CPU tensors: the kernels under the interpreter (the CPU loop in a session with a GPU), the CPU
-    loop for float64, the reference for an activation of the user's, the cell called at each step
-    for a cell with a hook."""
+    length lies outside [0, T] gets NaN outputs and final state, and NaN gradients; the other rows
+    their own results. CPU tensors: the kernels under the interpreter (the CPU loop in a session
+    with a GPU), the CPU loop for float64, the reference for an activation of the user's, the cell
+    called at each step for a cell with a hook."""
     T, B, D, N, P = 4, 4, 5, 6, 3
     cell = triton_lstm.LSTMCell(N, use_peepholes=True, cell_clip=2.0, num_proj=P, input_size=D,
                                 activation=(lambda v: 0.9 * torch.tanh(v)) if path == "reference" else None,
                                 dtype=torch.float64 if path == "cpu loop" else torch.float32)
     if path == "cell each step":
         cell.register_forward_pre_hook(lambda module, args: None)
-    x = torch.randn(B, T, D, dtype=cell.kernel.dtype)
+    dtype = cell.kernel.dtype
+    x, c0, h0 = (torch.randn(*shape, dtype=dtype, requires_grad=True) for shape in ((B, T, D), (B, N), (B, P)))
     lengths = torch.tensor([T + 2, 2, -3, 0])
     good, bad = [1, 3], [0, 2]
 
-    def run(x, lengths):
-        return triton_lstm.dynamic_rnn(cell, x, sequence_length=lengths)
+    def run(x, lengths, c0=None, h0=None):
+        state = None if c0 is None else triton_lstm.LSTMStateTuple(c0, h0)
+        return triton_lstm.dynamic_rnn(cell, x, sequence_length=lengths, initial_state=state)
 
-    out, (c, h) = torch.compile(run, backend="aot_eager", fullgraph=path != "cell each step")(x, lengths)
-    want, (want_c, want_h) = run(x[good], lengths[good])
-    for name, got, ref in (("outputs", out, want), ("c", c, want_c), ("h", h, want_h)):
+    def gradients(out, c, h, rows):
+        """Of the outputs' and final state's sum (scaled to keep the clips' bounds out of reach)."""
+        loss = sum((0.1 * t).sum() for t in (out, c, h))
+        return dict(zip(("x", "c0", "h0"), torch.autograd.grad(loss, (x, c0, h0) if rows is None else rows)))
+
+    out, (c, h) = torch.compile(run, backend="aot_eager", fullgraph=path != "cell each step")(x, lengths, c0, h0)
+    grads = gradients(out, c, h, None)
+    rows = [t[good].detach().requires_grad_() for t in (x, c0, h0)]
+    want, (want_c, want_h) = run(rows[0], lengths[good], *rows[1:])
+    want_grads = gradients(want, want_c, want_h, rows)
+    for name, got, ref in (("outputs", out, want), ("c", c, want_c), ("h", h, want_h),
+                           *((f"d/d{k}", grads[k], want_grads[k]) for k in grads)):
         assert torch.isnan(got[bad]).all(), f"{name}: rows with lengths outside [0, T] must be NaN"
         assert_close(name, got[good], ref, TOL)
     # No steps: a bad row's final state is NaN too, the others' the zero initial state.

@@ -6,6 +6,8 @@ LSTMCell), the sequence (lstm_sequence, dynamic_rnn) and the LSTM module: double
 gradgradcheck), torch.func.grad, jacrev, per-sample gradients (vmap of grad), functional_call, and
 forward mode (torch.func.jvp, jacfwd, hessian, torch.autograd.forward_ad).
 """
+import math
+
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -13,7 +15,9 @@ from torch.func import functional_call, grad, hessian, jacfwd, jacrev, jvp, vmap
 
 from helpers import cell_args, cell_tensors
 from triton_lstm import LSTM, LSTMCell, dynamic_rnn, lstm_cell, lstm_sequence
+from triton_lstm.activations import ACTIVATIONS
 from triton_lstm.launch import kernels_run_on
+from triton_lstm.ops import seq_fwd
 
 # float32 kernels against the float64 reference, through two derivatives.
 TOL = dict(atol=2e-4, rtol=2e-4)
@@ -81,6 +85,44 @@ def sequence_fn(*args):
 def test_double_backward_matches_reference(fn, make, device):
     inputs = make(device)
     assert_all_close(second_order(fn, inputs), second_order(fn, as64(inputs)), "second derivative")
+
+
+def test_double_backward_of_a_row_with_a_bad_length(device):
+    """Lengths reach the sequence op unchecked where the host cannot read them (on a GPU, traced):
+    the kernels run a row whose length lies outside [0, T] from a NaN state. Its gradients are NaN
+    too, in a backward that can itself be differentiated (its recomputation) as in the kernels'; the
+    other row's gradients of both orders are as without it, against the float64 reference."""
+    x, h0, c0, w_x, w_h, bias, *rest = sequence_inputs(device)
+    weights = [t.detach() for t in (w_x, w_h, bias, *rest)]
+    options = (ACTIVATIONS["tanh"][0], ACTIVATIONS["sigmoid"][0], OPTIONS["forget_bias"], OPTIONS["cell_clip"],
+               OPTIONS["proj_clip"])
+
+    def op(x, h0, c0):     # row 0: length T + 2
+        lengths = torch.tensor([T + 2, T - 1], device=device, dtype=torch.int32)
+        out, hbuf, cbuf, *_ = seq_fwd(x, h0, c0, *weights, lengths, *options)
+        return out, hbuf[-1], cbuf[-1]
+
+    def good_row(x, h0, c0):
+        return lstm_sequence(x, h0, c0, *as64(weights), torch.tensor([T - 1]), **OPTIONS)
+
+    def derivatives(fn, inputs, scales, row):
+        """The first derivatives of fn's outputs' sum weighted by ``scales``, by both kinds of
+        autograd's backward; the second: of the squared norm of the first's ``row``."""
+        loss = sum((o * w).sum() for o, w in zip(fn(*inputs), scales))
+        plain = torch.autograd.grad(loss, inputs, retain_graph=True)
+        first = torch.autograd.grad(loss, inputs, create_graph=True)
+        second = torch.autograd.grad(sum((g.select(-2, row) ** 2).sum() for g in first), inputs)
+        return plain, first, second
+
+    scales = [torch.linspace(-1, 1, math.prod(s), device=device).view(s) for s in ((T, B, P), (B, P), (B, N))]
+    plain, first, second = derivatives(op, [x, h0, c0], scales, 1)
+    _, want_first, want_second = derivatives(good_row, as64([x[:, 1:], h0[1:], c0[1:]]),
+                                             [w[..., 1:, :].double() for w in scales], 0)
+    for order, got in (("first (fast backward)", plain), ("first (differentiable)", first)):
+        for name, g in zip(("x", "h0", "c0"), got):
+            assert torch.isnan(g.select(-2, 0)).all(), f"{order} d/d{name} of the bad row must be NaN"
+        assert_all_close([g.detach()[..., 1:, :] for g in got], want_first, f"{order} derivative of the good row")
+    assert_all_close([g[..., 1:, :] for g in second], want_second, "second derivative of the good row")
 
 
 @pytest.mark.filterwarnings("ignore:Input #:UserWarning")  # float32 on purpose: the kernels' dtype

@@ -70,10 +70,22 @@ def lstm_cell_reference(
 
 
 def within_lengths(lengths: Optional[Tensor], T: int, device: torch.device) -> Optional[Tensor]:
-    """[T, B, 1] bool: whether step t is inside row b's sequence (None without lengths)."""
+    """[T, B, 1] bool: whether step t is inside row b's sequence (None without lengths). A row whose
+    length lies outside [0, T] (unchecked: on a GPU) runs every step, as in the kernels."""
     if lengths is None:
         return None
-    return (torch.arange(T, device=device)[:, None] < lengths.to(device)[None, :])[..., None]
+    lengths = lengths.to(device)
+    outside = (lengths < 0) | (lengths > T)
+    return ((torch.arange(T, device=device)[:, None] < lengths[None, :]) | outside[None, :])[..., None]
+
+
+def bad_lengths_poisoned(lengths: Tensor, T: int, h0: Tensor, c0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(lengths, h0, c0) for rows whose length lies outside [0, T] as the kernels run them: every
+    step, from a NaN state (h0 and c0 times NaN, so that their gradients are NaN too, as the kernels'
+    are); the other rows unchanged (times 1)."""
+    bad = (lengths < 0) | (lengths > T)
+    scale = torch.where(bad[:, None], float("nan"), 1.0)
+    return torch.where(bad, T, lengths), h0 * scale.to(h0.dtype), c0 * scale.to(c0.dtype)
 
 
 def padding_zeroed(t: Tensor, valid: Optional[Tensor]) -> Tensor:

@@ -18,7 +18,7 @@ from triton_lstm.higher_order import forward_mode
 from triton_lstm.kernels.lstm_sequence import BARRIER_FAILED, lstm_seq_bwd_kernel, lstm_seq_fwd_kernel
 from triton_lstm import launch, tune
 from triton_lstm.launch import Problem, interpreting, kernel_constants, kernels_run_on, programs
-from triton_lstm.reference import lstm_sequence_reference
+from triton_lstm.reference import bad_lengths_poisoned, lstm_sequence_reference
 
 Tensor = torch.Tensor
 
@@ -243,14 +243,13 @@ def sequence_lengths(lengths, T: int, B: int, device: torch.device, h0: Tensor, 
 
 def poison_bad_lengths(lengths: Tensor, T: int, h0: Tensor, c0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Unchecked lengths for a path other than the kernels, checked as the kernels check them: a row
-    outside [0, T] runs every step from a NaN state (returned: lengths with T there, h0 and c0; so
-    with no steps its final state is NaN too), and is reported to a later call where it can be (not
-    while compiling or capturing)."""
-    bad = (lengths < 0) | (lengths > T)
+    outside [0, T] runs every step from a NaN state (``bad_lengths_poisoned``; so with no steps its
+    final state is NaN too), and is reported to a later call where it can be (not while compiling or
+    capturing)."""
     if not torch.compiler.is_compiling():
+        bad = (lengths < 0) | (lengths > T)
         watch(torch.stack([lengths.new_zeros(()), bad.sum(dtype=torch.int32)]))
-    return (torch.where(bad, T, lengths), torch.where(bad[:, None], float("nan"), h0),
-            torch.where(bad[:, None], float("nan"), c0))
+    return bad_lengths_poisoned(lengths, T, h0, c0)
 
 
 def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, w_x: Tensor, w_h: Tensor, bias: Tensor,
