@@ -1086,6 +1086,9 @@ def test_keras_port_keeps_float64_and_explains_weights_only_guesses():
     gru = {"gru/kernel": np.zeros((3, 12)), "gru/recurrent_kernel": np.zeros((4, 12)), "gru/bias": np.zeros(12)}
     with pytest.raises(ValueError, match=r"^weights: layer gru: recurrent_kernel: .* \(without a model config every layer with "
                                          r"these weights is taken as an LSTM\)"):
+        keras_to_module(gru, layers=["gru"])
+    with pytest.raises(ValueError, match=r"^layers: the file has no LSTM layer \(no model config: none has an LSTM's "
+                                         r"recurrent_kernel \[N, 4N\]\); the layers its weights name: \['gru'\]$"):
         keras_to_module(gru)
     halves = {f"bi/{d}/{w}": np.zeros(shape) for d, n in (("forward", 4), ("backward", 2))
               for w, shape in (("kernel", (3, 4 * n)), ("recurrent_kernel", (n, 4 * n)), ("bias", (4 * n,)))}

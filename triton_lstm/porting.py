@@ -836,7 +836,10 @@ def keras_to_module(weights: Mapping[str, Any], config: Optional[dict] = None,
             raise ValueError(f"layers: {[e['name'] for e in between]} ({between[0]['class_name']}) sit between the "
                              f"LSTM layers {layers}; pass layers=[...] to pick a chain")
         if not layers:
-            raise ValueError(f"layers: the file has no LSTM layer; its layers: {[e['name'] for e in entries]}")
+            raise ValueError(f"layers: the file has no LSTM layer; its layers: {[e['name'] for e in entries]}"
+                             if config else f"layers: the file has no LSTM layer (no model config: none has an "
+                             f"LSTM's recurrent_kernel [N, 4N]); the layers its weights name: "
+                             f"{list(dict.fromkeys(k.split('/')[0] for k in weights))}")
     elif isinstance(layers, str):
         layers = [layers]
     else:
