@@ -694,12 +694,15 @@ def test_keras_bfloat16_weights(name, path):
     torch.testing.assert_close(y, torch.as_tensor(ref["y"]), atol=2e-2, rtol=0)
 
 
-@pytest.mark.parametrize("name,layers", [("keras2_cudnn.h5", None), ("keras2_cudnn_weights.h5", ["bi", "top"])])
+@pytest.mark.parametrize("name,layers", [("keras2_cudnn.h5", None), ("keras2_cudnn_weights.h5", ["bi", "top"]),
+                                         ("keras2_cudnn.keras", None),
+                                         ("keras2_cudnn.weights.h5", ["bidirectional", "cu_dnnlstm"])])
 def test_keras_cudnn_lstm(name, layers, path):
-    """tf-keras' CuDNNLSTM, a Bidirectional of one, then one, in a model file and a weights file: its
-    weights in cuDNN's layout (each gate's kernel flattened as cuDNN reads it, two biases; before, the
-    model had no LSTM layer and the weights a bias of the wrong size), against Keras' LSTMs given
-    those weights by Keras' own conversion."""
+    """tf-keras' CuDNNLSTM, a Bidirectional of one, then one, in model files and weights files (in
+    .keras and .weights.h5 its three weights in its own group, by place, named from the config or,
+    without one, by their shapes): its weights in cuDNN's layout (each gate's kernel flattened as
+    cuDNN reads it, two biases; before, the model had no LSTM layer and the weights a bias of the
+    wrong size, or no names), against Keras' LSTMs given those weights by Keras' own conversion."""
     ref = expected("keras2_cudnn")
     y, _ = triton_lstm.load_keras(fixture(name), layers=layers)(torch.as_tensor(ref["x"]))
     close(y, ref["y"], "output")

@@ -37,8 +37,8 @@ from triton_lstm.tf_checkpoint import (OBJECT_GRAPH, _field, _proto_fields, bflo
                                        read_tf_checkpoint)
 
 # Names of a Keras 3 object's variables, in their saved order (the file stores only indices).
-_VAR_NAMES = {"cell": ("kernel", "recurrent_kernel", "bias"), "Dense": ("kernel", "bias"),
-              "Embedding": ("embeddings",)}
+_VAR_NAMES = {"cell": ("kernel", "recurrent_kernel", "bias"), "CuDNNLSTM": ("kernel", "recurrent_kernel", "bias"),
+              "Dense": ("kernel", "bias"), "Embedding": ("embeddings",)}
 _DIRECTIONS = {"forward_layer": "forward", "backward_layer": "backward"}
 
 
@@ -302,6 +302,16 @@ def _keras3_weights(f, where: str, config: Optional[dict]) -> dict[str, np.ndarr
 _MAX_NESTING = 64
 
 
+def _cudnn_lstm_vars(group) -> bool:
+    """Whether a ``vars`` group holds a CuDNNLSTM's own three weights by their shapes (kernel [D, 4N],
+    recurrent_kernel [N, 4N], bias [8N]): a file without a config names them by place alone."""
+    shapes = [getattr(group.get(str(k)), "shape", None) for k in range(3)]
+    if len(group) != 3 or None in shapes or [len(s) for s in shapes] != [2, 2, 1]:
+        return False
+    (_, n4), (n, rn4), (n8,) = shapes
+    return n4 == rn4 == 4 * n and n8 == 8 * n > 0
+
+
 def _keras3_level(layers, at: str, where: str, entries: Optional[list[dict]], out: dict) -> None:
     """The weights under one model's ``layers`` group (at ``at`` in the file) into ``out``; ``entries``: that
     model's layers from its config, or None."""
@@ -325,16 +335,19 @@ def _keras3_level(layers, at: str, where: str, entries: Optional[list[dict]], ou
             _keras3_level(group["layers"], f"{at}/{path}/layers", where,
                           _entries(entry["config"], where) if _nested(entry) else None, out)
             continue
-        names_of = _VAR_NAMES.get(entry["class_name"] if entry else "", ())
+        # A Bidirectional's weights are named as its layer's.
+        layer = entry["config"].get("layer") if entry and entry["class_name"] == "Bidirectional" else entry
+        names_of = _VAR_NAMES.get(layer.get("class_name"), ()) if isinstance(layer, dict) else ()
 
-        def visit(sub: str, obj, name=name, names_of=names_of) -> None:
+        def visit(sub: str, obj, name=name, names_of=names_of, entry=entry) -> None:
             parts = _text(sub).split("/")  # bytes when not UTF-8
             if len(parts) < 2 or parts[-2] != "vars" or not hasattr(obj, "shape"):
                 return
             owner = parts[-3] if len(parts) >= 3 else None
             # A cell of stacked cells (StackedRNNCells): .../cells/<the k-th LSTMCell: lstm_cell[_k]>/vars
             stacked = len(parts) >= 4 and parts[-4] == "cells"
-            names = _VAR_NAMES["cell"] if owner == "cell" or stacked else names_of
+            names = _VAR_NAMES["cell"] if owner == "cell" or stacked or (
+                entry is None and _cudnn_lstm_vars(obj.parent)) else names_of
             k = int(parts[-1]) if re.fullmatch(r"[0-9]+", parts[-1]) else len(names)
             weight = names[k] if k < len(names) else parts[-1]
             direction = [_DIRECTIONS[p] for p in parts if p in _DIRECTIONS]
