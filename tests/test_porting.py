@@ -943,10 +943,51 @@ def test_keras_weights_of_two_layers_under_one_name(name, layer):
         read_keras_weights(fixture(name))
 
 
+@pytest.mark.parametrize("name", ["keras3_stateful.keras", "keras2_stateful_calls.h5"])
+def test_keras_stateful_layers_carry_their_states(name, path):
+    """Stateful layers (after a Masking layer, a Bidirectional, a last one with go_backwards): a call
+    starts from the states the one before left (its masked row from its last valid step), against
+    Keras' outputs of two calls in a row (before, each call started from zeros); reset_states()
+    starts from zeros again. The states carry no gradient from one call to the next; hx given
+    replaces them; another batch size is an error."""
+    ref = expected(name.split(".")[0])
+    module = triton_lstm.load_keras(fixture(name))
+    assert [layer.stateful for layer in module.layers] == [True, True, True]
+    x1, x2 = torch.as_tensor(ref["x1"]), torch.as_tensor(ref["x2"])
+    y1, _ = module(x1)
+    y1.sum().backward()
+    y2, (h, c) = module(x2)
+    y2.sum().backward()      # the first call's graph, freed, is not reached
+    close(y1, ref["y1"], "first call")
+    close(y2, ref["y2"], "second call")
+    with pytest.raises(ValueError, match=r"^input: layer 'first' is stateful and kept the states of a batch of 2 rows, "
+                                         r"got 1; call reset_states\(\) first"):
+        module(x1[:1])
+    module.reset_states()
+    close(module(x2)[0], ref["y2_reset"], "after reset_states")
+    zeros = [torch.zeros_like(t) for t in h], [torch.zeros_like(t) for t in c]
+    close(module(x2, zeros)[0], ref["y2_reset"], "from hx given as zeros, after a call")
+
+
+def test_keras_layer_pickled_before_stateful_loads():
+    """A KerasRNN pickled whole before it had ``stateful`` (and its kept states) loads as a layer
+    that is not stateful, with the same outputs."""
+    layer = KerasRNN(LSTM(3, 4, batch_first=True), "old")
+    state = layer.__getstate__()
+    del state["stateful"]
+    state["_buffers"] = {k: v for k, v in state["_buffers"].items() if not k.startswith("kept_")}
+    state["_non_persistent_buffers_set"] = set()
+    old = KerasRNN.__new__(KerasRNN)
+    old.__setstate__(state)
+    x = torch.randn(2, 5, 3)
+    torch.testing.assert_close(old(x)[0], layer(x)[0], rtol=0, atol=0)
+    assert old.kept_h is None and "kept_h" not in old.state_dict()
+
+
 def test_keras2_savedmodel_of_a_stateful_lstm(path):
     """A stateful LSTM's SavedModel saves its states beside its weights (under keras_api): they are no
-    weights (read as a second layer's before, an error). The module keeps no state: from zeros, it
-    gives Keras' outputs after reset_states."""
+    weights (read as a second layer's before, an error). The module's first call starts from zeros
+    (the saved states are not read): Keras' outputs after reset_states."""
     ref = expected("keras2_savedmodel_stateful")
     assert sorted(read_keras_weights(fixture("keras2_savedmodel_stateful"))) == ["lstm/bias", "lstm/kernel",
                                                                                   "lstm/recurrent_kernel"]

@@ -202,6 +202,12 @@ class LSTMStack(nn.Module):
     def state_count(self) -> int:
         return sum(_state_count(layer) for layer in self.layers)
 
+    def reset_states(self) -> None:
+        """Forget the states the stateful layers kept (``KerasRNN.reset_states``), as Keras' model's."""
+        for layer in self.layers:
+            if hasattr(layer, "reset_states"):
+                layer.reset_states()
+
     def forward(self, input, hx=None, *, lengths=None, mask=None):
         if self.requires_mask is not None and mask is None and lengths is None \
                 and not isinstance(input, PackedSequence):
@@ -265,13 +271,16 @@ class KerasRNN(nn.Module):
     output; ``return_sequences=False`` gives the last output [B, F]. ``mask_value``: a Keras Masking
     layer's right before this one: the mask comes from the input, as in ``LSTMStack``, and in a stack
     it replaces the mask of the layers before (Keras' Masking makes a new one from their outputs).
+    ``stateful`` (Keras' option): each call keeps its final states (without their gradient) for the
+    next call on the same batch size, which starts from them unless given ``hx``; ``reset_states()``
+    forgets them (the next call starts from zeros, as the first does).
 
     ``forward(input [B, T, D] or PackedSequence, hx=None, *, lengths=None, mask=None)``: as ``LSTMStack``'s.
     """
 
     def __init__(self, lstm: LSTM, name: str, merge_mode: Optional[str] = "concat", go_backwards: bool = False,
                  return_sequences: bool = True, zero_output_for_mask: bool = False,
-                 mask_value: Optional[float] = None) -> None:
+                 mask_value: Optional[float] = None, stateful: bool = False) -> None:
         super().__init__()
         if not isinstance(lstm, LSTM) or lstm.num_layers != 1 or not lstm.batch_first:
             raise ValueError("lstm: expected a one-layer triton_lstm.LSTM with batch_first=True")
@@ -281,16 +290,38 @@ class KerasRNN(nn.Module):
             raise ValueError("go_backwards: a Bidirectional layer's forward LSTM must run forwards")
         self.lstm, self.name, self.merge_mode = lstm, name, merge_mode
         self.go_backwards, self.return_sequences = go_backwards, return_sequences
-        self.zero_output_for_mask, self.mask_value = zero_output_for_mask, mask_value
+        self.zero_output_for_mask, self.mask_value, self.stateful = zero_output_for_mask, mask_value, stateful
+        # A stateful layer's final states [directions, B, W] from its last call (buffers: they move
+        # with the module, and are not saved with its parameters).
+        self.register_buffer("kept_h", None, persistent=False)
+        self.register_buffer("kept_c", None, persistent=False)
 
     @property
     def state_count(self) -> int:
         return _state_count(self.lstm)
 
+    def reset_states(self) -> None:
+        """Forget the states a stateful layer kept: its next call starts from zeros."""
+        self.kept_h = self.kept_c = None
+
+    def __setstate__(self, state: dict) -> None:
+        # A layer pickled whole before ``stateful`` existed loads as one that is not.
+        super().__setstate__(state)
+        self.__dict__.setdefault("stateful", False)
+        for name in ("kept_h", "kept_c"):
+            self._buffers.setdefault(name, None)
+            self._non_persistent_buffers_set.add(name)
+
     def forward(self, input, hx=None, *, lengths=None, mask=None):
         x, lengths, packed = _inputs(self, input, lengths, mask)
         _check_packable(self, packed)
         state = _split(hx, [self.state_count])[0]
+        if state is None and self.kept_h is not None:
+            if self.kept_h.shape[1] != x.shape[0]:
+                raise ValueError(f"input: layer {self.name!r} is stateful and kept the states of a batch of "
+                                 f"{self.kept_h.shape[1]} rows, got {x.shape[0]}; call reset_states() first to "
+                                 f"start from zeros")
+            state = (list(self.kept_h), list(self.kept_c))
         if self.lstm.bidirectional:
             out, h, c = _run(self.lstm, x, lengths, state)
             last = _merge(self.merge_mode, h[0], h[1])
@@ -307,6 +338,8 @@ class KerasRNN(nn.Module):
                 valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
                 held = torch.where(lengths[:, None] > 0, last, torch.zeros_like(last))
                 out = torch.where(valid[:, :, None], out, held[:, None, :])
+        if self.stateful:
+            self.kept_h, self.kept_c = torch.stack(h).detach(), torch.stack(c).detach()
         return _output(out if self.return_sequences else last, packed, input), (_stacked(h), _stacked(c))
 
 
@@ -794,7 +827,8 @@ def _keras_layer(name: str, weights: Mapping[str, Any], entry: Optional[dict], k
     lstm.load_state_dict(state)
     return KerasRNN(lstm, name, merge_mode=config.get("merge_mode", "concat") if bidirectional else "concat",
                     go_backwards=bool(inner.get("go_backwards", False)), return_sequences=return_sequences,
-                    zero_output_for_mask=bool(inner.get("zero_output_for_mask", False)), mask_value=mask_value)
+                    zero_output_for_mask=bool(inner.get("zero_output_for_mask", False)), mask_value=mask_value,
+                    stateful=bool(inner.get("stateful", False)))
 
 
 def keras_to_module(weights: Mapping[str, Any], config: Optional[dict] = None,
