@@ -101,16 +101,16 @@ def row_valid(t, o_b, mask_b, len_ptr, T, HAS_LENGTHS: tl.constexpr):
 def poison_bad_lengths(c, c_ptrs, o_b, mask_b, mask_n, len_ptr, sync_ptr, T, HAS_LENGTHS: tl.constexpr):
     """Rows whose length lies outside [0, T] start from a NaN cell state, so that all their outputs
     and final state are NaN, and are counted in sync_ptr[1] for the host to raise on. The NaN state
-    is stored where c was loaded from (c_ptrs), for the backward to start from too: their gradients
+    is stored where c was loaded from (c_ptrs) for the backward to start from too: their gradients
     are NaN as well."""
     if HAS_LENGTHS:
         length = tl.load(len_ptr + o_b, mask=mask_b, other=0)
         bad = mask_b & ((length < 0) | (length > T))
         c = tl.where(bad[:, None], float("nan"), c)
-        tl.store(c_ptrs, c, mask=bad[:, None] & mask_n[None, :])
         n_bad = tl.sum(bad.to(tl.int32), axis=0)
         if n_bad > 0:
             tl.atomic_add(sync_ptr + 1, n_bad, sem="relaxed", scope="gpu")
+            tl.store(c_ptrs, c, mask=bad[:, None] & mask_n[None, :])
     return c
 
 

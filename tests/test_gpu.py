@@ -260,22 +260,26 @@ def test_lengths_on_the_gpu_outside_the_range_give_nan_and_an_error(monkeypatch)
 
 
 @pytest.mark.filterwarnings("ignore:activation .* has no kernel implementation")
-@pytest.mark.parametrize("path", ["reference", "cell each step"])
-def test_lengths_on_the_gpu_outside_the_range_off_the_kernels(path, monkeypatch):
-    """The reference (an activation of the user's) and dynamic_rnn calling a cell with a hook at each
-    step check GPU lengths as the kernels do, without reading them on the host: the bad row is NaN,
-    the next call raises."""
-    from triton_lstm import LSTMCell, dynamic_rnn
+@pytest.mark.parametrize("path", ["kernels", "reference", "cell each step"])
+def test_lengths_on_the_gpu_outside_the_range_on_every_path(path, monkeypatch):
+    """The kernels, the reference (an activation of the user's) and dynamic_rnn calling a cell with a
+    hook at each step check GPU lengths alike, without reading them on the host: the bad row is NaN,
+    its gradients too (the others' finite), and the next call raises."""
+    from triton_lstm import LSTMCell, LSTMStateTuple, dynamic_rnn
     monkeypatch.delenv("TRITON_LSTM_CHECK_BARRIER")
-    cell = LSTMCell(32, use_peepholes=True, input_size=8, device="cuda",
+    cell = LSTMCell(32, use_peepholes=True, cell_clip=1.0, input_size=8, device="cuda",
                     activation=(lambda v: 0.9 * torch.tanh(v)) if path == "reference" else None)
     if path == "cell each step":
         cell.register_forward_pre_hook(lambda module, args: None)
-    x = torch.randn(4, 6, 8, device="cuda")
-    out, (c, h) = dynamic_rnn(cell, x, torch.tensor([6, 9, 2, 0], device="cuda"))
+    x, c0, h0 = (torch.randn(*shape, device="cuda", requires_grad=True) for shape in ((4, 6, 8), (4, 32), (4, 32)))
+    out, (c, h) = dynamic_rnn(cell, x, torch.tensor([6, 9, 2, 0], device="cuda"),
+                              initial_state=LSTMStateTuple(c0, h0))
+    grads = torch.autograd.grad(sum((0.1 * t).sum() for t in (out, c, h)), (x, c0, h0))
     torch.cuda.synchronize()
     assert torch.isnan(out[1]).all() and torch.isnan(c[1]).all() and torch.isnan(h[1]).all()
     assert torch.isfinite(out[[0, 2, 3]]).all() and torch.isfinite(c[[0, 2, 3]]).all()
+    for name, g in zip(("x", "c0", "h0"), grads):
+        assert torch.isnan(g[1]).all() and torch.isfinite(g[[0, 2, 3]]).all(), name
     with pytest.raises(ValueError, match=r"^lengths \(dynamic_rnn's sequence_length\): values must lie in \[0, T\];"):
         dynamic_rnn(cell, x)
 
