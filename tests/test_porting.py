@@ -943,16 +943,18 @@ def test_keras_weights_of_two_layers_under_one_name(name, layer):
         read_keras_weights(fixture(name))
 
 
-@pytest.mark.parametrize("name", ["keras3_stateful.keras", "keras2_stateful_calls.h5"])
+@pytest.mark.parametrize("name", ["keras3_stateful.keras", "keras2_stateful_calls.h5", "keras3_stateful_last.keras",
+                                  "keras2_stateful_calls_last.h5"])
 def test_keras_stateful_layers_carry_their_states(name, path):
-    """Stateful layers (after a Masking layer, a Bidirectional, a last one with go_backwards): a call
-    starts from the states the one before left (its masked row from its last valid step), against
-    Keras' outputs of two calls in a row (before, each call started from zeros); reset_states()
-    starts from zeros again. The states carry no gradient from one call to the next; hx given
-    replaces them; another batch size is an error."""
+    """Stateful layers (after a Masking layer, a Bidirectional, a last one with go_backwards, or a
+    last Bidirectional returning its last output): a call starts from the states the one before left
+    (its masked row from its last valid step), against Keras' outputs of two calls in a row (before,
+    each call started from zeros; a row masked whole output the kept h as its last output, where
+    Keras gives zeros); reset_states() starts from zeros again. The states carry no gradient from one
+    call to the next; hx given replaces them; another batch size is an error."""
     ref = expected(name.split(".")[0])
     module = triton_lstm.load_keras(fixture(name))
-    assert [layer.stateful for layer in module.layers] == [True, True, True]
+    assert all(layer.stateful for layer in module.layers)
     x1, x2 = torch.as_tensor(ref["x1"]), torch.as_tensor(ref["x2"])
     y1, _ = module(x1)
     y1.sum().backward()
@@ -967,6 +969,21 @@ def test_keras_stateful_layers_carry_their_states(name, path):
     close(module(x2)[0], ref["y2_reset"], "after reset_states")
     zeros = [torch.zeros_like(t) for t in h], [torch.zeros_like(t) for t in c]
     close(module(x2, zeros)[0], ref["y2_reset"], "from hx given as zeros, after a call")
+
+
+def test_stateful_stack_checks_every_layers_batch_before_any_runs():
+    """A call whose batch fits the first stateful layer's kept states but not a later one's is an
+    error before any layer runs: the first layer kept the failed call's states before, and then fit
+    neither batch size."""
+    stack = LSTMStack([KerasRNN(LSTM(3, 4, batch_first=True), "a", stateful=True),
+                       KerasRNN(LSTM(4, 2, batch_first=True), "b", stateful=True)])
+    stack(torch.randn(3, 5, 3))
+    stack.layers[0].reset_states()
+    with pytest.raises(ValueError, match=r"^input: layer 'b' is stateful and kept the states of a batch of 3 rows, "
+                                         r"got 2; call reset_states\(\) first"):
+        stack(torch.randn(2, 5, 3))
+    assert stack.layers[0].kept_h is None
+    stack(torch.randn(3, 5, 3))
 
 
 def test_keras_layer_pickled_before_stateful_loads():

@@ -103,6 +103,12 @@ def _run(module: nn.Module, x: Tensor, lengths: Optional[Tensor], hx: Optional[t
     return out, list(h), list(c)
 
 
+def _last_output(h: Tensor, lengths: Optional[Tensor]) -> Tensor:
+    """A Keras layer's last output from its final h: zeros for a row without a valid step (Keras'
+    last output starts at zeros, its state at the initial state)."""
+    return h if lengths is None else torch.where(lengths[:, None] > 0, h, torch.zeros_like(h))
+
+
 def _merge(mode: Optional[str], a: Tensor, b: Tensor):
     if mode == "concat":
         return torch.cat([a, b], dim=-1)
@@ -220,6 +226,10 @@ class LSTMStack(nn.Module):
                 raise ValueError(f"lengths: layer {early} runs backwards and returns its outputs reversed, "
                                  f"but Keras hands the next layer the mask unreversed; sequence lengths "
                                  f"cannot express that")
+        if hx is None:  # every stateful layer's kept states fit, before any layer runs and keeps new ones
+            for module in self.modules():
+                if isinstance(module, KerasRNN):
+                    module.kept_states(x.shape[0])
         hs, cs = [], []
         out = x
         states = _split(hx, [_state_count(layer) for layer in self.layers])
@@ -304,6 +314,16 @@ class KerasRNN(nn.Module):
         """Forget the states a stateful layer kept: its next call starts from zeros."""
         self.kept_h = self.kept_c = None
 
+    def kept_states(self, batch: int) -> Optional[tuple[list, list]]:
+        """The states a stateful layer kept (None if none), for a call on ``batch`` rows."""
+        if self.kept_h is None:
+            return None
+        if self.kept_h.shape[1] != batch:
+            raise ValueError(f"input: layer {self.name!r} is stateful and kept the states of a batch of "
+                             f"{self.kept_h.shape[1]} rows, got {batch}; call reset_states() first to start "
+                             f"from zeros")
+        return list(self.kept_h), list(self.kept_c)
+
     def __setstate__(self, state: dict) -> None:
         # A layer pickled whole before ``stateful`` existed loads as one that is not.
         super().__setstate__(state)
@@ -316,28 +336,23 @@ class KerasRNN(nn.Module):
         x, lengths, packed = _inputs(self, input, lengths, mask)
         _check_packable(self, packed)
         state = _split(hx, [self.state_count])[0]
-        if state is None and self.kept_h is not None:
-            if self.kept_h.shape[1] != x.shape[0]:
-                raise ValueError(f"input: layer {self.name!r} is stateful and kept the states of a batch of "
-                                 f"{self.kept_h.shape[1]} rows, got {x.shape[0]}; call reset_states() first to "
-                                 f"start from zeros")
-            state = (list(self.kept_h), list(self.kept_c))
+        if state is None:
+            state = self.kept_states(x.shape[0])
         if self.lstm.bidirectional:
             out, h, c = _run(self.lstm, x, lengths, state)
-            last = _merge(self.merge_mode, h[0], h[1])
+            last = _merge(self.merge_mode, *(_last_output(s, lengths) for s in h))
             halves = out.split(self.lstm.proj_size or self.lstm.hidden_size, dim=-1)
             out = _merge(self.merge_mode, *halves)
         else:
             seq = _reverse(x, lengths) if self.go_backwards else x
             out, h, c = _run(self.lstm, seq, lengths, state)
-            last = h[0]
+            last = _last_output(h[0], lengths)
             if self.go_backwards:
                 # Keras runs the padded row reversed: masked steps first (zero outputs), then the valid ones.
                 out = _reverse(out, lengths).flip(1)
             elif lengths is not None and not self.zero_output_for_mask:
                 valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
-                held = torch.where(lengths[:, None] > 0, last, torch.zeros_like(last))
-                out = torch.where(valid[:, :, None], out, held[:, None, :])
+                out = torch.where(valid[:, :, None], out, last[:, None, :])
         if self.stateful:
             self.kept_h, self.kept_c = torch.stack(h).detach(), torch.stack(c).detach()
         return _output(out if self.return_sequences else last, packed, input), (_stacked(h), _stacked(c))
