@@ -914,6 +914,17 @@ def test_keras2_model_in_a_tf_train_checkpoint(path):
         read_keras_weights(fixture("keras2_tf_checkpoint_two_models"))
 
 
+@pytest.mark.parametrize("name", ["keras3_initial_state_masked.keras", "keras2_initial_state_masked.h5"])
+def test_keras_layer_given_initial_state_after_a_masking_layer(name, path):
+    """An LSTM given initial_state after a Masking layer, loaded alone and given the states as hx:
+    Keras 3 calls it without the mask (its padding runs as steps; the module masked it, 0.4 off),
+    Keras 2 with it; against Keras' outputs, a row masked past 2 steps."""
+    ref = expected(name.split(".")[0])
+    module = triton_lstm.load_keras(fixture(name), layers=["dec"])
+    hx = torch.as_tensor(ref["h"])[None], torch.as_tensor(ref["c"])[None]
+    close(module(torch.as_tensor(ref["x"]), hx)[0], ref["y"], "output")
+
+
 @pytest.mark.parametrize("name", ["keras_initial_state.keras", "keras2_initial_state.h5"])
 def test_keras_layer_started_from_another_layers_states(name):
     """A decoder given the encoder's final states (initial_state=): a chain would run it from zeros

@@ -932,6 +932,9 @@ def keras_to_module(weights: Mapping[str, Any], config: Optional[dict] = None,
             raise ValueError(f"layers: {after.name!r} takes inputs of width {after.lstm.input_size}, but "
                              f"{before.name!r} before it outputs {width}; pass layers=[...] in the order they run")
     mask_value, requires_mask = _keras_mask(entries[:place[layers[0]]] if config else [])
+    if config and len(by_name[layers[0]].get("inbound") or []) > 1 and not version.startswith(("1", "2")):
+        # Keras 3 calls a layer given more than its input (initial_state=) without Keras' mask.
+        mask_value, requires_mask = None, None
     return LSTMStack(modules, mask_value, requires_mask=requires_mask)
 
 
