@@ -782,7 +782,28 @@ def test_keras_einsum_dense_drops_the_mask(path):
     # AlphaDropout computes nothing at inference and keeps the mask: the mask still comes from the input.
     from triton_lstm.porting import _keras_mask
     masking = {"class_name": "Masking", "name": "m", "config": {"mask_value": 0.5}}
-    assert _keras_mask([masking, {"class_name": "AlphaDropout", "name": "a", "config": {}}]) == (0.5, None)
+    assert _keras_mask([masking, {"class_name": "AlphaDropout", "name": "a", "config": {}}], "3.15.1") == (0.5, None)
+
+
+@pytest.mark.parametrize("name", ["keras3_mask_layers.keras", "keras2_mask_layers.h5"])
+def test_keras_mask_through_layers_that_keras_3_and_2_treat_apart(name, path):
+    """Rescaling, Identity and Normalization after a Masking layer: Keras 3 hands its mask on to the
+    LSTM, which the module then asks for (no hedge in the error); Keras 2 drops it there, and the
+    module runs without one (it asked for a mask, with a hedged hint, either way before). Against
+    Keras' outputs, a row padded past 2 steps."""
+    ref = expected(name.split(".")[0])
+    module = triton_lstm.load_keras(fixture(name))
+    e, x = torch.as_tensor(ref["e"]), torch.as_tensor(ref["x"])
+    if name.startswith("keras3"):
+        with pytest.raises(ValueError, match=r"^mask: the model's Masking layer 'masking' makes the mask from its input "
+                                             r"and \['rescaling', 'identity', 'normalization'\] follow it: pass "
+                                             r"mask=\(x != 0.0\).any\(-1\) of that layer's input x, or lengths=$"):
+            module(e)
+        y, _ = module(e, mask=(x != 0).any(-1))
+    else:
+        assert module.requires_mask is None and module.mask_value is None
+        y, _ = module(e)
+    close(y, ref["y"], "output")
 
 
 @pytest.mark.parametrize("ext", ["keras", "h5"])

@@ -715,6 +715,8 @@ _PASS_THROUGH = {"InputLayer", "Masking", "Dropout", "SpatialDropout1D", "Gaussi
 _KEEP_MASK = _PASS_THROUGH | {"Dense", "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax",
                               "BatchNormalization", "LayerNormalization", "UnitNormalization", "GroupNormalization",
                               "TimeDistributed"}
+# Keras 3 hands the mask on through these; Keras 2 drops it there.
+_KERAS3_KEEP_MASK = {"Identity", "Normalization", "Rescaling"}
 _DROP_MASK = {"EinsumDense", "Conv1D", "SeparableConv1D", "DepthwiseConv1D", "Conv1DTranspose", "Lambda", "Flatten", "Reshape",
               "Permute", "RepeatVector", "MaxPooling1D", "AveragePooling1D", "GlobalMaxPooling1D",
               "GlobalAveragePooling1D", "UpSampling1D", "ZeroPadding1D", "Cropping1D"}
@@ -919,7 +921,7 @@ def keras_to_module(weights: Mapping[str, Any], config: Optional[dict] = None,
                          f"{[n for n in by_name if n in layers]}")
     # Inbound nodes may name a nested model: its output layer (``keras_layers``' aliases).
     followed = {**by_name, **{alias: e for e in entries for alias in e.get("aliases", ())}}
-    masks = [None] + [_mask_between(a, b, entries[place[a] + 1:place[b]], followed) if config else None
+    masks = [None] + [_mask_between(a, b, entries[place[a] + 1:place[b]], followed, version) if config else None
                       for a, b in zip(layers, layers[1:])]
     modules = []
     for k, (n, mask) in enumerate(zip(layers, masks)):
@@ -931,7 +933,7 @@ def keras_to_module(weights: Mapping[str, Any], config: Optional[dict] = None,
         if after.lstm.input_size != width:
             raise ValueError(f"layers: {after.name!r} takes inputs of width {after.lstm.input_size}, but "
                              f"{before.name!r} before it outputs {width}; pass layers=[...] in the order they run")
-    mask_value, requires_mask = _keras_mask(entries[:place[layers[0]]] if config else [])
+    mask_value, requires_mask = _keras_mask(entries[:place[layers[0]]] if config else [], version)
     if config and len(by_name[layers[0]].get("inbound") or []) > 1 and not version.startswith(("1", "2")):
         # Keras 3 calls a layer given more than its input (initial_state=) without Keras' mask.
         mask_value, requires_mask = None, None
@@ -958,7 +960,8 @@ def _source(name: str, by_name: Mapping[str, dict]) -> Optional[tuple[str, list[
     return None
 
 
-def _mask_between(before: str, after: str, between: list[dict], by_name: Mapping[str, dict]) -> Optional[float]:
+def _mask_between(before: str, after: str, between: list[dict], by_name: Mapping[str, dict],
+                  keras_version: str) -> Optional[float]:
     """The mask_value of a Masking layer between the LSTM layers ``before`` and ``after``, which makes a
     new mask from ``before``'s outputs; None without one. The layers between are those the config's
     inbound nodes lead through, else (a Sequential model) ``between``, the model's layers between the
@@ -975,14 +978,14 @@ def _mask_between(before: str, after: str, between: list[dict], by_name: Mapping
         raise ValueError(f"layers: {computing} ({by_name[computing[0]]['class_name']}) sit between {before!r} and "
                          f"{after!r}, which the module would skip; pass layers=[...] to pick a chain of layers "
                          f"that feed one another")
-    return _keras_mask(between)[0]   # layers that compute nothing: a Masking layer's mask, or none
+    return _keras_mask(between, keras_version)[0]   # layers that compute nothing: a Masking layer's mask, or none
 
 
-def _keras_mask(before: list[dict]) -> tuple[Optional[float], Optional[str]]:
+def _keras_mask(before: list[dict], keras_version: str) -> tuple[Optional[float], Optional[str]]:
     """(mask_value, requires_mask) of a stack whose first layer comes after the layers ``before``: the
     mask of the last layer there that makes one, a Masking layer's value where only layers that
-    compute nothing follow it, none where a layer that drops Keras' mask follows it, else the reason
-    the caller must pass the mask."""
+    compute nothing follow it, none where a layer that drops Keras' mask (in the Keras that wrote the
+    file) follows it, else the reason the caller must pass the mask."""
     makers = [k for k, e in enumerate(before) if e["class_name"] == "Masking"
               or e["class_name"] == "Embedding" and (e["config"] or {}).get("mask_zero")]
     if not makers:
@@ -995,9 +998,12 @@ def _keras_mask(before: list[dict]) -> tuple[Optional[float], Optional[str]]:
             raise ValueError(f"config: the Masking layer {maker['name']!r} has mask_value {value!r}, not a number: "
                              f"corrupt file")
         return value, None
-    if any(e["class_name"] in _DROP_MASK for e in after):
+    keras2 = keras_version.startswith(("1", "2"))
+    keeps, drops = (_KEEP_MASK, _DROP_MASK | _KERAS3_KEEP_MASK) if keras2 else (_KEEP_MASK | _KERAS3_KEEP_MASK,
+                                                                              _DROP_MASK)
+    if any(e["class_name"] in drops for e in after):
         return None, None
-    unknown = [e["name"] for e in after if e["class_name"] not in _KEEP_MASK]
+    unknown = [e["name"] for e in after if e["class_name"] not in keeps]
     if maker["class_name"] == "Embedding":
         made = "makes the mask from the token ids (mask_zero): pass mask=tokens != 0"
     else:
