@@ -206,3 +206,20 @@ def test_empty_sequence_returns_states_of_its_own():
                                         torch.zeros(3, 12, **f64), torch.zeros(12, **f64))
     assert out.shape == (0, 2, 3) and torch.equal(h, h0) and torch.equal(c, c0)
     assert h.data_ptr() != h0.data_ptr() and c.data_ptr() != c0.data_ptr()
+
+
+@pytest.mark.parametrize("bad", [-1, 5])
+def test_lengths_outside_the_range_run_from_a_nan_state(bad):
+    """The reference takes lengths as given (a GPU's are not read on the host): a row whose length
+    lies outside [0, T] runs every step from a NaN state, as the kernels run it (before, a negative
+    length ran no steps and one past T every step, from the row's finite state); the other rows as
+    without it."""
+    from triton_lstm.reference import lstm_sequence_reference
+    T, f64 = 4, dict(dtype=torch.float64)
+    x, h0, c0 = torch.randn(T, 3, D, **f64), torch.randn(3, N, **f64), torch.randn(3, N, **f64)
+    weights = torch.randn(D, 4 * N, **f64), torch.randn(N, 4 * N, **f64), torch.randn(4 * N, **f64)
+    got = lstm_sequence_reference(x, h0, c0, *weights, lengths=torch.tensor([bad, 2, T]))
+    want = lstm_sequence_reference(x[:, 1:], h0[1:], c0[1:], *weights, lengths=torch.tensor([2, T]))
+    for name, g, w in zip(("out", "h", "c"), got, want):
+        assert torch.isnan(g[..., 0, :]).all(), name
+        assert torch.equal(g[..., 1:, :], w), name

@@ -22,7 +22,7 @@ import torch
 from triton_lstm.flops import products, register, sequence_forward
 from triton_lstm.functional import CellOptions, contiguous_or_none, step_backward, step_forward, weight_grads
 from triton_lstm.higher_order import differentiable_vjp, reference_options, transformable, vmap_by_slices
-from triton_lstm.reference import bad_lengths_poisoned, lstm_cell_reference, lstm_sequence_reference, padding_zeroed, within_lengths
+from triton_lstm.reference import lstm_cell_reference, lstm_sequence_reference, padding_zeroed, within_lengths
 from triton_lstm.sequence import seq_backward, seq_forward
 
 Tensor = torch.Tensor
@@ -210,13 +210,8 @@ def _seq_backward(ctx, dout, d_hbuf, d_cbuf, _dz, _dm, _dy):
     inputs = (x, h0, c0, w_x, w_h, bias, w_f_diag, w_i_diag, w_o_diag, projection)
     T = z.shape[0]
     if torch.is_grad_enabled():
-        def recompute(x, h0, c0, *weights):
-            # Lengths on a GPU reach the kernels unchecked: a bad row's state is NaN there (kernels'
-            # poison_bad_lengths), and so here.
-            steps = lengths
-            if lengths is not None:
-                steps, h0, c0 = bad_lengths_poisoned(lengths, T, h0, c0)
-            return lstm_sequence_reference(x, h0, c0, *weights, steps, **reference_options(*ctx.options))
+        def recompute(*tensors):
+            return lstm_sequence_reference(*tensors, lengths, **reference_options(*ctx.options))
 
         grads = (dout, None if d_hbuf is None else d_hbuf[-1], None if d_cbuf is None else d_cbuf[-1])
         return differentiable_vjp(ctx, recompute, inputs, grads) + (None,) * 6

@@ -83,6 +83,7 @@ def bad_lengths_poisoned(lengths: Tensor, T: int, h0: Tensor, c0: Tensor) -> tup
     """(lengths, h0, c0) for rows whose length lies outside [0, T] as the kernels run them: every
     step, from a NaN state (h0 and c0 times NaN, so that their gradients are NaN too, as the kernels'
     are); the other rows unchanged (times 1)."""
+    lengths = lengths.to(h0.device)
     bad = (lengths < 0) | (lengths > T)
     scale = torch.where(bad[:, None], float("nan"), 1.0)
     return torch.where(bad, T, lengths), h0 * scale.to(h0.dtype), c0 * scale.to(c0.dtype)
@@ -107,9 +108,12 @@ def lstm_sequence_reference(
 
     Shapes: x [T, B, D], h0 [B, P], c0 [B, N], w_x [D, 4N], w_h [P, 4N], lengths [B] or None.
     Rows past their length output 0 and carry the state; what x holds there enters nothing, not even
-    a gradient (the cell runs on zeros there, whose results are dropped). Returns (outputs [T, B, P],
-    h_T, c_T).
+    a gradient (the cell runs on zeros there, whose results are dropped). A row whose length lies
+    outside [0, T] runs as the kernels run it, from a NaN state (``bad_lengths_poisoned``). Returns
+    (outputs [T, B, P], h_T, c_T).
     """
+    if lengths is not None:
+        lengths, h0, c0 = bad_lengths_poisoned(lengths, x.shape[0], h0, c0)
     kernel = torch.cat([w_x, w_h], dim=0)
     h, c = h0, c0
     outputs = []
