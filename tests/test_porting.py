@@ -785,6 +785,30 @@ def test_keras_einsum_dense_drops_the_mask(path):
     assert _keras_mask([masking, {"class_name": "AlphaDropout", "name": "a", "config": {}}], "3.15.1") == (0.5, None)
 
 
+@pytest.mark.parametrize("version", ["3.15.1", "2.21.0"])
+def test_keras_mask_verdicts_of_other_layers(version):
+    """Whether the mask of a Masking layer reaches the LSTMs through a layer, as Keras 3.15 and tf-keras
+    2.21 were seen to hand it on: dropped by RMSNormalization and LocallyConnected1D (the module asked
+    for a mask, which gave other numbers than Keras) and by a Lambda; handed on by attention and
+    recurrent layers (the module asked with a hedge) and by a Lambda given a mask function (it ran
+    without one)."""
+    from triton_lstm.porting import _keras_mask
+    masking = {"class_name": "Masking", "name": "m", "config": {"mask_value": 0.0}}
+
+    def verdict(class_name, **config):
+        return _keras_mask([masking, {"class_name": class_name, "name": "l", "config": config}], version)
+
+    for dropping in ("RMSNormalization", "LocallyConnected1D", "Lambda"):
+        assert verdict(dropping, mask=None) == (None, None), dropping
+    for keeping in ("Attention", "AdditiveAttention", "MultiHeadAttention", "GroupQueryAttention", "GRU", "SimpleRNN",
+                    "ThresholdedReLU"):
+        value, reason = verdict(keeping)
+        assert value is None and reason.endswith("or lengths="), keeping
+    value, reason = verdict("Lambda", mask={"class_name": "__lambda__", "config": {}})
+    assert value is None and reason.endswith("drop Keras' mask, as layers without supports_masking do, the LSTMs get "
+                                             "none: pass the full lengths)")
+
+
 @pytest.mark.parametrize("name", ["keras3_mask_layers.keras", "keras2_mask_layers.h5"])
 def test_keras_mask_through_layers_that_keras_3_and_2_treat_apart(name, path):
     """Rescaling, Identity and Normalization after a Masking layer: Keras 3 hands its mask on to the

@@ -712,14 +712,16 @@ _PASS_THROUGH = {"InputLayer", "Masking", "Dropout", "SpatialDropout1D", "Gaussi
 
 
 # Layers that hand Keras' mask on (supports_masking) and layers that drop it, between a mask and the LSTMs.
-_KEEP_MASK = _PASS_THROUGH | {"Dense", "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax",
+_KEEP_MASK = _PASS_THROUGH | {"Dense", "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "ThresholdedReLU", "Softmax",
                               "BatchNormalization", "LayerNormalization", "UnitNormalization", "GroupNormalization",
-                              "TimeDistributed"}
+                              "TimeDistributed", "Attention", "AdditiveAttention", "MultiHeadAttention",
+                              "GroupQueryAttention", "GRU", "SimpleRNN"}
 # Keras 3 hands the mask on through these; Keras 2 drops it there.
 _KERAS3_KEEP_MASK = {"Identity", "Normalization", "Rescaling"}
 _DROP_MASK = {"EinsumDense", "Conv1D", "SeparableConv1D", "DepthwiseConv1D", "Conv1DTranspose", "Lambda", "Flatten", "Reshape",
               "Permute", "RepeatVector", "MaxPooling1D", "AveragePooling1D", "GlobalMaxPooling1D",
-              "GlobalAveragePooling1D", "UpSampling1D", "ZeroPadding1D", "Cropping1D"}
+              "GlobalAveragePooling1D", "UpSampling1D", "ZeroPadding1D", "Cropping1D", "RMSNormalization",
+              "LocallyConnected1D"}
 
 
 def keras_activation(name: Any, keras_version: str, arg: str) -> str:
@@ -1001,7 +1003,9 @@ def _keras_mask(before: list[dict], keras_version: str) -> tuple[Optional[float]
     keras2 = keras_version.startswith(("1", "2"))
     keeps, drops = (_KEEP_MASK, _DROP_MASK | _KERAS3_KEEP_MASK) if keras2 else (_KEEP_MASK | _KERAS3_KEEP_MASK,
                                                                               _DROP_MASK)
-    if any(e["class_name"] in drops for e in after):
+    # A Lambda given a mask function (mask=) makes a mask of its own.
+    if any(e["class_name"] in drops and not (e["class_name"] == "Lambda" and (e["config"] or {}).get("mask"))
+           for e in after):
         return None, None
     unknown = [e["name"] for e in after if e["class_name"] not in keeps]
     if maker["class_name"] == "Embedding":
