@@ -790,8 +790,8 @@ def test_keras_mask_verdicts_of_other_layers(version):
     """Whether the mask of a Masking layer reaches the LSTMs through a layer, as Keras 3.15 and tf-keras
     2.21 were seen to hand it on: dropped by RMSNormalization and LocallyConnected1D (the module asked
     for a mask, which gave other numbers than Keras) and by a Lambda; handed on by attention and
-    recurrent layers (the module asked with a hedge) and by a Lambda given a mask function (it ran
-    without one)."""
+    recurrent layers (the module asked with a hedge); a Lambda given a mask function makes its own
+    (the module ran without one)."""
     from triton_lstm.porting import _keras_mask
     masking = {"class_name": "Masking", "name": "m", "config": {"mask_value": 0.0}}
 
@@ -804,9 +804,13 @@ def test_keras_mask_verdicts_of_other_layers(version):
                     "ThresholdedReLU"):
         value, reason = verdict(keeping)
         assert value is None and reason.endswith("or lengths="), keeping
-    value, reason = verdict("Lambda", mask={"class_name": "__lambda__", "config": {}})
-    assert value is None and reason.endswith("drop Keras' mask, as layers without supports_masking do, the LSTMs get "
-                                             "none: pass the full lengths)")
+    # A Lambda given a mask function makes a mask of its own, after a Masking layer and a layer that
+    # drops its mask too (the module ran without one).
+    lam = {"class_name": "Lambda", "name": "lam", "config": {"mask": {"class_name": "__lambda__", "config": {}}}}
+    for before in ([], [masking], [masking, {"class_name": "Conv1D", "name": "conv", "config": {}}]):
+        assert _keras_mask([*before, lam], version) == (
+            None, "the model's Lambda layer 'lam' makes a mask with its own function (mask=): pass that mask, or "
+                  "lengths="), before
 
 
 @pytest.mark.parametrize("name", ["keras3_mask_layers.keras", "keras2_mask_layers.h5"])
@@ -959,15 +963,22 @@ def test_keras2_model_in_a_tf_train_checkpoint(path):
         read_keras_weights(fixture("keras2_tf_checkpoint_two_models"))
 
 
-@pytest.mark.parametrize("name", ["keras3_initial_state_masked.keras", "keras2_initial_state_masked.h5"])
+@pytest.mark.parametrize("name", ["keras3_initial_state_masked.keras", "keras2_initial_state_masked.h5",
+                                  "keras3_initial_state_explicit.keras"])
 def test_keras_layer_given_initial_state_after_a_masking_layer(name, path):
     """An LSTM given initial_state after a Masking layer, loaded alone and given the states as hx:
     Keras 3 calls it without the mask (its padding runs as steps; the module masked it, 0.4 off),
-    Keras 2 with it; against Keras' outputs, a row masked past 2 steps."""
+    unless given one with mask= (the config's node holds it); Keras 2 with it. Against Keras'
+    outputs, a row masked past 2 steps. A second LSTM after the first, which Keras 3 runs with the
+    mask, would need another mask than the first: an error."""
     ref = expected(name.split(".")[0])
     module = triton_lstm.load_keras(fixture(name), layers=["dec"])
+    assert (module.mask_value is None) == (name == "keras3_initial_state_masked.keras")
     hx = torch.as_tensor(ref["h"])[None], torch.as_tensor(ref["c"])[None]
     close(module(torch.as_tensor(ref["x"]), hx)[0], ref["y"], "output")
+    with pytest.raises(ValueError, match=r"^layers: Keras runs 'dec' without a mask and \['dec2'\] after it with "
+                                         r"one; a module runs its layers with one mask"):
+        triton_lstm.load_keras(fixture("keras3_initial_state_then_lstm.keras"), layers=["dec", "dec2"])
 
 
 @pytest.mark.parametrize("name", ["keras_initial_state.keras", "keras2_initial_state.h5"])
@@ -1040,6 +1051,21 @@ def test_stateful_stack_checks_every_layers_batch_before_any_runs():
         stack(torch.randn(2, 5, 3))
     assert stack.layers[0].kept_h is None
     stack(torch.randn(3, 5, 3))
+
+
+def test_keras_last_output_with_zero_output_for_mask():
+    """A layer with zero_output_for_mask outputs zeros on masked steps, so its last output is zero
+    for a row whose last step is masked (it gave the last valid h), as the last step of its
+    sequence output; forwards, and backwards (whose last step is a row's first)."""
+    torch.manual_seed(0)
+    lstm = LSTM(3, 4, batch_first=True)
+    x, lengths = torch.randn(3, 5, 3), torch.tensor([5, 2, 0])
+    for go_backwards in (False, True):
+        layers = [KerasRNN(lstm, "l", go_backwards=go_backwards, zero_output_for_mask=True, return_sequences=seq)
+                  for seq in (True, False)]
+        sequence, last = (layer(x, lengths=lengths)[0] for layer in layers)
+        torch.testing.assert_close(last, sequence[:, -1], rtol=0, atol=0)
+        assert (last[1] == 0).all() != go_backwards and (last[2] == 0).all()
 
 
 def test_keras_layer_pickled_before_stateful_loads():

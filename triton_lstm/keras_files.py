@@ -167,10 +167,21 @@ def _inbound(layer: dict, where: str) -> Optional[list[str]]:
     return names
 
 
+def _masked(layer: dict) -> Optional[bool]:
+    """Whether Keras 3 called a Functional model's layer with a mask: its node's keyword arguments
+    hold the mask it passed (handed on, or given with mask=); None where the config does not say
+    (tf-keras' nodes, a Sequential model's layers, a layer called more than once)."""
+    nodes = layer.get("inbound_nodes")
+    if not isinstance(nodes, list) or len(nodes) != 1 or not isinstance(nodes[0], dict):
+        return None
+    kwargs = nodes[0].get("kwargs")
+    return isinstance(kwargs, dict) and kwargs.get("mask") is not None
+
+
 def _entries(config: dict, where: str) -> list[dict]:
-    """One model's own layers in order, each ``{"name", "class_name", "config", "inbound", "calls"}`` (a
-    nested model is one entry here; ``inbound``: ``_inbound``; ``calls``: how many times a Functional
-    model calls it, None where the config does not say)."""
+    """One model's own layers in order, each ``{"name", "class_name", "config", "inbound", "masked",
+    "calls"}`` (a nested model is one entry here; ``inbound``: ``_inbound``; ``masked``: ``_masked``;
+    ``calls``: how many times a Functional model calls it, None where the config does not say)."""
     body = config.get("config", config)
     layers = body.get("layers", []) if isinstance(body, dict) else body
     if not isinstance(layers, list):
@@ -183,7 +194,8 @@ def _entries(config: dict, where: str) -> list[dict]:
             raise ValueError(f"{where}: layer {k} of the model config has no name, class_name or config")
         nodes = layer.get("inbound_nodes")
         out.append({"name": name, "class_name": layer["class_name"], "config": options,
-                    "inbound": _inbound(layer, where), "calls": len(nodes) if isinstance(nodes, list) else None})
+                    "inbound": _inbound(layer, where), "masked": _masked(layer),
+                    "calls": len(nodes) if isinstance(nodes, list) else None})
     return out
 
 

@@ -103,10 +103,12 @@ def _run(module: nn.Module, x: Tensor, lengths: Optional[Tensor], hx: Optional[t
     return out, list(h), list(c)
 
 
-def _last_output(h: Tensor, lengths: Optional[Tensor]) -> Tensor:
+def _last_output(h: Tensor, lengths: Optional[Tensor], valid_to: int = 1) -> Tensor:
     """A Keras layer's last output from its final h: zeros for a row without a valid step (Keras'
-    last output starts at zeros, its state at the initial state)."""
-    return h if lengths is None else torch.where(lengths[:, None] > 0, h, torch.zeros_like(h))
+    last output starts at zeros, its state at the initial state), or with ``valid_to`` = T (a layer
+    running forwards with zero_output_for_mask, whose output is zero on masked steps) for a row whose
+    last step is masked."""
+    return h if lengths is None else torch.where(lengths[:, None] >= valid_to, h, torch.zeros_like(h))
 
 
 def _merge(mode: Optional[str], a: Tensor, b: Tensor):
@@ -346,7 +348,7 @@ class KerasRNN(nn.Module):
         else:
             seq = _reverse(x, lengths) if self.go_backwards else x
             out, h, c = _run(self.lstm, seq, lengths, state)
-            last = _last_output(h[0], lengths)
+            last = _last_output(h[0], lengths, x.shape[1] if self.zero_output_for_mask and not self.go_backwards else 1)
             if self.go_backwards:
                 # Keras runs the padded row reversed: masked steps first (zero outputs), then the valid ones.
                 out = _reverse(out, lengths).flip(1)
@@ -936,8 +938,14 @@ def keras_to_module(weights: Mapping[str, Any], config: Optional[dict] = None,
             raise ValueError(f"layers: {after.name!r} takes inputs of width {after.lstm.input_size}, but "
                              f"{before.name!r} before it outputs {width}; pass layers=[...] in the order they run")
     mask_value, requires_mask = _keras_mask(entries[:place[layers[0]]] if config else [], version)
-    if config and len(by_name[layers[0]].get("inbound") or []) > 1 and not version.startswith(("1", "2")):
-        # Keras 3 calls a layer given more than its input (initial_state=) without Keras' mask.
+    if config and by_name[layers[0]].get("masked") is False:
+        # Keras 3 called the first layer without a mask (one given initial_state=, or after a layer that
+        # dropped it); a later layer it hands a mask on to (Keras 3 does, from its inputs) would need one.
+        carried = [n for n, mask in zip(layers[1:], masks[1:]) if mask is None and by_name[n].get("masked")]
+        if carried:
+            raise ValueError(f"layers: Keras runs {layers[0]!r} without a mask and {carried} after it with one; a "
+                             f"module runs its layers with one mask: load {layers[0]!r} alone and the layers after "
+                             f"it on its outputs, with the mask")
         mask_value, requires_mask = None, None
     return LSTMStack(modules, mask_value, requires_mask=requires_mask)
 
@@ -989,7 +997,8 @@ def _keras_mask(before: list[dict], keras_version: str) -> tuple[Optional[float]
     compute nothing follow it, none where a layer that drops Keras' mask (in the Keras that wrote the
     file) follows it, else the reason the caller must pass the mask."""
     makers = [k for k, e in enumerate(before) if e["class_name"] == "Masking"
-              or e["class_name"] == "Embedding" and (e["config"] or {}).get("mask_zero")]
+              or e["class_name"] == "Embedding" and (e["config"] or {}).get("mask_zero")
+              or e["class_name"] == "Lambda" and (e["config"] or {}).get("mask")]
     if not makers:
         return None, None
     maker = before[makers[-1]]
@@ -1003,13 +1012,13 @@ def _keras_mask(before: list[dict], keras_version: str) -> tuple[Optional[float]
     keras2 = keras_version.startswith(("1", "2"))
     keeps, drops = (_KEEP_MASK, _DROP_MASK | _KERAS3_KEEP_MASK) if keras2 else (_KEEP_MASK | _KERAS3_KEEP_MASK,
                                                                               _DROP_MASK)
-    # A Lambda given a mask function (mask=) makes a mask of its own.
-    if any(e["class_name"] in drops and not (e["class_name"] == "Lambda" and (e["config"] or {}).get("mask"))
-           for e in after):
+    if any(e["class_name"] in drops for e in after):
         return None, None
     unknown = [e["name"] for e in after if e["class_name"] not in keeps]
     if maker["class_name"] == "Embedding":
         made = "makes the mask from the token ids (mask_zero): pass mask=tokens != 0"
+    elif maker["class_name"] == "Lambda":
+        made = "makes a mask with its own function (mask=): pass that mask"
     else:
         made = (f"makes the mask from its input and {[e['name'] for e in after]} follow it: pass mask=(x != "
                 f"{maker['config'].get('mask_value', 0.0)}).any(-1) of that layer's input x")
