@@ -785,6 +785,24 @@ def test_keras_einsum_dense_drops_the_mask(path):
     assert _keras_mask([masking, {"class_name": "AlphaDropout", "name": "a", "config": {}}], "3.15.1") == (0.5, None)
 
 
+def test_keras3_mask_recorded_in_the_config(path):
+    """Keras 3 records in a layer's node the mask it passed. A nested Functional model's LSTMs record
+    none (their inputs are the nested model's own), yet run masked: the module takes the Masking
+    layer before the nested model (taking the nodes' word, it ran them unmasked, 0.07 off). An LSTM
+    given mask= with no layer making one: the module asks for that mask (it ran unmasked)."""
+    ref = expected("keras3_nested_masked")
+    module = triton_lstm.load_keras(fixture("keras3_nested_masked.keras"))
+    assert module.mask_value == 0.0
+    close(module(torch.as_tensor(ref["x"]))[0], ref["y"], "nested model")
+    ref = expected("keras3_mask_argument")
+    module = triton_lstm.load_keras(fixture("keras3_mask_argument.keras"))
+    x = torch.as_tensor(ref["x"])
+    with pytest.raises(ValueError, match=r"^mask: the model passes 'l1' a mask \(given with mask=, or made by a layer "
+                                         r"not known here to make one\): pass that mask, or lengths=$"):
+        module(x)
+    close(module(x, mask=(x != 0).any(-1))[0], ref["y"], "mask given")
+
+
 @pytest.mark.parametrize("version", ["3.15.1", "2.21.0"])
 def test_keras_mask_verdicts_of_other_layers(version):
     """Whether the mask of a Masking layer reaches the LSTMs through a layer, as Keras 3.15 and tf-keras

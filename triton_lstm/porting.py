@@ -938,15 +938,22 @@ def keras_to_module(weights: Mapping[str, Any], config: Optional[dict] = None,
             raise ValueError(f"layers: {after.name!r} takes inputs of width {after.lstm.input_size}, but "
                              f"{before.name!r} before it outputs {width}; pass layers=[...] in the order they run")
     mask_value, requires_mask = _keras_mask(entries[:place[layers[0]]] if config else [], version)
-    if config and by_name[layers[0]].get("masked") is False:
-        # Keras 3 called the first layer without a mask (one given initial_state=, or after a layer that
-        # dropped it); a later layer it hands a mask on to (Keras 3 does, from its inputs) would need one.
+    # Whether Keras 3 passed the first layer a mask, as its Functional config's node records it. Not
+    # where the node may not know (a nested model's layer, or a layer on one's outputs): only a layer
+    # of the outer model given more than its input (initial_state=), which Keras 3 calls without the
+    # mask unless given one with mask=; and a mask recorded where no layer here makes one (mask=).
+    first = by_name[layers[0]] if config else {}
+    if first.get("masked") is False and len(first.get("inbound") or []) > 1 and first.get("depth") == 0:
+        # A later layer Keras 3 hands the mask on to (from its inputs) would need one the first lacks.
         carried = [n for n, mask in zip(layers[1:], masks[1:]) if mask is None and by_name[n].get("masked")]
         if carried:
             raise ValueError(f"layers: Keras runs {layers[0]!r} without a mask and {carried} after it with one; a "
                              f"module runs its layers with one mask: load {layers[0]!r} alone and the layers after "
                              f"it on its outputs, with the mask")
         mask_value, requires_mask = None, None
+    elif first.get("masked") and mask_value is None and requires_mask is None:
+        requires_mask = (f"the model passes {layers[0]!r} a mask (given with mask=, or made by a layer not known "
+                         f"here to make one): pass that mask, or lengths=")
     return LSTMStack(modules, mask_value, requires_mask=requires_mask)
 
 
