@@ -789,18 +789,20 @@ def test_keras3_mask_recorded_in_the_config(path):
     """Keras 3 records in a layer's node the mask it passed. A nested Functional model's LSTMs record
     none (their inputs are the nested model's own), yet run masked: the module takes the Masking
     layer before the nested model (taking the nodes' word, it ran them unmasked, 0.07 off). An LSTM
-    given mask= with no layer making one: the module asks for that mask (it ran unmasked)."""
+    given mask= with no layer making one, in Keras 3 and in tf-keras (whose nodes record only such a
+    mask): the module asks for that mask (it ran unmasked)."""
     ref = expected("keras3_nested_masked")
     module = triton_lstm.load_keras(fixture("keras3_nested_masked.keras"))
     assert module.mask_value == 0.0
     close(module(torch.as_tensor(ref["x"]))[0], ref["y"], "nested model")
-    ref = expected("keras3_mask_argument")
-    module = triton_lstm.load_keras(fixture("keras3_mask_argument.keras"))
-    x = torch.as_tensor(ref["x"])
-    with pytest.raises(ValueError, match=r"^mask: the model passes 'l1' a mask \(given with mask=, or made by a layer "
-                                         r"not known here to make one\): pass that mask, or lengths=$"):
-        module(x)
-    close(module(x, mask=(x != 0).any(-1))[0], ref["y"], "mask given")
+    for name in ("keras3_mask_argument.keras", "keras2_mask_argument.h5"):   # tf-keras records mask= too
+        ref = expected(name.split(".")[0])
+        module = triton_lstm.load_keras(fixture(name))
+        x = torch.as_tensor(ref["x"])
+        with pytest.raises(ValueError, match=r"^mask: the model passes 'l1' a mask \(given with mask=, or made by a "
+                                             r"layer not known here to make one\): pass that mask, or lengths=$"):
+            module(x)
+        close(module(x, mask=(x != 0).any(-1))[0], ref["y"], f"{name}: mask given")
 
 
 @pytest.mark.parametrize("version", ["3.15.1", "2.21.0"])

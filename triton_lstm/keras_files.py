@@ -168,13 +168,17 @@ def _inbound(layer: dict, where: str) -> Optional[list[str]]:
 
 
 def _masked(layer: dict) -> Optional[bool]:
-    """Whether Keras 3 called a Functional model's layer with a mask: its node's keyword arguments
-    hold the mask it passed (handed on, or given with mask=); None where the config does not say
-    (tf-keras' nodes, a Sequential model's layers, a layer called more than once)."""
+    """Whether Keras called a Functional model's layer with a mask: Keras 3's node holds in its keyword
+    arguments the mask it passed (handed on, or given with mask=); tf-keras' only one given with
+    mask= (True then, else None: it does not say). None where the config does not say (a Sequential
+    model's layers, a layer called more than once)."""
     nodes = layer.get("inbound_nodes")
-    if not isinstance(nodes, list) or len(nodes) != 1 or not isinstance(nodes[0], dict):
+    if not isinstance(nodes, list) or len(nodes) != 1:
         return None
-    kwargs = nodes[0].get("kwargs")
+    if isinstance(nodes[0], list):  # tf-keras: [layer, node, tensor, keyword arguments] per input
+        return any(isinstance(e, list) and len(e) >= 4 and isinstance(e[3], dict) and e[3].get("mask") is not None
+                   for e in nodes[0]) or None
+    kwargs = nodes[0].get("kwargs") if isinstance(nodes[0], dict) else None
     return isinstance(kwargs, dict) and kwargs.get("mask") is not None
 
 
