@@ -32,6 +32,7 @@ from triton_lstm.convert import (as_tensor, keras_to_torch_lstm, tf_to_torch_lst
                                  torch_lstm_to_tf)
 from triton_lstm.keras_files import read_keras_config, read_keras_weights, stacked_cells
 from triton_lstm.lstm import LSTM, reverse_within_lengths
+from triton_lstm.reference import lengths_outside
 from triton_lstm.tf_checkpoint import OBJECT_GRAPH, read_tf_checkpoint
 
 Tensor = torch.Tensor
@@ -163,7 +164,7 @@ def _inputs(module: nn.Module, input, lengths, mask):
         given = integer_tensor("lengths", lengths, device=input.device)
         check_integers("lengths", given)
         lengths = comparable(given)  # what follows compares and clamps them
-        if shape_of(lengths) != (input.shape[0],) or bool(((lengths < 0) | (lengths > input.shape[1])).any()):
+        if shape_of(lengths) != (input.shape[0],) or bool(lengths_outside(lengths, input.shape[1]).any()):
             raise ValueError(f"lengths: expected {input.shape[0]} values in [0, {input.shape[1]}], got {given.tolist()}")
     return input, lengths, False
 

@@ -69,14 +69,19 @@ def lstm_cell_reference(
     return m.to(out_dtype), c_new
 
 
+def lengths_outside(lengths: Tensor, T: int) -> Tensor:
+    """[B] bool: whether row b's length lies outside [0, T] (unchecked lengths: a GPU's)."""
+    return (lengths < 0) | (lengths > T)
+
+
 def within_lengths(lengths: Optional[Tensor], T: int, device: torch.device) -> Optional[Tensor]:
     """[T, B, 1] bool: whether step t is inside row b's sequence (None without lengths). A row whose
     length lies outside [0, T] (unchecked: on a GPU) runs every step, as in the kernels."""
     if lengths is None:
         return None
     lengths = lengths.to(device)
-    outside = (lengths < 0) | (lengths > T)
-    return ((torch.arange(T, device=device)[:, None] < lengths[None, :]) | outside[None, :])[..., None]
+    return ((torch.arange(T, device=device)[:, None] < lengths[None, :])
+            | lengths_outside(lengths, T)[None, :])[..., None]
 
 
 def bad_lengths_poisoned(lengths: Tensor, T: int, h0: Tensor, c0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -84,7 +89,7 @@ def bad_lengths_poisoned(lengths: Tensor, T: int, h0: Tensor, c0: Tensor) -> tup
     step, from a NaN state (h0 and c0 times NaN, so that their gradients are NaN too, as the kernels'
     are); the other rows unchanged (times 1)."""
     lengths = lengths.to(h0.device)
-    bad = (lengths < 0) | (lengths > T)
+    bad = lengths_outside(lengths, T)
     scale = torch.where(bad[:, None], float("nan"), 1.0)
     return torch.where(bad, T, lengths), h0 * scale.to(h0.dtype), c0 * scale.to(c0.dtype)
 

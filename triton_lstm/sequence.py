@@ -18,7 +18,7 @@ from triton_lstm.higher_order import forward_mode
 from triton_lstm.kernels.lstm_sequence import BARRIER_FAILED, lstm_seq_bwd_kernel, lstm_seq_fwd_kernel
 from triton_lstm import launch, tune
 from triton_lstm.launch import Problem, interpreting, kernel_constants, kernels_run_on, programs
-from triton_lstm.reference import bad_lengths_poisoned, lstm_sequence_reference
+from triton_lstm.reference import bad_lengths_poisoned, lengths_outside, lstm_sequence_reference
 
 Tensor = torch.Tensor
 
@@ -247,8 +247,7 @@ def poison_bad_lengths(lengths: Tensor, T: int, h0: Tensor, c0: Tensor) -> tuple
     final state is NaN too), and is reported to a later call where it can be (not while compiling or
     capturing)."""
     if not torch.compiler.is_compiling():
-        bad = (lengths < 0) | (lengths > T)
-        watch(torch.stack([lengths.new_zeros(()), bad.sum(dtype=torch.int32)]))
+        watch(torch.stack([lengths.new_zeros(()), lengths_outside(lengths, T).sum(dtype=torch.int32)]))
     return bad_lengths_poisoned(lengths, T, h0, c0)
 
 
